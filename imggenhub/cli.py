@@ -1,0 +1,204 @@
+"""The command line: thin. Each command parses flags, calls one library function and
+prints its result. One error boundary in ``main`` turns errors into one sentence and
+an exit code; a traceback only with IMGGENHUB_DEBUG=1."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+# Usage errors (bad flags). Newer typer carries its own copy of click, so find the base
+# class through a public one rather than importing either click.
+_CLICK_ERRORS = tuple(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+from . import __version__
+from .errors import CredentialsError, ImggenhubError
+
+app = typer.Typer(
+    name="imggenhub", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="Generate images in batch with Hugging Face diffusers on Kaggle's free GPUs, or here.")
+
+
+def _err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def _progress(line: str) -> None:
+    _err(f"  {line}")
+
+
+# --- the job-spec options, declared once and shared by every command that takes a job ---
+
+_SPEC_OPTIONS = {
+    "prompt": (Optional[list[str]], typer.Option(
+        "--prompt", "-p", help="A prompt (repeatable); replaces the prompts file entirely.")),
+    "prompts_file": (Path, typer.Option(
+        "--prompts-file", help="JSON list of prompts (strings or objects with overrides).")),
+    "model": (str, typer.Option(
+        "--model", "-m", help="A preset (see 'imggenhub models') or any diffusers model id on the Hub.")),
+    "steps": (Optional[int], typer.Option(help="Denoising steps (default: the model's).")),
+    "guidance": (Optional[float], typer.Option(help="Classifier-free guidance scale.")),
+    "width": (Optional[int], typer.Option(help="Image width in pixels (a multiple of 8).")),
+    "height": (Optional[int], typer.Option(help="Image height in pixels (a multiple of 8).")),
+    "negative_prompt": (Optional[str], typer.Option(help="What the images should not show.")),
+    "seed": (Optional[int], typer.Option(
+        help="Base seed; each image gets its own derived seed, recorded (default: random).")),
+    "num_images": (int, typer.Option(help="Images per prompt.")),
+    "batch_size": (int, typer.Option(help="Images per pipeline call.")),
+    "scheduler": (Optional[str], typer.Option(
+        help="dpm++, dpm++-karras, euler, euler-a, ddim, ... (default: the model's own).")),
+    "precision": (str, typer.Option(help="auto, fp16 or fp32 (auto: fp16 on a GPU).")),
+    "gpu": (bool, typer.Option("--gpu/--no-gpu", help="Ask for a GPU.")),
+}
+_SPEC_DEFAULTS = {"prompt": None, "prompts_file": Path("prompts.json"), "model": "sdxl-turbo",
+                  "num_images": 1, "batch_size": 1, "precision": "auto", "gpu": True}
+
+
+def spec_options(fn):
+    """Add the job-spec options to a command; it receives them as one ``job_flags`` dict."""
+    extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
+                               default=_SPEC_DEFAULTS.get(name),
+                               annotation=Annotated[kind, option])
+             for name, (kind, option) in _SPEC_OPTIONS.items()]
+    sig = inspect.signature(fn, eval_str=True)
+    own = [p for p in sig.parameters.values() if p.name != "job_flags"]
+
+    @functools.wraps(fn)
+    def wrapper(**kwargs):
+        flags = {name: kwargs.pop(name) for name in _SPEC_OPTIONS}
+        return fn(job_flags=flags, **kwargs)
+
+    wrapper.__signature__ = sig.replace(parameters=own + extra)
+    wrapper.__annotations__ = {p.name: p.annotation for p in own + extra}
+    return wrapper
+
+
+def _job(flags: dict):
+    from .spec import job_from_inputs, parse_settings
+
+    settings = parse_settings(**{k: v for k, v in flags.items() if k not in ("prompt", "prompts_file")})
+    return job_from_inputs(settings, flags["prompt"], flags["prompts_file"])
+
+
+def _kernel_options(flags: dict, kernel_id=None, title=None, internet=None):
+    from .notebook import KernelOptions
+
+    return KernelOptions(kernel_id=kernel_id, title=title, gpu=flags["gpu"], internet=internet)
+
+
+Template = Annotated[Path, typer.Option(
+    "--metadata-template", help="The kernel-metadata.json template (never rewritten).")]
+KernelId = Annotated[Optional[str], typer.Option(help="The Kaggle kernel, as owner/slug.")]
+Title = Annotated[Optional[str], typer.Option(help="The kernel's title.")]
+Internet = Annotated[Optional[bool], typer.Option(
+    "--internet/--no-internet", help="Internet in the kernel (the Hub needs it; default on).")]
+
+
+def _default_backend() -> str:
+    from .backends import names
+    from .credentials import HOW_TO, find_credentials
+
+    if find_credentials() is None:
+        raise CredentialsError(HOW_TO)
+    if "kaggle" not in names():
+        raise CredentialsError("Kaggle credentials were found, but this version of imggenhub has no "
+                               "Kaggle backend yet; run with --backend local.")
+    return "kaggle"
+
+
+@app.command()
+@spec_options
+def generate(
+    job_flags: dict,
+    backend: Annotated[Optional[str], typer.Option(
+        help="Where to run: 'kaggle' (the default when credentials are found) or 'local'.")] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Output folder (default: outputs/<run id>/).")] = None,
+    metadata_template: Template = Path("kernel-metadata.json"),
+    kernel_id: KernelId = None,
+    title: Title = None,
+    internet: Internet = None,
+) -> None:
+    """Render the job's notebook, run it, and bring the images home."""
+    from . import jobs
+
+    job = _job(job_flags)
+    backend = backend or _default_backend()
+    run = jobs.generate(job, backend, out, _kernel_options(job_flags, kernel_id, title, internet),
+                        metadata_template, _progress)
+    typer.echo(f"{run.images_fetched} images in {run.out_dir} (manifest.json; run {run.run_id})")
+
+
+@app.command()
+@spec_options
+def render(
+    job_flags: dict,
+    out: Annotated[Path, typer.Option(help="Folder for the notebook and kernel-metadata.json.")],
+    metadata_template: Template = Path("kernel-metadata.json"),
+    kernel_id: KernelId = None,
+    title: Title = None,
+    internet: Internet = None,
+) -> None:
+    """Write the job's notebook and kernel-metadata.json; run nothing."""
+    from . import jobs
+
+    job = _job(job_flags)
+    path = jobs.render(job, out, _kernel_options(job_flags, kernel_id, title, internet),
+                       metadata_template)
+    typer.echo(f"{path} (job {job.job_id}, {job.image_count} images)")
+
+
+@app.command()
+def models() -> None:
+    """List the model presets and their defaults."""
+    from .models import PRESETS
+
+    typer.echo(f"{'preset':<15} {'size':>9} {'steps':>5} {'cfg':>5}  model id / note")
+    for p in PRESETS.values():
+        size = f"{p.width}x{p.height}" if p.width else "model's"
+        typer.echo(f"{p.name:<15} {size:>9} {p.steps:>5} {p.guidance:>5}  {p.id}")
+        if p.note:
+            typer.echo(f"{'':<39}{p.note}")
+    typer.echo("Any other Hugging Face id (owner/name) loads with diffusers' AutoPipeline.")
+
+
+@app.command()
+def version() -> None:
+    """Print imggenhub's version."""
+    typer.echo(__version__)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The one error boundary: one sentence and an exit code, never a traceback."""
+    from .config import debug
+
+    try:
+        code = app(args=argv, prog_name="imggenhub", standalone_mode=False)
+    except _CLICK_ERRORS as exc:  # usage errors: one line, like every other error
+        message = exc.format_message()
+        if message:
+            _err(f"Error: {message}")
+        code = exc.exit_code if message else 0  # bare 'imggenhub' shows the help
+    except typer.Abort:
+        _err("Aborted.")
+        code = 130
+    except KeyboardInterrupt:
+        _err("Interrupted; what was finished is kept.")
+        code = 130
+    except ImggenhubError as exc:
+        if debug():
+            raise
+        _err(f"Error: {exc}")
+        code = exc.exit_code
+    except Exception as exc:  # a bug of ours: say so, in one sentence
+        if debug():
+            raise
+        _err(f"Internal error ({type(exc).__name__}: {exc}); rerun with IMGGENHUB_DEBUG=1 for the "
+             "traceback and report it.")
+        code = 70
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,63 @@
+"""Kaggle credentials, found as the official client finds them, without importing it
+(``import kaggle`` authenticates, prints and may exit at import time)."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Credentials:
+    source: str  # where it came from, for messages; never the secret
+    username: str | None = None
+    key: str | None = None
+    token: str | None = None
+
+    def __repr__(self) -> str:  # never print a secret
+        return f"Credentials(source={self.source!r}, username={self.username!r})"
+
+
+def _config_dirs() -> list[Path]:
+    dirs = []
+    if os.environ.get("KAGGLE_CONFIG_DIR"):
+        dirs.append(Path(os.environ["KAGGLE_CONFIG_DIR"]))
+    home = Path.home()
+    dirs += [home / ".kaggle", home / ".config" / "kaggle"]
+    return dirs
+
+
+def find_credentials() -> Credentials | None:
+    """Token first (KAGGLE_API_TOKEN as value or file, ~/.kaggle/access_token), then
+    kaggle.json, then KAGGLE_USERNAME/KAGGLE_KEY (which override the file's fields)."""
+    env_token = os.environ.get("KAGGLE_API_TOKEN", "").strip()
+    if env_token:
+        if Path(env_token).is_file():
+            return Credentials("KAGGLE_API_TOKEN (file)", token=Path(env_token).read_text().strip())
+        return Credentials("KAGGLE_API_TOKEN", token=env_token)
+    token_file = Path.home() / ".kaggle" / "access_token"
+    if token_file.is_file() and token_file.read_text().strip():
+        return Credentials(str(token_file), token=token_file.read_text().strip())
+    username, key, source = None, None, None
+    for folder in _config_dirs():
+        path = folder / "kaggle.json"
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            username, key, source = data.get("username"), data.get("key"), str(path)
+            break
+    if os.environ.get("KAGGLE_USERNAME"):
+        username, source = os.environ["KAGGLE_USERNAME"], "KAGGLE_USERNAME/KAGGLE_KEY"
+    if os.environ.get("KAGGLE_KEY"):
+        key, source = os.environ["KAGGLE_KEY"], "KAGGLE_USERNAME/KAGGLE_KEY"
+    if username and key:
+        return Credentials(source, username=username, key=key)
+    return None
+
+
+HOW_TO = ("No Kaggle credentials found: set KAGGLE_API_TOKEN (or save ~/.kaggle/kaggle.json from "
+          "your Kaggle account page), or run on this machine with --backend local.")

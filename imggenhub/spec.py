@@ -1,0 +1,271 @@
+"""The job spec: prompts.json and the generation flags, validated into one JobSpec.
+
+Everything is checked here, before anything runs; a bad value becomes one
+SpecError sentence that names the field and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .engine import SCHEDULERS, plan_images
+from .errors import SpecError
+from .models import ModelPreset, resolve_model
+
+MAX_STEPS = 500
+MAX_GUIDANCE = 50.0
+MAX_IMAGES_PER_PROMPT = 1000
+MAX_IMAGES = 10000
+MAX_BATCH = 64
+SEED_MAX = 2**32 - 1
+
+Precision = Literal["auto", "fp16", "fp32"]
+
+
+def _check_text(value: str | None, what: str) -> str | None:
+    if value is None:
+        return value
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} holds invalid Unicode (an unpaired surrogate)") from None
+    return value
+
+
+class PromptItem(BaseModel):
+    """One entry of prompts.json; every field but ``prompt`` overrides a flag."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    prompt: str
+    negative_prompt: str | None = None
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
+    num_images: int | None = Field(None, ge=1, le=MAX_IMAGES_PER_PROMPT)
+    width: int | None = Field(None, ge=1)
+    height: int | None = Field(None, ge=1)
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS)
+    guidance: float | None = Field(None, ge=0.0, le=MAX_GUIDANCE)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("the prompt is empty; write some text")
+        return _check_text(value, "the prompt")
+
+    @field_validator("negative_prompt")
+    @classmethod
+    def _negative_ok(cls, value: str | None) -> str | None:
+        return _check_text(value, "the negative prompt")
+
+
+class Settings(BaseModel):
+    """The generation flags: job-wide defaults under the per-prompt overrides."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = "sdxl-turbo"
+    steps: int | None = Field(None, ge=1, le=MAX_STEPS)
+    guidance: float | None = Field(None, ge=0.0, le=MAX_GUIDANCE)
+    width: int | None = Field(None, ge=1)
+    height: int | None = Field(None, ge=1)
+    negative_prompt: str | None = None
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
+    num_images: int = Field(1, ge=1, le=MAX_IMAGES_PER_PROMPT)
+    batch_size: int = Field(1, ge=1, le=MAX_BATCH)
+    scheduler: str | None = None
+    precision: Precision = "auto"
+    gpu: bool = True
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known_scheduler(cls, value: str | None) -> str | None:
+        if value is not None and value not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler '{value}'; choose one of {', '.join(SCHEDULERS)}")
+        return value
+
+    @field_validator("negative_prompt")
+    @classmethod
+    def _negative_ok(cls, value: str | None) -> str | None:
+        return _check_text(value, "the negative prompt")
+
+
+class ResolvedPrompt(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prompt: str
+    negative_prompt: str | None
+    seed: int | None
+    num_images: int
+    width: int | None
+    height: int | None
+    steps: int
+    guidance: float
+
+
+class JobSpec(BaseModel):
+    """A validated job: what the engine needs, and nothing about where it runs."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_name: str
+    model: dict
+    prompts: tuple[ResolvedPrompt, ...]
+    seed: int
+    batch_size: int
+    scheduler: str | None
+    precision: Precision
+    gpu: bool
+
+    @property
+    def job_id(self) -> str:
+        """Stable content hash of the validated spec: same spec, same id."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"),
+                               ensure_ascii=True)
+        return hashlib.sha256(canonical.encode("ascii")).hexdigest()[:16]
+
+    def document(self) -> dict:
+        """The job as the engine reads it (JSON-ready)."""
+        return {"job_id": self.job_id, **self.model_dump(mode="json")}
+
+    @property
+    def image_count(self) -> int:
+        return sum(p.num_images for p in self.prompts)
+
+
+# ---------------------------------------------------------------------------
+# Turning pydantic's findings into one sentence
+# ---------------------------------------------------------------------------
+
+_FLAG = {name: "--" + name.replace("_", "-") for name in Settings.model_fields}
+
+
+def _sentence(exc: ValidationError, where: str, flags: bool = False) -> str:
+    err = exc.errors(include_url=False)[0]
+    loc = [str(part) for part in err["loc"]]
+    field = loc[-1] if loc else ""
+    name = _FLAG.get(field, field) if flags else field
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        allowed = ", ".join(PromptItem.model_fields)
+        return f"{where}: unknown field '{field}'; the fields allowed are {allowed}."
+    if err["type"] == "missing":
+        return f"{where}: the field '{field}' is missing; add it."
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    shown = repr(err.get("input"))
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    subject = f"{where}: {name}" if name else where
+    return f"{subject}: {msg[0].lower() + msg[1:]} (got {shown})."
+
+
+def parse_settings(**flags) -> Settings:
+    try:
+        return Settings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        raise SpecError(_sentence(exc, "Invalid option", flags=True)) from None
+
+
+def load_prompts(path: Path) -> list[PromptItem]:
+    """Read prompts.json: a list of strings, or of objects with per-prompt overrides."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"Prompts file '{path}' not found; create it, pass --prompts-file PATH, "
+                        "or give --prompt TEXT.") from None
+    except IsADirectoryError:
+        raise SpecError(f"Prompts file '{path}' is a folder; pass the path of a JSON file.") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"Prompts file '{path}' is not UTF-8 text; save it as UTF-8.") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"Prompts file '{path}' is not valid JSON: {exc.msg} at line {exc.lineno} "
+                        f"column {exc.colno}.") from None
+    if not isinstance(data, list) or not data:
+        raise SpecError(f"Prompts file '{path}' must hold a non-empty JSON list of prompts "
+                        '(strings, or objects like {"prompt": "..."}).')
+    return [_item(entry, f"{path} item {i + 1}") for i, entry in enumerate(data)]
+
+
+def _item(entry, where: str) -> PromptItem:
+    if isinstance(entry, str):
+        entry = {"prompt": entry}
+    if not isinstance(entry, dict):
+        raise SpecError(f"{where}: each prompt must be a string or an object with a \"prompt\" "
+                        f"field (got {type(entry).__name__}).")
+    try:
+        return PromptItem(**entry)
+    except ValidationError as exc:
+        raise SpecError(_sentence(exc, where)) from None
+    except TypeError:  # non-string keys cannot happen in JSON, but be safe
+        raise SpecError(f"{where}: invalid fields.") from None
+
+
+def prompts_from_flags(prompts: list[str]) -> list[PromptItem]:
+    return [_item(p, f"--prompt {i + 1}") for i, p in enumerate(prompts)]
+
+
+def _check_size(value: int, preset: ModelPreset, what: str) -> None:
+    m = preset.size_multiple
+    if value % m:
+        lo, hi = value - value % m, value - value % m + m
+        raise SpecError(f"{what} {value} is not a multiple of {m}; use {lo or hi} or {hi}.")
+    if not preset.min_size <= value <= preset.max_size:
+        raise SpecError(f"{what} {value} is outside {preset.min_size}..{preset.max_size} for "
+                        f"model {preset.name}; pick a size in that range.")
+
+
+def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
+    """Resolve presets, flags and per-prompt overrides into a JobSpec."""
+    try:
+        preset = resolve_model(settings.model)
+    except ValueError as exc:
+        raise SpecError(f"Invalid option: --model: {exc}.") from None
+    resolved = []
+    for i, item in enumerate(items):
+        where = f"prompt {i + 1}"
+        width = item.width or settings.width or preset.width
+        height = item.height or settings.height or preset.height
+        if (width is None) != (height is None):
+            raise SpecError(f"{where}: model {preset.name} has no default size; give both width "
+                            "and height.")
+        if width is not None:
+            _check_size(width, preset, f"{where}: width")
+            _check_size(height, preset, f"{where}: height")
+        resolved.append(ResolvedPrompt(
+            prompt=item.prompt,
+            negative_prompt=item.negative_prompt if item.negative_prompt is not None
+            else settings.negative_prompt,
+            seed=item.seed,
+            num_images=item.num_images or settings.num_images,
+            width=width, height=height,
+            steps=item.steps or settings.steps or preset.steps,
+            guidance=float(item.guidance if item.guidance is not None else
+                           settings.guidance if settings.guidance is not None else preset.guidance),
+        ))
+    total = sum(p.num_images for p in resolved)
+    if total > MAX_IMAGES:
+        raise SpecError(f"The job asks for {total} images, more than the {MAX_IMAGES} a job may hold; "
+                        "split it into several jobs.")
+    job = JobSpec(
+        model_name=preset.name, model=preset.engine_dict(), prompts=tuple(resolved),
+        seed=settings.seed if settings.seed is not None else secrets.randbelow(SEED_MAX + 1),
+        batch_size=settings.batch_size, scheduler=settings.scheduler,
+        precision=settings.precision, gpu=settings.gpu)
+    plan_images(job.document())  # the engine's own planner accepts it
+    return job
+
+
+def job_from_inputs(settings: Settings, prompts: list[str] | None, prompts_file: Path) -> JobSpec:
+    """``--prompt`` (any number) replaces the prompts file entirely."""
+    items = prompts_from_flags(prompts) if prompts else load_prompts(prompts_file)
+    return build_job(settings, items)

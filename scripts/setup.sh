@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Set up .venv from nothing: the CPU torch first (a bare "torch" requirement would
+# pull a multi-GB CUDA build), then imggenhub with its local engine and test extras.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+VENV=${IMGGENHUB_VENV:-.venv}
+extras=${1:-local,test}
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+stamp="$VENV/.imggenhub-setup"
+want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16) $extras"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip 2> >(grep -v "^WARNING: Location" >&2)
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+  case ",$extras," in
+    *,local,*)
+      # CPU build: the wheel that lies on this machine's disk, else PyTorch's CPU index.
+      "$VENV/bin/python" -m pip install -q "torch==2.13.0" \
+        || "$VENV/bin/python" -m pip install -q --index-url https://download.pytorch.org/whl/cpu torch
+      ;;
+  esac
+fi
+"$VENV/bin/python" -m pip install -q -e ".[$extras]" 2> >(grep -v "^WARNING: Location" >&2)
+echo "$want" > "$stamp"

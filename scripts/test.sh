@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Set everything up from nothing (.venv, CPU torch, imggenhub with its extras), then run
+# the whole test suite offline.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh local,test
+export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+exec .venv/bin/python -m pytest "$@"

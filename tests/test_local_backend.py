@@ -1,0 +1,116 @@
+"""End to end: the CLI renders the notebook and runs it in a real Jupyter kernel here."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from imggenhub import artifacts, runs
+
+from .adversarial import corpus
+from .conftest import REPO, run_cli_subprocess, write_json
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    """One real run of the repo's example prompts.json, as the README's quickstart does it."""
+    import os
+
+    work = tmp_path_factory.mktemp("quick")
+    (work / "prompts.json").write_bytes((REPO / "prompts.json").read_bytes())
+    env = {"IMGGENHUB_HOME": str(work / "state"), "HOME": str(work), "HF_HUB_OFFLINE": "1"}
+    for var in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY"):
+        os.environ.pop(var, None)
+    proc = run_cli_subprocess("generate", "--backend", "local", "--model", "tiny-random",
+                              "--seed", "42", cwd=work, env=env)
+    return work, proc
+
+
+def test_generate_leaves_verified_pngs_and_manifest(quick_run):
+    work, proc = quick_run
+    assert proc.returncode == 0, proc.stderr
+    [out] = list((work / "outputs").iterdir())
+    manifest = artifacts.read_manifest(out)
+    expected = json.loads((REPO / "prompts.json").read_text())
+    n = sum(e.get("num_images", 1) if isinstance(e, dict) else 1 for e in expected)
+    assert len(manifest["images"]) == n and manifest["complete"] is True
+    assert artifacts.verify(out) == []
+    assert (out / "kernel.log").read_text().count("[imggenhub] image ") == n
+    first = manifest["images"][0]
+    for key in ("prompt", "negative_prompt", "seed", "model", "steps", "guidance", "width", "height",
+                "scheduler", "file", "sha256", "bytes", "seconds", "device"):
+        assert key in first
+    assert manifest["processes"][0]["model_load_seconds"] > 0
+    img = Image.open(out / first["file"])
+    assert img.size == (64, 64)
+    assert json.loads(img.text["imggenhub"])["seed"] == first["seed"] == 42
+    assert f"{n} images in {out}" in proc.stdout
+    assert "image 1/" in proc.stderr  # progress shown while it runs
+
+
+def test_the_run_record_is_kept(quick_run):
+    work, _ = quick_run
+    records = list((work / "state" / "runs").glob("*/run.json"))
+    assert len(records) == 1
+    data = json.loads(records[0].read_text())
+    assert data["state"] == "complete" and data["backend"] == "local"
+    assert set(data["timings"]) >= {"kernel_start", "notebook", "collect"}
+
+
+def test_same_spec_same_images(quick_run, tmp_path, cli):
+    """Rerunning the same spec reproduces every image bit for bit (recorded seeds)."""
+    work, _ = quick_run
+    [out] = list((work / "outputs").iterdir())
+    code, _, err = cli("generate", "--backend", "local", "--model", "tiny-random", "--seed", "42",
+                       "--out", str(tmp_path / "again"), cwd=work)
+    assert code == 0, err
+    first = artifacts.read_manifest(out)["images"]
+    again = artifacts.read_manifest(tmp_path / "again")["images"]
+    assert [i["sha256"] for i in first] == [i["sha256"] for i in again]
+
+
+def test_adversarial_prompts_run_as_data_and_come_back_exact(tmp_path, cli):
+    mark = tmp_path / "PWNED"
+    prompts = corpus(str(mark))
+    write_json(tmp_path / "prompts.json", prompts)
+    code, out, err = cli("generate", "--backend", "local", "--model", "tiny-random", "--seed", "1",
+                         "--steps", "1", "--out", str(tmp_path / "out"),
+                         "--negative-prompt", f"'''\n!touch {mark}", cwd=tmp_path)
+    assert code == 0, err
+    assert not mark.exists()
+    manifest = artifacts.read_manifest(tmp_path / "out")
+    assert [i["prompt"] for i in manifest["images"]] == prompts
+    for record in manifest["images"]:
+        meta = json.loads(Image.open(tmp_path / "out" / record["file"]).text["imggenhub"])
+        assert meta["prompt"] == record["prompt"]
+        assert meta["negative_prompt"] == f"'''\n!touch {mark}"
+    assert artifacts.verify(tmp_path / "out") == []
+
+
+def test_a_failing_notebook_names_the_exception_and_keeps_finished_images(tmp_path, cli,
+                                                                          monkeypatch):
+    monkeypatch.setenv("IMGGENHUB_ENGINE_FAIL_AFTER", "2")
+    code, out, err = cli("generate", "--backend", "local", "--model", "tiny-random", "-p", "a",
+                         "-p", "b", "-p", "c", "--seed", "1", "--out", str(tmp_path / "out"),
+                         cwd=tmp_path)
+    assert code == 1
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("Error: The notebook failed in cell 4: RuntimeError: imggenhub engine "
+                           "failed: RuntimeError: injected failure after 2 images")
+    assert "the 2 images finished before it are in" in last
+    assert "Traceback" not in err
+    manifest = artifacts.read_manifest(tmp_path / "out")
+    assert len(manifest["images"]) == 2 and artifacts.verify(tmp_path / "out") == []
+    assert runs.load().state == runs.RunState.ERROR
+
+
+def test_generate_without_credentials_or_backend_says_how(tmp_path, cli):
+    code, out, err = cli("generate", "-p", "x", cwd=tmp_path)
+    assert code == 4
+    assert err.strip() == ("Error: No Kaggle credentials found: set KAGGLE_API_TOKEN (or save "
+                           "~/.kaggle/kaggle.json from your Kaggle account page), or run on this "
+                           "machine with --backend local.")
+    assert not Path(tmp_path / "outputs").exists()
