@@ -99,15 +99,18 @@ Internet = Annotated[Optional[bool], typer.Option(
     "--internet/--no-internet", help="Internet in the kernel (the Hub needs it; default on).")]
 
 
+TimeoutHours = Annotated[Optional[float], typer.Option(
+    help="Cap the Kaggle session at H hours (Kaggle's own cap is 12).", min=0.1, max=12)]
+RunId = Annotated[Optional[str], typer.Argument(help="A run id or its prefix (default: the latest).")]
+PollTimeout = Annotated[Optional[float], typer.Option(
+    "--timeout", help="Stop waiting after this many seconds (exit 3); the run goes on.")]
+
+
 def _default_backend() -> str:
-    from .backends import names
     from .credentials import HOW_TO, find_credentials
 
     if find_credentials() is None:
         raise CredentialsError(HOW_TO)
-    if "kaggle" not in names():
-        raise CredentialsError("Kaggle credentials were found, but this version of imggenhub has no "
-                               "Kaggle backend yet; run with --backend local.")
     return "kaggle"
 
 
@@ -123,15 +126,111 @@ def generate(
     kernel_id: KernelId = None,
     title: Title = None,
     internet: Internet = None,
+    timeout_hours: TimeoutHours = None,
+    timeout: PollTimeout = None,
 ) -> None:
-    """Render the job's notebook, run it, and bring the images home."""
+    """Render the job's notebook, run it, and bring the images home (deploy + poll + download)."""
     from . import jobs
 
     job = _job(job_flags)
     backend = backend or _default_backend()
     run = jobs.generate(job, backend, out, _kernel_options(job_flags, kernel_id, title, internet),
-                        metadata_template, _progress)
+                        metadata_template, _progress, timeout_hours, timeout)
     typer.echo(f"{run.images_fetched} images in {run.out_dir} (manifest.json; run {run.run_id})")
+
+
+@app.command()
+@spec_options
+def deploy(
+    job_flags: dict,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Where 'download' will put the images (default: outputs/<run id>/).")] = None,
+    metadata_template: Template = Path("kernel-metadata.json"),
+    kernel_id: KernelId = None,
+    title: Title = None,
+    internet: Internet = None,
+    timeout_hours: TimeoutHours = None,
+) -> None:
+    """Validate, render and push the job to Kaggle as a new kernel version; save the run."""
+    from . import jobs
+
+    job = _job(job_flags)
+    run = jobs.start(job, "kaggle", out, _kernel_options(job_flags, kernel_id, title, internet),
+                     metadata_template, _progress, timeout_hours)
+    typer.echo(f"{run.run_id} {run.url}")
+
+
+@app.command()
+def poll(run_id: RunId = None, timeout: PollTimeout = None) -> None:
+    """Follow a run's exact kernel version to its end: exit 0 complete, 1 failed, 3 timeout."""
+    from . import jobs
+
+    run = jobs.poll(run_id, _progress, timeout)
+    typer.echo(f"{run.run_id} {run.state.value}")
+
+
+@app.command()
+def download(
+    run_id: RunId = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: the run's).")] = None,
+) -> None:
+    """Download and verify a run's images, manifest and kernel log (skips verified files)."""
+    from . import jobs
+
+    run = jobs.download(run_id, out, _progress)
+    typer.echo(f"{run.images_fetched} images in {run.out_dir} (manifest.json; run {run.run_id})")
+
+
+@app.command()
+def status(run_id: RunId = None) -> None:
+    """Ask the backend once for a run's state."""
+    from . import backends, runs
+
+    run = runs.load(run_id)
+    impl = backends.get_backend(run.backend)
+    state = run.state
+    if hasattr(impl, "status") and run.kernel_ref and not state.terminal:
+        state, _ = impl.status(run)
+    typer.echo(f"{run.run_id} {state.value} {run.kernel_ref or ''} v{run.version or '-'}".rstrip())
+
+
+@app.command("runs")
+def list_runs() -> None:
+    """List the run records: id, backend, kernel, state, images, when."""
+    import time
+
+    from .runs import all_runs
+
+    rows = all_runs()
+    if not rows:
+        typer.echo("No runs yet.")
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created))
+        kernel = f"{r.kernel_ref} v{r.version}" if r.kernel_ref else "-"
+        typer.echo(f"{r.run_id}  {r.backend:<6} {r.state.value:<9} "
+                   f"{r.images_fetched:>4}/{r.image_count:<4} {when}  {kernel}")
+
+
+@app.command()
+def doctor() -> None:
+    """Say which Kaggle credential is used and whether the API answers (never the secret)."""
+    from . import kaggle_api
+
+    creds = kaggle_api.credentials()
+    typer.echo(f"credential: {creds.source} ({'token' if creds.token else 'username/key'}"
+               f"{', user ' + creds.username if creds.username else ''})")
+    from .backends.kaggle import KaggleBackend
+
+    backend = KaggleBackend()
+    user = backend.owner()
+    from kagglesdk.kernels.types.kernels_api_service import ApiGetAcceleratorQuotaStatisticsRequest
+
+    quota = backend._call("reading the GPU quota", lambda: backend.api
+                          .get_accelerator_quota_statistics(ApiGetAcceleratorQuotaStatisticsRequest()))
+    gpu = quota.gpu_quota
+    used = gpu.time_used.total_seconds() / 3600 if gpu and gpu.time_used else 0.0
+    total = gpu.total_time_allowed.total_seconds() / 3600 if gpu and gpu.total_time_allowed else 0.0
+    typer.echo(f"Kaggle API answers: signed in as {user}; GPU quota used {used:.1f} of {total:.0f} h")
 
 
 @app.command()
@@ -193,6 +292,9 @@ def main(argv: list[str] | None = None) -> None:
     except ImggenhubError as exc:
         if debug():
             raise
+        tail = getattr(exc, "log_tail", "")
+        if tail and getattr(exc, "ename", "") == "KernelError":
+            _err("The kernel log ends with:\n" + "\n".join("  " + l for l in tail.splitlines()))
         _err(f"Error: {exc}")
         code = exc.exit_code
     except Exception as exc:  # a bug of ours: say so, in one sentence

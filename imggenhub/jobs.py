@@ -7,7 +7,8 @@ from pathlib import Path
 from . import backends, runs
 from .artifacts import check_destination
 from .errors import NotebookFailedError
-from .notebook import KernelOptions, kernel_metadata, load_metadata_template, write_render
+from .notebook import (PLACEHOLDER_OWNER, KernelOptions, kernel_metadata, load_metadata_template,
+                       write_render)
 from .runs import Run, RunState
 from .spec import JobSpec
 
@@ -22,16 +23,22 @@ def render(job: JobSpec, out_dir: Path, options: KernelOptions, template: Path |
 
 
 def start(job: JobSpec, backend: str, out_dir: Path | None, options: KernelOptions,
-          template: Path | None, on_event: backends.OnEvent) -> Run:
+          template: Path | None, on_event: backends.OnEvent,
+          timeout_hours: float | None = None) -> Run:
     """Render the job into a new run's folder and submit it to the backend."""
     impl = backends.get_backend(backend)
+    metadata = kernel_metadata(load_metadata_template(template), options)  # checked before a run
+    owner = None
+    if metadata["id"].startswith(PLACEHOLDER_OWNER + "/") and hasattr(impl, "owner"):
+        owner = impl.owner()  # the template says "your-kaggle-username": use the credential's
     run_id = runs.new_run_id(job.job_id)
     out = Path(out_dir) if out_dir else DEFAULT_OUTPUTS / run_id
     check_destination(out, job.job_id)
     run = Run(run_id=run_id, backend=backend, job_id=job.job_id, image_count=job.image_count,
-              out_dir=str(out.resolve()))
+              out_dir=str(out.resolve()),
+              session_timeout_seconds=int(timeout_hours * 3600) if timeout_hours else None)
     notebook_dir = run.folder / "notebook"
-    render(job, notebook_dir, options, template)
+    render(job, notebook_dir, options, template, owner)
     runs.save(run)
     on_event(f"run {run_id}: {job.image_count} images with {job.model['id']} on the {backend} backend")
     return impl.submit(run, notebook_dir, on_event)
@@ -42,6 +49,13 @@ def failure_error(run: Run) -> NotebookFailedError:
 
     detail = json.loads(run.failure) if run.failure else {}
     ename, evalue = detail.get("ename", "Error"), detail.get("evalue", "unknown failure")
+    if detail.get("ename") == "KernelError":  # Kaggle's word, then the notebook's traceback
+        tail = detail.get("log_tail", "").strip().splitlines()
+        last = tail[-1] if tail else "no log"
+        return NotebookFailedError(
+            f"Kaggle reports {run.state.value} for {run.kernel_ref} v{run.version}: "
+            f"{detail.get('evalue')}; the log ends with: {last}", ename="KernelError",
+            evalue=detail.get("evalue", ""), log_tail=detail.get("log_tail", ""), run_id=run.run_id)
     where = f" in cell {detail['cell_index'] + 1}" if detail.get("cell_index", -1) >= 0 else ""
     saved = f"; the {run.images_fetched} images finished before it are in {run.out_dir}" \
         if run.images_fetched else ""
@@ -62,5 +76,24 @@ def finish(run: Run, on_event: backends.OnEvent, timeout: float | None = None) -
 
 
 def generate(job: JobSpec, backend: str, out_dir: Path | None, options: KernelOptions,
-             template: Path | None, on_event: backends.OnEvent) -> Run:
-    return finish(start(job, backend, out_dir, options, template, on_event), on_event)
+             template: Path | None, on_event: backends.OnEvent,
+             timeout_hours: float | None = None, poll_timeout: float | None = None) -> Run:
+    run = start(job, backend, out_dir, options, template, on_event, timeout_hours)
+    return finish(run, on_event, poll_timeout)
+
+
+def poll(run_id: str | None, on_event: backends.OnEvent, timeout: float | None = None) -> Run:
+    """Follow a run to its end; raise on failure (with Kaggle's message and the log tail)."""
+    run = runs.load(run_id)
+    if not run.state.terminal:
+        run = backends.get_backend(run.backend).wait(run, on_event, timeout)
+    if run.state != RunState.COMPLETE:
+        raise failure_error(run)
+    return run
+
+
+def download(run_id: str | None, out_dir: Path | None, on_event: backends.OnEvent) -> Run:
+    run = runs.load(run_id)
+    if out_dir is not None:
+        run.out_dir = str(Path(out_dir).resolve())
+    return backends.get_backend(run.backend).fetch(run, Path(run.out_dir), on_event)

@@ -44,6 +44,7 @@ class Run:
     url: str | None = None
     images_fetched: int = 0
     failure: str | None = None
+    session_timeout_seconds: int | None = None
     timings: dict = field(default_factory=dict)
 
     @property

@@ -48,4 +48,11 @@ def _local() -> Backend:
     return LocalBackend()
 
 
+def _kaggle() -> Backend:
+    from .kaggle import KaggleBackend
+
+    return KaggleBackend()
+
+
 register("local", _local)
+register("kaggle", _kaggle)

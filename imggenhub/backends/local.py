@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import artifacts, runs
@@ -32,10 +34,76 @@ def _streaming_client_class():
 
         def output(self, outs, msg, display_id, cell_index):
             if msg["msg_type"] == "stream" and self.on_stream is not None:
-                self.on_stream(msg["content"].get("text", ""))
+                content = msg["content"]
+                self.on_stream(content.get("name", "stdout"), content.get("text", ""))
             return super().output(outs, msg, display_id, cell_index)
 
     return StreamingClient
+
+
+@dataclass
+class Execution:
+    """How one notebook execution went."""
+
+    ok: bool
+    seconds: float
+    kernel_start: float | None = None
+    cell_index: int | None = None
+    ename: str = ""
+    evalue: str = ""
+    tail: list[str] = field(default_factory=list)
+
+    def failure(self) -> str:
+        return json.dumps({"cell_index": self.cell_index, "ename": self.ename,
+                           "evalue": self.evalue, "log_tail": "\n".join(self.tail[-20:])})
+
+
+def execute_notebook(notebook: Path, workdir: Path, on_stream: Callable[[str, str], None],
+                     stderr_log: Path, executed: Path | None = None,
+                     env: dict | None = None, on_kernel: Callable[[float], None] | None = None
+                     ) -> Execution:
+    """Run a notebook in a fresh Jupyter kernel whose working folder is ``workdir``.
+
+    Shared by the local backend and the tests' Kaggle emulator: one runner.
+    """
+    import nbformat
+    from nbclient.exceptions import CellExecutionError, DeadKernelError
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    nb = nbformat.read(notebook, as_version=4)
+    client = _streaming_client_class()(
+        nb, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}, timeout=None)
+    tail: list[str] = []
+
+    def stream(name: str, text: str) -> None:
+        tail.extend(text.splitlines())
+        del tail[:-40]
+        on_stream(name, text)
+
+    client.on_stream = stream
+    t0 = time.monotonic()
+    result = Execution(ok=False, seconds=0.0, tail=tail)
+    index = -1
+    with open(stderr_log, "ab") as stderr:  # the kernel process's own chatter
+        try:
+            client.reset_execution_trackers()
+            kwargs = {"stderr": stderr} if env is None else {"stderr": stderr, "env": env}
+            with client.setup_kernel(**kwargs):
+                result.kernel_start = round(time.monotonic() - t0, 3)
+                if on_kernel:
+                    on_kernel(result.kernel_start)
+                for index, cell in enumerate(nb.cells):
+                    client.execute_cell(cell, index, execution_count=client.code_cells_executed + 1)
+            result.ok = True
+        except CellExecutionError as exc:
+            result.cell_index, result.ename, result.evalue = index, exc.ename, exc.evalue
+        except DeadKernelError as exc:
+            result.cell_index, result.ename, result.evalue = index, "DeadKernelError", str(exc)
+        finally:
+            result.seconds = round(time.monotonic() - t0, 3)
+            if executed is not None:
+                nbformat.write(nb, executed)
+    return result
 
 
 class _LogSink:
@@ -45,15 +113,13 @@ class _LogSink:
         self.path = path
         self.on_event = on_event
         self.partial = ""
-        self.tail: list[str] = []
 
-    def __call__(self, text: str) -> None:
+    def __call__(self, name: str, text: str) -> None:
         with open(self.path, "a", encoding="utf-8", errors="replace") as fh:
             fh.write(text)
         lines = (self.partial + text).split("\n")
         self.partial = lines.pop()
         for line in lines:
-            self.tail = (self.tail + [line])[-40:]
             if line.startswith(PROGRESS_PREFIX):
                 self.on_event(line[len(PROGRESS_PREFIX):])
 
@@ -62,43 +128,21 @@ class LocalBackend:
     name = "local"
 
     def submit(self, run: Run, notebook_dir: Path, on_event: OnEvent) -> Run:
-        import nbformat
-        from nbclient.exceptions import CellExecutionError, DeadKernelError
-
-        work = run.folder / "work"
-        work.mkdir(parents=True, exist_ok=True)
-        nb = nbformat.read(notebook_dir / CODE_FILE, as_version=4)
-        sink = _LogSink(run.folder / LOG_FILE, on_event)
-        client = _streaming_client_class()(
-            nb, kernel_name="python3", resources={"metadata": {"path": str(work)}}, timeout=None)
-        client.on_stream = sink
         run.state = RunState.RUNNING
         runs.save(run)
-        t0 = time.monotonic()
-        index = -1
-        stderr = open(run.folder / "kernel-stderr.log", "ab")  # the kernel process's own chatter
-        try:
-            client.reset_execution_trackers()
-            with client.setup_kernel(stderr=stderr):
-                run.timings["kernel_start"] = round(time.monotonic() - t0, 3)
-                on_event(f"kernel started in {run.timings['kernel_start']:.1f}s")
-                for index, cell in enumerate(nb.cells):
-                    client.execute_cell(cell, index, execution_count=client.code_cells_executed + 1)
-            run.state = RunState.COMPLETE
-        except CellExecutionError as exc:
-            run.state = RunState.ERROR
-            run.failure = json.dumps({"cell_index": index, "ename": exc.ename, "evalue": exc.evalue,
-                                      "log_tail": "\n".join(sink.tail[-20:])})
-        except DeadKernelError as exc:
-            run.state = RunState.ERROR
-            run.failure = json.dumps({"cell_index": index, "ename": "DeadKernelError",
-                                      "evalue": str(exc), "log_tail": "\n".join(sink.tail[-20:])})
-        finally:
-            stderr.close()
-            run.timings["notebook"] = round(time.monotonic() - t0, 3)
-            nbformat.write(nb, run.folder / "executed.ipynb")
-            runs.save(run)
-        return run
+
+        def kernel_started(seconds: float) -> None:
+            run.timings["kernel_start"] = seconds
+            on_event(f"kernel started in {seconds:.1f}s")
+
+        result = execute_notebook(
+            notebook_dir / CODE_FILE, run.folder / "work", _LogSink(run.folder / LOG_FILE, on_event),
+            run.folder / "kernel-stderr.log", executed=run.folder / "executed.ipynb",
+            on_kernel=kernel_started)
+        run.timings["notebook"] = result.seconds
+        run.state = RunState.COMPLETE if result.ok else RunState.ERROR
+        run.failure = None if result.ok else result.failure()
+        return runs.save(run)
 
     def wait(self, run: Run, on_event: OnEvent, timeout: float | None = None) -> Run:
         return run  # the local run is over when submit returns

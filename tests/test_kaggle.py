@@ -1,0 +1,304 @@
+"""The Kaggle path end to end: imggenhub drives the official client against the local
+Kaggle emulator, which runs each pushed notebook with the local runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from imggenhub import artifacts, runs
+
+from .conftest import REPO, run_cli_subprocess
+from .kaggle_emulator import Emulator
+
+
+@pytest.fixture
+def emulator(monkeypatch):
+    em = Emulator(queue_seconds=0.1)
+    url = em.start()
+    monkeypatch.setenv("IMGGENHUB_KAGGLE_API_URL", url)
+    monkeypatch.setenv("KAGGLE_USERNAME", em.username)
+    monkeypatch.setenv("KAGGLE_KEY", em.key)
+    monkeypatch.setenv("IMGGENHUB_POLL_INTERVAL", "0.3")
+    monkeypatch.setenv("IMGGENHUB_POLL_MAX_INTERVAL", "0.5")
+    monkeypatch.setenv("IMGGENHUB_RETRY_MAX_WAIT", "0.3")
+    monkeypatch.setenv("IMGGENHUB_GPU_WAIT", "0.2")
+    monkeypatch.setenv("IMGGENHUB_HTTP_TIMEOUT", "10")
+    yield em
+    em.stop()
+
+
+SPEC = ["--model", "tiny-random", "--seed", "7", "-p", "a lighthouse at dusk", "-p", "a red fox",
+        "--num-images", "2"]
+
+
+def shas(folder: Path) -> list[str]:
+    return [i["sha256"] for i in artifacts.read_manifest(folder)["images"]]
+
+
+def test_generate_on_kaggle_makes_the_local_backends_images(emulator, cli, tmp_path):
+    code, out, err = cli("generate", *SPEC, "--out", str(tmp_path / "kaggle"), cwd=tmp_path)
+    assert code == 0, err  # credentials found: kaggle is the default backend
+    assert "pushed imggenhub/imggenhub-batch version 1" in err
+    assert "complete after" in err and "image 1/4" in err
+    code, _, err = cli("generate", *SPEC, "--backend", "local", "--out", str(tmp_path / "local"))
+    assert code == 0, err
+    assert shas(tmp_path / "kaggle") == shas(tmp_path / "local") and len(shas(tmp_path / "local")) == 4
+    assert artifacts.verify(tmp_path / "kaggle") == []
+    assert "[imggenhub] done: 4 images" in (tmp_path / "kaggle" / "kernel.log").read_text()
+    # the push carried what the kaggle CLI would send: private, T4 x2, internet, a notebook
+    push = next(body for method, body in emulator.calls if method == "SaveKernel")
+    assert push["slug"] == "imggenhub/imggenhub-batch" and push["kernelType"] == "notebook"
+    assert push["isPrivate"] and push["enableGpu"] and push["enableInternet"]
+    assert push["machineShape"] == "NvidiaTeslaT4"
+    assert all(isinstance(c["source"], str) for c in json.loads(push["text"])["cells"])
+    # status and outputs were asked for exactly the pushed version
+    asked = [b.get("versionLabel") for m, b in emulator.calls
+             if m in ("GetKernelSessionStatus", "ListKernelSessionOutput")]
+    assert asked and set(asked) == {"v1"}
+
+
+def test_deploy_poll_download_as_separate_processes(emulator, tmp_path):
+    env = {k: os.environ[k] for k in os.environ}
+    proc = run_cli_subprocess("deploy", *SPEC, "--kernel-id", "imggenhub/cron-batch",
+                              "--no-internet", "--timeout-hours", "2", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    run_id, url = proc.stdout.split()
+    assert url.endswith("/code/imggenhub/cron-batch")
+    push = next(body for method, body in emulator.calls if method == "SaveKernel")
+    assert push["enableInternet"] is False if "enableInternet" in push else True
+    assert push["sessionTimeoutSeconds"] == 7200 and push["newTitle"] == "cron batch"
+    proc = run_cli_subprocess("poll", cwd=tmp_path, env=env)  # the latest run
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"{run_id} complete"
+    proc = run_cli_subprocess("download", run_id, "--out", str(tmp_path / "imgs"), cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert len(shas(tmp_path / "imgs")) == 4 and artifacts.verify(tmp_path / "imgs") == []
+    assert (tmp_path / "imgs" / "kernel.log").exists()
+    # a second download finds everything verified and fetches no image again
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "imgs").glob("*.png")}
+    proc = run_cli_subprocess("download", run_id, "--out", str(tmp_path / "imgs"), cwd=tmp_path, env=env)
+    assert proc.returncode == 0
+    assert before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "imgs").glob("*.png")}
+    proc = run_cli_subprocess("runs", cwd=tmp_path, env=env)
+    assert run_id in proc.stdout and "complete" in proc.stdout and "imggenhub/cron-batch v1" in proc.stdout
+    proc = run_cli_subprocess("status", run_id, cwd=tmp_path, env=env)
+    assert proc.stdout.split()[:2] == [run_id, "complete"]
+
+
+def test_every_fault_knob_and_the_run_still_ends_verified(emulator, cli, tmp_path):
+    emulator.faults.set(rate_limit=2, server_error=2, drop=2, truncate=3, gpu_cap=1, slow=0.05,
+                        only=["GetKernelSessionStatus", "ListKernelSessionOutput"])
+    code, out, err = cli("generate", *SPEC, "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert code == 0, err
+    assert artifacts.verify(tmp_path / "out") == [] and len(shas(tmp_path / "out")) == 4
+    fired = emulator.faults.fired
+    for knob in ("rate_limit", "server_error", "drop", "truncate", "gpu_cap"):
+        assert fired.get(knob), knob
+    assert "Maximum batch GPU session count of 2 reached; waiting" in err
+    assert "HTTP 429; retry" in err and "HTTP 503; retry" in err
+    pushes = [m for m, _ in emulator.calls if m == "SaveKernel"]
+    assert len(emulator.versions("imggenhub/imggenhub-batch")) == 1  # one version made
+    assert len(pushes) == 2  # the GPU-cap answer, then the push that went through
+
+
+def test_a_push_is_retried_on_429_but_not_after_a_dropped_connection(emulator, cli, tmp_path):
+    emulator.faults.set(rate_limit=2, only=["SaveKernel"])
+    code, out, err = cli("deploy", *SPEC, cwd=tmp_path)
+    assert code == 0, err
+    assert err.count("HTTP 429; retry") == 2
+    emulator.faults.set(drop=1)
+    code, out, err = cli("deploy", *SPEC)
+    assert code == 1 and "may or may not have reached Kaggle" in err
+    assert len([m for m, _ in emulator.calls if m == "SaveKernel"]) == 4  # 3 + 1, never repeated
+    emulator.wait_idle()
+
+
+def test_status_is_of_the_pushed_version_not_the_previous_run(emulator, cli, tmp_path):
+    code, _, err = cli("generate", "--model", "tiny-random", "--seed", "1", "-p", "first run",
+                       "--out", str(tmp_path / "one"), cwd=tmp_path)
+    assert code == 0, err
+    emulator.faults.set(stale_status=100)  # unversioned status would describe v1 (COMPLETE)
+    code, _, err = cli("generate", "--model", "tiny-random", "--seed", "1", "-p", "second run",
+                       "--out", str(tmp_path / "two"))
+    assert code == 0, err
+    assert [i["prompt"] for i in artifacts.read_manifest(tmp_path / "two")["images"]] == ["second run"]
+    assert runs.load().version == 2
+
+
+def test_a_failing_notebook_exits_1_with_kaggles_message_and_the_traceback(emulator, cli, tmp_path):
+    emulator.faults.set(fail_notebook=True)
+    code, out, err = cli("generate", *SPEC, "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert code == 1
+    assert "Kaggle reports error for imggenhub/imggenhub-batch v1: Your notebook hit an unhandled " \
+           "error while executing" in err
+    assert "RuntimeError: imggenhub engine failed: RuntimeError: injected failure after 1 images" in err
+    assert "Traceback (most recent call last)" not in err.split("Error:")[-1]
+    # what was finished is kept and verified
+    assert len(shas(tmp_path / "out")) == 1 and artifacts.verify(tmp_path / "out") == []
+
+
+def test_push_errors_show_the_servers_text_and_exit_non_zero(emulator, cli, tmp_path):
+    code, out, err = cli("deploy", *SPEC, "--kernel-id", "someoneelse/their-kernel", cwd=tmp_path)
+    assert code == 1
+    assert err.strip().splitlines()[-1] == ("Error: Kaggle refused the push of someoneelse/their-kernel: You cannot "
+                           "push to someoneelse's notebooks.")
+    template = tmp_path / "kernel-metadata.json"
+    template.write_text(json.dumps({"id": "imggenhub/with-data", "title": "with data",
+                                    "dataset_sources": ["nobody/missing-data"]}))
+    code, out, err = cli("deploy", *SPEC)
+    assert code == 1 and "invalid dataset sources: nobody/missing-data" in err
+
+
+def test_bad_credentials_are_not_retried(emulator, cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("KAGGLE_KEY", "wrong")
+    code, out, err = cli("deploy", *SPEC, cwd=tmp_path)
+    assert code == 1 and "rejected the credentials" in err and "(HTTP 401)" in err
+    assert len([m for m, _ in emulator.calls if m == "SaveKernel"]) == 1
+    assert "wrong" not in err
+
+
+def test_poll_timeout_exits_3_and_poll_later_picks_it_up(emulator, cli, tmp_path):
+    emulator.queue_seconds = 4
+    code, out, err = cli("deploy", *SPEC, cwd=tmp_path)
+    assert code == 0, err
+    code, out, err = cli("poll", "--timeout", "1")
+    assert code == 3 and "still queued" in err
+    code, out, err = cli("poll")
+    assert code == 0 and out.strip().endswith("complete")
+
+
+def test_download_refuses_escaping_names_and_resumes_after_a_broken_download(emulator, cli, tmp_path,
+                                                                            monkeypatch):
+    code, out, err = cli("deploy", *SPEC, cwd=tmp_path)
+    assert code == 0, err
+    assert cli("poll")[0] == 0
+    emulator.faults.set(extra_names=["output/../../escape.png"])
+    code, out, err = cli("download", "--out", str(tmp_path / "imgs"))
+    assert code == 1 and "Refusing the output file name 'output/../../escape.png'" in err
+    assert not (tmp_path / "escape.png").exists()
+    emulator.faults.set(extra_names=[], truncate=50)  # more than the retries: the download fails
+    monkeypatch.setenv("IMGGENHUB_DOWNLOAD_WORKERS", "1")
+    code, out, err = cli("download", "--out", str(tmp_path / "imgs"))
+    assert code == 1 and "The transfer kept breaking off while downloading" in err
+    assert not list((tmp_path / "imgs").glob("*.part"))
+    emulator.faults.set(truncate=0)
+    code, out, err = cli("download", "--out", str(tmp_path / "imgs"))
+    assert code == 0, err
+    assert artifacts.verify(tmp_path / "imgs") == [] and len(shas(tmp_path / "imgs")) == 4
+
+
+def kaggle_cli(args, env, cwd):
+    env = {**env, "KAGGLE_API_ENVIRONMENT": "LOCALHOST"}
+    for var in ("NO_PROXY", "no_proxy", "IMGGENHUB_KAGGLE_API_URL"):
+        env.pop(var, None)
+    exe = Path(sys.executable).with_name("kaggle")
+    return subprocess.run([str(exe), *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_the_unmodified_kaggle_cli_pushes_polls_and_downloads(emulator, cli, tmp_path):
+    code, out, err = cli("render", *SPEC, "--out", str(tmp_path / "job"), "--kernel-id",
+                         "imggenhub/from-cli", cwd=tmp_path)
+    assert code == 0, err
+    env = {**os.environ, "HTTP_PROXY": emulator.url, "http_proxy": emulator.url}
+    proc = kaggle_cli(["kernels", "push", "-p", str(tmp_path / "job")], env, tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Kernel version 1 successfully pushed" in proc.stdout
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        proc = kaggle_cli(["kernels", "status", "imggenhub/from-cli"], env, tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        if "COMPLETE" in proc.stdout:
+            break
+        time.sleep(0.5)
+    assert 'imggenhub/from-cli has status "KernelWorkerStatus.COMPLETE"' in proc.stdout
+    proc = kaggle_cli(["kernels", "output", "imggenhub/from-cli", "-p", str(tmp_path / "dl")], env,
+                      tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "Output file downloaded to" in proc.stdout
+    assert artifacts.verify(tmp_path / "dl" / "output") == []
+    assert (tmp_path / "dl" / "from-cli.log").exists()
+    # and what imggenhub deploy pushes is the same notebook the kaggle CLI pushed
+    pushed = [b for m, b in emulator.calls if m == "SaveKernel"]
+    assert json.loads(pushed[0]["text"])["cells"][1]["source"].startswith("# The job, as data")
+
+
+def test_dataset_upload_endpoints_and_a_kernel_that_uses_the_dataset(emulator, cli, tmp_path):
+    import requests
+    from kagglesdk.blobs.types.blob_api_service import ApiStartBlobUploadRequest
+    from kagglesdk.datasets.types.dataset_api_service import (ApiCreateDatasetRequest,
+                                                              ApiDatasetNewFile,
+                                                              ApiGetDatasetStatusRequest)
+
+    from imggenhub.kaggle_api import make_client
+
+    client = make_client()
+    status = ApiGetDatasetStatusRequest()
+    status.owner_slug, status.dataset_slug = "imggenhub", "inputs"
+    with pytest.raises(requests.HTTPError):
+        client.datasets.dataset_api_client.get_dataset_status(status)
+    start = ApiStartBlobUploadRequest()
+    start.name, start.content_length = "init.png", 4
+    start.last_modified_epoch_seconds = int(time.time())
+    upload = client.blobs.blob_api_client.start_blob_upload(start)
+    assert requests.put(upload.create_url, data=b"\x89PNG").status_code == 200
+    create = ApiCreateDatasetRequest()
+    create.owner_slug, create.slug, create.title = "imggenhub", "inputs", "imggenhub inputs"
+    new_file = ApiDatasetNewFile()
+    new_file.token = upload.token
+    create.files = [new_file]
+    assert not client.datasets.dataset_api_client.create_dataset(create).error
+    assert client.datasets.dataset_api_client.get_dataset_status(status).status.name == "READY"
+    template = tmp_path / "kernel-metadata.json"
+    template.write_text(json.dumps({"id": "imggenhub/with-data", "title": "with data",
+                                    "dataset_sources": ["imggenhub/inputs"]}))
+    code, out, err = cli("deploy", *SPEC, cwd=tmp_path)
+    assert code == 0, err
+
+
+def test_doctor_names_the_credential_never_the_secret(emulator, cli, tmp_path, monkeypatch):
+    code, out, err = cli("doctor")
+    assert code == 0, err
+    assert "KAGGLE_USERNAME/KAGGLE_KEY" in out and "signed in as imggenhub" in out
+    assert emulator.key not in out + err
+    monkeypatch.delenv("KAGGLE_USERNAME")
+    monkeypatch.delenv("KAGGLE_KEY")
+    monkeypatch.setenv("KAGGLE_API_TOKEN", emulator.token)
+    code, out, err = cli("doctor")
+    assert code == 0 and "KAGGLE_API_TOKEN (token)" in out and emulator.token not in out + err
+    monkeypatch.delenv("KAGGLE_API_TOKEN")
+    code, out, err = cli("doctor")
+    assert code == 4 and "No Kaggle credentials found" in err
+
+
+def test_the_emulator_serves_get_kernel_list_kernels_and_quota(emulator, cli, tmp_path):
+    from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest, ApiListKernelsRequest
+
+    from imggenhub.kaggle_api import make_client
+
+    assert cli("deploy", *SPEC, cwd=tmp_path)[0] == 0
+    api = make_client().kernels.kernels_api_client
+    req = ApiGetKernelRequest()
+    req.user_name, req.kernel_slug = "imggenhub", "imggenhub-batch"
+    kernel = api.get_kernel(req)
+    assert kernel.metadata.current_version_number == 1 and "JOB_JSON" in kernel.blob.source
+    assert [k.ref for k in api.list_kernels(ApiListKernelsRequest()).kernels] == ["imggenhub/imggenhub-batch"]
+    emulator.wait_idle()
+
+
+def test_the_emulator_runs_from_the_command_line(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "tests.kaggle_emulator", "--port", "0"],
+                            cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("Kaggle emulator ready at http://127.0.0.1:")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
