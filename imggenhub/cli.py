@@ -246,9 +246,12 @@ def render(
     """Write the job's notebook and kernel-metadata.json; run nothing."""
     from . import jobs
 
+    from .credentials import find_credentials
+
     job = _job(job_flags)
+    creds = find_credentials()  # fill in the owner as deploy would, where it needs no network
     path = jobs.render(job, out, _kernel_options(job_flags, kernel_id, title, internet),
-                       metadata_template)
+                       metadata_template, owner=creds.username if creds else None)
     typer.echo(f"{path} (job {job.job_id}, {job.image_count} images)")
 
 

@@ -119,6 +119,17 @@ def retrying(on_retry: Callable[[str], None] | None = None,
                     before_sleep=before_sleep)
 
 
+# HTTP status -> the sentence for a call that failed for good ({what}: the call, {detail}:
+# the server's text).
+_SENTENCES = {
+    401: "Kaggle rejected the credentials while {what} (HTTP 401); check them with 'imggenhub doctor'.",
+    403: "Kaggle denied access while {what} (HTTP 403): {detail}; check the kernel id and that it "
+         "is yours.",
+    404: "Kaggle found nothing while {what} (HTTP 404): {detail}; check the kernel id.",
+    429: "Kaggle kept rate-limiting us while {what} (HTTP 429); try again in a few minutes.",
+}
+
+
 def explain(exc: BaseException, what: str) -> KaggleApiError:
     """One sentence for a call that failed for good."""
     status = status_of(exc)
@@ -126,22 +137,11 @@ def explain(exc: BaseException, what: str) -> KaggleApiError:
     if isinstance(exc, (requests.exceptions.ChunkedEncodingError, TruncatedDownload)):
         return KaggleApiError(f"The transfer kept breaking off while {what}; run the same command "
                               "again: files already downloaded and verified are kept.")
-    if status == 401:
-        return KaggleApiError(f"Kaggle rejected the credentials while {what} (HTTP 401); check them "
-                              "with 'imggenhub doctor'.", status)
-    if status == 403:
-        return KaggleApiError(f"Kaggle denied access while {what} (HTTP 403): {detail}; check the "
-                              "kernel id and that it is yours.", status)
-    if status == 404:
-        return KaggleApiError(f"Kaggle found nothing while {what} (HTTP 404): {detail}; check the "
-                              "kernel id.", status)
-    if status == 429:
-        return KaggleApiError(f"Kaggle kept rate-limiting us while {what} (HTTP 429); try again in "
-                              "a few minutes.", status)
-    if status is not None:
-        return KaggleApiError(f"Kaggle failed while {what} (HTTP {status}): {detail}.", status)
-    return KaggleApiError(f"Could not reach Kaggle while {what} ({type(exc).__name__}); check the "
-                          "network and try again.")
+    if status is None:
+        return KaggleApiError(f"Could not reach Kaggle while {what} ({type(exc).__name__}); check "
+                              "the network and try again.")
+    template = _SENTENCES.get(status, "Kaggle failed while {what} (HTTP {status}): {detail}.")
+    return KaggleApiError(template.format(what=what, detail=detail, status=status), status)
 
 
 def credentials() -> Credentials:

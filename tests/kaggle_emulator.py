@@ -40,6 +40,7 @@ class Faults:
     stale_status: int = 0
     gpu_cap: int = 0
     slow: float = 0.0
+    slow_files: float = 0.0  # seconds before each file download answers (a network's latency)
     fail_notebook: bool = False
     only: tuple[str, ...] | None = None
     extra_names: tuple[str, ...] = ()  # file names listed besides the real ones (e.g. "../x")
@@ -73,6 +74,8 @@ class Version:
     log: list = field(default_factory=list)
     workdir: Path | None = None
     env: dict = field(default_factory=dict)
+    pushed: float = field(default_factory=time.monotonic)
+    finished: float | None = None
 
 
 class Emulator:
@@ -181,6 +184,7 @@ class Emulator:
         except Exception as exc:  # the emulator must never hang a test
             version.status, version.failure = "ERROR", f"emulator: {exc}"
             return
+        version.finished = time.monotonic()
         if result.ok:
             version.status = "COMPLETE"
         else:
@@ -300,6 +304,8 @@ class _Handler(BaseHTTPRequestHandler):
             target = em.files.get(path[len("/files/"):])
             if target is None or not target.exists():
                 return self._json(404, {"code": 404, "message": "No such file"})
+            if em.faults.slow_files:
+                time.sleep(em.faults.slow_files)
             data = target.read_bytes()
             if em.faults.take("truncate"):
                 self.send_response(200)

@@ -221,7 +221,7 @@ class KaggleBackend:
 
     def wait(self, run: Run, on_event: OnEvent, timeout: float | None = None) -> Run:
         start = time.monotonic()
-        interval = kaggle_api.setting("IMGGENHUB_POLL_INTERVAL", 5.0)
+        interval = kaggle_api.setting("IMGGENHUB_POLL_INTERVAL", 2.0)
         max_interval = kaggle_api.setting("IMGGENHUB_POLL_MAX_INTERVAL", 30.0)
         last, seen, polls = None, set(), 0
         while True:
