@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import shutil
 from pathlib import Path, PurePosixPath
@@ -76,3 +77,31 @@ def collect(src: Path, out_dir: Path) -> list[str]:
             shutil.move(str(path), dest)
             moved.append(rel.as_posix())
     return moved
+
+
+GALLERY = "gallery.html"
+
+
+def write_gallery(folder: Path) -> Path | None:
+    """A static page of the folder's images with their prompts and seeds (all text escaped)."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        return None
+    cards = []
+    for r in manifest["images"]:
+        src = html.escape(str(safe_relative(r["file"])), quote=True)
+        caption = html.escape(r["prompt"])
+        extra = html.escape(f"seed {r['seed']} · {r['steps']} steps · cfg {r['guidance']} · "
+                            f"{r['width']}x{r['height']}")
+        cards.append(f'<figure><a href="{src}"><img src="{src}" loading="lazy"></a>'
+                     f"<figcaption>{caption}<br><small>{extra}</small></figcaption></figure>")
+    title = html.escape(f"imggenhub {manifest.get('job_id', '')}: {len(cards)} images, "
+                        f"{manifest.get('model', '')}")
+    page = ("<!doctype html><meta charset=utf-8><title>" + title + "</title><style>"
+            "body{font-family:sans-serif;margin:1em}figure{display:inline-block;width:256px;"
+            "margin:.5em;vertical-align:top}img{width:256px;image-rendering:pixelated}"
+            "figcaption{font-size:.85em;white-space:pre-wrap;overflow-wrap:anywhere}</style>"
+            f"<h1>{title}</h1>" + "".join(cards) + "\n")
+    path = Path(folder) / GALLERY
+    path.write_text(page, encoding="utf-8")
+    return path

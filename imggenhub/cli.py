@@ -36,7 +36,8 @@ def _progress(line: str) -> None:
 
 _SPEC_OPTIONS = {
     "prompt": (Optional[list[str]], typer.Option(
-        "--prompt", "-p", help="A prompt (repeatable); replaces the prompts file entirely.")),
+        "--prompt", "-p", metavar="TEXT",
+        help="A prompt (repeatable); replaces the prompts file entirely.")),
     "prompts_file": (Path, typer.Option(
         "--prompts-file", help="JSON list of prompts (strings or objects with overrides).")),
     "model": (str, typer.Option(

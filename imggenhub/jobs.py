@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import backends, runs
-from .artifacts import check_destination
+from .artifacts import check_destination, write_gallery
 from .errors import NotebookFailedError
 from .notebook import (PLACEHOLDER_OWNER, KernelOptions, kernel_metadata, load_metadata_template,
                        write_render)
@@ -70,6 +70,7 @@ def finish(run: Run, on_event: backends.OnEvent, timeout: float | None = None) -
     run = impl.wait(run, on_event, timeout)
     if run.state.terminal:
         run = impl.fetch(run, Path(run.out_dir), on_event)
+        write_gallery(Path(run.out_dir))
     if run.state == RunState.ERROR:
         raise failure_error(run)
     return run
@@ -96,4 +97,6 @@ def download(run_id: str | None, out_dir: Path | None, on_event: backends.OnEven
     run = runs.load(run_id)
     if out_dir is not None:
         run.out_dir = str(Path(out_dir).resolve())
-    return backends.get_backend(run.backend).fetch(run, Path(run.out_dir), on_event)
+    run = backends.get_backend(run.backend).fetch(run, Path(run.out_dir), on_event)
+    write_gallery(Path(run.out_dir))
+    return run

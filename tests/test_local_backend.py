@@ -114,3 +114,22 @@ def test_generate_without_credentials_or_backend_says_how(tmp_path, cli):
                            "~/.kaggle/kaggle.json from your Kaggle account page), or run on this "
                            "machine with --backend local.")
     assert not Path(tmp_path / "outputs").exists()
+
+
+def test_the_gallery_shows_every_image_with_its_prompt_escaped(quick_run, tmp_path):
+    from imggenhub.artifacts import write_gallery
+
+    work, _ = quick_run
+    [out] = list((work / "outputs").iterdir())
+    manifest = artifacts.read_manifest(out)
+    page = (out / "gallery.html").read_text()
+    assert page.count("<figure>") == len(manifest["images"])
+    for record in manifest["images"]:
+        assert f'src="{record["file"]}"' in page
+    # prompts are escaped text, never markup
+    folder = tmp_path / "g"
+    folder.mkdir()
+    evil = {**manifest["images"][0], "prompt": "<script>alert(1)</script> & \"q\""}
+    (folder / "manifest.json").write_text(json.dumps({"job_id": "x", "images": [evil]}))
+    page = write_gallery(folder).read_text()
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt; &amp;" in page

@@ -221,7 +221,7 @@ class KaggleBackend:
 
     def wait(self, run: Run, on_event: OnEvent, timeout: float | None = None) -> Run:
         start = time.monotonic()
-        interval = kaggle_api.setting("IMGGENHUB_POLL_INTERVAL", 2.0)
+        first_interval = interval = kaggle_api.setting("IMGGENHUB_POLL_INTERVAL", 2.0)
         max_interval = kaggle_api.setting("IMGGENHUB_POLL_MAX_INTERVAL", 30.0)
         last, seen, polls = None, set(), 0
         while True:
@@ -248,7 +248,9 @@ class KaggleBackend:
                 raise PollTimeout(f"Run {run.run_id} is still {state.value} after {elapsed:.0f}s; "
                                   f"'imggenhub poll {run.run_id}' picks it up again.")
             time.sleep(interval)
-            interval = min(max_interval, interval * 1.5)
+            # poll often early, then at a fifth of the elapsed time, capped: the wait past
+            # the kernel's end stays a small share of its run time
+            interval = min(max_interval, max(first_interval, (time.monotonic() - start) / 5))
 
     def _log_tail(self, run: Run) -> str:
         try:

@@ -67,6 +67,7 @@ def execute_notebook(notebook: Path, workdir: Path, on_stream: Callable[[str, st
     Shared by the local backend and the tests' Kaggle emulator: one runner.
     """
     import nbformat
+    from jupyter_client.kernelspec import NoSuchKernel
     from nbclient.exceptions import CellExecutionError, DeadKernelError
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -99,6 +100,9 @@ def execute_notebook(notebook: Path, workdir: Path, on_stream: Callable[[str, st
             result.cell_index, result.ename, result.evalue = index, exc.ename, exc.evalue
         except DeadKernelError as exc:
             result.cell_index, result.ename, result.evalue = index, "DeadKernelError", str(exc)
+        except NoSuchKernel:
+            raise ImggenhubError("No Jupyter kernel named 'python3' is installed here; install "
+                                 "ipykernel in this Python environment.") from None
         finally:
             result.seconds = round(time.monotonic() - t0, 3)
             if executed is not None:
