@@ -378,7 +378,8 @@ def run_worker(job: dict, out_dir: Path) -> None:
             "prompt": [t["prompt"] for t in batch],
             "num_inference_steps": first["steps"],
             "guidance_scale": first["guidance"],
-            "generator": [torch.Generator(device.type).manual_seed(t["seed"]) for t in batch],
+            # CPU generators: the same seed gives the same starting noise on any device
+            "generator": [torch.Generator("cpu").manual_seed(t["seed"]) for t in batch],
         }
         if any(t["negative_prompt"] for t in batch):
             kwargs["negative_prompt"] = [t["negative_prompt"] or "" for t in batch]

@@ -239,8 +239,8 @@ def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
             raise SpecError(f"{where}: model {preset.name} has no default size; give both width "
                             "and height.")
         if width is not None:
-            _check_size(width, preset, f"{where}: width")
-            _check_size(height, preset, f"{where}: height")
+            _check_size(width, preset, f"{where}: width" if item.width else "--width")
+            _check_size(height, preset, f"{where}: height" if item.height else "--height")
         resolved.append(ResolvedPrompt(
             prompt=item.prompt,
             negative_prompt=item.negative_prompt if item.negative_prompt is not None

@@ -302,3 +302,15 @@ def test_the_emulator_runs_from_the_command_line(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_no_gpu_pushes_a_cpu_kernel(emulator, cli, tmp_path):
+    code, out, err = cli("deploy", *SPEC, "--no-gpu", cwd=tmp_path)
+    assert code == 0, err
+    push = next(body for method, body in emulator.calls if method == "SaveKernel")
+    assert not push.get("enableGpu") and "machineShape" not in push
+    import ast
+
+    source = json.loads(push["text"])["cells"][1]["source"]
+    doc = json.loads(ast.literal_eval(source.split("JOB_JSON = ", 1)[1]))
+    assert doc["gpu"] is False

@@ -101,3 +101,19 @@ def test_errors_that_are_not_retried_give_one_sentence():
                           (404, "found nothing")):
         message = str(kaggle_api.explain(http_error(status), "reading the kernel status"))
         assert words in message and "\n" not in message
+
+
+def test_kaggle_states_map_in_one_place():
+    from kagglesdk.kernels.types.kernels_enums import KernelWorkerStatus
+
+    from imggenhub.backends.kaggle import STATES, _parse_state
+    from imggenhub.runs import RunState
+
+    for status in KernelWorkerStatus:
+        assert _parse_state(status) == STATES[status.name]
+    assert _parse_state("COMPLETE") == RunState.COMPLETE
+    assert _parse_state("cancelAcknowledged") == RunState.CANCELLED
+    assert _parse_state("running") == RunState.RUNNING
+    assert _parse_state(None) == RunState.QUEUED  # an empty body parses as QUEUED
+    assert {s for s in RunState if s.terminal} == {RunState.COMPLETE, RunState.ERROR,
+                                                   RunState.CANCELLED}

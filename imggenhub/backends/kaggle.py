@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -35,10 +36,11 @@ class PollTimeout(ImggenhubError):
 
 
 def _parse_state(raw) -> RunState:
+    """kagglesdk gives a KernelWorkerStatus; map its name (or a raw string) to our states."""
     name = getattr(raw, "name", None) or str(raw or "QUEUED")
-    key = "".join("_" + c if c.isupper() else c for c in name).upper().lstrip("_") \
-        if not name.isupper() else name
-    return STATES.get(key, RunState.QUEUED)
+    if not name.isupper():  # the camelCase forms: "cancelAcknowledged"
+        name = re.sub(r"(?<!^)(?=[A-Z])", "_", name)
+    return STATES.get(name.upper(), RunState.QUEUED)
 
 
 def save_request(meta: dict, notebook_text: str, timeout_seconds: int | None = None):
