@@ -147,3 +147,20 @@ def test_a_missing_model_fails_with_the_loaders_message(tmp_path):
     proc = run_engine(doc, tmp_path / "out", {"HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 1
     assert "[imggenhub] error: " in proc.stdout
+
+
+def test_the_engine_imports_only_what_a_kaggle_image_has():
+    """stdlib, torch, diffusers, transformers, accelerate, Pillow; third-party ones lazily."""
+    import ast
+
+    tree = ast.parse(open(engine.__file__, encoding="utf-8").read())
+    allowed = {"torch", "diffusers", "transformers", "accelerate", "PIL"}
+    top_level, inside = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module]
+            roots = {n.split(".")[0] for n in names if n}
+            (top_level if node in tree.body else inside).update(roots)
+    assert top_level <= set(sys.stdlib_module_names) | {"__future__"}
+    assert inside - set(sys.stdlib_module_names) <= allowed
+    assert "imggenhub" not in top_level | inside  # it must stand alone in the notebook
