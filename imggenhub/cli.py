@@ -34,7 +34,7 @@ def _progress(line: str) -> None:
 
 # --- the job-spec options, declared once and shared by every command that takes a job ---
 
-_SPEC_OPTIONS = {
+_JOB_OPTIONS = {
     "prompt": (Optional[list[str]], typer.Option(
         "--prompt", "-p", metavar="TEXT",
         help="A prompt (repeatable); replaces the prompts file entirely.")),
@@ -55,49 +55,53 @@ _SPEC_OPTIONS = {
         help="dpm++, dpm++-karras, euler, euler-a, ddim, ... (default: the model's own).")),
     "precision": (str, typer.Option(help="auto, fp16 or fp32 (auto: fp16 on a GPU).")),
     "gpu": (bool, typer.Option("--gpu/--no-gpu", help="Ask for a GPU.")),
+    # the kernel (Kaggle) options: they shape kernel-metadata.json
+    "metadata_template": (Path, typer.Option(
+        "--metadata-template", help="The kernel-metadata.json template (never rewritten).")),
+    "kernel_id": (Optional[str], typer.Option(help="The Kaggle kernel, as owner/slug.")),
+    "title": (Optional[str], typer.Option(help="The kernel's title.")),
+    "internet": (Optional[bool], typer.Option(
+        "--internet/--no-internet", help="Internet in the kernel (the Hub needs it; default on).")),
 }
-_SPEC_DEFAULTS = {"prompt": None, "prompts_file": Path("prompts.json"), "model": "sdxl-turbo",
-                  "num_images": 1, "batch_size": 1, "precision": "auto", "gpu": True}
+_JOB_DEFAULTS = {"prompt": None, "prompts_file": Path("prompts.json"), "model": "sdxl-turbo",
+                 "num_images": 1, "batch_size": 1, "precision": "auto", "gpu": True,
+                 "metadata_template": Path("kernel-metadata.json")}
+_KERNEL_FLAGS = ("metadata_template", "kernel_id", "title", "internet")
+_GIVEN = ("job", "kernel", "template")
 
 
-def spec_options(fn):
-    """Add the job-spec options to a command; it receives them as one ``job_flags`` dict."""
+def job_options(fn):
+    """Add the job and kernel options, declared once, to a command. It receives them parsed:
+    ``job`` (a validated JobSpec), ``kernel`` (KernelOptions) and ``template`` (a path)."""
     extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
-                               default=_SPEC_DEFAULTS.get(name),
+                               default=_JOB_DEFAULTS.get(name),
                                annotation=Annotated[kind, option])
-             for name, (kind, option) in _SPEC_OPTIONS.items()]
+             for name, (kind, option) in _JOB_OPTIONS.items()]
     sig = inspect.signature(fn, eval_str=True)
-    own = [p for p in sig.parameters.values() if p.name != "job_flags"]
+    own = [p for p in sig.parameters.values() if p.name not in _GIVEN]
 
     @functools.wraps(fn)
     def wrapper(**kwargs):
-        flags = {name: kwargs.pop(name) for name in _SPEC_OPTIONS}
-        return fn(job_flags=flags, **kwargs)
+        flags = {name: kwargs.pop(name) for name in _JOB_OPTIONS}
+        return fn(**_parse_job(flags), **kwargs)
 
     wrapper.__signature__ = sig.replace(parameters=own + extra)
     wrapper.__annotations__ = {p.name: p.annotation for p in own + extra}
     return wrapper
 
 
-def _job(flags: dict):
+def _parse_job(flags: dict) -> dict:
+    from .notebook import KernelOptions
     from .spec import job_from_inputs, parse_settings
 
+    kernel = {name: flags.pop(name) for name in _KERNEL_FLAGS}
     settings = parse_settings(**{k: v for k, v in flags.items() if k not in ("prompt", "prompts_file")})
-    return job_from_inputs(settings, flags["prompt"], flags["prompts_file"])
-
-
-def _kernel_options(flags: dict, kernel_id=None, title=None, internet=None):
-    from .notebook import KernelOptions
-
-    return KernelOptions(kernel_id=kernel_id, title=title, gpu=flags["gpu"], internet=internet)
-
-
-Template = Annotated[Path, typer.Option(
-    "--metadata-template", help="The kernel-metadata.json template (never rewritten).")]
-KernelId = Annotated[Optional[str], typer.Option(help="The Kaggle kernel, as owner/slug.")]
-Title = Annotated[Optional[str], typer.Option(help="The kernel's title.")]
-Internet = Annotated[Optional[bool], typer.Option(
-    "--internet/--no-internet", help="Internet in the kernel (the Hub needs it; default on).")]
+    return {
+        "job": job_from_inputs(settings, flags["prompt"], flags["prompts_file"]),
+        "kernel": KernelOptions(kernel_id=kernel["kernel_id"], title=kernel["title"],
+                                gpu=flags["gpu"], internet=kernel["internet"]),
+        "template": kernel["metadata_template"],
+    }
 
 
 TimeoutHours = Annotated[Optional[float], typer.Option(
@@ -116,48 +120,36 @@ def _default_backend() -> str:
 
 
 @app.command()
-@spec_options
+@job_options
 def generate(
-    job_flags: dict,
+    job, kernel, template,
     backend: Annotated[Optional[str], typer.Option(
         help="Where to run: 'kaggle' (the default when credentials are found) or 'local'.")] = None,
     out: Annotated[Optional[Path], typer.Option(
         help="Output folder (default: outputs/<run id>/).")] = None,
-    metadata_template: Template = Path("kernel-metadata.json"),
-    kernel_id: KernelId = None,
-    title: Title = None,
-    internet: Internet = None,
     timeout_hours: TimeoutHours = None,
     timeout: PollTimeout = None,
 ) -> None:
     """Render the job's notebook, run it, and bring the images home (deploy + poll + download)."""
     from . import jobs
 
-    job = _job(job_flags)
     backend = backend or _default_backend()
-    run = jobs.generate(job, backend, out, _kernel_options(job_flags, kernel_id, title, internet),
-                        metadata_template, _progress, timeout_hours, timeout)
+    run = jobs.generate(job, backend, out, kernel, template, _progress, timeout_hours, timeout)
     typer.echo(f"{run.images_fetched} images in {run.out_dir} (manifest.json; run {run.run_id})")
 
 
 @app.command()
-@spec_options
+@job_options
 def deploy(
-    job_flags: dict,
+    job, kernel, template,
     out: Annotated[Optional[Path], typer.Option(
         help="Where 'download' will put the images (default: outputs/<run id>/).")] = None,
-    metadata_template: Template = Path("kernel-metadata.json"),
-    kernel_id: KernelId = None,
-    title: Title = None,
-    internet: Internet = None,
     timeout_hours: TimeoutHours = None,
 ) -> None:
     """Validate, render and push the job to Kaggle as a new kernel version; save the run."""
     from . import jobs
 
-    job = _job(job_flags)
-    run = jobs.start(job, "kaggle", out, _kernel_options(job_flags, kernel_id, title, internet),
-                     metadata_template, _progress, timeout_hours)
+    run = jobs.start(job, "kaggle", out, kernel, template, _progress, timeout_hours)
     typer.echo(f"{run.run_id} {run.url}")
 
 
@@ -235,24 +227,17 @@ def doctor() -> None:
 
 
 @app.command()
-@spec_options
+@job_options
 def render(
-    job_flags: dict,
+    job, kernel, template,
     out: Annotated[Path, typer.Option(help="Folder for the notebook and kernel-metadata.json.")],
-    metadata_template: Template = Path("kernel-metadata.json"),
-    kernel_id: KernelId = None,
-    title: Title = None,
-    internet: Internet = None,
 ) -> None:
     """Write the job's notebook and kernel-metadata.json; run nothing."""
     from . import jobs
-
     from .credentials import find_credentials
 
-    job = _job(job_flags)
     creds = find_credentials()  # fill in the owner as deploy would, where it needs no network
-    path = jobs.render(job, out, _kernel_options(job_flags, kernel_id, title, internet),
-                       metadata_template, owner=creds.username if creds else None)
+    path = jobs.render(job, out, kernel, template, owner=creds.username if creds else None)
     typer.echo(f"{path} (job {job.job_id}, {job.image_count} images)")
 
 
