@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from . import backends, runs
@@ -27,10 +28,11 @@ def start(job: JobSpec, backend: str, out_dir: Path | None, options: KernelOptio
           timeout_hours: float | None = None) -> Run:
     """Render the job into a new run's folder and submit it to the backend."""
     impl = backends.get_backend(backend)
-    metadata = kernel_metadata(load_metadata_template(template), options)  # checked before a run
-    owner = None
+    template_meta = load_metadata_template(template)
+    metadata = kernel_metadata(template_meta, options)  # checked before a run exists
     if metadata["id"].startswith(PLACEHOLDER_OWNER + "/") and hasattr(impl, "owner"):
-        owner = impl.owner()  # the template says "your-kaggle-username": use the credential's
+        # the template says "your-kaggle-username": use the credential's
+        metadata = kernel_metadata(template_meta, options, impl.owner())
     run_id = runs.new_run_id(job.job_id)
     out = Path(out_dir) if out_dir else DEFAULT_OUTPUTS / run_id
     check_destination(out, job.job_id)
@@ -38,15 +40,13 @@ def start(job: JobSpec, backend: str, out_dir: Path | None, options: KernelOptio
               out_dir=str(out.resolve()),
               session_timeout_seconds=int(timeout_hours * 3600) if timeout_hours else None)
     notebook_dir = run.folder / "notebook"
-    render(job, notebook_dir, options, template, owner)
+    write_render(notebook_dir, job, metadata)
     runs.save(run)
     on_event(f"run {run_id}: {job.image_count} images with {job.model['id']} on the {backend} backend")
     return impl.submit(run, notebook_dir, on_event)
 
 
 def failure_error(run: Run) -> NotebookFailedError:
-    import json
-
     detail = json.loads(run.failure) if run.failure else {}
     ename, evalue = detail.get("ename", "Error"), detail.get("evalue", "unknown failure")
     if detail.get("ename") == "KernelError":  # Kaggle's word, then the notebook's traceback

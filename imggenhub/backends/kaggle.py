@@ -14,6 +14,7 @@ from pathlib import Path
 import requests
 
 from .. import artifacts, kaggle_api, runs
+from ..engine import PROGRESS_PREFIX
 from ..errors import ImggenhubError
 from ..notebook import CODE_FILE, METADATA_FILE
 from ..runs import Run, RunState
@@ -21,6 +22,7 @@ from . import OnEvent
 
 OUTPUT_PREFIX = "output/"  # what the notebook writes under /kaggle/working
 LOG_FILE = "kernel.log"
+PROGRESS = PROGRESS_PREFIX + " "
 GPU_CAP_TEXT = "Maximum batch GPU session count"
 
 # Kaggle's raw status strings, mapped in exactly one place.
@@ -104,7 +106,6 @@ class KaggleBackend:
 
     def __init__(self):
         self._client = None
-        self._local = threading.local()
 
     @property
     def client(self):
@@ -217,9 +218,9 @@ class KaggleBackend:
         except ImggenhubError:
             return
         for line in text.splitlines():
-            if line.startswith("[imggenhub] ") and line not in seen:
+            if line.startswith(PROGRESS) and line not in seen:
                 seen.add(line)
-                on_event(line[len("[imggenhub] "):])
+                on_event(line[len(PROGRESS):])
 
     def wait(self, run: Run, on_event: OnEvent, timeout: float | None = None) -> Run:
         start = time.monotonic()

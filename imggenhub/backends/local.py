@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import artifacts, runs
+from ..engine import PROGRESS_PREFIX
 from ..errors import ImggenhubError, MissingDependencyError
 from ..notebook import CODE_FILE
 from ..runs import Run, RunState
@@ -18,7 +19,7 @@ from . import OnEvent
 
 OUTPUT_SUBDIR = "output"  # what the notebook writes under its working folder
 LOG_FILE = "kernel.log"
-PROGRESS_PREFIX = "[imggenhub] "
+PROGRESS = PROGRESS_PREFIX + " "
 
 
 def _streaming_client_class():
@@ -124,8 +125,8 @@ class _LogSink:
         lines = (self.partial + text).split("\n")
         self.partial = lines.pop()
         for line in lines:
-            if line.startswith(PROGRESS_PREFIX):
-                self.on_event(line[len(PROGRESS_PREFIX):])
+            if line.startswith(PROGRESS):
+                self.on_event(line[len(PROGRESS):])
 
 
 class LocalBackend:
