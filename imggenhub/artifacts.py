@@ -1,30 +1,79 @@
-"""Outputs: collecting them into the output folder, and checking them against the manifest."""
+"""Outputs: the output folder (checked before anything is pushed, locked while written),
+the manifest (untrusted when it comes from a server), verification and the gallery."""
 
 from __future__ import annotations
 
 import hashlib
 import html
 import json
+import os
+import threading
 import shutil
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
+from filelock import FileLock, Timeout
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
 from .engine import MANIFEST
-from .errors import ImggenhubError
+from .errors import NothingYet, SpecError, UnsafeOutputError
+
+CLAIM = ".imggenhub-run.json"  # which run fills this folder
+LOCK = ".imggenhub.lock"
+GALLERY = "gallery.html"
+MAX_MANIFEST_BYTES = 64 << 20
 
 
 def safe_relative(name: str) -> PurePosixPath:
-    """A file name from a kernel's outputs as a safe relative path; refuses '..' and absolutes."""
-    path = PurePosixPath(name.replace("\\", "/"))
-    if not name or path.is_absolute() or ".." in path.parts or ":" in name or "\0" in name:
-        raise ImggenhubError(f"Refusing the output file name {name!r}: it leaves the output folder.")
+    """A file name from a kernel's outputs as a safe relative path; refuses '..', absolute
+    names, NUL, drive letters, and names that are no file ('.', 'output/.')."""
+    path = PurePosixPath(str(name).replace("\\", "/"))
+    if (not name or path.is_absolute() or ".." in path.parts or ":" in name or "\0" in name
+            or path.name in ("", ".") or str(name).endswith(("/", "/."))):
+        raise UnsafeOutputError(f"Refusing the output file name {name!r}: it leaves the output "
+                                "folder or names no file.")
     return path
+
+
+class ImageRecord(BaseModel):
+    """One manifest entry as the host relies on it; other fields are kept as they are."""
+
+    model_config = ConfigDict(extra="allow")
+
+    file: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    job_id: str | None = None
+    run_id: str | None = None
+    images: list[ImageRecord]
+
+
+def parse_manifest(data: bytes | str, where: str) -> dict:
+    """A manifest's text, validated: every image has a safe name, a sha256 and a size."""
+    try:
+        raw = json.loads(data)
+        manifest = Manifest.model_validate(raw)
+    except (ValueError, RecursionError, ValidationError) as exc:
+        first = exc.errors(include_url=False)[0]["msg"] if isinstance(exc, ValidationError) \
+            else type(exc).__name__
+        raise UnsafeOutputError(f"{where} is not an imggenhub manifest ({first}).") from None
+    for record in manifest.images:
+        safe_relative(record.file)
+    return raw
 
 
 def read_manifest(folder: Path) -> dict | None:
     path = Path(folder) / MANIFEST
     if not path.exists():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    if path.stat().st_size > MAX_MANIFEST_BYTES:
+        raise UnsafeOutputError(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MiB.")
+    return parse_manifest(path.read_bytes(), str(path))
 
 
 def sha256_of(path: Path) -> str:
@@ -55,12 +104,88 @@ def verify(folder: Path) -> list[str]:
     return [p for p in (verify_image(folder, r) for r in manifest["images"]) if p]
 
 
-def check_destination(out_dir: Path, job_id: str) -> None:
-    """Refuse to mix two jobs' images in one folder (nothing already there is lost)."""
-    manifest = read_manifest(out_dir)
+def prepare_destination(out_dir: Path, run_id: str, job_id: str, is_active) -> None:
+    """Before anything is pushed: the folder can be written, holds no other job's images and
+    is not being filled by another run that is still going (``is_active(run_id)``). Then
+    claim it for this run."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SpecError(f"The output folder {out_dir} is a file; choose another --out.")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".imggenhub-probe-{os.getpid()}-{threading.get_ident()}"
+        probe.write_bytes(b"")
+        probe.unlink(missing_ok=True)
+    except OSError as exc:
+        raise SpecError(f"The output folder {out_dir} cannot be written ({exc.strerror or exc}); "
+                        "choose another --out.") from None
+    try:
+        manifest = read_manifest(out_dir)
+    except UnsafeOutputError:
+        manifest = {"job_id": None}
     if manifest is not None and manifest.get("job_id") != job_id:
-        raise ImggenhubError(f"The folder {out_dir} already holds the images of another job; choose "
-                             "another --out.")
+        raise SpecError(f"The folder {out_dir} already holds the images of another job; choose "
+                        "another --out.")
+    with folder_lock(out_dir):
+        claim = _read_claim(out_dir)
+        if claim and claim.get("run_id") != run_id:
+            if claim.get("job_id") != job_id:
+                raise SpecError(f"The folder {out_dir} belongs to run {claim.get('run_id')} of "
+                                "another job; choose another --out.")
+            if is_active(claim.get("run_id")):
+                raise SpecError(f"The folder {out_dir} is being filled by run {claim.get('run_id')}, "
+                                "which is still going; choose another --out.")
+        tmp = out_dir / f".{CLAIM}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps({"run_id": run_id, "job_id": job_id}), encoding="utf-8")
+        os.replace(tmp, out_dir / CLAIM)
+
+
+def _read_claim(out_dir: Path) -> dict | None:
+    try:
+        data = json.loads((Path(out_dir) / CLAIM).read_text("utf-8"))
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def check_claim(out_dir: Path, run_id: str, job_id: str) -> None:
+    """At fetch time: the folder is still this run's (or nobody's), and holds no other job."""
+    claim = _read_claim(out_dir)
+    if claim and claim.get("run_id") != run_id and claim.get("job_id") != job_id:
+        raise SpecError(f"The folder {out_dir} now belongs to run {claim.get('run_id')}; download "
+                        "into another folder with --out.")
+    manifest = None
+    try:
+        manifest = read_manifest(out_dir)
+    except UnsafeOutputError:
+        pass
+    if manifest is not None and manifest.get("job_id") not in (None, job_id):
+        raise SpecError(f"The folder {out_dir} already holds the images of another job; download "
+                        "into another folder with --out.")
+
+
+@contextmanager
+def folder_lock(out_dir: Path):
+    """One writer per output folder: a second process is refused with a sentence."""
+    lock = FileLock(str(Path(out_dir) / LOCK))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise NothingYet(f"Another imggenhub process is writing into {out_dir}; nothing to do here.") \
+            from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def sweep_partials(out_dir: Path) -> int:
+    """Remove temporary download files a killed process left (call under the folder lock)."""
+    n = 0
+    for path in Path(out_dir).rglob(".*.part"):
+        path.unlink(missing_ok=True)
+        n += 1
+    return n
 
 
 def collect(src: Path, out_dir: Path) -> list[str]:
@@ -79,20 +204,21 @@ def collect(src: Path, out_dir: Path) -> list[str]:
     return moved
 
 
-GALLERY = "gallery.html"
-
-
 def write_gallery(folder: Path) -> Path | None:
-    """A static page of the folder's images with their prompts and seeds (all text escaped)."""
+    """A static page of the folder's images with their prompts and seeds (all text escaped;
+    the manifest may come from a server, so every field but the file is optional)."""
     manifest = read_manifest(folder)
     if manifest is None:
         return None
     cards = []
     for r in manifest["images"]:
         src = html.escape(str(safe_relative(r["file"])), quote=True)
-        caption = html.escape(r["prompt"])
-        extra = html.escape(f"seed {r['seed']} · {r['steps']} steps · cfg {r['guidance']} · "
-                            f"{r['width']}x{r['height']}")
+        caption = html.escape(str(r.get("prompt", "")))
+        extra = html.escape(" · ".join(str(x) for x in (
+            f"seed {r['seed']}" if "seed" in r else None,
+            f"{r['steps']} steps" if "steps" in r else None,
+            f"cfg {r['guidance']}" if "guidance" in r else None,
+            f"{r['width']}x{r['height']}" if "width" in r and "height" in r else None) if x))
         cards.append(f'<figure><a href="{src}"><img src="{src}" loading="lazy"></a>'
                      f"<figcaption>{caption}<br><small>{extra}</small></figcaption></figure>")
     title = html.escape(f"imggenhub {manifest.get('job_id', '')}: {len(cards)} images, "

@@ -18,18 +18,50 @@ _CLICK_ERRORS = tuple(c for c in typer.BadParameter.__mro__ if c.__name__ == "Cl
 
 from . import __version__
 from .errors import CredentialsError, ImggenhubError
+from .lifecycle import Exit
 
 app = typer.Typer(
     name="imggenhub", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     help="Generate images in batch with Hugging Face diffusers on Kaggle's free GPUs, or here.")
 
 
+_STATE = {"json": False, "reporter": None}
+
+
 def _err(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def _progress(line: str) -> None:
-    _err(f"  {line}")
+def _reporter():
+    """Progress for long commands: a live line on a terminal, timestamped lines elsewhere."""
+    from .report import make_reporter
+
+    _STATE["reporter"] = _STATE["reporter"] or make_reporter()
+    return _STATE["reporter"]
+
+
+def _close_reporter() -> None:
+    if _STATE["reporter"] is not None:
+        _STATE["reporter"].close()
+        _STATE["reporter"] = None
+
+
+def _result(data, human: str, as_json: bool) -> None:
+    """The command's result: one JSON document on stdout with --json, else one line."""
+    _close_reporter()
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(data, ensure_ascii=False))
+    else:
+        typer.echo(human)
+
+
+def _run_data(run) -> dict:
+    data = run.model_dump(mode="json", include={
+        "run_id", "name", "backend", "state", "job_id", "kernel_ref", "version", "url",
+        "image_count", "images_fetched", "out_dir", "failure"})
+    return {"ok": True, **data}
 
 
 # --- the job-spec options, declared once and shared by every command that takes a job ---
@@ -67,12 +99,12 @@ _JOB_DEFAULTS = {"prompt": None, "prompts_file": Path("prompts.json"), "model": 
                  "num_images": 1, "batch_size": 1, "precision": "auto", "gpu": True,
                  "metadata_template": Path("kernel-metadata.json")}
 _KERNEL_FLAGS = ("metadata_template", "kernel_id", "title", "internet")
-_GIVEN = ("job", "kernel", "template")
+_GIVEN = ("job", "kernel")
 
 
 def job_options(fn):
     """Add the job and kernel options, declared once, to a command. It receives them parsed:
-    ``job`` (a validated JobSpec), ``kernel`` (KernelOptions) and ``template`` (a path)."""
+    ``job`` (a validated JobSpec) and ``kernel`` (the Kaggle KernelOptions)."""
     extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
                                default=_JOB_DEFAULTS.get(name),
                                annotation=Annotated[kind, option])
@@ -91,7 +123,7 @@ def job_options(fn):
 
 
 def _parse_job(flags: dict) -> dict:
-    from .notebook import KernelOptions
+    from .backends.kaggle_meta import KernelOptions
     from .spec import job_from_inputs, parse_settings
 
     kernel = {name: flags.pop(name) for name in _KERNEL_FLAGS}
@@ -99,16 +131,21 @@ def _parse_job(flags: dict) -> dict:
     return {
         "job": job_from_inputs(settings, flags["prompt"], flags["prompts_file"]),
         "kernel": KernelOptions(kernel_id=kernel["kernel_id"], title=kernel["title"],
-                                gpu=flags["gpu"], internet=kernel["internet"]),
-        "template": kernel["metadata_template"],
+                                gpu=flags["gpu"], internet=kernel["internet"],
+                                template=kernel["metadata_template"]),
     }
 
 
 TimeoutHours = Annotated[Optional[float], typer.Option(
     help="Cap the Kaggle session at H hours (Kaggle's own cap is 12).", min=0.1, max=12)]
-RunId = Annotated[Optional[str], typer.Argument(help="A run id or its prefix (default: the latest).")]
-PollTimeout = Annotated[Optional[float], typer.Option(
-    "--timeout", help="Stop waiting after this many seconds (exit 3); the run goes on.")]
+RunId = Annotated[Optional[str], typer.Argument(
+    help="A run id, its prefix, or a --name (default: the latest run).")]
+Timeout = Annotated[Optional[float], typer.Option(
+    "--timeout", min=0, help="Stop waiting after this many seconds (exit 3); the run goes on.")]
+Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+Name = Annotated[Optional[str], typer.Option(
+    help="A name for the run (an idempotency key): run again, the same name picks it up.")]
+Out = Annotated[Optional[Path], typer.Option(help="Output folder (default: outputs/<run id>/).")]
 
 
 def _default_backend() -> str:
@@ -119,133 +156,153 @@ def _default_backend() -> str:
     return "kaggle"
 
 
+def _done(run, as_json: bool) -> None:
+    if run.state.value == "downloaded" or run.images_fetched:
+        human = f"{run.images_fetched} images in {run.out_dir} (manifest.json; run {run.run_id})"
+    else:
+        human = f"{run.run_id} {run.state.value} {run.url or ''}".rstrip()
+    _result(_run_data(run), human, as_json)
+
+
 @app.command()
 @job_options
 def generate(
-    job, kernel, template,
+    job, kernel,
     backend: Annotated[Optional[str], typer.Option(
         help="Where to run: 'kaggle' (the default when credentials are found) or 'local'.")] = None,
-    out: Annotated[Optional[Path], typer.Option(
-        help="Output folder (default: outputs/<run id>/).")] = None,
-    timeout_hours: TimeoutHours = None,
-    timeout: PollTimeout = None,
+    out: Out = None, name: Name = None, timeout_hours: TimeoutHours = None, timeout: Timeout = None,
+    json: Json = False,
 ) -> None:
     """Render the job's notebook, run it, and bring the images home (deploy + poll + download)."""
     from . import jobs
 
+    _STATE["json"] = json
     backend = backend or _default_backend()
-    run = jobs.generate(job, backend, out, kernel, template, _progress, timeout_hours, timeout)
-    typer.echo(f"{run.images_fetched} images in {run.out_dir} (manifest.json; run {run.run_id})")
+    run = jobs.generate(job, backend, out, kernel, _reporter(), timeout_hours, timeout, name)
+    _done(run, json)
 
 
 @app.command()
 @job_options
 def deploy(
-    job, kernel, template,
+    job, kernel,
     out: Annotated[Optional[Path], typer.Option(
         help="Where 'download' will put the images (default: outputs/<run id>/).")] = None,
-    timeout_hours: TimeoutHours = None,
+    name: Name = None, timeout_hours: TimeoutHours = None,
+    timeout: Annotated[Optional[float], typer.Option(
+        "--timeout", min=0, help="Wait at most this long for a free GPU session (exit 6).")] = None,
+    json: Json = False,
 ) -> None:
     """Validate, render and push the job to Kaggle as a new kernel version; save the run."""
     from . import jobs
 
-    run = jobs.start(job, "kaggle", out, kernel, template, _progress, timeout_hours)
-    typer.echo(f"{run.run_id} {run.url}")
+    _STATE["json"] = json
+    run = jobs.deploy(job, out, kernel, _reporter(), timeout_hours, timeout, name)
+    _result(_run_data(run), f"{run.run_id} {run.url}", json)
 
 
 @app.command()
-def poll(run_id: RunId = None, timeout: PollTimeout = None) -> None:
-    """Follow a run's exact kernel version to its end: exit 0 complete, 1 failed, 3 timeout."""
+def poll(run_id: RunId = None, timeout: Timeout = None, json: Json = False) -> None:
+    """Follow a run's exact kernel version to its end: 0 complete, 1 failed, 3 timeout, 5 unreachable."""
     from . import jobs
 
-    run = jobs.poll(run_id, _progress, timeout)
-    typer.echo(f"{run.run_id} {run.state.value}")
+    _STATE["json"] = json
+    run = jobs.command_on(run_id, "poll", _reporter(), timeout)
+    _result(_run_data(run), f"{run.run_id} {run.state.value}", json)
 
 
 @app.command()
-def download(
-    run_id: RunId = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: the run's).")] = None,
-) -> None:
-    """Download and verify a run's images, manifest and kernel log (skips verified files)."""
+def download(run_id: RunId = None, out: Annotated[Optional[Path], typer.Option(
+        help="Output folder (default: the run's).")] = None, json: Json = False) -> None:
+    """Download and verify a complete run's images, manifest and kernel log (skips verified files)."""
     from . import jobs
 
-    run = jobs.download(run_id, out, _progress)
-    typer.echo(f"{run.images_fetched} images in {run.out_dir} (manifest.json; run {run.run_id})")
+    _STATE["json"] = json
+    _done(jobs.command_on(run_id, "download", _reporter(), out_dir=out), json)
 
 
 @app.command()
-def status(run_id: RunId = None) -> None:
-    """Ask the backend once for a run's state."""
-    from . import backends, runs
+def resume(run_id: RunId = None, timeout: Timeout = None, json: Json = False) -> None:
+    """Advance a run from wherever it stands: push, poll, download; exit 0 at once if done."""
+    from . import jobs
 
-    run = runs.load(run_id)
-    impl = backends.get_backend(run.backend)
-    state = run.state
-    if hasattr(impl, "status") and run.kernel_ref and not state.terminal:
-        state, _ = impl.status(run)
-    typer.echo(f"{run.run_id} {state.value} {run.kernel_ref or ''} v{run.version or '-'}".rstrip())
+    _STATE["json"] = json
+    _done(jobs.command_on(run_id, "resume", _reporter(), timeout), json)
+
+
+@app.command()
+def status(run_id: RunId = None, json: Json = False) -> None:
+    """One look at a run's state (asks Kaggle when the run is still going)."""
+    from . import jobs
+
+    _STATE["json"] = json
+    run = jobs.status(run_id, _reporter())
+    kernel = f" {run.kernel_ref} v{run.version}" if run.kernel_ref and run.version else ""
+    _result(_run_data(run), f"{run.run_id} {run.state.value}{kernel}", json)
 
 
 @app.command("runs")
-def list_runs() -> None:
-    """List the run records: id, backend, kernel, state, images, when."""
+def list_runs(json: Json = False) -> None:
+    """List the run records: id, name, backend, state, images, when, kernel, output folder."""
     import time
 
     from .runs import all_runs
 
+    _STATE["json"] = json
     rows = all_runs()
+    if json:
+        _result([_run_data(r) for r in rows], "", True)
+        return
     if not rows:
         typer.echo("No runs yet.")
+        return
+    typer.echo(f"{'run':<28} {'name':<12} {'backend':<7} {'state':<12} {'images':>9}  "
+               f"{'created':<16}  {'kernel':<28} output")
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created))
-        kernel = f"{r.kernel_ref} v{r.version}" if r.kernel_ref else "-"
-        typer.echo(f"{r.run_id}  {r.backend:<6} {r.state.value:<9} "
-                   f"{r.images_fetched:>4}/{r.image_count:<4} {when}  {kernel}")
+        kernel = f"{r.kernel_ref} v{r.version}" if r.kernel_ref and r.version else (r.kernel_ref or "-")
+        typer.echo(f"{r.run_id:<28} {(r.name or '-'):<12} {r.backend:<7} {r.state.value:<12} "
+                   f"{r.images_fetched:>4}/{r.image_count:<4}  {when:<16}  {kernel:<28} {r.out_dir}")
 
 
 @app.command()
-def doctor() -> None:
+def doctor(timeout: Annotated[float, typer.Option(
+        "--timeout", min=1, help="Give up on the API after this many seconds (exit 5).")] = 30.0,
+        json: Json = False) -> None:
     """Say which Kaggle credential is used and whether the API answers (never the secret)."""
-    from . import kaggle_api
+    from .backends import get_backend
 
-    creds = kaggle_api.credentials()
-    typer.echo(f"credential: {creds.source} ({'token' if creds.token else 'username/key'}"
-               f"{', user ' + creds.username if creds.username else ''})")
-    from .backends.kaggle import KaggleBackend
-
-    backend = KaggleBackend()
-    user = backend.owner()
-    from kagglesdk.kernels.types.kernels_api_service import ApiGetAcceleratorQuotaStatisticsRequest
-
-    quota = backend._call("reading the GPU quota", lambda: backend.api
-                          .get_accelerator_quota_statistics(ApiGetAcceleratorQuotaStatisticsRequest()))
-    gpu = quota.gpu_quota
-    used = gpu.time_used.total_seconds() / 3600 if gpu and gpu.time_used else 0.0
-    total = gpu.total_time_allowed.total_seconds() / 3600 if gpu and gpu.total_time_allowed else 0.0
-    typer.echo(f"Kaggle API answers: signed in as {user}; GPU quota used {used:.1f} of {total:.0f} h")
+    _STATE["json"] = json
+    lines = get_backend("kaggle").health(_reporter(), timeout)
+    _result({"ok": True, "lines": lines}, "\n".join(lines), json)
 
 
 @app.command()
 @job_options
 def render(
-    job, kernel, template,
+    job, kernel,
     out: Annotated[Path, typer.Option(help="Folder for the notebook and kernel-metadata.json.")],
 ) -> None:
     """Write the job's notebook and kernel-metadata.json; run nothing."""
-    from . import jobs
+    from .backends.kaggle_meta import kernel_metadata, write_metadata
     from .credentials import find_credentials
+    from .notebook import write_notebook
 
     creds = find_credentials()  # fill in the owner as deploy would, where it needs no network
-    path = jobs.render(job, out, kernel, template, owner=creds.username if creds else None)
+    meta = kernel_metadata(kernel, owner=creds.username if creds else None)
+    path = write_notebook(out, job)
+    write_metadata(out, meta)
     typer.echo(f"{path} (job {job.job_id}, {job.image_count} images)")
 
 
 @app.command()
-def models() -> None:
+def models(json: Json = False) -> None:
     """List the model presets and their defaults."""
     from .models import PRESETS
 
+    if json:
+        _result([p.as_dict() for p in PRESETS.values()], "", True)
+        return
     typer.echo(f"{'preset':<15} {'size':>9} {'steps':>5} {'cfg':>5}  model id / note")
     for p in PRESETS.values():
         size = f"{p.width}x{p.height}" if p.width else "model's"
@@ -261,35 +318,58 @@ def version() -> None:
     typer.echo(__version__)
 
 
+def _version_flag(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", callback=_version_flag, is_eager=True, help="Print the version and exit.")] = False
+          ) -> None:
+    """Generate images in batch with Hugging Face diffusers on Kaggle's free GPUs, or here."""
+
+
+def _fail(exc_or_message, code: int, run_id: str | None = None) -> int:
+    message = str(exc_or_message)
+    _close_reporter()
+    _err(f"Error: {message}")
+    if _STATE["json"]:
+        import json
+
+        typer.echo(json.dumps({"ok": False, "exit_code": int(code), "error": message,
+                               "run_id": run_id}, ensure_ascii=False))
+    return int(code)
+
+
 def main(argv: list[str] | None = None) -> None:
     """The one error boundary: one sentence and an exit code, never a traceback."""
     from .config import debug
 
+    _STATE.update(json=False, reporter=None)
     try:
         code = app(args=argv, prog_name="imggenhub", standalone_mode=False)
     except _CLICK_ERRORS as exc:  # usage errors: one line, like every other error
         message = exc.format_message()
-        if message:
-            _err(f"Error: {message}")
-        code = exc.exit_code if message else 0  # bare 'imggenhub' shows the help
-    except typer.Abort:
-        _err("Aborted.")
-        code = 130
-    except KeyboardInterrupt:
-        _err("Interrupted; what was finished is kept.")
-        code = 130
+        code = _fail(message, exc.exit_code) if message else 0  # bare 'imggenhub' shows the help
+    except (typer.Abort, KeyboardInterrupt):
+        code = _fail("Interrupted; nothing that was finished is lost.", Exit.INTERRUPTED)
     except ImggenhubError as exc:
         if debug():
             raise
         tail = getattr(exc, "log_tail", "")
-        if tail and getattr(exc, "ename", "") == "KernelError":
+        if tail and getattr(getattr(exc, "failure", None), "kind", "") in ("kernel", "cancelled"):
+            _close_reporter()
             _err("The kernel log ends with:\n" + "\n".join("  " + l for l in tail.splitlines()))
-        _err(f"Error: {exc}")
-        code = exc.exit_code
+        code = _fail(exc, exc.exit_code, getattr(exc, "run_id", None))
+    except RecursionError:
+        code = _fail("The input is nested too deeply to be read.", Exit.BAD_INPUT)
     except Exception as exc:  # a bug of ours: say so, in one sentence
         if debug():
             raise
-        _err(f"Internal error ({type(exc).__name__}: {exc}); rerun with IMGGENHUB_DEBUG=1 for the "
-             "traceback and report it.")
-        code = 70
+        code = _fail(f"Internal error ({type(exc).__name__}: {exc}); rerun with IMGGENHUB_DEBUG=1 "
+                     "for the traceback and report it.", 70)
+    finally:
+        _close_reporter()
     sys.exit(code if isinstance(code, int) else 0)

@@ -1,23 +1,113 @@
-"""Where imggenhub keeps its state; environment variables are read here and nowhere else."""
+"""Where imggenhub keeps its state, and its tunables: environment variables are read here
+and nowhere else. Tunables are one object passed in, with a clock tests can replace."""
 
 from __future__ import annotations
 
 import os
+import threading
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from .errors import SpecError
+
+MiB = 1 << 20
 
 
 def state_dir() -> Path:
     """Run records and working folders. IMGGENHUB_HOME overrides (tests use it)."""
     override = os.environ.get("IMGGENHUB_HOME")
     if override:
-        path = Path(override)
+        path = Path(override).expanduser()
     else:
         from platformdirs import user_state_dir
 
         path = Path(user_state_dir("imggenhub", appauthor=False))
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".probe-{os.getpid()}-{threading.get_ident()}"
+        probe.write_bytes(b"")
+        probe.unlink(missing_ok=True)
+    except OSError as exc:
+        raise SpecError(f"The state folder {path} cannot be written ({exc.strerror or exc}); set "
+                        "IMGGENHUB_HOME to a writable folder.") from None
     return path
 
 
 def debug() -> bool:
     return os.environ.get("IMGGENHUB_DEBUG", "") not in ("", "0")
+
+
+class Clock:
+    """Time as the backends see it; tests pass a fake one that does not sleep."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        if seconds > 0:
+            time.sleep(seconds)
+
+
+# (attribute, environment variable, default, meaning) -- the README lists these.
+_TUNABLES = [
+    ("poll_interval", "IMGGENHUB_POLL_INTERVAL", 2.0, "the shortest wait between status polls (s)"),
+    ("poll_max_interval", "IMGGENHUB_POLL_MAX_INTERVAL", 30.0,
+     "the longest wait between polls; in between, a fifth of the elapsed time (s)"),
+    ("http_timeout", "IMGGENHUB_HTTP_TIMEOUT", 60.0, "each HTTP call's connect/read timeout (s)"),
+    ("retry_max_wait", "IMGGENHUB_RETRY_MAX_WAIT", 60.0, "the longest wait before one retry (s)"),
+    ("retry_total", "IMGGENHUB_RETRY_TOTAL", 600.0, "the most time one call spends in retries (s)"),
+    ("gpu_wait", "IMGGENHUB_GPU_WAIT", 60.0,
+     "the wait before pushing again when Kaggle's 2 GPU sessions are busy (s)"),
+    ("gpu_wait_total", "IMGGENHUB_GPU_WAIT_TOTAL", 3600.0,
+     "the most time deploy waits for a free GPU session, when no --timeout is given (s)"),
+    ("download_workers", "IMGGENHUB_DOWNLOAD_WORKERS", 8, "parallel downloads"),
+    ("file_deadline", "IMGGENHUB_FILE_DEADLINE", 600.0, "the most time one file's download may take (s)"),
+    ("unlisted_cap", "IMGGENHUB_UNLISTED_CAP", 64 * MiB,
+     "the largest output file not in the manifest that is downloaded (bytes)"),
+    ("max_pages", "IMGGENHUB_MAX_PAGES", 200, "the most pages of the output listing followed"),
+]
+
+
+@dataclass(frozen=True)
+class Tunables:
+    poll_interval: float = 2.0
+    poll_max_interval: float = 30.0
+    http_timeout: float = 60.0
+    retry_max_wait: float = 60.0
+    retry_total: float = 600.0
+    gpu_wait: float = 60.0
+    gpu_wait_total: float = 3600.0
+    download_workers: int = 8
+    file_deadline: float = 600.0
+    unlisted_cap: int = 64 * MiB
+    max_pages: int = 200
+    api_url: str | None = None
+    clock: Clock = field(default_factory=Clock, compare=False)
+
+    def but(self, **changes) -> "Tunables":
+        return replace(self, **changes)
+
+
+def tunables() -> Tunables:
+    """The tunables from the environment (one read, here)."""
+    values = {}
+    for attr, var, default, _ in _TUNABLES:
+        raw = os.environ.get(var)
+        if raw is None or raw == "":
+            continue
+        try:
+            value = type(default)(float(raw))
+        except ValueError:
+            raise SpecError(f"{var}={raw!r} is not a number; unset it or give a number.") from None
+        if value <= 0:
+            raise SpecError(f"{var}={raw!r} must be greater than 0.")
+        values[attr] = value
+    return Tunables(api_url=os.environ.get("IMGGENHUB_KAGGLE_API_URL") or None, **values)
+
+
+def tunables_markdown() -> str:
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    rows += [f"| `{var}` | {default:g} | {meaning} |" if isinstance(default, float) else
+             f"| `{var}` | {default} | {meaning} |" for _, var, default, meaning in _TUNABLES]
+    return "\n".join(rows)

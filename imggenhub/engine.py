@@ -24,10 +24,16 @@ import traceback
 import unicodedata
 from pathlib import Path
 
-ENGINE_VERSION = 1
+ENGINE_VERSION = 2
+# The wire names the engine, the notebook's run cell and the host share (one spelling).
 PROGRESS_PREFIX = "[imggenhub]"
 MANIFEST = "manifest.json"
 PARTS_DIR = ".parts"
+OUTPUT_DIR = "output"  # under the notebook's working folder (/kaggle/working on Kaggle)
+ENGINE_FILE = "imggenhub_engine.py"
+JOB_FILE = "imggenhub_job.json"
+LOG_FILE = "kernel.log"  # the kernel's stdout/stderr, as the host saves it
+ERROR_PREFIX = PROGRESS_PREFIX + " error: "
 SEED_MODULUS = 2**32
 
 # Scheduler names users type -> (diffusers class, extra config).
@@ -361,6 +367,7 @@ def run_worker(job: dict, out_dir: Path) -> None:
     part = {
         "engine_version": ENGINE_VERSION,
         "job_id": job.get("job_id"),
+        "run_id": job.get("run_id"),
         "model": model["id"],
         "processes_total": world,
         "process": {"rank": rank, "device": device_name, "dtype": str(dtype).replace("torch.", ""),
@@ -458,13 +465,31 @@ def main(argv: list[str] | None = None) -> int:
             run_worker(job, args.out)
     except Exception as exc:
         traceback.print_exc()
-        log(f"error: {type(exc).__name__}: {exc}")
+        print(f"{ERROR_PREFIX}{type(exc).__name__}: {exc}", flush=True)
         code = 1
     finally:
         manifest = merge_manifest(args.out, job)
     n = len(manifest["images"]) if manifest else 0
     log(f"done: {n} images in {time.monotonic() - t0:.1f}s" + ("" if code == 0 else f" (failed, exit {code})"))
     return code
+
+
+def notebook_main(job_json: str) -> None:
+    """The notebook's run cell: write the job, run the engine as a script (one process per
+    GPU), stream its lines into the notebook, and fail the cell when the engine fails."""
+    Path(JOB_FILE).write_text(job_json, encoding="utf-8")
+    command = [sys.executable, "-u", ENGINE_FILE, "--job", JOB_FILE, "--out", OUTPUT_DIR]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, encoding="utf-8", errors="replace")
+    tail: list[str] = []
+    for line in process.stdout:
+        print(line, end="", flush=True)
+        tail = (tail + [line.rstrip()])[-40:]
+    if process.wait() != 0:
+        errors = [l[len(ERROR_PREFIX):] for l in tail if l.startswith(ERROR_PREFIX)]
+        errors = errors or [l for l in tail if l.split(":", 1)[0].endswith(("Error", "Exception"))]
+        raise RuntimeError("imggenhub engine failed: "
+                           + (errors[-1] if errors else f"exit code {process.returncode}"))
 
 
 if __name__ == "__main__":

@@ -1,44 +1,93 @@
-"""One error hierarchy. Each error carries data and knows its exit code; the CLI turns
-it into one sentence (its ``str``) and that code, never a traceback."""
+"""One error hierarchy. Each error carries data and knows its exit code (from the one
+table in ``lifecycle``); the CLI turns it into one sentence (its ``str``) and that code,
+never a traceback."""
 
 from __future__ import annotations
 
+from .lifecycle import Exit
+
 
 class ImggenhubError(Exception):
-    exit_code = 1
+    exit_code = Exit.RUN_FAILED
 
 
 class SpecError(ImggenhubError):
-    """Bad input: prompts, flags, files. Nothing ran."""
+    """Bad input: prompts, flags, files, folders. Nothing was pushed."""
 
-    exit_code = 2
+    exit_code = Exit.BAD_INPUT
 
 
 class MissingDependencyError(ImggenhubError):
-    def __init__(self, module: str, extra: str = "local"):
+    exit_code = Exit.BAD_INPUT
+
+    def __init__(self, module: str, extra: str = "local", why: str = "This"):
         super().__init__(
-            f"This needs the Python package '{module}', which is not installed; "
-            f"install it with: pip install 'imggenhub[{extra}]'")
+            f"{why} needs the Python package '{module}', which is not installed; install it with: "
+            f"pip install '.[{extra}]' (from your imggenhub clone)")
         self.module = module
         self.extra = extra
 
 
 class CredentialsError(ImggenhubError):
-    exit_code = 4
+    exit_code = Exit.NO_CREDENTIALS
 
 
 class RunNotFoundError(ImggenhubError):
-    exit_code = 2
+    exit_code = Exit.BAD_INPUT
 
 
-class NotebookFailedError(ImggenhubError):
-    """The job's notebook raised: carries the failing cell and what it said."""
+class NothingYet(ImggenhubError):
+    """The run is not at a state this command acts on (or another process holds it)."""
 
-    def __init__(self, message: str, *, cell_index: int | None = None, ename: str = "",
-                 evalue: str = "", log_tail: str = "", run_id: str | None = None):
+    exit_code = Exit.NOTHING_YET
+
+
+class StillRunning(ImggenhubError):
+    exit_code = Exit.STILL_RUNNING
+
+
+class Unreachable(ImggenhubError):
+    """Kaggle could not be reached, or kept failing; the run (if any) goes on."""
+
+    exit_code = Exit.UNREACHABLE
+
+
+class KaggleApiError(ImggenhubError):
+    """Kaggle refused a call for good; carries the HTTP status when there is one."""
+
+    def __init__(self, message: str, status: int | None = None):
         super().__init__(message)
-        self.cell_index = cell_index
-        self.ename = ename
-        self.evalue = evalue
-        self.log_tail = log_tail
+        self.status = status
+
+    @property
+    def exit_code(self) -> Exit:  # type: ignore[override]
+        if self.status == 401:
+            return Exit.NO_CREDENTIALS
+        if self.status is None or self.status == 429 or self.status >= 500:
+            return Exit.UNREACHABLE
+        return Exit.RUN_FAILED
+
+
+class TransferError(Unreachable):
+    """A download kept breaking off, or kept arriving different from the manifest."""
+
+
+class UnsafeOutputError(ImggenhubError):
+    """The server listed or served something we refuse (an escaping name, an oversize file)."""
+
+
+class RunFailedError(ImggenhubError):
+    """The run failed: carries its typed failure record."""
+
+    def __init__(self, message: str, failure=None, run_id: str | None = None):
+        super().__init__(message)
+        self.failure = failure
         self.run_id = run_id
+
+    @property
+    def log_tail(self) -> str:
+        return getattr(self.failure, "log_tail", "") or ""
+
+
+class Interrupted(ImggenhubError):
+    exit_code = Exit.INTERRUPTED

@@ -1,102 +1,179 @@
-"""The library calls behind the commands: render a job, run it on a backend, fetch it."""
+"""The library behind the commands: start a run, then advance it through the lifecycle.
+
+``advance`` is the one loop every command runs: it asks ``lifecycle.plan`` what the
+command does with the run's state, takes that step through the backend, and stops
+with the plan's exit code and sentence when the command's work is done or not its to do.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from . import backends, runs
-from .artifacts import check_destination, write_gallery
-from .errors import NotebookFailedError
-from .notebook import (PLACEHOLDER_OWNER, KernelOptions, kernel_metadata, load_metadata_template,
-                       write_render)
-from .runs import Run, RunState
+from . import artifacts, backends, runs
+from .errors import ImggenhubError, Interrupted, NothingYet, RunFailedError, SpecError
+from .lifecycle import Exit, RunState, Step, plan
+from .notebook import write_notebook
+from .runs import Run
 from .spec import JobSpec
 
 DEFAULT_OUTPUTS = Path("outputs")
 
 
-def render(job: JobSpec, out_dir: Path, options: KernelOptions, template: Path | None,
-           owner: str | None = None) -> Path:
-    """Write the notebook and its kernel-metadata.json; run nothing."""
-    metadata = kernel_metadata(load_metadata_template(template), options, owner)
-    return write_render(out_dir, job, metadata)
+def _is_active(run_id: str | None) -> bool:
+    try:
+        other = runs.load(run_id) if run_id else None
+    except ImggenhubError:
+        return False
+    return other is not None and not other.state.terminal
 
 
-def start(job: JobSpec, backend: str, out_dir: Path | None, options: KernelOptions,
-          template: Path | None, on_event: backends.OnEvent,
-          timeout_hours: float | None = None) -> Run:
-    """Render the job into a new run's folder and submit it to the backend."""
+def start(job: JobSpec, backend: str, out_dir: Path | None, options, on_event: backends.OnEvent,
+          timeout_hours: float | None = None, name: str | None = None) -> Run:
+    """Everything that can be checked before a push, then a new run record (rendered)."""
+    if name is not None and not runs.NAME.match(name):
+        raise SpecError(f"--name '{name[:60]}' must be 1 to 64 letters, digits, '.', '_' or '-'.")
     impl = backends.get_backend(backend)
-    template_meta = load_metadata_template(template)
-    metadata = kernel_metadata(template_meta, options)  # checked before a run exists
-    if metadata["id"].startswith(PLACEHOLDER_OWNER + "/") and hasattr(impl, "owner"):
-        # the template says "your-kaggle-username": use the credential's
-        metadata = kernel_metadata(template_meta, options, impl.owner())
     run_id = runs.new_run_id(job.job_id)
     out = Path(out_dir) if out_dir else DEFAULT_OUTPUTS / run_id
-    check_destination(out, job.job_id)
     run = Run(run_id=run_id, backend=backend, job_id=job.job_id, image_count=job.image_count,
-              out_dir=str(out.resolve()),
+              out_dir=str(out.resolve()), name=name,
               session_timeout_seconds=int(timeout_hours * 3600) if timeout_hours else None)
-    notebook_dir = run.folder / "notebook"
-    write_render(notebook_dir, job, metadata)
+    try:
+        artifacts.prepare_destination(out, run_id, job.job_id, _is_active)
+        write_notebook(run.notebook_dir, job, run_id)
+        impl.prepare(job, run, options, on_event)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(run.folder, ignore_errors=True)  # no record of a run that never was
+        raise
     runs.save(run)
     on_event(f"run {run_id}: {job.image_count} images with {job.model['id']} on the {backend} backend")
-    return impl.submit(run, notebook_dir, on_event)
+    return run
 
 
-def failure_error(run: Run) -> NotebookFailedError:
-    detail = json.loads(run.failure) if run.failure else {}
-    ename, evalue = detail.get("ename", "Error"), detail.get("evalue", "unknown failure")
-    if detail.get("ename") == "KernelError":  # Kaggle's word, then the notebook's traceback
-        tail = detail.get("log_tail", "").strip().splitlines()
-        last = tail[-1] if tail else "no log"
-        return NotebookFailedError(
-            f"Kaggle reports {run.state.value} for {run.kernel_ref} v{run.version}: "
-            f"{detail.get('evalue')}; the log ends with: {last}", ename="KernelError",
-            evalue=detail.get("evalue", ""), log_tail=detail.get("log_tail", ""), run_id=run.run_id)
-    where = f" in cell {detail['cell_index'] + 1}" if detail.get("cell_index", -1) >= 0 else ""
-    saved = f"; the {run.images_fetched} images finished before it are in {run.out_dir}" \
-        if run.images_fetched else ""
-    return NotebookFailedError(f"The notebook failed{where}: {ename}: {evalue}{saved}.",
-                               cell_index=detail.get("cell_index"), ename=ename, evalue=evalue,
-                               log_tail=detail.get("log_tail", ""), run_id=run.run_id)
+def failure_error(run: Run) -> RunFailedError:
+    failure = run.failure
+    why = failure.sentence() if failure else run.state.value
+    if failure and failure.kind in ("kernel", "cancelled"):
+        tail = failure.log_tail.strip().splitlines()
+        last = f"; the log ends with: {tail[-1]}" if tail else ""
+        message = (f"Kaggle reports {run.state.value} for {run.kernel_ref} v{run.version}: "
+                   f"{failure.evalue}{last}")
+    elif failure and failure.kind == "push":
+        message = f"Kaggle refused the push of run {run.run_id}: {failure.evalue}"
+    else:
+        message = f"The notebook failed {why}" if failure and failure.cell_index is not None \
+            else f"Run {run.run_id} failed: {why}"
+    if run.images_fetched:
+        message += f"; the {run.images_fetched} images finished before it are in {run.out_dir}"
+    return RunFailedError(message + ".", failure, run.run_id)
 
 
-def finish(run: Run, on_event: backends.OnEvent, timeout: float | None = None) -> Run:
-    """Wait for the run, fetch what it made (also after a failure), and raise on failure."""
+def _interrupted(run: Run) -> Interrupted:
+    if run.backend == "local":
+        return Interrupted(f"Interrupted; the images finished are kept; 'imggenhub resume "
+                           f"{run.run_id}' runs it again.")
+    if run.state in (RunState.PUSHING, RunState.PUSH_UNKNOWN, RunState.PUSHED, RunState.QUEUED,
+                     RunState.RUNNING):
+        where = f" ({run.url})" if run.url else ""
+        return Interrupted(f"Interrupted; the Kaggle run {run.run_id}{where} goes on and uses GPU "
+                           f"quota; 'imggenhub resume {run.run_id}' picks it up.")
+    return Interrupted(f"Interrupted at state {run.state.value}; 'imggenhub resume {run.run_id}' "
+                       "picks it up.")
+
+
+def advance(run: Run, command: str, on_event: backends.OnEvent,
+            timeout: float | None = None) -> Run:
+    """Take the steps ``command`` may take until its work is done; raise with the right
+    exit code otherwise. One process at a time per run (the others are refused)."""
     impl = backends.get_backend(run.backend)
-    run = impl.wait(run, on_event, timeout)
-    if run.state.terminal:
-        run = impl.fetch(run, Path(run.out_dir), on_event)
-        write_gallery(Path(run.out_dir))
-    if run.state == RunState.ERROR:
+    with runs.working_on(run):
+        run = runs.reload(run)
+        try:
+            while True:
+                p = plan(command, run.state)
+                if p.step is None:
+                    return _stop(run, p)
+                on_event_step(on_event, run, p.step)
+                if p.step == Step.PUSH:
+                    run = impl.submit(run, on_event, timeout)
+                elif p.step == Step.RESOLVE:
+                    run = impl.resolve(run, on_event)
+                elif p.step == Step.WAIT:
+                    run = impl.wait(run, on_event, timeout)
+                elif p.step in (Step.FETCH, Step.KEEP):
+                    run = impl.fetch(run, on_event)
+                    if p.step == Step.KEEP:
+                        raise failure_error(run)
+        except KeyboardInterrupt:
+            raise _interrupted(runs.reload(run)) from None
+
+
+def on_event_step(on_event, run: Run, step: Step) -> None:
+    if step == Step.FETCH:
+        on_event(f"downloading the outputs of run {run.run_id} into {run.out_dir}")
+    elif step == Step.KEEP:
+        on_event(f"run {run.run_id} {run.state.value}; bringing home what it finished")
+
+
+def _stop(run: Run, p) -> Run:
+    if p.exit == Exit.OK:
+        return run
+    if p.exit == Exit.RUN_FAILED:
         raise failure_error(run)
-    return run
+    sentence = p.sentence.format(state=run.state.value, run=run.run_id, failure="")
+    raise NothingYet(f"Run {run.run_id} {sentence}.")
 
 
-def generate(job: JobSpec, backend: str, out_dir: Path | None, options: KernelOptions,
-             template: Path | None, on_event: backends.OnEvent,
-             timeout_hours: float | None = None, poll_timeout: float | None = None) -> Run:
-    run = start(job, backend, out_dir, options, template, on_event, timeout_hours)
-    return finish(run, on_event, poll_timeout)
+def generate(job: JobSpec, backend: str, out_dir: Path | None, options, on_event,
+             timeout_hours: float | None = None, timeout: float | None = None,
+             name: str | None = None) -> Run:
+    """deploy + poll + download; with a name, pick up that run if it is still this job's."""
+    with runs.named(name):
+        return _generate(job, backend, out_dir, options, on_event, timeout_hours, timeout, name)
 
 
-def poll(run_id: str | None, on_event: backends.OnEvent, timeout: float | None = None) -> Run:
-    """Follow a run to its end; raise on failure (with Kaggle's message and the log tail)."""
-    run = runs.load(run_id)
-    if not run.state.terminal:
-        run = backends.get_backend(run.backend).wait(run, on_event, timeout)
-    if run.state != RunState.COMPLETE:
-        raise failure_error(run)
-    return run
+def _generate(job, backend, out_dir, options, on_event, timeout_hours, timeout, name) -> Run:
+    if name is not None:
+        existing = runs.find_named(name)
+        if existing is not None and existing.job_id == job.job_id and existing.backend == backend:
+            if existing.state == RunState.DOWNLOADED:
+                on_event(f"run {existing.run_id} ('{name}') is already downloaded")
+                return existing
+            if not existing.state.failed:
+                on_event(f"picking up run {existing.run_id} ('{name}') at {existing.state.value}")
+                return advance(existing, "generate", on_event, timeout)
+    run = start(job, backend, out_dir, options, on_event, timeout_hours, name)
+    return advance(run, "generate", on_event, timeout)
 
 
-def download(run_id: str | None, out_dir: Path | None, on_event: backends.OnEvent) -> Run:
+def deploy(job: JobSpec, out_dir: Path | None, options, on_event,
+           timeout_hours: float | None = None, timeout: float | None = None,
+           name: str | None = None) -> Run:
+    with runs.named(name):
+        if name is not None:
+            existing = runs.find_named(name)
+            if existing is not None and existing.job_id == job.job_id and not existing.state.failed:
+                on_event(f"run {existing.run_id} ('{name}') exists at {existing.state.value}")
+                return advance(existing, "deploy", on_event, timeout)
+        run = start(job, "kaggle", out_dir, options, on_event, timeout_hours, name)
+        return advance(run, "deploy", on_event, timeout)
+
+
+def command_on(run_id: str | None, command: str, on_event, timeout: float | None = None,
+               out_dir: Path | None = None) -> Run:
+    """poll, download or resume a recorded run."""
     run = runs.load(run_id)
     if out_dir is not None:
-        run.out_dir = str(Path(out_dir).resolve())
-    run = backends.get_backend(run.backend).fetch(run, Path(run.out_dir), on_event)
-    write_gallery(Path(run.out_dir))
-    return run
+        out = Path(out_dir)
+        artifacts.prepare_destination(out, run.run_id, run.job_id, lambda other: other != run.run_id
+                                      and _is_active(other))
+        run.out_dir = str(out.resolve())
+        runs.save(run)
+    return advance(run, command, on_event, timeout)
+
+
+def status(run_id: str | None, on_event) -> Run:
+    run = runs.load(run_id)
+    return backends.get_backend(run.backend).refresh(run, on_event)

@@ -1,8 +1,10 @@
 """Talking to Kaggle through the official client (kagglesdk), with one retry policy.
 
 kagglesdk sets no timeout and retries nothing on kernel calls; this module adds a
-timeout to every call and one tenacity policy for the idempotent ones. A push is
-retried only when it surely did not reach Kaggle (a refused connection, a 429).
+timeout to every call and one tenacity policy for the idempotent ones, bounded by the
+command's deadline. A push is retried only when it surely did not reach Kaggle (a
+refused connection, a 429). Only network and HTTP errors are turned into sentences
+here; anything else is a bug and reaches the CLI's boundary as what it is.
 ``IMGGENHUB_KAGGLE_API_URL`` points the same client code at another server (the
 tests' emulator); nothing else changes.
 """
@@ -10,7 +12,6 @@ tests' emulator); nothing else changes.
 from __future__ import annotations
 
 import email.utils
-import os
 import random
 import time
 from collections.abc import Callable
@@ -19,37 +20,45 @@ import requests
 from requests.adapters import HTTPAdapter
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
 
+from .config import Tunables
 from .credentials import HOW_TO, Credentials, find_credentials
-from .errors import CredentialsError, ImggenhubError
+from .errors import CredentialsError, KaggleApiError, TransferError, Unreachable
 
-API_URL_VAR = "IMGGENHUB_KAGGLE_API_URL"
 MAX_ATTEMPTS = 10
 
 
-def setting(name: str, default: float) -> float:
-    """Tunables (timeouts, waits) from the environment, read when used."""
-    return float(os.environ.get(name, default))
+class Deadline:
+    """The command's time budget (None: no limit), on the tunables' clock."""
 
+    def __init__(self, tunables: Tunables, seconds: float | None):
+        self.clock = tunables.clock
+        self.at = None if seconds is None else tunables.clock.monotonic() + seconds
 
-def call_timeout() -> float:
-    return setting("IMGGENHUB_HTTP_TIMEOUT", 60)
+    def left(self) -> float | None:
+        return None if self.at is None else self.at - self.clock.monotonic()
 
-
-class KaggleApiError(ImggenhubError):
-    """Kaggle refused or failed a call; carries the status code when there is one."""
-
-    def __init__(self, message: str, status: int | None = None):
-        super().__init__(message)
-        self.status = status
+    def passed(self, after: float = 0.0) -> bool:
+        return self.at is not None and self.clock.monotonic() + after >= self.at
 
 
 class _TimeoutAdapter(HTTPAdapter):
-    """Every request gets a timeout (kagglesdk sets none)."""
+    """Every request gets a timeout (kagglesdk sets none), never past the deadline."""
+
+    def __init__(self, timeout: Callable[[], float]):
+        super().__init__()
+        self._timeout = timeout
 
     def send(self, request, **kwargs):
         if kwargs.get("timeout") is None:
-            kwargs["timeout"] = call_timeout()
+            kwargs["timeout"] = self._timeout()
         return super().send(request, **kwargs)
+
+
+class TruncatedDownload(IOError):
+    """A body shorter than its Content-Length, or different from the manifest: worth a retry."""
+
+
+NETWORK_ERRORS = (requests.RequestException, TruncatedDownload)
 
 
 def status_of(exc: BaseException) -> int | None:
@@ -76,10 +85,6 @@ def surely_not_sent(exc: BaseException) -> bool:
     return False
 
 
-class TruncatedDownload(IOError):
-    pass
-
-
 def retry_after(exc: BaseException) -> float | None:
     response = getattr(exc, "response", None)
     value = response.headers.get("Retry-After") if response is not None else None
@@ -88,23 +93,29 @@ def retry_after(exc: BaseException) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value)
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
         return max(0.0, parsed.timestamp() - time.time())
 
 
-def _wait(state: RetryCallState) -> float:
-    """Retry-After when the server says it, else exponential backoff with full jitter; capped."""
-    exc = state.outcome.exception() if state.outcome else None
-    told = retry_after(exc) if exc else None
-    cap = setting("IMGGENHUB_RETRY_MAX_WAIT", 60)
-    if told is not None:
-        return min(told, cap)
-    return min(cap, random.uniform(0, 0.5 * 2 ** (state.attempt_number - 1)))
+def retrying(tunables: Tunables, deadline: Deadline | None = None,
+             on_retry: Callable[[str], None] | None = None,
+             predicate: Callable[[BaseException], bool] = is_transient,
+             attempts: int = MAX_ATTEMPTS) -> Retrying:
+    """The one retry policy: tenacity, transient errors only, Retry-After honoured, each
+    wait and the total capped, never sleeping past the deadline, each retry reported."""
 
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        told = retry_after(exc) if exc else None
+        if told is not None:
+            return min(told, tunables.retry_max_wait)
+        return min(tunables.retry_max_wait, random.uniform(0, 0.5 * 2 ** (state.attempt_number - 1)))
 
-def retrying(on_retry: Callable[[str], None] | None = None,
-             predicate: Callable[[BaseException], bool] = is_transient) -> Retrying:
-    """The one retry policy: tenacity, transient errors only, each retry reported."""
+    def past_deadline(state: RetryCallState) -> bool:
+        return deadline is not None and deadline.passed(after=state.upcoming_sleep or 0.0)
 
     def before_sleep(state: RetryCallState) -> None:
         if on_retry:
@@ -113,9 +124,10 @@ def retrying(on_retry: Callable[[str], None] | None = None,
             what = f"HTTP {status}" if status else type(exc).__name__
             on_retry(f"{what}; retry {state.attempt_number} in {state.upcoming_sleep:.1f}s")
 
-    return Retrying(retry=retry_if_exception(predicate), wait=_wait, reraise=True,
-                    stop=stop_after_attempt(MAX_ATTEMPTS)
-                    | stop_after_delay(setting("IMGGENHUB_RETRY_TOTAL", 600)),
+    return Retrying(retry=retry_if_exception(predicate), wait=wait, reraise=True,
+                    sleep=tunables.clock.sleep,
+                    stop=stop_after_attempt(attempts) | stop_after_delay(tunables.retry_total)
+                    | past_deadline,
                     before_sleep=before_sleep)
 
 
@@ -130,18 +142,29 @@ _SENTENCES = {
 }
 
 
-def explain(exc: BaseException, what: str) -> KaggleApiError:
-    """One sentence for a call that failed for good."""
+def explain(exc: BaseException, what: str) -> Exception:
+    """One sentence for a network or HTTP error that failed for good."""
     status = status_of(exc)
     detail = str(exc).split("\n")[0][:200]
     if isinstance(exc, (requests.exceptions.ChunkedEncodingError, TruncatedDownload)):
-        return KaggleApiError(f"The transfer kept breaking off while {what}; run the same command "
-                              "again: files already downloaded and verified are kept.")
+        return TransferError(f"The transfer kept breaking off while {what} ({detail}); run the same "
+                             "command again: files already downloaded and verified are kept.")
     if status is None:
-        return KaggleApiError(f"Could not reach Kaggle while {what} ({type(exc).__name__}); check "
-                              "the network and try again.")
+        return Unreachable(f"Could not reach Kaggle while {what} ({type(exc).__name__}); check "
+                           "the network and try again.")
     template = _SENTENCES.get(status, "Kaggle failed while {what} (HTTP {status}): {detail}.")
     return KaggleApiError(template.format(what=what, detail=detail, status=status), status)
+
+
+def call(tunables: Tunables, deadline: Deadline | None, what: str, fn,
+         on_retry: Callable[[str], None] | None = None, attempts: int = MAX_ATTEMPTS):
+    """Run an idempotent call under the retry policy; network errors become one sentence."""
+    try:
+        for attempt in retrying(tunables, deadline, on_retry, attempts=attempts):
+            with attempt:
+                return fn()
+    except NETWORK_ERRORS as exc:
+        raise explain(exc, what) from None
 
 
 def credentials() -> Credentials:
@@ -151,13 +174,14 @@ def credentials() -> Credentials:
     return creds
 
 
-def make_client(creds: Credentials | None = None):
+def make_client(tunables: Tunables, creds: Credentials | None = None,
+                timeout: Callable[[], float] | None = None):
     """A kagglesdk KaggleClient for these credentials, with timeouts, at the configured URL."""
     from kagglesdk.kaggle_client import KaggleClient
     from kagglesdk.kaggle_env import KaggleEnv
 
     creds = creds or credentials()
-    url = os.environ.get(API_URL_VAR)
+    url = tunables.api_url
     client = KaggleClient(env=KaggleEnv.LOCAL if url else KaggleEnv.PROD,
                           username=creds.username, password=creds.key, api_token=creds.token,
                           user_agent="imggenhub")
@@ -165,11 +189,12 @@ def make_client(creds: Credentials | None = None):
     if url:
         http._endpoint = url.rstrip("/")  # the same client code, another base URL
     http._init_session()
+    adapter = _TimeoutAdapter(timeout or (lambda: tunables.http_timeout))
     for prefix in ("http://", "https://"):
-        http._session.mount(prefix, _TimeoutAdapter())
+        http._session.mount(prefix, adapter)
     return client
 
 
-def web_url(ref: str) -> str:
-    base = os.environ.get(API_URL_VAR)
+def web_url(tunables: Tunables, ref: str) -> str:
+    base = tunables.api_url
     return f"{base.rstrip('/')}/code/{ref}" if base else f"https://www.kaggle.com/code/{ref}"

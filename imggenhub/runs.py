@@ -1,55 +1,79 @@
-"""Run records: one JSON file per run in the state dir, written under a lock, so that
-`deploy`, `poll` and `download` (or a cron job and a second terminal) share a run."""
+"""Run records and locks: one typed JSON record per run in the state dir, so that
+`deploy`, `poll`, `download` and `resume` (a cron job, a second terminal) share a run.
+
+Every save checks the move against the lifecycle's transition table. Two locks keep
+processes apart: a run's work lock (one process advances a run at a time) and a
+kernel's push lock (one push per Kaggle kernel at a time, so an interrupted push can
+be recognised as this run's).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import time
-from dataclasses import asdict, dataclass, field
-from enum import Enum
+from contextlib import contextmanager
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import state_dir
-from .errors import RunNotFoundError
+from .errors import NothingYet, RunNotFoundError
+from .lifecycle import RunState, allowed
+
+RUN_FILE = "run.json"
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-class RunState(str, Enum):
-    RENDERED = "rendered"
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETE = "complete"
-    ERROR = "error"
-    CANCELLED = "cancelled"
+class Failure(BaseModel):
+    """Why a run failed, as data: where, what, and the end of its log."""
 
-    @property
-    def terminal(self) -> bool:
-        return self in (RunState.COMPLETE, RunState.ERROR, RunState.CANCELLED)
+    model_config = ConfigDict(extra="ignore")
+
+    kind: str  # "notebook" (the notebook raised), "kernel" (Kaggle's verdict), "push", "cancelled"
+    ename: str = ""
+    evalue: str = ""
+    cell_index: int | None = None
+    log_tail: str = ""
+
+    def sentence(self) -> str:
+        where = f" in cell {self.cell_index + 1}" if self.cell_index is not None and \
+            self.cell_index >= 0 else ""
+        what = f"{self.ename}: {self.evalue}" if self.ename else self.evalue
+        return f"{where.strip() + ': ' if where else ''}{what or 'no reason given'}"
 
 
-@dataclass
-class Run:
+class Run(BaseModel):
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+
     run_id: str
     backend: str
     job_id: str
     image_count: int
     out_dir: str
+    name: str | None = None
     state: RunState = RunState.RENDERED
-    created: float = field(default_factory=time.time)
-    updated: float = field(default_factory=time.time)
+    created: float = Field(default_factory=time.time)
+    updated: float = Field(default_factory=time.time)
     kernel_ref: str | None = None
     version: int | None = None
     url: str | None = None
     images_fetched: int = 0
-    failure: str | None = None
+    failure: Failure | None = None
     session_timeout_seconds: int | None = None
-    timings: dict = field(default_factory=dict)
+    timings: dict = Field(default_factory=dict)
 
     @property
     def folder(self) -> Path:
         return runs_dir() / self.run_id
+
+    @property
+    def notebook_dir(self) -> Path:
+        return self.folder / "notebook"
 
 
 def runs_dir() -> Path:
@@ -59,53 +83,130 @@ def runs_dir() -> Path:
 
 
 def new_run_id(job_id: str) -> str:
+    """A fresh run id, its folder made atomically (two processes never get the same one)."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     base = f"{stamp}-{job_id[:8]}"
-    run_id, n = base, 1
-    while (runs_dir() / run_id).exists():
-        n += 1
-        run_id = f"{base}-{n}"
-    (runs_dir() / run_id).mkdir(parents=True)
-    return run_id
+    for n in range(1, 1000):
+        run_id = base if n == 1 else f"{base}-{n}"
+        try:
+            (runs_dir() / run_id).mkdir()
+            return run_id
+        except FileExistsError:
+            continue
+    raise RunNotFoundError(f"Could not make a new run id under {runs_dir()}; too many runs this second.")
 
 
-def _lock(run_id: str) -> FileLock:
-    return FileLock(str(runs_dir() / f"{run_id}.lock"), timeout=30)
+def _write_lock(run_id: str) -> FileLock:
+    return FileLock(str(runs_dir() / f".{run_id}.write.lock"), timeout=30)
 
 
-def save(run: Run) -> Run:
-    run.updated = time.time()
-    path = runs_dir() / run.run_id / "run.json"
+class TransitionError(RuntimeError):
+    """A save that breaks the lifecycle table: a bug of ours, not a user error."""
+
+
+def save(run: Run, previous: RunState | None = None) -> Run:
+    """Write the record atomically; the move from the state on disk must be allowed."""
+    path = runs_dir() / run.run_id / RUN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _lock(run.run_id):
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(run), indent=2, default=str), encoding="utf-8")
+    with _write_lock(run.run_id):
+        if path.exists():
+            on_disk = RunState(json.loads(path.read_text("utf-8"))["state"])
+            if not allowed(on_disk, run.state):
+                raise TransitionError(f"run {run.run_id}: {on_disk.value} -> {run.state.value} "
+                                      "is not in the lifecycle table")
+        run.updated = time.time()
+        tmp = path.with_name(f".{RUN_FILE}.{os.getpid()}.tmp")
+        tmp.write_text(run.model_dump_json(indent=2), encoding="utf-8")
         os.replace(tmp, path)
     return run
 
 
-def load(run_id: str | None = None) -> Run:
-    """A run by id (or a unique prefix of it); None gives the latest."""
-    records = sorted(runs_dir().glob("*/run.json"))
-    if not records:
-        raise RunNotFoundError("There are no runs yet; start one with 'imggenhub generate' or "
-                               "'imggenhub deploy'.")
-    if run_id is None:
-        path = max(records, key=lambda p: json.loads(p.read_text("utf-8"))["created"])
-    else:
-        matches = [p for p in records if p.parent.name.startswith(run_id)]
-        if len(matches) != 1:
-            raise RunNotFoundError(f"No single run matches '{run_id}'; 'imggenhub runs' lists them.")
-        path = matches[0]
-    data = json.loads(path.read_text("utf-8"))
-    data["state"] = RunState(data["state"])
-    return Run(**data)
+def _read(path: Path) -> Run | None:
+    try:
+        data = json.loads(path.read_text("utf-8"))
+        if isinstance(data.get("failure"), str):  # records written before failures were typed
+            old = json.loads(data["failure"] or "{}")
+            data["failure"] = {"kind": "notebook", **old}
+        return Run.model_validate(data)
+    except (OSError, ValueError, ValidationError):
+        return None  # a torn or foreign file: not a run
 
 
 def all_runs() -> list[Run]:
-    out = []
-    for path in runs_dir().glob("*/run.json"):
-        data = json.loads(path.read_text("utf-8"))
-        data["state"] = RunState(data["state"])
-        out.append(Run(**data))
-    return sorted(out, key=lambda r: r.created)
+    found = (_read(p) for p in runs_dir().glob(f"*/{RUN_FILE}"))
+    return sorted((r for r in found if r is not None), key=lambda r: r.created)
+
+
+def load(run_id: str | None = None) -> Run:
+    """A run by id, unique id prefix or name; None gives the latest."""
+    every = all_runs()
+    if not every:
+        raise RunNotFoundError("There are no runs yet; start one with 'imggenhub generate' or "
+                               "'imggenhub deploy'.")
+    if run_id is None:
+        return every[-1]
+    if not RUN_ID.match(run_id):
+        raise RunNotFoundError(f"'{run_id[:60]}' is not a run id; 'imggenhub runs' lists them.")
+    exact = [r for r in every if r.run_id == run_id]
+    named = [r for r in every if r.name == run_id]
+    matches = exact or named[-1:] or [r for r in every if r.run_id.startswith(run_id)]
+    if len(matches) != 1:
+        raise RunNotFoundError(f"No single run matches '{run_id}'; 'imggenhub runs' lists them.")
+    return matches[0]
+
+
+def find_named(name: str) -> Run | None:
+    named = [r for r in all_runs() if r.name == name]
+    return named[-1] if named else None
+
+
+@contextmanager
+def working_on(run: Run, wait: float = 0.0):
+    """Hold the run's work lock: one process advances a run at a time; another is refused."""
+    lock = FileLock(str(runs_dir() / f".{run.run_id}.work.lock"))
+    try:
+        lock.acquire(timeout=wait)
+    except Timeout:
+        raise NothingYet(f"Run {run.run_id} is being worked on by another imggenhub process; "
+                         "nothing to do here (that process goes on).") from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextmanager
+def _held(key: str, wait: float, busy: str):
+    folder = state_dir() / "locks"
+    folder.mkdir(exist_ok=True)
+    lock = FileLock(str(folder / (key.replace("/", "--") + ".lock")))
+    try:
+        lock.acquire(timeout=wait)
+    except Timeout:
+        raise NothingYet(busy) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def pushing_to(kernel_ref: str, wait: float):
+    """One push per kernel at a time on this machine."""
+    return _held("kernel-" + kernel_ref, wait, f"Another imggenhub process is pushing to "
+                 f"{kernel_ref}; try again when it is done.")
+
+
+def named(name: str | None):
+    """One process per run name at a time: a cron line started again while the last one
+    still works is refused with a sentence (and pushes nothing)."""
+    if name is None:
+        return contextlib.nullcontext()
+    return _held("name-" + name, 0.0, f"Another imggenhub process is working on the run named "
+                 f"'{name}'; nothing to do here (that process goes on).")
+
+
+def reload(run: Run) -> Run:
+    fresh = _read(run.folder / RUN_FILE)
+    if fresh is None:
+        raise RunNotFoundError(f"The record of run {run.run_id} is gone.")
+    return fresh

@@ -24,6 +24,7 @@ MAX_IMAGES_PER_PROMPT = 1000
 MAX_IMAGES = 10000
 MAX_BATCH = 64
 SEED_MAX = 2**32 - 1
+MAX_PROMPTS_BYTES = 16 << 20
 
 Precision = Literal["auto", "fp16", "fp32"]
 
@@ -177,12 +178,20 @@ def load_prompts(path: Path) -> list[PromptItem]:
     """Read prompts.json: a list of strings, or of objects with per-prompt overrides."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as fh:  # bounded: a prompts file is never gigabytes (/dev/zero)
+            raw = fh.read(MAX_PROMPTS_BYTES + 1)
     except FileNotFoundError:
         raise SpecError(f"Prompts file '{path}' not found; create it, pass --prompts-file PATH, "
                         "or give --prompt TEXT.") from None
     except IsADirectoryError:
         raise SpecError(f"Prompts file '{path}' is a folder; pass the path of a JSON file.") from None
+    except OSError as exc:
+        raise SpecError(f"Prompts file '{path}' cannot be read ({exc.strerror or exc}).") from None
+    if len(raw) > MAX_PROMPTS_BYTES:
+        raise SpecError(f"Prompts file '{path}' is larger than {MAX_PROMPTS_BYTES >> 20} MiB; split "
+                        "the job into several files.")
+    try:
+        text = raw.decode("utf-8-sig")  # a BOM, as Notepad writes it, is fine
     except UnicodeDecodeError:
         raise SpecError(f"Prompts file '{path}' is not UTF-8 text; save it as UTF-8.") from None
     try:
@@ -190,6 +199,9 @@ def load_prompts(path: Path) -> list[PromptItem]:
     except json.JSONDecodeError as exc:
         raise SpecError(f"Prompts file '{path}' is not valid JSON: {exc.msg} at line {exc.lineno} "
                         f"column {exc.colno}.") from None
+    except RecursionError:
+        raise SpecError(f"Prompts file '{path}' is nested too deeply; it should be a flat list of "
+                        "prompts.") from None
     if not isinstance(data, list) or not data:
         raise SpecError(f"Prompts file '{path}' must hold a non-empty JSON list of prompts "
                         '(strings, or objects like {"prompt": "..."}).')

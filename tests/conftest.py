@@ -13,6 +13,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+# One thread per process for torch (and the Jupyter kernels and engines it starts): two
+# cores shared by several processes must not be oversubscribed.
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    os.environ[_var] = "1"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: runs a real diffusers notebook end to end")
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("home")

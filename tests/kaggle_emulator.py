@@ -3,50 +3,122 @@
 with camelCase JSON, Basic or Bearer auth, signed file URLs, and proxy-style absolute
 URIs so the unmodified `kaggle` CLI can reach it through HTTP_PROXY.
 
-Each pushed notebook runs with imggenhub's local runner in a temporary folder that
-plays /kaggle/working: QUEUED -> RUNNING -> COMPLETE or ERROR.
+Each pushed version runs in its own thread, in a temporary folder that plays
+/kaggle/working: QUEUED -> RUNNING -> COMPLETE or ERROR (or CANCEL_ACKNOWLEDGED).
+Two runners:
 
-    python -m tests.kaggle_emulator --port 8765 [--rate-limit 2] [--fail-notebook] ...
+- ``stub`` (the default of the ``Emulator`` class): reads the job document from the
+  notebook's ``JOB_JSON = '...'`` cell and does in milliseconds what the real engine
+  does (tiny PNGs through ``engine.save_png``, per-process manifest part, merged
+  manifest, the same progress lines), with no Jupyter kernel and no torch. A pushed
+  notebook without a JOB_JSON cell is run with the notebook runner instead.
+- ``notebook`` (the default on the command line): runs the pushed notebook in a real
+  Jupyter kernel with imggenhub's local runner, so the images are real.
+
+Everything stays on the address it listens on (127.0.0.1 by default); it never opens a
+connection anywhere, and every loop it runs is bounded in count and in time.
+
+    python -m tests.kaggle_emulator --port 8765 [--runner stub] [--rate-limit 2] ...
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import base64
+import errno
+import hashlib
 import json
 import os
+import random
 import secrets
 import shutil
+import signal
+import sys
 import tempfile
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import urlsplit
 
-FAULTS = ("rate_limit", "server_error", "drop", "truncate", "stale_status", "gpu_cap")
+# Counter faults the command line exposes as --NAME N.
+FAULTS = ("rate_limit", "server_error", "drop", "drop_after", "truncate", "oversize", "corrupt",
+          "endless_body", "stale_status", "gpu_cap")
+FAULT_HELP = {
+    "rate_limit": "the next N API calls answer HTTP 429 with Retry-After",
+    "server_error": "the next N API calls answer HTTP 503",
+    "drop": "the next N API calls are not handled: the connection closes without an answer",
+    "drop_after": "the next N API calls are handled (a push really makes a version), then the "
+                  "connection closes without an answer",
+    "truncate": "the next N file downloads send half the announced bytes, then close",
+    "oversize": "the next N file downloads (not manifests) send the real bytes plus 1 MiB of junk "
+                "(Content-Length to match)",
+    "corrupt": "the next N file downloads (not manifests) send the same length with one "
+               "byte flipped",
+    "endless_body": "the next N file downloads (not manifests) stream junk with no "
+                    "Content-Length until the "
+                    "client goes away (at most 256 MiB or 120 s)",
+    "stale_status": "the next N unversioned status calls describe the previous version",
+    "gpu_cap": "the next N GPU pushes get 'Maximum batch GPU session count ... reached'",
+}
+RUNNERS = ("stub", "notebook")
+TERMINAL = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED")
+KAGGLE_FAILURE = "Your notebook hit an unhandled error while executing"
+MAX_PAGE_SIZE = 500  # what Kaggle serves at most per page
+JUNK = 1 << 20  # what `oversize` appends
+ENDLESS_MAX = 256 << 20  # the most `endless_body` sends
+TRICKLE_MAX_BYTES = 120  # the most `trickle` sends
+HOSTILE_MAX_SECONDS = 120.0  # no hostile answer lasts longer than this
+SEND_TIMEOUT = 10.0  # a client that stops reading without going away frees us after this
 
 
 @dataclass
 class Faults:
-    """Counters: each fault fires on the next N matching requests. ``only`` limits the API
-    faults to these method names (None: every API call)."""
+    """Fault knobs. Counters fire on the next N matching requests; ``only`` limits the API
+    faults (rate_limit, server_error, drop, drop_after, slow) to these method names (None:
+    every API call). ``fired`` counts how often each knob acted.
+
+    Counters: rate_limit, server_error, drop, drop_after, truncate, oversize, corrupt,
+    endless_body, stale_status, gpu_cap. oversize, corrupt and endless_body count and act on
+    downloads of files other than ``*manifest.json`` only (the manifest is what a client
+    checks the rest against; ``manifest_body`` is the manifest's own knob). Others: slow and slow_files (seconds), trickle
+    (seconds between bytes of every file download, at most 120 bytes sent), endless_pages
+    (bool), manifest_body (bytes served for every listed ``*manifest.json``), fail_notebook
+    (bool), extra_names (names listed besides the real ones), retry_after (header value).
+    Chances: fail_rate (each matching API call answers 429, 503 or drops, counted under
+    those names), truncate_rate (each file download is cut short, counted as truncate);
+    seed makes their dice repeatable.
+    """
 
     rate_limit: int = 0
     server_error: int = 0
     drop: int = 0
+    drop_after: int = 0
     truncate: int = 0
+    oversize: int = 0
+    corrupt: int = 0
+    endless_body: int = 0
     stale_status: int = 0
     gpu_cap: int = 0
     slow: float = 0.0
     slow_files: float = 0.0  # seconds before each file download answers (a network's latency)
+    trickle: float = 0.0  # seconds between the bytes of each file download (<= 120 bytes sent)
+    endless_pages: bool = False  # ListKernelSessionOutput always answers a nextPageToken
+    manifest_body: bytes | None = None  # served for every listed name ending in manifest.json
     fail_notebook: bool = False
+    fail_rate: float = 0.0  # each matching API call fails with this chance (429, 503 or drop)
+    truncate_rate: float = 0.0  # each file download is cut short with this chance
+    seed: int | None = None  # seeds the chances above (set it to replay a run of faults)
     only: tuple[str, ...] | None = None
     extra_names: tuple[str, ...] = ()  # file names listed besides the real ones (e.g. "../x")
     retry_after: str = "1"
     fired: dict = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    rng: random.Random = field(default_factory=random.Random)
 
     def take(self, name: str) -> bool:
         with self.lock:
@@ -56,12 +128,45 @@ class Faults:
                 return True
             return False
 
+    def roll(self, rate: str, name: str) -> bool:
+        """True with the chance the knob ``rate`` names; counted in ``fired`` as ``name``."""
+        with self.lock:
+            if getattr(self, rate) > 0 and self.rng.random() < getattr(self, rate):
+                self.fired[name] = self.fired.get(name, 0) + 1
+                return True
+            return False
+
+    def api_failure(self) -> str | None:
+        """The API fault to act out now, if any: a counter first, then fail_rate's dice."""
+        for name in ("drop", "rate_limit", "server_error"):
+            if self.take(name):
+                return name
+        with self.lock:
+            if self.fail_rate > 0 and self.rng.random() < self.fail_rate:
+                name = self.rng.choice(("drop", "rate_limit", "server_error"))
+                self.fired[name] = self.fired.get(name, 0) + 1
+                return name
+        return None
+
+    def note(self, name: str) -> None:
+        """Count a use of a knob that is not a counter."""
+        with self.lock:
+            self.fired[name] = self.fired.get(name, 0) + 1
+
     def set(self, **knobs) -> None:
         with self.lock:
             for key, value in knobs.items():
-                if not hasattr(self, key) or key in ("fired", "lock"):
+                if not hasattr(self, key) or key in ("fired", "lock", "rng"):
                     raise ValueError(f"unknown fault {key}")
-                setattr(self, key, tuple(value) if key == "only" and value else value)
+                if key == "only":
+                    value = tuple(value) if value else None
+                elif key == "extra_names":
+                    value = tuple(value or ())
+                elif key == "manifest_body" and isinstance(value, str):
+                    value = value.encode("utf-8")
+                setattr(self, key, value)
+                if key == "seed":
+                    self.rng.seed(value)
 
 
 @dataclass
@@ -75,25 +180,41 @@ class Version:
     workdir: Path | None = None
     env: dict = field(default_factory=dict)
     pushed: float = field(default_factory=time.monotonic)
+    created: float = field(default_factory=time.time)
     finished: float | None = None
+    runner: str | None = None  # which runner ran it: "stub" or "notebook"
+    job: dict | None = None  # the job document the stub read
+    cancel: threading.Event = field(default_factory=threading.Event)
+    thread: threading.Thread | None = None
 
 
 class Emulator:
+    """The emulator. ``runner``: "stub" (fast, default) or "notebook" (real Jupyter kernel).
+    ``queue_seconds`` (time spent QUEUED) and ``image_seconds`` (stub: time per image) can be
+    changed at any time; they apply to versions that start afterwards."""
+
     def __init__(self, username: str = "imggenhub", key: str = "emulator-key",
-                 token: str = "emulator-token", queue_seconds: float = 0.2, gpu_sessions: int = 2):
+                 token: str = "emulator-token", queue_seconds: float = 0.2, gpu_sessions: int = 2,
+                 runner: str = "stub", image_seconds: float = 0.0):
+        if runner not in RUNNERS:
+            raise ValueError(f"runner must be one of {', '.join(RUNNERS)}, not {runner!r}")
         self.username, self.key, self.token = username, key, token
         self.queue_seconds = queue_seconds
+        self.image_seconds = image_seconds
         self.gpu_sessions = gpu_sessions
+        self.runner = runner
         self.faults = Faults()
         self.root = Path(tempfile.mkdtemp(prefix="kaggle-emulator-"))
         self.kernels: dict[str, list[Version]] = {}
-        self.files: dict[str, Path] = {}
+        self.files: dict[str, Path] = {}  # signed token -> file
+        self.file_names: dict[str, str] = {}  # signed token -> the name it was listed under
         self.blobs: dict[str, bytes | None] = {}
         self.datasets: dict[str, dict] = {}
         self.calls: list[tuple[str, dict]] = []
         self.lock = threading.RLock()
         self.threads: list[threading.Thread] = []
         self.server: ThreadingHTTPServer | None = None
+        self._url: str | None = None
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -106,30 +227,46 @@ class Emulator:
         Handler.emulator = emulator
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self.url
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                         daemon=True).start()
+        host, port = self.server.server_address[:2]
+        self._url = f"http://{host}:{port}"
+        return self._url
 
     @property
     def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host}:{port}"
+        """Where it listens; kept after stop, so a test can aim at the now-closed port."""
+        if self._url is None:
+            raise RuntimeError("the emulator has not been started")
+        return self._url
 
-    def stop(self) -> None:
-        for thread in self.threads:
-            thread.join(timeout=300)
+    def stop(self, timeout: float = 300) -> None:
+        """Stop: stub runs end after their current image, notebook runs are waited for (at most
+        ``timeout`` seconds in all), then the server closes and the temporary folder goes."""
+        for versions in list(self.kernels.values()):
+            for version in versions:
+                version.cancel.set()
+        deadline = time.monotonic() + timeout
+        for thread in list(self.threads):
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         if self.server:
             self.server.shutdown()
             self.server.server_close()
+            self.server = None
         shutil.rmtree(self.root, ignore_errors=True)
 
     def wait_idle(self, timeout: float = 300) -> None:
+        deadline = time.monotonic() + timeout
         for thread in list(self.threads):
-            thread.join(timeout=timeout)
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
 
     # --- kernels -----------------------------------------------------------------
 
     def versions(self, ref: str) -> list[Version]:
         return self.kernels.get(ref, [])
+
+    def kernel_id(self, ref: str) -> int:
+        return zlib.crc32(ref.encode("utf-8")) % 10**8 + 1
 
     def _active_gpu(self) -> int:
         return sum(1 for vs in self.kernels.values() for v in vs
@@ -158,50 +295,245 @@ class Emulator:
             if self.faults.fail_notebook:
                 version.env["IMGGENHUB_ENGINE_FAIL_AFTER"] = "1"
             versions.append(version)
-        thread = threading.Thread(target=self._execute, args=(ref, version), daemon=True)
-        self.threads.append(thread)
+            thread = threading.Thread(target=self._execute, args=(ref, version), daemon=True,
+                                      name=f"kernel {ref} v{version.number}")
+            version.thread = thread
+            self.threads.append(thread)
         thread.start()
         return {"ref": f"/code/{ref}", "url": f"{self.url}/code/{ref}",
-                "versionNumber": version.number, "kernelId": abs(hash(ref)) % 10**8}
+                "versionNumber": version.number, "kernelId": self.kernel_id(ref)}
+
+    def cancel(self, ref: str, number: int | None = None, timeout: float = 30.0) -> str:
+        """Cancel version ``number`` of ``ref`` (the latest if None); return its status.
+
+        The status becomes CANCEL_REQUESTED at once; a stub run stops after the image it is
+        making (this call waits for that, at most ``timeout`` seconds), keeps what it made
+        (manifest merged) and the status becomes CANCEL_ACKNOWLEDGED. A notebook run cannot
+        be interrupted: it becomes CANCEL_ACKNOWLEDGED at once and finishes unseen. A version
+        that already ended is left as it is."""
+        version = _version_of(self.versions(ref), None if number is None else str(number))
+        if version is None:
+            raise KeyError(f"no version {number or '(latest)'} of {ref}")
+        with self.lock:
+            if version.status in TERMINAL:
+                return version.status
+            version.cancel.set()
+            version.status = "CANCEL_REQUESTED"
+        if version.runner != "notebook" and version.thread is not None:
+            version.thread.join(timeout=timeout)
+        with self.lock:
+            version.status = "CANCEL_ACKNOWLEDGED"
+        return version.status
+
+    def _finish(self, version: Version, status: str, failure: str | None = None) -> None:
+        """Set the final status unless the version was cancelled meanwhile."""
+        with self.lock:
+            version.finished = time.monotonic()
+            if not version.cancel.is_set():
+                version.failure = failure
+                version.status = status
 
     def _execute(self, ref: str, version: Version) -> None:
-        from imggenhub.backends.local import execute_notebook
-
-        time.sleep(self.queue_seconds)
-        version.status = "RUNNING"
-        folder = self.root / ref.replace("/", "--") / f"v{version.number}"
-        folder.mkdir(parents=True)
-        notebook = folder / "notebook.ipynb"
-        notebook.write_text(version.text, encoding="utf-8")
-        version.workdir = folder / "working"
-
         def stream(name: str, text: str) -> None:
             version.log.append({"stream_name": name, "time": round(time.time(), 3), "data": text})
 
         try:
-            result = execute_notebook(notebook, version.workdir, stream, folder / "stderr.log",
-                                      env={**os.environ, **version.env})
+            if version.cancel.wait(self.queue_seconds):
+                version.finished = time.monotonic()
+                return
+            with self.lock:
+                if version.cancel.is_set():
+                    version.finished = time.monotonic()
+                    return
+                version.status = "RUNNING"
+            folder = self.root / ref.replace("/", "--") / f"v{version.number}"
+            folder.mkdir(parents=True)
+            version.workdir = folder / "working"
+            job_cell = _job_cell(version.text) if self.runner == "stub" else None
+            if job_cell is None:
+                version.runner = "notebook"
+                self._run_notebook(version, folder, stream)
+            else:
+                version.runner = "stub"
+                self._run_stub(version, job_cell, stream)
         except Exception as exc:  # the emulator must never hang a test
-            version.status, version.failure = "ERROR", f"emulator: {exc}"
-            return
-        version.finished = time.monotonic()
+            self._finish(version, "ERROR", f"emulator: {exc}")
+
+    def _run_notebook(self, version: Version, folder: Path, stream) -> None:
+        from imggenhub.backends.local import execute_notebook
+
+        notebook = folder / "notebook.ipynb"
+        notebook.write_text(version.text, encoding="utf-8")
+        result = execute_notebook(notebook, version.workdir, stream, folder / "stderr.log",
+                                  env={**os.environ, **version.env})
         if result.ok:
-            version.status = "COMPLETE"
+            self._finish(version, "COMPLETE")
         else:
             stream("stderr", f"{result.ename}: {result.evalue}\n")
-            version.failure = "Your notebook hit an unhandled error while executing"
-            version.status = "ERROR"
+            self._finish(version, "ERROR", KAGGLE_FAILURE)
+
+    def _run_stub(self, version: Version, job_cell: str, stream) -> None:
+        """What the rendered notebook and the engine do, minus the GPU: same files, same
+        manifest, same log lines."""
+        from imggenhub import engine
+
+        t0 = time.monotonic()
+        work = version.workdir
+        work.mkdir(parents=True, exist_ok=True)
+
+        def say(message: str) -> None:
+            stream("stdout", f"{engine.PROGRESS_PREFIX} {message}\n")
+
+        try:
+            job_json, doc = _parse_job_cell(job_cell)
+            version.job = doc
+            _write_cell_files(version.text, work)  # %%writefile imggenhub_engine.py
+            (work / "imggenhub_job.json").write_text(job_json, encoding="utf-8")
+            tasks = engine.plan_images(doc)
+        except Exception as exc:
+            stream("stdout", "Traceback (most recent call last):\n")
+            stream("stdout", f"{type(exc).__name__}: {exc}\n")
+            stream("stderr", f"{type(exc).__name__}: {exc}\n")
+            self._finish(version, "ERROR", KAGGLE_FAILURE)
+            return
+        out = work / "output"
+        parts = out / engine.PARTS_DIR
+        parts.mkdir(parents=True, exist_ok=True)
+        part_path = parts / "rank-00.json"
+        model_id = (doc.get("model") or {}).get("id")
+        say(f"job {doc.get('job_id')}: {len(tasks)} images with {model_id} in 1 process")
+        part = {
+            "engine_version": engine.ENGINE_VERSION,
+            "job_id": doc.get("job_id"),
+            "run_id": doc.get("run_id"),
+            "model": model_id,
+            "processes_total": 1,
+            "process": {"rank": 0, "device": "stub", "dtype": "stub", "model_load_seconds": 0.0,
+                        "scheduler": "stub"},
+            "images": [],
+        }
+        engine._write_json_atomic(part_path, part)
+        say(f"model {model_id} ready on stub (stub) in 0.00s; {len(tasks)} images for this process")
+        fail_after = int(version.env.get("IMGGENHUB_ENGINE_FAIL_AFTER", "-1"))
+        error = None
+        done = 0
+        for task in tasks:
+            if version.cancel.is_set():
+                break
+            if 0 <= fail_after <= done:
+                error = f"RuntimeError: injected failure after {done} images"
+                break
+            t_img = time.monotonic()
+            if self.image_seconds:
+                version.cancel.wait(self.image_seconds)  # a cancel ends the wait, not the image
+            image = _stub_image(task["seed"])
+            record = {
+                "index": task["index"], "prompt_index": task["prompt_index"],
+                "prompt": task["prompt"], "negative_prompt": task["negative_prompt"],
+                "seed": task["seed"], "model": model_id, "steps": task["steps"],
+                "guidance": task["guidance"], "width": task["width"] or 8,
+                "height": task["height"] or 8, "scheduler": "stub", "device": "stub",
+            }
+            data = engine.save_png(image, out / task["file"], record)
+            seconds = time.monotonic() - t_img
+            record.update(file=task["file"], sha256=hashlib.sha256(data).hexdigest(),
+                          bytes=len(data), seconds=round(seconds, 4))
+            part["images"].append(record)
+            done += 1
+            part["process"]["seconds"] = round(time.monotonic() - t0, 4)
+            engine._write_json_atomic(part_path, part)
+            say(f"image {done}/{len(tasks)} {task['file']} in {seconds:.2f}s "
+                f"(elapsed {time.monotonic() - t0:.1f}s)")
+        part["process"]["seconds"] = round(time.monotonic() - t0, 4)
+        engine._write_json_atomic(part_path, part)
+        if error:
+            stream("stdout", "Traceback (most recent call last):\n")
+            stream("stdout", f"{error}\n")
+            stream("stdout", f"{engine.PROGRESS_PREFIX} error: {error}\n")
+        manifest = engine.merge_manifest(out, doc)
+        n = len(manifest["images"]) if manifest else 0
+        say(f"done: {n} images in {time.monotonic() - t0:.1f}s"
+            + ("" if error is None else " (failed, exit 1)"))
+        if error:
+            stream("stderr", f"RuntimeError: imggenhub engine failed: {error}\n")
+            self._finish(version, "ERROR", KAGGLE_FAILURE)
+        else:
+            self._finish(version, "COMPLETE")
 
     def output_files(self, version: Version) -> list[tuple[str, Path]]:
+        """The version's output files once its run is over (nothing while it runs)."""
+        if version.status not in TERMINAL or version.finished is None:
+            return []
         if version.workdir is None or not version.workdir.exists():
             return []
         return sorted((p.relative_to(version.workdir).as_posix(), p)
                       for p in version.workdir.rglob("*") if p.is_file())
 
-    def sign(self, path: Path, host: str) -> str:
+    def sign(self, path: Path, host: str, name: str = "") -> str:
         token = secrets.token_urlsafe(12)
         self.files[token] = path
+        self.file_names[token] = name
         return f"http://{host}/files/{token}?Expires={int(time.time()) + 3600}&Signature=emulated"
+
+
+# --- the stub runner's helpers ---------------------------------------------------------
+
+def _cells(text: str) -> list[dict]:
+    try:
+        nb = json.loads(text)
+    except (ValueError, RecursionError):
+        return []
+    cells = nb.get("cells") if isinstance(nb, dict) else None
+    return [c for c in cells if isinstance(c, dict)] if isinstance(cells, list) else []
+
+
+def _source(cell: dict) -> str:
+    source = cell.get("source", "")
+    if isinstance(source, list):
+        return "".join(s for s in source if isinstance(s, str))
+    return source if isinstance(source, str) else ""
+
+
+def _job_cell(text: str) -> str | None:
+    """The source of the code cell holding ``JOB_JSON = ``, or None if there is none."""
+    for cell in _cells(text):
+        if cell.get("cell_type") == "code" and "JOB_JSON = " in _source(cell):
+            return _source(cell)
+    return None
+
+
+def _parse_job_cell(source: str) -> tuple[str, dict]:
+    """(the JSON text, the job document) of a JOB_JSON cell: exactly one statement, an
+    assignment of a string literal to JOB_JSON; never executed."""
+    body = ast.parse(source).body
+    if (len(body) != 1 or not isinstance(body[0], ast.Assign)
+            or [getattr(t, "id", None) for t in body[0].targets] != ["JOB_JSON"]):
+        raise ValueError("the JOB_JSON cell must hold exactly one assignment JOB_JSON = '...'")
+    value = ast.literal_eval(body[0].value)
+    if not isinstance(value, str):
+        raise ValueError("JOB_JSON must be a string literal")
+    doc = json.loads(value)
+    if not isinstance(doc, dict):
+        raise ValueError("JOB_JSON must hold a JSON object")
+    return value, doc
+
+
+def _write_cell_files(text: str, work: Path) -> None:
+    """What ``%%writefile NAME`` cells write (a plain name only, inside ``work``)."""
+    for cell in _cells(text):
+        source = _source(cell)
+        if cell.get("cell_type") != "code" or not source.startswith("%%writefile "):
+            continue
+        first, _, rest = source.partition("\n")
+        name = first[len("%%writefile "):].strip()
+        if name and "/" not in name and "\\" not in name and name not in (".", ".."):
+            (work / name).write_text(rest, encoding="utf-8")
+
+
+def _stub_image(seed: int):
+    from PIL import Image
+
+    return Image.new("RGB", (8, 8), (seed & 255, (seed >> 8) & 255, (seed >> 16) & 255))
 
 
 def _version_of(versions: list[Version], label: str | None) -> Version | None:
@@ -214,6 +546,25 @@ def _version_of(versions: list[Version], label: str | None) -> Version | None:
     except ValueError:
         return None
     return versions[n - 1] if 0 < n <= len(versions) else None
+
+
+def _iso(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat(
+        timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _page(body: dict) -> tuple[int, int]:
+    """(start, size) from pageToken and pageSize; a bad token starts over."""
+    try:
+        size = int(body.get("pageSize") or 20)
+    except (TypeError, ValueError):
+        size = 20
+    size = min(max(size, 1), MAX_PAGE_SIZE)
+    try:
+        start = max(int(body.get("pageToken") or 0), 0)
+    except (TypeError, ValueError):
+        start = 0
+    return start, size
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -276,17 +627,20 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(raw or b"{}")
         except json.JSONDecodeError:
             return self._json(400, {"code": 400, "message": "Body is not JSON"})
+        if not isinstance(body, dict):
+            return self._json(400, {"code": 400, "message": "Body is not a JSON object"})
         em.calls.append((method, body))
         faulty = em.faults.only is None or method in em.faults.only
         if faulty and em.faults.slow:
             time.sleep(em.faults.slow)
-        if faulty and em.faults.take("drop"):
+        failure = em.faults.api_failure() if faulty else None
+        if failure == "drop":
             self.close_connection = True
             return  # no answer at all: the client sees the connection close
-        if faulty and em.faults.take("rate_limit"):
+        if failure == "rate_limit":
             return self._json(429, {"error": {"code": 429, "status": "RESOURCE_EXHAUSTED"}},
                               {"Retry-After": em.faults.retry_after})
-        if faulty and em.faults.take("server_error"):
+        if failure == "server_error":
             return self._json(503, {"error": {"code": 503, "status": "UNAVAILABLE"}})
         user = self._authorized()
         if user is None and method != "IntrospectToken":
@@ -295,30 +649,95 @@ class _Handler(BaseHTTPRequestHandler):
         if handler is None:
             return self._json(404, {"code": 404, "message": f"Unknown method {service}/{method}"})
         code, data = handler(body)
+        if faulty and em.faults.take("drop_after"):
+            self.close_connection = True
+            return  # handled, but the client never learns the outcome
         self._json(code, data)
 
     def do_GET(self):
-        em = self.emulator
         path = self._path()
         if path.startswith("/files/"):
-            target = em.files.get(path[len("/files/"):])
-            if target is None or not target.exists():
-                return self._json(404, {"code": 404, "message": "No such file"})
-            if em.faults.slow_files:
-                time.sleep(em.faults.slow_files)
-            data = target.read_bytes()
-            if em.faults.take("truncate"):
-                self.send_response(200)
-                self.send_header("Content-Type", "application/octet-stream")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data[: len(data) // 2])
-                self.close_connection = True
-                return
-            return self._send(200, data, "application/octet-stream")
+            return self._serve_file(path[len("/files/"):])
         if path.startswith("/code/"):
             return self._send(200, b"<html>emulated kernel page</html>", "text/html")
         self._json(404, {"code": 404, "message": f"No route {path}"})
+
+    def _serve_file(self, token: str):
+        em = self.emulator
+        faults = em.faults
+        target = em.files.get(token)
+        if target is None or not target.exists():
+            return self._json(404, {"code": 404, "message": "No such file"})
+        if faults.slow_files:
+            time.sleep(faults.slow_files)
+        data = target.read_bytes()
+        # The manifest is what a client checks the other files against; the content faults
+        # (endless_body, oversize, corrupt) leave it alone: manifest_body is its own knob.
+        manifest = em.file_names.get(token, "").endswith("manifest.json")
+        manifest_body = faults.manifest_body
+        if manifest and manifest_body is not None:
+            faults.note("manifest_body")
+            data = bytes(manifest_body)
+        if not manifest and faults.take("endless_body"):
+            return self._endless_body()
+        if faults.trickle:
+            faults.note("trickle")
+            return self._trickle(data, float(faults.trickle))
+        if faults.take("truncate") or faults.roll("truncate_rate", "truncate"):
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data[: len(data) // 2])
+            self.close_connection = True
+            return
+        if manifest:
+            pass
+        elif faults.take("oversize"):
+            data = data + _junk(JUNK)
+        elif data and faults.take("corrupt"):
+            middle = len(data) // 2
+            data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:]
+        return self._send(200, data, "application/octet-stream")
+
+    def _endless_body(self):
+        """Junk with no Content-Length (the body ends when the connection closes), until the
+        client goes away, ENDLESS_MAX bytes or HOSTILE_MAX_SECONDS, whichever comes first."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        self.connection.settimeout(SEND_TIMEOUT)
+        chunk = _junk(64 << 10)
+        deadline = time.monotonic() + HOSTILE_MAX_SECONDS
+        sent = 0
+        try:
+            while sent < ENDLESS_MAX and time.monotonic() < deadline:
+                self.wfile.write(chunk)
+                sent += len(chunk)
+        except OSError:
+            pass  # the client went away (or stopped reading): done
+
+    def _trickle(self, data: bytes, pause: float):
+        """The announced length, then one byte at a time with ``pause`` between bytes, at most
+        TRICKLE_MAX_BYTES bytes (and HOSTILE_MAX_SECONDS), then the connection closes."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.close_connection = True
+        self.connection.settimeout(SEND_TIMEOUT)
+        deadline = time.monotonic() + HOSTILE_MAX_SECONDS
+        try:
+            for i, byte in enumerate(data[:TRICKLE_MAX_BYTES]):
+                if i:
+                    if time.monotonic() + pause > deadline:
+                        break
+                    time.sleep(pause)
+                self.wfile.write(bytes([byte]))
+        except OSError:
+            pass
 
     def do_PUT(self):
         length = int(self.headers.get("Content-Length") or 0)
@@ -340,13 +759,15 @@ class _Handler(BaseHTTPRequestHandler):
         return 200, self.emulator.save_kernel(body)
 
     def _kernel(self, body):
-        ref = f"{body.get('userName')}/{body.get('kernelSlug')}"
-        return ref, self.emulator.versions(ref)
+        """(ref, versions, version label): the kaggle CLI's pull of OWNER/SLUG/N sends the
+        kernelSlug "SLUG/N"."""
+        slug, _, version = str(body.get("kernelSlug") or "").partition("/")
+        ref = f"{body.get('userName')}/{slug}"
+        return ref, self.emulator.versions(ref), body.get("versionLabel") or version or None
 
     def api_GetKernelSessionStatus(self, body):
         em = self.emulator
-        ref, versions = self._kernel(body)
-        label = body.get("versionLabel")
+        ref, versions, label = self._kernel(body)
         if not label and len(versions) > 1 and em.faults.take("stale_status"):
             version = versions[-2]  # Kaggle may still describe the previous run
         else:
@@ -360,40 +781,77 @@ class _Handler(BaseHTTPRequestHandler):
 
     def api_ListKernelSessionOutput(self, body):
         em = self.emulator
-        ref, versions = self._kernel(body)
-        version = _version_of(versions, body.get("versionLabel"))
+        ref, versions, label = self._kernel(body)
+        version = _version_of(versions, label)
         if version is None:
             return 404, {"code": 404, "message": f"Kernel {ref} not found"}
-        files = em.output_files(version) if version.status in ("COMPLETE", "ERROR") else []
+        files = em.output_files(version)
         if files and em.faults.extra_names:
             files = files + [(name, files[0][1]) for name in em.faults.extra_names]
-        size = int(body.get("pageSize") or 20)
-        start = int(body.get("pageToken") or 0)
-        page = files[start:start + size]
-        data = {"files": [{"url": em.sign(path, self._host()), "fileName": name}
+        start, size = _page(body)
+        endless = em.faults.endless_pages
+        page = files[:size] if endless else files[start:start + size]
+        data = {"files": [{"url": em.sign(path, self._host(), name), "fileName": name}
                           for name, path in page]}
         if start == 0:
-            data["log"] = json.dumps(version.log)
+            data["log"] = json.dumps(list(version.log))
+        if endless:
+            em.faults.note("endless_pages")
+            data["nextPageToken"] = str(start + size)  # new token every time, same files
+        elif start + size < len(files):
+            data["nextPageToken"] = str(start + size)
+        return 200, data
+
+    def api_ListKernelFiles(self, body):
+        """What `kaggle kernels files` shows: the version's output files, paged."""
+        em = self.emulator
+        ref, versions, label = self._kernel(body)
+        version = _version_of(versions, label)
+        if version is None:
+            return 404, {"code": 404, "message": f"Kernel {ref} not found"}
+        files = em.output_files(version)
+        start, size = _page(body)
+        page = []
+        for name, path in files[start:start + size]:
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            page.append({"name": name, "size": stat.st_size, "creationDate": _iso(stat.st_mtime)})
+        data = {"files": page}
         if start + size < len(files):
             data["nextPageToken"] = str(start + size)
         return 200, data
 
     def api_GetKernel(self, body):
-        ref, versions = self._kernel(body)
-        version = _version_of(versions, body.get("versionLabel"))
+        em = self.emulator
+        ref, versions, label = self._kernel(body)
+        version = _version_of(versions, label)
         if version is None:
             return 404, {"code": 404, "message": f"Kernel {ref} not found"}
         meta = version.meta
+        slug = ref.split("/", 1)[1]
+        language = meta.get("language") or "python"
+        kernel_type = meta.get("kernelType") or "notebook"
+        metadata = {
+            "id": em.kernel_id(ref), "ref": ref, "title": meta.get("newTitle") or slug,
+            "author": ref.split("/")[0], "slug": ref, "lastRunTime": _iso(version.created),
+            "language": language, "kernelType": kernel_type,
+            "isPrivate": meta.get("isPrivate", False), "enableGpu": meta.get("enableGpu", False),
+            "enableTpu": meta.get("enableTpu", False),
+            "enableInternet": meta.get("enableInternet", False),
+            "categoryIds": meta.get("categoryIds", []),
+            "datasetDataSources": meta.get("datasetDataSources", []),
+            "kernelDataSources": meta.get("kernelDataSources", []),
+            "competitionDataSources": meta.get("competitionDataSources", []),
+            "modelDataSources": meta.get("modelDataSources", []),
+            "currentVersionNumber": len(versions),
+            "dockerImage": meta.get("dockerImage"), "machineShape": meta.get("machineShape")}
         return 200, {
-            "metadata": {"ref": ref, "title": meta.get("newTitle"), "author": ref.split("/")[0],
-                         "slug": ref, "language": meta.get("language"),
-                         "kernelType": meta.get("kernelType"), "isPrivate": meta.get("isPrivate", False),
-                         "enableGpu": meta.get("enableGpu", False),
-                         "enableInternet": meta.get("enableInternet", False),
-                         "currentVersionNumber": len(versions),
-                         "machineShape": meta.get("machineShape")},
-            "blob": {"source": version.text, "language": meta.get("language"),
-                     "kernelType": meta.get("kernelType"), "slug": ref}}
+            "metadata": {k: v for k, v in metadata.items() if v is not None},
+            # Kaggle's blob.slug is the bare slug: `kaggle kernels pull` writes SLUG.ipynb
+            "blob": {"source": version.text, "language": language, "kernelType": kernel_type,
+                     "slug": slug}}
 
     def api_ListKernels(self, body):
         em = self.emulator
@@ -446,30 +904,84 @@ class _Handler(BaseHTTPRequestHandler):
         return 200, {"ref": ref, "url": f"{em.url}/datasets/{ref}", "status": "ok"}
 
 
-def main(argv=None) -> None:
+def _junk(n: int) -> bytes:
+    pattern = b"emulator junk, not your file. "
+    return (pattern * (n // len(pattern) + 1))[:n]
+
+
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Local Kaggle emulator for imggenhub's tests")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--username", default="imggenhub")
     parser.add_argument("--key", default="emulator-key")
     parser.add_argument("--token", default="emulator-token")
+    parser.add_argument("--runner", choices=RUNNERS, default="notebook",
+                        help="notebook: run pushed notebooks in a Jupyter kernel (real images; "
+                             "default); stub: fake the engine in milliseconds")
     parser.add_argument("--queue-seconds", type=float, default=0.2)
+    parser.add_argument("--image-seconds", type=float, default=0.0,
+                        help="stub runner: seconds spent on each image")
     for name in FAULTS:
-        parser.add_argument("--" + name.replace("_", "-"), type=int, default=0,
-                            help=f"fault: the next N requests get {name.replace('_', ' ')}")
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=0, metavar="N",
+                            help=f"fault: {FAULT_HELP[name]}")
     parser.add_argument("--slow", type=float, default=0.0, help="seconds added to each API answer")
+    parser.add_argument("--slow-files", type=float, default=0.0,
+                        help="seconds before each file download answers")
+    parser.add_argument("--trickle", type=float, default=0.0, metavar="SECONDS",
+                        help="file downloads send one byte per SECONDS, at most "
+                             f"{TRICKLE_MAX_BYTES} bytes, then close")
+    parser.add_argument("--endless-pages", action="store_true",
+                        help="the output listing always answers a next page token")
+    parser.add_argument("--manifest-body-file", type=Path, metavar="PATH",
+                        help="serve this file's bytes for every listed *manifest.json")
+    parser.add_argument("--extra-name", action="append", default=[], metavar="NAME",
+                        help="list NAME among the output files too (repeatable; e.g. ../x)")
+    parser.add_argument("--fail-rate", type=float, default=0.0, metavar="P",
+                        help="each API call fails (429, 503 or a dropped connection) with chance P")
+    parser.add_argument("--truncate-rate", type=float, default=0.0, metavar="P",
+                        help="each file download is cut short with chance P")
+    parser.add_argument("--seed", type=int, default=None, help="seed for the chances above")
     parser.add_argument("--fail-notebook", action="store_true", help="pushed notebooks fail")
     args = parser.parse_args(argv)
-    em = Emulator(args.username, args.key, args.token, args.queue_seconds)
+    manifest_body = args.manifest_body_file.read_bytes() if args.manifest_body_file else None
+    em = Emulator(args.username, args.key, args.token, args.queue_seconds, runner=args.runner,
+                  image_seconds=args.image_seconds)
     em.faults.set(**{name: getattr(args, name) for name in FAULTS}, slow=args.slow,
-                  fail_notebook=args.fail_notebook)
-    url = em.start(args.port, args.host)
-    print(f"Kaggle emulator ready at {url} (user {args.username})", flush=True)
+                  slow_files=args.slow_files, trickle=args.trickle,
+                  endless_pages=args.endless_pages, manifest_body=manifest_body,
+                  extra_names=args.extra_name, fail_notebook=args.fail_notebook,
+                  fail_rate=args.fail_rate, truncate_rate=args.truncate_rate, seed=args.seed)
     try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
+        url = em.start(args.port, args.host)
+    except OSError as exc:
         em.stop()
+        if exc.errno == errno.EADDRINUSE:
+            print(f"Port {args.port} on {args.host} is in use; pick another --port.",
+                  file=sys.stderr, flush=True)
+        else:
+            print(f"Cannot listen on {args.host}:{args.port}: {exc.strerror or exc}; pick another "
+                  "--host or --port.", file=sys.stderr, flush=True)
+        return 2
+
+    stopping = threading.Event()
+
+    def on_signal(signum, frame):
+        stopping.set()
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    print(f"Kaggle emulator ready at {url} (user {args.username}, runner {args.runner}, "
+          f"files in {em.root})", flush=True)
+    try:
+        while not stopping.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        em.stop(timeout=10)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

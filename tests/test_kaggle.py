@@ -18,9 +18,8 @@ from .conftest import REPO, run_cli_subprocess
 from .kaggle_emulator import Emulator
 
 
-@pytest.fixture
-def emulator(monkeypatch):
-    em = Emulator(queue_seconds=0.1)
+def start_emulator(monkeypatch, **kwargs):
+    em = Emulator(queue_seconds=0.1, **kwargs)
     url = em.start()
     monkeypatch.setenv("IMGGENHUB_KAGGLE_API_URL", url)
     monkeypatch.setenv("KAGGLE_USERNAME", em.username)
@@ -30,6 +29,22 @@ def emulator(monkeypatch):
     monkeypatch.setenv("IMGGENHUB_RETRY_MAX_WAIT", "0.3")
     monkeypatch.setenv("IMGGENHUB_GPU_WAIT", "0.2")
     monkeypatch.setenv("IMGGENHUB_HTTP_TIMEOUT", "10")
+    return em
+
+
+@pytest.fixture
+def emulator(monkeypatch):
+    """The emulator with its stub runner: the pushed notebook's job is planned and written
+    as tiny PNGs and a manifest in milliseconds (protocol tests)."""
+    em = start_emulator(monkeypatch)
+    yield em
+    em.stop()
+
+
+@pytest.fixture
+def real_emulator(monkeypatch):
+    """The emulator running each pushed notebook in a real Jupyter kernel (end to end)."""
+    em = start_emulator(monkeypatch, runner="notebook")
     yield em
     em.stop()
 
@@ -42,7 +57,9 @@ def shas(folder: Path) -> list[str]:
     return [i["sha256"] for i in artifacts.read_manifest(folder)["images"]]
 
 
-def test_generate_on_kaggle_makes_the_local_backends_images(emulator, cli, tmp_path):
+@pytest.mark.slow
+def test_generate_on_kaggle_makes_the_local_backends_images(real_emulator, cli, tmp_path):
+    emulator = real_emulator
     code, out, err = cli("generate", *SPEC, "--out", str(tmp_path / "kaggle"), cwd=tmp_path)
     assert code == 0, err  # credentials found: kaggle is the default backend
     assert "pushed imggenhub/imggenhub-batch version 1" in err
@@ -87,9 +104,11 @@ def test_deploy_poll_download_as_separate_processes(emulator, tmp_path):
     assert proc.returncode == 0
     assert before == {p.name: p.stat().st_mtime_ns for p in (tmp_path / "imgs").glob("*.png")}
     proc = run_cli_subprocess("runs", cwd=tmp_path, env=env)
-    assert run_id in proc.stdout and "complete" in proc.stdout and "imggenhub/cron-batch v1" in proc.stdout
+    assert run_id in proc.stdout and "downloaded" in proc.stdout and "imggenhub/cron-batch v1" in proc.stdout
+    assert proc.stdout.splitlines()[0].split()[:4] == ["run", "name", "backend", "state"]
+    assert str(tmp_path / "imgs") in proc.stdout  # each run's output folder
     proc = run_cli_subprocess("status", run_id, cwd=tmp_path, env=env)
-    assert proc.stdout.split()[:2] == [run_id, "complete"]
+    assert proc.stdout.split()[:2] == [run_id, "downloaded"]
 
 
 def test_every_fault_knob_and_the_run_still_ends_verified(emulator, cli, tmp_path):
@@ -115,7 +134,8 @@ def test_a_push_is_retried_on_429_but_not_after_a_dropped_connection(emulator, c
     assert err.count("HTTP 429; retry") == 2
     emulator.faults.set(drop=1)
     code, out, err = cli("deploy", *SPEC)
-    assert code == 1 and "may or may not have reached Kaggle" in err
+    assert code == 5 and "may or may not have reached Kaggle" in err
+    assert runs.load().state.value == "push-unknown"
     assert len([m for m, _ in emulator.calls if m == "SaveKernel"]) == 4  # 3 + 1, never repeated
     emulator.wait_idle()
 
@@ -159,7 +179,7 @@ def test_push_errors_show_the_servers_text_and_exit_non_zero(emulator, cli, tmp_
 def test_bad_credentials_are_not_retried(emulator, cli, tmp_path, monkeypatch):
     monkeypatch.setenv("KAGGLE_KEY", "wrong")
     code, out, err = cli("deploy", *SPEC, cwd=tmp_path)
-    assert code == 1 and "rejected the credentials" in err and "(HTTP 401)" in err
+    assert code == 4 and "rejected the credentials" in err and "(HTTP 401)" in err
     assert len([m for m, _ in emulator.calls if m == "SaveKernel"]) == 1
     assert "wrong" not in err
 
@@ -186,8 +206,8 @@ def test_download_refuses_escaping_names_and_resumes_after_a_broken_download(emu
     emulator.faults.set(extra_names=[], truncate=50)  # more than the retries: the download fails
     monkeypatch.setenv("IMGGENHUB_DOWNLOAD_WORKERS", "1")
     code, out, err = cli("download", "--out", str(tmp_path / "imgs"))
-    assert code == 1 and "The transfer kept breaking off while downloading" in err
-    assert not list((tmp_path / "imgs").glob("*.part"))
+    assert code == 5 and "The transfer kept breaking off while downloading" in err
+    assert not list((tmp_path / "imgs").rglob("*.part"))
     emulator.faults.set(truncate=0)
     code, out, err = cli("download", "--out", str(tmp_path / "imgs"))
     assert code == 0, err
@@ -237,9 +257,10 @@ def test_dataset_upload_endpoints_and_a_kernel_that_uses_the_dataset(emulator, c
                                                               ApiDatasetNewFile,
                                                               ApiGetDatasetStatusRequest)
 
+    from imggenhub.config import tunables
     from imggenhub.kaggle_api import make_client
 
-    client = make_client()
+    client = make_client(tunables())
     status = ApiGetDatasetStatusRequest()
     status.owner_slug, status.dataset_slug = "imggenhub", "inputs"
     with pytest.raises(requests.HTTPError):
@@ -281,10 +302,11 @@ def test_doctor_names_the_credential_never_the_secret(emulator, cli, tmp_path, m
 def test_the_emulator_serves_get_kernel_list_kernels_and_quota(emulator, cli, tmp_path):
     from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest, ApiListKernelsRequest
 
+    from imggenhub.config import tunables
     from imggenhub.kaggle_api import make_client
 
     assert cli("deploy", *SPEC, cwd=tmp_path)[0] == 0
-    api = make_client().kernels.kernels_api_client
+    api = make_client(tunables()).kernels.kernels_api_client
     req = ApiGetKernelRequest()
     req.user_name, req.kernel_slug = "imggenhub", "imggenhub-batch"
     kernel = api.get_kernel(req)

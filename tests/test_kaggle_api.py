@@ -8,6 +8,7 @@ import pytest
 import requests
 
 from imggenhub import kaggle_api
+from imggenhub.config import Clock, Tunables
 from imggenhub.credentials import find_credentials
 
 
@@ -67,11 +68,24 @@ def test_what_is_retried(exc, transient):
     assert kaggle_api.is_transient(exc) is transient
 
 
-def test_retry_after_is_honoured_and_capped(monkeypatch):
-    monkeypatch.setenv("IMGGENHUB_RETRY_MAX_WAIT", "5")
+class FakeClock(Clock):
+    """Time that moves only when something sleeps."""
+
+    def __init__(self):
+        self.now, self.slept = 1000.0, []
+
+    def monotonic(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def test_retry_after_is_honoured_and_capped():
+    clock = FakeClock()
     calls, waits = [], []
-    policy = kaggle_api.retrying(waits.append)
-    policy.sleep = lambda seconds: None  # an injected clock: no real sleeping
+    policy = kaggle_api.retrying(Tunables(retry_max_wait=5, clock=clock), on_retry=waits.append)
 
     def flaky():
         calls.append(1)
@@ -83,17 +97,33 @@ def test_retry_after_is_honoured_and_capped(monkeypatch):
 
     assert policy(flaky) == "ok"
     assert waits == ["HTTP 429; retry 1 in 3.0s", "HTTP 503; retry 2 in 5.0s"]
+    assert clock.slept == [3.0, 5.0]
 
 
-def test_backoff_without_retry_after_grows_with_jitter_and_gives_up(monkeypatch):
-    monkeypatch.setenv("IMGGENHUB_RETRY_MAX_WAIT", "100")
-    slept = []
-    policy = kaggle_api.retrying()
-    policy.sleep = slept.append
+def test_backoff_without_retry_after_grows_with_jitter_and_gives_up():
+    clock = FakeClock()
+    policy = kaggle_api.retrying(Tunables(retry_max_wait=100, clock=clock))
     with pytest.raises(requests.ConnectionError):
         policy(lambda: (_ for _ in ()).throw(requests.ConnectionError("down")))
-    assert len(slept) == kaggle_api.MAX_ATTEMPTS - 1
-    assert all(0 <= s <= 0.5 * 2 ** i for i, s in enumerate(slept))
+    assert len(clock.slept) == kaggle_api.MAX_ATTEMPTS - 1
+    assert all(0 <= s <= 0.5 * 2 ** i for i, s in enumerate(clock.slept))
+
+
+def test_retries_never_sleep_past_the_commands_deadline():
+    """--timeout bounds the time spent in retries too: the network down, 30 s given."""
+    clock = FakeClock()
+    tunables = Tunables(retry_max_wait=20, clock=clock)
+    deadline = kaggle_api.Deadline(tunables, 30)
+    calls = []
+
+    def down():
+        calls.append(clock.now)
+        raise http_error(503, {"Retry-After": "20"})
+
+    with pytest.raises(Exception) as info:
+        kaggle_api.call(tunables, deadline, "reading the kernel status", down)
+    assert clock.now - 1000.0 <= 30 and len(calls) == 2  # slept 20 s once, not again
+    assert info.value.exit_code == 5 and "HTTP 503" in str(info.value)
 
 
 def test_errors_that_are_not_retried_give_one_sentence():
@@ -106,14 +136,13 @@ def test_errors_that_are_not_retried_give_one_sentence():
 def test_kaggle_states_map_in_one_place():
     from kagglesdk.kernels.types.kernels_enums import KernelWorkerStatus
 
-    from imggenhub.backends.kaggle import STATES, _parse_state
-    from imggenhub.runs import RunState
+    from imggenhub.backends.kaggle import STATES, parse_state
+    from imggenhub.lifecycle import RunState
 
     for status in KernelWorkerStatus:
-        assert _parse_state(status) == STATES[status.name]
-    assert _parse_state("COMPLETE") == RunState.COMPLETE
-    assert _parse_state("cancelAcknowledged") == RunState.CANCELLED
-    assert _parse_state("running") == RunState.RUNNING
-    assert _parse_state(None) == RunState.QUEUED  # an empty body parses as QUEUED
-    assert {s for s in RunState if s.terminal} == {RunState.COMPLETE, RunState.ERROR,
-                                                   RunState.CANCELLED}
+        assert parse_state(status) == STATES[status.name]
+    assert parse_state("COMPLETE") == RunState.COMPLETE
+    assert parse_state("cancelAcknowledged") == RunState.CANCELLED
+    assert parse_state("running") == RunState.RUNNING
+    assert parse_state(None) == RunState.QUEUED  # an empty body parses as QUEUED
+    assert parse_state("SOMETHING_NEW") == RunState.RUNNING  # never taken for a verdict

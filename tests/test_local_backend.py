@@ -56,8 +56,8 @@ def test_the_run_record_is_kept(quick_run):
     records = list((work / "state" / "runs").glob("*/run.json"))
     assert len(records) == 1
     data = json.loads(records[0].read_text())
-    assert data["state"] == "complete" and data["backend"] == "local"
-    assert set(data["timings"]) >= {"kernel_start", "notebook", "collect"}
+    assert data["state"] == "downloaded" and data["backend"] == "local"
+    assert set(data["timings"]) >= {"kernel_start", "notebook", "fetch"}
 
 
 def test_same_spec_same_images(quick_run, tmp_path, cli):

@@ -8,8 +8,9 @@ import json
 import nbformat
 
 from imggenhub import engine
-from imggenhub.notebook import (CODE_FILE, METADATA_FILE, KernelOptions, kernel_metadata,
-                                load_metadata_template, render_notebook)
+from imggenhub.backends.kaggle_meta import (METADATA_FILE, KernelOptions, kernel_metadata,
+                                            load_metadata_template)
+from imggenhub.notebook import CODE_FILE, read_job_document, render_notebook
 from imggenhub.spec import build_job, parse_settings, prompts_from_flags
 
 from .adversarial import corpus
@@ -61,7 +62,8 @@ def test_adversarial_prompts_stay_data(tmp_path):
     job = job_for(prompts, negative_prompt="neg ''' \"\"\" \\ {} %s\n!rm -rf /")
     text = render_notebook(job)
     doc = parameters_value(text)
-    assert doc == job.document()
+    assert doc == {**job.document(), "run_id": None}
+    assert read_job_document(text) == doc
     assert [p["prompt"] for p in doc["prompts"]] == prompts
     nb = cells(text)
     # no user text in the markdown or in any code cell but the parameters cell
@@ -71,15 +73,14 @@ def test_adversarial_prompts_stay_data(tmp_path):
 
 
 def test_kernel_metadata_defaults_and_flags():
-    meta = kernel_metadata(load_metadata_template(None), KernelOptions())
+    meta = kernel_metadata(KernelOptions())
     assert meta["code_file"] == CODE_FILE and meta["kernel_type"] == "notebook"
     assert meta["is_private"] is True and meta["enable_gpu"] is True
     assert meta["machine_shape"] == "NvidiaTeslaT4" and meta["enable_internet"] is True
-    cpu = kernel_metadata(load_metadata_template(None),
-                          KernelOptions(kernel_id="alice/my-batch", gpu=False, internet=False))
+    cpu = kernel_metadata(KernelOptions(kernel_id="alice/my-batch", gpu=False, internet=False))
     assert cpu["id"] == "alice/my-batch" and cpu["title"] == "my batch"
     assert cpu["enable_gpu"] is False and "machine_shape" not in cpu and cpu["enable_internet"] is False
-    owned = kernel_metadata(load_metadata_template(None), KernelOptions(), owner="bob")
+    owned = kernel_metadata(KernelOptions(), owner="bob")
     assert owned["id"] == "bob/imggenhub-batch"
 
 

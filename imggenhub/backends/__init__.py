@@ -1,28 +1,99 @@
-"""Backends: where a rendered job runs. One protocol; implementations register by name."""
+"""Backends: where a rendered job runs. One protocol (this base class); implementations
+register by name. The base class does the bookkeeping every backend shares (the output
+folder's lock and claim, verification, timing, the record, the gallery); a backend
+implements the transfer itself."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
 
-from ..errors import SpecError
+from .. import artifacts, runs
+from ..config import Tunables, tunables
+from ..errors import SpecError, TransferError, UnsafeOutputError
+from ..lifecycle import RunState
 from ..runs import Run
+from ..spec import JobSpec
 
 OnEvent = Callable[[str], None]
 
 
-class Backend(Protocol):
-    name: str
+class Backend:
+    """The one door between ``jobs`` and a backend."""
 
-    def submit(self, run: Run, notebook_dir: Path, on_event: OnEvent) -> Run:
-        """Start the run of the notebook rendered in ``notebook_dir``."""
+    name = ""
+
+    def __init__(self, settings: Tunables | None = None):
+        self.tunables = settings or tunables()
+
+    # --- what a backend implements ---------------------------------------------------
+
+    def prepare(self, job: JobSpec, run: Run, options, on_event: OnEvent) -> None:
+        """Write what the submission needs beside the notebook in ``run.notebook_dir``,
+        checking it before anything is sent. ``options`` are the backend's own flags."""
+
+    def submit(self, run: Run, on_event: OnEvent, timeout: float | None = None) -> Run:
+        """Start the run (rendered -> ...)."""
+        raise NotImplementedError
+
+    def resolve(self, run: Run, on_event: OnEvent) -> Run:
+        """A push was interrupted (pushing, push-unknown): find out whether it landed."""
+        raise NotImplementedError
 
     def wait(self, run: Run, on_event: OnEvent, timeout: float | None = None) -> Run:
         """Follow the run to a terminal state (or the timeout); return it updated."""
+        raise NotImplementedError
 
-    def fetch(self, run: Run, out_dir: Path, on_event: OnEvent) -> Run:
-        """Bring the run's outputs into ``out_dir``, verified."""
+    def refresh(self, run: Run, on_event: OnEvent) -> Run:
+        """One look at the run's state (the status command)."""
+        return run
+
+    def health(self, on_event: OnEvent, timeout: float) -> list[str]:
+        """Lines for 'imggenhub doctor'."""
+        return []
+
+    def bring(self, run: Run, out_dir: Path, on_event: OnEvent) -> None:
+        """Transfer the run's outputs (manifest, images, log) into ``out_dir``, verified."""
+        raise NotImplementedError
+
+    # --- shared bookkeeping ----------------------------------------------------------
+
+    def fetch(self, run: Run, on_event: OnEvent) -> Run:
+        """Bring the outputs home under the folder's lock, check them, save the record; a
+        complete run becomes downloaded."""
+        t0 = time.monotonic()
+        out_dir = Path(run.out_dir)
+        if out_dir.exists() and not out_dir.is_dir():
+            raise SpecError(f"The output folder {out_dir} is a file; download with --out DIR.")
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SpecError(f"The output folder {out_dir} cannot be made ({exc.strerror}); "
+                            "download with --out DIR.") from None
+        with artifacts.folder_lock(out_dir):
+            artifacts.check_claim(out_dir, run.run_id, run.job_id)
+            artifacts.sweep_partials(out_dir)
+            self.bring(run, out_dir, on_event)
+            manifest = artifacts.read_manifest(out_dir)
+            if manifest is not None and manifest.get("job_id") not in (None, run.job_id):
+                raise UnsafeOutputError(f"The outputs of run {run.run_id} are another job's "
+                                        f"({manifest.get('job_id')}); nothing was kept.")
+            problems = artifacts.verify(out_dir) if manifest is not None else []
+            run.images_fetched = len(manifest["images"]) - len(problems) if manifest else 0
+            artifacts.write_gallery(out_dir)
+        run.timings["fetch"] = round(time.monotonic() - t0, 3)
+        if problems:
+            runs.save(run)
+            raise TransferError(f"The outputs in {out_dir} failed verification: {problems[0]}; run "
+                                f"'imggenhub download {run.run_id}' again.")
+        if run.state == RunState.COMPLETE:
+            if manifest is None:
+                runs.save(run)
+                raise UnsafeOutputError(f"Run {run.run_id} ended complete but left no manifest.json; "
+                                        "it did not run the imggenhub engine.")
+            run.state = RunState.DOWNLOADED
+        return runs.save(run)
 
 
 _REGISTRY: dict[str, Callable[[], Backend]] = {}

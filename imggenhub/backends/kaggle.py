@@ -1,31 +1,34 @@
 """The Kaggle backend: push the rendered notebook as a kernel version, follow exactly that
-version, and download its outputs, verified against the manifest."""
+version, and download its outputs, verified against the manifest.
+
+Everything Kaggle-specific lives here and in ``kaggle_meta`` / ``kaggle_download``."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
 
-from .. import artifacts, kaggle_api, runs
+from .. import kaggle_api, runs
 from ..engine import PROGRESS_PREFIX
-from ..errors import ImggenhubError
-from ..notebook import CODE_FILE, METADATA_FILE
-from ..runs import Run, RunState
-from . import OnEvent
+from ..errors import KaggleApiError, NothingYet, RunFailedError, StillRunning, Unreachable
+from ..kaggle_api import Deadline
+from ..lifecycle import RunState
+from ..notebook import CODE_FILE, read_job_document
+from ..runs import Failure, Run
+from . import Backend, OnEvent
+from .kaggle_download import bring_outputs, log_text, output_page
+from .kaggle_meta import KernelOptions, kernel_metadata, load_metadata_template, write_metadata, \
+    METADATA_FILE, PLACEHOLDER_OWNER, split_kernel_id
 
-OUTPUT_PREFIX = "output/"  # what the notebook writes under /kaggle/working
-LOG_FILE = "kernel.log"
 PROGRESS = PROGRESS_PREFIX + " "
 GPU_CAP_TEXT = "Maximum batch GPU session count"
+RESOLVE_DEPTH = 5  # versions looked at, newest first, to find an interrupted push
 
-# Kaggle's raw status strings, mapped in exactly one place.
+# Kaggle's raw status strings, mapped in exactly one place. Unknown ones stay "running"
+# (the run goes on) rather than being taken for a verdict.
 STATES = {
     "QUEUED": RunState.QUEUED, "NEW_SCRIPT": RunState.QUEUED, "RUNNING": RunState.RUNNING,
     "COMPLETE": RunState.COMPLETE, "ERROR": RunState.ERROR,
@@ -33,16 +36,12 @@ STATES = {
 }
 
 
-class PollTimeout(ImggenhubError):
-    exit_code = 3
-
-
-def _parse_state(raw) -> RunState:
+def parse_state(raw) -> RunState:
     """kagglesdk gives a KernelWorkerStatus; map its name (or a raw string) to our states."""
     name = getattr(raw, "name", None) or str(raw or "QUEUED")
     if not name.isupper():  # the camelCase forms: "cancelAcknowledged"
         name = re.sub(r"(?<!^)(?=[A-Z])", "_", name)
-    return STATES.get(name.upper(), RunState.QUEUED)
+    return STATES.get(name.upper(), RunState.RUNNING)
 
 
 def save_request(meta: dict, notebook_text: str, timeout_seconds: int | None = None):
@@ -90,40 +89,30 @@ def push_problem(resp) -> str | None:
     return None
 
 
-def log_text(raw: str | None) -> str:
-    """Kaggle's log is a JSON array of {stream_name, time, data}; keep the text."""
-    if not raw:
-        return ""
-    try:
-        entries = json.loads(raw)
-        return "".join(e.get("data", "") for e in entries)
-    except (json.JSONDecodeError, AttributeError, TypeError):
-        return raw
-
-
-class KaggleBackend:
+class KaggleBackend(Backend):
     name = "kaggle"
 
-    def __init__(self):
+    def __init__(self, settings=None):
+        super().__init__(settings)
         self._client = None
+        self.deadline = Deadline(self.tunables, None)
+
+    def _timeout(self) -> float:
+        left = self.deadline.left()
+        return self.tunables.http_timeout if left is None else max(0.5, min(self.tunables.http_timeout, left))
 
     @property
     def client(self):
         if self._client is None:
-            self._client = kaggle_api.make_client()
+            self._client = kaggle_api.make_client(self.tunables, timeout=self._timeout)
         return self._client
 
     @property
     def api(self):
         return self.client.kernels.kernels_api_client
 
-    def _call(self, what: str, fn, on_event: OnEvent | None = None):
-        try:
-            for attempt in kaggle_api.retrying(on_event):
-                with attempt:
-                    return fn()
-        except Exception as exc:
-            raise kaggle_api.explain(exc, what) from None
+    def _call(self, what: str, fn, on_event: OnEvent | None = None, attempts: int = kaggle_api.MAX_ATTEMPTS):
+        return kaggle_api.call(self.tunables, self.deadline, what, fn, on_event, attempts)
 
     def owner(self) -> str:
         creds = kaggle_api.credentials()
@@ -136,59 +125,125 @@ class KaggleBackend:
         resp = self._call("checking the token", lambda: self.client.security.oauth_client
                           .introspect_token(req))
         if not resp.active or not resp.username:
-            raise kaggle_api.KaggleApiError("Kaggle says the token is not active; make a new one.")
+            raise KaggleApiError("Kaggle says the token is not active; make a new one.", 401)
         return resp.username
 
-    # --- submit: push a new version -------------------------------------------------
+    # --- prepare and push -------------------------------------------------------------
 
-    def submit(self, run: Run, notebook_dir: Path, on_event: OnEvent) -> Run:
-        meta = json.loads((notebook_dir / METADATA_FILE).read_text(encoding="utf-8"))
-        text = (notebook_dir / CODE_FILE).read_text(encoding="utf-8")
+    def prepare(self, job, run: Run, options, on_event: OnEvent) -> None:
+        options = options or KernelOptions()
+        template = load_metadata_template(options.template)
+        meta = kernel_metadata(options, template=template)  # checked before any network
+        if meta["id"].startswith(PLACEHOLDER_OWNER + "/"):
+            meta = kernel_metadata(options, self.owner(), template)  # "your-kaggle-username"
+        write_metadata(run.notebook_dir, meta)
+        run.kernel_ref = meta["id"]
+
+    def submit(self, run: Run, on_event: OnEvent, timeout: float | None = None) -> Run:
+        meta = json.loads((run.notebook_dir / METADATA_FILE).read_text(encoding="utf-8"))
+        text = (run.notebook_dir / CODE_FILE).read_text(encoding="utf-8")
         request = save_request(meta, text, run.session_timeout_seconds)
-        deadline = time.monotonic() + kaggle_api.setting("IMGGENHUB_GPU_WAIT_TOTAL", 6 * 3600)
-        while True:
-            resp = self._push(request, on_event)
-            problem = push_problem(resp)
-            if problem and GPU_CAP_TEXT in problem and time.monotonic() < deadline:
-                pause = kaggle_api.setting("IMGGENHUB_GPU_WAIT", 60)
-                on_event(f"Kaggle says: {problem}; waiting {pause:.0f}s for a GPU session to end, "
-                         "then pushing again")
-                time.sleep(pause)
-                continue
-            if problem:
-                run.state, run.failure = RunState.ERROR, json.dumps({"ename": "PushError",
-                                                                    "evalue": problem})
-                runs.save(run)
-                raise ImggenhubError(f"Kaggle refused the push of {meta['id']}: {problem}.")
-            break
-        run.kernel_ref = resp.ref or meta["id"]
-        run.kernel_ref = run.kernel_ref.split("/code/")[-1].strip("/")
-        run.version = resp.version_number
-        run.url = resp.url or kaggle_api.web_url(run.kernel_ref)
-        run.state = RunState.QUEUED
-        run.timings["pushed_at"] = time.time()
+        self.deadline = Deadline(self.tunables, timeout if timeout is not None
+                                 else self.tunables.gpu_wait_total)
+        with runs.pushing_to(meta["id"], wait=max(0.0, min(60.0, self.deadline.left() or 60.0))):
+            run.state, run.kernel_ref = RunState.PUSHING, meta["id"]
+            runs.save(run)
+            while True:
+                resp = self._push(run, request, on_event)
+                problem = push_problem(resp)
+                if problem and GPU_CAP_TEXT in problem:
+                    pause = self.tunables.gpu_wait
+                    if self.deadline.passed(after=pause):
+                        run.state = RunState.RENDERED
+                        runs.save(run)
+                        raise NothingYet(f"Kaggle's GPU sessions stayed busy ({problem}); run "
+                                         f"{run.run_id} was not pushed; 'imggenhub resume "
+                                         f"{run.run_id}' tries again.")
+                    on_event(f"Kaggle says: {problem}; waiting {pause:.0f}s for a GPU session to "
+                             "end, then pushing again")
+                    self.tunables.clock.sleep(pause)
+                    continue
+                if problem:
+                    run.state = RunState.PUSH_FAILED
+                    run.failure = Failure(kind="push", ename="PushRefused", evalue=problem)
+                    runs.save(run)
+                    raise RunFailedError(f"Kaggle refused the push of {meta['id']}: {problem}.",
+                                         run.failure, run.run_id)
+                break
+            return self._pushed(run, resp.version_number, resp.ref or meta["id"], resp.url, on_event)
+
+    def _pushed(self, run: Run, version: int, ref: str, url: str | None, on_event: OnEvent) -> Run:
+        run.kernel_ref = ref.split("/code/")[-1].strip("/")
+        run.version = int(version)
+        run.url = url or kaggle_api.web_url(self.tunables, run.kernel_ref)
+        run.state = RunState.PUSHED
+        run.timings["pushed_at"] = self.tunables.clock.monotonic()
         on_event(f"pushed {run.kernel_ref} version {run.version}: {run.url}")
         return runs.save(run)
 
-    def _push(self, request, on_event: OnEvent):
+    def _push(self, run: Run, request, on_event: OnEvent):
         try:
-            for attempt in kaggle_api.retrying(on_event, kaggle_api.surely_not_sent):
+            for attempt in kaggle_api.retrying(self.tunables, self.deadline, on_event,
+                                               kaggle_api.surely_not_sent):
                 with attempt:
                     return self.api.save_kernel(request)
-        except Exception as exc:
-            if isinstance(exc, requests.RequestException) and not kaggle_api.surely_not_sent(exc) \
-                    and kaggle_api.status_of(exc) is None:
-                raise ImggenhubError(
-                    "The connection broke during the push, so it may or may not have reached "
-                    "Kaggle; check the kernel page, then deploy again if no new version "
-                    "appeared.") from None
-            raise kaggle_api.explain(exc, "pushing the kernel") from None
+        except requests.RequestException as exc:
+            status = kaggle_api.status_of(exc)
+            if kaggle_api.surely_not_sent(exc):
+                run.state = RunState.RENDERED
+                runs.save(run)
+                raise Unreachable(f"Could not reach Kaggle to push run {run.run_id} ("
+                                  f"{'HTTP 429' if status else type(exc).__name__}); nothing was "
+                                  f"sent; 'imggenhub resume {run.run_id}' pushes it.") from None
+            if status is None or status >= 500:
+                run.state = RunState.PUSH_UNKNOWN
+                runs.save(run)
+                raise Unreachable(f"The connection broke during the push of run {run.run_id}, so it "
+                                  f"may or may not have reached Kaggle; 'imggenhub resume "
+                                  f"{run.run_id}' finds out and pushes only if it did not.") from None
+            error = kaggle_api.explain(exc, "pushing the kernel")
+            run.state = RunState.PUSH_FAILED
+            run.failure = Failure(kind="push", ename=f"HTTP {status}", evalue=str(error))
+            runs.save(run)
+            raise error from None
 
-    # --- status and wait -------------------------------------------------------------
+    # --- an interrupted push: did it land? ------------------------------------------
+
+    def _kernel(self, owner: str, slug: str, version: int | None):
+        from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
+
+        req = ApiGetKernelRequest()
+        req.user_name, req.kernel_slug = owner, slug
+        if version:
+            req.version_label = f"v{version}"
+        return self._call("reading the kernel", lambda: self.api.get_kernel(req))
+
+    def resolve(self, run: Run, on_event: OnEvent) -> Run:
+        owner, slug = split_kernel_id(run.kernel_ref or "", "the run record")
+        with runs.pushing_to(run.kernel_ref, wait=60.0):
+            try:
+                latest = self._kernel(owner, slug, None)
+            except KaggleApiError as exc:
+                if exc.status != 404:
+                    raise
+                latest = None
+            newest = latest.metadata.current_version_number if latest and latest.metadata else 0
+            for number in range(newest or 0, max(0, (newest or 0) - RESOLVE_DEPTH), -1):
+                kernel = latest if number == newest else self._kernel(owner, slug, number)
+                doc = read_job_document(kernel.blob.source if kernel and kernel.blob else "")
+                if doc and doc.get("run_id") == run.run_id:
+                    on_event(f"the interrupted push of run {run.run_id} had landed as version "
+                             f"{number}; following it")
+                    return self._pushed(run, number, run.kernel_ref, None, on_event)
+            on_event(f"the interrupted push of run {run.run_id} never reached Kaggle; it can be "
+                     "pushed again")
+            run.state = RunState.RENDERED
+            return runs.save(run)
+
+    # --- status and wait --------------------------------------------------------------
 
     def _slug(self, run: Run) -> tuple[str, str]:
-        owner, slug = run.kernel_ref.split("/", 1)
-        return owner, slug
+        return split_kernel_id(run.kernel_ref or "", "the run record")
 
     def status(self, run: Run, on_event: OnEvent | None = None) -> tuple[RunState, str | None]:
         from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelSessionStatusRequest
@@ -198,157 +253,90 @@ class KaggleBackend:
         req.version_label = f"v{run.version}"  # exactly this version, never a previous run's
         resp = self._call("reading the kernel status", lambda: self.api.get_kernel_session_status(req),
                           on_event)
-        return _parse_state(resp.status), resp.failure_message or None
+        return parse_state(resp.status), resp.failure_message or None
 
-    def _output_page(self, run: Run, token: str | None, size: int, on_event: OnEvent | None):
-        from kagglesdk.kernels.types.kernels_api_service import ApiListKernelSessionOutputRequest
+    def refresh(self, run: Run, on_event: OnEvent) -> Run:
+        """Kaggle's word on the run now; the record is left to the command that owns it."""
+        if run.state in (RunState.PUSHED, RunState.QUEUED, RunState.RUNNING):
+            self.deadline = Deadline(self.tunables, 3 * self.tunables.http_timeout)
+            state, _ = self.status(run, on_event)
+            return run.model_copy(update={"state": state})
+        return run
 
-        req = ApiListKernelSessionOutputRequest()
-        req.user_name, req.kernel_slug = self._slug(run)
-        req.version_label = f"v{run.version}"
-        req.page_size = size
-        if token:
-            req.page_token = token
-        return self._call("listing the kernel outputs",
-                          lambda: self.api.list_kernel_session_output(req), on_event)
+    def _record(self, run: Run, state: RunState, failure: str | None) -> None:
+        if state == run.state:
+            return
+        run.state = state
+        if state.failed:
+            run.failure = Failure(kind="cancelled" if state == RunState.CANCELLED else "kernel",
+                                  ename="KernelError", evalue=failure or state.value,
+                                  log_tail=self._log_tail(run))
+        runs.save(run)
 
     def _progress(self, run: Run, seen: set, on_event: OnEvent) -> None:
         try:
-            text = log_text(self._output_page(run, None, 1, None).log)
-        except ImggenhubError:
+            page = output_page(self, run, None, 1, None)
+        except (Unreachable, KaggleApiError):
             return
-        for line in text.splitlines():
+        for line in log_text(page.log).splitlines():
             if line.startswith(PROGRESS) and line not in seen:
                 seen.add(line)
                 on_event(line[len(PROGRESS):])
 
     def wait(self, run: Run, on_event: OnEvent, timeout: float | None = None) -> Run:
-        start = time.monotonic()
-        first_interval = interval = kaggle_api.setting("IMGGENHUB_POLL_INTERVAL", 2.0)
-        max_interval = kaggle_api.setting("IMGGENHUB_POLL_MAX_INTERVAL", 30.0)
+        clock = self.tunables.clock
+        self.deadline = Deadline(self.tunables, timeout)
+        start = clock.monotonic()
+        interval = self.tunables.poll_interval
         last, seen, polls = None, set(), 0
         while True:
             state, failure = self.status(run, on_event)
             polls += 1
-            elapsed = time.monotonic() - start
+            elapsed = clock.monotonic() - start
             if state != last:
                 on_event(f"{state.value} after {elapsed:.0f}s")
                 last = state
             if state == RunState.RUNNING and polls % 3 == 0:
                 self._progress(run, seen, on_event)
+            self._record(run, state, failure)
             if state.terminal:
-                run.state = state
-                if state != RunState.COMPLETE:
-                    tail = self._log_tail(run)
-                    run.failure = json.dumps({"ename": "KernelError", "evalue": failure or state.value,
-                                              "log_tail": tail})
+                self._progress(run, seen, on_event)  # the lines it made since the last look
                 run.timings["wait"] = round(elapsed, 3)
                 return runs.save(run)
-            if run.state != state:
-                run.state = state
-                runs.save(run)
-            if timeout is not None and elapsed + interval > timeout:
-                raise PollTimeout(f"Run {run.run_id} is still {state.value} after {elapsed:.0f}s; "
-                                  f"'imggenhub poll {run.run_id}' picks it up again.")
-            time.sleep(interval)
+            if self.deadline.passed(after=interval):
+                raise StillRunning(f"Run {run.run_id} is still {state.value} after {elapsed:.0f}s; "
+                                   f"it goes on, and 'imggenhub resume {run.run_id}' picks it up.")
+            clock.sleep(interval)
             # poll often early, then at a fifth of the elapsed time, capped: the wait past
             # the kernel's end stays a small share of its run time
-            interval = min(max_interval, max(first_interval, (time.monotonic() - start) / 5))
+            interval = min(self.tunables.poll_max_interval,
+                           max(self.tunables.poll_interval, (clock.monotonic() - start) / 5))
 
     def _log_tail(self, run: Run) -> str:
         try:
-            text = log_text(self._output_page(run, None, 1, None).log)
-        except ImggenhubError:
+            text = log_text(output_page(self, run, None, 1, None).log)
+        except (Unreachable, KaggleApiError):
             return ""
         return "\n".join(text.strip().splitlines()[-20:])
 
-    # --- fetch: download exactly this version's outputs ------------------------------
+    # --- fetch and health -------------------------------------------------------------
 
-    def list_outputs(self, run: Run, on_event: OnEvent) -> tuple[dict[str, str], str]:
-        files, log, token = {}, None, None
-        while True:
-            page = self._output_page(run, token, 100, on_event)
-            if log is None:
-                log = page.log or ""
-            for item in page.files or []:
-                files[item.file_name] = item.url
-            token = page.next_page_token
-            if not token:
-                return files, log
+    def bring(self, run: Run, out_dir: Path, on_event: OnEvent) -> None:
+        self.deadline = Deadline(self.tunables, None)
+        bring_outputs(self, run, out_dir, on_event)
 
-    def _download(self, url: str, dest: Path, record: dict | None, on_event: OnEvent) -> None:
-        """GET a signed URL to a temporary name, check it, and rename it into place."""
-        tmp = dest.with_name(f".{dest.name}.part")
+    def health(self, on_event: OnEvent, timeout: float) -> list[str]:
+        from kagglesdk.kernels.types.kernels_api_service import ApiGetAcceleratorQuotaStatisticsRequest
 
-        def once():
-            with requests.get(url, stream=True, timeout=kaggle_api.call_timeout()) as resp:
-                resp.raise_for_status()
-                expected = resp.headers.get("Content-Length")
-                size = 0
-                with open(tmp, "wb") as fh:
-                    for chunk in resp.iter_content(1 << 16):
-                        fh.write(chunk)
-                        size += len(chunk)
-            if expected is not None and size != int(expected):
-                raise kaggle_api.TruncatedDownload(f"{dest.name}: {size} of {expected} bytes")
-            if record is not None:
-                problem = artifacts.verify_image(tmp.parent, {**record, "file": tmp.name})
-                if problem:
-                    raise kaggle_api.TruncatedDownload(problem)
-
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._call(f"downloading {dest.name}", once, on_event)
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # no half file left behind; the next try starts clean
-            raise
-        os.replace(tmp, dest)
-
-    def fetch(self, run: Run, out_dir: Path, on_event: OnEvent) -> Run:
-        t0 = time.monotonic()
-        out_dir = Path(out_dir)
-        artifacts.check_destination(out_dir, run.job_id)
-        files, log = self.list_outputs(run, on_event)
-        for name in files:
-            artifacts.safe_relative(name)  # refuse '..' and absolute names before anything
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / LOG_FILE).write_text(log_text(log), encoding="utf-8")
-        ours = {name[len(OUTPUT_PREFIX):]: url for name, url in files.items()
-                if name.startswith(OUTPUT_PREFIX)}
-        manifest_url = ours.pop("manifest.json", None)
-        records = {}
-        if manifest_url:
-            self._download(manifest_url, out_dir / "manifest.json", None, on_event)
-            manifest = artifacts.read_manifest(out_dir)
-            records = {r["file"]: r for r in manifest["images"]}
-        todo = []
-        for name, url in sorted(ours.items()):
-            dest = out_dir / artifacts.safe_relative(name)
-            record = records.get(name)
-            if record and dest.exists() and artifacts.verify_image(out_dir, record) is None:
-                continue  # already here and verified
-            todo.append((url, dest, record))
-        done = [0]
-        lock = threading.Lock()
-
-        def one(item):
-            self._download(*item, on_event)
-            with lock:
-                done[0] += 1
-                if done[0] % 25 == 0 or done[0] == len(todo):
-                    on_event(f"downloaded {done[0]}/{len(todo)} files")
-
-        workers = int(kaggle_api.setting("IMGGENHUB_DOWNLOAD_WORKERS", 8))
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(one, todo))
-        problems = artifacts.verify(out_dir) if manifest_url else []
-        run.images_fetched = len(records)
-        run.timings["download"] = round(time.monotonic() - t0, 3)
-        runs.save(run)
-        if problems:
-            raise ImggenhubError(f"The downloaded outputs failed verification: {problems[0]}; run "
-                                 f"'imggenhub download {run.run_id}' again.")
-        if not manifest_url and run.state == RunState.COMPLETE:
-            raise ImggenhubError(f"Version {run.version} of {run.kernel_ref} has no "
-                                 f"{OUTPUT_PREFIX}manifest.json; it did not run the imggenhub engine.")
-        return run
+        creds = kaggle_api.credentials()
+        lines = [f"credential: {creds.source} ({'token' if creds.token else 'username/key'}"
+                 f"{', user ' + creds.username if creds.username else ''})"]
+        self.deadline = Deadline(self.tunables, timeout)
+        user = self.owner()
+        quota = self._call("reading the GPU quota", lambda: self.api.get_accelerator_quota_statistics(
+            ApiGetAcceleratorQuotaStatisticsRequest()), on_event, attempts=3)
+        gpu = quota.gpu_quota
+        used = gpu.time_used.total_seconds() / 3600 if gpu and gpu.time_used else 0.0
+        total = gpu.total_time_allowed.total_seconds() / 3600 if gpu and gpu.total_time_allowed else 0.0
+        lines.append(f"Kaggle API answers: signed in as {user}; GPU quota used {used:.1f} of {total:.0f} h")
+        return lines

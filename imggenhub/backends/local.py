@@ -3,7 +3,7 @@ Jupyter kernel, inside a working folder that plays /kaggle/working."""
 
 from __future__ import annotations
 
-import json
+import importlib.util
 import shutil
 import time
 from collections.abc import Callable
@@ -11,14 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import artifacts, runs
-from ..engine import PROGRESS_PREFIX
+from ..engine import LOG_FILE, OUTPUT_DIR, PROGRESS_PREFIX
 from ..errors import ImggenhubError, MissingDependencyError
+from ..lifecycle import RunState
 from ..notebook import CODE_FILE
-from ..runs import Run, RunState
-from . import OnEvent
+from ..runs import Failure, Run
+from . import Backend, OnEvent
 
-OUTPUT_SUBDIR = "output"  # what the notebook writes under its working folder
-LOG_FILE = "kernel.log"
 PROGRESS = PROGRESS_PREFIX + " "
 
 
@@ -54,9 +53,9 @@ class Execution:
     evalue: str = ""
     tail: list[str] = field(default_factory=list)
 
-    def failure(self) -> str:
-        return json.dumps({"cell_index": self.cell_index, "ename": self.ename,
-                           "evalue": self.evalue, "log_tail": "\n".join(self.tail[-20:])})
+    def failure(self) -> Failure:
+        return Failure(kind="notebook", cell_index=self.cell_index, ename=self.ename,
+                       evalue=self.evalue, log_tail="\n".join(self.tail[-20:]))
 
 
 def execute_notebook(notebook: Path, workdir: Path, on_stream: Callable[[str, str], None],
@@ -129,44 +128,52 @@ class _LogSink:
                 self.on_event(line[len(PROGRESS):])
 
 
-class LocalBackend:
+ENGINE_NEEDS = ("nbclient", "ipykernel", "torch", "diffusers", "transformers", "accelerate")
+
+
+class LocalBackend(Backend):
+    """Runs the notebook here; knows nothing of Kaggle."""
+
     name = "local"
 
-    def submit(self, run: Run, notebook_dir: Path, on_event: OnEvent) -> Run:
+    def prepare(self, job, run: Run, options, on_event: OnEvent) -> None:
+        missing = [m for m in ENGINE_NEEDS if importlib.util.find_spec(m) is None]
+        if missing:
+            raise MissingDependencyError(missing[0], why="The local backend")
+
+    def submit(self, run: Run, on_event: OnEvent, timeout: float | None = None) -> Run:
         run.state = RunState.RUNNING
         runs.save(run)
+        shutil.rmtree(run.folder / "work", ignore_errors=True)  # a rerun starts clean
 
         def kernel_started(seconds: float) -> None:
             run.timings["kernel_start"] = seconds
             on_event(f"kernel started in {seconds:.1f}s")
 
         result = execute_notebook(
-            notebook_dir / CODE_FILE, run.folder / "work", _LogSink(run.folder / LOG_FILE, on_event),
-            run.folder / "kernel-stderr.log", executed=run.folder / "executed.ipynb",
-            on_kernel=kernel_started)
+            run.notebook_dir / CODE_FILE, run.folder / "work",
+            _LogSink(run.folder / LOG_FILE, on_event), run.folder / "kernel-stderr.log",
+            executed=run.folder / "executed.ipynb", on_kernel=kernel_started)
         run.timings["notebook"] = result.seconds
         run.state = RunState.COMPLETE if result.ok else RunState.ERROR
         run.failure = None if result.ok else result.failure()
         return runs.save(run)
 
-    def wait(self, run: Run, on_event: OnEvent, timeout: float | None = None) -> Run:
-        return run  # the local run is over when submit returns
+    def resolve(self, run: Run, on_event: OnEvent) -> Run:
+        run.state = RunState.RENDERED  # nothing is ever pushed anywhere
+        return runs.save(run)
 
-    def fetch(self, run: Run, out_dir: Path, on_event: OnEvent) -> Run:
-        t0 = time.monotonic()
-        out_dir = Path(out_dir)
-        artifacts.check_destination(out_dir, run.job_id)
-        work = run.folder / "work"
-        artifacts.collect(work / OUTPUT_SUBDIR, out_dir)
+    def wait(self, run: Run, on_event: OnEvent, timeout: float | None = None) -> Run:
+        # A local run is over when submit returns. One still 'running' whose work lock we
+        # hold was interrupted (its process is gone): it runs again from the start.
+        if not run.state.terminal:
+            on_event(f"run {run.run_id} was interrupted while it ran here; it will run again")
+            run.state = RunState.RENDERED
+            runs.save(run)
+        return run
+
+    def bring(self, run: Run, out_dir: Path, on_event: OnEvent) -> None:
+        artifacts.collect(run.folder / "work" / OUTPUT_DIR, out_dir)
         log = run.folder / LOG_FILE
         if log.exists():
             shutil.copyfile(log, out_dir / LOG_FILE)
-        problems = artifacts.verify(out_dir)
-        manifest = artifacts.read_manifest(out_dir)
-        run.images_fetched = len(manifest["images"]) if manifest else 0
-        run.timings["collect"] = round(time.monotonic() - t0, 3)
-        runs.save(run)
-        if problems and run.state == RunState.COMPLETE:
-            raise ImggenhubError(f"The outputs in {out_dir} failed verification: {problems[0]}.")
-        shutil.rmtree(work, ignore_errors=True)
-        return run

@@ -1,0 +1,170 @@
+"""Downloading a Kaggle kernel version's outputs: the paged listing (bounded), then
+parallel downloads to unique temporary names, each bounded by the size the manifest
+gives (or a cap for files outside it) and by a whole-file deadline, verified, renamed
+into place. A server's answers are untrusted input."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+import urllib3
+
+from .. import artifacts, kaggle_api
+from ..engine import LOG_FILE, MANIFEST, OUTPUT_DIR
+from ..errors import TransferError, UnsafeOutputError
+from ..runs import Run
+
+OUTPUT_PREFIX = OUTPUT_DIR + "/"
+PAGE_SIZE = 500  # what Kaggle serves a page
+HASH_ATTEMPTS = 3
+
+
+def log_text(raw: str | None) -> str:
+    """Kaggle's log is a JSON array of {stream_name, time, data}; keep the text."""
+    if not raw:
+        return ""
+    try:
+        entries = json.loads(raw)
+        return "".join(str(e.get("data", "")) for e in entries)
+    except (ValueError, AttributeError, TypeError, RecursionError):
+        return str(raw)
+
+
+def output_page(backend, run: Run, token: str | None, size: int, on_event):
+    from kagglesdk.kernels.types.kernels_api_service import ApiListKernelSessionOutputRequest
+
+    req = ApiListKernelSessionOutputRequest()
+    req.user_name, req.kernel_slug = backend._slug(run)
+    req.version_label = f"v{run.version}"
+    req.page_size = size
+    if token:
+        req.page_token = token
+    return backend._call("listing the kernel outputs",
+                         lambda: backend.api.list_kernel_session_output(req), on_event)
+
+
+def list_outputs(backend, run: Run, on_event) -> tuple[dict[str, str], str]:
+    """Every output file of the version (name -> signed URL) and the log; bounded."""
+    files, log, token, seen = {}, None, None, set()
+    for _ in range(backend.tunables.max_pages):
+        page = output_page(backend, run, token, PAGE_SIZE, on_event)
+        if log is None:
+            log = page.log or ""
+        for item in page.files or []:
+            files[item.file_name] = item.url
+        token = page.next_page_token
+        if not token:
+            return files, log
+        if token in seen:
+            raise UnsafeOutputError(f"Kaggle's output listing of run {run.run_id} repeats its page "
+                                    f"token {token[:20]!r}; stopped.")
+        seen.add(token)
+    raise UnsafeOutputError(f"Kaggle's output listing of run {run.run_id} did not end after "
+                            f"{backend.tunables.max_pages} pages; stopped (IMGGENHUB_MAX_PAGES).")
+
+
+class _Oversize(Exception):
+    pass
+
+
+class _TooSlow(Exception):
+    pass
+
+
+def download(backend, url: str, dest: Path, limit: int, record: dict | None, on_event) -> None:
+    """GET a signed URL to a unique temporary name, check it, and rename it into place."""
+    tunables = backend.tunables
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{threading.get_ident()}.part")
+    mismatches = [0]
+
+    def once():
+        with requests.get(url, stream=True, timeout=tunables.http_timeout) as resp:
+            resp.raise_for_status()
+            expected = resp.headers.get("Content-Length")
+            if expected is not None and expected.isdigit() and int(expected) > limit:
+                raise _Oversize(int(expected))
+            # The whole-file deadline: read1 returns whatever has arrived, so a body that
+            # trickles a byte at a time is still checked between reads.
+            ends = time.monotonic() + tunables.file_deadline
+            size = 0
+            with open(tmp, "wb") as fh:
+                while True:
+                    try:
+                        chunk = resp.raw.read1(1 << 16)
+                    except (urllib3.exceptions.HTTPError, OSError) as exc:
+                        raise kaggle_api.TruncatedDownload(f"{dest.name}: {exc}") from None
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    if size > limit:
+                        raise _Oversize(size)
+                    fh.write(chunk)
+                    if time.monotonic() > ends:
+                        raise _TooSlow()
+        if expected is not None and expected.isdigit() and size != int(expected):
+            raise kaggle_api.TruncatedDownload(f"{dest.name}: {size} of {expected} bytes")
+        if record is not None:
+            problem = artifacts.verify_image(tmp.parent, {**record, "file": tmp.name})
+            if problem:
+                mismatches[0] += 1
+                if mismatches[0] >= HASH_ATTEMPTS or "sha256" not in problem:
+                    raise TransferError(
+                        f"{dest.name} arrived {mismatches[0]} times with a sha256 different from the "
+                        f"manifest's ({problem}); the file on Kaggle may be damaged.")
+                raise kaggle_api.TruncatedDownload(problem)
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        backend._call(f"downloading {dest.name}", once, on_event)
+        os.replace(tmp, dest)
+    except _Oversize as exc:
+        raise UnsafeOutputError(f"Kaggle served {dest.name} larger than the {limit} bytes "
+                                f"expected ({exc.args[0]} bytes or more); refused.") from None
+    except _TooSlow:
+        raise TransferError(f"Downloading {dest.name} took longer than {tunables.file_deadline:.0f}s "
+                            "(IMGGENHUB_FILE_DEADLINE); run the same command again.") from None
+    finally:
+        tmp.unlink(missing_ok=True)  # no half file left behind; the next try starts clean
+
+
+def bring_outputs(backend, run: Run, out_dir: Path, on_event) -> None:
+    files, log = list_outputs(backend, run, on_event)
+    for name in files:
+        artifacts.safe_relative(name)  # refuse '..', absolute and NUL names before anything
+    (out_dir / LOG_FILE).write_text(log_text(log), encoding="utf-8")
+    ours = {name[len(OUTPUT_PREFIX):]: url for name, url in files.items()
+            if name.startswith(OUTPUT_PREFIX)}
+    manifest_url = ours.pop(MANIFEST, None)
+    records = {}
+    cap = backend.tunables.unlisted_cap
+    if manifest_url:
+        download(backend, manifest_url, out_dir / MANIFEST, artifacts.MAX_MANIFEST_BYTES, None, on_event)
+        manifest = artifacts.read_manifest(out_dir)
+        records = {r["file"]: r for r in manifest["images"]}
+    todo = []
+    for name, url in sorted(ours.items()):
+        if name.startswith(".") or "/." in name:
+            continue  # the engine's temporary files
+        dest = out_dir / artifacts.safe_relative(name)
+        record = records.get(name)
+        if record and dest.exists() and artifacts.verify_image(out_dir, record) is None:
+            continue  # already here and verified
+        todo.append((url, dest, record["bytes"] if record else cap, record))
+    done = [0]
+    lock = threading.Lock()
+
+    def one(item):
+        download(backend, *item, on_event)
+        with lock:
+            done[0] += 1
+            if done[0] % 25 == 0 or done[0] == len(todo):
+                on_event(f"downloaded {done[0]}/{len(todo)} files")
+
+    with ThreadPoolExecutor(max_workers=backend.tunables.download_workers) as pool:
+        list(pool.map(one, todo))

@@ -1,0 +1,191 @@
+"""The run lifecycle, written down once: the states a run can be in, the moves between
+them, the exit codes, and what every command does in every state.
+
+Everything else reads these tables: ``jobs.advance`` takes the next step a state calls
+for when the command may take it; the README's lifecycle table is generated from them
+(and a test checks that it is); the CLI turns an outcome into one sentence and one code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum, IntEnum
+
+
+class Exit(IntEnum):
+    """The exit codes a script can trust."""
+
+    OK = 0
+    RUN_FAILED = 1
+    BAD_INPUT = 2
+    STILL_RUNNING = 3
+    NO_CREDENTIALS = 4
+    UNREACHABLE = 5
+    NOTHING_YET = 6
+    INTERRUPTED = 130
+
+
+EXIT_MEANINGS = {
+    Exit.OK: "done",
+    Exit.RUN_FAILED: "the run failed on Kaggle or here (its error and log tail are printed; "
+                     "the images it finished are kept)",
+    Exit.BAD_INPUT: "bad input: prompts, flags, files, run ids (nothing was pushed)",
+    Exit.STILL_RUNNING: "still running at --timeout; the run goes on (run the same command again)",
+    Exit.NO_CREDENTIALS: "no Kaggle credentials, or Kaggle rejected them",
+    Exit.UNREACHABLE: "Kaggle could not be reached or kept failing; the run, if any, goes on "
+                      "(try again later)",
+    Exit.NOTHING_YET: "nothing to do yet: the run is not at a state this command acts on, or "
+                      "another imggenhub process is working on it",
+    Exit.INTERRUPTED: "interrupted (Ctrl-C); a remote run goes on, and the exact command that "
+                      "picks it up is printed",
+}
+
+
+class RunState(str, Enum):
+    RENDERED = "rendered"          # the notebook is written; nothing was sent
+    PUSHING = "pushing"            # a push is in flight (a record left here was killed mid-push)
+    PUSH_UNKNOWN = "push-unknown"  # the connection broke during the push: it may have landed
+    PUSH_FAILED = "push-failed"    # Kaggle refused the push (its reason is the failure)
+    PUSHED = "pushed"              # Kaggle made version N; no status seen yet
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETE = "complete"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+    DOWNLOADED = "downloaded"      # complete, and every image is here, verified
+
+    @property
+    def terminal(self) -> bool:
+        """The remote run is over (whatever is left is local work)."""
+        return self in TERMINAL
+
+    @property
+    def failed(self) -> bool:
+        return self in FAILED
+
+
+S = RunState
+TERMINAL = frozenset({S.COMPLETE, S.ERROR, S.CANCELLED, S.DOWNLOADED, S.PUSH_FAILED})
+FAILED = frozenset({S.ERROR, S.CANCELLED, S.PUSH_FAILED})
+
+# Every move a run may make. A save that breaks this table is a bug, not a user error.
+TRANSITIONS: dict[RunState, frozenset[RunState]] = {
+    S.RENDERED: frozenset({S.PUSHING, S.RUNNING}),  # RUNNING: the local backend runs it here
+    S.PUSHING: frozenset({S.PUSHED, S.PUSH_UNKNOWN, S.PUSH_FAILED, S.RENDERED}),
+    S.PUSH_UNKNOWN: frozenset({S.PUSHED, S.RENDERED, S.PUSHING}),
+    S.PUSH_FAILED: frozenset(),
+    S.PUSHED: frozenset({S.QUEUED, S.RUNNING, S.COMPLETE, S.ERROR, S.CANCELLED}),
+    S.QUEUED: frozenset({S.RUNNING, S.COMPLETE, S.ERROR, S.CANCELLED}),
+    S.RUNNING: frozenset({S.QUEUED, S.COMPLETE, S.ERROR, S.CANCELLED, S.RENDERED}),
+    S.COMPLETE: frozenset({S.DOWNLOADED}),
+    S.ERROR: frozenset(),
+    S.CANCELLED: frozenset(),
+    S.DOWNLOADED: frozenset(),
+}
+
+
+def allowed(old: RunState, new: RunState) -> bool:
+    return old == new or new in TRANSITIONS[old]
+
+
+class Step(str, Enum):
+    """What a run in a state needs next."""
+
+    PUSH = "push"          # send it (Kaggle: SaveKernel; local: run the notebook here)
+    RESOLVE = "resolve"    # ask Kaggle whether an interrupted push landed
+    WAIT = "wait"          # follow the remote run to its end
+    FETCH = "fetch"        # bring the images home, verified
+    KEEP = "keep"          # a failed run: bring home what it finished, then report the failure
+    DONE = "done"          # nothing left to do
+    FAIL = "fail"          # the run failed and nothing is left to bring home
+
+
+NEXT_STEP: dict[RunState, Step] = {
+    S.RENDERED: Step.PUSH, S.PUSHING: Step.RESOLVE, S.PUSH_UNKNOWN: Step.RESOLVE,
+    S.PUSH_FAILED: Step.FAIL, S.PUSHED: Step.WAIT, S.QUEUED: Step.WAIT, S.RUNNING: Step.WAIT,
+    S.COMPLETE: Step.FETCH, S.ERROR: Step.KEEP, S.CANCELLED: Step.KEEP, S.DOWNLOADED: Step.DONE,
+}
+
+
+@dataclass(frozen=True)
+class Command:
+    """A command as the lifecycle sees it: the steps it may take, and the states at which
+    its work is done."""
+
+    name: str
+    steps: frozenset[Step]
+    goal: frozenset[RunState]
+    what: str
+
+
+_PUSHED = frozenset({S.PUSHED, S.QUEUED, S.RUNNING, S.COMPLETE, S.DOWNLOADED})
+COMMANDS: dict[str, Command] = {c.name: c for c in [
+    Command("deploy", frozenset({Step.PUSH, Step.RESOLVE}), _PUSHED,
+            "push the run's notebook; done once Kaggle has the version"),
+    Command("poll", frozenset({Step.RESOLVE, Step.WAIT}), frozenset({S.COMPLETE, S.DOWNLOADED}),
+            "follow the run until it ends"),
+    Command("download", frozenset({Step.FETCH, Step.KEEP}), frozenset({S.DOWNLOADED}),
+            "bring the images home, verified"),
+    Command("resume", frozenset(Step), frozenset({S.DOWNLOADED}),
+            "advance the run from wherever it stands to downloaded"),
+    Command("generate", frozenset(Step), frozenset({S.DOWNLOADED}),
+            "deploy + poll + download (with --name: resume that run)"),
+]}
+
+# What to run next, by the step a state needs (for the sentences).
+NEXT_COMMAND = {Step.PUSH: "resume", Step.RESOLVE: "resume", Step.WAIT: "poll",
+                Step.FETCH: "download", Step.KEEP: "download"}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a command does with a run in a state: take ``step``, or stop with ``exit``."""
+
+    step: Step | None
+    exit: Exit
+    sentence: str
+
+
+def plan(command: str, state: RunState) -> Plan:
+    """The one place that decides what ``command`` does with a run in ``state``."""
+    cmd = COMMANDS[command]
+    need = NEXT_STEP[state]
+    if state in cmd.goal:
+        return Plan(None, Exit.OK, "is already {state}; nothing to do")
+    if need == Step.FAIL:
+        return Plan(None, Exit.RUN_FAILED, "failed: {failure}")
+    if need in cmd.steps:
+        return Plan(need, Exit.OK, need.value)
+    if state.failed:  # a failed run: say so, whatever else the command could have done
+        return Plan(None, Exit.RUN_FAILED, "{state}: {failure}")
+    return Plan(None, Exit.NOTHING_YET,
+                f"is {{state}}, so there is nothing to {command} yet; "
+                f"'imggenhub {NEXT_COMMAND[need]} {{run}}' takes it on")
+
+
+def table_markdown() -> str:
+    """The command x state table for the README, generated from the rules above."""
+    states = list(RunState)
+    head = "| state | " + " | ".join(COMMANDS) + " | status, runs |"
+    rule = "|" + "---|" * (len(COMMANDS) + 2)
+    rows = [head, rule]
+    for state in states:
+        cells = []
+        for name in COMMANDS:
+            p = plan(name, state)
+            if p.step is None:
+                cells.append(f"exit {int(p.exit)}")
+            elif p.step == Step.KEEP:
+                cells.append("fetch what it kept, exit 1")
+            elif p.step == Step.WAIT:
+                cells.append("wait: 0, 1, 3 or 5")
+            else:
+                cells.append(f"{p.step.value}, go on")
+        rows.append(f"| `{state.value}` | " + " | ".join(cells) + " | show, exit 0 |")
+    return "\n".join(rows)
+
+
+def exit_table_markdown() -> str:
+    rows = ["| code | meaning |", "|---|---|"]
+    rows += [f"| {int(code)} | {text} |" for code, text in EXIT_MEANINGS.items()]
+    return "\n".join(rows)

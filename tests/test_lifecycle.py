@@ -1,0 +1,119 @@
+"""The run lifecycle: its tables, and every state x command pair through the real CLI
+against the emulator (exit code, one sentence, never a traceback)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from imggenhub import lifecycle, runs
+from imggenhub.lifecycle import COMMANDS, Exit, RunState, Step, plan
+
+from .conftest import REPO
+from .test_kaggle import SPEC, emulator  # noqa: F401  (the fixture)
+
+
+def test_every_command_is_defined_for_every_state():
+    for name in COMMANDS:
+        for state in RunState:
+            p = plan(name, state)
+            assert isinstance(p.exit, Exit)
+            assert p.step is None or (p.exit == Exit.OK and p.step in COMMANDS[name].steps)
+            sentence = p.sentence.format(state=state.value, run="RUN", failure="why")
+            assert "{" not in sentence
+
+
+def test_transitions_lead_somewhere_and_terminal_states_stay():
+    for state, nexts in lifecycle.TRANSITIONS.items():
+        assert state not in nexts
+    for state in (RunState.ERROR, RunState.CANCELLED, RunState.DOWNLOADED, RunState.PUSH_FAILED):
+        assert lifecycle.TRANSITIONS[state] == frozenset() and state.terminal
+    # every state but the end can reach downloaded
+    reach = {RunState.DOWNLOADED}
+    for _ in RunState:
+        reach |= {s for s, n in lifecycle.TRANSITIONS.items() if n & reach}
+    assert reach >= {RunState.RENDERED, RunState.PUSHING, RunState.PUSH_UNKNOWN, RunState.PUSHED,
+                     RunState.QUEUED, RunState.RUNNING, RunState.COMPLETE}
+
+
+def test_a_save_that_breaks_the_table_is_refused(tmp_path):
+    run = runs.Run(run_id="r1", backend="kaggle", job_id="j", image_count=1, out_dir=str(tmp_path),
+                   state=RunState.DOWNLOADED)
+    runs.save(run)
+    run.state = RunState.RUNNING
+    with pytest.raises(runs.TransitionError):
+        runs.save(run)
+
+
+def test_resume_takes_every_step_and_download_only_fetches():
+    assert plan("resume", RunState.RENDERED).step == Step.PUSH
+    assert plan("resume", RunState.PUSH_UNKNOWN).step == Step.RESOLVE
+    assert plan("resume", RunState.RUNNING).step == Step.WAIT
+    assert plan("resume", RunState.COMPLETE).step == Step.FETCH
+    assert plan("resume", RunState.DOWNLOADED).exit == Exit.OK and plan(
+        "resume", RunState.DOWNLOADED).step is None
+    assert plan("download", RunState.RUNNING).exit == Exit.NOTHING_YET
+    assert plan("download", RunState.ERROR).step == Step.KEEP
+    assert plan("poll", RunState.CANCELLED).exit == Exit.RUN_FAILED
+
+
+def test_the_readme_shows_the_generated_tables():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert lifecycle.table_markdown() in readme
+    assert lifecycle.exit_table_markdown() in readme
+    from imggenhub.config import tunables_markdown
+
+    assert tunables_markdown() in readme
+
+
+# What each command must answer for a run recorded in each state; the emulator's kernel
+# version 1 is COMPLETE, so a wait ends complete. (Written out, not derived from the table.)
+EXPECTED = {
+    "rendered": {"poll": 6, "download": 6, "resume": 0},
+    "pushing": {"poll": 6, "download": 6, "resume": 0},
+    "push-unknown": {"poll": 6, "download": 6, "resume": 0},
+    "push-failed": {"poll": 1, "download": 1, "resume": 1},
+    "pushed": {"poll": 0, "download": 6, "resume": 0},
+    "queued": {"poll": 0, "download": 6, "resume": 0},
+    "running": {"poll": 0, "download": 6, "resume": 0},
+    "complete": {"poll": 0, "download": 0, "resume": 0},
+    "error": {"poll": 1, "download": 1, "resume": 1},
+    "cancelled": {"poll": 1, "download": 1, "resume": 1},
+    "downloaded": {"poll": 0, "download": 0, "resume": 0},
+}
+
+
+def test_every_state_and_command_pair_through_the_cli(emulator, cli, tmp_path):  # noqa: F811
+    assert set(EXPECTED) == {s.value for s in RunState}
+    code, out, err = cli("deploy", *SPEC, "--json", cwd=tmp_path)
+    assert code == 0, err
+    base = runs.load(json.loads(out)["run_id"])
+    assert cli("resume", base.run_id)[0] == 0  # v1 complete and downloaded
+    emulator.wait_idle()
+    template = base.model_dump()
+    for state, answers in EXPECTED.items():
+        for command, expected in answers.items():
+            run_id = f"t-{state}-{command}"
+            record = runs.Run.model_validate({
+                **template, "run_id": run_id, "state": state, "out_dir": str(tmp_path / run_id),
+                "images_fetched": 0, "failure": {"kind": "kernel", "ename": "KernelError",
+                                                 "evalue": "it broke"} if state in (
+                    "error", "cancelled", "push-failed") else None})
+            runs.runs_dir().joinpath(run_id).mkdir()
+            # the notebook a push would send, as start() leaves it
+            (record.notebook_dir).mkdir(parents=True)
+            for f in base.notebook_dir.iterdir():
+                (record.notebook_dir / f.name).write_bytes(f.read_bytes())
+            runs.save(record)
+            args = [command, run_id] + (["--timeout", "20"] if command != "download" else [])
+            code, out, err = cli(*args)
+            assert code == expected, (state, command, code, err)
+            assert "Traceback" not in err and "Internal error" not in err, (state, command, err)
+            if code:
+                assert err.strip().splitlines()[-1].startswith("Error: "), (state, command, err)
+            code, out, err = cli("status", run_id, "--json")
+            assert code == 0 and json.loads(out)["run_id"] == run_id
+    code, out, err = cli("runs", "--json")
+    assert code == 0 and len(json.loads(out)) == 1 + 3 * len(EXPECTED)
+    emulator.wait_idle()

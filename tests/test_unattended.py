@@ -1,0 +1,237 @@
+"""Runs you can leave alone: what happens when nobody watches. Interrupted pushes, an
+unreachable Kaggle, bounded waits, Ctrl-C, two processes at once, bad local folders,
+machine-readable output. Against the emulator's stub runner (fast)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from imggenhub import artifacts, kaggle_api, runs
+from imggenhub.config import Tunables
+from imggenhub.notebook import read_job_document
+
+from .conftest import run_cli_subprocess
+from .test_kaggle import SPEC, emulator, shas  # noqa: F401  (the fixture)
+
+STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ imggenhub: ")
+
+
+def versions_of(emulator, run_id):  # noqa: F811
+    """The kernel versions whose pushed notebook carries this run id."""
+    return [(ref, v.number) for ref, vs in emulator.kernels.items() for v in vs
+            if (read_job_document(v.text) or {}).get("run_id") == run_id]
+
+
+def pushes(emulator):  # noqa: F811
+    return len([m for m, _ in emulator.calls if m == "SaveKernel"])
+
+
+def test_a_push_that_failed_with_503_is_explained_then_resumed(emulator, cli, tmp_path):  # noqa: F811
+    emulator.faults.set(server_error=1, only=["SaveKernel"])
+    code, out, err = cli("deploy", *SPEC, cwd=tmp_path)
+    assert code == 5 and "may or may not have reached Kaggle" in err
+    run = runs.load()
+    assert run.state.value == "push-unknown" and run.kernel_ref == "imggenhub/imggenhub-batch"
+    code, out, err = cli("poll")  # finds out it never landed: nothing to poll yet
+    assert code == 6 and f"'imggenhub resume {run.run_id}'" in err and "Internal error" not in err
+    assert runs.load().state.value == "rendered"
+    code, out, err = cli("download")
+    assert code == 6 and "nothing to download yet" in err
+    code, out, err = cli("resume")
+    assert code == 0, err
+    assert runs.load().state.value == "downloaded" and len(versions_of(emulator, run.run_id)) == 1
+
+
+def test_a_push_whose_answer_was_lost_is_adopted_not_pushed_twice(emulator, cli, tmp_path):  # noqa: F811
+    emulator.faults.set(drop_after=1, only=["SaveKernel"])
+    code, out, err = cli("deploy", *SPEC, cwd=tmp_path)
+    assert code == 5 and runs.load().state.value == "push-unknown"
+    assert len(emulator.versions("imggenhub/imggenhub-batch")) == 1  # Kaggle made it
+    code, out, err = cli("resume", "--timeout", "30")
+    assert code == 0, err
+    assert "had landed as version 1" in err
+    run = runs.load()
+    assert run.state.value == "downloaded" and run.version == 1
+    assert pushes(emulator) == 1 and versions_of(emulator, run.run_id) == [
+        ("imggenhub/imggenhub-batch", 1)]
+    assert artifacts.verify(Path(run.out_dir)) == []
+
+
+def test_an_unreachable_kaggle_is_exit_5_within_the_timeout(emulator, cli, tmp_path, monkeypatch):  # noqa: F811
+    code, out, err = cli("deploy", *SPEC, cwd=tmp_path)
+    assert code == 0, err
+    emulator.wait_idle()
+    emulator.stop()  # the network is down
+    monkeypatch.setenv("IMGGENHUB_RETRY_MAX_WAIT", "1")
+    t0 = time.monotonic()
+    code, out, err = cli("poll", "--timeout", "3")
+    assert code == 5 and "Could not reach Kaggle" in err
+    assert time.monotonic() - t0 < 8
+    assert runs.load().state.value == "pushed"  # the run goes on; nothing recorded as failed
+    t0 = time.monotonic()
+    code, out, err = cli("doctor", "--timeout", "2")
+    assert code == 5 and time.monotonic() - t0 < 8
+
+
+def test_download_before_the_end_is_exit_6_and_a_cancelled_run_is_exit_1(emulator, cli, tmp_path):  # noqa: F811
+    emulator.image_seconds = 0.5
+    code, out, err = cli("deploy", *SPEC, "--json", cwd=tmp_path)
+    assert code == 0, err
+    run_id = json.loads(out)["run_id"]
+    code, out, err = cli("download", "--json")
+    assert code == 6 and "is pushed, so there is nothing to download yet" in err
+    assert json.loads(out) == {"ok": False, "exit_code": 6, "error": err.strip()[len("Error: "):],
+                               "run_id": None}
+    version = emulator.versions("imggenhub/imggenhub-batch")[0]
+    deadline = time.monotonic() + 20
+    while "image 1/" not in "".join(e["data"] for e in list(version.log)):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    emulator.cancel("imggenhub/imggenhub-batch", 1)
+    code, out, err = cli("resume", "--timeout", "30")
+    assert code == 1 and "Kaggle reports cancelled" in err
+    assert runs.load(run_id).state.value == "cancelled"
+    assert cli("poll")[0] == 1 and cli("download")[0] == 1
+    # what it finished before the cancel is kept and verified
+    kept = runs.load(run_id)
+    assert artifacts.verify(Path(kept.out_dir)) == [] and 1 <= kept.images_fetched < 4
+
+
+def test_the_gpu_slot_wait_is_bounded_by_the_timeout(emulator, cli, tmp_path):  # noqa: F811
+    emulator.faults.set(gpu_cap=1000)
+    t0 = time.monotonic()
+    code, out, err = cli("deploy", *SPEC, "--timeout", "1", cwd=tmp_path)
+    assert code == 6 and "GPU sessions stayed busy" in err and time.monotonic() - t0 < 5
+    assert runs.load().state.value == "rendered"
+    emulator.faults.set(gpu_cap=0)
+    assert cli("resume")[0] == 0
+
+
+def test_ctrl_c_says_the_kaggle_run_goes_on_and_how_to_pick_it_up(emulator, tmp_path):  # noqa: F811
+    emulator.queue_seconds = 30
+    proc = subprocess.Popen(
+        [str(Path(os.sys.executable).with_name("imggenhub")), "generate", *SPEC],
+        cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=dict(os.environ))
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if "pushed imggenhub/imggenhub-batch version 1" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    err = "".join(lines) + err
+    run_id = runs.load().run_id
+    assert proc.returncode == 130, err
+    assert "goes on and uses GPU quota" in err and f"'imggenhub resume {run_id}'" in err
+    assert "Traceback" not in err
+    assert all(STAMP.match(l) for l in lines)  # no TTY: timestamped lines, no ANSI codes
+    assert "\x1b[" not in err
+
+
+def test_only_network_errors_become_could_not_reach():
+    def bug():
+        raise KeyError("a bug of ours")
+
+    with pytest.raises(KeyError):
+        kaggle_api.call(Tunables(), None, "reading the kernel status", bug)
+
+
+def test_an_output_folder_is_checked_and_claimed_before_the_push(emulator, cli, tmp_path):  # noqa: F811
+    (tmp_path / "a-file").write_text("x")
+    for out in (tmp_path / "a-file", tmp_path / "a-file" / "below"):
+        code, _, err = cli("deploy", *SPEC, "--out", str(out), cwd=tmp_path)
+        assert code == 2 and "choose another --out" in err and len(err.strip().splitlines()) == 1
+    emulator.queue_seconds = 5  # the first run is still going when the second one starts
+    shared = tmp_path / "shared"
+    assert cli("deploy", *SPEC, "--out", str(shared))[0] == 0
+    code, _, err = cli("deploy", "--model", "tiny-random", "-p", "another job", "--out", str(shared))
+    assert code == 2 and "of another job" in err
+    code, _, err = cli("deploy", *SPEC, "--out", str(shared))  # the same job, a second run
+    assert code == 2 and "which is still going" in err
+    assert pushes(emulator) == 1
+
+
+def test_a_broken_state_folder_or_prompts_file_is_one_sentence(cli, tmp_path, monkeypatch):
+    (tmp_path / "nested.json").write_text("[" * 100000 + "]" * 100000)
+    code, _, err = cli("render", "--out", str(tmp_path / "r"), "--prompts-file",
+                       str(tmp_path / "nested.json"), cwd=tmp_path)
+    assert code == 2 and "nested too deeply" in err and "Traceback" not in err
+    t0 = time.monotonic()
+    code, _, err = cli("render", "--out", str(tmp_path / "r"), "--prompts-file", "/dev/zero")
+    assert code == 2 and "larger than 16 MiB" in err and time.monotonic() - t0 < 10
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(["with a BOM"]).encode())
+    code, out, err = cli("render", "--out", str(tmp_path / "r"), "--prompts-file",
+                         str(tmp_path / "bom.json"), "--model", "tiny-random")
+    assert code == 0, err
+    for bad in ("myslug", "a/b", "/x", "a/" + "x" * 60):
+        code, _, err = cli("render", "--out", str(tmp_path / "r"), "-p", "x", "--kernel-id", bad)
+        assert code == 2 and "is not of the form owner/slug" in err, bad
+    monkeypatch.setenv("IMGGENHUB_HOME", "/dev/null/state")
+    for args in (["runs"], ["status"], ["generate", "--backend", "local", "-p", "x",
+                                        "--model", "tiny-random"]):
+        code, _, err = cli(*args)
+        assert code == 2 and "set IMGGENHUB_HOME to a writable folder" in err, args
+
+
+def test_two_processes_one_run_or_one_folder(emulator, cli, tmp_path):  # noqa: F811
+    code, out, err = cli("deploy", *SPEC, "--json", cwd=tmp_path)
+    run_id = json.loads(out)["run_id"]
+    assert cli("poll")[0] == 0
+    emulator.faults.set(slow_files=0.2)
+    env = dict(os.environ)
+    procs = [subprocess.Popen([str(Path(os.sys.executable).with_name("imggenhub")), "download",
+                               run_id], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(p.wait(timeout=60), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes in ([0, 0], [0, 6]), results
+    assert all("Internal error" not in e and "Traceback" not in e for _, e in results)
+    out_dir = Path(runs.load(run_id).out_dir)
+    assert artifacts.verify(out_dir) == [] and not list(out_dir.rglob("*.part"))
+
+
+def test_run_ids_made_at_once_never_collide():
+    made, errors = [], []
+
+    def make():
+        try:
+            made.append(runs.new_run_id("samejob0123456789"))
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=make) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(set(made)) == 16
+
+
+def test_json_output_and_version(emulator, cli, tmp_path):  # noqa: F811
+    code, out, _ = cli("--version")
+    assert code == 0 and re.match(r"^\d+\.\d+\.\d+$", out.strip())
+    code, out, err = cli("generate", *SPEC, "--json", "--name", "nightly", cwd=tmp_path)
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["ok"] and data["state"] == "downloaded" and data["images_fetched"] == 4
+    assert data["name"] == "nightly"
+    for args in (["status", "nightly"], ["poll", "nightly"], ["download", "nightly"],
+                 ["resume", "nightly"], ["deploy", *SPEC, "--name", "nightly"]):
+        code, out, err = cli(*args, "--json")
+        assert code == 0 and json.loads(out)["run_id"] == data["run_id"], (args, err)
+    assert pushes(emulator) == 1  # the name picked up the same run every time
+    for args in (["runs"], ["models"], ["doctor"]):
+        code, out, err = cli(*args, "--json")
+        assert code == 0 and json.loads(out), args
+    code, out, err = cli("poll", "no-such-run", "--json")
+    assert code == 2 and json.loads(out)["ok"] is False
