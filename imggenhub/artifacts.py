@@ -7,7 +7,6 @@ import hashlib
 import html
 import json
 import os
-import threading
 import shutil
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
@@ -15,6 +14,7 @@ from pathlib import Path, PurePosixPath
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .config import writable_folder
 from .engine import MANIFEST
 from .errors import NothingYet, SpecError, UnsafeOutputError
 
@@ -111,14 +111,10 @@ def prepare_destination(out_dir: Path, run_id: str, job_id: str, is_active) -> N
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise SpecError(f"The output folder {out_dir} is a file; choose another --out.")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".imggenhub-probe-{os.getpid()}-{threading.get_ident()}"
-        probe.write_bytes(b"")
-        probe.unlink(missing_ok=True)
-    except OSError as exc:
-        raise SpecError(f"The output folder {out_dir} cannot be written ({exc.strerror or exc}); "
-                        "choose another --out.") from None
+    problem = writable_folder(out_dir)
+    if problem:
+        raise SpecError(f"The output folder {out_dir} cannot be written ({problem}); choose "
+                        "another --out.")
     try:
         manifest = read_manifest(out_dir)
     except UnsafeOutputError:

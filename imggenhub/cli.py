@@ -115,6 +115,11 @@ def job_options(fn):
     @functools.wraps(fn)
     def wrapper(**kwargs):
         flags = {name: kwargs.pop(name) for name in _JOB_OPTIONS}
+        if flags["seed"] is None and kwargs.get("name"):
+            # a named run is one job: the same line run again must make the same spec
+            from .spec import seed_for_name
+
+            flags["seed"] = seed_for_name(kwargs["name"])
         return fn(**_parse_job(flags), **kwargs)
 
     wrapper.__signature__ = sig.replace(parameters=own + extra)

@@ -23,15 +23,23 @@ def state_dir() -> Path:
         from platformdirs import user_state_dir
 
         path = Path(user_state_dir("imggenhub", appauthor=False))
+    problem = writable_folder(path)
+    if problem:
+        raise SpecError(f"The state folder {path} cannot be written ({problem}); set "
+                        "IMGGENHUB_HOME to a writable folder.")
+    return path
+
+
+def writable_folder(path: Path) -> str | None:
+    """Make the folder if needed and prove a file can be written there; else say why not."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".probe-{os.getpid()}-{threading.get_ident()}"
+        probe = path / f".imggenhub-probe-{os.getpid()}-{threading.get_ident()}"
         probe.write_bytes(b"")
         probe.unlink(missing_ok=True)
     except OSError as exc:
-        raise SpecError(f"The state folder {path} cannot be written ({exc.strerror or exc}); set "
-                        "IMGGENHUB_HOME to a writable folder.") from None
-    return path
+        return exc.strerror or str(exc)
+    return None
 
 
 def debug() -> bool:

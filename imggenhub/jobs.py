@@ -39,9 +39,9 @@ def start(job: JobSpec, backend: str, out_dir: Path | None, options, on_event: b
               out_dir=str(out.resolve()), name=name,
               session_timeout_seconds=int(timeout_hours * 3600) if timeout_hours else None)
     try:
-        artifacts.prepare_destination(out, run_id, job.job_id, _is_active)
         write_notebook(run.notebook_dir, job, run_id)
         impl.prepare(job, run, options, on_event)
+        artifacts.prepare_destination(out, run_id, job.job_id, _is_active)
     except BaseException:
         import shutil
 

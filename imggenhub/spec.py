@@ -167,6 +167,11 @@ def _sentence(exc: ValidationError, where: str, flags: bool = False) -> str:
     return f"{subject}: {msg[0].lower() + msg[1:]} (got {shown})."
 
 
+def seed_for_name(name: str) -> int:
+    """The base seed of a named run given no --seed: stable, so the name stays one job."""
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:4], "big")
+
+
 def parse_settings(**flags) -> Settings:
     try:
         return Settings(**{k: v for k, v in flags.items() if v is not None})

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from .kaggle_emulator import Emulator
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -60,6 +62,47 @@ def run_cli_subprocess(*args: str, cwd: Path, env: dict | None = None, timeout: 
     return subprocess.run(cmd, cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
+def kaggle_cli(args, env, cwd):
+    """The unmodified kaggle CLI, pointed at the emulator through HTTP_PROXY (set in env)."""
+    env = {**env, "KAGGLE_API_ENVIRONMENT": "LOCALHOST"}
+    for var in ("NO_PROXY", "no_proxy", "IMGGENHUB_KAGGLE_API_URL"):
+        env.pop(var, None)
+    exe = Path(sys.executable).with_name("kaggle")
+    return subprocess.run([str(exe), *args], env=env, cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
 def write_json(path: Path, data) -> Path:
     path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
     return path
+
+
+def start_emulator(monkeypatch, **kwargs):
+    em = Emulator(queue_seconds=0.1, **kwargs)
+    url = em.start()
+    monkeypatch.setenv("IMGGENHUB_KAGGLE_API_URL", url)
+    monkeypatch.setenv("KAGGLE_USERNAME", em.username)
+    monkeypatch.setenv("KAGGLE_KEY", em.key)
+    monkeypatch.setenv("IMGGENHUB_POLL_INTERVAL", "0.3")
+    monkeypatch.setenv("IMGGENHUB_POLL_MAX_INTERVAL", "0.5")
+    monkeypatch.setenv("IMGGENHUB_RETRY_MAX_WAIT", "0.3")
+    monkeypatch.setenv("IMGGENHUB_GPU_WAIT", "0.2")
+    monkeypatch.setenv("IMGGENHUB_HTTP_TIMEOUT", "10")
+    return em
+
+
+@pytest.fixture
+def emulator(monkeypatch):
+    """The emulator with its stub runner: the pushed notebook's job is planned and written
+    as tiny PNGs and a manifest in milliseconds (protocol tests)."""
+    em = start_emulator(monkeypatch)
+    yield em
+    em.stop()
+
+
+@pytest.fixture
+def real_emulator(monkeypatch):
+    """The emulator running each pushed notebook in a real Jupyter kernel (end to end)."""
+    em = start_emulator(monkeypatch, runner="notebook")
+    yield em
+    em.stop()

@@ -19,7 +19,7 @@ import requests
 
 from imggenhub import artifacts
 
-from .conftest import REPO
+from .conftest import REPO, kaggle_cli
 from .kaggle_emulator import ENDLESS_MAX, JUNK, TRICKLE_MAX_BYTES, Emulator, main
 
 REF = "imggenhub/stub-test"
@@ -116,15 +116,6 @@ def download(em: Emulator, number: int, dest: Path, ref: str = REF) -> list[str]
 
 def log_entries(log: str) -> list[dict]:
     return json.loads(log) if log else []
-
-
-def kaggle_cli(args, env, cwd):
-    env = {**env, "KAGGLE_API_ENVIRONMENT": "LOCALHOST"}
-    for var in ("NO_PROXY", "no_proxy", "IMGGENHUB_KAGGLE_API_URL"):
-        env.pop(var, None)
-    exe = Path(sys.executable).with_name("kaggle")
-    return subprocess.run([str(exe), *args], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
 
 
 def kaggle_env(em: Emulator) -> dict:

@@ -56,6 +56,7 @@ def test_batches_group_only_compatible_images():
     assert got == [[0, 1], [2], [3], [4]]
 
 
+@pytest.mark.slow
 def test_every_scheduler_name_maps_to_a_diffusers_class():
     import diffusers
 
@@ -66,6 +67,7 @@ def test_every_scheduler_name_maps_to_a_diffusers_class():
     assert engine.set_scheduler(pipe, None) == "EulerAncestralDiscreteScheduler"
 
 
+@pytest.mark.slow
 def test_tiny_pipeline_is_deterministic_per_seed():
     import torch
 
@@ -99,6 +101,7 @@ def run_engine(job, out, env=None):
                           timeout=300)
 
 
+@pytest.mark.slow
 def test_crash_keeps_finished_images_in_the_manifest(tmp_path):
     job = job_doc(["one", "two", "three"], num_images=2)
     out = tmp_path / "out"
@@ -112,6 +115,7 @@ def test_crash_keeps_finished_images_in_the_manifest(tmp_path):
     assert sorted(p.name for p in out.glob("*.png")) == [i["file"] for i in manifest["images"]]
 
 
+@pytest.mark.slow
 def test_two_processes_split_the_images_and_merge_one_manifest(tmp_path):
     job = job_doc(["one", "two", "three"], num_images=1)
     out = tmp_path / "out"
@@ -125,6 +129,7 @@ def test_two_processes_split_the_images_and_merge_one_manifest(tmp_path):
     assert not (out / engine.PARTS_DIR).exists()
 
 
+@pytest.mark.slow
 def test_a_saved_diffusers_folder_loads_through_autopipeline(tmp_path):
     """The real Hub loading path (AutoPipeline.from_pretrained), offline, on a local folder."""
     import torch
@@ -141,6 +146,7 @@ def test_a_saved_diffusers_folder_loads_through_autopipeline(tmp_path):
     assert len(artifacts.read_manifest(out)["images"]) == 1
 
 
+@pytest.mark.slow
 def test_a_missing_model_fails_with_the_loaders_message(tmp_path):
     doc = job_doc(["x"])
     doc["model"] = {"id": "nobody/does-not-exist", "pipeline": "auto", "variant": "fp16"}

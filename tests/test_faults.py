@@ -15,7 +15,7 @@ import pytest
 
 from imggenhub import artifacts, runs
 
-from .test_kaggle import SPEC, emulator  # noqa: F401  (the fixture)
+from .test_kaggle import SPEC
 from .test_unattended import versions_of
 
 
@@ -35,7 +35,7 @@ def nothing_outside(tmp_path, out_dir):
 
 @pytest.mark.parametrize("name", ["output/../../escape.png", "/etc/escape.png", "output/nul\x00.png",
                                   "output/.", "output/..", "C:/escape.png"])
-def test_hostile_names_are_refused_before_anything_is_written(emulator, cli, tmp_path, name):  # noqa: F811
+def test_hostile_names_are_refused_before_anything_is_written(emulator, cli, tmp_path, name):
     run_id = finished_run(cli, tmp_path)
     emulator.faults.set(extra_names=[name])
     code, out, err = cli("download")
@@ -45,7 +45,7 @@ def test_hostile_names_are_refused_before_anything_is_written(emulator, cli, tmp
     nothing_outside(tmp_path, out_dir)
 
 
-def test_a_sha256_mismatch_is_called_what_it_is(emulator, cli, tmp_path):  # noqa: F811
+def test_a_sha256_mismatch_is_called_what_it_is(emulator, cli, tmp_path):
     finished_run(cli, tmp_path)
     emulator.faults.set(corrupt=100)
     code, out, err = cli("download")
@@ -55,7 +55,7 @@ def test_a_sha256_mismatch_is_called_what_it_is(emulator, cli, tmp_path):  # noq
     assert cli("download")[0] == 0
 
 
-def test_a_file_larger_than_the_manifest_says_is_refused_early(emulator, cli, tmp_path):  # noqa: F811
+def test_a_file_larger_than_the_manifest_says_is_refused_early(emulator, cli, tmp_path):
     run_id = finished_run(cli, tmp_path)
     emulator.faults.set(oversize=1)
     code, out, err = cli("download")
@@ -70,7 +70,7 @@ def test_a_file_larger_than_the_manifest_says_is_refused_early(emulator, cli, tm
     assert cli("download")[0] == 0 and artifacts.verify(out_dir) == []
 
 
-def test_a_listing_that_never_ends_and_a_bad_manifest_stop(emulator, cli, tmp_path, monkeypatch):  # noqa: F811
+def test_a_listing_that_never_ends_and_a_bad_manifest_stop(emulator, cli, tmp_path, monkeypatch):
     finished_run(cli, tmp_path)
     monkeypatch.setenv("IMGGENHUB_MAX_PAGES", "5")
     emulator.faults.set(endless_pages=True)
@@ -85,7 +85,7 @@ def test_a_listing_that_never_ends_and_a_bad_manifest_stop(emulator, cli, tmp_pa
         assert "Internal error" not in err
 
 
-def test_a_trickling_file_meets_its_whole_file_deadline(emulator, cli, tmp_path, monkeypatch):  # noqa: F811
+def test_a_trickling_file_meets_its_whole_file_deadline(emulator, cli, tmp_path, monkeypatch):
     finished_run(cli, tmp_path)
     monkeypatch.setenv("IMGGENHUB_FILE_DEADLINE", "1")
     emulator.faults.set(trickle=0.3)
@@ -94,7 +94,7 @@ def test_a_trickling_file_meets_its_whole_file_deadline(emulator, cli, tmp_path,
     assert code == 5 and "took longer than 1s" in err and time.monotonic() - t0 < 15
 
 
-def test_fifty_images_under_a_flaky_network_end_verified(emulator, cli, tmp_path, monkeypatch):  # noqa: F811
+def test_fifty_images_under_a_flaky_network_end_verified(emulator, cli, tmp_path, monkeypatch):
     """About 20 % of API calls fail (429 with Retry-After, 503, dropped connections) and
     10 % of downloads are cut short; the job still ends with every image verified."""
     monkeypatch.setenv("IMGGENHUB_RETRY_MAX_WAIT", "0.05")
@@ -119,7 +119,8 @@ def imggenhub(*args, cwd):
                             stderr=subprocess.PIPE, text=True, env=dict(os.environ))
 
 
-def test_sigkill_at_random_points_then_resume_loses_nothing(emulator, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_sigkill_at_random_points_then_resume_loses_nothing(emulator, tmp_path):
     """12 seeded trials: kill deploy, poll, download or generate somewhere in its work;
     running the same cron line again (or resume) ends every run downloaded and verified,
     with exactly one kernel version per run and no temporary file left."""

@@ -14,39 +14,7 @@ import pytest
 
 from imggenhub import artifacts, runs
 
-from .conftest import REPO, run_cli_subprocess
-from .kaggle_emulator import Emulator
-
-
-def start_emulator(monkeypatch, **kwargs):
-    em = Emulator(queue_seconds=0.1, **kwargs)
-    url = em.start()
-    monkeypatch.setenv("IMGGENHUB_KAGGLE_API_URL", url)
-    monkeypatch.setenv("KAGGLE_USERNAME", em.username)
-    monkeypatch.setenv("KAGGLE_KEY", em.key)
-    monkeypatch.setenv("IMGGENHUB_POLL_INTERVAL", "0.3")
-    monkeypatch.setenv("IMGGENHUB_POLL_MAX_INTERVAL", "0.5")
-    monkeypatch.setenv("IMGGENHUB_RETRY_MAX_WAIT", "0.3")
-    monkeypatch.setenv("IMGGENHUB_GPU_WAIT", "0.2")
-    monkeypatch.setenv("IMGGENHUB_HTTP_TIMEOUT", "10")
-    return em
-
-
-@pytest.fixture
-def emulator(monkeypatch):
-    """The emulator with its stub runner: the pushed notebook's job is planned and written
-    as tiny PNGs and a manifest in milliseconds (protocol tests)."""
-    em = start_emulator(monkeypatch)
-    yield em
-    em.stop()
-
-
-@pytest.fixture
-def real_emulator(monkeypatch):
-    """The emulator running each pushed notebook in a real Jupyter kernel (end to end)."""
-    em = start_emulator(monkeypatch, runner="notebook")
-    yield em
-    em.stop()
+from .conftest import REPO, kaggle_cli, run_cli_subprocess
 
 
 SPEC = ["--model", "tiny-random", "--seed", "7", "-p", "a lighthouse at dusk", "-p", "a red fox",
@@ -185,10 +153,10 @@ def test_bad_credentials_are_not_retried(emulator, cli, tmp_path, monkeypatch):
 
 
 def test_poll_timeout_exits_3_and_poll_later_picks_it_up(emulator, cli, tmp_path):
-    emulator.queue_seconds = 4
+    emulator.queue_seconds = 2
     code, out, err = cli("deploy", *SPEC, cwd=tmp_path)
     assert code == 0, err
-    code, out, err = cli("poll", "--timeout", "1")
+    code, out, err = cli("poll", "--timeout", "0.5")
     assert code == 3 and "still queued" in err
     code, out, err = cli("poll")
     assert code == 0 and out.strip().endswith("complete")
@@ -212,15 +180,6 @@ def test_download_refuses_escaping_names_and_resumes_after_a_broken_download(emu
     code, out, err = cli("download", "--out", str(tmp_path / "imgs"))
     assert code == 0, err
     assert artifacts.verify(tmp_path / "imgs") == [] and len(shas(tmp_path / "imgs")) == 4
-
-
-def kaggle_cli(args, env, cwd):
-    env = {**env, "KAGGLE_API_ENVIRONMENT": "LOCALHOST"}
-    for var in ("NO_PROXY", "no_proxy", "IMGGENHUB_KAGGLE_API_URL"):
-        env.pop(var, None)
-    exe = Path(sys.executable).with_name("kaggle")
-    return subprocess.run([str(exe), *args], env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
 
 
 def test_the_unmodified_kaggle_cli_pushes_polls_and_downloads(emulator, cli, tmp_path):

@@ -11,7 +11,7 @@ from imggenhub import lifecycle, runs
 from imggenhub.lifecycle import COMMANDS, Exit, RunState, Step, plan
 
 from .conftest import REPO
-from .test_kaggle import SPEC, emulator  # noqa: F401  (the fixture)
+from .test_kaggle import SPEC
 
 
 def test_every_command_is_defined_for_every_state():
@@ -84,7 +84,7 @@ EXPECTED = {
 }
 
 
-def test_every_state_and_command_pair_through_the_cli(emulator, cli, tmp_path):  # noqa: F811
+def test_every_state_and_command_pair_through_the_cli(emulator, cli, tmp_path):
     assert set(EXPECTED) == {s.value for s in RunState}
     code, out, err = cli("deploy", *SPEC, "--json", cwd=tmp_path)
     assert code == 0, err

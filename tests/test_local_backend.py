@@ -29,6 +29,7 @@ def quick_run(tmp_path_factory):
     return work, proc
 
 
+@pytest.mark.slow
 def test_generate_leaves_verified_pngs_and_manifest(quick_run):
     work, proc = quick_run
     assert proc.returncode == 0, proc.stderr
@@ -51,6 +52,7 @@ def test_generate_leaves_verified_pngs_and_manifest(quick_run):
     assert "image 1/" in proc.stderr  # progress shown while it runs
 
 
+@pytest.mark.slow
 def test_the_run_record_is_kept(quick_run):
     work, _ = quick_run
     records = list((work / "state" / "runs").glob("*/run.json"))
@@ -60,6 +62,7 @@ def test_the_run_record_is_kept(quick_run):
     assert set(data["timings"]) >= {"kernel_start", "notebook", "fetch"}
 
 
+@pytest.mark.slow
 def test_same_spec_same_images(quick_run, tmp_path, cli):
     """Rerunning the same spec reproduces every image bit for bit (recorded seeds)."""
     work, _ = quick_run
@@ -72,13 +75,16 @@ def test_same_spec_same_images(quick_run, tmp_path, cli):
     assert [i["sha256"] for i in first] == [i["sha256"] for i in again]
 
 
+@pytest.mark.slow
 def test_adversarial_prompts_run_as_data_and_come_back_exact(tmp_path, cli):
     mark = tmp_path / "PWNED"
     prompts = corpus(str(mark))
     write_json(tmp_path / "prompts.json", prompts)
     code, out, err = cli("generate", "--backend", "local", "--model", "tiny-random", "--seed", "1",
                          "--steps", "1", "--out", str(tmp_path / "out"),
-                         "--negative-prompt", f"'''\n!touch {mark}", cwd=tmp_path)
+                         "--negative-prompt", f"'''\n!touch {mark}",
+                         # the local backend knows nothing of Kaggle: kernel flags do not apply
+                         "--kernel-id", "myslug", "--title", "abc", cwd=tmp_path)
     assert code == 0, err
     assert not mark.exists()
     manifest = artifacts.read_manifest(tmp_path / "out")
@@ -90,6 +96,7 @@ def test_adversarial_prompts_run_as_data_and_come_back_exact(tmp_path, cli):
     assert artifacts.verify(tmp_path / "out") == []
 
 
+@pytest.mark.slow
 def test_a_failing_notebook_names_the_exception_and_keeps_finished_images(tmp_path, cli,
                                                                           monkeypatch):
     monkeypatch.setenv("IMGGENHUB_ENGINE_FAIL_AFTER", "2")
@@ -116,6 +123,7 @@ def test_generate_without_credentials_or_backend_says_how(tmp_path, cli):
     assert not Path(tmp_path / "outputs").exists()
 
 
+@pytest.mark.slow
 def test_the_gallery_shows_every_image_with_its_prompt_escaped(quick_run, tmp_path):
     from imggenhub.artifacts import write_gallery
 

@@ -8,8 +8,7 @@ import json
 import nbformat
 
 from imggenhub import engine
-from imggenhub.backends.kaggle_meta import (METADATA_FILE, KernelOptions, kernel_metadata,
-                                            load_metadata_template)
+from imggenhub.backends.kaggle_meta import METADATA_FILE, KernelOptions, kernel_metadata
 from imggenhub.notebook import CODE_FILE, read_job_document, render_notebook
 from imggenhub.spec import build_job, parse_settings, prompts_from_flags
 
