@@ -76,6 +76,10 @@ class UnsafeOutputError(ImggenhubError):
     """The server listed or served something we refuse (an escaping name, an oversize file)."""
 
 
+class LocalWriteError(ImggenhubError):
+    """This machine could not write what was fetched (a full disk, a read-only folder)."""
+
+
 class RunFailedError(ImggenhubError):
     """The run failed: carries its typed failure record."""
 

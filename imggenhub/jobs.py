@@ -88,6 +88,12 @@ def advance(run: Run, command: str, on_event: backends.OnEvent,
     """Take the steps ``command`` may take until its work is done; raise with the right
     exit code otherwise. One process at a time per run (the others are refused)."""
     impl = backends.get_backend(run.backend)
+    clock = impl.tunables.clock
+    ends = None if timeout is None else clock.monotonic() + timeout
+
+    def left() -> float | None:  # one --timeout for every step of the command
+        return None if ends is None else max(0.0, ends - clock.monotonic())
+
     with runs.working_on(run):
         run = runs.reload(run)
         try:
@@ -97,11 +103,11 @@ def advance(run: Run, command: str, on_event: backends.OnEvent,
                     return _stop(run, p)
                 on_event_step(on_event, run, p.step)
                 if p.step == Step.PUSH:
-                    run = impl.submit(run, on_event, timeout)
+                    run = impl.submit(run, on_event, left())
                 elif p.step == Step.RESOLVE:
                     run = impl.resolve(run, on_event)
                 elif p.step == Step.WAIT:
-                    run = impl.wait(run, on_event, timeout)
+                    run = impl.wait(run, on_event, left())
                 elif p.step in (Step.FETCH, Step.KEEP):
                     run = impl.fetch(run, on_event)
                     if p.step == Step.KEEP:

@@ -266,3 +266,53 @@ def test_the_local_backend_without_its_extra_says_what_to_install(cli, tmp_path,
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "needs the Python package 'imggenhub_no_such_module'" in err and "pip install '.[local]'" in err
     assert not (tmp_path / "outputs").exists() or not any((tmp_path / "outputs").iterdir())
+
+
+def test_a_full_disk_while_downloading_is_said_as_such(emulator, cli, tmp_path):
+    """File writes beyond a limit fail with EFBIG, as a full disk fails with ENOSPC."""
+    import resource
+
+    code, out, err = cli("deploy", *SPEC, "--json", cwd=tmp_path)
+    run_id = json.loads(out)["run_id"]
+    assert cli("poll")[0] == 0
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1500, 1500))
+
+    exe = str(Path(os.sys.executable).with_name("imggenhub"))
+    proc = subprocess.run([exe, "download", run_id], cwd=tmp_path, env=dict(os.environ),
+                          capture_output=True, text=True, preexec_fn=small_files, timeout=60)
+    assert proc.returncode == 1, proc.stderr
+    assert "Could not write the outputs of run" in proc.stderr and "File too large" in proc.stderr
+    assert "Could not reach Kaggle" not in proc.stderr and "Internal error" not in proc.stderr
+    assert cli("download", run_id)[0] == 0  # with room again, nothing was lost
+
+
+def test_a_terminal_gets_a_live_progress_line(emulator, tmp_path):
+    """On a TTY: a live line (state, images k/n, elapsed) instead of a wall of lines."""
+    import pty
+
+    emulator.image_seconds = 0.3
+    leader, follower = pty.openpty()
+    exe = str(Path(os.sys.executable).with_name("imggenhub"))
+    proc = subprocess.Popen([exe, "generate", *SPEC], cwd=tmp_path, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=follower,
+                            env={**os.environ, "TERM": "xterm", "COLUMNS": "120"})
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        seen += chunk
+    out, _ = proc.communicate(timeout=60)
+    os.close(leader)
+    assert proc.returncode == 0
+    text = seen.decode("utf-8", "replace")
+    assert re.search(r"images \d/4 +elapsed \d+s", text) and "\x1b[" in text
+    assert not STAMP.search(text.splitlines()[0])  # no cron-style timestamps on a terminal
+    assert out.decode().startswith("4 images in ")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .. import artifacts, runs
 from ..config import Tunables, tunables
-from ..errors import SpecError, TransferError, UnsafeOutputError
+from ..errors import LocalWriteError, SpecError, TransferError, UnsafeOutputError
 from ..lifecycle import RunState
 from ..runs import Run
 from ..spec import JobSpec
@@ -74,7 +74,13 @@ class Backend:
         with artifacts.folder_lock(out_dir):
             artifacts.check_claim(out_dir, run.run_id, run.job_id)
             artifacts.sweep_partials(out_dir)
-            self.bring(run, out_dir, on_event)
+            try:
+                self.bring(run, out_dir, on_event)
+            except OSError as exc:  # the network's errors were turned into sentences already
+                raise LocalWriteError(f"Could not write the outputs of run {run.run_id} into "
+                                      f"{out_dir} ({exc.strerror or exc}); free space or choose "
+                                      f"another folder, then run 'imggenhub download "
+                                      f"{run.run_id}' again.") from None
             manifest = artifacts.read_manifest(out_dir)
             if manifest is not None and manifest.get("job_id") not in (None, run.job_id):
                 raise UnsafeOutputError(f"The outputs of run {run.run_id} are another job's "
