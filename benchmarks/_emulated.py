@@ -4,23 +4,43 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.kaggle_emulator import Emulator  # noqa: E402
+from tests.kaggle_emulator import Emulator, _cells, _source  # noqa: E402
 
 
-def start_emulator() -> Emulator:
-    """An emulator, and this process's environment pointed at it (state in a temp dir)."""
-    em = Emulator(queue_seconds=0.1)
+class InProcessEmulator(Emulator):
+    """The emulator, but a pushed notebook without a job cell has its code cells run in this
+    process (no Jupyter kernel), with ``WORK`` set to the version's working folder (the
+    notebook's /kaggle/working). For benchmarks whose notebook only writes files: what is
+    measured is what happens after the run, not how its files were made."""
+
+    def _run_notebook(self, version, folder, stream) -> None:
+        version.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            for cell in _cells(version.text):
+                if cell.get("cell_type") == "code":
+                    exec(compile(_source(cell), "<notebook cell>", "exec"),
+                         {"__name__": "__main__", "WORK": str(version.workdir)})
+        except Exception as exc:
+            stream("stderr", f"{type(exc).__name__}: {exc}\n")
+            self._finish(version, "ERROR", f"{type(exc).__name__}: {exc}")
+            return
+        self._finish(version, "COMPLETE")
+
+
+def start_emulator(tmp: Path, runner: str = "stub", in_process: bool = False) -> Emulator:
+    """An emulator, and this process's environment pointed at it, with imggenhub's state in
+    ``tmp``/state (never the user's). ``runner``: "stub" (tiny PNGs in milliseconds) or
+    "notebook" (the pushed notebook in a real Jupyter kernel, real images)."""
+    em = (InProcessEmulator if in_process else Emulator)(queue_seconds=0.1, runner=runner)
     url = em.start()
     os.environ.update(IMGGENHUB_KAGGLE_API_URL=url, KAGGLE_USERNAME=em.username,
-                      KAGGLE_KEY=em.key, HF_HUB_OFFLINE="1",
-                      IMGGENHUB_HOME=tempfile.mkdtemp(prefix="imggenhub-bench-"))
-    for var in ("KAGGLE_API_TOKEN", "NO_PROXY", "no_proxy"):
+                      KAGGLE_KEY=em.key, HF_HUB_OFFLINE="1", IMGGENHUB_HOME=str(tmp / "state"))
+    for var in ("KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR", "NO_PROXY", "no_proxy"):
         os.environ.pop(var, None)
     return em
 

@@ -1,6 +1,6 @@
 """How fast `imggenhub --help` starts, next to a bare Python start-up, in one run.
 
-    .venv/bin/python benchmarks/cli_startup.py [--runs N]
+    .venv/bin/python benchmarks/cli_startup.py [--runs N] [--quick]
 """
 
 from __future__ import annotations
@@ -25,7 +25,10 @@ def timed(cmd: list[str], runs: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="one run each: a check that it runs")
     args = parser.parse_args()
+    if args.quick:
+        args.runs = 1
     exe = str(Path(sys.executable).with_name("imggenhub"))
     bare = timed([sys.executable, "-c", "pass"], args.runs)
     helped = timed([exe, "--help"], args.runs)

@@ -1,0 +1,52 @@
+"""Every benchmark runs in its quick mode (tiny sizes, figures meaningless) as a user runs
+it, so that none can rot unnoticed: exit 0 and its ratio line printed. Only local_e2e runs
+a real notebook (one image)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# script -> what it must print (each in a line of its own)
+BENCHMARKS = {
+    "cli_startup.py": ["imggenhub --help", "ratio --help / bare python: "],
+    "local_e2e.py": ["kernel start", "collection + verification", "; generation share "],
+    "engine_reuse.py": ["naive (load per prompt):", "engine (load once):", "ratio naive/engine: "],
+    "kaggle_overhead.py": ["imggenhub generate:", "original pattern:",
+                           "overhead ratio original/imggenhub: "],
+    "kaggle_download.py": ["per-file latency   0 ms:", "per-file latency  50 ms:",
+                           "  ratio kaggle/imggenhub: "],
+}
+
+
+def bench_env(tmp_path: Path) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("KAGGLE_", "IMGGENHUB_")) and k not in ("NO_PROXY", "no_proxy")}
+    env.update(HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", HOME=str(tmp_path),
+               IMGGENHUB_HOME=str(tmp_path / "state"), TMPDIR=str(tmp_path),
+               TOKENIZERS_PARALLELISM="false")
+    return env
+
+
+SLOW = {"local_e2e.py", "engine_reuse.py"}  # these build the tiny diffusers pipeline
+
+
+@pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW else s
+                                    for s in BENCHMARKS])
+def test_benchmark_runs_quick(script, tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--quick"],
+                          cwd=REPO, env=bench_env(tmp_path), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    lines = proc.stdout.splitlines()
+    for text in BENCHMARKS[script]:
+        assert any(text in line for line in lines), \
+            f"{script} printed no line with {text!r}:\n{proc.stdout}"
+    ratio = next(line for line in lines if BENCHMARKS[script][-1] in line)  # a figure follows
+    assert ratio.rstrip().endswith(("x", "%")), ratio
