@@ -5,4 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh local,test
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-exec .venv/bin/python -m pytest "$@"
+# Two workers: most tests wait on subprocesses, kernels and the emulator, not the CPU.
+exec .venv/bin/python -m pytest -n 2 "$@"

@@ -141,7 +141,7 @@ def test_sigkill_at_random_points_then_resume_loses_nothing(emulator, tmp_path):
             proc = imggenhub(command, name, cwd=tmp_path)
         else:
             proc = imggenhub(command, *spec, cwd=tmp_path)
-        time.sleep(rng.uniform(0.3, 1.6))  # python start-up is ~0.4 s; the work follows
+        time.sleep(rng.uniform(0.2, 1.0))  # python start-up is ~0.3 s; the work follows
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
         again = imggenhub("generate", *spec, "--json", cwd=tmp_path) if command != "poll" \
