@@ -352,9 +352,12 @@ def main(argv: list[str] | None = None) -> None:
     """The one error boundary: one sentence and an exit code, never a traceback."""
     from .config import debug
 
-    _STATE.update(json=False, reporter=None)
+    args = sys.argv[1:] if argv is None else list(argv)
+    # known before any parsing, so that bad input gets its JSON answer too
+    _STATE.update(json="--json" in args[: args.index("--")] if "--" in args else "--json" in args,
+                  reporter=None)
     try:
-        code = app(args=argv, prog_name="imggenhub", standalone_mode=False)
+        code = app(args=args, prog_name="imggenhub", standalone_mode=False)
     except _CLICK_ERRORS as exc:  # usage errors: one line, like every other error
         message = exc.format_message()
         code = _fail(message, exc.exit_code) if message else 0  # bare 'imggenhub' shows the help

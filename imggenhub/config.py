@@ -74,6 +74,8 @@ _TUNABLES = [
     ("unlisted_cap", "IMGGENHUB_UNLISTED_CAP", 64 * MiB,
      "the largest output file not in the manifest that is downloaded (bytes)"),
     ("max_pages", "IMGGENHUB_MAX_PAGES", 200, "the most pages of the output listing followed"),
+    ("push_grace", "IMGGENHUB_PUSH_GRACE", 5.0,
+     "how long after a killed push resume still looks for it on Kaggle before pushing again (s)"),
 ]
 
 
@@ -90,6 +92,7 @@ class Tunables:
     file_deadline: float = 600.0
     unlisted_cap: int = 64 * MiB
     max_pages: int = 200
+    push_grace: float = 5.0
     api_url: str | None = None
     clock: Clock = field(default_factory=Clock, compare=False)
 
@@ -119,3 +122,17 @@ def tunables_markdown() -> str:
     rows += [f"| `{var}` | {default:g} | {meaning} |" if isinstance(default, float) else
              f"| `{var}` | {default} | {meaning} |" for _, var, default, meaning in _TUNABLES]
     return "\n".join(rows)
+
+
+class Deadline:
+    """The command's time budget (None: no limit), on the tunables' clock."""
+
+    def __init__(self, tunables: "Tunables", seconds: float | None):
+        self.clock = tunables.clock
+        self.at = None if seconds is None else tunables.clock.monotonic() + seconds
+
+    def left(self) -> float | None:
+        return None if self.at is None else self.at - self.clock.monotonic()
+
+    def passed(self, after: float = 0.0) -> bool:
+        return self.at is not None and self.clock.monotonic() + after >= self.at

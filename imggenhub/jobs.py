@@ -28,7 +28,8 @@ def _is_active(run_id: str | None) -> bool:
 
 
 def start(job: JobSpec, backend: str, out_dir: Path | None, options, on_event: backends.OnEvent,
-          timeout_hours: float | None = None, name: str | None = None) -> Run:
+          timeout_hours: float | None = None, name: str | None = None,
+          timeout: float | None = None) -> Run:
     """Everything that can be checked before a push, then a new run record (rendered)."""
     if name is not None and not runs.NAME.match(name):
         raise SpecError(f"--name '{name[:60]}' must be 1 to 64 letters, digits, '.', '_' or '-'.")
@@ -39,15 +40,19 @@ def start(job: JobSpec, backend: str, out_dir: Path | None, options, on_event: b
               out_dir=str(out.resolve()), name=name,
               session_timeout_seconds=int(timeout_hours * 3600) if timeout_hours else None)
     try:
-        write_notebook(run.notebook_dir, job, run_id)
+        try:
+            write_notebook(run.notebook_dir, job, run_id)
+        except OSError as exc:
+            raise runs.state_error(exc) from None
+        impl.bound(timeout)
         impl.prepare(job, run, options, on_event)
+        runs.save(run)  # before the claim: a run holding a folder is always a known run
         artifacts.prepare_destination(out, run_id, job.job_id, _is_active)
     except BaseException:
         import shutil
 
         shutil.rmtree(run.folder, ignore_errors=True)  # no record of a run that never was
         raise
-    runs.save(run)
     on_event(f"run {run_id}: {job.image_count} images with {job.model['id']} on the {backend} backend")
     return run
 
@@ -67,7 +72,7 @@ def failure_error(run: Run) -> RunFailedError:
             else f"Run {run.run_id} failed: {why}"
     if run.images_fetched:
         message += f"; the {run.images_fetched} images finished before it are in {run.out_dir}"
-    return RunFailedError(message + ".", failure, run.run_id)
+    return RunFailedError(message.rstrip(".") + ".", failure, run.run_id)
 
 
 def _interrupted(run: Run) -> Interrupted:
@@ -84,7 +89,7 @@ def _interrupted(run: Run) -> Interrupted:
 
 
 def advance(run: Run, command: str, on_event: backends.OnEvent,
-            timeout: float | None = None) -> Run:
+            timeout: float | None = None, out_dir: Path | None = None) -> Run:
     """Take the steps ``command`` may take until its work is done; raise with the right
     exit code otherwise. One process at a time per run (the others are refused)."""
     impl = backends.get_backend(run.backend)
@@ -97,23 +102,43 @@ def advance(run: Run, command: str, on_event: backends.OnEvent,
     with runs.working_on(run):
         run = runs.reload(run)
         try:
+            if out_dir is not None:
+                run = _move_output(run, command, Path(out_dir))
             while True:
                 p = plan(command, run.state)
                 if p.step is None:
                     return _stop(run, p)
                 on_event_step(on_event, run, p.step)
+                impl.bound(left())
                 if p.step == Step.PUSH:
-                    run = impl.submit(run, on_event, left())
+                    run = impl.submit(run, on_event)
                 elif p.step == Step.RESOLVE:
                     run = impl.resolve(run, on_event)
                 elif p.step == Step.WAIT:
-                    run = impl.wait(run, on_event, left())
+                    run = impl.wait(run, on_event)
                 elif p.step in (Step.FETCH, Step.KEEP):
                     run = impl.fetch(run, on_event)
                     if p.step == Step.KEEP:
                         raise failure_error(run)
         except KeyboardInterrupt:
             raise _interrupted(runs.reload(run)) from None
+        except ImggenhubError as exc:
+            if getattr(exc, "run_id", None) is None:
+                exc.run_id = run.run_id  # --json names the run every error is about
+            raise
+
+
+def _move_output(run: Run, command: str, out: Path) -> Run:
+    """--out on download: a new home for the images, checked and claimed, under the lock."""
+    if str(out.resolve()) == run.out_dir:
+        return run
+    if plan(command, run.state).step not in (Step.FETCH, Step.KEEP):
+        raise SpecError(f"Run {run.run_id} is {run.state.value}; --out applies only to a run whose "
+                        f"images are still to be downloaded (they are in {run.out_dir}).")
+    artifacts.prepare_destination(out, run.run_id, run.job_id,
+                                  lambda other: other != run.run_id and _is_active(other))
+    run.out_dir = str(out.resolve())
+    return runs.save(run)
 
 
 def on_event_step(on_event, run: Run, step: Step) -> None:
@@ -140,17 +165,26 @@ def generate(job: JobSpec, backend: str, out_dir: Path | None, options, on_event
         return _generate(job, backend, out_dir, options, on_event, timeout_hours, timeout, name)
 
 
+def _named(name: str | None, job: JobSpec, backend: str) -> Run | None:
+    """The run a --name stands for, if it is this job's. A named run that is still going
+    with another job is refused: the line would lose track of it."""
+    existing = runs.find_named(name) if name is not None else None
+    if existing is None or existing.backend != backend:
+        return None
+    if existing.job_id != job.job_id:
+        if not existing.state.terminal:
+            raise SpecError(f"The run named '{name}' ({existing.run_id}) is {existing.state.value} "
+                            "with another job; let it finish, or choose another --name.")
+        return None
+    return existing
+
+
 def _generate(job, backend, out_dir, options, on_event, timeout_hours, timeout, name) -> Run:
-    if name is not None:
-        existing = runs.find_named(name)
-        if existing is not None and existing.job_id == job.job_id and existing.backend == backend:
-            if existing.state == RunState.DOWNLOADED:
-                on_event(f"run {existing.run_id} ('{name}') is already downloaded")
-                return existing
-            if not existing.state.failed:
-                on_event(f"picking up run {existing.run_id} ('{name}') at {existing.state.value}")
-                return advance(existing, "generate", on_event, timeout)
-    run = start(job, backend, out_dir, options, on_event, timeout_hours, name)
+    existing = _named(name, job, backend)
+    if existing is not None:  # a failed one reports its failure: a cron line never re-pushes it
+        on_event(f"picking up run {existing.run_id} ('{name}') at {existing.state.value}")
+        return advance(existing, "generate", on_event, timeout)
+    run = start(job, backend, out_dir, options, on_event, timeout_hours, name, timeout)
     return advance(run, "generate", on_event, timeout)
 
 
@@ -158,26 +192,18 @@ def deploy(job: JobSpec, out_dir: Path | None, options, on_event,
            timeout_hours: float | None = None, timeout: float | None = None,
            name: str | None = None) -> Run:
     with runs.named(name):
-        if name is not None:
-            existing = runs.find_named(name)
-            if existing is not None and existing.job_id == job.job_id and not existing.state.failed:
-                on_event(f"run {existing.run_id} ('{name}') exists at {existing.state.value}")
-                return advance(existing, "deploy", on_event, timeout)
-        run = start(job, "kaggle", out_dir, options, on_event, timeout_hours, name)
+        existing = _named(name, job, "kaggle")
+        if existing is not None:
+            on_event(f"run {existing.run_id} ('{name}') exists at {existing.state.value}")
+            return advance(existing, "deploy", on_event, timeout)
+        run = start(job, "kaggle", out_dir, options, on_event, timeout_hours, name, timeout)
         return advance(run, "deploy", on_event, timeout)
 
 
 def command_on(run_id: str | None, command: str, on_event, timeout: float | None = None,
                out_dir: Path | None = None) -> Run:
     """poll, download or resume a recorded run."""
-    run = runs.load(run_id)
-    if out_dir is not None:
-        out = Path(out_dir)
-        artifacts.prepare_destination(out, run.run_id, run.job_id, lambda other: other != run.run_id
-                                      and _is_active(other))
-        run.out_dir = str(out.resolve())
-        runs.save(run)
-    return advance(run, command, on_event, timeout)
+    return advance(runs.load(run_id), command, on_event, timeout, out_dir)
 
 
 def status(run_id: str | None, on_event) -> Run:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import email.utils
 import random
+import re
 import time
 from collections.abc import Callable
 
@@ -20,25 +21,11 @@ import requests
 from requests.adapters import HTTPAdapter
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
 
-from .config import Tunables
+from .config import Deadline, Tunables
 from .credentials import HOW_TO, Credentials, find_credentials
 from .errors import CredentialsError, KaggleApiError, TransferError, Unreachable
 
 MAX_ATTEMPTS = 10
-
-
-class Deadline:
-    """The command's time budget (None: no limit), on the tunables' clock."""
-
-    def __init__(self, tunables: Tunables, seconds: float | None):
-        self.clock = tunables.clock
-        self.at = None if seconds is None else tunables.clock.monotonic() + seconds
-
-    def left(self) -> float | None:
-        return None if self.at is None else self.at - self.clock.monotonic()
-
-    def passed(self, after: float = 0.0) -> bool:
-        return self.at is not None and self.clock.monotonic() + after >= self.at
 
 
 class _TimeoutAdapter(HTTPAdapter):
@@ -145,7 +132,8 @@ _SENTENCES = {
 def explain(exc: BaseException, what: str) -> Exception:
     """One sentence for a network or HTTP error that failed for good."""
     status = status_of(exc)
-    detail = str(exc).split("\n")[0][:200]
+    # never a signed URL's query (its signature) in a message
+    detail = re.sub(r"(https?://[^\s?]+)\?\S*", r"\1", str(exc).split("\n")[0])[:200]
     if isinstance(exc, (requests.exceptions.ChunkedEncodingError, TruncatedDownload)):
         return TransferError(f"The transfer kept breaking off while {what} ({detail}); run the same "
                              "command again: files already downloaded and verified are kept.")

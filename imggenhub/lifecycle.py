@@ -181,7 +181,7 @@ def table_markdown() -> str:
                 cells.append("wait: 0, 1, 3 or 5")
             else:
                 cells.append(f"{p.step.value}, go on")
-        rows.append(f"| `{state.value}` | " + " | ".join(cells) + " | show, exit 0 |")
+        rows.append(f"| `{state.value}` | " + " | ".join(cells) + " | show, exit 0 (5: unreachable) |")
     return "\n".join(rows)
 
 

@@ -45,7 +45,8 @@ class LiveReporter:
         self.console = Console(stderr=True)
         self.started = time.monotonic()
         self.state, self.done, self.total = "starting", 0, 0
-        self.live = Live(self._render(), console=self.console, refresh_per_second=4, transient=True)
+        self.live = Live(console=self.console, refresh_per_second=4, transient=True,
+                         get_renderable=self._render)  # elapsed and ETA tick between events
         self.live.start()
 
     def _render(self):
@@ -63,11 +64,11 @@ class LiveReporter:
         if m:
             self.done, self.total = int(m.group(1)), int(m.group(2))
             self.state = "running"
+            return  # the live line shows it: no wall of image lines
         s = STATE.match(message)
         if s:
             self.state = s.group(1)
         self.console.print(f"  {message}", markup=False, highlight=False)
-        self.live.update(self._render())
 
     def say(self, message: str) -> None:
         self.console.print(message, markup=False, highlight=False)

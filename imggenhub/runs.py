@@ -21,7 +21,7 @@ from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import state_dir
-from .errors import NothingYet, RunNotFoundError
+from .errors import NothingYet, RunNotFoundError, SpecError
 from .lifecycle import RunState, allowed
 
 RUN_FILE = "run.json"
@@ -97,7 +97,12 @@ def new_run_id(job_id: str) -> str:
 
 
 def _write_lock(run_id: str) -> FileLock:
-    return FileLock(str(runs_dir() / f".{run_id}.write.lock"), timeout=30)
+    return FileLock(str(runs_dir() / run_id / ".write.lock"), timeout=30)
+
+
+def state_error(exc: OSError) -> SpecError:
+    return SpecError(f"The state folder {state_dir()} could not be written ({exc.strerror or exc}); "
+                     "free space there or set IMGGENHUB_HOME to a writable folder.")
 
 
 class TransitionError(RuntimeError):
@@ -116,8 +121,12 @@ def save(run: Run, previous: RunState | None = None) -> Run:
                                       "is not in the lifecycle table")
         run.updated = time.time()
         tmp = path.with_name(f".{RUN_FILE}.{os.getpid()}.tmp")
-        tmp.write_text(run.model_dump_json(indent=2), encoding="utf-8")
-        os.replace(tmp, path)
+        try:
+            tmp.write_text(run.model_dump_json(indent=2), encoding="utf-8")
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise state_error(exc) from None
     return run
 
 
@@ -161,22 +170,8 @@ def find_named(name: str) -> Run | None:
 
 
 @contextmanager
-def working_on(run: Run, wait: float = 0.0):
-    """Hold the run's work lock: one process advances a run at a time; another is refused."""
-    lock = FileLock(str(runs_dir() / f".{run.run_id}.work.lock"))
-    try:
-        lock.acquire(timeout=wait)
-    except Timeout:
-        raise NothingYet(f"Run {run.run_id} is being worked on by another imggenhub process; "
-                         "nothing to do here (that process goes on).") from None
-    try:
-        yield
-    finally:
-        lock.release()
-
-
-@contextmanager
 def _held(key: str, wait: float, busy: str):
+    """A file lock on this machine: wait at most ``wait`` seconds, else say ``busy``."""
     folder = state_dir() / "locks"
     folder.mkdir(exist_ok=True)
     lock = FileLock(str(folder / (key.replace("/", "--") + ".lock")))
@@ -188,6 +183,12 @@ def _held(key: str, wait: float, busy: str):
         yield
     finally:
         lock.release()
+
+
+def working_on(run: Run, wait: float = 0.0):
+    """One process advances a run at a time; another is refused with a sentence."""
+    return _held("run-" + run.run_id, wait, f"Run {run.run_id} is being worked on by another "
+                 "imggenhub process; nothing to do here (that process goes on).")
 
 
 def pushing_to(kernel_ref: str, wait: float):

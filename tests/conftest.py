@@ -88,6 +88,7 @@ def start_emulator(monkeypatch, **kwargs):
     monkeypatch.setenv("IMGGENHUB_RETRY_MAX_WAIT", "0.3")
     monkeypatch.setenv("IMGGENHUB_GPU_WAIT", "0.2")
     monkeypatch.setenv("IMGGENHUB_HTTP_TIMEOUT", "10")
+    monkeypatch.setenv("IMGGENHUB_PUSH_GRACE", "0.3")
     return em
 
 

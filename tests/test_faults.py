@@ -144,8 +144,11 @@ def test_sigkill_at_random_points_then_resume_loses_nothing(emulator, tmp_path):
         time.sleep(rng.uniform(0.2, 1.0))  # python start-up is ~0.3 s; the work follows
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
-        again = imggenhub("generate", *spec, "--json", cwd=tmp_path) if command != "poll" \
-            else imggenhub("resume", name, "--json", cwd=tmp_path)
+        # then resume, as the issue asks; where the kill came before any record was
+        # written, the same command line again (cron's way)
+        known = any(r.name == name for r in runs.all_runs())
+        again = imggenhub("resume", name, "--json", cwd=tmp_path) if known \
+            else imggenhub("generate", *spec, "--json", cwd=tmp_path)
         out, err = again.communicate(timeout=120)
         assert again.returncode == 0, (trial, command, err)
     emulator.wait_idle()

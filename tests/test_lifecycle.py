@@ -10,6 +10,11 @@ import pytest
 from imggenhub import lifecycle, runs
 from imggenhub.lifecycle import COMMANDS, Exit, RunState, Step, plan
 
+from imggenhub.backends.kaggle import KaggleBackend
+from imggenhub.backends.kaggle_meta import METADATA_FILE
+from imggenhub.notebook import write_notebook
+from imggenhub.spec import build_job, parse_settings, prompts_from_flags
+
 from .conftest import REPO
 from .test_kaggle import SPEC
 
@@ -70,18 +75,21 @@ def test_the_readme_shows_the_generated_tables():
 # What each command must answer for a run recorded in each state; the emulator's kernel
 # version 1 is COMPLETE, so a wait ends complete. (Written out, not derived from the table.)
 EXPECTED = {
-    "rendered": {"poll": 6, "download": 6, "resume": 0},
-    "pushing": {"poll": 6, "download": 6, "resume": 0},
-    "push-unknown": {"poll": 6, "download": 6, "resume": 0},
-    "push-failed": {"poll": 1, "download": 1, "resume": 1},
-    "pushed": {"poll": 0, "download": 6, "resume": 0},
-    "queued": {"poll": 0, "download": 6, "resume": 0},
-    "running": {"poll": 0, "download": 6, "resume": 0},
-    "complete": {"poll": 0, "download": 0, "resume": 0},
-    "error": {"poll": 1, "download": 1, "resume": 1},
-    "cancelled": {"poll": 1, "download": 1, "resume": 1},
-    "downloaded": {"poll": 0, "download": 0, "resume": 0},
+    "rendered": {"poll": 6, "download": 6, "resume": 0, "generate": 0, "deploy": 0},
+    "pushing": {"poll": 6, "download": 6, "resume": 0, "generate": 0, "deploy": 0},
+    "push-unknown": {"poll": 6, "download": 6, "resume": 0, "generate": 0, "deploy": 0},
+    "push-failed": {"poll": 1, "download": 1, "resume": 1, "generate": 1, "deploy": 1},
+    "pushed": {"poll": 0, "download": 6, "resume": 0, "generate": 0, "deploy": 0},
+    "queued": {"poll": 0, "download": 6, "resume": 0, "generate": 0, "deploy": 0},
+    "running": {"poll": 0, "download": 6, "resume": 0, "generate": 0, "deploy": 0},
+    "complete": {"poll": 0, "download": 0, "resume": 0, "generate": 0, "deploy": 0},
+    "error": {"poll": 1, "download": 1, "resume": 1, "generate": 1, "deploy": 1},
+    "cancelled": {"poll": 1, "download": 1, "resume": 1, "generate": 1, "deploy": 1},
+    "downloaded": {"poll": 0, "download": 0, "resume": 0, "generate": 0, "deploy": 0},
 }
+
+
+AFTER_PUSH = {"pushed", "queued", "running", "complete", "error", "cancelled", "downloaded"}
 
 
 def test_every_state_and_command_pair_through_the_cli(emulator, cli, tmp_path):
@@ -92,21 +100,35 @@ def test_every_state_and_command_pair_through_the_cli(emulator, cli, tmp_path):
     assert cli("resume", base.run_id)[0] == 0  # v1 complete and downloaded
     emulator.wait_idle()
     template = base.model_dump()
+    job = build_job(parse_settings(model="tiny-random", seed=7, num_images=2),
+                    prompts_from_flags(["a lighthouse at dusk", "a red fox"]))
+    assert job.job_id == base.job_id
     for state, answers in EXPECTED.items():
         for command, expected in answers.items():
             run_id = f"t-{state}-{command}"
             record = runs.Run.model_validate({
-                **template, "run_id": run_id, "state": state, "out_dir": str(tmp_path / run_id),
+                **template, "run_id": run_id, "name": run_id, "state": state,
+                "out_dir": str(tmp_path / run_id),
                 "images_fetched": 0, "failure": {"kind": "kernel", "ename": "KernelError",
                                                  "evalue": "it broke"} if state in (
                     "error", "cancelled", "push-failed") else None})
             runs.runs_dir().joinpath(run_id).mkdir()
-            # the notebook a push would send, as start() leaves it
-            (record.notebook_dir).mkdir(parents=True)
-            for f in base.notebook_dir.iterdir():
-                (record.notebook_dir / f.name).write_bytes(f.read_bytes())
-            runs.save(record)
-            args = [command, run_id] + (["--timeout", "20"] if command != "download" else [])
+            # the notebook a push would send, as start() leaves it (carrying this run's id)
+            write_notebook(record.notebook_dir, job, run_id)
+            (record.notebook_dir / METADATA_FILE).write_bytes(
+                (base.notebook_dir / METADATA_FILE).read_bytes())
+            if state in AFTER_PUSH:  # a version of its own on the emulator, then the state
+                record.state = RunState.RENDERED
+                runs.save(record)
+                record = KaggleBackend().submit(record, lambda m: None)
+                emulator.wait_idle()
+                record.state = RunState(state)
+                (record.folder / runs.RUN_FILE).write_text(record.model_dump_json())
+            else:
+                runs.save(record)
+            # generate and deploy find the run by its name (the same job: the same spec)
+            target = [*SPEC, "--name", run_id] if command in ("generate", "deploy") else [run_id]
+            args = [command, *target] + (["--timeout", "20"] if command != "download" else [])
             code, out, err = cli(*args)
             assert code == expected, (state, command, code, err)
             assert "Traceback" not in err and "Internal error" not in err, (state, command, err)
@@ -115,5 +137,5 @@ def test_every_state_and_command_pair_through_the_cli(emulator, cli, tmp_path):
             code, out, err = cli("status", run_id, "--json")
             assert code == 0 and json.loads(out)["run_id"] == run_id
     code, out, err = cli("runs", "--json")
-    assert code == 0 and len(json.loads(out)) == 1 + 3 * len(EXPECTED)
+    assert code == 0 and len(json.loads(out)) == 1 + 5 * len(EXPECTED)
     emulator.wait_idle()

@@ -90,7 +90,7 @@ def test_download_before_the_end_is_exit_6_and_a_cancelled_run_is_exit_1(emulato
     code, out, err = cli("download", "--json")
     assert code == 6 and "is pushed, so there is nothing to download yet" in err
     assert json.loads(out) == {"ok": False, "exit_code": 6, "error": err.strip()[len("Error: "):],
-                               "run_id": None}
+                               "run_id": run_id}
     version = emulator.versions("imggenhub/imggenhub-batch")[0]
     deadline = time.monotonic() + 20
     while "image 1/" not in "".join(e["data"] for e in list(version.log)):
@@ -316,3 +316,84 @@ def test_a_terminal_gets_a_live_progress_line(emulator, tmp_path):
     assert re.search(r"images \d/4 +elapsed \d+s", text) and "\x1b[" in text
     assert not STAMP.search(text.splitlines()[0])  # no cron-style timestamps on a terminal
     assert out.decode().startswith("4 images in ")
+
+
+def test_review_fixes_for_names_out_credentials_and_json(emulator, cli, tmp_path, monkeypatch):
+    # --json answers bad input too, before any command runs
+    code, out, err = cli("generate", "--json", "-p", "x", "--steps", "0", cwd=tmp_path)
+    assert code == 2 and json.loads(out)["exit_code"] == 2
+    # a 401 on push made nothing: the run can be resumed once the key is right
+    monkeypatch.setenv("KAGGLE_KEY", "wrong")
+    code, out, err = cli("generate", *SPEC, "--name", "n1")
+    assert code == 4 and runs.load("n1").state.value == "rendered"
+    monkeypatch.setenv("KAGGLE_KEY", emulator.key)
+    code, out, err = cli("resume", "n1")
+    assert code == 0, err
+    # --out on a run already downloaded is refused rather than pointing at an empty folder
+    code, out, err = cli("download", "n1", "--out", str(tmp_path / "elsewhere"))
+    assert code == 2 and "already" not in out and "--out applies only" in err
+    assert runs.load("n1").out_dir != str(tmp_path / "elsewhere")
+    # a failed named run is reported, never pushed again by the same line
+    emulator.faults.set(fail_notebook=True)
+    spec = ["--model", "tiny-random", "--seed", "5", "-p", "fails", "--num-images", "2", "--name", "n2"]
+    assert cli("generate", *spec)[0] == 1
+    before = pushes(emulator)
+    code, out, err = cli("generate", *spec)
+    assert code == 1 and pushes(emulator) == before and "Kaggle reports error" in err
+    emulator.faults.set(fail_notebook=False)
+    # a named run still going with another job: refused, nothing pushed
+    emulator.queue_seconds = 5
+    assert cli("deploy", "--model", "tiny-random", "--seed", "1", "-p", "a", "--name", "n3")[0] == 0
+    code, out, err = cli("generate", "--model", "tiny-random", "--seed", "1", "-p", "b",
+                         "--name", "n3")
+    assert code == 2 and "with another job" in err
+
+
+def test_a_manifest_of_another_run_never_lands(emulator, cli, tmp_path):
+    run_id = json.loads(cli("deploy", *SPEC, "--json", cwd=tmp_path)[1])["run_id"]
+    assert cli("poll")[0] == 0
+    emulator.faults.set(manifest_body=json.dumps({"job_id": "someoneelse", "images": []}))
+    code, out, err = cli("download")
+    assert code == 1 and "belongs to another run" in err
+    out_dir = Path(runs.load(run_id).out_dir)
+    assert not (out_dir / "manifest.json").exists() and not list(out_dir.glob("*.png"))
+    emulator.faults.set(manifest_body=None)
+    assert cli("download")[0] == 0 and artifacts.verify(out_dir) == []
+
+
+def test_every_step_is_bounded_by_the_timeout_when_kaggle_is_down(emulator, cli, tmp_path,
+                                                                  monkeypatch):
+    emulator.faults.set(drop=1, only=["SaveKernel"])
+    assert cli("deploy", *SPEC, "--name", "down", cwd=tmp_path)[0] == 5  # push-unknown
+    emulator.stop()
+    monkeypatch.setenv("IMGGENHUB_RETRY_MAX_WAIT", "1")
+    t0 = time.monotonic()
+    code, out, err = cli("resume", "down", "--timeout", "1.5")
+    assert code == 5 and time.monotonic() - t0 < 6, err
+
+
+def test_no_signed_url_reaches_a_message():
+    import requests
+
+    response = requests.Response()
+    response.status_code = 500
+    exc = requests.HTTPError("500 Server Error for url: http://h/files/tok?Expires=1&Signature=s3cr3t",
+                             response=response)
+    message = str(kaggle_api.explain(exc, "downloading a.png"))
+    assert "s3cr3t" not in message and "Signature" not in message and "http://h/files/tok" in message
+
+
+def test_a_full_state_folder_is_one_sentence(tmp_path):
+    import resource
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1000, 1000))
+
+    exe = str(Path(os.sys.executable).with_name("imggenhub"))
+    proc = subprocess.run([exe, "generate", "--backend", "local", "-p", "x", "--model",
+                           "tiny-random"], cwd=tmp_path, env=dict(os.environ), capture_output=True,
+                          text=True, preexec_fn=small_files, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "The state folder" in proc.stderr and "could not be written" in proc.stderr
+    assert "Internal error" not in proc.stderr

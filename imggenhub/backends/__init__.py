@@ -10,7 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .. import artifacts, runs
-from ..config import Tunables, tunables
+from ..config import Deadline, Tunables, tunables, writable_folder
 from ..errors import LocalWriteError, SpecError, TransferError, UnsafeOutputError
 from ..lifecycle import RunState
 from ..runs import Run
@@ -26,6 +26,11 @@ class Backend:
 
     def __init__(self, settings: Tunables | None = None):
         self.tunables = settings or tunables()
+        self.deadline = Deadline(self.tunables, None)
+
+    def bound(self, seconds: float | None) -> None:
+        """The time the next step may take, retries and lock waits included (None: no limit)."""
+        self.deadline = Deadline(self.tunables, seconds)
 
     # --- what a backend implements ---------------------------------------------------
 
@@ -33,7 +38,7 @@ class Backend:
         """Write what the submission needs beside the notebook in ``run.notebook_dir``,
         checking it before anything is sent. ``options`` are the backend's own flags."""
 
-    def submit(self, run: Run, on_event: OnEvent, timeout: float | None = None) -> Run:
+    def submit(self, run: Run, on_event: OnEvent) -> Run:
         """Start the run (rendered -> ...)."""
         raise NotImplementedError
 
@@ -41,8 +46,8 @@ class Backend:
         """A push was interrupted (pushing, push-unknown): find out whether it landed."""
         raise NotImplementedError
 
-    def wait(self, run: Run, on_event: OnEvent, timeout: float | None = None) -> Run:
-        """Follow the run to a terminal state (or the timeout); return it updated."""
+    def wait(self, run: Run, on_event: OnEvent) -> Run:
+        """Follow the run to a terminal state (or the deadline); return it updated."""
         raise NotImplementedError
 
     def refresh(self, run: Run, on_event: OnEvent) -> Run:
@@ -64,13 +69,10 @@ class Backend:
         complete run becomes downloaded."""
         t0 = time.monotonic()
         out_dir = Path(run.out_dir)
-        if out_dir.exists() and not out_dir.is_dir():
-            raise SpecError(f"The output folder {out_dir} is a file; download with --out DIR.")
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise SpecError(f"The output folder {out_dir} cannot be made ({exc.strerror}); "
-                            "download with --out DIR.") from None
+        problem = "it is a file" if out_dir.is_file() else writable_folder(out_dir)
+        if problem:
+            raise SpecError(f"The output folder {out_dir} cannot be used ({problem}); download "
+                            "with --out DIR.")
         with artifacts.folder_lock(out_dir):
             artifacts.check_claim(out_dir, run.run_id, run.job_id)
             artifacts.sweep_partials(out_dir)
@@ -82,9 +84,6 @@ class Backend:
                                       f"another folder, then run 'imggenhub download "
                                       f"{run.run_id}' again.") from None
             manifest = artifacts.read_manifest(out_dir)
-            if manifest is not None and manifest.get("job_id") not in (None, run.job_id):
-                raise UnsafeOutputError(f"The outputs of run {run.run_id} are another job's "
-                                        f"({manifest.get('job_id')}); nothing was kept.")
             problems = artifacts.verify(out_dir) if manifest is not None else []
             run.images_fetched = len(manifest["images"]) - len(problems) if manifest else 0
             artifacts.write_gallery(out_dir)

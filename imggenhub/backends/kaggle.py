@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from pathlib import Path
 
 import requests
 
 from .. import kaggle_api, runs
-from ..engine import PROGRESS_PREFIX
+from ..engine import ERROR_PREFIX, PROGRESS_PREFIX
 from ..errors import KaggleApiError, NothingYet, RunFailedError, StillRunning, Unreachable
-from ..kaggle_api import Deadline
+from ..config import Deadline
 from ..lifecycle import RunState
 from ..notebook import CODE_FILE, read_job_document
 from ..runs import Failure, Run
@@ -25,7 +26,7 @@ from .kaggle_meta import KernelOptions, kernel_metadata, load_metadata_template,
 
 PROGRESS = PROGRESS_PREFIX + " "
 GPU_CAP_TEXT = "Maximum batch GPU session count"
-RESOLVE_DEPTH = 5  # versions looked at, newest first, to find an interrupted push
+RESOLVE_DEPTH = 10  # versions looked at, newest first, to find an interrupted push
 
 # Kaggle's raw status strings, mapped in exactly one place. Unknown ones stay "running"
 # (the run goes on) rather than being taken for a verdict.
@@ -95,7 +96,6 @@ class KaggleBackend(Backend):
     def __init__(self, settings=None):
         super().__init__(settings)
         self._client = None
-        self.deadline = Deadline(self.tunables, None)
 
     def _timeout(self) -> float:
         left = self.deadline.left()
@@ -139,13 +139,18 @@ class KaggleBackend(Backend):
         write_metadata(run.notebook_dir, meta)
         run.kernel_ref = meta["id"]
 
-    def submit(self, run: Run, on_event: OnEvent, timeout: float | None = None) -> Run:
+    def _lock_wait(self) -> float:
+        left = self.deadline.left()
+        return 60.0 if left is None else max(0.0, min(60.0, left))
+
+    def submit(self, run: Run, on_event: OnEvent) -> Run:
         meta = json.loads((run.notebook_dir / METADATA_FILE).read_text(encoding="utf-8"))
         text = (run.notebook_dir / CODE_FILE).read_text(encoding="utf-8")
         request = save_request(meta, text, run.session_timeout_seconds)
-        self.deadline = Deadline(self.tunables, timeout if timeout is not None
-                                 else self.tunables.gpu_wait_total)
-        with runs.pushing_to(meta["id"], wait=max(0.0, min(60.0, self.deadline.left() or 60.0))):
+        # the GPU-slot wait: the command's --timeout, else IMGGENHUB_GPU_WAIT_TOTAL
+        slots = self.deadline if self.deadline.at is not None else \
+            Deadline(self.tunables, self.tunables.gpu_wait_total)
+        with runs.pushing_to(meta["id"], wait=self._lock_wait()):
             run.state, run.kernel_ref = RunState.PUSHING, meta["id"]
             runs.save(run)
             while True:
@@ -153,7 +158,7 @@ class KaggleBackend(Backend):
                 problem = push_problem(resp)
                 if problem and GPU_CAP_TEXT in problem:
                     pause = self.tunables.gpu_wait
-                    if self.deadline.passed(after=pause):
+                    if slots.passed(after=pause):
                         run.state = RunState.RENDERED
                         runs.save(run)
                         raise NothingYet(f"Kaggle's GPU sessions stayed busy ({problem}); run "
@@ -201,40 +206,52 @@ class KaggleBackend(Backend):
                 raise Unreachable(f"The connection broke during the push of run {run.run_id}, so it "
                                   f"may or may not have reached Kaggle; 'imggenhub resume "
                                   f"{run.run_id}' finds out and pushes only if it did not.") from None
-            error = kaggle_api.explain(exc, "pushing the kernel")
-            run.state = RunState.PUSH_FAILED
-            run.failure = Failure(kind="push", ename=f"HTTP {status}", evalue=str(error))
+            # 401, 403, 404...: Kaggle answered and made nothing; fix the cause and resume
+            run.state = RunState.RENDERED
             runs.save(run)
-            raise error from None
+            raise kaggle_api.explain(exc, "pushing the kernel") from None
 
     # --- an interrupted push: did it land? ------------------------------------------
 
-    def _kernel(self, owner: str, slug: str, version: int | None):
+    def _kernel(self, owner: str, slug: str, version: int | None, on_event: OnEvent):
         from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest
 
         req = ApiGetKernelRequest()
         req.user_name, req.kernel_slug = owner, slug
         if version:
             req.version_label = f"v{version}"
-        return self._call("reading the kernel", lambda: self.api.get_kernel(req))
+        try:
+            return self._call("reading the kernel", lambda: self.api.get_kernel(req), on_event)
+        except KaggleApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    def _find_push(self, run: Run, on_event: OnEvent) -> int | None:
+        """The version whose notebook carries this run's id, among the newest few."""
+        owner, slug = split_kernel_id(run.kernel_ref or "", "the run record")
+        latest = self._kernel(owner, slug, None, on_event)
+        newest = (latest.metadata.current_version_number or 0) if latest and latest.metadata else 0
+        for number in range(newest, max(0, newest - RESOLVE_DEPTH), -1):
+            kernel = latest if number == newest else self._kernel(owner, slug, number, on_event)
+            doc = read_job_document(kernel.blob.source if kernel and kernel.blob else "")
+            if doc and doc.get("run_id") == run.run_id:
+                return number
+        return None
 
     def resolve(self, run: Run, on_event: OnEvent) -> Run:
-        owner, slug = split_kernel_id(run.kernel_ref or "", "the run record")
-        with runs.pushing_to(run.kernel_ref, wait=60.0):
-            try:
-                latest = self._kernel(owner, slug, None)
-            except KaggleApiError as exc:
-                if exc.status != 404:
-                    raise
-                latest = None
-            newest = latest.metadata.current_version_number if latest and latest.metadata else 0
-            for number in range(newest or 0, max(0, (newest or 0) - RESOLVE_DEPTH), -1):
-                kernel = latest if number == newest else self._kernel(owner, slug, number)
-                doc = read_job_document(kernel.blob.source if kernel and kernel.blob else "")
-                if doc and doc.get("run_id") == run.run_id:
-                    on_event(f"the interrupted push of run {run.run_id} had landed as version "
-                             f"{number}; following it")
-                    return self._pushed(run, number, run.kernel_ref, None, on_event)
+        with runs.pushing_to(run.kernel_ref or "", wait=self._lock_wait()):
+            number = self._find_push(run, on_event)
+            since = time.time() - run.updated
+            grace = self.tunables.push_grace
+            if number is None and run.state == RunState.PUSHING and since < grace:
+                # a push cut off moments ago may still be landing: look once more
+                self.tunables.clock.sleep(grace - since)
+                number = self._find_push(run, on_event)
+            if number is not None:
+                on_event(f"the interrupted push of run {run.run_id} had landed as version "
+                         f"{number}; following it")
+                return self._pushed(run, number, run.kernel_ref, None, on_event)
             on_event(f"the interrupted push of run {run.run_id} never reached Kaggle; it can be "
                      "pushed again")
             run.state = RunState.RENDERED
@@ -258,7 +275,7 @@ class KaggleBackend(Backend):
     def refresh(self, run: Run, on_event: OnEvent) -> Run:
         """Kaggle's word on the run now; the record is left to the command that owns it."""
         if run.state in (RunState.PUSHED, RunState.QUEUED, RunState.RUNNING):
-            self.deadline = Deadline(self.tunables, 3 * self.tunables.http_timeout)
+            self.bound(3 * self.tunables.http_timeout)
             state, _ = self.status(run, on_event)
             return run.model_copy(update={"state": state})
         return run
@@ -268,9 +285,15 @@ class KaggleBackend(Backend):
             return
         run.state = state
         if state.failed:
+            tail = self._log_tail(run)
+            # the notebook's own exception, as the engine printed it, when there is one
+            raised = [l[len(ERROR_PREFIX):] for l in tail.splitlines() if l.startswith(ERROR_PREFIX)]
+            ename, _, evalue = (raised[-1].partition(": ") if raised else ("", "", ""))
             run.failure = Failure(kind="cancelled" if state == RunState.CANCELLED else "kernel",
-                                  ename="KernelError", evalue=failure or state.value,
-                                  log_tail=self._log_tail(run))
+                                  ename=ename or "KernelError", evalue=failure or state.value,
+                                  cell_index=None, log_tail=tail)
+            if raised:
+                run.failure.evalue = f"{failure or state.value} ({ename}: {evalue})"
         runs.save(run)
 
     def _progress(self, run: Run, seen: set, on_event: OnEvent) -> None:
@@ -283,9 +306,8 @@ class KaggleBackend(Backend):
                 seen.add(line)
                 on_event(line[len(PROGRESS):])
 
-    def wait(self, run: Run, on_event: OnEvent, timeout: float | None = None) -> Run:
+    def wait(self, run: Run, on_event: OnEvent) -> Run:
         clock = self.tunables.clock
-        self.deadline = Deadline(self.tunables, timeout)
         start = clock.monotonic()
         interval = self.tunables.poll_interval
         last, seen, polls = None, set(), 0
@@ -322,7 +344,6 @@ class KaggleBackend(Backend):
     # --- fetch and health -------------------------------------------------------------
 
     def bring(self, run: Run, out_dir: Path, on_event: OnEvent) -> None:
-        self.deadline = Deadline(self.tunables, None)
         bring_outputs(self, run, out_dir, on_event)
 
     def health(self, on_event: OnEvent, timeout: float) -> list[str]:
@@ -331,7 +352,7 @@ class KaggleBackend(Backend):
         creds = kaggle_api.credentials()
         lines = [f"credential: {creds.source} ({'token' if creds.token else 'username/key'}"
                  f"{', user ' + creds.username if creds.username else ''})"]
-        self.deadline = Deadline(self.tunables, timeout)
+        self.bound(timeout)
         user = self.owner()
         quota = self._call("reading the GPU quota", lambda: self.api.get_accelerator_quota_statistics(
             ApiGetAcceleratorQuotaStatisticsRequest()), on_event, attempts=3)

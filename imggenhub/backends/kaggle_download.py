@@ -77,14 +77,24 @@ class _TooSlow(Exception):
     pass
 
 
-def download(backend, url: str, dest: Path, limit: int, record: dict | None, on_event) -> None:
-    """GET a signed URL to a unique temporary name, check it, and rename it into place."""
+class _Refused(Exception):
+    pass
+
+
+def download(backend, url: str, dest: Path, limit: int, record: dict | None, on_event,
+             check=None) -> None:
+    """GET a signed URL to a unique temporary name, check it (against its manifest record,
+    or with ``check(path)``), and only then rename it into place."""
     tunables = backend.tunables
     tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{threading.get_ident()}.part")
     mismatches = [0]
 
     def once():
-        with requests.get(url, stream=True, timeout=tunables.http_timeout) as resp:
+        # identity: the bytes as stored, so sizes and hashes are the manifest's
+        with requests.get(url, stream=True, timeout=tunables.http_timeout,
+                          headers={"Accept-Encoding": "identity"}) as resp:
+            if resp.status_code in (401, 403, 404, 410):
+                raise _Refused(resp.status_code)
             resp.raise_for_status()
             expected = resp.headers.get("Content-Length")
             if expected is not None and expected.isdigit() and int(expected) > limit:
@@ -109,15 +119,17 @@ def download(backend, url: str, dest: Path, limit: int, record: dict | None, on_
                         raise _TooSlow()
         if expected is not None and expected.isdigit() and size != int(expected):
             raise kaggle_api.TruncatedDownload(f"{dest.name}: {size} of {expected} bytes")
-        if record is not None:
-            problem = artifacts.verify_image(tmp.parent, {**record, "file": tmp.name})
-            if problem:
-                mismatches[0] += 1
-                if mismatches[0] >= HASH_ATTEMPTS or "sha256" not in problem:
-                    raise TransferError(
-                        f"{dest.name} arrived {mismatches[0]} times with a sha256 different from the "
-                        f"manifest's ({problem}); the file on Kaggle may be damaged.")
-                raise kaggle_api.TruncatedDownload(problem)
+        if record is not None and size != record["bytes"]:
+            raise kaggle_api.TruncatedDownload(f"{dest.name}: {size} of {record['bytes']} bytes")
+        if record is not None and artifacts.sha256_of(tmp) != record["sha256"]:
+            mismatches[0] += 1
+            if mismatches[0] >= HASH_ATTEMPTS:
+                raise TransferError(
+                    f"{dest.name} arrived {mismatches[0]} times with a sha256 different from the "
+                    "manifest's; the file on Kaggle may be damaged.")
+            raise kaggle_api.TruncatedDownload(f"{dest.name}: sha256 differs from the manifest's")
+        if check is not None:
+            check(tmp)
 
     dest.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -126,6 +138,10 @@ def download(backend, url: str, dest: Path, limit: int, record: dict | None, on_
     except _Oversize as exc:
         raise UnsafeOutputError(f"Kaggle served {dest.name} larger than the {limit} bytes "
                                 f"expected ({exc.args[0]} bytes or more); refused.") from None
+    except _Refused as exc:
+        raise TransferError(f"Kaggle refused the download link of {dest.name} (HTTP "
+                            f"{exc.args[0]}; signed links expire); run the same command again for "
+                            "fresh links.") from None
     except _TooSlow:
         raise TransferError(f"Downloading {dest.name} took longer than {tunables.file_deadline:.0f}s "
                             "(IMGGENHUB_FILE_DEADLINE); run the same command again.") from None
@@ -144,7 +160,16 @@ def bring_outputs(backend, run: Run, out_dir: Path, on_event) -> None:
     records = {}
     cap = backend.tunables.unlisted_cap
     if manifest_url:
-        download(backend, manifest_url, out_dir / MANIFEST, artifacts.MAX_MANIFEST_BYTES, None, on_event)
+        def ours_only(path: Path) -> None:  # checked before it replaces anything
+            found = artifacts.parse_manifest(path.read_bytes(), f"Kaggle's {MANIFEST}")
+            if found.get("job_id") not in (None, run.job_id) or \
+                    found.get("run_id") not in (None, run.run_id):
+                raise UnsafeOutputError(f"Kaggle's {MANIFEST} for run {run.run_id} belongs to "
+                                        f"another run ({found.get('run_id') or found.get('job_id')}); "
+                                        "nothing was kept.")
+
+        download(backend, manifest_url, out_dir / MANIFEST, artifacts.MAX_MANIFEST_BYTES, None,
+                 on_event, check=ours_only)
         manifest = artifacts.read_manifest(out_dir)
         records = {r["file"]: r for r in manifest["images"]}
     todo = []

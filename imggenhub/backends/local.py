@@ -141,7 +141,7 @@ class LocalBackend(Backend):
         if missing:
             raise MissingDependencyError(missing[0], why="The local backend")
 
-    def submit(self, run: Run, on_event: OnEvent, timeout: float | None = None) -> Run:
+    def submit(self, run: Run, on_event: OnEvent) -> Run:
         run.state = RunState.RUNNING
         runs.save(run)
         shutil.rmtree(run.folder / "work", ignore_errors=True)  # a rerun starts clean
@@ -150,10 +150,21 @@ class LocalBackend(Backend):
             run.timings["kernel_start"] = seconds
             on_event(f"kernel started in {seconds:.1f}s")
 
-        result = execute_notebook(
-            run.notebook_dir / CODE_FILE, run.folder / "work",
-            _LogSink(run.folder / LOG_FILE, on_event), run.folder / "kernel-stderr.log",
-            executed=run.folder / "executed.ipynb", on_kernel=kernel_started)
+        try:
+            result = execute_notebook(
+                run.notebook_dir / CODE_FILE, run.folder / "work",
+                _LogSink(run.folder / LOG_FILE, on_event), run.folder / "kernel-stderr.log",
+                executed=run.folder / "executed.ipynb", on_kernel=kernel_started)
+        except KeyboardInterrupt:
+            # what was finished goes where the user looks for it before anything else
+            from ..engine import merge_manifest
+
+            try:
+                merge_manifest(run.folder / "work" / OUTPUT_DIR)
+                self.bring(run, Path(run.out_dir), on_event)
+            except (OSError, ValueError):
+                pass  # best effort: a rerun makes them again
+            raise
         run.timings["notebook"] = result.seconds
         run.state = RunState.COMPLETE if result.ok else RunState.ERROR
         run.failure = None if result.ok else result.failure()
@@ -163,7 +174,7 @@ class LocalBackend(Backend):
         run.state = RunState.RENDERED  # nothing is ever pushed anywhere
         return runs.save(run)
 
-    def wait(self, run: Run, on_event: OnEvent, timeout: float | None = None) -> Run:
+    def wait(self, run: Run, on_event: OnEvent) -> Run:
         # A local run is over when submit returns. One still 'running' whose work lock we
         # hold was interrupted (its process is gone): it runs again from the start.
         if not run.state.terminal:
