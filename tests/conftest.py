@@ -72,6 +72,14 @@ def kaggle_cli(args, env, cwd):
                           timeout=120)
 
 
+def sigint_default() -> None:
+    """For a child that must see Ctrl-C: a shell that starts a job in the background (as CI
+    may) hands its children SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def write_json(path: Path, data) -> Path:
     path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
     return path

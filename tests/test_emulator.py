@@ -19,7 +19,7 @@ import requests
 
 from imggenhub import artifacts
 
-from .conftest import REPO, kaggle_cli
+from .conftest import REPO, kaggle_cli, sigint_default
 from .kaggle_emulator import ENDLESS_MAX, JUNK, TRICKLE_MAX_BYTES, Emulator, main
 
 REF = "imggenhub/stub-test"
@@ -321,7 +321,7 @@ def test_kaggle_kernels_files_lists_the_outputs_with_paging(done, tmp_path):
 def run_module(*args, env=None, **kwargs):
     return subprocess.Popen([sys.executable, "-m", "tests.kaggle_emulator", *args], cwd=REPO,
                             env={**os.environ, **(env or {})}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+                            stderr=subprocess.PIPE, text=True, **kwargs, preexec_fn=sigint_default)
 
 
 def test_a_busy_port_is_one_line_and_exit_2(tmp_path):

@@ -19,7 +19,7 @@ from imggenhub import artifacts, kaggle_api, runs
 from imggenhub.config import Tunables
 from imggenhub.notebook import read_job_document
 
-from .conftest import run_cli_subprocess
+from .conftest import run_cli_subprocess, sigint_default
 from .test_kaggle import SPEC
 
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ imggenhub: ")
@@ -121,7 +121,7 @@ def test_ctrl_c_says_the_kaggle_run_goes_on_and_how_to_pick_it_up(emulator, tmp_
     proc = subprocess.Popen(
         [str(Path(os.sys.executable).with_name("imggenhub")), "generate", *SPEC],
         cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, env=dict(os.environ))
+        text=True, env=dict(os.environ), preexec_fn=sigint_default)
     lines = []
     for line in proc.stderr:
         lines.append(line)
