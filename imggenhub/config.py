@@ -14,6 +14,9 @@ from .errors import SpecError
 MiB = 1 << 20
 
 
+_CHECKED: set[Path] = set()
+
+
 def state_dir() -> Path:
     """Run records and working folders. IMGGENHUB_HOME overrides (tests use it)."""
     override = os.environ.get("IMGGENHUB_HOME")
@@ -23,10 +26,12 @@ def state_dir() -> Path:
         from platformdirs import user_state_dir
 
         path = Path(user_state_dir("imggenhub", appauthor=False))
-    problem = writable_folder(path)
-    if problem:
-        raise SpecError(f"The state folder {path} cannot be written ({problem}); set "
-                        "IMGGENHUB_HOME to a writable folder.")
+    if path not in _CHECKED:  # once per process: every run lookup comes through here
+        problem = writable_folder(path)
+        if problem:
+            raise SpecError(f"The state folder {path} cannot be written ({problem}); set "
+                            "IMGGENHUB_HOME to a writable folder.")
+        _CHECKED.add(path)
     return path
 
 

@@ -60,6 +60,12 @@ def log(message: str) -> None:
     print(f"{PROGRESS_PREFIX} {message}", flush=True)
 
 
+def progress_message(line: str) -> str | None:
+    """The message of a progress line from the kernel log (None for any other line)."""
+    head = PROGRESS_PREFIX + " "
+    return line[len(head):] if line.startswith(head) else None
+
+
 # --------------------------------------------------------------------------
 # Planning: job document -> one task per image (pure, no third-party imports)
 # --------------------------------------------------------------------------

@@ -115,21 +115,15 @@ class Command:
     name: str
     steps: frozenset[Step]
     goal: frozenset[RunState]
-    what: str
 
 
 _PUSHED = frozenset({S.PUSHED, S.QUEUED, S.RUNNING, S.COMPLETE, S.DOWNLOADED})
 COMMANDS: dict[str, Command] = {c.name: c for c in [
-    Command("deploy", frozenset({Step.PUSH, Step.RESOLVE}), _PUSHED,
-            "push the run's notebook; done once Kaggle has the version"),
-    Command("poll", frozenset({Step.RESOLVE, Step.WAIT}), frozenset({S.COMPLETE, S.DOWNLOADED}),
-            "follow the run until it ends"),
-    Command("download", frozenset({Step.FETCH, Step.KEEP}), frozenset({S.DOWNLOADED}),
-            "bring the images home, verified"),
-    Command("resume", frozenset(Step), frozenset({S.DOWNLOADED}),
-            "advance the run from wherever it stands to downloaded"),
-    Command("generate", frozenset(Step), frozenset({S.DOWNLOADED}),
-            "deploy + poll + download (with --name: resume that run)"),
+    Command("deploy", frozenset({Step.PUSH, Step.RESOLVE}), _PUSHED),
+    Command("poll", frozenset({Step.RESOLVE, Step.WAIT}), frozenset({S.COMPLETE, S.DOWNLOADED})),
+    Command("download", frozenset({Step.FETCH, Step.KEEP}), frozenset({S.DOWNLOADED})),
+    Command("resume", frozenset(Step), frozenset({S.DOWNLOADED})),
+    Command("generate", frozenset(Step), frozenset({S.DOWNLOADED})),
 ]}
 
 # What to run next, by the step a state needs (for the sentences).

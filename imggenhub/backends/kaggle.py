@@ -13,7 +13,7 @@ from pathlib import Path
 import requests
 
 from .. import kaggle_api, runs
-from ..engine import ERROR_PREFIX, PROGRESS_PREFIX
+from ..engine import ERROR_PREFIX, progress_message
 from ..errors import KaggleApiError, NothingYet, RunFailedError, StillRunning, Unreachable
 from ..config import Deadline
 from ..lifecycle import RunState
@@ -24,7 +24,6 @@ from .kaggle_download import bring_outputs, log_text, output_page
 from .kaggle_meta import KernelOptions, kernel_metadata, load_metadata_template, write_metadata, \
     METADATA_FILE, PLACEHOLDER_OWNER, split_kernel_id
 
-PROGRESS = PROGRESS_PREFIX + " "
 GPU_CAP_TEXT = "Maximum batch GPU session count"
 RESOLVE_DEPTH = 10  # versions looked at, newest first, to find an interrupted push
 
@@ -302,9 +301,10 @@ class KaggleBackend(Backend):
         except (Unreachable, KaggleApiError):
             return
         for line in log_text(page.log).splitlines():
-            if line.startswith(PROGRESS) and line not in seen:
+            message = progress_message(line)
+            if message is not None and line not in seen:
                 seen.add(line)
-                on_event(line[len(PROGRESS):])
+                on_event(message)
 
     def wait(self, run: Run, on_event: OnEvent) -> Run:
         clock = self.tunables.clock

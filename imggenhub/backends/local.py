@@ -11,14 +11,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import artifacts, runs
-from ..engine import LOG_FILE, OUTPUT_DIR, PROGRESS_PREFIX
+from ..engine import LOG_FILE, OUTPUT_DIR, progress_message
 from ..errors import ImggenhubError, MissingDependencyError
 from ..lifecycle import RunState
 from ..notebook import CODE_FILE
 from ..runs import Failure, Run
 from . import Backend, OnEvent
 
-PROGRESS = PROGRESS_PREFIX + " "
 
 
 def _streaming_client_class():
@@ -124,8 +123,9 @@ class _LogSink:
         lines = (self.partial + text).split("\n")
         self.partial = lines.pop()
         for line in lines:
-            if line.startswith(PROGRESS):
-                self.on_event(line[len(PROGRESS):])
+            message = progress_message(line)
+            if message is not None:
+                self.on_event(message)
 
 
 ENGINE_NEEDS = ("nbclient", "ipykernel", "torch", "diffusers", "transformers", "accelerate")
