@@ -91,3 +91,12 @@ def test_state_names_are_the_wire_values():
     assert [s.value for s in RunState] == [
         "rendered", "pushing", "push-unknown", "push-failed", "pushed", "queued", "running",
         "complete", "error", "cancelled", "downloaded"]
+
+
+def test_the_gallery_takes_a_servers_manifest_with_only_the_required_fields(tmp_path):
+    from imggenhub.artifacts import write_gallery
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"images": [
+        {"file": "0001-x.png", "sha256": "0" * 64, "bytes": 3}]}))
+    page = write_gallery(tmp_path).read_text()
+    assert page.count("<figure>") == 1 and 'src="0001-x.png"' in page
