@@ -567,6 +567,10 @@ def _page(body: dict) -> tuple[int, int]:
     return start, size
 
 
+def _not_found(ref: str):
+    return 404, {"code": 404, "message": f"Kernel {ref} not found"}
+
+
 class _Handler(BaseHTTPRequestHandler):
     emulator: Emulator
     protocol_version = "HTTP/1.1"
@@ -779,12 +783,16 @@ class _Handler(BaseHTTPRequestHandler):
             data["failureMessage"] = version.failure
         return 200, data
 
+    def _version(self, body):
+        """The kernel ref and the version the body asks for (None if there is none)."""
+        ref, versions, label = self._kernel(body)
+        return ref, _version_of(versions, label)
+
     def api_ListKernelSessionOutput(self, body):
         em = self.emulator
-        ref, versions, label = self._kernel(body)
-        version = _version_of(versions, label)
+        ref, version = self._version(body)
         if version is None:
-            return 404, {"code": 404, "message": f"Kernel {ref} not found"}
+            return _not_found(ref)
         files = em.output_files(version)
         if files and em.faults.extra_names:
             files = files + [(name, files[0][1]) for name in em.faults.extra_names]
@@ -805,10 +813,9 @@ class _Handler(BaseHTTPRequestHandler):
     def api_ListKernelFiles(self, body):
         """What `kaggle kernels files` shows: the version's output files, paged."""
         em = self.emulator
-        ref, versions, label = self._kernel(body)
-        version = _version_of(versions, label)
+        ref, version = self._version(body)
         if version is None:
-            return 404, {"code": 404, "message": f"Kernel {ref} not found"}
+            return _not_found(ref)
         files = em.output_files(version)
         start, size = _page(body)
         page = []
@@ -825,10 +832,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def api_GetKernel(self, body):
         em = self.emulator
-        ref, versions, label = self._kernel(body)
-        version = _version_of(versions, label)
+        ref, version = self._version(body)
         if version is None:
-            return 404, {"code": 404, "message": f"Kernel {ref} not found"}
+            return _not_found(ref)
         meta = version.meta
         slug = ref.split("/", 1)[1]
         language = meta.get("language") or "python"
@@ -845,7 +851,7 @@ class _Handler(BaseHTTPRequestHandler):
             "kernelDataSources": meta.get("kernelDataSources", []),
             "competitionDataSources": meta.get("competitionDataSources", []),
             "modelDataSources": meta.get("modelDataSources", []),
-            "currentVersionNumber": len(versions),
+            "currentVersionNumber": len(em.versions(ref)),
             "dockerImage": meta.get("dockerImage"), "machineShape": meta.get("machineShape")}
         return 200, {
             "metadata": {k: v for k, v in metadata.items() if v is not None},
