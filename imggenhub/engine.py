@@ -144,6 +144,45 @@ def _write_json_atomic(path: Path, data) -> None:
     os.replace(tmp, path)
 
 
+class PartLog:
+    """One process's manifest part, as JSON lines appended as images are written: a header
+    line, one line per image, and process lines (the last one wins). Appending costs the
+    same for the thousandth image as for the first, and a crash loses at most a torn last
+    line, which the merge skips."""
+
+    def __init__(self, path: Path, header: dict, process: dict):
+        self.path = Path(path)
+        self.process = dict(process)
+        with open(self.path, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps({"header": header}, ensure_ascii=False) + "\n")
+            fh.write(json.dumps({"process": self.process}, ensure_ascii=False) + "\n")
+
+    def _append(self, entry: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+    def image(self, record: dict) -> None:
+        self._append({"image": record})
+
+    def update_process(self, **fields) -> None:
+        self.process.update(fields)
+        self._append({"process": self.process})
+
+
+def _read_part(path: Path) -> tuple[dict, dict | None, list[dict]]:
+    header, process, images = {}, None, []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line torn by a crash
+        header = entry.get("header", header)
+        process = entry.get("process", process)
+        if "image" in entry:
+            images.append(entry["image"])
+    return header, process, images
+
+
 def merge_manifest(out_dir: Path, job: dict | None = None) -> dict | None:
     """Merge the per-process manifest parts into ``manifest.json``; return it.
 
@@ -160,14 +199,15 @@ def merge_manifest(out_dir: Path, job: dict | None = None) -> dict | None:
         header = {k: v for k, v in old.items() if k not in ("images", "processes")}
         runs = old.get("processes", [])
         images.update({img["index"]: img for img in old.get("images", [])})
-    part_files = sorted(parts_dir.glob("rank-*.json")) if parts_dir.exists() else []
+    part_files = sorted(parts_dir.glob("rank-*.jsonl")) if parts_dir.exists() else []
     if not part_files and not existing.exists():
         return None
     for part_file in part_files:
-        part = json.loads(part_file.read_text(encoding="utf-8"))
-        header = {k: v for k, v in part.items() if k not in ("images", "process")} or header
-        runs.append(part["process"])
-        images.update({img["index"]: img for img in part["images"]})
+        part_header, process, part_images = _read_part(part_file)
+        header = part_header or header
+        if process is not None:
+            runs.append(process)
+        images.update({img["index"]: img for img in part_images})
     manifest = {**header, "processes": runs, "images": [images[i] for i in sorted(images)]}
     if job is not None:
         manifest["planned_images"] = len(plan_images(job))
@@ -178,6 +218,53 @@ def merge_manifest(out_dir: Path, job: dict | None = None) -> dict | None:
     if parts_dir.exists() and not any(parts_dir.iterdir()):
         parts_dir.rmdir()
     return manifest
+
+
+class ImageWriter:
+    """Encodes, hashes and records finished images on a thread of its own, while the GPU
+    makes the next ones; a bounded queue keeps memory flat. ``close`` drains it, so every
+    image handed over is written, also when generation fails."""
+
+    def __init__(self, out_dir: Path, part: PartLog, total: int, tag: str, started: float,
+                 depth: int = 4):
+        import queue
+        import threading
+
+        self.out_dir, self.part, self.total, self.tag = Path(out_dir), part, total, tag
+        self.started, self.written, self.error = started, 0, None
+        self.queue = queue.Queue(maxsize=depth)
+        self.thread = threading.Thread(target=self._run, name="imggenhub-writer", daemon=True)
+        self.thread.start()
+
+    def put(self, file: str, image, record: dict, seconds: float) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put((file, image, record, seconds))
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue  # keep draining so that put() never blocks forever
+            file, image, record, seconds = item
+            try:
+                data = save_png(image, self.out_dir / file, record)
+                record = {**record, "file": file, "sha256": hashlib.sha256(data).hexdigest(),
+                          "bytes": len(data), "seconds": round(seconds, 4)}
+                self.part.image(record)
+                self.written += 1
+                log(f"{self.tag}image {self.written}/{self.total} {file} in {seconds:.2f}s "
+                    f"(elapsed {time.monotonic() - self.started:.1f}s)")
+            except BaseException as exc:  # surfaced in the generating thread
+                self.error = exc
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 # --------------------------------------------------------------------------
@@ -357,7 +444,6 @@ def run_worker(job: dict, out_dir: Path) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = out_dir / PARTS_DIR
     parts.mkdir(exist_ok=True)
-    part_path = parts / f"rank-{rank:02d}.json"
     tag = f"[rank {rank}] " if world > 1 else ""
 
     t_load = time.monotonic()
@@ -370,56 +456,48 @@ def run_worker(job: dict, out_dir: Path) -> None:
     log(f"{tag}model {model['id']} ready on {device_name} ({str(dtype).replace('torch.', '')}) "
         f"in {load_seconds:.2f}s; {len(tasks)} images for this process")
 
-    part = {
-        "engine_version": ENGINE_VERSION,
-        "job_id": job.get("job_id"),
-        "run_id": job.get("run_id"),
-        "model": model["id"],
-        "processes_total": world,
-        "process": {"rank": rank, "device": device_name, "dtype": str(dtype).replace("torch.", ""),
-                    "model_load_seconds": round(load_seconds, 4), "scheduler": scheduler},
-        "images": [],
-    }
-    _write_json_atomic(part_path, part)
+    header = {"engine_version": ENGINE_VERSION, "job_id": job.get("job_id"),
+              "run_id": job.get("run_id"), "model": model["id"], "processes_total": world}
+    part = PartLog(parts / f"rank-{rank:02d}.jsonl", header, {
+        "rank": rank, "device": device_name, "dtype": str(dtype).replace("torch.", ""),
+        "model_load_seconds": round(load_seconds, 4), "scheduler": scheduler})
+    writer = ImageWriter(out_dir, part, len(tasks), tag, t_start)
     fail_after = int(os.environ.get("IMGGENHUB_ENGINE_FAIL_AFTER", "-1"))  # test fault knob
-    done = 0
-    for batch in batches(tasks, job.get("batch_size", 1)):
-        if 0 <= fail_after <= done:
-            raise RuntimeError(f"injected failure after {done} images (IMGGENHUB_ENGINE_FAIL_AFTER)")
-        first = batch[0]
-        kwargs = {
-            "prompt": [t["prompt"] for t in batch],
-            "num_inference_steps": first["steps"],
-            "guidance_scale": first["guidance"],
-            # CPU generators: the same seed gives the same starting noise on any device
-            "generator": [torch.Generator("cpu").manual_seed(t["seed"]) for t in batch],
-        }
-        if any(t["negative_prompt"] for t in batch):
-            kwargs["negative_prompt"] = [t["negative_prompt"] or "" for t in batch]
-        if first["width"] and first["height"]:
-            kwargs.update(width=first["width"], height=first["height"])
-        t_gen = time.monotonic()
-        images = pipe(**kwargs).images
-        per_image = (time.monotonic() - t_gen) / len(batch)
-        for task, image in zip(batch, images):
-            record = {
-                "index": task["index"], "prompt_index": task["prompt_index"],
-                "prompt": task["prompt"], "negative_prompt": task["negative_prompt"],
-                "seed": task["seed"], "model": model["id"], "steps": task["steps"],
-                "guidance": task["guidance"], "width": image.width, "height": image.height,
-                "scheduler": scheduler, "device": device_name,
+    made = 0
+    t_loop = time.monotonic()
+    try:
+        for batch in batches(tasks, job.get("batch_size", 1)):
+            if 0 <= fail_after <= made:
+                raise RuntimeError(f"injected failure after {made} images (IMGGENHUB_ENGINE_FAIL_AFTER)")
+            first = batch[0]
+            kwargs = {
+                "prompt": [t["prompt"] for t in batch],
+                "num_inference_steps": first["steps"],
+                "guidance_scale": first["guidance"],
+                # CPU generators: the same seed gives the same starting noise on any device
+                "generator": [torch.Generator("cpu").manual_seed(t["seed"]) for t in batch],
             }
-            data = save_png(image, out_dir / task["file"], record)
-            record.update(file=task["file"], sha256=hashlib.sha256(data).hexdigest(),
-                          bytes=len(data), seconds=round(per_image, 4))
-            part["images"].append(record)
-            done += 1
-            part["process"]["seconds"] = round(time.monotonic() - t_start, 4)
-            _write_json_atomic(part_path, part)
-            log(f"{tag}image {done}/{len(tasks)} {task['file']} in {per_image:.2f}s "
-                f"(elapsed {time.monotonic() - t_start:.1f}s)")
-    part["process"]["seconds"] = round(time.monotonic() - t_start, 4)
-    _write_json_atomic(part_path, part)
+            if any(t["negative_prompt"] for t in batch):
+                kwargs["negative_prompt"] = [t["negative_prompt"] or "" for t in batch]
+            if first["width"] and first["height"]:
+                kwargs.update(width=first["width"], height=first["height"])
+            t_gen = time.monotonic()
+            images = pipe(**kwargs).images
+            per_image = (time.monotonic() - t_gen) / len(batch)
+            for task, image in zip(batch, images):
+                writer.put(task["file"], image, {
+                    "index": task["index"], "prompt_index": task["prompt_index"],
+                    "prompt": task["prompt"], "negative_prompt": task["negative_prompt"],
+                    "seed": task["seed"], "model": model["id"], "steps": task["steps"],
+                    "guidance": task["guidance"], "width": image.width, "height": image.height,
+                    "scheduler": scheduler, "device": device_name,
+                }, per_image)
+                made += 1
+    finally:
+        writer.close()  # every image handed over is written, also after a failure
+        now = time.monotonic()
+        part.update_process(seconds=round(now - t_start, 4),
+                            generation_seconds=round(now - t_loop, 4))
 
 
 def count_processes(job: dict) -> int:

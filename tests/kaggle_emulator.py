@@ -399,20 +399,13 @@ class Emulator:
         out = work / "output"
         parts = out / engine.PARTS_DIR
         parts.mkdir(parents=True, exist_ok=True)
-        part_path = parts / "rank-00.json"
         model_id = (doc.get("model") or {}).get("id")
         say(f"job {doc.get('job_id')}: {len(tasks)} images with {model_id} in 1 process")
-        part = {
-            "engine_version": engine.ENGINE_VERSION,
-            "job_id": doc.get("job_id"),
-            "run_id": doc.get("run_id"),
-            "model": model_id,
-            "processes_total": 1,
-            "process": {"rank": 0, "device": "stub", "dtype": "stub", "model_load_seconds": 0.0,
-                        "scheduler": "stub"},
-            "images": [],
-        }
-        engine._write_json_atomic(part_path, part)
+        part = engine.PartLog(parts / "rank-00.jsonl", {
+            "engine_version": engine.ENGINE_VERSION, "job_id": doc.get("job_id"),
+            "run_id": doc.get("run_id"), "model": model_id, "processes_total": 1}, {
+            "rank": 0, "device": "stub", "dtype": "stub", "model_load_seconds": 0.0,
+            "scheduler": "stub"})
         say(f"model {model_id} ready on stub (stub) in 0.00s; {len(tasks)} images for this process")
         fail_after = int(version.env.get("IMGGENHUB_ENGINE_FAIL_AFTER", "-1"))
         error = None
@@ -438,14 +431,11 @@ class Emulator:
             seconds = time.monotonic() - t_img
             record.update(file=task["file"], sha256=hashlib.sha256(data).hexdigest(),
                           bytes=len(data), seconds=round(seconds, 4))
-            part["images"].append(record)
+            part.image(record)
             done += 1
-            part["process"]["seconds"] = round(time.monotonic() - t0, 4)
-            engine._write_json_atomic(part_path, part)
             say(f"image {done}/{len(tasks)} {task['file']} in {seconds:.2f}s "
                 f"(elapsed {time.monotonic() - t0:.1f}s)")
-        part["process"]["seconds"] = round(time.monotonic() - t0, 4)
-        engine._write_json_atomic(part_path, part)
+        part.update_process(seconds=round(time.monotonic() - t0, 4))
         if error:
             stream("stdout", "Traceback (most recent call last):\n")
             stream("stdout", f"{error}\n")

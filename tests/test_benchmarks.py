@@ -20,6 +20,7 @@ BENCHMARKS = {
     "engine_reuse.py": ["naive (load per prompt):", "engine (load once):", "ratio naive/engine: "],
     "kaggle_overhead.py": ["imggenhub generate:", "original pattern:",
                            "overhead ratio original/imggenhub: "],
+    "engine_overhead.py": ["bare loop", "engine/reload-per-prompt: "],
     "kaggle_download.py": ["per-file latency   0 ms:", "per-file latency  50 ms:",
                            "  ratio kaggle/imggenhub: "],
 }
@@ -34,7 +35,7 @@ def bench_env(tmp_path: Path) -> dict:
     return env
 
 
-SLOW = {"local_e2e.py", "engine_reuse.py"}  # these build the tiny diffusers pipeline
+SLOW = {"local_e2e.py", "engine_reuse.py", "engine_overhead.py"}  # these build the tiny diffusers pipeline
 
 
 @pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW else s

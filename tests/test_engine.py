@@ -170,3 +170,38 @@ def test_the_engine_imports_only_what_a_kaggle_image_has():
     assert top_level <= set(sys.stdlib_module_names) | {"__future__"}
     assert inside - set(sys.stdlib_module_names) <= allowed
     assert "imggenhub" not in top_level | inside  # it must stand alone in the notebook
+
+
+def test_a_part_torn_by_a_crash_merges_what_was_finished(tmp_path):
+    """The part is JSON lines appended per image: a torn last line is skipped, nothing else."""
+    parts = tmp_path / engine.PARTS_DIR
+    parts.mkdir()
+    part = engine.PartLog(parts / "rank-00.jsonl", {"job_id": "j", "run_id": "r"},
+                          {"rank": 0, "device": "cpu"})
+    for i in range(3):
+        part.image({"index": i, "file": f"{i}.png", "sha256": "0" * 64, "bytes": 1})
+    part.update_process(seconds=1.5)
+    with open(parts / "rank-00.jsonl", "a") as fh:
+        fh.write('{"image": {"index": 3, "fi')  # killed mid-write
+    manifest = engine.merge_manifest(tmp_path)
+    assert [i["index"] for i in manifest["images"]] == [0, 1, 2]
+    assert manifest["run_id"] == "r" and manifest["processes"] == [
+        {"rank": 0, "device": "cpu", "seconds": 1.5}]
+    assert not parts.exists()
+
+
+def test_the_writer_thread_surfaces_its_error_and_drains(tmp_path):
+    def record(i):
+        return {"index": i, "prompt": "p", "steps": 1, "scheduler": "s", "guidance": 0.0,
+                "seed": i, "width": 4, "height": 4, "model": "m"}
+
+    part = engine.PartLog(tmp_path / "p.jsonl", {}, {})
+    writer = engine.ImageWriter(tmp_path / "missing-dir" / "deeper", part, 2, "", 0.0)
+    writer.put("a.png", Image.new("RGB", (4, 4)), record(0), 0.1)
+    with pytest.raises(FileNotFoundError):
+        writer.close()
+    ok = engine.ImageWriter(tmp_path, engine.PartLog(tmp_path / "q.jsonl", {}, {}), 5, "", 0.0)
+    for i in range(5):  # more than the queue holds: put blocks, never loses one
+        ok.put(f"{i}.png", Image.new("RGB", (4, 4)), record(i), 0.1)
+    ok.close()
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [f"{i}.png" for i in range(5)]
