@@ -86,6 +86,10 @@ _JOB_OPTIONS = {
     "scheduler": (Optional[str], typer.Option(
         help="dpm++, dpm++-karras, euler, euler-a, ddim, ... (default: the model's own).")),
     "precision": (str, typer.Option(help="auto, fp16 or fp32 (auto: fp16 on a GPU).")),
+    "init_image": (Optional[str], typer.Option(
+        "--init-image", metavar="PATH", help="Image-to-image: start from this picture.")),
+    "strength": (Optional[float], typer.Option(
+        help="Image-to-image: how much of the picture is redrawn, 0 < s <= 1 (default 0.8).")),
     "gpu": (bool, typer.Option("--gpu/--no-gpu", help="Ask for a GPU.")),
     # the kernel (Kaggle) options: they shape kernel-metadata.json
     "metadata_template": (Path, typer.Option(
@@ -289,10 +293,11 @@ def render(
     out: Annotated[Path, typer.Option(help="Folder for the notebook and kernel-metadata.json.")],
 ) -> None:
     """Write the job's notebook and kernel-metadata.json; run nothing."""
-    from .backends.kaggle_meta import kernel_metadata, write_metadata
+    from .backends.kaggle_meta import check_job, kernel_metadata, write_metadata
     from .credentials import find_credentials
     from .notebook import write_notebook
 
+    check_job(job)
     creds = find_credentials()  # fill in the owner as deploy would, where it needs no network
     meta = kernel_metadata(kernel, owner=creds.username if creds else None)
     path = write_notebook(out, job)

@@ -109,6 +109,8 @@ def plan_images(job: dict) -> list[dict]:
                 "height": item.get("height"),
                 "steps": item["steps"],
                 "guidance": item["guidance"],
+                "init_image": item.get("init_image"),
+                "strength": item.get("strength"),
                 "file": f"{index + 1:04d}-{slugify(item['prompt'])}.png",
             })
             index += 1
@@ -119,7 +121,8 @@ def batches(tasks: list[dict], batch_size: int) -> list[list[dict]]:
     """Consecutive tasks that share size, steps and guidance, at most batch_size each."""
     out: list[list[dict]] = []
     for task in tasks:
-        key = (task["width"], task["height"], task["steps"], task["guidance"])
+        key = (task["width"], task["height"], task["steps"], task["guidance"],
+               task.get("init_image") is not None, task.get("strength"))
         if out and len(out[-1]) < batch_size and out[-1][0]["_key"] == key:
             out[-1].append({**task, "_key": key})
         else:
@@ -360,6 +363,32 @@ def load_pipeline(model: dict, device: str, dtype):
     return pipe.to(device)
 
 
+def image_to_image(pipe):
+    """The image-to-image pipeline over the same loaded components (nothing loaded twice)."""
+    from diffusers import AutoPipelineForImage2Image
+
+    i2i = AutoPipelineForImage2Image.from_pipe(pipe)
+    i2i.set_progress_bar_config(disable=True)
+    return i2i
+
+
+def load_init_image(path: str, width: int | None, height: int | None):
+    """An input picture as RGB, at the job's size when it has one."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"the init image {Path(path).name!r} cannot be read as a picture ({exc})") \
+            from None
+    if width and height and image.size != (width, height):
+        log(f"note: init image {Path(path).name} is {image.width}x{image.height}; resized to "
+            f"{width}x{height}")
+        image = image.resize((width, height))
+    return image
+
+
 def set_scheduler(pipe, name: str | None) -> str:
     """Swap in the named scheduler (None keeps the model's own); return its class name."""
     if name:
@@ -385,9 +414,12 @@ def a1111_parameters(record: dict) -> str:
     lines = [record["prompt"]]
     if record.get("negative_prompt"):
         lines.append(f"Negative prompt: {record['negative_prompt']}")
-    lines.append(
-        f"Steps: {record['steps']}, Sampler: {record['scheduler']}, CFG scale: {record['guidance']}, "
-        f"Seed: {record['seed']}, Size: {record['width']}x{record['height']}, Model: {record['model']}")
+    settings = (f"Steps: {record['steps']}, Sampler: {record['scheduler']}, CFG scale: "
+                f"{record['guidance']}, Seed: {record['seed']}, Size: {record['width']}x"
+                f"{record['height']}, Model: {record['model']}")
+    if record.get("strength") is not None:
+        settings += f", Denoising strength: {record['strength']}"
+    lines.append(settings)
     return "\n".join(lines)
 
 
@@ -464,6 +496,7 @@ def run_worker(job: dict, out_dir: Path) -> None:
     writer = ImageWriter(out_dir, part, len(tasks), tag, t_start)
     fail_after = int(os.environ.get("IMGGENHUB_ENGINE_FAIL_AFTER", "-1"))  # test fault knob
     made = 0
+    i2i = None  # built from the loaded components when a task first needs it
     t_loop = time.monotonic()
     try:
         for batch in batches(tasks, job.get("batch_size", 1)):
@@ -479,10 +512,16 @@ def run_worker(job: dict, out_dir: Path) -> None:
             }
             if any(t["negative_prompt"] for t in batch):
                 kwargs["negative_prompt"] = [t["negative_prompt"] or "" for t in batch]
-            if first["width"] and first["height"]:
+            run = pipe
+            if first.get("init_image"):
+                i2i = i2i or image_to_image(pipe)
+                run = i2i
+                kwargs.update(image=[load_init_image(t["init_image"], t["width"], t["height"])
+                                     for t in batch], strength=first["strength"])
+            elif first["width"] and first["height"]:
                 kwargs.update(width=first["width"], height=first["height"])
             t_gen = time.monotonic()
-            images = pipe(**kwargs).images
+            images = run(**kwargs).images
             per_image = (time.monotonic() - t_gen) / len(batch)
             for task, image in zip(batch, images):
                 writer.put(task["file"], image, {
@@ -491,6 +530,9 @@ def run_worker(job: dict, out_dir: Path) -> None:
                     "seed": task["seed"], "model": model["id"], "steps": task["steps"],
                     "guidance": task["guidance"], "width": image.width, "height": image.height,
                     "scheduler": scheduler, "device": device_name,
+                    **({"init_image": Path(task["init_image"]).name, "strength": task["strength"],
+                        "denoising_steps": int(task["steps"] * task["strength"])}
+                       if task.get("init_image") else {}),
                 }, per_image)
                 made += 1
     finally:

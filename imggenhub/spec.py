@@ -52,6 +52,8 @@ class PromptItem(BaseModel):
     height: int | None = Field(None, ge=1)
     steps: int | None = Field(None, ge=1, le=MAX_STEPS)
     guidance: float | None = Field(None, ge=0.0, le=MAX_GUIDANCE)
+    init_image: str | None = None
+    strength: float | None = Field(None, gt=0.0, le=1.0)
 
     @field_validator("prompt")
     @classmethod
@@ -83,6 +85,8 @@ class Settings(BaseModel):
     scheduler: str | None = None
     precision: Precision = "auto"
     gpu: bool = True
+    init_image: str | None = None
+    strength: float | None = Field(None, gt=0.0, le=1.0)
 
     @field_validator("scheduler")
     @classmethod
@@ -108,6 +112,8 @@ class ResolvedPrompt(BaseModel):
     height: int | None
     steps: int
     guidance: float
+    init_image: str | None = None  # an absolute path on this machine (image-to-image)
+    strength: float | None = None
 
 
 class JobSpec(BaseModel):
@@ -210,7 +216,11 @@ def load_prompts(path: Path) -> list[PromptItem]:
     if not isinstance(data, list) or not data:
         raise SpecError(f"Prompts file '{path}' must hold a non-empty JSON list of prompts "
                         '(strings, or objects like {"prompt": "..."}).')
-    return [_item(entry, f"{path} item {i + 1}") for i, entry in enumerate(data)]
+    items = [_item(entry, f"{path} item {i + 1}") for i, entry in enumerate(data)]
+    for item in items:  # an input file named in prompts.json is relative to that file
+        if item.init_image and not Path(item.init_image).expanduser().is_absolute():
+            item.init_image = str(path.parent / item.init_image)
+    return items
 
 
 def _item(entry, where: str) -> PromptItem:
@@ -241,6 +251,25 @@ def _check_size(value: int, preset: ModelPreset, what: str) -> None:
                         f"model {preset.name}; pick a size in that range.")
 
 
+DEFAULT_STRENGTH = 0.8
+MAX_INPUT_BYTES = 50 << 20
+
+
+def _init_image(value: str, where: str) -> str:
+    """An input picture: an existing, bounded file on this machine, as an absolute path."""
+    path = Path(value).expanduser()
+    try:
+        size = path.stat().st_size
+    except OSError:
+        raise SpecError(f"{where}: init image '{value}' not found; give the path of a picture.") \
+            from None
+    if not path.is_file():
+        raise SpecError(f"{where}: init image '{value}' is not a file.")
+    if size > MAX_INPUT_BYTES:
+        raise SpecError(f"{where}: init image '{value}' is larger than 50 MiB.")
+    return str(path.resolve())
+
+
 def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
     """Resolve presets, flags and per-prompt overrides into a JobSpec."""
     try:
@@ -258,6 +287,19 @@ def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
         if width is not None:
             _check_size(width, preset, f"{where}: width" if item.width else "--width")
             _check_size(height, preset, f"{where}: height" if item.height else "--height")
+        steps = item.steps or settings.steps or preset.steps
+        init = item.init_image or settings.init_image
+        strength = item.strength if item.strength is not None else settings.strength
+        if init is None and strength is not None:
+            raise SpecError(f"{where}: --strength applies to image-to-image; give --init-image "
+                            "too, or drop --strength.")
+        if init is not None:
+            init = _init_image(init, where)
+            strength = DEFAULT_STRENGTH if strength is None else strength
+            if int(steps * strength) < 1:
+                raise SpecError(f"{where}: {steps} steps x strength {strength} leaves no "
+                                f"denoising step; use at least {-(-1 // strength):.0f} steps or "
+                                "a higher --strength.")
         resolved.append(ResolvedPrompt(
             prompt=item.prompt,
             negative_prompt=item.negative_prompt if item.negative_prompt is not None
@@ -265,7 +307,7 @@ def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
             seed=item.seed,
             num_images=item.num_images or settings.num_images,
             width=width, height=height,
-            steps=item.steps or settings.steps or preset.steps,
+            steps=steps, init_image=init, strength=strength,
             guidance=float(item.guidance if item.guidance is not None else
                            settings.guidance if settings.guidance is not None else preset.guidance),
         ))

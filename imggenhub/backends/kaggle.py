@@ -21,8 +21,8 @@ from ..notebook import CODE_FILE, read_job_document
 from ..runs import Failure, Run
 from . import Backend, OnEvent
 from .kaggle_download import bring_outputs, log_text, output_page
-from .kaggle_meta import KernelOptions, kernel_metadata, load_metadata_template, write_metadata, \
-    METADATA_FILE, PLACEHOLDER_OWNER, split_kernel_id
+from .kaggle_meta import (METADATA_FILE, PLACEHOLDER_OWNER, KernelOptions, check_job,
+                          kernel_metadata, load_metadata_template, split_kernel_id, write_metadata)
 
 GPU_CAP_TEXT = "Maximum batch GPU session count"
 RESOLVE_DEPTH = 10  # versions looked at, newest first, to find an interrupted push
@@ -130,6 +130,7 @@ class KaggleBackend(Backend):
     # --- prepare and push -------------------------------------------------------------
 
     def prepare(self, job, run: Run, options, on_event: OnEvent) -> None:
+        check_job(job)
         options = options or KernelOptions()
         template = load_metadata_template(options.template)
         meta = kernel_metadata(options, template=template)  # checked before any network

@@ -47,6 +47,13 @@ class KernelOptions:
     template: Path | None = None
 
 
+def check_job(job) -> None:
+    """What a Kaggle kernel cannot run yet: inputs that live on this machine."""
+    if any(p.init_image for p in job.prompts):
+        raise SpecError("Input pictures (--init-image) must reach Kaggle as a private dataset, "
+                        "which imggenhub does not upload yet; run this job with --backend local.")
+
+
 def split_kernel_id(kernel_id: str, where: str = "--kernel-id") -> tuple[str, str]:
     """'owner/slug' -> (owner, slug), or one sentence saying what is wrong."""
     owner, sep, slug = str(kernel_id).partition("/")

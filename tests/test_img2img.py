@@ -1,0 +1,96 @@
+"""Image-to-image, first step: --init-image and --strength, checked before anything runs,
+run from the loaded components, recorded in the manifest and the PNG."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imggenhub import artifacts, engine
+from imggenhub.spec import build_job, load_prompts, parse_settings, prompts_from_flags
+
+from .conftest import write_json
+from .test_kaggle import SPEC
+
+
+def picture(path, seed, size=64):
+    Image.fromarray(np.random.RandomState(seed).randint(0, 255, (size, size, 3), dtype=np.uint8)
+                    ).save(path)
+    return path
+
+
+@pytest.mark.parametrize("flags,words", [
+    ({"strength": 0.5}, "--strength applies to image-to-image"),
+    ({"init_image": "nope.png"}, "init image 'nope.png' not found"),
+    ({"init_image": "IMG", "steps": 2, "strength": 0.3}, "leaves no denoising step; use at least 4"),
+])
+def test_bad_image_to_image_input_is_one_sentence(tmp_path, cli, flags, words):
+    img = picture(tmp_path / "a.png", 1)
+    args = ["render", "--out", str(tmp_path / "r"), "-p", "x", "--model", "tiny-random"]
+    for key, value in flags.items():
+        args += ["--" + key.replace("_", "-"), str(img) if value == "IMG" else str(value)]
+    code, out, err = cli(*args, cwd=tmp_path)
+    assert code == 2 and words in err and len(err.strip().splitlines()) == 1
+
+
+def test_prompts_file_inputs_are_relative_to_the_file_and_recorded(tmp_path):
+    (tmp_path / "inputs").mkdir()
+    picture(tmp_path / "inputs" / "a b 'q'.png", 1)
+    write_json(tmp_path / "inputs" / "prompts.json",
+               [{"prompt": "x", "init_image": "a b 'q'.png", "strength": 0.5}, "plain"])
+    job = build_job(parse_settings(model="tiny-random", seed=1),
+                    load_prompts(tmp_path / "inputs" / "prompts.json"))
+    assert job.prompts[0].init_image == str((tmp_path / "inputs" / "a b 'q'.png").resolve())
+    assert job.prompts[0].strength == 0.5 and job.prompts[1].init_image is None
+    tasks = engine.plan_images(job.document())
+    assert len(engine.batches(tasks, 8)) == 2  # text-to-image and image-to-image never batch
+
+
+def test_kaggle_refuses_local_inputs_before_any_push(emulator, cli, tmp_path):
+    img = picture(tmp_path / "a.png", 1)
+    code, out, err = cli("deploy", *SPEC, "--init-image", str(img), cwd=tmp_path)
+    assert code == 2 and "--backend local" in err
+    assert not [m for m, _ in emulator.calls if m == "SaveKernel"]
+
+
+@pytest.mark.slow
+def test_the_init_image_matters_more_the_lower_the_strength(tmp_path):
+    """Random weights give a random VAE, so no output resembles its init image; what holds
+    with any weights: at strength 0.3 two different init images give outputs far more
+    different than at strength 1.0, where the start is almost pure noise."""
+    a, b = picture(tmp_path / "a.png", 1), picture(tmp_path / "b.png", 2)
+
+    def out(init, strength):
+        job = build_job(parse_settings(model="tiny-random", seed=3, steps=10, gpu=False,
+                                       init_image=str(init), strength=strength),
+                        prompts_from_flags(["a fox"])).document()
+        folder = tmp_path / f"{init.stem}-{strength}"
+        engine.run_worker(job, folder)
+        manifest = engine.merge_manifest(folder, job)
+        record = manifest["images"][0]
+        assert record["strength"] == strength and record["init_image"] == init.name
+        assert record["denoising_steps"] == int(10 * strength)
+        assert artifacts.verify(folder) == []
+        png = Image.open(folder / record["file"])
+        assert f"Denoising strength: {strength}" in png.text["parameters"]
+        assert json.loads(png.text["imggenhub"])["strength"] == strength
+        return np.asarray(png).astype(float)
+
+    low = np.abs(out(a, 0.3) - out(b, 0.3)).mean()
+    high = np.abs(out(a, 1.0) - out(b, 1.0)).mean()
+    assert low > 5 * high, (low, high)
+
+
+@pytest.mark.slow
+def test_image_to_image_through_the_local_backend(tmp_path, cli):
+    img = picture(tmp_path / "big.png", 4, size=96)  # resized to the job's 64x64, with a note
+    code, out, err = cli("generate", "--backend", "local", "--model", "tiny-random", "-p", "a fox",
+                         "--init-image", str(img), "--strength", "0.5", "--steps", "4",
+                         "--out", str(tmp_path / "out"), cwd=tmp_path)
+    assert code == 0, err
+    manifest = artifacts.read_manifest(tmp_path / "out")
+    assert manifest["images"][0]["strength"] == 0.5 and manifest["images"][0]["width"] == 64
+    assert "resized to 64x64" in (tmp_path / "out" / "kernel.log").read_text()
