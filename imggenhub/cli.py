@@ -88,6 +88,8 @@ _JOB_OPTIONS = {
     "precision": (str, typer.Option(help="auto, fp16 or fp32 (auto: fp16 on a GPU).")),
     "init_image": (Optional[str], typer.Option(
         "--init-image", metavar="PATH", help="Image-to-image: start from this picture.")),
+    "mask_image": (Optional[str], typer.Option(
+        "--mask-image", metavar="PATH", help="Inpainting, with --init-image: white is redrawn.")),
     "strength": (Optional[float], typer.Option(
         help="Image-to-image: how much of the picture is redrawn, 0 < s <= 1 (default 0.8).")),
     "gpu": (bool, typer.Option("--gpu/--no-gpu", help="Ask for a GPU.")),

@@ -110,6 +110,7 @@ def plan_images(job: dict) -> list[dict]:
                 "steps": item["steps"],
                 "guidance": item["guidance"],
                 "init_image": item.get("init_image"),
+                "mask_image": item.get("mask_image"),
                 "strength": item.get("strength"),
                 "file": f"{index + 1:04d}-{slugify(item['prompt'])}.png",
             })
@@ -122,7 +123,8 @@ def batches(tasks: list[dict], batch_size: int) -> list[list[dict]]:
     out: list[list[dict]] = []
     for task in tasks:
         key = (task["width"], task["height"], task["steps"], task["guidance"],
-               task.get("init_image") is not None, task.get("strength"))
+               task.get("init_image") is not None, task.get("mask_image") is not None,
+               task.get("strength"))
         if out and len(out[-1]) < batch_size and out[-1][0]["_key"] == key:
             out[-1].append({**task, "_key": key})
         else:
@@ -363,22 +365,25 @@ def load_pipeline(model: dict, device: str, dtype):
     return pipe.to(device)
 
 
-def image_to_image(pipe):
-    """The image-to-image pipeline over the same loaded components (nothing loaded twice)."""
-    from diffusers import AutoPipelineForImage2Image
+def derived_pipeline(pipe, mode: str):
+    """The image-to-image or inpainting pipeline over the same loaded components (nothing
+    is loaded twice)."""
+    import diffusers
 
-    i2i = AutoPipelineForImage2Image.from_pipe(pipe)
-    i2i.set_progress_bar_config(disable=True)
-    return i2i
+    auto = {"img2img": diffusers.AutoPipelineForImage2Image,
+            "inpaint": diffusers.AutoPipelineForInpainting}[mode]
+    derived = auto.from_pipe(pipe)
+    derived.set_progress_bar_config(disable=True)
+    return derived
 
 
-def load_init_image(path: str, width: int | None, height: int | None):
-    """An input picture as RGB, at the job's size when it has one."""
+def load_init_image(path: str, width: int | None, height: int | None, mode: str = "RGB"):
+    """An input picture (RGB) or mask (L: white is redrawn), at the job's size if it has one."""
     from PIL import Image
 
     try:
         with Image.open(path) as opened:
-            image = opened.convert("RGB")
+            image = opened.convert(mode)
     except (OSError, ValueError) as exc:
         raise ValueError(f"the init image {Path(path).name!r} cannot be read as a picture ({exc})") \
             from None
@@ -496,7 +501,7 @@ def run_worker(job: dict, out_dir: Path) -> None:
     writer = ImageWriter(out_dir, part, len(tasks), tag, t_start)
     fail_after = int(os.environ.get("IMGGENHUB_ENGINE_FAIL_AFTER", "-1"))  # test fault knob
     made = 0
-    i2i = None  # built from the loaded components when a task first needs it
+    derived = {}  # image-to-image, inpainting: built from the loaded components when needed
     t_loop = time.monotonic()
     try:
         for batch in batches(tasks, job.get("batch_size", 1)):
@@ -514,10 +519,13 @@ def run_worker(job: dict, out_dir: Path) -> None:
                 kwargs["negative_prompt"] = [t["negative_prompt"] or "" for t in batch]
             run = pipe
             if first.get("init_image"):
-                i2i = i2i or image_to_image(pipe)
-                run = i2i
+                mode = "inpaint" if first.get("mask_image") else "img2img"
+                run = derived.get(mode) or derived.setdefault(mode, derived_pipeline(pipe, mode))
                 kwargs.update(image=[load_init_image(t["init_image"], t["width"], t["height"])
                                      for t in batch], strength=first["strength"])
+                if mode == "inpaint":
+                    kwargs["mask_image"] = [load_init_image(t["mask_image"], t["width"],
+                                                            t["height"], "L") for t in batch]
             elif first["width"] and first["height"]:
                 kwargs.update(width=first["width"], height=first["height"])
             t_gen = time.monotonic()
@@ -533,6 +541,8 @@ def run_worker(job: dict, out_dir: Path) -> None:
                     **({"init_image": Path(task["init_image"]).name, "strength": task["strength"],
                         "denoising_steps": int(task["steps"] * task["strength"])}
                        if task.get("init_image") else {}),
+                    **({"mask_image": Path(task["mask_image"]).name}
+                       if task.get("mask_image") else {}),
                 }, per_image)
                 made += 1
     finally:

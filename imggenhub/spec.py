@@ -53,6 +53,7 @@ class PromptItem(BaseModel):
     steps: int | None = Field(None, ge=1, le=MAX_STEPS)
     guidance: float | None = Field(None, ge=0.0, le=MAX_GUIDANCE)
     init_image: str | None = None
+    mask_image: str | None = None
     strength: float | None = Field(None, gt=0.0, le=1.0)
 
     @field_validator("prompt")
@@ -86,6 +87,7 @@ class Settings(BaseModel):
     precision: Precision = "auto"
     gpu: bool = True
     init_image: str | None = None
+    mask_image: str | None = None
     strength: float | None = Field(None, gt=0.0, le=1.0)
 
     @field_validator("scheduler")
@@ -113,6 +115,7 @@ class ResolvedPrompt(BaseModel):
     steps: int
     guidance: float
     init_image: str | None = None  # an absolute path on this machine (image-to-image)
+    mask_image: str | None = None  # with init_image: inpainting (white = redraw)
     strength: float | None = None
 
 
@@ -218,8 +221,10 @@ def load_prompts(path: Path) -> list[PromptItem]:
                         '(strings, or objects like {"prompt": "..."}).')
     items = [_item(entry, f"{path} item {i + 1}") for i, entry in enumerate(data)]
     for item in items:  # an input file named in prompts.json is relative to that file
-        if item.init_image and not Path(item.init_image).expanduser().is_absolute():
-            item.init_image = str(path.parent / item.init_image)
+        for field in ("init_image", "mask_image"):
+            value = getattr(item, field)
+            if value and not Path(value).expanduser().is_absolute():
+                setattr(item, field, str(path.parent / value))
     return items
 
 
@@ -255,18 +260,18 @@ DEFAULT_STRENGTH = 0.8
 MAX_INPUT_BYTES = 50 << 20
 
 
-def _init_image(value: str, where: str) -> str:
+def _input_file(value: str, where: str, what: str = "init image") -> str:
     """An input picture: an existing, bounded file on this machine, as an absolute path."""
     path = Path(value).expanduser()
     try:
         size = path.stat().st_size
     except OSError:
-        raise SpecError(f"{where}: init image '{value}' not found; give the path of a picture.") \
+        raise SpecError(f"{where}: {what} '{value}' not found; give the path of a picture.") \
             from None
     if not path.is_file():
-        raise SpecError(f"{where}: init image '{value}' is not a file.")
+        raise SpecError(f"{where}: {what} '{value}' is not a file.")
     if size > MAX_INPUT_BYTES:
-        raise SpecError(f"{where}: init image '{value}' is larger than 50 MiB.")
+        raise SpecError(f"{where}: {what} '{value}' is larger than 50 MiB.")
     return str(path.resolve())
 
 
@@ -289,13 +294,17 @@ def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
             _check_size(height, preset, f"{where}: height" if item.height else "--height")
         steps = item.steps or settings.steps or preset.steps
         init = item.init_image or settings.init_image
+        mask = item.mask_image or settings.mask_image
         strength = item.strength if item.strength is not None else settings.strength
-        if init is None and strength is not None:
-            raise SpecError(f"{where}: --strength applies to image-to-image; give --init-image "
-                            "too, or drop --strength.")
+        if init is None and (strength is not None or mask is not None):
+            raise SpecError(f"{where}: --strength and --mask-image apply to an --init-image; give "
+                            "it too.")
+        if mask is not None:
+            mask = _input_file(mask, where, "mask image")
         if init is not None:
-            init = _init_image(init, where)
-            strength = DEFAULT_STRENGTH if strength is None else strength
+            init = _input_file(init, where)
+            if strength is None:
+                strength = 1.0 if mask else DEFAULT_STRENGTH
             if int(steps * strength) < 1:
                 raise SpecError(f"{where}: {steps} steps x strength {strength} leaves no "
                                 f"denoising step; use at least {-(-1 // strength):.0f} steps or "
@@ -307,7 +316,7 @@ def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
             seed=item.seed,
             num_images=item.num_images or settings.num_images,
             width=width, height=height,
-            steps=steps, init_image=init, strength=strength,
+            steps=steps, init_image=init, mask_image=mask, strength=strength,
             guidance=float(item.guidance if item.guidance is not None else
                            settings.guidance if settings.guidance is not None else preset.guidance),
         ))

@@ -1,5 +1,6 @@
-"""Image-to-image, first step: --init-image and --strength, checked before anything runs,
-run from the loaded components, recorded in the manifest and the PNG."""
+"""Image-to-image and inpainting, first step (local backend): --init-image, --mask-image
+and --strength, checked before anything runs, run from the loaded components, recorded in
+the manifest and the PNG."""
 
 from __future__ import annotations
 
@@ -23,7 +24,9 @@ def picture(path, seed, size=64):
 
 
 @pytest.mark.parametrize("flags,words", [
-    ({"strength": 0.5}, "--strength applies to image-to-image"),
+    ({"strength": 0.5}, "apply to an --init-image"),
+    ({"mask_image": "IMG"}, "apply to an --init-image"),
+    ({"init_image": "IMG", "mask_image": "nope.png"}, "mask image 'nope.png' not found"),
     ({"init_image": "nope.png"}, "init image 'nope.png' not found"),
     ({"init_image": "IMG", "steps": 2, "strength": 0.3}, "leaves no denoising step; use at least 4"),
 ])
@@ -94,3 +97,33 @@ def test_image_to_image_through_the_local_backend(tmp_path, cli):
     manifest = artifacts.read_manifest(tmp_path / "out")
     assert manifest["images"][0]["strength"] == 0.5 and manifest["images"][0]["width"] == 64
     assert "resized to 64x64" in (tmp_path / "out" / "kernel.log").read_text()
+
+
+@pytest.mark.slow
+def test_inpainting_redraws_inside_the_mask_and_follows_the_picture_outside(tmp_path):
+    """With any weights: two init images that differ only outside the mask give outputs
+    that differ outside the mask far more than inside it (inside, the mask is redrawn
+    from the same noise)."""
+    rs = np.random.RandomState
+    a = rs(0).randint(0, 255, (64, 64, 3), dtype=np.uint8)
+    b = a.copy()
+    b[:, 32:] = rs(1).randint(0, 255, (64, 32, 3), dtype=np.uint8)  # differs on the right only
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[:, :32] = 255  # redraw the left half
+    Image.fromarray(a).save(tmp_path / "a.png")
+    Image.fromarray(b).save(tmp_path / "b.png")
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+
+    def out(name):
+        job = build_job(parse_settings(model="tiny-random", seed=3, steps=10, gpu=False,
+                                       init_image=str(tmp_path / name),
+                                       mask_image=str(tmp_path / "mask.png")),
+                        prompts_from_flags(["a fox"])).document()
+        folder = tmp_path / f"out-{name}"
+        engine.run_worker(job, folder)
+        record = engine.merge_manifest(folder, job)["images"][0]
+        assert record["mask_image"] == "mask.png" and record["strength"] == 1.0
+        return np.asarray(Image.open(folder / record["file"])).astype(float)
+
+    d = np.abs(out("a.png") - out("b.png"))
+    assert d[:, 32:].mean() > 3 * d[:, :32].mean(), (d[:, 32:].mean(), d[:, :32].mean())
