@@ -90,6 +90,9 @@ _JOB_OPTIONS = {
         "--init-image", metavar="PATH", help="Image-to-image: start from this picture.")),
     "mask_image": (Optional[str], typer.Option(
         "--mask-image", metavar="PATH", help="Inpainting, with --init-image: white is redrawn.")),
+    "lora": (Optional[list[str]], typer.Option(
+        "--lora", metavar="REF[:SCALE]",
+        help="A LoRA (repeatable): a local .safetensors, a Hub repo, or owner/name/file.safetensors.")),
     "strength": (Optional[float], typer.Option(
         help="Image-to-image: how much of the picture is redrawn, 0 < s <= 1 (default 0.8).")),
     "gpu": (bool, typer.Option("--gpu/--no-gpu", help="Ask for a GPU.")),

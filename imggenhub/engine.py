@@ -365,6 +365,33 @@ def load_pipeline(model: dict, device: str, dtype):
     return pipe.to(device)
 
 
+def apply_loras(pipe, loras: list[dict]) -> list[dict]:
+    """Load the job's LoRAs with diffusers' loader, combine them with their weights, and fuse
+    them into the weights (the set never changes during a job, so fused is fastest).
+    Returns what to record: each LoRA's name and scale."""
+    if not loras:
+        return []
+    names = []
+    for i, lora in enumerate(loras):
+        name = f"lora{i}"
+        ref = lora["ref"]
+        if lora.get("local"):
+            pipe.load_lora_weights(str(Path(ref).parent), weight_name=Path(ref).name,
+                                   adapter_name=name)
+        elif ref.count("/") == 2:  # owner/name/file.safetensors
+            repo, _, weight = ref.rpartition("/")
+            pipe.load_lora_weights(repo, weight_name=weight, adapter_name=name)
+        else:
+            pipe.load_lora_weights(ref, adapter_name=name)
+        names.append(name)
+    pipe.set_adapters(names, adapter_weights=[float(l["scale"]) for l in loras])
+    pipe.fuse_lora(adapter_names=names)
+    recorded = [{"name": Path(l["ref"]).stem if l.get("local") else l["ref"],
+                 "scale": l["scale"]} for l in loras]
+    log("LoRA " + ", ".join(f"{r['name']} x{r['scale']}" for r in recorded) + " fused")
+    return recorded
+
+
 def derived_pipeline(pipe, mode: str):
     """The image-to-image or inpainting pipeline over the same loaded components (nothing
     is loaded twice)."""
@@ -419,6 +446,8 @@ def a1111_parameters(record: dict) -> str:
     lines = [record["prompt"]]
     if record.get("negative_prompt"):
         lines.append(f"Negative prompt: {record['negative_prompt']}")
+    if record.get("loras"):  # the convention A1111 and image sites read
+        lines[0] += "".join(f" <lora:{Path(l['name']).name}:{l['scale']}>" for l in record["loras"])
     settings = (f"Steps: {record['steps']}, Sampler: {record['scheduler']}, CFG scale: "
                 f"{record['guidance']}, Seed: {record['seed']}, Size: {record['width']}x"
                 f"{record['height']}, Model: {record['model']}")
@@ -487,6 +516,7 @@ def run_worker(job: dict, out_dir: Path) -> None:
     pipe = load_pipeline(model, str(device), dtype)
     enable_memory_savers(pipe)
     scheduler = set_scheduler(pipe, job.get("scheduler"))
+    loras = apply_loras(pipe, job.get("loras") or [])
     pipe.set_progress_bar_config(disable=True)
     load_seconds = time.monotonic() - t_load
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -494,7 +524,8 @@ def run_worker(job: dict, out_dir: Path) -> None:
         f"in {load_seconds:.2f}s; {len(tasks)} images for this process")
 
     header = {"engine_version": ENGINE_VERSION, "job_id": job.get("job_id"),
-              "run_id": job.get("run_id"), "model": model["id"], "processes_total": world}
+              "run_id": job.get("run_id"), "model": model["id"], "processes_total": world,
+              "loras": loras}
     part = PartLog(parts / f"rank-{rank:02d}.jsonl", header, {
         "rank": rank, "device": device_name, "dtype": str(dtype).replace("torch.", ""),
         "model_load_seconds": round(load_seconds, 4), "scheduler": scheduler})
@@ -538,6 +569,7 @@ def run_worker(job: dict, out_dir: Path) -> None:
                     "seed": task["seed"], "model": model["id"], "steps": task["steps"],
                     "guidance": task["guidance"], "width": image.width, "height": image.height,
                     "scheduler": scheduler, "device": device_name,
+                    **({"loras": loras} if loras else {}),
                     **({"init_image": Path(task["init_image"]).name, "strength": task["strength"],
                         "denoising_steps": int(task["steps"] * task["strength"])}
                        if task.get("init_image") else {}),

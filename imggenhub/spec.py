@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .engine import SCHEDULERS, plan_images
 from .errors import SpecError
-from .models import ModelPreset, resolve_model
+from .models import HUB_ID, ModelPreset, resolve_model
 
 MAX_STEPS = 500
 MAX_GUIDANCE = 50.0
@@ -89,6 +89,7 @@ class Settings(BaseModel):
     init_image: str | None = None
     mask_image: str | None = None
     strength: float | None = Field(None, gt=0.0, le=1.0)
+    lora: list[str] | None = None
 
     @field_validator("scheduler")
     @classmethod
@@ -119,6 +120,17 @@ class ResolvedPrompt(BaseModel):
     strength: float | None = None
 
 
+class LoraRef(BaseModel):
+    """A LoRA to load: a local .safetensors file (an absolute path), a Hub repo, or a file in
+    a Hub repo (owner/name/file.safetensors); with its weight."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ref: str
+    scale: float
+    local: bool
+
+
 class JobSpec(BaseModel):
     """A validated job: what the engine needs, and nothing about where it runs."""
 
@@ -127,6 +139,7 @@ class JobSpec(BaseModel):
     model_name: str
     model: dict
     prompts: tuple[ResolvedPrompt, ...]
+    loras: tuple[LoraRef, ...] = ()
     seed: int
     batch_size: int
     scheduler: str | None
@@ -275,6 +288,34 @@ def _input_file(value: str, where: str, what: str = "init image") -> str:
     return str(path.resolve())
 
 
+MAX_LORA_BYTES = 2 << 30
+
+
+def parse_lora(value: str) -> LoraRef:
+    """REF[:SCALE] -> a LoRA reference, checked (a local file must exist, a Hub ref must be
+    owner/name or owner/name/file.safetensors)."""
+    ref, scale = value, 1.0
+    head, sep, tail = value.rpartition(":")
+    if sep and head:
+        try:
+            ref, scale = head, float(tail)
+        except ValueError:
+            pass
+    if not -10.0 <= scale <= 10.0:
+        raise SpecError(f"--lora {value!r}: the scale {scale} is outside -10..10.")
+    path = Path(ref).expanduser()
+    if ref.endswith(".safetensors") and path.is_file():
+        if path.stat().st_size > MAX_LORA_BYTES:
+            raise SpecError(f"--lora {value!r}: the file is larger than 2 GiB; it is no LoRA.")
+        return LoraRef(ref=str(path.resolve()), scale=scale, local=True)
+    parts = ref.split("/")
+    if len(parts) in (2, 3) and HUB_ID.match("/".join(parts[:2])) and (
+            len(parts) == 2 or (parts[2].endswith(".safetensors") and ".." not in parts[2])):
+        return LoraRef(ref=ref, scale=scale, local=False)
+    raise SpecError(f"--lora {value!r} is neither a .safetensors file here nor a Hub repo "
+                    "(owner/name or owner/name/file.safetensors); add :SCALE for a weight.")
+
+
 def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
     """Resolve presets, flags and per-prompt overrides into a JobSpec."""
     try:
@@ -328,7 +369,8 @@ def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
         model_name=preset.name, model=preset.engine_dict(), prompts=tuple(resolved),
         seed=settings.seed if settings.seed is not None else secrets.randbelow(SEED_MAX + 1),
         batch_size=settings.batch_size, scheduler=settings.scheduler,
-        precision=settings.precision, gpu=settings.gpu)
+        precision=settings.precision, gpu=settings.gpu,
+        loras=tuple(parse_lora(v) for v in settings.lora or ()))
     plan_images(job.document())  # the engine's own planner accepts it
     return job
 
