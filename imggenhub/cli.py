@@ -93,6 +93,9 @@ _JOB_OPTIONS = {
     "lora": (Optional[list[str]], typer.Option(
         "--lora", metavar="REF[:SCALE]",
         help="A LoRA (repeatable): a local .safetensors, a Hub repo, or owner/name/file.safetensors.")),
+    "embedding": (Optional[list[str]], typer.Option(
+        "--embedding", metavar="REF[:TOKEN]",
+        help="A textual-inversion embedding (repeatable): a local file or a Hub repo.")),
     "strength": (Optional[float], typer.Option(
         help="Image-to-image: how much of the picture is redrawn, 0 < s <= 1 (default 0.8).")),
     "gpu": (bool, typer.Option("--gpu/--no-gpu", help="Ask for a GPU.")),

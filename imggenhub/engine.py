@@ -392,6 +392,25 @@ def apply_loras(pipe, loras: list[dict]) -> list[dict]:
     return recorded
 
 
+def apply_embeddings(pipe, embeddings: list[dict]) -> list[dict]:
+    """Load the job's textual-inversion embeddings; return what to record."""
+    recorded = []
+    for emb in embeddings:
+        ref, kwargs = emb["ref"], {"token": emb.get("token")} if emb.get("token") else {}
+        if emb.get("local"):
+            pipe.load_textual_inversion(ref, **kwargs)
+        elif ref.count("/") == 2:
+            repo, _, weight = ref.rpartition("/")
+            pipe.load_textual_inversion(repo, weight_name=weight, **kwargs)
+        else:
+            pipe.load_textual_inversion(ref, **kwargs)
+        recorded.append({"name": Path(ref).stem if emb.get("local") else ref,
+                         "token": emb.get("token")})
+    if recorded:
+        log("embeddings " + ", ".join(f"{r['name']} as {r['token']}" for r in recorded) + " loaded")
+    return recorded
+
+
 def derived_pipeline(pipe, mode: str):
     """The image-to-image or inpainting pipeline over the same loaded components (nothing
     is loaded twice)."""
@@ -517,6 +536,7 @@ def run_worker(job: dict, out_dir: Path) -> None:
     enable_memory_savers(pipe)
     scheduler = set_scheduler(pipe, job.get("scheduler"))
     loras = apply_loras(pipe, job.get("loras") or [])
+    embeddings = apply_embeddings(pipe, job.get("embeddings") or [])
     pipe.set_progress_bar_config(disable=True)
     load_seconds = time.monotonic() - t_load
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -525,7 +545,7 @@ def run_worker(job: dict, out_dir: Path) -> None:
 
     header = {"engine_version": ENGINE_VERSION, "job_id": job.get("job_id"),
               "run_id": job.get("run_id"), "model": model["id"], "processes_total": world,
-              "loras": loras}
+              "loras": loras, "embeddings": embeddings}
     part = PartLog(parts / f"rank-{rank:02d}.jsonl", header, {
         "rank": rank, "device": device_name, "dtype": str(dtype).replace("torch.", ""),
         "model_load_seconds": round(load_seconds, 4), "scheduler": scheduler})
@@ -570,6 +590,7 @@ def run_worker(job: dict, out_dir: Path) -> None:
                     "guidance": task["guidance"], "width": image.width, "height": image.height,
                     "scheduler": scheduler, "device": device_name,
                     **({"loras": loras} if loras else {}),
+                    **({"embeddings": embeddings} if embeddings else {}),
                     **({"init_image": Path(task["init_image"]).name, "strength": task["strength"],
                         "denoising_steps": int(task["steps"] * task["strength"])}
                        if task.get("init_image") else {}),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 from pathlib import Path
 from typing import Literal
@@ -90,6 +91,7 @@ class Settings(BaseModel):
     mask_image: str | None = None
     strength: float | None = Field(None, gt=0.0, le=1.0)
     lora: list[str] | None = None
+    embedding: list[str] | None = None
 
     @field_validator("scheduler")
     @classmethod
@@ -131,6 +133,16 @@ class LoraRef(BaseModel):
     local: bool
 
 
+class EmbeddingRef(BaseModel):
+    """A textual-inversion embedding: a local file or a Hub ref, and the token it teaches."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ref: str
+    token: str | None
+    local: bool
+
+
 class JobSpec(BaseModel):
     """A validated job: what the engine needs, and nothing about where it runs."""
 
@@ -140,6 +152,7 @@ class JobSpec(BaseModel):
     model: dict
     prompts: tuple[ResolvedPrompt, ...]
     loras: tuple[LoraRef, ...] = ()
+    embeddings: tuple[EmbeddingRef, ...] = ()
     seed: int
     batch_size: int
     scheduler: str | None
@@ -308,12 +321,39 @@ def parse_lora(value: str) -> LoraRef:
         if path.stat().st_size > MAX_LORA_BYTES:
             raise SpecError(f"--lora {value!r}: the file is larger than 2 GiB; it is no LoRA.")
         return LoraRef(ref=str(path.resolve()), scale=scale, local=True)
-    parts = ref.split("/")
-    if len(parts) in (2, 3) and HUB_ID.match("/".join(parts[:2])) and (
-            len(parts) == 2 or (parts[2].endswith(".safetensors") and ".." not in parts[2])):
+    if _hub_ref(ref, (".safetensors",)):
         return LoraRef(ref=ref, scale=scale, local=False)
     raise SpecError(f"--lora {value!r} is neither a .safetensors file here nor a Hub repo "
                     "(owner/name or owner/name/file.safetensors); add :SCALE for a weight.")
+
+
+EMBEDDING_SUFFIXES = (".safetensors", ".bin", ".pt")
+TOKEN = re.compile(r"^[^\s/:]{1,40}$")
+
+
+def _hub_ref(ref: str, suffixes: tuple[str, ...]) -> bool:
+    """owner/name, or owner/name/file with one of ``suffixes``."""
+    parts = ref.split("/")
+    return len(parts) in (2, 3) and bool(HUB_ID.match("/".join(parts[:2]))) and (
+        len(parts) == 2 or (parts[2].endswith(suffixes) and ".." not in parts[2]))
+
+
+def parse_embedding(value: str) -> EmbeddingRef:
+    """REF[:TOKEN] -> a textual-inversion embedding (a local file's token defaults to <stem>)."""
+    ref, token = value, None
+    head, sep, tail = value.rpartition(":")
+    if sep and head and TOKEN.match(tail):
+        ref, token = head, tail
+    path = Path(ref).expanduser()
+    if ref.endswith(EMBEDDING_SUFFIXES) and path.is_file():
+        if path.stat().st_size > MAX_INPUT_BYTES:
+            raise SpecError(f"--embedding {value!r}: the file is larger than 50 MiB.")
+        return EmbeddingRef(ref=str(path.resolve()), token=token or f"<{path.stem}>", local=True)
+    if _hub_ref(ref, EMBEDDING_SUFFIXES):
+        return EmbeddingRef(ref=ref, token=token, local=False)
+    raise SpecError(f"--embedding {value!r} is neither an embedding file here (.safetensors, .bin, "
+                    ".pt) nor a Hub repo (owner/name or owner/name/file); add :TOKEN to name its "
+                    "token.")
 
 
 def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
@@ -370,7 +410,8 @@ def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
         seed=settings.seed if settings.seed is not None else secrets.randbelow(SEED_MAX + 1),
         batch_size=settings.batch_size, scheduler=settings.scheduler,
         precision=settings.precision, gpu=settings.gpu,
-        loras=tuple(parse_lora(v) for v in settings.lora or ()))
+        loras=tuple(parse_lora(v) for v in settings.lora or ()),
+        embeddings=tuple(parse_embedding(v) for v in settings.embedding or ()))
     plan_images(job.document())  # the engine's own planner accepts it
     return job
 

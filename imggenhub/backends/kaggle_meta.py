@@ -49,8 +49,9 @@ class KernelOptions:
 
 def check_job(job) -> None:
     """What a Kaggle kernel cannot run yet: inputs that live on this machine."""
-    if any(p.init_image or p.mask_image for p in job.prompts) or any(l.local for l in job.loras):
-        raise SpecError("Files on this machine (--init-image, --mask-image, a local --lora) must reach Kaggle as a private dataset, "
+    if any(p.init_image or p.mask_image for p in job.prompts) or any(
+            x.local for x in (*job.loras, *job.embeddings)):
+        raise SpecError("Files on this machine (--init-image, --mask-image, a local --lora or --embedding) must reach Kaggle as a private dataset, "
                         "which imggenhub does not upload yet; run this job with --backend local.")
 
 
