@@ -57,8 +57,19 @@ def read_job_document(notebook_text: str) -> dict | None:
     return None
 
 
-def engine_source() -> str:
-    return f"%%writefile {engine.ENGINE_FILE}\n" + Path(engine.__file__).read_text(encoding="utf-8")
+def engine_cells() -> list[dict]:
+    """The engine, one readable cell per module, written unchanged into a package beside the
+    notebook (a first cell makes its folder)."""
+    package = engine.ENGINE_PACKAGE
+    folder = Path(engine.__file__).parent
+    sources = [f"# The engine: one cell per module of the package {package}/.\n"
+               f"import pathlib\n\npathlib.Path({package!r}).mkdir(exist_ok=True)"]
+    sources += [f"%%writefile {package}/{name}.py\n" + (folder / f"{name}.py").read_text("utf-8")
+                for name in engine.MODULES]
+    names = ["mkdir", *[m.strip("_") or "init" for m in engine.MODULES]]
+    return [{"cell_type": "code", "execution_count": None, "id": f"imggenhub-engine-{n}",
+             "metadata": {}, "outputs": [], "source": src.splitlines(keepends=True)}
+            for n, src in zip(names, sources)]
 
 
 def render_notebook(job: JobSpec, run_id: str | None = None) -> str:
@@ -66,16 +77,20 @@ def render_notebook(job: JobSpec, run_id: str | None = None) -> str:
     nb = _template()
     about = {"{{job_id}}": job.job_id, "{{version}}": __version__, "{{run_id}}": run_id or "-",
              "{{image_count}}": str(job.image_count), "{{model_id}}": job.model["id"]}
+    cells = []
     for cell in nb["cells"]:
         source = "".join(cell["source"])
+        if source.startswith("# imggenhub:engine"):
+            cells += engine_cells()
+            continue
         if cell["cell_type"] == "markdown":
             for key, value in about.items():
                 source = source.replace(key, value)
         elif "parameters" in cell.get("metadata", {}).get("tags", []):
             source = parameters_source(job, run_id)
-        elif source.startswith("# imggenhub:engine"):
-            source = engine_source()
         cell["source"] = source.splitlines(keepends=True)
+        cells.append(cell)
+    nb["cells"] = cells
     return json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + "\n"
 
 

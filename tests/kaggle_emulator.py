@@ -29,6 +29,7 @@ import base64
 import errno
 import hashlib
 import json
+import re
 import os
 import random
 import secrets
@@ -387,7 +388,7 @@ class Emulator:
         try:
             job_json, doc = _parse_job_cell(job_cell)
             version.job = doc
-            _write_cell_files(version.text, work)  # %%writefile imggenhub_engine.py
+            _write_cell_files(version.text, work)  # %%writefile imggenhub_engine/*.py
             (work / "imggenhub_job.json").write_text(job_json, encoding="utf-8")
             tasks = engine.plan_images(doc)
         except Exception as exc:
@@ -509,14 +510,16 @@ def _parse_job_cell(source: str) -> tuple[str, dict]:
 
 
 def _write_cell_files(text: str, work: Path) -> None:
-    """What ``%%writefile NAME`` cells write (a plain name only, inside ``work``)."""
+    """What ``%%writefile NAME`` cells write (a plain name, or package/module.py, inside
+    ``work``)."""
     for cell in _cells(text):
         source = _source(cell)
         if cell.get("cell_type") != "code" or not source.startswith("%%writefile "):
             continue
         first, _, rest = source.partition("\n")
         name = first[len("%%writefile "):].strip()
-        if name and "/" not in name and "\\" not in name and name not in (".", ".."):
+        if re.fullmatch(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_]+\.py)?", name) and not name.startswith("."):
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
             (work / name).write_text(rest, encoding="utf-8")
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from imggenhub import artifacts, runs
+from imggenhub import artifacts, engine, runs
 
 from .adversarial import corpus
 from .conftest import REPO, run_cli_subprocess, write_json
@@ -105,7 +105,8 @@ def test_a_failing_notebook_names_the_exception_and_keeps_finished_images(tmp_pa
                          cwd=tmp_path)
     assert code == 1
     last = err.strip().splitlines()[-1]
-    assert last.startswith("Error: The notebook failed in cell 4: RuntimeError: imggenhub engine "
+    run_cell = 3 + 1 + len(engine.MODULES)  # the last cell: markdown, job, mkdir, modules, run
+    assert last.startswith(f"Error: The notebook failed in cell {run_cell}: RuntimeError: imggenhub engine "
                            "failed: RuntimeError: injected failure after 2 images")
     assert "the 2 images finished before it are in" in last
     assert "Traceback" not in err

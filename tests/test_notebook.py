@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+from pathlib import Path
 
 import nbformat
 
@@ -31,11 +32,15 @@ def test_structure_kernelspec_and_tags():
     nb = cells(render_notebook(job_for(["a lighthouse"])))
     assert nb.metadata.kernelspec.name == "python3"
     kinds = [c.cell_type for c in nb.cells]
-    assert kinds == ["markdown", "code", "code", "code"]
+    assert kinds == ["markdown", "code"] + ["code"] * (1 + len(engine.MODULES)) + ["code"]
     assert nb.cells[1].metadata.tags == ["parameters"]
-    assert nb.cells[2].source.startswith("%%writefile imggenhub_engine.py\n")
-    # the engine is inlined unchanged: one source serves both sides
-    assert nb.cells[2].source.split("\n", 1)[1] == open(engine.__file__, encoding="utf-8").read()
+    # the engine is inlined unchanged, one readable cell per module: one source serves both sides
+    folder = Path(engine.__file__).parent
+    for cell, name in zip(nb.cells[3:-1], engine.MODULES):
+        head, _, body = cell.source.partition("\n")
+        assert head == f"%%writefile imggenhub_engine/{name}.py"
+        assert body == (folder / f"{name}.py").read_text(encoding="utf-8")
+    assert "import imggenhub_engine" in nb.cells[-1].source
 
 
 def test_same_spec_same_bytes_and_a_change_changes_them():

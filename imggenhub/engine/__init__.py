@@ -1,0 +1,24 @@
+"""The imggenhub engine: the code that runs beside the GPU, on Kaggle or here.
+
+A small package of single-purpose modules (wire names, planning, outputs, pipelines, the
+worker) that every rendered notebook writes out unchanged, one readable cell per module,
+into a package ``imggenhub_engine`` beside it, and runs with ``python -m imggenhub_engine
+--job JOB.json --out DIR``. It imports only the standard library at module level; torch,
+diffusers, transformers, accelerate and Pillow are imported inside the functions that need
+them, so the host side (planning, manifests) uses it without any of them installed.
+"""
+
+# The engine's public names, for the host and the tests.
+from .outputs import (  # noqa: F401
+    ImageWriter, PartLog, _write_json_atomic, a1111_parameters, merge_manifest, save_png)
+from .pipelines import (  # noqa: F401
+    apply_embeddings, apply_loras, build_tiny_random_pipeline, derived_pipeline,
+    enable_memory_savers, load_init_image, load_pipeline, set_scheduler)
+from .planning import batches, plan_images, shard, slugify  # noqa: F401
+from .wire import (  # noqa: F401
+    ENGINE_PACKAGE, ENGINE_VERSION, ERROR_PREFIX, JOB_FILE, LOG_FILE, MANIFEST, OUTPUT_DIR,
+    PARTS_DIR, PROGRESS_PREFIX, SCHEDULERS, SDXL_VAE_FP16_FIX, SEED_MODULUS, TINY_RANDOM, log,
+    progress_message)
+from .worker import count_processes, launch, main, notebook_main, run_worker  # noqa: F401
+
+MODULES = ("__init__", "wire", "planning", "outputs", "pipelines", "worker", "__main__")

@@ -1,0 +1,176 @@
+"""Outputs: PNGs with their parameters, the per-process manifest parts (JSON lines) and
+their merge, and the writer thread that keeps all of it off the generation loop."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+from .planning import plan_images
+from .wire import MANIFEST, PARTS_DIR, log
+
+
+def _write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class PartLog:
+    """One process's manifest part, as JSON lines appended as images are written: a header
+    line, one line per image, and process lines (the last one wins). Appending costs the
+    same for the thousandth image as for the first, and a crash loses at most a torn last
+    line, which the merge skips."""
+
+    def __init__(self, path: Path, header: dict, process: dict):
+        self.path = Path(path)
+        self.process = dict(process)
+        with open(self.path, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps({"header": header}, ensure_ascii=False) + "\n")
+            fh.write(json.dumps({"process": self.process}, ensure_ascii=False) + "\n")
+
+    def _append(self, entry: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+
+    def image(self, record: dict) -> None:
+        self._append({"image": record})
+
+    def update_process(self, **fields) -> None:
+        self.process.update(fields)
+        self._append({"process": self.process})
+
+
+def _read_part(path: Path) -> tuple[dict, dict | None, list[dict]]:
+    header, process, images = {}, None, []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # a line torn by a crash
+        header = entry.get("header", header)
+        process = entry.get("process", process)
+        if "image" in entry:
+            images.append(entry["image"])
+    return header, process, images
+
+
+def merge_manifest(out_dir: Path, job: dict | None = None) -> dict | None:
+    """Merge the per-process manifest parts into ``manifest.json``; return it.
+
+    Safe to call after a crash: it lists what was finished, and nothing else.
+    """
+    out_dir = Path(out_dir)
+    parts_dir = out_dir / PARTS_DIR
+    existing = out_dir / MANIFEST
+    images: dict[int, dict] = {}
+    runs = []
+    header: dict = {}
+    if existing.exists():
+        old = json.loads(existing.read_text(encoding="utf-8"))
+        header = {k: v for k, v in old.items() if k not in ("images", "processes")}
+        runs = old.get("processes", [])
+        images.update({img["index"]: img for img in old.get("images", [])})
+    part_files = sorted(parts_dir.glob("rank-*.jsonl")) if parts_dir.exists() else []
+    if not part_files and not existing.exists():
+        return None
+    for part_file in part_files:
+        part_header, process, part_images = _read_part(part_file)
+        header = part_header or header
+        if process is not None:
+            runs.append(process)
+        images.update({img["index"]: img for img in part_images})
+    manifest = {**header, "processes": runs, "images": [images[i] for i in sorted(images)]}
+    if job is not None:
+        manifest["planned_images"] = len(plan_images(job))
+    manifest["complete"] = manifest.get("planned_images") == len(manifest["images"])
+    _write_json_atomic(existing, manifest)
+    for part_file in part_files:
+        part_file.unlink()
+    if parts_dir.exists() and not any(parts_dir.iterdir()):
+        parts_dir.rmdir()
+    return manifest
+
+
+class ImageWriter:
+    """Encodes, hashes and records finished images on a thread of its own, while the GPU
+    makes the next ones; a bounded queue keeps memory flat. ``close`` drains it, so every
+    image handed over is written, also when generation fails."""
+
+    def __init__(self, out_dir: Path, part: PartLog, total: int, tag: str, started: float,
+                 depth: int = 4):
+        import queue
+        import threading
+
+        self.out_dir, self.part, self.total, self.tag = Path(out_dir), part, total, tag
+        self.started, self.written, self.error = started, 0, None
+        self.queue = queue.Queue(maxsize=depth)
+        self.thread = threading.Thread(target=self._run, name="imggenhub-writer", daemon=True)
+        self.thread.start()
+
+    def put(self, file: str, image, record: dict, seconds: float) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put((file, image, record, seconds))
+
+    def _run(self) -> None:
+        while True:
+            item = self.queue.get()
+            if item is None:
+                return
+            if self.error is not None:
+                continue  # keep draining so that put() never blocks forever
+            file, image, record, seconds = item
+            try:
+                data = save_png(image, self.out_dir / file, record)
+                record = {**record, "file": file, "sha256": hashlib.sha256(data).hexdigest(),
+                          "bytes": len(data), "seconds": round(seconds, 4)}
+                self.part.image(record)
+                self.written += 1
+                log(f"{self.tag}image {self.written}/{self.total} {file} in {seconds:.2f}s "
+                    f"(elapsed {time.monotonic() - self.started:.1f}s)")
+            except BaseException as exc:  # surfaced in the generating thread
+                self.error = exc
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def a1111_parameters(record: dict) -> str:
+    """The A1111-style ``parameters`` text that many image viewers and tools read."""
+    lines = [record["prompt"]]
+    if record.get("negative_prompt"):
+        lines.append(f"Negative prompt: {record['negative_prompt']}")
+    if record.get("loras"):  # the convention A1111 and image sites read
+        lines[0] += "".join(f" <lora:{Path(l['name']).name}:{l['scale']}>" for l in record["loras"])
+    settings = (f"Steps: {record['steps']}, Sampler: {record['scheduler']}, CFG scale: "
+                f"{record['guidance']}, Seed: {record['seed']}, Size: {record['width']}x"
+                f"{record['height']}, Model: {record['model']}")
+    if record.get("strength") is not None:
+        settings += f", Denoising strength: {record['strength']}"
+    lines.append(settings)
+    return "\n".join(lines)
+
+
+def save_png(image, path: Path, record: dict) -> bytes:
+    """Write the PNG with its parameters embedded; return its bytes."""
+    import io
+
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    info.add_text("parameters", a1111_parameters(record))
+    info.add_text("imggenhub", json.dumps(record, ensure_ascii=True, sort_keys=True))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", pnginfo=info)
+    data = buf.getvalue()
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+    return data

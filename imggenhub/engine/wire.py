@@ -1,0 +1,45 @@
+"""The wire names the engine, the notebook's run cell and the host share (one spelling),
+and the progress lines a poller reads from the kernel log."""
+
+from __future__ import annotations
+
+ENGINE_VERSION = 3
+# The wire names the engine, the notebook's run cell and the host share (one spelling).
+PROGRESS_PREFIX = "[imggenhub]"
+MANIFEST = "manifest.json"
+PARTS_DIR = ".parts"
+OUTPUT_DIR = "output"  # under the notebook's working folder (/kaggle/working on Kaggle)
+ENGINE_PACKAGE = "imggenhub_engine"  # what the notebook writes its modules into
+JOB_FILE = "imggenhub_job.json"
+LOG_FILE = "kernel.log"  # the kernel's stdout/stderr, as the host saves it
+ERROR_PREFIX = PROGRESS_PREFIX + " error: "
+SEED_MODULUS = 2**32
+
+# Scheduler names users type -> (diffusers class, extra config).
+SCHEDULERS = {
+    "dpm++": ("DPMSolverMultistepScheduler", {}),
+    "dpm++-karras": ("DPMSolverMultistepScheduler", {"use_karras_sigmas": True}),
+    "dpm++-sde": ("DPMSolverSDEScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
+    "ddim": ("DDIMScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "lms": ("LMSDiscreteScheduler", {}),
+    "heun": ("HeunDiscreteScheduler", {}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "lcm": ("LCMScheduler", {}),
+}
+
+TINY_RANDOM = "tiny-random"
+SDXL_VAE_FP16_FIX = "madebyollin/sdxl-vae-fp16-fix"
+
+
+def log(message: str) -> None:
+    """One progress line a poller can read from the kernel log."""
+    print(f"{PROGRESS_PREFIX} {message}", flush=True)
+
+
+def progress_message(line: str) -> str | None:
+    """The message of a progress line from the kernel log (None for any other line)."""
+    head = PROGRESS_PREFIX + " "
+    return line[len(head):] if line.startswith(head) else None

@@ -1,0 +1,203 @@
+"""The worker: one process, one device, one pipeline, its share of the images; the launcher
+that starts one per GPU; and the notebook's run cell."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from .outputs import ImageWriter, PartLog, merge_manifest
+from .pipelines import (apply_embeddings, apply_loras, derived_pipeline, enable_memory_savers,
+                        load_init_image, load_pipeline, set_scheduler)
+from .planning import batches, plan_images, shard
+from .wire import (ENGINE_PACKAGE, ENGINE_VERSION, ERROR_PREFIX, JOB_FILE, OUTPUT_DIR, PARTS_DIR,
+                   log)
+
+
+def _select_device(job: dict):
+    import torch
+
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not (job.get("gpu", True) and torch.cuda.is_available()))
+    device = state.device
+    if job.get("gpu", True) and device.type != "cuda" and state.is_main_process:
+        log("note: a GPU was asked for but none is visible; running on the CPU")
+    precision = job.get("precision", "auto")
+    if device.type == "cuda":
+        dtype = torch.float32 if precision == "fp32" else torch.float16
+    else:
+        if precision == "fp16" and state.is_main_process:
+            log("note: fp16 is not used on the CPU; running in fp32")
+        dtype = torch.float32
+    return state, device, dtype
+
+
+def run_worker(job: dict, out_dir: Path) -> None:
+    """Generate this process's share of the job's images, writing each as it is done."""
+    t_start = time.monotonic()
+    import torch
+
+    state, device, dtype = _select_device(job)
+    rank, world = state.process_index, state.num_processes
+    tasks = shard(plan_images(job), rank, world)
+    model = job["model"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parts = out_dir / PARTS_DIR
+    parts.mkdir(exist_ok=True)
+    tag = f"[rank {rank}] " if world > 1 else ""
+
+    t_load = time.monotonic()
+    pipe = load_pipeline(model, str(device), dtype)
+    enable_memory_savers(pipe)
+    scheduler = set_scheduler(pipe, job.get("scheduler"))
+    loras = apply_loras(pipe, job.get("loras") or [])
+    embeddings = apply_embeddings(pipe, job.get("embeddings") or [])
+    pipe.set_progress_bar_config(disable=True)
+    load_seconds = time.monotonic() - t_load
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    log(f"{tag}model {model['id']} ready on {device_name} ({str(dtype).replace('torch.', '')}) "
+        f"in {load_seconds:.2f}s; {len(tasks)} images for this process")
+
+    header = {"engine_version": ENGINE_VERSION, "job_id": job.get("job_id"),
+              "run_id": job.get("run_id"), "model": model["id"], "processes_total": world,
+              "loras": loras, "embeddings": embeddings}
+    part = PartLog(parts / f"rank-{rank:02d}.jsonl", header, {
+        "rank": rank, "device": device_name, "dtype": str(dtype).replace("torch.", ""),
+        "model_load_seconds": round(load_seconds, 4), "scheduler": scheduler})
+    writer = ImageWriter(out_dir, part, len(tasks), tag, t_start)
+    fail_after = int(os.environ.get("IMGGENHUB_ENGINE_FAIL_AFTER", "-1"))  # test fault knob
+    made = 0
+    derived = {}  # image-to-image, inpainting: built from the loaded components when needed
+    t_loop = time.monotonic()
+    try:
+        for batch in batches(tasks, job.get("batch_size", 1)):
+            if 0 <= fail_after <= made:
+                raise RuntimeError(f"injected failure after {made} images (IMGGENHUB_ENGINE_FAIL_AFTER)")
+            first = batch[0]
+            kwargs = {
+                "prompt": [t["prompt"] for t in batch],
+                "num_inference_steps": first["steps"],
+                "guidance_scale": first["guidance"],
+                # CPU generators: the same seed gives the same starting noise on any device
+                "generator": [torch.Generator("cpu").manual_seed(t["seed"]) for t in batch],
+            }
+            if any(t["negative_prompt"] for t in batch):
+                kwargs["negative_prompt"] = [t["negative_prompt"] or "" for t in batch]
+            run = pipe
+            if first.get("init_image"):
+                mode = "inpaint" if first.get("mask_image") else "img2img"
+                run = derived.get(mode) or derived.setdefault(mode, derived_pipeline(pipe, mode))
+                kwargs.update(image=[load_init_image(t["init_image"], t["width"], t["height"])
+                                     for t in batch], strength=first["strength"])
+                if mode == "inpaint":
+                    kwargs["mask_image"] = [load_init_image(t["mask_image"], t["width"],
+                                                            t["height"], "L") for t in batch]
+            elif first["width"] and first["height"]:
+                kwargs.update(width=first["width"], height=first["height"])
+            t_gen = time.monotonic()
+            images = run(**kwargs).images
+            per_image = (time.monotonic() - t_gen) / len(batch)
+            for task, image in zip(batch, images):
+                writer.put(task["file"], image, {
+                    "index": task["index"], "prompt_index": task["prompt_index"],
+                    "prompt": task["prompt"], "negative_prompt": task["negative_prompt"],
+                    "seed": task["seed"], "model": model["id"], "steps": task["steps"],
+                    "guidance": task["guidance"], "width": image.width, "height": image.height,
+                    "scheduler": scheduler, "device": device_name,
+                    **({"loras": loras} if loras else {}),
+                    **({"embeddings": embeddings} if embeddings else {}),
+                    **({"init_image": Path(task["init_image"]).name, "strength": task["strength"],
+                        "denoising_steps": int(task["steps"] * task["strength"])}
+                       if task.get("init_image") else {}),
+                    **({"mask_image": Path(task["mask_image"]).name}
+                       if task.get("mask_image") else {}),
+                }, per_image)
+                made += 1
+    finally:
+        writer.close()  # every image handed over is written, also after a failure
+        now = time.monotonic()
+        part.update_process(seconds=round(now - t_start, 4),
+                            generation_seconds=round(now - t_loop, 4))
+
+
+def count_processes(job: dict) -> int:
+    """One process per visible GPU (one on the CPU); IMGGENHUB_PROCESSES overrides."""
+    forced = os.environ.get("IMGGENHUB_PROCESSES")
+    if forced:
+        return max(1, int(forced))
+    if not job.get("gpu", True):
+        return 1
+    try:
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    except ImportError:
+        return 1
+
+
+def launch(job_path: Path, out_dir: Path, processes: int) -> int:
+    """Start ``processes`` workers through accelerate and wait for them."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    # torchrun under the hood; on a machine without CUDA the workers join over gloo,
+    # which is how the multi-process path is tested on CPUs (IMGGENHUB_PROCESSES=2).
+    cmd += ["--multi_gpu", "--num_cpu_threads_per_process", "1"]
+    cmd += ["--module", __package__, "--job", str(job_path), "--out", str(out_dir), "--worker"]
+    return subprocess.call(cmd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="imggenhub engine")
+    parser.add_argument("--job", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    job = json.loads(args.job.read_text(encoding="utf-8"))
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.worker:
+        run_worker(job, args.out)
+        return 0
+    t0 = time.monotonic()
+    processes = count_processes(job)
+    log(f"job {job.get('job_id')}: {len(plan_images(job))} images with {job['model']['id']} "
+        f"in {processes} process{'es' if processes > 1 else ''}")
+    code = 0
+    try:
+        if processes > 1:
+            code = launch(args.job, args.out, processes)
+        else:
+            run_worker(job, args.out)
+    except Exception as exc:
+        traceback.print_exc()
+        print(f"{ERROR_PREFIX}{type(exc).__name__}: {exc}", flush=True)
+        code = 1
+    finally:
+        manifest = merge_manifest(args.out, job)
+    n = len(manifest["images"]) if manifest else 0
+    log(f"done: {n} images in {time.monotonic() - t0:.1f}s" + ("" if code == 0 else f" (failed, exit {code})"))
+    return code
+
+
+def notebook_main(job_json: str) -> None:
+    """The notebook's run cell: write the job, run the engine as a module (one process per
+    GPU), stream its lines into the notebook, and fail the cell when the engine fails."""
+    Path(JOB_FILE).write_text(job_json, encoding="utf-8")
+    command = [sys.executable, "-u", "-m", ENGINE_PACKAGE, "--job", JOB_FILE, "--out", OUTPUT_DIR]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, encoding="utf-8", errors="replace")
+    tail: list[str] = []
+    for line in process.stdout:
+        print(line, end="", flush=True)
+        tail = (tail + [line.rstrip()])[-40:]
+    if process.wait() != 0:
+        errors = [l[len(ERROR_PREFIX):] for l in tail if l.startswith(ERROR_PREFIX)]
+        errors = errors or [l for l in tail if l.split(":", 1)[0].endswith(("Error", "Exception"))]
+        raise RuntimeError("imggenhub engine failed: "
+                           + (errors[-1] if errors else f"exit code {process.returncode}"))
