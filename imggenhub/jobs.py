@@ -143,7 +143,7 @@ def _move_output(run: Run, command: str, out: Path) -> Run:
 
 def on_event_step(on_event, run: Run, step: Step) -> None:
     if step == Step.FETCH:
-        on_event(f"downloading the outputs of run {run.run_id} into {run.out_dir}")
+        on_event(f"bringing the outputs of run {run.run_id} into {run.out_dir}")
     elif step == Step.KEEP:
         on_event(f"run {run.run_id} {run.state.value}; bringing home what it finished")
 
