@@ -62,24 +62,25 @@ class Clock:
             time.sleep(seconds)
 
 
-# (attribute, environment variable, default, meaning) -- the README lists these.
+# (attribute, environment variable, meaning) -- the README lists these; the defaults are
+# the Tunables fields below, written once.
 _TUNABLES = [
-    ("poll_interval", "IMGGENHUB_POLL_INTERVAL", 2.0, "the shortest wait between status polls (s)"),
-    ("poll_max_interval", "IMGGENHUB_POLL_MAX_INTERVAL", 30.0,
+    ("poll_interval", "IMGGENHUB_POLL_INTERVAL", "the shortest wait between status polls (s)"),
+    ("poll_max_interval", "IMGGENHUB_POLL_MAX_INTERVAL",
      "the longest wait between polls; in between, a fifth of the elapsed time (s)"),
-    ("http_timeout", "IMGGENHUB_HTTP_TIMEOUT", 60.0, "each HTTP call's connect/read timeout (s)"),
-    ("retry_max_wait", "IMGGENHUB_RETRY_MAX_WAIT", 60.0, "the longest wait before one retry (s)"),
-    ("retry_total", "IMGGENHUB_RETRY_TOTAL", 600.0, "the most time one call spends in retries (s)"),
-    ("gpu_wait", "IMGGENHUB_GPU_WAIT", 60.0,
+    ("http_timeout", "IMGGENHUB_HTTP_TIMEOUT", "each HTTP call's connect/read timeout (s)"),
+    ("retry_max_wait", "IMGGENHUB_RETRY_MAX_WAIT", "the longest wait before one retry (s)"),
+    ("retry_total", "IMGGENHUB_RETRY_TOTAL", "the most time one call spends in retries (s)"),
+    ("gpu_wait", "IMGGENHUB_GPU_WAIT",
      "the wait before pushing again when Kaggle's 2 GPU sessions are busy (s)"),
-    ("gpu_wait_total", "IMGGENHUB_GPU_WAIT_TOTAL", 3600.0,
+    ("gpu_wait_total", "IMGGENHUB_GPU_WAIT_TOTAL",
      "the most time deploy waits for a free GPU session, when no --timeout is given (s)"),
-    ("download_workers", "IMGGENHUB_DOWNLOAD_WORKERS", 8, "parallel downloads"),
-    ("file_deadline", "IMGGENHUB_FILE_DEADLINE", 600.0, "the most time one file's download may take (s)"),
-    ("unlisted_cap", "IMGGENHUB_UNLISTED_CAP", 64 * MiB,
+    ("download_workers", "IMGGENHUB_DOWNLOAD_WORKERS", "parallel downloads"),
+    ("file_deadline", "IMGGENHUB_FILE_DEADLINE", "the most time one file's download may take (s)"),
+    ("unlisted_cap", "IMGGENHUB_UNLISTED_CAP",
      "the largest output file not in the manifest that is downloaded (bytes)"),
-    ("max_pages", "IMGGENHUB_MAX_PAGES", 200, "the most pages of the output listing followed"),
-    ("push_grace", "IMGGENHUB_PUSH_GRACE", 5.0,
+    ("max_pages", "IMGGENHUB_MAX_PAGES", "the most pages of the output listing followed"),
+    ("push_grace", "IMGGENHUB_PUSH_GRACE",
      "how long after a killed push resume still looks for it on Kaggle before pushing again (s)"),
 ]
 
@@ -108,7 +109,8 @@ class Tunables:
 def tunables() -> Tunables:
     """The tunables from the environment (one read, here)."""
     values = {}
-    for attr, var, default, _ in _TUNABLES:
+    for attr, var, _ in _TUNABLES:
+        default = _default(attr)
         raw = os.environ.get(var)
         if raw is None or raw == "":
             continue
@@ -122,10 +124,16 @@ def tunables() -> Tunables:
     return Tunables(api_url=os.environ.get("IMGGENHUB_KAGGLE_API_URL") or None, **values)
 
 
+def _default(attr: str):
+    return Tunables.__dataclass_fields__[attr].default
+
+
 def tunables_markdown() -> str:
     rows = ["| variable | default | meaning |", "|---|---|---|"]
-    rows += [f"| `{var}` | {default:g} | {meaning} |" if isinstance(default, float) else
-             f"| `{var}` | {default} | {meaning} |" for _, var, default, meaning in _TUNABLES]
+    for attr, var, meaning in _TUNABLES:
+        default = _default(attr)
+        shown = f"{default:g}" if isinstance(default, float) else str(default)
+        rows.append(f"| `{var}` | {shown} | {meaning} |")
     return "\n".join(rows)
 
 
