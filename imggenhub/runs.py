@@ -109,7 +109,7 @@ class TransitionError(RuntimeError):
     """A save that breaks the lifecycle table: a bug of ours, not a user error."""
 
 
-def save(run: Run, previous: RunState | None = None) -> Run:
+def save(run: Run) -> Run:
     """Write the record atomically; the move from the state on disk must be allowed."""
     path = runs_dir() / run.run_id / RUN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
