@@ -301,11 +301,11 @@ def render(
     out: Annotated[Path, typer.Option(help="Folder for the notebook and kernel-metadata.json.")],
 ) -> None:
     """Write the job's notebook and kernel-metadata.json; run nothing."""
-    from .backends.kaggle_meta import check_job, kernel_metadata, write_metadata
+    from .backends.kaggle_meta import check_renderable, kernel_metadata, write_metadata
     from .credentials import find_credentials
     from .notebook import write_notebook
 
-    check_job(job)
+    check_renderable(job)
     creds = find_credentials()  # fill in the owner as deploy would, where it needs no network
     meta = kernel_metadata(kernel, owner=creds.username if creds else None)
     path = write_notebook(out, job)

@@ -29,9 +29,10 @@ def job_document(job: JobSpec, run_id: str | None = None) -> dict:
     return {**job.document(), "run_id": run_id}
 
 
-def parameters_source(job: JobSpec, run_id: str | None = None) -> str:
-    """The parameters cell: one assignment of one string constant, nothing else."""
-    doc = json.dumps(job_document(job, run_id), ensure_ascii=True, sort_keys=True,
+def parameters_source(job: JobSpec, run_id: str | None = None, document: dict | None = None) -> str:
+    """The parameters cell: one assignment of one string constant, nothing else.
+    ``document`` replaces the job's own (the Kaggle backend's, with shipped inputs)."""
+    doc = json.dumps(document or job_document(job, run_id), ensure_ascii=True, sort_keys=True,
                      separators=(",", ":"))
     return ("# The job, as data: imggenhub reads it with json.loads and never runs it.\n"
             f"JOB_JSON = {doc!r}")
@@ -72,7 +73,7 @@ def engine_cells() -> list[dict]:
             for n, src in zip(names, sources)]
 
 
-def render_notebook(job: JobSpec, run_id: str | None = None) -> str:
+def render_notebook(job: JobSpec, run_id: str | None = None, document: dict | None = None) -> str:
     """The notebook's JSON text for this job (and run)."""
     nb = _template()
     about = {"{{job_id}}": job.job_id, "{{version}}": __version__, "{{run_id}}": run_id or "-",
@@ -87,16 +88,17 @@ def render_notebook(job: JobSpec, run_id: str | None = None) -> str:
             for key, value in about.items():
                 source = source.replace(key, value)
         elif "parameters" in cell.get("metadata", {}).get("tags", []):
-            source = parameters_source(job, run_id)
+            source = parameters_source(job, run_id, document)
         cell["source"] = source.splitlines(keepends=True)
         cells.append(cell)
     nb["cells"] = cells
     return json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + "\n"
 
 
-def write_notebook(out_dir: Path, job: JobSpec, run_id: str | None = None) -> Path:
+def write_notebook(out_dir: Path, job: JobSpec, run_id: str | None = None,
+                   document: dict | None = None) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / CODE_FILE
-    path.write_text(render_notebook(job, run_id), encoding="utf-8")
+    path.write_text(render_notebook(job, run_id, document), encoding="utf-8")
     return path

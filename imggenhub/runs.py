@@ -197,6 +197,12 @@ def pushing_to(kernel_ref: str, wait: float):
                  f"{kernel_ref}; try again when it is done.")
 
 
+def uploading(dataset_ref: str, wait: float):
+    """One upload per inputs dataset at a time on this machine."""
+    return _held("dataset-" + dataset_ref, wait, f"Another imggenhub process is uploading the "
+                 f"inputs dataset {dataset_ref}; try again when it is done.")
+
+
 def named(name: str | None):
     """One process per run name at a time: a cron line started again while the last one
     still works is refused with a sentence (and pushes nothing)."""

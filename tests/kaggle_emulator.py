@@ -48,7 +48,8 @@ from urllib.parse import urlsplit
 
 # Counter faults the command line exposes as --NAME N.
 FAULTS = ("rate_limit", "server_error", "drop", "drop_after", "truncate", "oversize", "corrupt",
-          "endless_body", "stale_status", "gpu_cap")
+          "endless_body", "stale_status", "gpu_cap", "upload_cut", "upload_expire",
+          "dataset_pending")
 FAULT_HELP = {
     "rate_limit": "the next N API calls answer HTTP 429 with Retry-After",
     "server_error": "the next N API calls answer HTTP 503",
@@ -65,7 +66,19 @@ FAULT_HELP = {
                     "client goes away (at most 256 MiB or 120 s)",
     "stale_status": "the next N unversioned status calls describe the previous version",
     "gpu_cap": "the next N GPU pushes get 'Maximum batch GPU session count ... reached'",
+    "upload_cut": "the next N blob uploads keep the first half of what is sent, then close",
+    "upload_expire": "the next N questions about an upload's progress answer 404 (expired)",
+    "dataset_pending": "each dataset made from now on answers NOT_YET_PERSISTED to its first N "
+                       "status calls",
 }
+# Kaggle's dataset licence names (the kaggle CLI's dataset-metadata.json docs)
+LICENSES = ("CC0-1.0", "CC-BY-SA-3.0", "CC-BY-SA-4.0", "CC-BY-NC-SA-4.0", "GPL-2.0", "ODbL-1.0",
+            "ODC-BY-1.0", "DbCL-1.0", "copyright-authors", "other", "unknown", "CC-BY-4.0",
+            "CC-BY-NC-4.0", "PDDL", "CC-BY-3.0", "CC-BY-3.0-IGO", "US-Government-Works",
+            "CC-BY-NC-SA-3.0-IGO", "CDLA-Permissive-1.0", "CDLA-Sharing-1.0", "CC-BY-ND-4.0",
+            "CC-BY-NC-ND-4.0", "ODC-PDDL-1.0", "GPL-3.0", "LGPL-3.0", "AGPL-3.0", "FDL-1.3",
+            "EU-ODP-Legal-Notice", "apache-2.0")
+DATASET_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{4,49}$")
 RUNNERS = ("stub", "notebook")
 TERMINAL = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED")
 KAGGLE_FAILURE = "Your notebook hit an unhandled error while executing"
@@ -84,7 +97,8 @@ class Faults:
     every API call). ``fired`` counts how often each knob acted.
 
     Counters: rate_limit, server_error, drop, drop_after, truncate, oversize, corrupt,
-    endless_body, stale_status, gpu_cap. oversize, corrupt and endless_body count and act on
+    endless_body, stale_status, gpu_cap, upload_cut, upload_expire; dataset_pending is the
+    number of NOT_YET_PERSISTED answers each new dataset gives first. oversize, corrupt and endless_body count and act on
     downloads of files other than ``*manifest.json`` only (the manifest is what a client
     checks the rest against; ``manifest_body`` is the manifest's own knob). Others: slow and slow_files (seconds), trickle
     (seconds between bytes of every file download, at most 120 bytes sent), endless_pages
@@ -105,6 +119,9 @@ class Faults:
     endless_body: int = 0
     stale_status: int = 0
     gpu_cap: int = 0
+    upload_cut: int = 0
+    upload_expire: int = 0
+    dataset_pending: int = 0
     slow: float = 0.0
     slow_files: float = 0.0  # seconds before each file download answers (a network's latency)
     trickle: float = 0.0  # seconds between the bytes of each file download (<= 120 bytes sent)
@@ -171,6 +188,19 @@ class Faults:
 
 
 @dataclass
+class Blob:
+    """One resumable upload: what StartBlobUpload announced and what has arrived."""
+
+    name: str
+    size: int
+    data: bytearray = field(default_factory=bytearray)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.data) == self.size
+
+
+@dataclass
 class Version:
     number: int
     meta: dict
@@ -184,6 +214,7 @@ class Version:
     created: float = field(default_factory=time.time)
     finished: float | None = None
     runner: str | None = None  # which runner ran it: "stub" or "notebook"
+    inputs: dict = field(default_factory=dict)  # dataset slug -> {file name: bytes}, pinned at push
     job: dict | None = None  # the job document the stub read
     cancel: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
@@ -209,8 +240,8 @@ class Emulator:
         self.kernels: dict[str, list[Version]] = {}
         self.files: dict[str, Path] = {}  # signed token -> file
         self.file_names: dict[str, str] = {}  # signed token -> the name it was listed under
-        self.blobs: dict[str, bytes | None] = {}
-        self.datasets: dict[str, dict] = {}
+        self.blobs: dict[str, Blob] = {}
+        self.datasets: dict[str, dict] = {}  # owner/slug -> {"versions": [{name: bytes}], ...}
         self.calls: list[tuple[str, dict]] = []
         self.lock = threading.RLock()
         self.threads: list[threading.Thread] = []
@@ -293,6 +324,9 @@ class Emulator:
                 return {"error": f"Maximum batch GPU session count of {self.gpu_sessions} reached"}
             versions = self.kernels.setdefault(ref, [])
             version = Version(len(versions) + 1, body, body["text"])
+            # as on Kaggle, the kernel reads the dataset versions current at its push
+            version.inputs = {s.split("/", 1)[1]: dict(self.datasets[s]["versions"][-1])
+                              for s in body.get("datasetDataSources", [])}
             if self.faults.fail_notebook:
                 version.env["IMGGENHUB_ENGINE_FAIL_AFTER"] = "1"
             versions.append(version)
@@ -350,6 +384,8 @@ class Emulator:
             folder = self.root / ref.replace("/", "--") / f"v{version.number}"
             folder.mkdir(parents=True)
             version.workdir = folder / "working"
+            if version.inputs:
+                version.env["IMGGENHUB_KAGGLE_INPUT"] = str(_mount(folder / "input", version.inputs))
             job_cell = _job_cell(version.text) if self.runner == "stub" else None
             if job_cell is None:
                 version.runner = "notebook"
@@ -388,6 +424,8 @@ class Emulator:
         try:
             job_json, doc = _parse_job_cell(job_cell)
             version.job = doc
+            # as the engine does: every shipped input found where mounted, checked by sha256
+            engine.resolve_inputs(doc, root=version.env.get("IMGGENHUB_KAGGLE_INPUT", "/nonexistent"))
             _write_cell_files(version.text, work)  # %%writefile imggenhub_engine/*.py
             (work / "imggenhub_job.json").write_text(job_json, encoding="utf-8")
             tasks = engine.plan_images(doc)
@@ -465,6 +503,20 @@ class Emulator:
         self.files[token] = path
         self.file_names[token] = name
         return f"http://{host}/files/{token}?Expires={int(time.time()) + 3600}&Signature=emulated"
+
+
+def _mount(root: Path, inputs: dict) -> Path:
+    """The attached datasets, read-only, as Kaggle mounts them: ROOT/<slug>/<file>."""
+    for slug, files in inputs.items():
+        folder = root / slug
+        folder.mkdir(parents=True)
+        for name, data in files.items():
+            path = folder / name
+            path.write_bytes(data)
+            path.chmod(0o444)
+        folder.chmod(0o555)
+    root.chmod(0o555)
+    return root
 
 
 # --- the stub runner's helpers ---------------------------------------------------------
@@ -737,13 +789,51 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     def do_PUT(self):
+        """A resumable upload, as Google's resumable uploads answer the kaggle client: a PUT
+        of the bytes (``Content-Range: bytes S-E/T`` to go on from S), or a question
+        (``Content-Range: bytes */T``, no body): 200 when all arrived, else 308 with
+        ``Range: bytes=0-N`` (what is kept), 404 for an unknown or expired upload."""
+        em = self.emulator
         length = int(self.headers.get("Content-Length") or 0)
-        data = self.rfile.read(length)
         token = self._path().rsplit("/", 1)[-1]
-        if token not in self.emulator.blobs:
+        blob = em.blobs.get(token)
+        span = self.headers.get("Content-Range", "")
+        if blob is None:
+            self.rfile.read(length)
             return self._json(404, {"code": 404, "message": "Unknown upload"})
-        self.emulator.blobs[token] = data
-        self._json(200, {})
+        if span.startswith("bytes */"):
+            self.rfile.read(length)
+            if em.faults.take("upload_expire"):
+                em.blobs.pop(token, None)
+                return self._json(404, {"code": 404, "message": "Upload expired"})
+            return self._progress(blob)
+        start = 0
+        match = re.fullmatch(r"bytes (\d+)-(\d+)/(\d+)", span)
+        if match:
+            start = int(match.group(1))
+        if start > len(blob.data):
+            self.rfile.read(length)
+            return self._progress(blob)
+        if em.faults.take("upload_cut"):
+            kept = self.rfile.read(length // 2)
+            with em.lock:
+                blob.data[start:] = kept
+            self.close_connection = True
+            self.connection.shutdown(2)  # mid-body: the client sees a broken connection
+            return
+        data = self.rfile.read(length)
+        with em.lock:
+            blob.data[start:] = data
+            if len(blob.data) > blob.size:
+                del blob.data[blob.size:]
+                return self._json(400, {"code": 400, "message": "More bytes than announced"})
+        self._progress(blob)
+
+    def _progress(self, blob: Blob):
+        if blob.complete:
+            return self._json(200, {})
+        headers = {"Range": f"bytes=0-{len(blob.data) - 1}"} if blob.data else {}
+        self._send(308, b"", headers=headers)
 
     # --- API methods: each returns (http code, JSON body) ------------------------
 
@@ -866,40 +956,67 @@ class _Handler(BaseHTTPRequestHandler):
                      "quotaRefreshTime": "2026-11-28T00:00:00Z"}
 
     def api_GetDatasetStatus(self, body):
+        em = self.emulator
         ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
-        if ref not in self.emulator.datasets:
-            return 404, {"code": 404, "message": f"Dataset {ref} not found"}
-        return 200, {"status": "READY"}
+        with em.lock:
+            dataset = em.datasets.get(ref)
+            if dataset is None:
+                return 404, {"code": 404, "message": f"Dataset {ref} not found"}
+            if dataset["pending"] > 0:
+                dataset["pending"] -= 1
+                return 200, {"status": "NOT_YET_PERSISTED"}
+        return 200, {"status": dataset.get("status", "READY")}
 
     def api_StartBlobUpload(self, body):
+        if body.get("type") != "DATASET" or not body.get("name"):
+            return 400, {"code": 400, "message": "An upload needs a type and a name"}
         token = secrets.token_urlsafe(12)
-        self.emulator.blobs[token] = None
+        self.emulator.blobs[token] = Blob(str(body["name"]), int(body.get("contentLength") or 0))
         return 200, {"token": token, "createUrl": f"http://{self._host()}/upload/{token}"}
 
-    def _files_of(self, files):
-        missing = [f.get("token") for f in files if self.emulator.blobs.get(f.get("token")) is None]
-        return missing
+    def _version_of(self, files) -> dict | str:
+        """{file name: bytes} for the tokens of a new dataset version, or what is wrong."""
+        em = self.emulator
+        blobs = [em.blobs.get(str(f.get("token"))) for f in files]
+        if not blobs:
+            return "A dataset needs at least one file"
+        if any(b is None or not b.complete for b in blobs):
+            return "Some files were not uploaded"  # nothing half-uploaded is ever kept
+        return {b.name: bytes(b.data) for b in blobs}
 
     def api_CreateDataset(self, body):
         em = self.emulator
         ref = f"{body.get('ownerSlug')}/{body.get('slug')}"
-        if ref in em.datasets:
-            return 200, {"error": f"Dataset {ref} already exists"}
-        if self._files_of(body.get("files", [])):
-            return 200, {"error": "Some files were not uploaded"}
-        em.datasets[ref] = {"versions": [[f["token"] for f in body.get("files", [])]],
-                            "title": body.get("title")}
+        if body.get("ownerSlug") != em.username:
+            return 403, {"code": 403, "message": f"You cannot create datasets for {body.get('ownerSlug')}"}
+        if not DATASET_SLUG.match(str(body.get("slug"))):
+            return 200, {"error": "The dataset slug must be 5 to 50 letters, digits or '-'"}
+        if not 6 <= len(body.get("title") or "") <= 50:
+            return 200, {"error": "The title must be between 6 and 50 characters"}
+        if body.get("licenseName") not in LICENSES:
+            return 200, {"error": f"Invalid license name {body.get('licenseName')!r}"}
+        files = self._version_of(body.get("files", []))
+        with em.lock:
+            if ref in em.datasets:
+                return 200, {"error": f"Dataset {ref} already exists"}
+            if isinstance(files, str):
+                return 200, {"error": files}
+            em.datasets[ref] = {"versions": [files], "title": body.get("title"),
+                                "private": bool(body.get("isPrivate")),
+                                "pending": em.faults.dataset_pending}
         return 200, {"ref": ref, "url": f"{em.url}/datasets/{ref}", "status": "ok"}
 
     def api_CreateDatasetVersion(self, body):
         em = self.emulator
         ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
-        if ref not in em.datasets:
-            return 404, {"code": 404, "message": f"Dataset {ref} not found"}
-        files = body.get("body", {}).get("files", [])
-        if self._files_of(files):
-            return 200, {"error": "Some files were not uploaded"}
-        em.datasets[ref]["versions"].append([f["token"] for f in files])
+        files = self._version_of(body.get("body", {}).get("files", []))
+        with em.lock:
+            if ref not in em.datasets:
+                return 404, {"code": 404, "message": f"Dataset {ref} not found"}
+            if isinstance(files, str):
+                return 200, {"error": files}
+            em.datasets[ref]["versions"].append(files)
+            em.datasets[ref].update(status="READY", pending=em.faults.dataset_pending)
         return 200, {"ref": ref, "url": f"{em.url}/datasets/{ref}", "status": "ok"}
 
 

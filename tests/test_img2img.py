@@ -52,11 +52,11 @@ def test_prompts_file_inputs_are_relative_to_the_file_and_recorded(tmp_path):
     assert len(engine.batches(tasks, 8)) == 2  # text-to-image and image-to-image never batch
 
 
-def test_kaggle_refuses_local_inputs_before_any_push(emulator, cli, tmp_path):
+def test_render_refuses_local_inputs_it_cannot_ship(cli, tmp_path):
     img = picture(tmp_path / "a.png", 1)
-    code, out, err = cli("deploy", *SPEC, "--init-image", str(img), cwd=tmp_path)
-    assert code == 2 and "--backend local" in err
-    assert not [m for m, _ in emulator.calls if m == "SaveKernel"]
+    code, out, err = cli("render", "--out", str(tmp_path / "r"), *SPEC, "--init-image", str(img),
+                         cwd=tmp_path)
+    assert code == 2 and "imggenhub deploy" in err and not (tmp_path / "r").exists()
 
 
 @pytest.mark.slow

@@ -211,7 +211,7 @@ def test_the_unmodified_kaggle_cli_pushes_polls_and_downloads(emulator, cli, tmp
 
 def test_dataset_upload_endpoints_and_a_kernel_that_uses_the_dataset(emulator, cli, tmp_path):
     import requests
-    from kagglesdk.blobs.types.blob_api_service import ApiStartBlobUploadRequest
+    from kagglesdk.blobs.types.blob_api_service import ApiBlobType, ApiStartBlobUploadRequest
     from kagglesdk.datasets.types.dataset_api_service import (ApiCreateDatasetRequest,
                                                               ApiDatasetNewFile,
                                                               ApiGetDatasetStatusRequest)
@@ -225,12 +225,13 @@ def test_dataset_upload_endpoints_and_a_kernel_that_uses_the_dataset(emulator, c
     with pytest.raises(requests.HTTPError):
         client.datasets.dataset_api_client.get_dataset_status(status)
     start = ApiStartBlobUploadRequest()
-    start.name, start.content_length = "init.png", 4
+    start.type, start.name, start.content_length = ApiBlobType.DATASET, "init.png", 4
     start.last_modified_epoch_seconds = int(time.time())
     upload = client.blobs.blob_api_client.start_blob_upload(start)
     assert requests.put(upload.create_url, data=b"\x89PNG").status_code == 200
     create = ApiCreateDatasetRequest()
     create.owner_slug, create.slug, create.title = "imggenhub", "inputs", "imggenhub inputs"
+    create.license_name = "CC0-1.0"
     new_file = ApiDatasetNewFile()
     new_file.token = upload.token
     create.files = [new_file]

@@ -15,8 +15,8 @@ from imggenhub.spec import build_job, parse_settings, prompts_from_flags
 from .test_kaggle import SPEC
 
 
-@pytest.fixture(scope="module")
-def lora_file(tmp_path_factory):
+def make_lora(folder):
+    """A LoRA on the tiny UNet's attention, made with peft, saved as .safetensors in folder."""
     import torch
     from diffusers import StableDiffusionPipeline
     from diffusers.utils import convert_state_dict_to_diffusers
@@ -27,11 +27,15 @@ def lora_file(tmp_path_factory):
     torch.manual_seed(5)  # non-zero LoRA weights, so that it changes the images
     pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
                                      target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
-    folder = tmp_path_factory.mktemp("lora")
     StableDiffusionPipeline.save_lora_weights(
         folder, unet_lora_layers=convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet)),
         weight_name="my-style.safetensors")
     return folder / "my-style.safetensors"
+
+
+@pytest.fixture(scope="module")
+def lora_file(tmp_path_factory):
+    return make_lora(tmp_path_factory.mktemp("lora"))
 
 
 @pytest.mark.parametrize("value,words", [
@@ -45,16 +49,16 @@ def test_bad_lora_refs_are_one_sentence(cli, tmp_path, value, words):
     assert code == 2 and words in err and len(err.strip().splitlines()) == 1
 
 
-def test_hub_loras_parse_and_a_local_one_is_refused_on_kaggle(emulator, cli, tmp_path):
+def test_hub_loras_parse_and_render_refuses_a_local_one(cli, tmp_path):
     job = build_job(parse_settings(model="tiny-random", seed=1,
                                    lora=["owner/style", "owner/style/w.safetensors:0.5"]),
                     prompts_from_flags(["x"]))
     assert [(l.ref, l.scale, l.local) for l in job.loras] == [
         ("owner/style", 1.0, False), ("owner/style/w.safetensors", 0.5, False)]
     (tmp_path / "mine.safetensors").write_bytes(b"x")
-    code, out, err = cli("deploy", *SPEC, "--lora", str(tmp_path / "mine.safetensors"), cwd=tmp_path)
-    assert code == 2 and "--backend local" in err
-    assert not [m for m, _ in emulator.calls if m == "SaveKernel"]
+    code, out, err = cli("render", "--out", str(tmp_path / "r"), *SPEC, "--lora",
+                         str(tmp_path / "mine.safetensors"), cwd=tmp_path)
+    assert code == 2 and "imggenhub deploy" in err
 
 
 @pytest.mark.slow

@@ -17,12 +17,12 @@ from ..engine import ERROR_PREFIX, progress_message
 from ..errors import KaggleApiError, NothingYet, RunFailedError, StillRunning, Unreachable
 from ..config import Deadline
 from ..lifecycle import RunState
-from ..notebook import CODE_FILE, read_job_document
+from ..notebook import CODE_FILE, job_document, read_job_document, write_notebook
 from ..runs import Failure, Run
-from . import Backend, OnEvent
+from . import Backend, OnEvent, kaggle_inputs
 from .kaggle_download import bring_outputs, log_text, output_page
-from .kaggle_meta import (METADATA_FILE, PLACEHOLDER_OWNER, KernelOptions, check_job,
-                          kernel_metadata, load_metadata_template, split_kernel_id, write_metadata)
+from .kaggle_meta import (METADATA_FILE, PLACEHOLDER_OWNER, KernelOptions, kernel_metadata,
+                          load_metadata_template, split_kernel_id, write_metadata)
 
 GPU_CAP_TEXT = "Maximum batch GPU session count"
 RESOLVE_DEPTH = 10  # versions looked at, newest first, to find an interrupted push
@@ -130,12 +130,20 @@ class KaggleBackend(Backend):
     # --- prepare and push -------------------------------------------------------------
 
     def prepare(self, job, run: Run, options, on_event: OnEvent) -> None:
-        check_job(job)
         options = options or KernelOptions()
         template = load_metadata_template(options.template)
         meta = kernel_metadata(options, template=template)  # checked before any network
         if meta["id"].startswith(PLACEHOLDER_OWNER + "/"):
             meta = kernel_metadata(options, self.owner(), template)  # "your-kaggle-username"
+        shipment = kaggle_inputs.plan(job, split_kernel_id(meta["id"])[0])
+        if shipment is not None:  # files on this machine: the kernel reads them from a dataset
+            doc = kaggle_inputs.kernel_document(job_document(job, run.run_id), shipment)
+            write_notebook(run.notebook_dir, job, run.run_id, doc)
+            kaggle_inputs.save(run.notebook_dir, shipment)
+            sources = list(meta.get("dataset_sources") or [])
+            meta["dataset_sources"] = sources + [shipment.ref] * (shipment.ref not in sources)
+            on_event(f"inputs: {len(shipment.files)} files on this machine go to Kaggle as the "
+                     f"private dataset {shipment.ref}")
         write_metadata(run.notebook_dir, meta)
         run.kernel_ref = meta["id"]
 
@@ -147,6 +155,9 @@ class KaggleBackend(Backend):
         meta = json.loads((run.notebook_dir / METADATA_FILE).read_text(encoding="utf-8"))
         text = (run.notebook_dir / CODE_FILE).read_text(encoding="utf-8")
         request = save_request(meta, text, run.session_timeout_seconds)
+        shipment = kaggle_inputs.load(run.notebook_dir)
+        if shipment is not None:  # the inputs first: a kernel never starts without them
+            kaggle_inputs.Shipper(self, on_event).ship(shipment, run.run_id)
         # the GPU-slot wait: the command's --timeout, else IMGGENHUB_GPU_WAIT_TOTAL
         slots = self.deadline if self.deadline.at is not None else \
             Deadline(self.tunables, self.tunables.gpu_wait_total)

@@ -47,12 +47,13 @@ class KernelOptions:
     template: Path | None = None
 
 
-def check_job(job) -> None:
-    """What a Kaggle kernel cannot run yet: inputs that live on this machine."""
+def check_renderable(job) -> None:
+    """`render` uploads nothing: a job naming files on this machine needs deploy."""
     if any(p.init_image or p.mask_image for p in job.prompts) or any(
             x.local for x in (*job.loras, *job.embeddings)):
-        raise SpecError("Files on this machine (--init-image, --mask-image, a local --lora or --embedding) must reach Kaggle as a private dataset, "
-                        "which imggenhub does not upload yet; run this job with --backend local.")
+        raise SpecError("This job names files on this machine (--init-image, --mask-image, a local "
+                        "--lora or --embedding), which reach Kaggle as a private dataset that "
+                        "render does not upload; use 'imggenhub deploy' (or generate) instead.")
 
 
 def split_kernel_id(kernel_id: str, where: str = "--kernel-id") -> tuple[str, str]:

@@ -14,9 +14,9 @@ from .outputs import (  # noqa: F401
 from .pipelines import (  # noqa: F401
     apply_embeddings, apply_loras, build_tiny_random_pipeline, derived_pipeline,
     enable_memory_savers, load_init_image, load_pipeline, set_scheduler)
-from .planning import batches, plan_images, shard, slugify  # noqa: F401
+from .planning import batches, plan_images, resolve_inputs, shard, slugify  # noqa: F401
 from .wire import (  # noqa: F401
-    ENGINE_PACKAGE, ENGINE_VERSION, ERROR_PREFIX, JOB_FILE, LOG_FILE, MANIFEST, OUTPUT_DIR,
+    ENGINE_PACKAGE, ENGINE_VERSION, ERROR_PREFIX, JOB_FILE, KAGGLE_INPUT, LOG_FILE, MANIFEST, OUTPUT_DIR,
     PARTS_DIR, PROGRESS_PREFIX, SCHEDULERS, SDXL_VAE_FP16_FIX, SEED_MODULUS, TINY_RANDOM, log,
     progress_message)
 from .worker import count_processes, launch, main, notebook_main, run_worker  # noqa: F401

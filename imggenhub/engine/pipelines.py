@@ -121,7 +121,7 @@ def apply_loras(pipe, loras: list[dict]) -> list[dict]:
         names.append(name)
     pipe.set_adapters(names, adapter_weights=[float(l["scale"]) for l in loras])
     pipe.fuse_lora(adapter_names=names)
-    recorded = [{"name": Path(l["ref"]).stem if l.get("local") else l["ref"],
+    recorded = [{"name": l.get("name") or (Path(l["ref"]).stem if l.get("local") else l["ref"]),
                  "scale": l["scale"]} for l in loras]
     log("LoRA " + ", ".join(f"{r['name']} x{r['scale']}" for r in recorded) + " fused")
     return recorded
@@ -139,7 +139,7 @@ def apply_embeddings(pipe, embeddings: list[dict]) -> list[dict]:
             pipe.load_textual_inversion(repo, weight_name=weight, **kwargs)
         else:
             pipe.load_textual_inversion(ref, **kwargs)
-        recorded.append({"name": Path(ref).stem if emb.get("local") else ref,
+        recorded.append({"name": emb.get("name") or (Path(ref).stem if emb.get("local") else ref),
                          "token": emb.get("token")})
     if recorded:
         log("embeddings " + ", ".join(f"{r['name']} as {r['token']}" for r in recorded) + " loaded")

@@ -11,6 +11,7 @@ PARTS_DIR = ".parts"
 OUTPUT_DIR = "output"  # under the notebook's working folder (/kaggle/working on Kaggle)
 ENGINE_PACKAGE = "imggenhub_engine"  # what the notebook writes its modules into
 JOB_FILE = "imggenhub_job.json"
+KAGGLE_INPUT = "/kaggle/input"  # where Kaggle mounts the datasets a kernel lists
 LOG_FILE = "kernel.log"  # the kernel's stdout/stderr, as the host saves it
 ERROR_PREFIX = PROGRESS_PREFIX + " error: "
 SEED_MODULUS = 2**32

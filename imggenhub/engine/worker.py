@@ -15,7 +15,7 @@ from pathlib import Path
 from .outputs import ImageWriter, PartLog, merge_manifest
 from .pipelines import (apply_embeddings, apply_loras, derived_pipeline, enable_memory_savers,
                         load_init_image, load_pipeline, set_scheduler)
-from .planning import batches, plan_images, shard
+from .planning import batches, plan_images, resolve_inputs, shard
 from .wire import (ENGINE_PACKAGE, ENGINE_VERSION, ERROR_PREFIX, JOB_FILE, OUTPUT_DIR, PARTS_DIR,
                    log)
 
@@ -44,6 +44,8 @@ def run_worker(job: dict, out_dir: Path) -> None:
     t_start = time.monotonic()
     import torch
 
+    job = resolve_inputs(job)  # shipped inputs: found where mounted, checked by sha256
+    names = job.get("input_names") or {}
     state, device, dtype = _select_device(job)
     rank, world = state.process_index, state.num_processes
     tasks = shard(plan_images(job), rank, world)
@@ -113,10 +115,11 @@ def run_worker(job: dict, out_dir: Path) -> None:
                     "scheduler": scheduler, "device": device_name,
                     **({"loras": loras} if loras else {}),
                     **({"embeddings": embeddings} if embeddings else {}),
-                    **({"init_image": Path(task["init_image"]).name, "strength": task["strength"],
+                    **({"init_image": names.get(task["init_image"], Path(task["init_image"]).name),
+                        "strength": task["strength"],
                         "denoising_steps": int(task["steps"] * task["strength"])}
                        if task.get("init_image") else {}),
-                    **({"mask_image": Path(task["mask_image"]).name}
+                    **({"mask_image": names.get(task["mask_image"], Path(task["mask_image"]).name)}
                        if task.get("mask_image") else {}),
                 }, per_image)
                 made += 1
