@@ -212,3 +212,28 @@ def test_kaggle_with_local_inputs_makes_the_same_images_as_the_local_backend(rea
     code, out, err = cli("deploy", *flags, cwd=tmp_path)
     assert code == 0, err
     assert len(calls(real_emulator, "StartBlobUpload")) == 3 and "nothing to upload" in err
+
+
+def test_the_engine_finds_shipped_files_in_either_mount_layout_and_checks_them(tmp_path):
+    from imggenhub import engine
+
+    data = b"picture bytes"
+    sha = hashlib.sha256(data).hexdigest()
+    path = f"/kaggle/input/imggenhub-inputs-abc/{sha}.png"
+    job = {"prompts": [{"prompt": "x", "init_image": path, "mask_image": None}],
+           "loras": [{"ref": path, "scale": 1.0, "local": True}], "embeddings": [],
+           "inputs": {path: {"name": "my cat.png", "sha256": sha}}}
+    for layout in ("imggenhub-inputs-abc", "datasets/owner/imggenhub-inputs-abc"):
+        root = tmp_path / layout.replace("/", "_")
+        (root / layout).mkdir(parents=True)
+        (root / layout / f"{sha}.png").write_bytes(data)
+        found = engine.resolve_inputs(job, root=str(root))
+        where = found["prompts"][0]["init_image"]
+        assert where == str(root / layout / f"{sha}.png")
+        assert found["input_names"][where] == "my cat.png" and found["loras"][0]["name"] == "my cat"
+    (root / layout / f"{sha}.png").write_bytes(b"other bytes")
+    with pytest.raises(ValueError, match="arrived changed"):
+        engine.resolve_inputs(job, root=str(root))
+    with pytest.raises(FileNotFoundError, match="is not mounted"):
+        engine.resolve_inputs(job, root=str(tmp_path / "nothing"))
+    assert engine.resolve_inputs({"prompts": []}) == {"prompts": []}  # the local backend: in place
