@@ -98,6 +98,13 @@ _JOB_OPTIONS = {
         help="A textual-inversion embedding (repeatable): a local file or a Hub repo.")),
     "strength": (Optional[float], typer.Option(
         help="Image-to-image: how much of the picture is redrawn, 0 < s <= 1 (default 0.8).")),
+    "refiner": (Optional[str], typer.Option(
+        "--refiner", metavar="[MODEL]",
+        help="SDXL: hand the last steps to the refiner (alone: the model's, else "
+             "stabilityai/stable-diffusion-xl-refiner-1.0).")),
+    "refiner_start": (Optional[float], typer.Option(
+        "--refiner-start", metavar="F",
+        help="With --refiner: the share of the steps the base runs (default 0.8).")),
     "gpu": (bool, typer.Option("--gpu/--no-gpu", help="Ask for a GPU.")),
     # the kernel (Kaggle) options: they shape kernel-metadata.json
     "metadata_template": (Path, typer.Option(
@@ -361,11 +368,24 @@ def _fail(exc_or_message, code: int, run_id: str | None = None) -> int:
     return int(code)
 
 
+def _bare_refiner(args: list[str]) -> list[str]:
+    """``--refiner`` with no MODEL after it stands for the model's own refiner."""
+    from .spec import REFINER_FLAG
+
+    end = args.index("--") if "--" in args else len(args)
+    out = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if i < end and arg == "--refiner" and (i + 1 >= end or args[i + 1].startswith("-")):
+            out.append(REFINER_FLAG)
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     """The one error boundary: one sentence and an exit code, never a traceback."""
     from .config import debug
 
-    args = sys.argv[1:] if argv is None else list(argv)
+    args = _bare_refiner(sys.argv[1:] if argv is None else list(argv))
     # known before any parsing, so that bad input gets its JSON answer too
     _STATE.update(json="--json" in args[: args.index("--")] if "--" in args else "--json" in args,
                   reporter=None)

@@ -6,6 +6,9 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .engine import TINY_KANDINSKY, TINY_RANDOM, TINY_SDXL, TINY_SDXL_REFINER
+
+DEFAULT_REFINER = "stabilityai/stable-diffusion-xl-refiner-1.0"
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 
 
@@ -13,7 +16,7 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]
 class ModelPreset:
     name: str
     id: str  # Hugging Face Hub id ("tiny-random" is built offline)
-    pipeline: str  # "sd", "sdxl", "auto" (diffusers AutoPipeline)
+    pipeline: str  # "sd", "sdxl", "kandinsky", "auto" (all loaded with diffusers' AutoPipeline)
     width: int | None
     height: int | None
     steps: int
@@ -24,6 +27,7 @@ class ModelPreset:
     variant: str | None = "fp16"
     vae_fp16_fix: bool = False
     note: str = ""
+    refiner: str | None = None  # what a bare --refiner means for this model
 
     def engine_dict(self) -> dict:
         """What the engine needs to load the model (travels in the notebook)."""
@@ -40,18 +44,26 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
     ModelPreset("sd-turbo", "stabilityai/sd-turbo", "sd", 512, 512, 1, 0.0,
                 note="one step, no guidance; fastest"),
     ModelPreset("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", "sdxl", 1024, 1024, 30, 5.0,
-                vae_fp16_fix=True, note="SDXL base 1.0; ~26 s an image on a T4"),
+                vae_fp16_fix=True, refiner=DEFAULT_REFINER,
+                note="SDXL base 1.0; ~26 s an image on a T4; --refiner adds the refiner"),
     ModelPreset("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd", 512, 512, 30, 7.5,
                 note="Stable Diffusion 1.5"),
     ModelPreset("sd14", "CompVis/stable-diffusion-v1-4", "sd", 512, 512, 50, 7.5,
                 note="Stable Diffusion 1.4"),
     ModelPreset("playground-v2", "playgroundai/playground-v2-1024px-aesthetic", "sdxl", 1024, 1024,
                 50, 3.0, vae_fp16_fix=True, note="SDXL architecture"),
-    ModelPreset("kandinsky-2.2", "kandinsky-community/kandinsky-2-2-decoder", "auto", 512, 512,
-                25, 4.0, variant=None, note="prior and decoder through AutoPipeline"),
-    ModelPreset("tiny-random", "tiny-random", "sd", 64, 64, 4, 5.0, min_size=16, max_size=256,
+    ModelPreset("kandinsky-2.2", "kandinsky-community/kandinsky-2-2-decoder", "kandinsky", 512, 512,
+                25, 4.0, variant=None, size_multiple=64,
+                note="prior and decoder through AutoPipeline; sizes are multiples of 64"),
+    ModelPreset("tiny-random", TINY_RANDOM, "sd", 64, 64, 4, 5.0, min_size=16, max_size=256,
                 variant=None,
                 note="tiny random SD pipeline built offline for tests and smoke runs; its images are noise"),
+    ModelPreset("tiny-sdxl", TINY_SDXL, "sdxl", 64, 64, 10, 5.0, min_size=16, max_size=256,
+                variant=None, refiner=TINY_SDXL_REFINER,
+                note="tiny random SDXL base (two text encoders) with a tiny refiner; noise"),
+    ModelPreset("tiny-kandinsky", TINY_KANDINSKY, "kandinsky", 64, 64, 4, 4.0, min_size=16,
+                max_size=256, variant=None,
+                note="tiny random Kandinsky 2.2, prior and decoder; noise"),
 ]}
 
 # Any other Hub id: AutoPipeline with generic defaults; the size is the model's own.

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .engine import SCHEDULERS, plan_images
 from .errors import SpecError
-from .models import HUB_ID, ModelPreset, resolve_model
+from .models import DEFAULT_REFINER, HUB_ID, TINY_SDXL_REFINER, ModelPreset, resolve_model
 
 MAX_STEPS = 500
 MAX_GUIDANCE = 50.0
@@ -92,6 +92,8 @@ class Settings(BaseModel):
     strength: float | None = Field(None, gt=0.0, le=1.0)
     lora: list[str] | None = None
     embedding: list[str] | None = None
+    refiner: str | None = None  # "default": the model's own refiner
+    refiner_start: float | None = Field(None, gt=0.0, lt=1.0)
 
     @field_validator("scheduler")
     @classmethod
@@ -153,6 +155,7 @@ class JobSpec(BaseModel):
     prompts: tuple[ResolvedPrompt, ...]
     loras: tuple[LoraRef, ...] = ()
     embeddings: tuple[EmbeddingRef, ...] = ()
+    refiner: dict | None = None  # {"id": refiner model, "start": the share of steps the base runs}
     seed: int
     batch_size: int
     scheduler: str | None
@@ -356,12 +359,55 @@ def parse_embedding(value: str) -> EmbeddingRef:
                     "token.")
 
 
+REFINER_FLAG = "default"  # what a bare --refiner stands for
+DEFAULT_REFINER_START = 0.8
+
+
+def _refiner(settings: Settings, preset: ModelPreset) -> dict | None:
+    """--refiner [MODEL] / --refiner-start F -> the job's refiner, checked."""
+    if settings.refiner is None:
+        if settings.refiner_start is not None:
+            raise SpecError("--refiner-start applies with --refiner; add it.")
+        return None
+    if preset.pipeline != "sdxl":
+        raise SpecError(f"--refiner hands SDXL latents to the SDXL refiner; model {preset.name} is "
+                        "not an SDXL model (try --model sdxl).")
+    value = settings.refiner
+    tiny = preset.refiner == TINY_SDXL_REFINER
+    if value == REFINER_FLAG:
+        value = preset.refiner or DEFAULT_REFINER
+    elif value != TINY_SDXL_REFINER:
+        folder = Path(value).expanduser()
+        if (folder / "model_index.json").is_file():
+            value = str(folder.resolve())
+        elif not HUB_ID.match(value):
+            raise SpecError(f"--refiner {value!r} is neither a Hugging Face model id (owner/name) nor "
+                            "a diffusers folder; give none for the default refiner.")
+    if tiny != (value == TINY_SDXL_REFINER):
+        raise SpecError(f"--refiner {value} does not fit model {preset.name}: the tiny SDXL pairs only "
+                        "with its tiny refiner, and the tiny refiner only with it.")
+    start = settings.refiner_start if settings.refiner_start is not None else DEFAULT_REFINER_START
+    return {"id": value, "start": start}
+
+
+def _check_refined(refiner: dict, steps: int, where: str) -> None:
+    base = round(steps * refiner["start"])
+    if base < 1 or steps - base < 1:
+        need = max(-(-1 // refiner["start"]), -(-1 // (1 - refiner["start"])), 2)
+        raise SpecError(f"{where}: {steps} steps with --refiner-start {refiner['start']:g} leave "
+                        f"the {'base' if base < 1 else 'refiner'} no step; use at least {need:.0f} "
+                        "steps.")
+
+
 def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
     """Resolve presets, flags and per-prompt overrides into a JobSpec."""
     try:
         preset = resolve_model(settings.model)
     except ValueError as exc:
         raise SpecError(f"Invalid option: --model: {exc}.") from None
+    refiner = _refiner(settings, preset)
+    if preset.pipeline == "kandinsky" and (settings.lora or settings.embedding):
+        raise SpecError(f"LoRAs and embeddings apply to SD and SDXL models, not to {preset.name}.")
     resolved = []
     for i, item in enumerate(items):
         where = f"prompt {i + 1}"
@@ -380,6 +426,14 @@ def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
         if init is None and (strength is not None or mask is not None):
             raise SpecError(f"{where}: --strength and --mask-image apply to an --init-image; give "
                             "it too.")
+        if init is not None and refiner is not None:
+            raise SpecError(f"{where}: --refiner applies to text-to-image prompts; run the "
+                            "image-to-image ones as another job.")
+        if init is not None and preset.pipeline == "kandinsky":
+            raise SpecError(f"{where}: image-to-image and inpainting are offered for SD and SDXL "
+                            f"models, not for {preset.name}.")
+        if refiner is not None:
+            _check_refined(refiner, steps, where)
         if mask is not None:
             mask = _input_file(mask, where, "mask image")
         if init is not None:
@@ -411,7 +465,7 @@ def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
         batch_size=settings.batch_size, scheduler=settings.scheduler,
         precision=settings.precision, gpu=settings.gpu,
         loras=tuple(parse_lora(v) for v in settings.lora or ()),
-        embeddings=tuple(parse_embedding(v) for v in settings.embedding or ()))
+        embeddings=tuple(parse_embedding(v) for v in settings.embedding or ()), refiner=refiner)
     plan_images(job.document())  # the engine's own planner accepts it
     return job
 

@@ -12,13 +12,17 @@ them, so the host side (planning, manifests) uses it without any of them install
 from .outputs import (  # noqa: F401
     ImageWriter, PartLog, _write_json_atomic, a1111_parameters, merge_manifest, save_png)
 from .pipelines import (  # noqa: F401
-    apply_embeddings, apply_loras, build_tiny_random_pipeline, derived_pipeline,
-    enable_memory_savers, load_init_image, load_pipeline, set_scheduler)
+    apply_embeddings, apply_loras, derived_pipeline, enable_memory_savers, load_init_image,
+    load_pipeline, load_refiner, set_scheduler)
+from .tiny import (  # noqa: F401
+    build_tiny, build_tiny_kandinsky_pipeline, build_tiny_random_pipeline, build_tiny_sdxl_pipeline,
+    build_tiny_sdxl_refiner)
 from .planning import batches, plan_images, resolve_inputs, shard, slugify  # noqa: F401
 from .wire import (  # noqa: F401
     ENGINE_PACKAGE, ENGINE_VERSION, ERROR_PREFIX, JOB_FILE, KAGGLE_INPUT, LOG_FILE, MANIFEST, OUTPUT_DIR,
-    PARTS_DIR, PROGRESS_PREFIX, SCHEDULERS, SDXL_VAE_FP16_FIX, SEED_MODULUS, TINY_RANDOM, log,
+    PARTS_DIR, PROGRESS_PREFIX, SCHEDULERS, SDXL_VAE_FP16_FIX, SEED_MODULUS, TINY_KANDINSKY,
+    TINY_RANDOM, TINY_SDXL, TINY_SDXL_REFINER, log,
     progress_message)
 from .worker import count_processes, launch, main, notebook_main, run_worker  # noqa: F401
 
-MODULES = ("__init__", "wire", "planning", "outputs", "pipelines", "worker", "__main__")
+MODULES = ("__init__", "wire", "planning", "outputs", "tiny", "pipelines", "worker", "__main__")

@@ -154,6 +154,8 @@ def a1111_parameters(record: dict) -> str:
                 f"{record['height']}, Model: {record['model']}")
     if record.get("strength") is not None:
         settings += f", Denoising strength: {record['strength']}"
+    if record.get("refiner"):  # as A1111 writes its refiner
+        settings += f", Refiner: {record['refiner']['model']}, Refiner switch at: {record['refiner']['start']}"
     lines.append(settings)
     return "\n".join(lines)
 

@@ -4,11 +4,10 @@ torch and friends are imported inside the functions."""
 
 from __future__ import annotations
 
-import json
-import tempfile
 from pathlib import Path
 
-from .wire import SCHEDULERS, SDXL_VAE_FP16_FIX, TINY_RANDOM, log
+from .tiny import TINY_MODELS, build_tiny, build_tiny_sdxl_refiner
+from .wire import SCHEDULERS, SDXL_VAE_FP16_FIX, TINY_SDXL_REFINER, log
 
 
 def _dtype_kwarg(dtype) -> dict:
@@ -19,68 +18,12 @@ def _dtype_kwarg(dtype) -> dict:
     return {"dtype": dtype} if (major, minor) >= (0, 42) else {"torch_dtype": dtype}
 
 
-def _byte_level_chars() -> list[str]:
-    """The 256 byte-level characters of GPT-2/CLIP BPE, in their usual order."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return [chr(c) for c in cs]
-
-
-def build_tiny_random_pipeline(seed: int = 0):
-    """A tiny randomly initialised Stable Diffusion pipeline, built offline from configs.
-
-    Seeded, so every build has the same weights. Its images are noise: it proves the
-    pipeline, not image quality.
-    """
-    import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    chars = _byte_level_chars()
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": i + 256 for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    with tempfile.TemporaryDirectory(prefix="imggenhub-tok-") as folder:
-        Path(folder, "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-        Path(folder, "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
-        tokenizer = CLIPTokenizer.from_pretrained(folder, model_max_length=77)
-
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4,
-        out_channels=4, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=32)
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64], in_channels=3, out_channels=3,
-        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4)
-    torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_attention_heads=4,
-        num_hidden_layers=2, max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    return StableDiffusionPipeline(
-        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-
-
 def load_pipeline(model: dict, device: str, dtype):
     """Load the job's pipeline once; the caller reuses it for every prompt."""
     import torch
 
-    if model["id"] == TINY_RANDOM:
-        pipe = build_tiny_random_pipeline(seed=0)
+    if model["id"] in TINY_MODELS:
+        pipe = build_tiny(model["id"])
         return pipe.to(device) if dtype == torch.float32 else pipe.to(device=device, dtype=dtype)
 
     from diffusers import AutoencoderKL, AutoPipelineForText2Image
@@ -98,6 +41,35 @@ def load_pipeline(model: dict, device: str, dtype):
             raise
         pipe = AutoPipelineForText2Image.from_pretrained(model["id"], **kwargs)
     return pipe.to(device)
+
+
+def load_refiner(base, refiner: dict, device: str, dtype):
+    """The SDXL refiner, sharing the base's second text encoder and VAE (loaded once). If base
+    and refiner do not fit on the GPU together, both are offloaded to the CPU between uses,
+    with a log line (slower, but it runs)."""
+    import torch
+
+    if refiner["id"] == TINY_SDXL_REFINER:
+        pipe = build_tiny_sdxl_refiner(base)
+    else:
+        from diffusers import DiffusionPipeline
+
+        kwargs = dict(_dtype_kwarg(dtype), text_encoder_2=base.text_encoder_2, vae=base.vae,
+                      use_safetensors=True)
+        if dtype == torch.float16:
+            kwargs["variant"] = "fp16"
+        pipe = DiffusionPipeline.from_pretrained(refiner["id"], **kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    try:
+        return pipe.to(device) if dtype == torch.float32 else pipe.to(device=device, dtype=dtype)
+    except torch.cuda.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        log("note: the SDXL base and refiner do not fit on the GPU together; both are offloaded "
+            "to the CPU between uses (slower)")
+        index = torch.device(device).index or 0
+        base.enable_model_cpu_offload(gpu_id=index)
+        pipe.enable_model_cpu_offload(gpu_id=index)
+        return pipe
 
 
 def apply_loras(pipe, loras: list[dict]) -> list[dict]:

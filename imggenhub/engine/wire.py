@@ -31,7 +31,10 @@ SCHEDULERS = {
     "lcm": ("LCMScheduler", {}),
 }
 
-TINY_RANDOM = "tiny-random"
+TINY_RANDOM = "tiny-random"  # the tiny offline pipelines' model ids (engine/tiny.py)
+TINY_SDXL = "tiny-random-sdxl"
+TINY_SDXL_REFINER = "tiny-random-sdxl-refiner"
+TINY_KANDINSKY = "tiny-random-kandinsky"
 SDXL_VAE_FP16_FIX = "madebyollin/sdxl-vae-fp16-fix"
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .outputs import ImageWriter, PartLog, merge_manifest
 from .pipelines import (apply_embeddings, apply_loras, derived_pipeline, enable_memory_savers,
-                        load_init_image, load_pipeline, set_scheduler)
+                        load_init_image, load_pipeline, load_refiner, set_scheduler)
 from .planning import batches, plan_images, resolve_inputs, shard
 from .wire import (ENGINE_PACKAGE, ENGINE_VERSION, ERROR_PREFIX, JOB_FILE, OUTPUT_DIR, PARTS_DIR,
                    log)
@@ -62,6 +62,13 @@ def run_worker(job: dict, out_dir: Path) -> None:
     loras = apply_loras(pipe, job.get("loras") or [])
     embeddings = apply_embeddings(pipe, job.get("embeddings") or [])
     pipe.set_progress_bar_config(disable=True)
+    refiner = None
+    if job.get("refiner"):  # SDXL ensemble of experts: the refiner takes the last steps
+        refiner = load_refiner(pipe, job["refiner"], str(device), dtype)
+        enable_memory_savers(refiner)
+        set_scheduler(refiner, job.get("scheduler"))
+        log(f"{tag}refiner {job['refiner']['id']} ready; it takes over at "
+            f"{job['refiner']['start']:g} of the steps")
     load_seconds = time.monotonic() - t_load
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     log(f"{tag}model {model['id']} ready on {device_name} ({str(dtype).replace('torch.', '')}) "
@@ -69,7 +76,8 @@ def run_worker(job: dict, out_dir: Path) -> None:
 
     header = {"engine_version": ENGINE_VERSION, "job_id": job.get("job_id"),
               "run_id": job.get("run_id"), "model": model["id"], "processes_total": world,
-              "loras": loras, "embeddings": embeddings}
+              "loras": loras, "embeddings": embeddings,
+              **({"refiner": job["refiner"]} if refiner is not None else {})}
     part = PartLog(parts / f"rank-{rank:02d}.jsonl", header, {
         "rank": rank, "device": device_name, "dtype": str(dtype).replace("torch.", ""),
         "model_load_seconds": round(load_seconds, 4), "scheduler": scheduler})
@@ -104,7 +112,11 @@ def run_worker(job: dict, out_dir: Path) -> None:
             elif first["width"] and first["height"]:
                 kwargs.update(width=first["width"], height=first["height"])
             t_gen = time.monotonic()
-            images = run(**kwargs).images
+            handover = None
+            if refiner is not None and run is pipe:
+                images, handover = _refined(pipe, refiner, job["refiner"], kwargs, batch)
+            else:
+                images = run(**kwargs).images
             per_image = (time.monotonic() - t_gen) / len(batch)
             for task, image in zip(batch, images):
                 writer.put(task["file"], image, {
@@ -121,6 +133,7 @@ def run_worker(job: dict, out_dir: Path) -> None:
                        if task.get("init_image") else {}),
                     **({"mask_image": names.get(task["mask_image"], Path(task["mask_image"]).name)}
                        if task.get("mask_image") else {}),
+                    **({"refiner": handover} if handover else {}),
                 }, per_image)
                 made += 1
     finally:
@@ -128,6 +141,31 @@ def run_worker(job: dict, out_dir: Path) -> None:
         now = time.monotonic()
         part.update_process(seconds=round(now - t_start, 4),
                             generation_seconds=round(now - t_loop, 4))
+
+
+def _refined(pipe, refiner, spec: dict, kwargs: dict, batch: list[dict]):
+    """SDXL's ensemble of experts: the base runs the first ``start`` of the steps and hands
+    its latents to the refiner, which runs the rest. Returns the images and what each ran
+    (counted, not computed: the split follows the scheduler's timesteps)."""
+    import torch
+
+    counts = [0, 0]
+
+    def counter(i):
+        def step_end(_pipe, _step, _timestep, callback_kwargs):
+            counts[i] += 1
+            return callback_kwargs
+        return step_end
+
+    latents = pipe(**kwargs, denoising_end=spec["start"], output_type="latent",
+                   callback_on_step_end=counter(0)).images
+    again = {k: kwargs[k] for k in ("prompt", "negative_prompt", "num_inference_steps",
+                                    "guidance_scale") if k in kwargs}
+    again["generator"] = [torch.Generator("cpu").manual_seed(t["seed"]) for t in batch]
+    images = refiner(**again, image=latents, denoising_start=spec["start"],
+                     callback_on_step_end=counter(1)).images
+    return images, {"model": spec["id"], "start": spec["start"], "base_steps": counts[0],
+                    "refiner_steps": counts[1]}
 
 
 def count_processes(job: dict) -> int:
