@@ -3,7 +3,6 @@ the manifest (untrusted when it comes from a server), verification and the galle
 
 from __future__ import annotations
 
-import hashlib
 import html
 import json
 import os
@@ -15,7 +14,7 @@ from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import writable_folder
-from .engine import MANIFEST
+from .engine import MANIFEST, sha256_of
 from .errors import NothingYet, SpecError, UnsafeOutputError
 
 CLAIM = ".imggenhub-run.json"  # which run fills this folder
@@ -74,14 +73,6 @@ def read_manifest(folder: Path) -> dict | None:
     if path.stat().st_size > MAX_MANIFEST_BYTES:
         raise UnsafeOutputError(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MiB.")
     return parse_manifest(path.read_bytes(), str(path))
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify_image(folder: Path, record: dict) -> str | None:

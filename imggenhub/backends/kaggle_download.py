@@ -16,7 +16,7 @@ import requests
 import urllib3
 
 from .. import artifacts, kaggle_api
-from ..engine import LOG_FILE, MANIFEST, OUTPUT_DIR
+from ..engine import LOG_FILE, MANIFEST, OUTPUT_DIR, sha256_of
 from ..errors import TransferError, UnsafeOutputError
 from ..runs import Run
 
@@ -121,7 +121,7 @@ def download(backend, url: str, dest: Path, limit: int, record: dict | None, on_
             raise kaggle_api.TruncatedDownload(f"{dest.name}: {size} of {expected} bytes")
         if record is not None and size != record["bytes"]:
             raise kaggle_api.TruncatedDownload(f"{dest.name}: {size} of {record['bytes']} bytes")
-        if record is not None and artifacts.sha256_of(tmp) != record["sha256"]:
+        if record is not None and sha256_of(tmp) != record["sha256"]:
             mismatches[0] += 1
             if mismatches[0] >= HASH_ATTEMPTS:
                 raise TransferError(

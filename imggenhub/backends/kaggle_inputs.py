@@ -24,7 +24,7 @@ import requests
 
 from .. import kaggle_api, runs
 from ..config import Deadline
-from ..engine import KAGGLE_INPUT
+from ..engine import KAGGLE_INPUT, sha256_of
 from ..errors import KaggleApiError, NothingYet, SpecError, TransferError
 
 INPUTS_FILE = "inputs.json"  # beside the notebook: what the push must ship first
@@ -73,15 +73,10 @@ def local_paths(job) -> list[str]:
 
 
 def _sha256(path: str) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
     try:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-                size += len(block)
+        return sha256_of(path), Path(path).stat().st_size
     except OSError as exc:
         raise SpecError(f"The input file {path} cannot be read ({exc.strerror or exc}).") from None
-    return digest.hexdigest(), size
 
 
 def _ext(path: str) -> str:

@@ -92,7 +92,8 @@ def _locate(path: str, root: str) -> Path:
                             f"mounted under {root}; is the dataset attached to the kernel?")
 
 
-def _sha256(path: Path) -> str:
+def sha256_of(path) -> str:
+    """A file's sha256, read in blocks (the host's verification uses it too)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -117,7 +118,7 @@ def resolve_inputs(job: dict, root: str | None = None) -> dict:
     found, names = {}, {}
     for path, about in inputs.items():
         where = _locate(path, root)
-        if _sha256(where) != about["sha256"]:
+        if sha256_of(where) != about["sha256"]:
             raise ValueError(f"the input file {about['name']!r} arrived changed (its sha256 "
                              "differs from the one shipped)")
         found[path] = str(where)
