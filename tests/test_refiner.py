@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imggenhub import artifacts, engine
+from imggenhub import engine
 from imggenhub.errors import SpecError
 from imggenhub.notebook import read_job_document
 from imggenhub.spec import build_job, parse_settings, prompts_from_flags
@@ -115,14 +115,3 @@ def test_kandinsky_honours_negative_prompts_and_sizes(tmp_path):
     negative = run("negative", width=64, height=48, negative_prompt="blurry")
     assert np.abs(plain - negative).mean() > 1  # the prior takes the negative prompt
     assert np.array_equal(plain, run("again", width=64, height=48))
-
-
-@pytest.mark.slow
-def test_sdxl_with_refiner_through_the_local_backend(cli, tmp_path):
-    code, out, err = cli("generate", "--backend", "local", "--model", "tiny-sdxl", "--refiner",
-                         "--refiner-start", "0.7", "-p", "a fox", "--out", str(tmp_path / "o"),
-                         cwd=tmp_path)
-    assert code == 0, err
-    (record,) = artifacts.read_manifest(tmp_path / "o")["images"]
-    assert record["refiner"]["start"] == 0.7
-    assert record["refiner"]["base_steps"] + record["refiner"]["refiner_steps"] == 10
