@@ -302,6 +302,22 @@ def doctor(timeout: Annotated[float, typer.Option(
 
 
 @app.command()
+def quota(timeout: Annotated[float, typer.Option(
+        "--timeout", min=1, help="Give up on the API after this many seconds (exit 5).")] = 30.0,
+        json: Json = False) -> None:
+    """Kaggle's GPU quota this week: hours used and left, and when it refreshes."""
+    from .backends import get_backend
+
+    _STATE["json"] = json
+    backend = get_backend("kaggle")
+    backend.bound(timeout)
+    q = backend.quota(_reporter())
+    when = f"; it refreshes at {q['refreshes_at']}" if q["refreshes_at"] else ""
+    _result({"ok": True, **q}, f"GPU quota: {q['gpu_hours_used']:.1f} h used of "
+            f"{q['gpu_hours_total']:.1f} h this week, {q['gpu_hours_left']:.1f} h left{when}", json)
+
+
+@app.command()
 @job_options
 def render(
     job, kernel,

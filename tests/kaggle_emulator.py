@@ -215,6 +215,7 @@ class Version:
     finished: float | None = None
     runner: str | None = None  # which runner ran it: "stub" or "notebook"
     inputs: dict = field(default_factory=dict)  # dataset slug -> {file name: bytes}, pinned at push
+    running_since: float | None = None
     job: dict | None = None  # the job document the stub read
     cancel: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
@@ -234,6 +235,11 @@ class Emulator:
         self.queue_seconds = queue_seconds
         self.image_seconds = image_seconds
         self.gpu_sessions = gpu_sessions
+        # the weekly GPU quota: the hours allowed, hours already used before (settable), and
+        # the running time of every GPU version on top
+        self.gpu_quota_hours = 30.0
+        self.gpu_used_seconds = 0.0
+        self.quota_refresh = "2026-11-30T00:00:00Z"
         self.runner = runner
         self.faults = Faults()
         self.root = Path(tempfile.mkdtemp(prefix="kaggle-emulator-"))
@@ -381,6 +387,7 @@ class Emulator:
                     version.finished = time.monotonic()
                     return
                 version.status = "RUNNING"
+                version.running_since = time.monotonic()
             folder = self.root / ref.replace("/", "--") / f"v{version.number}"
             folder.mkdir(parents=True)
             version.workdir = folder / "working"
@@ -950,10 +957,14 @@ class _Handler(BaseHTTPRequestHandler):
         return 200, {"kernels": kernels}
 
     def api_GetAcceleratorQuotaStatistics(self, body):
-        used = 3600 * sum(len(vs) for vs in self.emulator.kernels.values()) // 10
-        return 200, {"gpuQuota": {"timeUsed": f"{used}s", "totalTimeAllowed": "108000s",
+        em = self.emulator
+        used = em.gpu_used_seconds + sum(
+            ((v.finished or time.monotonic()) - v.running_since) for vs in em.kernels.values()
+            for v in vs if v.meta.get("enableGpu") and v.running_since is not None)
+        return 200, {"gpuQuota": {"timeUsed": f"{used:.3f}s",
+                                  "totalTimeAllowed": f"{em.gpu_quota_hours * 3600:.0f}s",
                                   "hasEverRun": used > 0},
-                     "quotaRefreshTime": "2026-11-28T00:00:00Z"}
+                     "quotaRefreshTime": em.quota_refresh}
 
     def api_GetDatasetStatus(self, body):
         em = self.emulator

@@ -76,6 +76,17 @@ def save_request(meta: dict, notebook_text: str, timeout_seconds: int | None = N
     return req
 
 
+def _utc(moment) -> str | None:
+    """A kagglesdk datetime (naive means UTC) as ISO 8601 with a Z."""
+    if moment is None:
+        return None
+    if moment.tzinfo is not None:
+        from datetime import timezone
+
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def push_problem(resp) -> str | None:
     """What is wrong with a push response that came back 200 (the kaggle CLI exits 0 on these)."""
     if resp.error:
@@ -358,18 +369,31 @@ class KaggleBackend(Backend):
     def bring(self, run: Run, out_dir: Path, on_event: OnEvent) -> None:
         bring_outputs(self, run, out_dir, on_event)
 
-    def health(self, on_event: OnEvent, timeout: float) -> list[str]:
+    def quota(self, on_event: OnEvent) -> dict:
+        """This week's GPU quota, as GetAcceleratorQuotaStatistics says (hours; refresh time)."""
         from kagglesdk.kernels.types.kernels_api_service import ApiGetAcceleratorQuotaStatisticsRequest
 
+        resp = self._call("reading the GPU quota", lambda: self.api.get_accelerator_quota_statistics(
+            ApiGetAcceleratorQuotaStatisticsRequest()), on_event, attempts=3)
+        gpu = resp.gpu_quota
+
+        def hours(delta) -> float:
+            return round(delta.total_seconds() / 3600, 2) if delta is not None else 0.0
+
+        used = hours(gpu.time_used) if gpu else 0.0
+        total = hours(gpu.total_time_allowed) if gpu else 0.0
+        refresh = resp.quota_refresh_time
+        return {"gpu_hours_used": used, "gpu_hours_total": total,
+                "gpu_hours_left": round(max(0.0, total - used), 2),
+                "refreshes_at": _utc(refresh)}
+
+    def health(self, on_event: OnEvent, timeout: float) -> list[str]:
         creds = kaggle_api.credentials()
         lines = [f"credential: {creds.source} ({'token' if creds.token else 'username/key'}"
                  f"{', user ' + creds.username if creds.username else ''})"]
         self.bound(timeout)
         user = self.owner()
-        quota = self._call("reading the GPU quota", lambda: self.api.get_accelerator_quota_statistics(
-            ApiGetAcceleratorQuotaStatisticsRequest()), on_event, attempts=3)
-        gpu = quota.gpu_quota
-        used = gpu.time_used.total_seconds() / 3600 if gpu and gpu.time_used else 0.0
-        total = gpu.total_time_allowed.total_seconds() / 3600 if gpu and gpu.total_time_allowed else 0.0
-        lines.append(f"Kaggle API answers: signed in as {user}; GPU quota used {used:.1f} of {total:.0f} h")
+        q = self.quota(on_event)
+        lines.append(f"Kaggle API answers: signed in as {user}; GPU quota used "
+                     f"{q['gpu_hours_used']:.1f} of {q['gpu_hours_total']:.0f} h")
         return lines
