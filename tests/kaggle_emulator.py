@@ -49,7 +49,7 @@ from urllib.parse import urlsplit
 # Counter faults the command line exposes as --NAME N.
 FAULTS = ("rate_limit", "server_error", "drop", "drop_after", "truncate", "oversize", "corrupt",
           "endless_body", "stale_status", "gpu_cap", "upload_cut", "upload_expire",
-          "dataset_pending")
+          "dataset_pending", "stream_drop")
 FAULT_HELP = {
     "rate_limit": "the next N API calls answer HTTP 429 with Retry-After",
     "server_error": "the next N API calls answer HTTP 503",
@@ -70,6 +70,7 @@ FAULT_HELP = {
     "upload_expire": "the next N questions about an upload's progress answer 404 (expired)",
     "dataset_pending": "each dataset made from now on answers NOT_YET_PERSISTED to its first N "
                        "status calls",
+    "stream_drop": "the next N live log streams break off after their first event",
 }
 # Kaggle's dataset licence names (the kaggle CLI's dataset-metadata.json docs)
 LICENSES = ("CC0-1.0", "CC-BY-SA-3.0", "CC-BY-SA-4.0", "CC-BY-NC-SA-4.0", "GPL-2.0", "ODbL-1.0",
@@ -122,6 +123,8 @@ class Faults:
     upload_cut: int = 0
     upload_expire: int = 0
     dataset_pending: int = 0
+    stream_drop: int = 0
+    no_stream: bool = False  # the live log endpoint answers 404 (as where it does not exist)
     slow: float = 0.0
     slow_files: float = 0.0  # seconds before each file download answers (a network's latency)
     trickle: float = 0.0  # seconds between the bytes of each file download (<= 120 bytes sent)
@@ -712,6 +715,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         path = self._path()
+        for prefix in ("/api/v1/kernels/logs/stream/", "/v1/kernels/logs/stream/"):
+            if path.startswith(prefix):
+                return self._log_stream(path[len(prefix):])
         if path.startswith("/files/"):
             return self._serve_file(path[len("/files/"):])
         if path.startswith("/code/"):
@@ -835,6 +841,51 @@ class _Handler(BaseHTTPRequestHandler):
                 del blob.data[blob.size:]
                 return self._json(400, {"code": 400, "message": "More bytes than announced"})
         self._progress(blob)
+
+    def _log_stream(self, rest: str):
+        """GET {base}/v1/kernels/logs/stream/{owner}/{slug}?versionLabel=vN: while the session
+        runs, Server-Sent Events (``data: {json}`` per log entry, then ``data: END_OF_LOG``);
+        after it, the stored log as a JSON array. A reconnect replays from the start. The
+        version goes in the query; in the path it answers 404, as Kaggle's does."""
+        em = self.emulator
+        raw_query = urlsplit(self.path).query
+        query = dict(part.partition("=")[::2] for part in raw_query.split("&") if part)
+        em.calls.append(("LogStream", {"path": rest, **query}))
+        if self._authorized() is None:
+            return self._json(401, {"code": 401, "message": "Unauthenticated"})
+        parts = rest.strip("/").split("/")
+        if em.faults.no_stream or len(parts) != 2:
+            return self._json(404, {"code": 404, "message": "Not found"})
+        version = _version_of(em.versions("/".join(parts)), query.get("versionLabel"))
+        if version is None:
+            return self._json(404, {"code": 404, "message": "Not found"})
+        if version.status in TERMINAL:
+            return self._send(200, json.dumps(version.log).encode(), "application/json")
+        drop = em.faults.take("stream_drop")
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.end_headers()
+        self.close_connection = True
+        self.connection.settimeout(SEND_TIMEOUT)
+        sent, deadline = 0, time.monotonic() + HOSTILE_MAX_SECONDS
+        try:
+            while time.monotonic() < deadline:
+                ended = version.status in TERMINAL
+                for entry in version.log[sent:]:
+                    self.wfile.write(b"data: " + json.dumps(entry).encode() + b"\n\n")
+                    sent += 1
+                    if drop:
+                        self.wfile.flush()
+                        self.connection.shutdown(2)  # broken off mid-stream
+                        return
+                self.wfile.flush()
+                if ended:
+                    self.wfile.write(b"data: END_OF_LOG\n\n")
+                    return
+                time.sleep(0.05)
+        except OSError:
+            pass  # the client went away
 
     def _progress(self, blob: Blob):
         if blob.complete:
@@ -985,7 +1036,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.emulator.blobs[token] = Blob(str(body["name"]), int(body.get("contentLength") or 0))
         return 200, {"token": token, "createUrl": f"http://{self._host()}/upload/{token}"}
 
-    def _version_of(self, files) -> dict | str:
+    def _dataset_files(self, files) -> dict | str:
         """{file name: bytes} for the tokens of a new dataset version, or what is wrong."""
         em = self.emulator
         blobs = [em.blobs.get(str(f.get("token"))) for f in files]
@@ -1006,7 +1057,7 @@ class _Handler(BaseHTTPRequestHandler):
             return 200, {"error": "The title must be between 6 and 50 characters"}
         if body.get("licenseName") not in LICENSES:
             return 200, {"error": f"Invalid license name {body.get('licenseName')!r}"}
-        files = self._version_of(body.get("files", []))
+        files = self._dataset_files(body.get("files", []))
         with em.lock:
             if ref in em.datasets:
                 return 200, {"error": f"Dataset {ref} already exists"}
@@ -1020,7 +1071,7 @@ class _Handler(BaseHTTPRequestHandler):
     def api_CreateDatasetVersion(self, body):
         em = self.emulator
         ref = f"{body.get('ownerSlug')}/{body.get('datasetSlug')}"
-        files = self._version_of(body.get("body", {}).get("files", []))
+        files = self._dataset_files(body.get("body", {}).get("files", []))
         with em.lock:
             if ref not in em.datasets:
                 return 404, {"code": 404, "message": f"Dataset {ref} not found"}

@@ -21,6 +21,7 @@ from ..notebook import CODE_FILE, job_document, read_job_document, write_noteboo
 from ..runs import Failure, Run
 from . import Backend, OnEvent, kaggle_inputs
 from .kaggle_download import bring_outputs, log_text, output_page
+from .kaggle_logs import LogFollower
 from .kaggle_meta import (METADATA_FILE, PLACEHOLDER_OWNER, KernelOptions, kernel_metadata,
                           load_metadata_template, split_kernel_id, write_metadata)
 
@@ -330,32 +331,60 @@ class KaggleBackend(Backend):
                 on_event(message)
 
     def wait(self, run: Run, on_event: OnEvent) -> Run:
+        """Poll the version's status to a terminal state (or the deadline); meanwhile show
+        the engine's progress as it happens, from the live log stream (else, every third
+        poll, from the output listing's log)."""
         clock = self.tunables.clock
         start = clock.monotonic()
         interval = self.tunables.poll_interval
-        last, seen, polls = None, set(), 0
-        while True:
-            state, failure = self.status(run, on_event)
-            polls += 1
-            elapsed = clock.monotonic() - start
-            if state != last:
-                on_event(f"{state.value} after {elapsed:.0f}s")
-                last = state
-            if state == RunState.RUNNING and polls % 3 == 0:
-                self._progress(run, seen, on_event)
-            self._record(run, state, failure)
-            if state.terminal:
-                self._progress(run, seen, on_event)  # the lines it made since the last look
-                run.timings["wait"] = round(elapsed, 3)
-                return runs.save(run)
-            if self.deadline.passed(after=interval):
-                raise StillRunning(f"Run {run.run_id} is still {state.value} after {elapsed:.0f}s; "
-                                   f"it goes on, and 'imggenhub resume {run.run_id}' picks it up.")
-            clock.sleep(interval)
-            # poll often early, then at a fifth of the elapsed time, capped: the wait past
-            # the kernel's end stays a small share of its run time
-            interval = min(self.tunables.poll_max_interval,
-                           max(self.tunables.poll_interval, (clock.monotonic() - start) / 5))
+        last, seen, polls, follower = None, set(), 0, None
+        try:
+            while True:
+                state, failure = self.status(run, on_event)
+                polls += 1
+                elapsed = clock.monotonic() - start
+                if state != last:
+                    on_event(f"{state.value} after {elapsed:.0f}s")
+                    last = state
+                if state == RunState.RUNNING and follower is None:
+                    owner, slug = self._slug(run)
+                    follower = LogFollower(self, owner, slug, run.version, run.image_count).start()
+                streaming = follower is not None and not follower.gave_up.is_set()
+                if state == RunState.RUNNING and not streaming and polls % 3 == 0:
+                    self._progress(run, seen, on_event)
+                self._record(run, state, failure)
+                if state.terminal:
+                    if streaming:
+                        follower.finish(timeout=min(10.0, self.tunables.http_timeout))
+                        for message in follower.take(0):
+                            on_event(message)
+                    if follower is None or follower.gave_up.is_set() or not follower.ended.is_set():
+                        self._progress(run, seen, on_event)  # the lines it made since the last look
+                    run.timings["wait"] = round(elapsed, 3)
+                    return runs.save(run)
+                if self.deadline.passed(after=interval):
+                    raise StillRunning(f"Run {run.run_id} is still {state.value} after {elapsed:.0f}s; "
+                                       f"it goes on, and 'imggenhub resume {run.run_id}' picks it up.")
+                self._pause(interval, follower, on_event)
+                # poll often early, then at a fifth of the elapsed time, capped: the wait past
+                # the kernel's end stays a small share of its run time
+                interval = min(self.tunables.poll_max_interval,
+                               max(self.tunables.poll_interval, (clock.monotonic() - start) / 5))
+        finally:
+            if follower is not None:
+                follower.close()
+
+    def _pause(self, seconds: float, follower, on_event: OnEvent) -> None:
+        """Wait until the next poll, showing progress as it streams in; the stream's end
+        cuts the wait short (the session is over: its status is next)."""
+        clock = self.tunables.clock
+        if follower is None or follower.gave_up.is_set():
+            clock.sleep(seconds)
+            return
+        until = clock.monotonic() + seconds
+        while (left := until - clock.monotonic()) > 0 and not follower.ended.is_set():
+            for message in follower.take(min(left, 0.5)):
+                on_event(message)
 
     def _log_tail(self, run: Run) -> str:
         try:
