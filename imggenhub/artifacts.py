@@ -95,10 +95,11 @@ def verify(folder: Path) -> list[str]:
     return [p for p in (verify_image(folder, r) for r in manifest["images"]) if p]
 
 
-def prepare_destination(out_dir: Path, run_id: str, job_id: str, is_active) -> None:
+def prepare_destination(out_dir: Path, run_id: str, job_id: str, is_active,
+                        claim: bool = True) -> None:
     """Before anything is pushed: the folder can be written, holds no other job's images and
     is not being filled by another run that is still going (``is_active(run_id)``). Then
-    claim it for this run."""
+    claim it for this run (unless ``claim`` is false: a check only)."""
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise SpecError(f"The output folder {out_dir} is a file; choose another --out.")
@@ -113,15 +114,21 @@ def prepare_destination(out_dir: Path, run_id: str, job_id: str, is_active) -> N
     if manifest is not None and manifest.get("job_id") != job_id:
         raise SpecError(f"The folder {out_dir} already holds the images of another job; choose "
                         "another --out.")
-    with folder_lock(out_dir):
-        claim = _read_claim(out_dir)
-        if claim and claim.get("run_id") != run_id:
-            if claim.get("job_id") != job_id:
-                raise SpecError(f"The folder {out_dir} belongs to run {claim.get('run_id')} of "
+
+    def check(held: dict | None) -> None:
+        if held and held.get("run_id") != run_id:
+            if held.get("job_id") != job_id:
+                raise SpecError(f"The folder {out_dir} belongs to run {held.get('run_id')} of "
                                 "another job; choose another --out.")
-            if is_active(claim.get("run_id")):
-                raise SpecError(f"The folder {out_dir} is being filled by run {claim.get('run_id')}, "
+            if is_active(held.get("run_id")):
+                raise SpecError(f"The folder {out_dir} is being filled by run {held.get('run_id')}, "
                                 "which is still going; choose another --out.")
+
+    if not claim:
+        check(_read_claim(out_dir))  # a look only: the claim checks again under the lock
+        return
+    with folder_lock(out_dir):
+        check(_read_claim(out_dir))
         tmp = out_dir / f".{CLAIM}.{os.getpid()}.tmp"
         tmp.write_text(json.dumps({"run_id": run_id, "job_id": job_id}), encoding="utf-8")
         os.replace(tmp, out_dir / CLAIM)

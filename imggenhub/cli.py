@@ -113,11 +113,17 @@ _JOB_OPTIONS = {
     "title": (Optional[str], typer.Option(help="The kernel's title.")),
     "internet": (Optional[bool], typer.Option(
         "--internet/--no-internet", help="Internet in the kernel (the Hub needs it; default on).")),
+    "force": (bool, typer.Option(
+        "--force", help="Push even when the GPU-hour estimate exceeds the quota left.")),
+    "hf_token_env": (Optional[str], typer.Option(
+        "--hf-token-env", metavar="VAR",
+        help="Gated or private Hub models: ship the Hugging Face token in this environment "
+             "variable to the kernel, through a private Kaggle dataset.")),
 }
 _JOB_DEFAULTS = {"prompt": None, "prompts_file": Path("prompts.json"), "model": "sdxl-turbo",
                  "num_images": 1, "batch_size": 1, "precision": "auto", "gpu": True,
-                 "metadata_template": Path("kernel-metadata.json")}
-_KERNEL_FLAGS = ("metadata_template", "kernel_id", "title", "internet")
+                 "metadata_template": Path("kernel-metadata.json"), "force": False}
+_KERNEL_FLAGS = ("metadata_template", "kernel_id", "title", "internet", "hf_token_env", "force")
 _GIVEN = ("job", "kernel")
 
 
@@ -156,7 +162,8 @@ def _parse_job(flags: dict) -> dict:
         "job": job_from_inputs(settings, flags["prompt"], flags["prompts_file"]),
         "kernel": KernelOptions(kernel_id=kernel["kernel_id"], title=kernel["title"],
                                 gpu=flags["gpu"], internet=kernel["internet"],
-                                template=kernel["metadata_template"]),
+                                template=kernel["metadata_template"],
+                                hf_token_env=kernel["hf_token_env"], force=kernel["force"]),
     }
 
 

@@ -93,5 +93,11 @@ class RunFailedError(ImggenhubError):
         return getattr(self.failure, "log_tail", "") or ""
 
 
+class OverQuota(ImggenhubError):
+    """The job's estimate is more than the week's GPU quota has left; nothing was pushed."""
+
+    exit_code = Exit.OVER_QUOTA
+
+
 class Interrupted(ImggenhubError):
     exit_code = Exit.INTERRUPTED

@@ -39,11 +39,14 @@ def start(job: JobSpec, backend: str, out_dir: Path | None, options, on_event: b
     run = Run(run_id=run_id, backend=backend, job_id=job.job_id, image_count=job.image_count,
               out_dir=str(out.resolve()), name=name,
               session_timeout_seconds=int(timeout_hours * 3600) if timeout_hours else None)
+    made_out = not out.exists()
     try:
         try:
             write_notebook(run.notebook_dir, job, run_id)
         except OSError as exc:
             raise runs.state_error(exc) from None
+        # the folder is checked before anything reaches the network, and claimed below
+        artifacts.prepare_destination(out, run_id, job.job_id, _is_active, claim=False)
         impl.bound(timeout)
         impl.prepare(job, run, options, on_event)
         runs.save(run)  # before the claim: a run holding a folder is always a known run
@@ -52,6 +55,8 @@ def start(job: JobSpec, backend: str, out_dir: Path | None, options, on_event: b
         import shutil
 
         shutil.rmtree(run.folder, ignore_errors=True)  # no record of a run that never was
+        if made_out and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # nor an empty folder made for it
         raise
     on_event(f"run {run_id}: {job.image_count} images with {job.model['id']} on the {backend} backend")
     return run

@@ -22,6 +22,7 @@ class Exit(IntEnum):
     NO_CREDENTIALS = 4
     UNREACHABLE = 5
     NOTHING_YET = 6
+    OVER_QUOTA = 7
     INTERRUPTED = 130
 
 
@@ -36,6 +37,8 @@ EXIT_MEANINGS = {
                       "(try again later)",
     Exit.NOTHING_YET: "nothing to do yet: the run is not at a state this command acts on, or "
                       "another imggenhub process is working on it",
+    Exit.OVER_QUOTA: "the job's estimated GPU hours exceed what is left of this week's Kaggle "
+                     "quota (both are said; nothing was pushed; --force pushes anyway)",
     Exit.INTERRUPTED: "interrupted (Ctrl-C); a remote run goes on, and the exact command that "
                       "picks it up is printed",
 }

@@ -66,6 +66,8 @@ class Run(BaseModel):
     failure: Failure | None = None
     session_timeout_seconds: int | None = None
     timings: dict = Field(default_factory=dict)
+    estimate_hours: float | None = None  # Kaggle: the GPU hours estimated before the push
+    engine_hours: float | None = None  # Kaggle: the engine's own time there, once downloaded
 
     @property
     def folder(self) -> Path:

@@ -81,6 +81,7 @@ LICENSES = ("CC0-1.0", "CC-BY-SA-3.0", "CC-BY-SA-4.0", "CC-BY-NC-SA-4.0", "GPL-2
             "EU-ODP-Legal-Notice", "apache-2.0")
 DATASET_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{4,49}$")
 RUNNERS = ("stub", "notebook")
+STUB_DEVICE = "Tesla T4 (emulated)"  # what the stub runner records as the device
 TERMINAL = ("COMPLETE", "ERROR", "CANCEL_ACKNOWLEDGED")
 KAGGLE_FAILURE = "Your notebook hit an unhandled error while executing"
 MAX_PAGE_SIZE = 500  # what Kaggle serves at most per page
@@ -219,6 +220,7 @@ class Version:
     runner: str | None = None  # which runner ran it: "stub" or "notebook"
     inputs: dict = field(default_factory=dict)  # dataset slug -> {file name: bytes}, pinned at push
     running_since: float | None = None
+    token_seen: str | None = None  # the stub runner: the HF token the kernel found
     job: dict | None = None  # the job document the stub read
     cancel: threading.Event = field(default_factory=threading.Event)
     thread: threading.Thread | None = None
@@ -435,7 +437,10 @@ class Emulator:
             job_json, doc = _parse_job_cell(job_cell)
             version.job = doc
             # as the engine does: every shipped input found where mounted, checked by sha256
-            engine.resolve_inputs(doc, root=version.env.get("IMGGENHUB_KAGGLE_INPUT", "/nonexistent"))
+            root = version.env.get("IMGGENHUB_KAGGLE_INPUT", "/nonexistent")
+            engine.resolve_inputs(doc, root=root)
+            if doc.get("hf_token_file"):  # found and read as the engine does, kept to itself
+                version.token_seen = _read_token(doc["hf_token_file"], root)
             _write_cell_files(version.text, work)  # %%writefile imggenhub_engine/*.py
             (work / "imggenhub_job.json").write_text(job_json, encoding="utf-8")
             tasks = engine.plan_images(doc)
@@ -453,7 +458,7 @@ class Emulator:
         part = engine.PartLog(parts / "rank-00.jsonl", {
             "engine_version": engine.ENGINE_VERSION, "job_id": doc.get("job_id"),
             "run_id": doc.get("run_id"), "model": model_id, "processes_total": 1}, {
-            "rank": 0, "device": "stub", "dtype": "stub", "model_load_seconds": 0.0,
+            "rank": 0, "device": STUB_DEVICE, "dtype": "stub", "model_load_seconds": 0.0,
             "scheduler": "stub"})
         say(f"model {model_id} ready on stub (stub) in 0.00s; {len(tasks)} images for this process")
         fail_after = int(version.env.get("IMGGENHUB_ENGINE_FAIL_AFTER", "-1"))
@@ -474,7 +479,7 @@ class Emulator:
                 "prompt": task["prompt"], "negative_prompt": task["negative_prompt"],
                 "seed": task["seed"], "model": model_id, "steps": task["steps"],
                 "guidance": task["guidance"], "width": task["width"] or 8,
-                "height": task["height"] or 8, "scheduler": "stub", "device": "stub",
+                "height": task["height"] or 8, "scheduler": "stub", "device": STUB_DEVICE,
             }
             data = engine.save_png(image, out / task["file"], record)
             seconds = time.monotonic() - t_img
@@ -513,6 +518,12 @@ class Emulator:
         self.files[token] = path
         self.file_names[token] = name
         return f"http://{host}/files/{token}?Expires={int(time.time()) + 3600}&Signature=emulated"
+
+
+def _read_token(path: str, root: str) -> str:
+    from imggenhub.engine.planning import _locate
+
+    return _locate(path, root).read_text(encoding="utf-8").strip()
 
 
 def _mount(root: Path, inputs: dict) -> Path:

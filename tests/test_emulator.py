@@ -161,7 +161,7 @@ def test_the_stub_is_the_default_and_its_outputs_verify(em, tmp_path):
     manifest = artifacts.read_manifest(out)
     assert manifest["planned_images"] == 4 and manifest["complete"] is True
     assert manifest["run_id"] == "run-stub-1" and manifest["job_id"] == doc["job_id"]
-    assert manifest["processes"][0]["device"] == "stub" and manifest["processes_total"] == 1
+    assert manifest["processes"][0]["device"] == "Tesla T4 (emulated)" and manifest["processes_total"] == 1
     assert [i["file"] for i in manifest["images"]] == ["0001-a.png", "0002-a.png", "0003-b.png",
                                                        "0004-b.png"]
     assert [i["seed"] for i in manifest["images"]] == [1, 2, 3, 4]

@@ -186,10 +186,11 @@ def test_the_kernel_fails_clearly_when_a_shipped_file_is_not_mounted(emulator, c
 
 @pytest.mark.slow
 def test_kaggle_with_local_inputs_makes_the_same_images_as_the_local_backend(real_emulator, cli,
-                                                                           tmp_path):
+                                                                           tmp_path, monkeypatch):
     """Init image, mask and a real LoRA file, through the emulator's real notebook runner:
     the images are the local backend's, pixel for pixel, and the manifest names the files
     as the user does; a second run uploads nothing."""
+    from .test_hf_token import CANARY, everywhere_but_the_dataset
     from .test_lora import make_lora
 
     init = picture(tmp_path / "init.png", 1)
@@ -200,8 +201,14 @@ def test_kaggle_with_local_inputs_makes_the_same_images_as_the_local_backend(rea
     code, out, err = cli("generate", *flags, "--backend", "local", "--out", str(tmp_path / "local"),
                          cwd=tmp_path)
     assert code == 0, err
-    code, out, err = cli("generate", *flags, "--out", str(tmp_path / "kaggle"), cwd=tmp_path)
+    # with a token for gated models, which the engine takes into its own processes only
+    monkeypatch.setenv("MY_HF", CANARY)
+    code, out, err = cli("generate", *flags, "--hf-token-env", "MY_HF", "--out",
+                         str(tmp_path / "kaggle"), cwd=tmp_path)
     assert code == 0, err
+    log = (tmp_path / "kaggle" / "kernel.log").read_text()
+    assert "a Hugging Face token from the private dataset is set" in log
+    assert everywhere_but_the_dataset(real_emulator, tmp_path) == []
     local, remote = (artifacts.read_manifest(tmp_path / d)["images"][0] for d in ("local", "kaggle"))
     for key in ("init_image", "mask_image", "loras", "seed", "strength", "denoising_steps"):
         assert local[key] == remote[key], key
@@ -212,7 +219,7 @@ def test_kaggle_with_local_inputs_makes_the_same_images_as_the_local_backend(rea
     real_emulator.runner = "stub"  # the reuse is the point now, not the images again
     code, out, err = cli("deploy", *flags, cwd=tmp_path)
     assert code == 0, err
-    assert len(calls(real_emulator, "StartBlobUpload")) == 3 and "nothing to upload" in err
+    assert len(calls(real_emulator, "StartBlobUpload")) == 4 and "nothing to upload" in err
 
 
 def test_the_engine_finds_shipped_files_in_either_mount_layout_and_checks_them(tmp_path):

@@ -27,3 +27,48 @@ def test_quota_when_kaggle_cannot_be_reached(emulator, cli, monkeypatch):
     emulator.faults.set(server_error=100)
     code, out, err = cli("quota", "--timeout", "2")
     assert code == 5 and "reading the GPU quota" in err
+
+
+def test_the_t4_table_agrees_with_the_published_figures():
+    from imggenhub import estimate
+    from imggenhub.spec import build_job, parse_settings, prompts_from_flags
+
+    def per_image(**flags):
+        doc = build_job(parse_settings(seed=1, **flags), prompts_from_flags(["x"])).document()
+        return estimate.estimate(doc, []).seconds_per_image
+
+    assert 25 < per_image(model="sdxl") < 28  # published: ~26 s at 30 steps, 1024x1024
+    assert 3.4 < per_image(model="sd15", steps=25) < 4.0  # published: ~3.6 s at 25 steps
+    assert per_image(model="sdxl-turbo") < 0.5  # one step, no guidance: well under a second
+
+
+def test_a_job_over_the_quota_left_is_refused_with_both_figures(emulator, cli, tmp_path):
+    from imggenhub import runs
+
+    emulator.gpu_used_seconds = 30 * 3600 - 30  # 30 s left this week
+    code, out, err = cli("deploy", "--model", "tiny-random", "-p", "x", "--json", cwd=tmp_path)
+    assert code == 7, err
+    assert "needs about 0.03 GPU h, more than the 0.01 h left" in err and "--force" in err
+    assert not [m for m, _ in emulator.calls if m == "SaveKernel"] and runs.all_runs() == []
+    code, out, err = cli("deploy", "--model", "tiny-random", "-p", "x", "--force", "--json",
+                         cwd=tmp_path)
+    assert code == 0, err
+    run = runs.load(json.loads(out)["run_id"])
+    assert run.estimate_hours and 0.02 < run.estimate_hours < 0.04
+
+
+def test_finished_runs_correct_the_next_estimate(emulator, cli, tmp_path):
+    from imggenhub import runs
+
+    emulator.image_seconds = 0.3  # the stub takes 0.3 s an image: six times the table's guess
+    flags = ["--model", "tiny-random", "-p", "x", "--num-images", "3", "--seed", "1"]
+    code, out, err = cli("generate", *flags, "--json", "--out", str(tmp_path / "o"), cwd=tmp_path)
+    assert code == 0, err
+    assert "from the T4 table" in err
+    run = runs.load(json.loads(out)["run_id"])
+    assert run.engine_hours is not None and run.engine_hours >= 0.9 / 3600
+    code, out, err = cli("deploy", *flags, "-p", "y", cwd=tmp_path)
+    assert code == 0, err
+    line = next(l for l in err.splitlines() if "estimate:" in l)
+    assert "from 1 of your runs of tiny-random" in line
+    assert float(line.split("at ~")[1].split("s each")[0]) >= 0.3

@@ -14,7 +14,8 @@ import requests
 
 from .. import kaggle_api, runs
 from ..engine import ERROR_PREFIX, progress_message
-from ..errors import KaggleApiError, NothingYet, RunFailedError, StillRunning, Unreachable
+from ..errors import (KaggleApiError, NothingYet, OverQuota, RunFailedError, SpecError,
+                      StillRunning, Unreachable)
 from ..config import Deadline
 from ..lifecycle import RunState
 from ..notebook import CODE_FILE, job_document, read_job_document, write_notebook
@@ -88,6 +89,18 @@ def _utc(moment) -> str | None:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _token_from(variable: str) -> str:
+    import os
+
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,99}", variable):
+        raise SpecError(f"--hf-token-env {variable[:40]!r} is not an environment variable name.")
+    token = os.environ.get(variable, "").strip()
+    if not token:
+        raise SpecError(f"--hf-token-env {variable}: the variable {variable} is not set or empty; "
+                        "export your Hugging Face token in it.")
+    return token
+
+
 def push_problem(resp) -> str | None:
     """What is wrong with a push response that came back 200 (the kaggle CLI exits 0 on these)."""
     if resp.error:
@@ -147,17 +160,46 @@ class KaggleBackend(Backend):
         meta = kernel_metadata(options, template=template)  # checked before any network
         if meta["id"].startswith(PLACEHOLDER_OWNER + "/"):
             meta = kernel_metadata(options, self.owner(), template)  # "your-kaggle-username"
-        shipment = kaggle_inputs.plan(job, split_kernel_id(meta["id"])[0])
+        owner = split_kernel_id(meta["id"])[0]
+        doc, sources = job_document(job, run.run_id), list(meta.get("dataset_sources") or [])
+        shipment = kaggle_inputs.plan(job, owner)
         if shipment is not None:  # files on this machine: the kernel reads them from a dataset
-            doc = kaggle_inputs.kernel_document(job_document(job, run.run_id), shipment)
-            write_notebook(run.notebook_dir, job, run.run_id, doc)
+            doc = kaggle_inputs.kernel_document(doc, shipment)
             kaggle_inputs.save(run.notebook_dir, shipment)
-            sources = list(meta.get("dataset_sources") or [])
-            meta["dataset_sources"] = sources + [shipment.ref] * (shipment.ref not in sources)
+            sources.append(shipment.ref)
             on_event(f"inputs: {len(shipment.files)} files on this machine go to Kaggle as the "
                      f"private dataset {shipment.ref}")
+        if options.hf_token_env:  # only on the user's word: the token goes to a private dataset
+            token = _token_from(options.hf_token_env)
+            sources.append(kaggle_inputs.ship_token(kaggle_inputs.Shipper(self, on_event), owner,
+                                                    token))
+            doc["hf_token_file"] = kaggle_inputs.token_kernel_path()
+        if shipment is not None or options.hf_token_env:
+            write_notebook(run.notebook_dir, job, run.run_id, doc)
+            meta["dataset_sources"] = list(dict.fromkeys(sources))
+        if meta.get("enable_gpu"):
+            self._check_quota(job_document(job, run.run_id), run, options, on_event)
         write_metadata(run.notebook_dir, meta)
         run.kernel_ref = meta["id"]
+
+    def _check_quota(self, doc: dict, run: Run, options, on_event: OnEvent) -> None:
+        """Say what the job will cost in GPU hours against what is left; stop if it is more."""
+        from .. import estimate
+        from ..config import state_dir
+
+        guess = estimate.estimate(doc, estimate.read_history(state_dir()))
+        run.estimate_hours = guess.hours
+        try:
+            left = self.quota(on_event)["gpu_hours_left"]
+        except (Unreachable, KaggleApiError) as exc:
+            on_event(f"{guess.sentence(None)}; the quota could not be read ({exc})")
+            return
+        on_event(guess.sentence(left))
+        if guess.hours > left and not options.force:
+            raise OverQuota(f"This job needs about {guess.hours:.2f} GPU h, more than the {left:.2f} "
+                            "h left of this week's Kaggle quota; nothing was pushed. Make it "
+                            "smaller, wait for the quota to refresh ('imggenhub quota'), or add "
+                            "--force.")
 
     def _lock_wait(self) -> float:
         left = self.deadline.left()
@@ -397,6 +439,26 @@ class KaggleBackend(Backend):
 
     def bring(self, run: Run, out_dir: Path, on_event: OnEvent) -> None:
         bring_outputs(self, run, out_dir, on_event)
+
+    def fetch(self, run: Run, on_event: OnEvent) -> Run:
+        run = super().fetch(run, on_event)
+        if run.state == RunState.DOWNLOADED and run.engine_hours is None:
+            self._learn(run)
+        return run
+
+    def _learn(self, run: Run) -> None:
+        """What the run measured on Kaggle corrects the next estimates."""
+        from .. import artifacts, estimate
+        from ..config import state_dir
+
+        manifest = artifacts.read_manifest(Path(run.out_dir))
+        notebook = run.notebook_dir / CODE_FILE
+        doc = read_job_document(notebook.read_text(encoding="utf-8")) if notebook.exists() else None
+        if not manifest or not doc:
+            return
+        run.engine_hours = estimate.engine_hours(manifest)
+        estimate.learn(state_dir(), doc, manifest)
+        runs.save(run)
 
     def quota(self, on_event: OnEvent) -> dict:
         """This week's GPU quota, as GetAcceleratorQuotaStatistics says (hours; refresh time)."""

@@ -40,15 +40,16 @@ class InputFile:
     sha256: str
     size: int
     ext: str  # ".png", ".safetensors" ("" when the name has none a loader would need)
+    stored: str | None = None  # its name in the dataset when not its content's (the token)
 
     @property
     def name(self) -> str:
         """Its name in the dataset: its content, never the user's name."""
-        return self.sha256 + self.ext
+        return self.stored or self.sha256 + self.ext
 
     @property
     def label(self) -> str:
-        return Path(self.path).name
+        return self.stored or Path(self.path).name
 
 
 @dataclass(frozen=True)
@@ -175,17 +176,20 @@ class Shipper:
         status = resp.status
         return getattr(status, "name", None) or str(status or "").upper()
 
-    def ship(self, shipment: Shipment, run_id: str) -> None:
+    def ship(self, shipment: Shipment, run_id: str | None, current=lambda: True) -> None:
+        """Make sure the dataset holds the shipment and is ready. ``current()`` says whether a
+        ready dataset of that slug holds these very files (always, for content-addressed
+        slugs); when it does not, a new version is sent."""
         status = self.status(shipment)
-        if status == READY:
+        if status == READY and current():
             self.on_event(f"inputs: dataset {shipment.ref} is ready ({len(shipment.files)} files); "
                           "nothing to upload")
             return
-        if status is None or status in BROKEN:
+        if status is None or status in BROKEN or status == READY:
             wait = self.backend._lock_wait()
             with runs.uploading(shipment.ref, wait=wait):
                 status = self.status(shipment)  # another process may have made it meanwhile
-                if status is None or status in BROKEN:
+                if status is None or status in BROKEN or (status == READY and not current()):
                     tokens = [self.upload(f) for f in self._distinct(shipment)]
                     self.create(shipment, tokens, exists=status is not None)
         self.wait_ready(shipment, run_id)
@@ -297,7 +301,7 @@ class Shipper:
             new = ApiDatasetNewFile()
             new.token = token
             files.append(new)
-        if exists:  # Kaggle failed to process it: the same files again, as a new version
+        if exists:  # failed on Kaggle, or out of date: the files again, as a new version
             req = ApiCreateDatasetVersionRequest()
             req.owner_slug, req.dataset_slug = shipment.owner, shipment.slug
             req.body = ApiCreateDatasetVersionRequestBody()
@@ -318,7 +322,7 @@ class Shipper:
                                  f"{resp.error.rstrip('.')}.", 400)
         self.on_event(f"inputs: dataset {shipment.ref} created; waiting for Kaggle to make it ready")
 
-    def wait_ready(self, shipment: Shipment, run_id: str) -> None:
+    def wait_ready(self, shipment: Shipment, run_id: str | None) -> None:
         clock = self.tunables.clock
         mine = Deadline(self.tunables, self.tunables.dataset_wait)
         interval = self.tunables.poll_interval
@@ -327,13 +331,53 @@ class Shipper:
             if status == READY:
                 self.on_event(f"inputs: dataset {shipment.ref} is ready")
                 return
+            again = f"'imggenhub resume {run_id}'" if run_id else "the same command"
             if status is None or status in BROKEN:
                 raise KaggleApiError(f"Kaggle {'lost' if status is None else 'failed to process'} "
-                                     f"the inputs dataset {shipment.ref}; 'imggenhub resume "
-                                     f"{run_id}' uploads it again.", 400)
+                                     f"the dataset {shipment.ref}; {again} uploads it again.", 400)
             if mine.passed(after=interval) or self.backend.deadline.passed(after=interval):
-                raise NothingYet(f"Kaggle is still processing the inputs dataset {shipment.ref} "
-                                 f"({status}); run {run_id} was not pushed; 'imggenhub resume "
-                                 f"{run_id}' pushes it once the dataset is ready.")
+                what = f"run {run_id} was not pushed" if run_id else "nothing was pushed"
+                raise NothingYet(f"Kaggle is still processing the dataset {shipment.ref} "
+                                 f"({status}); {what}; {again} pushes once it is ready.")
             clock.sleep(interval)
             interval = min(self.tunables.poll_max_interval, interval * 1.5)
+
+
+# --- a Hugging Face token, for gated and private models -----------------------------------
+
+TOKEN_SLUG = "imggenhub-hf-token"
+TOKEN_FILE = "token"
+TOKEN_MARKS = "hf-token-datasets.json"  # in the state dir: sha256 of the token each one holds
+
+
+def token_kernel_path() -> str:
+    return f"{KAGGLE_INPUT}/{TOKEN_SLUG}/{TOKEN_FILE}"
+
+
+def ship_token(shipper: Shipper, owner: str, token: str) -> str:
+    """Put the token in the private dataset OWNER/imggenhub-hf-token (a new version only when
+    it holds another token), wait until it is ready, and return the dataset's ref. The token
+    is written to a private temporary file for the upload and never kept anywhere else."""
+    import os
+    import tempfile
+
+    from ..config import state_dir
+
+    data = token.encode("utf-8")
+    sha = hashlib.sha256(data).hexdigest()
+    marks_path = state_dir() / TOKEN_MARKS
+    try:
+        marks = json.loads(marks_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        marks = {}
+    ref = f"{owner}/{TOKEN_SLUG}"
+    with tempfile.TemporaryDirectory(prefix="imggenhub-") as folder:  # mode 0700
+        path = Path(folder) / TOKEN_FILE
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        shipment = Shipment(owner, TOKEN_SLUG, (InputFile(str(path), sha, len(data), "", TOKEN_FILE),))
+        shipper.ship(shipment, None, current=lambda: marks.get(ref) == sha)
+    marks[ref] = sha
+    marks_path.write_text(json.dumps(marks, indent=1) + "\n", encoding="utf-8")
+    return ref

@@ -45,6 +45,8 @@ class KernelOptions:
     internet: bool | None = None
     private: bool | None = None
     template: Path | None = None
+    hf_token_env: str | None = None  # ship the token in this variable (gated/private models)
+    force: bool = False  # push even when the estimate exceeds the quota left
 
 
 def check_renderable(job) -> None:

@@ -133,3 +133,18 @@ def resolve_inputs(job: dict, root: str | None = None) -> dict:
                    **({"name": Path(inputs[r["ref"]]["name"]).stem} if r["ref"] in inputs else {})}
                   for r in job.get(key) or []] for key in ("loras", "embeddings")}
     return {**job, "prompts": prompts, **refs, "input_names": names}
+
+
+def use_hf_token(job: dict, root: str | None = None) -> bool:
+    """A Hugging Face token shipped as a private dataset (``hf_token_file``): read into this
+    process's environment, which the engine's own processes inherit and nothing prints.
+    The notebook's kernel never holds it."""
+    path = job.get("hf_token_file")
+    if not path:
+        return False
+    root = root or os.environ.get("IMGGENHUB_KAGGLE_INPUT") or KAGGLE_INPUT
+    token = _locate(path, root).read_text(encoding="utf-8").strip()
+    if not token:
+        raise ValueError("the Hugging Face token dataset holds an empty token")
+    os.environ["HF_TOKEN"] = token
+    return True

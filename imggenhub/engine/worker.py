@@ -15,7 +15,7 @@ from pathlib import Path
 from .outputs import ImageWriter, PartLog, merge_manifest
 from .pipelines import (apply_embeddings, apply_loras, derived_pipeline, enable_memory_savers,
                         load_init_image, load_pipeline, load_refiner, set_scheduler)
-from .planning import batches, plan_images, resolve_inputs, shard
+from .planning import batches, plan_images, resolve_inputs, shard, use_hf_token
 from .wire import (ENGINE_PACKAGE, ENGINE_VERSION, ERROR_PREFIX, JOB_FILE, OUTPUT_DIR, PARTS_DIR,
                    log)
 
@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     job = json.loads(args.job.read_text(encoding="utf-8"))
     args.out.mkdir(parents=True, exist_ok=True)
+    if use_hf_token(job) and not args.worker:  # the workers inherit it
+        log("a Hugging Face token from the private dataset is set for the engine's processes")
     if args.worker:
         run_worker(job, args.out)
         return 0

@@ -1,0 +1,134 @@
+"""What a job will cost in Kaggle GPU hours, said before it is pushed.
+
+A table of T4 seconds per UNet step by model family (published fp16 figures at a
+reference size, scaled by pixels and halved without classifier-free guidance), plus the
+VAE decode, the model's download and load, and the session's start; the images are shared
+by the two T4s. Every run downloaded from Kaggle teaches it: the manifest holds each
+image's seconds and the model's load time as measured there, and the ratio of measured to
+predicted, per model (else per family), corrects the next estimate.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .engine import TINY_KANDINSKY, TINY_RANDOM, TINY_SDXL
+
+# family: (reference pixels, seconds per UNet step with guidance on a T4 in fp16)
+T4_STEP = {
+    "sd": (512 * 512, 1 / 6.9),  # SD 1.5: 6.9 it/s at 512x512 (ENGINE_NOTES)
+    "sdxl": (1024 * 1024, 1 / 1.15),  # SDXL base: 1.15 it/s at 1024x1024
+    "kandinsky": (512 * 512, 1 / 6.9),  # its decoder UNet is SD-sized (assumed, not published)
+    "auto": (1024 * 1024, 1 / 1.15),  # an unknown Hub model: the SDXL figure, the safe side
+    "tiny": (64 * 64, 0.01),
+}
+DECODE = {"sd": 0.15, "sdxl": 0.6, "kandinsky": 0.15, "auto": 0.6, "tiny": 0.01}  # at reference
+NO_GUIDANCE = 0.55  # a step without classifier-free guidance runs a batch of 1, not 2
+LOAD = {"sd": 60.0, "sdxl": 150.0, "kandinsky": 120.0, "auto": 150.0, "tiny": 10.0}  # Hub + GPU
+SESSION_START = 90.0  # Kaggle's container start and the notebook's first cells
+GPUS = 2  # T4 x2: one engine process per GPU
+HISTORY = "gpu-history.jsonl"
+HISTORY_KEPT = 200
+TINY = {TINY_RANDOM, TINY_SDXL, TINY_KANDINSKY}
+
+
+def family(model: dict) -> str:
+    return "tiny" if model["id"] in TINY else model.get("pipeline") or "auto"
+
+
+def predicted_seconds(doc: dict) -> tuple[float, int]:
+    """(T4 seconds of generation for the whole job by the table, images) -- one GPU."""
+    fam = family(doc["model"])
+    ref_pixels, step = T4_STEP[fam]
+    total, images = 0.0, 0
+    for p in doc["prompts"]:
+        scale = ((p.get("width") or 0) * (p.get("height") or 0) or ref_pixels) / ref_pixels
+        steps = p["steps"]
+        if p.get("init_image"):
+            steps = max(1, int(steps * (p.get("strength") or 1.0)))
+        guided = 1.0 if p["guidance"] > 1.0 else NO_GUIDANCE
+        total += (step * scale * steps * guided + DECODE[fam] * scale) * p["num_images"]
+        images += p["num_images"]
+    return total, images
+
+
+@dataclass(frozen=True)
+class Estimate:
+    hours: float
+    images: int
+    seconds_per_image: float  # on one T4, corrected
+    startup_seconds: float  # session start and model load
+    basis: str  # "the T4 table" or "N of your runs of MODEL"
+
+    def sentence(self, left: float | None) -> str:
+        tail = "" if left is None else f"; {left:.1f} h left this week"
+        return (f"estimate: about {self.hours:.2f} GPU h ({self.images} images at ~"
+                f"{self.seconds_per_image:.1f}s each over {GPUS} T4s, plus ~"
+                f"{self.startup_seconds / 60:.0f} min to start and load; from {self.basis}){tail}")
+
+
+def read_history(folder: Path) -> list[dict]:
+    try:
+        lines = (Path(folder) / HISTORY).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("ratio"), (int, float)):
+            out.append(entry)
+    return out
+
+
+def estimate(doc: dict, history: list[dict]) -> Estimate:
+    fam = family(doc["model"])
+    table, images = predicted_seconds(doc)
+    same = [h for h in history if h.get("model") == doc["model"]["id"]]
+    kin = same or [h for h in history if h.get("family") == fam]
+    ratio = statistics.median(h["ratio"] for h in kin) if kin else 1.0
+    loads = [h["load_seconds"] for h in same if isinstance(h.get("load_seconds"), (int, float))]
+    load = statistics.median(loads) if loads else LOAD[fam]
+    if doc.get("refiner"):
+        load += LOAD["sdxl"]
+    generation = table * ratio
+    hours = (SESSION_START + load + generation / GPUS) / 3600
+    basis = (f"{len(kin)} of your runs of {doc['model']['id'] if same else 'this model family'}"
+             if kin else "the T4 table")
+    return Estimate(round(hours, 3), images, generation / max(1, images), SESSION_START + load,
+                    basis)
+
+
+def learn(folder: Path, doc: dict, manifest: dict) -> dict | None:
+    """Add what a finished Kaggle run measured (on T4s only) to the history; return it."""
+    images = manifest.get("images") or []
+    seconds = [i["seconds"] for i in images if isinstance(i.get("seconds"), (int, float))
+               and "T4" in str(i.get("device", ""))]
+    table, planned = predicted_seconds(doc)
+    if not seconds or not table or not planned:
+        return None
+    measured = statistics.mean(seconds) * planned  # the job's generation on one T4
+    loads = [p.get("model_load_seconds") for p in manifest.get("processes") or []
+             if isinstance(p.get("model_load_seconds"), (int, float))]
+    entry = {"model": doc["model"]["id"], "family": family(doc["model"]),
+             "ratio": round(measured / table, 4), "load_seconds": max(loads) if loads else None,
+             "images": len(seconds), "at": int(time.time())}
+    path = Path(folder) / HISTORY
+    kept = read_history(folder)[-(HISTORY_KEPT - 1):] + [entry]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(e) + "\n" for e in kept), encoding="utf-8")
+    tmp.replace(path)
+    return entry
+
+
+def engine_hours(manifest: dict) -> float | None:
+    """The engine's time on Kaggle by its own clock (the longest process), in hours."""
+    spans = [p.get("seconds") for p in manifest.get("processes") or []
+             if isinstance(p.get("seconds"), (int, float))]
+    return round(max(spans) / 3600, 4) if spans else None

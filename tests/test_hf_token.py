@@ -1,0 +1,80 @@
+"""A Hugging Face token for gated and private models reaches the kernel only through a
+private Kaggle dataset, and only when the user says so (--hf-token-env VAR). A planted
+canary token must be nowhere else: not in the pushed notebook, the API calls, the run
+record, the outputs, the logs, or anything else the emulator keeps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from imggenhub.config import state_dir
+
+CANARY = "hf_CANARYcanary0123456789abcdefXYZ"
+SPEC = ["--model", "tiny-random", "--seed", "2", "-p", "a fox"]
+TOKEN_REF = "imggenhub/imggenhub-hf-token"
+
+
+def everywhere_but_the_dataset(emulator, *folders: Path) -> list[str]:
+    """Where the canary shows up, apart from the token dataset itself and its mount."""
+    found = []
+    for method, body in emulator.calls:
+        if CANARY in json.dumps(body):
+            found.append(f"API call {method}")
+    for ref, versions in emulator.kernels.items():
+        for v in versions:
+            if CANARY in v.text or CANARY in json.dumps(v.log) or CANARY in json.dumps(v.meta):
+                found.append(f"kernel {ref} v{v.number}")
+    for ref, dataset in emulator.datasets.items():
+        if ref != TOKEN_REF and any(CANARY.encode() in data for version in dataset["versions"]
+                                    for data in version.values()):
+            found.append(f"dataset {ref}")
+    for folder in (emulator.root, *folders):
+        for path in Path(folder).rglob("*"):
+            if path.is_file() and "imggenhub-hf-token" not in path.parts \
+                    and CANARY.encode() in path.read_bytes():
+                found.append(str(path))
+    return found
+
+
+def test_the_token_goes_only_to_its_private_dataset(emulator, cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("MY_HF", CANARY)
+    code, out, err = cli("generate", *SPEC, "--hf-token-env", "MY_HF", "--out", str(tmp_path / "o"),
+                         cwd=tmp_path)
+    assert code == 0, err
+    dataset = emulator.datasets[TOKEN_REF]
+    assert dataset["private"] and dataset["versions"][-1] == {"token": CANARY.encode()}
+    push = [body for method, body in emulator.calls if method == "SaveKernel"][-1]
+    assert TOKEN_REF in push["datasetDataSources"]
+    assert emulator.versions("imggenhub/imggenhub-batch")[-1].token_seen == CANARY  # the kernel has it
+    assert CANARY not in out + err
+    assert everywhere_but_the_dataset(emulator, tmp_path, state_dir()) == []
+
+    # the same token again: nothing uploaded; another token: a new version of the dataset
+    uploads = sum(1 for method, _ in emulator.calls if method == "StartBlobUpload")
+    code, out, err = cli("deploy", *SPEC, "--hf-token-env", "MY_HF", cwd=tmp_path)
+    assert code == 0, err
+    assert sum(1 for method, _ in emulator.calls if method == "StartBlobUpload") == uploads
+    monkeypatch.setenv("MY_HF", "hf_another_token")
+    code, out, err = cli("deploy", *SPEC, "-p", "another", "--hf-token-env", "MY_HF", cwd=tmp_path)
+    assert code == 0, err
+    assert [m for m, _ in emulator.calls].count("CreateDatasetVersion") == 1
+    assert emulator.datasets[TOKEN_REF]["versions"][-1] == {"token": b"hf_another_token"}
+
+
+def test_no_token_is_sent_unless_asked(emulator, cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", CANARY)
+    code, out, err = cli("generate", *SPEC, "--out", str(tmp_path / "o"), cwd=tmp_path)
+    assert code == 0, err
+    assert TOKEN_REF not in emulator.datasets
+    assert everywhere_but_the_dataset(emulator, tmp_path, state_dir()) == []
+
+
+@pytest.mark.parametrize("var,words", [("NOT_SET_ANYWHERE", "is not set or empty"),
+                                       ("bad name!", "is not an environment variable name")])
+def test_a_missing_or_bad_token_variable_is_one_sentence(emulator, cli, tmp_path, var, words):
+    code, out, err = cli("deploy", *SPEC, "--hf-token-env", var, cwd=tmp_path)
+    assert code == 2 and words in err and len(err.strip().splitlines()) == 1
+    assert not [m for m, _ in emulator.calls if m in ("SaveKernel", "StartBlobUpload")]
