@@ -113,6 +113,10 @@ _JOB_OPTIONS = {
     "title": (Optional[str], typer.Option(help="The kernel's title.")),
     "internet": (Optional[bool], typer.Option(
         "--internet/--no-internet", help="Internet in the kernel (the Hub needs it; default on).")),
+    "bundle": (Optional[bool], typer.Option(
+        "--bundle/--no-bundle",
+        help="Kaggle: also pack the images in tar bundles, downloaded instead of the loose files "
+             "(default: for jobs of 200 images or more).")),
     "force": (bool, typer.Option(
         "--force", help="Push even when the GPU-hour estimate exceeds the quota left.")),
     "hf_token_env": (Optional[str], typer.Option(
@@ -123,7 +127,8 @@ _JOB_OPTIONS = {
 _JOB_DEFAULTS = {"prompt": None, "prompts_file": Path("prompts.json"), "model": "sdxl-turbo",
                  "num_images": 1, "batch_size": 1, "precision": "auto", "gpu": True,
                  "metadata_template": Path("kernel-metadata.json"), "force": False}
-_KERNEL_FLAGS = ("metadata_template", "kernel_id", "title", "internet", "hf_token_env", "force")
+_KERNEL_FLAGS = ("metadata_template", "kernel_id", "title", "internet", "hf_token_env", "force",
+                 "bundle")
 _GIVEN = ("job", "kernel")
 
 
@@ -163,7 +168,8 @@ def _parse_job(flags: dict) -> dict:
         "kernel": KernelOptions(kernel_id=kernel["kernel_id"], title=kernel["title"],
                                 gpu=flags["gpu"], internet=kernel["internet"],
                                 template=kernel["metadata_template"],
-                                hf_token_env=kernel["hf_token_env"], force=kernel["force"]),
+                                hf_token_env=kernel["hf_token_env"], force=kernel["force"],
+                                bundle=kernel["bundle"]),
     }
 
 

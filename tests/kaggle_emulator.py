@@ -254,6 +254,7 @@ class Emulator:
         self.blobs: dict[str, Blob] = {}
         self.datasets: dict[str, dict] = {}  # owner/slug -> {"versions": [{name: bytes}], ...}
         self.calls: list[tuple[str, dict]] = []
+        self.served: list[str] = []  # the names of the output files served, in order
         self.lock = threading.RLock()
         self.threads: list[threading.Thread] = []
         self.server: ThreadingHTTPServer | None = None
@@ -461,6 +462,7 @@ class Emulator:
             "rank": 0, "device": STUB_DEVICE, "dtype": "stub", "model_load_seconds": 0.0,
             "scheduler": "stub"})
         say(f"model {model_id} ready on stub (stub) in 0.00s; {len(tasks)} images for this process")
+        bundler = engine.Bundler(out, 0, part) if doc.get("bundle") else None
         fail_after = int(version.env.get("IMGGENHUB_ENGINE_FAIL_AFTER", "-1"))
         error = None
         done = 0
@@ -485,10 +487,14 @@ class Emulator:
             seconds = time.monotonic() - t_img
             record.update(file=task["file"], sha256=hashlib.sha256(data).hexdigest(),
                           bytes=len(data), seconds=round(seconds, 4))
+            if bundler is not None:
+                record["bundle"] = bundler.add(task["file"], data)
             part.image(record)
             done += 1
             say(f"image {done}/{len(tasks)} {task['file']} in {seconds:.2f}s "
                 f"(elapsed {time.monotonic() - t0:.1f}s)")
+        if bundler is not None:
+            bundler.close()
         part.update_process(seconds=round(time.monotonic() - t0, 4))
         if error:
             stream("stdout", "Traceback (most recent call last):\n")
@@ -741,6 +747,7 @@ class _Handler(BaseHTTPRequestHandler):
         target = em.files.get(token)
         if target is None or not target.exists():
             return self._json(404, {"code": 404, "message": "No such file"})
+        em.served.append(em.file_names.get(token, ""))
         if faults.slow_files:
             time.sleep(faults.slow_files)
         data = target.read_bytes()

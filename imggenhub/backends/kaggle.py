@@ -27,6 +27,7 @@ from .kaggle_meta import (METADATA_FILE, PLACEHOLDER_OWNER, KernelOptions, kerne
                           load_metadata_template, split_kernel_id, write_metadata)
 
 GPU_CAP_TEXT = "Maximum batch GPU session count"
+BUNDLE_THRESHOLD = 200  # images; from benchmarks/kaggle_download.py (see the README)
 RESOLVE_DEPTH = 10  # versions looked at, newest first, to find an interrupted push
 
 # Kaggle's raw status strings, mapped in exactly one place. Unknown ones stay "running"
@@ -174,7 +175,11 @@ class KaggleBackend(Backend):
             sources.append(kaggle_inputs.ship_token(kaggle_inputs.Shipper(self, on_event), owner,
                                                     token))
             doc["hf_token_file"] = kaggle_inputs.token_kernel_path()
-        if shipment is not None or options.hf_token_env:
+        bundle = options.bundle if options.bundle is not None else \
+            job.image_count >= BUNDLE_THRESHOLD
+        if bundle:  # many images: a few tar downloads instead of thousands of signed GETs
+            doc["bundle"] = True
+        if shipment is not None or options.hf_token_env or bundle:
             write_notebook(run.notebook_dir, job, run.run_id, doc)
             meta["dataset_sources"] = list(dict.fromkeys(sources))
         if meta.get("enable_gpu"):

@@ -16,12 +16,13 @@ import requests
 import urllib3
 
 from .. import artifacts, kaggle_api
-from ..engine import LOG_FILE, MANIFEST, OUTPUT_DIR, sha256_of
+from ..engine import BUNDLES_DIR, LOG_FILE, MANIFEST, OUTPUT_DIR, sha256_of
 from ..errors import TransferError, UnsafeOutputError
 from ..runs import Run
 
 OUTPUT_PREFIX = OUTPUT_DIR + "/"
 PAGE_SIZE = 500  # what Kaggle serves a page
+BUNDLE_TMP = ".imggenhub-bundles"  # in the output folder while bundles are unpacked
 HASH_ATTEMPTS = 3
 
 
@@ -150,6 +151,9 @@ def download(backend, url: str, dest: Path, limit: int, record: dict | None, on_
 
 
 def bring_outputs(backend, run: Run, out_dir: Path, on_event) -> None:
+    import shutil
+
+    shutil.rmtree(out_dir / BUNDLE_TMP, ignore_errors=True)  # a killed unpacking's leftovers
     files, log = list_outputs(backend, run, on_event)
     for name in files:
         artifacts.safe_relative(name)  # refuse '..', absolute and NUL names before anything
@@ -172,20 +176,35 @@ def bring_outputs(backend, run: Run, out_dir: Path, on_event) -> None:
                  on_event, check=ours_only)
         manifest = artifacts.read_manifest(out_dir)
         records = {r["file"]: r for r in manifest["images"]}
-    todo = []
+        bundles = [b for b in manifest.get("bundles") or [] if isinstance(b, dict)
+                   and b.get("file") in ours]
+    else:
+        bundles = []
+    todo, covered = [], set()
+    for b in bundles:  # a whole bundle: one download for all its images
+        members = [r for r in records.values() if r.get("bundle") == b["file"]]
+        covered.update(r["file"] for r in members)
+        missing = [r for r in members if artifacts.verify_image(out_dir, r) is not None]
+        if missing:
+            dest = out_dir / BUNDLE_TMP / Path(artifacts.safe_relative(b["file"])).name
+            todo.append((ours[b["file"]], dest, int(b["bytes"]), b, missing))
     for name, url in sorted(ours.items()):
-        if name.startswith(".") or "/." in name:
-            continue  # the engine's temporary files
+        if name.startswith(".") or "/." in name or name in covered or \
+                name.startswith(BUNDLES_DIR + "/"):
+            continue  # the engine's temporary files; images that come in a bundle; bundles
         dest = out_dir / artifacts.safe_relative(name)
         record = records.get(name)
         if record and dest.exists() and artifacts.verify_image(out_dir, record) is None:
             continue  # already here and verified
-        todo.append((url, dest, record["bytes"] if record else cap, record))
+        todo.append((url, dest, record["bytes"] if record else cap, record, None))
     done = [0]
     lock = threading.Lock()
 
     def one(item):
-        download(backend, *item, on_event)
+        url, dest, limit, record, members = item
+        download(backend, url, dest, limit, record, on_event)
+        if members is not None:
+            unpack(dest, out_dir, members)
         with lock:
             done[0] += 1
             if done[0] % 25 == 0 or done[0] == len(todo):
@@ -193,3 +212,39 @@ def bring_outputs(backend, run: Run, out_dir: Path, on_event) -> None:
 
     with ThreadPoolExecutor(max_workers=backend.tunables.download_workers) as pool:
         list(pool.map(one, todo))
+    if (out_dir / BUNDLE_TMP).is_dir() and not any((out_dir / BUNDLE_TMP).iterdir()):
+        (out_dir / BUNDLE_TMP).rmdir()
+
+
+def unpack(tar_path: Path, out_dir: Path, members: list[dict]) -> None:
+    """The images of a downloaded (and verified) bundle, each found by the manifest's name,
+    checked against its record and renamed into place; then the bundle goes. Nothing is
+    ever extracted by the archive's own names."""
+    import tarfile
+
+    try:
+        with tarfile.open(tar_path, "r:") as tar:
+            found = {m.name: m for m in tar.getmembers()}
+            for record in members:
+                info = found.get(record["file"])
+                if info is None or not info.isfile() or info.size != record["bytes"]:
+                    raise UnsafeOutputError(f"The bundle {tar_path.name} does not hold "
+                                            f"{record['file']} as the manifest says; refused.")
+                dest = out_dir / artifacts.safe_relative(record["file"])
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{threading.get_ident()}.part")
+                try:
+                    with tar.extractfile(info) as src, open(tmp, "wb") as fh:
+                        while block := src.read(1 << 20):
+                            fh.write(block)
+                    if sha256_of(tmp) != record["sha256"]:
+                        raise UnsafeOutputError(f"{record['file']} in the bundle {tar_path.name} "
+                                                "differs from the manifest's sha256; refused.")
+                    os.replace(tmp, dest)
+                finally:
+                    tmp.unlink(missing_ok=True)
+    except tarfile.TarError as exc:
+        raise UnsafeOutputError(f"The bundle {tar_path.name} is not a readable tar ({exc}); "
+                                "refused.") from None
+    finally:
+        tar_path.unlink(missing_ok=True)

@@ -47,6 +47,7 @@ class KernelOptions:
     template: Path | None = None
     hf_token_env: str | None = None  # ship the token in this variable (gated/private models)
     force: bool = False  # push even when the estimate exceeds the quota left
+    bundle: bool | None = None  # pack the images in tar bundles too (None: by the image count)
 
 
 def check_renderable(job) -> None:

@@ -10,7 +10,7 @@ them, so the host side (planning, manifests) uses it without any of them install
 
 # The engine's public names, for the host and the tests.
 from .outputs import (  # noqa: F401
-    ImageWriter, PartLog, _write_json_atomic, a1111_parameters, merge_manifest, save_png)
+    Bundler, ImageWriter, PartLog, _write_json_atomic, a1111_parameters, merge_manifest, save_png)
 from .pipelines import (  # noqa: F401
     apply_embeddings, apply_loras, derived_pipeline, enable_memory_savers, load_init_image,
     load_pipeline, load_refiner, set_scheduler)
@@ -20,7 +20,7 @@ from .tiny import (  # noqa: F401
 from .planning import (  # noqa: F401
     batches, plan_images, resolve_inputs, sha256_of, shard, slugify, use_hf_token)
 from .wire import (  # noqa: F401
-    ENGINE_PACKAGE, ENGINE_VERSION, ERROR_PREFIX, JOB_FILE, KAGGLE_INPUT, LOG_FILE, MANIFEST, OUTPUT_DIR,
+    BUNDLES_DIR, ENGINE_PACKAGE, ENGINE_VERSION, ERROR_PREFIX, JOB_FILE, KAGGLE_INPUT, LOG_FILE, MANIFEST, OUTPUT_DIR,
     PARTS_DIR, PROGRESS_PREFIX, SCHEDULERS, SDXL_VAE_FP16_FIX, SEED_MODULUS, TINY_KANDINSKY,
     TINY_RANDOM, TINY_SDXL, TINY_SDXL_REFINER, log,
     progress_message)

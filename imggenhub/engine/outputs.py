@@ -9,8 +9,8 @@ import os
 import time
 from pathlib import Path
 
-from .planning import plan_images
-from .wire import MANIFEST, PARTS_DIR, log
+from .planning import plan_images, sha256_of
+from .wire import BUNDLES_DIR, MANIFEST, PARTS_DIR, log
 
 
 def _write_json_atomic(path: Path, data) -> None:
@@ -39,13 +39,16 @@ class PartLog:
     def image(self, record: dict) -> None:
         self._append({"image": record})
 
+    def bundle(self, record: dict) -> None:
+        self._append({"bundle": record})
+
     def update_process(self, **fields) -> None:
         self.process.update(fields)
         self._append({"process": self.process})
 
 
-def _read_part(path: Path) -> tuple[dict, dict | None, list[dict]]:
-    header, process, images = {}, None, []
+def _read_part(path: Path) -> tuple[dict, dict | None, list[dict], list[dict]]:
+    header, process, images, bundles = {}, None, [], []
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             entry = json.loads(line)
@@ -55,7 +58,9 @@ def _read_part(path: Path) -> tuple[dict, dict | None, list[dict]]:
         process = entry.get("process", process)
         if "image" in entry:
             images.append(entry["image"])
-    return header, process, images
+        if "bundle" in entry:
+            bundles.append(entry["bundle"])
+    return header, process, images, bundles
 
 
 def merge_manifest(out_dir: Path, job: dict | None = None) -> dict | None:
@@ -67,23 +72,28 @@ def merge_manifest(out_dir: Path, job: dict | None = None) -> dict | None:
     parts_dir = out_dir / PARTS_DIR
     existing = out_dir / MANIFEST
     images: dict[int, dict] = {}
+    bundles: dict[str, dict] = {}
     runs = []
     header: dict = {}
     if existing.exists():
         old = json.loads(existing.read_text(encoding="utf-8"))
-        header = {k: v for k, v in old.items() if k not in ("images", "processes")}
+        header = {k: v for k, v in old.items() if k not in ("images", "processes", "bundles")}
         runs = old.get("processes", [])
         images.update({img["index"]: img for img in old.get("images", [])})
+        bundles.update({b["file"]: b for b in old.get("bundles", [])})
     part_files = sorted(parts_dir.glob("rank-*.jsonl")) if parts_dir.exists() else []
     if not part_files and not existing.exists():
         return None
     for part_file in part_files:
-        part_header, process, part_images = _read_part(part_file)
+        part_header, process, part_images, part_bundles = _read_part(part_file)
         header = part_header or header
         if process is not None:
             runs.append(process)
         images.update({img["index"]: img for img in part_images})
+        bundles.update({b["file"]: b for b in part_bundles})
     manifest = {**header, "processes": runs, "images": [images[i] for i in sorted(images)]}
+    if bundles:
+        manifest["bundles"] = [bundles[name] for name in sorted(bundles)]
     if job is not None:
         manifest["planned_images"] = len(plan_images(job))
     manifest["complete"] = manifest.get("planned_images") == len(manifest["images"])
@@ -95,17 +105,69 @@ def merge_manifest(out_dir: Path, job: dict | None = None) -> dict | None:
     return manifest
 
 
+BUNDLE_BYTES = 256 << 20  # the most one bundle holds (IMGGENHUB_BUNDLE_BYTES changes it)
+
+
+class Bundler:
+    """Packs each written PNG into uncompressed tar bundles of bounded size as it goes (a
+    PNG is compressed already), so that a big job's outputs download as a few files
+    rather than thousands. A bundle is written under a dot-name and renamed, and recorded
+    in the manifest part, when it is closed: a crash leaves only whole bundles listed."""
+
+    def __init__(self, out_dir: Path, rank: int, part: PartLog, max_bytes: int | None = None):
+        self.folder = Path(out_dir) / BUNDLES_DIR
+        self.folder.mkdir(exist_ok=True)
+        self.rank, self.part = rank, part
+        self.max_bytes = max_bytes or int(os.environ.get("IMGGENHUB_BUNDLE_BYTES", BUNDLE_BYTES))
+        self.number, self.tar, self.path, self.size, self.count = 0, None, None, 0, 0
+
+    @property
+    def name(self) -> str:
+        return f"{BUNDLES_DIR}/bundle-{self.rank:02d}-{self.number:04d}.tar"
+
+    def add(self, file: str, data: bytes) -> str:
+        """Put one image in the current bundle; return that bundle's name."""
+        import io
+        import tarfile
+
+        entry = 512 + -(-len(data) // 512) * 512
+        if self.tar is not None and self.count and self.size + entry > self.max_bytes:
+            self.close()
+        if self.tar is None:
+            self.number += 1
+            self.path = self.folder / f".{Path(self.name).name}.part"
+            self.tar = tarfile.open(self.path, "w", format=tarfile.USTAR_FORMAT)
+            self.size, self.count = 1024, 0  # the closing blocks
+        info = tarfile.TarInfo(file)
+        info.size, info.mode, info.mtime = len(data), 0o644, 0
+        self.tar.addfile(info, io.BytesIO(data))
+        self.size += entry
+        self.count += 1
+        return self.name
+
+    def close(self) -> None:
+        if self.tar is None:
+            return
+        self.tar.close()
+        final = self.folder / Path(self.name).name
+        os.replace(self.path, final)
+        self.part.bundle({"file": self.name, "images": self.count, "bytes": final.stat().st_size,
+                          "sha256": sha256_of(final)})
+        self.tar = None
+
+
 class ImageWriter:
     """Encodes, hashes and records finished images on a thread of its own, while the GPU
     makes the next ones; a bounded queue keeps memory flat. ``close`` drains it, so every
     image handed over is written, also when generation fails."""
 
     def __init__(self, out_dir: Path, part: PartLog, total: int, tag: str, started: float,
-                 depth: int = 4):
+                 depth: int = 4, bundler: Bundler | None = None):
         import queue
         import threading
 
         self.out_dir, self.part, self.total, self.tag = Path(out_dir), part, total, tag
+        self.bundler = bundler
         self.started, self.written, self.error = started, 0, None
         self.queue = queue.Queue(maxsize=depth)
         self.thread = threading.Thread(target=self._run, name="imggenhub-writer", daemon=True)
@@ -128,6 +190,8 @@ class ImageWriter:
                 data = save_png(image, self.out_dir / file, record)
                 record = {**record, "file": file, "sha256": hashlib.sha256(data).hexdigest(),
                           "bytes": len(data), "seconds": round(seconds, 4)}
+                if self.bundler is not None:
+                    record["bundle"] = self.bundler.add(file, data)
                 self.part.image(record)
                 self.written += 1
                 log(f"{self.tag}image {self.written}/{self.total} {file} in {seconds:.2f}s "
@@ -138,6 +202,8 @@ class ImageWriter:
     def close(self) -> None:
         self.queue.put(None)
         self.thread.join()
+        if self.bundler is not None:
+            self.bundler.close()
         if self.error is not None:
             raise self.error
 

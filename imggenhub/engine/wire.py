@@ -8,6 +8,7 @@ ENGINE_VERSION = 3
 PROGRESS_PREFIX = "[imggenhub]"
 MANIFEST = "manifest.json"
 PARTS_DIR = ".parts"
+BUNDLES_DIR = "bundles"  # big jobs: the images again, packed in tar bundles
 OUTPUT_DIR = "output"  # under the notebook's working folder (/kaggle/working on Kaggle)
 ENGINE_PACKAGE = "imggenhub_engine"  # what the notebook writes its modules into
 JOB_FILE = "imggenhub_job.json"

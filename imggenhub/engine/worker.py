@@ -12,7 +12,7 @@ import time
 import traceback
 from pathlib import Path
 
-from .outputs import ImageWriter, PartLog, merge_manifest
+from .outputs import Bundler, ImageWriter, PartLog, merge_manifest
 from .pipelines import (apply_embeddings, apply_loras, derived_pipeline, enable_memory_savers,
                         load_init_image, load_pipeline, load_refiner, set_scheduler)
 from .planning import batches, plan_images, resolve_inputs, shard, use_hf_token
@@ -81,7 +81,8 @@ def run_worker(job: dict, out_dir: Path) -> None:
     part = PartLog(parts / f"rank-{rank:02d}.jsonl", header, {
         "rank": rank, "device": device_name, "dtype": str(dtype).replace("torch.", ""),
         "model_load_seconds": round(load_seconds, 4), "scheduler": scheduler})
-    writer = ImageWriter(out_dir, part, len(tasks), tag, t_start)
+    bundler = Bundler(out_dir, rank, part) if job.get("bundle") else None
+    writer = ImageWriter(out_dir, part, len(tasks), tag, t_start, bundler=bundler)
     fail_after = int(os.environ.get("IMGGENHUB_ENGINE_FAIL_AFTER", "-1"))  # test fault knob
     made = 0
     derived = {}  # image-to-image, inpainting: built from the loaded components when needed

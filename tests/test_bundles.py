@@ -1,0 +1,81 @@
+"""Big jobs: the engine also packs its PNGs into uncompressed tar bundles as it goes, and
+download fetches the bundles instead of thousands of loose files, unpacking and verifying
+each image against the manifest. Same result as loose files, fewer requests."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from imggenhub import artifacts
+from imggenhub.notebook import read_job_document
+
+JOB = ["--model", "tiny-random", "--seed", "4", "-p", "a", "-p", "b", "--num-images", "15"]
+
+
+def pushed_doc(emulator) -> dict:
+    return read_job_document([b for m, b in emulator.calls if m == "SaveKernel"][-1]["text"])
+
+
+def images_of(folder: Path) -> dict:
+    return {r["file"]: r["sha256"] for r in artifacts.read_manifest(folder)["images"]}
+
+
+def test_bundles_download_as_few_files_with_the_same_verified_result(emulator, cli, tmp_path,
+                                                                    monkeypatch):
+    monkeypatch.setenv("IMGGENHUB_BUNDLE_BYTES", "8192")  # several bundles of a few images
+    code, out, err = cli("generate", *JOB, "--no-bundle", "--out", str(tmp_path / "loose"),
+                         cwd=tmp_path)
+    assert code == 0, err
+    loose_served = list(emulator.served)
+    emulator.served.clear()
+    code, out, err = cli("generate", *JOB, "--bundle", "--json", "--out", str(tmp_path / "b"),
+                         cwd=tmp_path)
+    assert code == 0, err
+    assert pushed_doc(emulator)["bundle"] is True
+    manifest = artifacts.read_manifest(tmp_path / "b")
+    bundles = manifest["bundles"]
+    assert len(bundles) >= 3 and sum(b["images"] for b in bundles) == 30
+    assert images_of(tmp_path / "b") == images_of(tmp_path / "loose")  # the same images
+    assert artifacts.verify(tmp_path / "b") == []
+    served = emulator.served
+    assert not [n for n in served if n.endswith(".png")]  # no loose image fetched
+    assert sorted(n for n in served if n.endswith(".tar")) == sorted(f"output/{b['file']}" for b in bundles)
+    assert len(served) < len(loose_served) / 3
+    assert not (tmp_path / "b" / ".imggenhub-bundles").exists()
+    assert not (tmp_path / "b" / "bundles").exists()  # unpacked, not kept
+
+    # a folder that already holds every image but the first: only the first bundle comes
+    code, out, err = cli("deploy", *JOB, "--bundle", "--json", "--out", str(tmp_path / "c"),
+                         cwd=tmp_path)
+    assert code == 0, err
+    run_id = json.loads(out)["run_id"]
+    assert cli("poll", run_id, cwd=tmp_path)[0] == 0
+    first = manifest["images"][0]
+    for record in manifest["images"][1:]:
+        shutil.copyfile(tmp_path / "loose" / record["file"], tmp_path / "c" / record["file"])
+    emulator.served.clear()
+    code, out, err = cli("download", run_id, cwd=tmp_path)
+    assert code == 0, err
+    assert [n for n in emulator.served if n.endswith(".tar")] == [f"output/{first['bundle']}"]
+    assert artifacts.verify(tmp_path / "c") == [] and images_of(tmp_path / "c") == images_of(tmp_path / "b")
+
+
+def test_a_corrupted_bundle_is_fetched_again(emulator, cli, tmp_path, monkeypatch):
+    monkeypatch.setenv("IMGGENHUB_BUNDLE_BYTES", "8192")
+    emulator.faults.set(corrupt=1)
+    code, out, err = cli("generate", *JOB, "--bundle", "--out", str(tmp_path / "b"), cwd=tmp_path)
+    assert code == 0, err
+    assert emulator.faults.fired["corrupt"] == 1 and artifacts.verify(tmp_path / "b") == []
+
+
+def test_bundles_come_by_themselves_from_200_images(emulator, cli, tmp_path):
+    code, out, err = cli("deploy", "--model", "tiny-random", "-p", "x", "--num-images", "199",
+                         cwd=tmp_path)
+    assert code == 0, err
+    assert "bundle" not in pushed_doc(emulator)
+    code, out, err = cli("deploy", "--model", "tiny-random", "-p", "x", "--num-images", "200",
+                         cwd=tmp_path)
+    assert code == 0, err
+    assert pushed_doc(emulator)["bundle"] is True
