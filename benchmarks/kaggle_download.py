@@ -1,7 +1,9 @@
 """Downloading 200 output files of 1 MB from the Kaggle emulator: `imggenhub download`
-against `kaggle kernels output`, each as a command, side by side in one run.
+against `kaggle kernels output`, each as a command, side by side in one run. Then many
+small images (the stub engine's), loose against packed in tar bundles, with and without a
+per-request latency: where bundles start to pay is where the engine's threshold is set.
 
-    .venv/bin/python benchmarks/kaggle_download.py [--files N] [--mb M] [--quick]
+    .venv/bin/python benchmarks/kaggle_download.py [--files N] [--mb M] [--images N,N] [--quick]
 
 For each per-file latency a kernel version writes the files and a manifest as the engine
 does; a run record (state "complete", as `poll` leaves it) points at that version, and
@@ -85,10 +87,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--files", type=int, default=200)
     parser.add_argument("--mb", type=float, default=1.0)
+    parser.add_argument("--images", default="50,200,2000",
+                        help="image counts for loose vs bundled")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a check that it runs")
     args = parser.parse_args()
     if args.quick:
-        args.files, args.mb = 4, 0.01
+        args.files, args.mb, args.images = 4, 0.01, "12"
     size = int(args.mb * (1 << 20))
     exe = Path(sys.executable).with_name
     total = args.files * args.mb
@@ -116,8 +120,39 @@ def main() -> None:
                 print(f"  kaggle kernels output:  {theirs:6.2f} s  ({total / theirs:6.1f} MB/s, "
                       "sequential, unverified)")
                 print(f"  ratio kaggle/imggenhub: {theirs / ours:.2f}x")
+            em.faults.set(slow_files=0.0)
+            bundles_against_loose(em, tmp, [int(n) for n in args.images.split(",")])
         finally:
             em.stop()
+
+
+def bundles_against_loose(em, tmp: Path, counts: list[int]) -> None:
+    """The same job's small images downloaded loose and as bundles, by `imggenhub download`."""
+    exe = str(Path(sys.executable).with_name("imggenhub"))
+    print("small images (the stub engine's PNGs): loose files against tar bundles")
+    for n in counts:
+        for latency in (0.0, 0.05):
+            seconds = {}
+            for mode in ("--no-bundle", "--bundle"):
+                out = tmp / f"small-{n}-{latency}-{mode.strip('-')}"
+                prompts = -(-n // 1000)  # a prompt makes at most 1000 images
+                flags = [a for i in range(prompts) for a in ("-p", f"bench {i}")]
+                proc = subprocess.run([exe, "deploy", "--model", "tiny-random", *flags,
+                                       "--num-images", str(n // prompts), "--seed", "1", mode,
+                                       "--json", "--out", str(out)], capture_output=True, text=True)
+                if proc.returncode != 0:
+                    raise SystemExit(f"deploy exited {proc.returncode}: {proc.stderr}")
+                run_id = json.loads(proc.stdout)["run_id"]
+                timed([exe, "poll", run_id])
+                em.faults.set(slow_files=latency)
+                seconds[mode] = timed([exe, "download", run_id])
+                em.faults.set(slow_files=0.0)
+                if artifacts.verify(out) or \
+                        len(artifacts.read_manifest(out)["images"]) != n // prompts * prompts:
+                    raise SystemExit(f"the download into {out} is not verified")
+            loose, packed = seconds["--no-bundle"], seconds["--bundle"]
+            print(f"  {n:5d} images, latency {latency * 1000:3.0f} ms: loose {loose:6.2f} s, "
+                  f"bundled {packed:6.2f} s, ratio loose/bundled {loose / packed:.2f}x")
 
 
 if __name__ == "__main__":
