@@ -75,6 +75,24 @@ def read_manifest(folder: Path) -> dict | None:
     return parse_manifest(path.read_bytes(), str(path))
 
 
+def combine(old: dict | None, new: dict) -> dict:
+    """One manifest from the one already here and a later session's (or a shard's): every
+    image by its index, each process once, every bundle; complete when all planned are in."""
+    if old is None:
+        return new
+    images = {r["index"]: r for r in old.get("images", [])}
+    images.update({r["index"]: r for r in new.get("images", [])})
+    processes = list(old.get("processes", []))
+    processes += [p for p in new.get("processes", []) if p not in processes]
+    bundles = {b["file"]: b for b in (*old.get("bundles", []), *new.get("bundles", []))}
+    merged = {k: v for k, v in new.items() if k not in ("images", "processes", "bundles")}
+    merged.update(processes=processes, images=[images[i] for i in sorted(images)])
+    if bundles:
+        merged["bundles"] = [bundles[name] for name in sorted(bundles)]
+    merged["complete"] = merged.get("planned_images") == len(images)
+    return merged
+
+
 def verify_image(folder: Path, record: dict) -> str | None:
     """None if the image on disk matches its manifest record, else what is wrong."""
     path = Path(folder) / safe_relative(record["file"])

@@ -82,6 +82,8 @@ _TUNABLES = [
     ("max_pages", "IMGGENHUB_MAX_PAGES", "the most pages of the output listing followed"),
     ("push_grace", "IMGGENHUB_PUSH_GRACE",
      "how long after a killed push resume still looks for it on Kaggle before pushing again (s)"),
+    ("session_seconds", "IMGGENHUB_SESSION_SECONDS",
+     "the session length Kaggle allows (12 h); the engine stops cleanly before it (s)"),
     ("dataset_wait", "IMGGENHUB_DATASET_WAIT",
      "the most time a push waits for Kaggle to make the uploaded inputs dataset ready (s)"),
 ]
@@ -102,6 +104,7 @@ class Tunables:
     max_pages: int = 200
     push_grace: float = 5.0
     dataset_wait: float = 900.0
+    session_seconds: float = 43200.0
     api_url: str | None = None
     clock: Clock = field(default_factory=Clock, compare=False)
 

@@ -56,6 +56,7 @@ class RunState(str, Enum):
     ERROR = "error"
     CANCELLED = "cancelled"
     DOWNLOADED = "downloaded"      # complete, and every image is here, verified
+    PARTIAL = "partial"            # a session's images are here; the rest needs another session
 
     @property
     def terminal(self) -> bool:
@@ -74,13 +75,14 @@ FAILED = frozenset({S.ERROR, S.CANCELLED, S.PUSH_FAILED})
 # Every move a run may make. A save that breaks this table is a bug, not a user error.
 TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     S.RENDERED: frozenset({S.PUSHING, S.RUNNING}),  # RUNNING: the local backend runs it here
+    S.PARTIAL: frozenset({S.RENDERED}),  # the rest, rendered as a new notebook
     S.PUSHING: frozenset({S.PUSHED, S.PUSH_UNKNOWN, S.PUSH_FAILED, S.RENDERED}),
     S.PUSH_UNKNOWN: frozenset({S.PUSHED, S.RENDERED, S.PUSHING}),
     S.PUSH_FAILED: frozenset(),
     S.PUSHED: frozenset({S.QUEUED, S.RUNNING, S.COMPLETE, S.ERROR, S.CANCELLED}),
     S.QUEUED: frozenset({S.RUNNING, S.COMPLETE, S.ERROR, S.CANCELLED}),
     S.RUNNING: frozenset({S.QUEUED, S.COMPLETE, S.ERROR, S.CANCELLED, S.RENDERED}),
-    S.COMPLETE: frozenset({S.DOWNLOADED}),
+    S.COMPLETE: frozenset({S.DOWNLOADED, S.PARTIAL}),
     S.ERROR: frozenset(),
     S.CANCELLED: frozenset(),
     S.DOWNLOADED: frozenset(),
@@ -107,6 +109,7 @@ NEXT_STEP: dict[RunState, Step] = {
     S.RENDERED: Step.PUSH, S.PUSHING: Step.RESOLVE, S.PUSH_UNKNOWN: Step.RESOLVE,
     S.PUSH_FAILED: Step.FAIL, S.PUSHED: Step.WAIT, S.QUEUED: Step.WAIT, S.RUNNING: Step.WAIT,
     S.COMPLETE: Step.FETCH, S.ERROR: Step.KEEP, S.CANCELLED: Step.KEEP, S.DOWNLOADED: Step.DONE,
+    S.PARTIAL: Step.PUSH,
 }
 
 

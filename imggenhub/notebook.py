@@ -32,10 +32,22 @@ def job_document(job: JobSpec, run_id: str | None = None) -> dict:
 def parameters_source(job: JobSpec, run_id: str | None = None, document: dict | None = None) -> str:
     """The parameters cell: one assignment of one string constant, nothing else.
     ``document`` replaces the job's own (the Kaggle backend's, with shipped inputs)."""
-    doc = json.dumps(document or job_document(job, run_id), ensure_ascii=True, sort_keys=True,
-                     separators=(",", ":"))
+    return _parameters(document or job_document(job, run_id))
+
+
+def _parameters(document: dict) -> str:
+    doc = json.dumps(document, ensure_ascii=True, sort_keys=True, separators=(",", ":"))
     return ("# The job, as data: imggenhub reads it with json.loads and never runs it.\n"
             f"JOB_JSON = {doc!r}")
+
+
+def with_document(notebook_text: str, document: dict) -> str:
+    """The same notebook with another job document in its parameters cell."""
+    nb = json.loads(notebook_text)
+    for cell in nb["cells"]:
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            cell["source"] = _parameters(document).splitlines(keepends=True)
+    return json.dumps(nb, indent=1, ensure_ascii=False, sort_keys=True) + "\n"
 
 
 def read_job_document(notebook_text: str) -> dict | None:

@@ -66,6 +66,7 @@ class Run(BaseModel):
     failure: Failure | None = None
     session_timeout_seconds: int | None = None
     timings: dict = Field(default_factory=dict)
+    session: int = 1  # Kaggle: which session of the job the latest push is (long jobs)
     estimate_hours: float | None = None  # Kaggle: the GPU hours estimated before the push
     engine_hours: float | None = None  # Kaggle: the engine's own time there, once downloaded
 

@@ -242,6 +242,7 @@ class Emulator:
         self.gpu_sessions = gpu_sessions
         # the weekly GPU quota: the hours allowed, hours already used before (settable), and
         # the running time of every GPU version on top
+        self.session_seconds: float | None = None  # a version running longer is killed
         self.gpu_quota_hours = 30.0
         self.gpu_used_seconds = 0.0
         self.quota_refresh = "2026-11-30T00:00:00Z"
@@ -444,7 +445,7 @@ class Emulator:
                 version.token_seen = _read_token(doc["hf_token_file"], root)
             _write_cell_files(version.text, work)  # %%writefile imggenhub_engine/*.py
             (work / "imggenhub_job.json").write_text(job_json, encoding="utf-8")
-            tasks = engine.plan_images(doc)
+            tasks = engine.to_make(doc)
         except Exception as exc:
             stream("stdout", "Traceback (most recent call last):\n")
             stream("stdout", f"{type(exc).__name__}: {exc}\n")
@@ -466,8 +467,19 @@ class Emulator:
         fail_after = int(version.env.get("IMGGENHUB_ENGINE_FAIL_AFTER", "-1"))
         error = None
         done = 0
+        clock = engine.SessionClock(doc, started=time.time())  # the engine's own early stop
         for task in tasks:
             if version.cancel.is_set():
+                break
+            if self.session_seconds and time.monotonic() - t0 > self.session_seconds:
+                # Kaggle's end of the session: the run is killed and keeps no output
+                shutil.rmtree(work / "output", ignore_errors=True)
+                stream("stderr", "Session timed out\n")
+                self._finish(version, "ERROR", "Your notebook exceeded the session time limit")
+                return
+            if clock.time_up():
+                say(f"the session's time is nearly up: stopping with {len(tasks) - done} of this "
+                    "process's images still to make (the next session makes them)")
                 break
             if 0 <= fail_after <= done:
                 error = f"RuntimeError: injected failure after {done} images"
@@ -491,6 +503,7 @@ class Emulator:
                 record["bundle"] = bundler.add(task["file"], data)
             part.image(record)
             done += 1
+            clock.lap(time.monotonic() - t_img)
             say(f"image {done}/{len(tasks)} {task['file']} in {seconds:.2f}s "
                 f"(elapsed {time.monotonic() - t0:.1f}s)")
         if bundler is not None:

@@ -90,7 +90,7 @@ def test_a_template_with_a_bom_is_read():
 def test_state_names_are_the_wire_values():
     assert [s.value for s in RunState] == [
         "rendered", "pushing", "push-unknown", "push-failed", "pushed", "queued", "running",
-        "complete", "error", "cancelled", "downloaded"]
+        "complete", "error", "cancelled", "downloaded", "partial"]
 
 
 def test_the_gallery_takes_a_servers_manifest_with_only_the_required_fields(tmp_path):

@@ -97,7 +97,14 @@ class Backend:
                 runs.save(run)
                 raise UnsafeOutputError(f"Run {run.run_id} ended complete but left no manifest.json; "
                                         "it did not run the imggenhub engine.")
-            run.state = RunState.DOWNLOADED
+            planned = manifest.get("planned_images") or len(manifest["images"])
+            if len(manifest["images"]) < planned:  # the session ended before the job did
+                run.state = RunState.PARTIAL
+                on_event(f"run {run.run_id}: {len(manifest['images'])} of {planned} images are "
+                         "here; the rest needs another session ('imggenhub resume "
+                         f"{run.run_id}' pushes it)")
+            else:
+                run.state = RunState.DOWNLOADED
         return runs.save(run)
 
 

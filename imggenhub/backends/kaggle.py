@@ -18,7 +18,7 @@ from ..errors import (KaggleApiError, NothingYet, OverQuota, RunFailedError, Spe
                       StillRunning, Unreachable)
 from ..config import Deadline
 from ..lifecycle import RunState
-from ..notebook import CODE_FILE, job_document, read_job_document, write_notebook
+from ..notebook import CODE_FILE, job_document, read_job_document, with_document, write_notebook
 from ..runs import Failure, Run
 from . import Backend, OnEvent, kaggle_inputs
 from .kaggle_download import bring_outputs, log_text, output_page
@@ -179,9 +179,11 @@ class KaggleBackend(Backend):
             job.image_count >= BUNDLE_THRESHOLD
         if bundle:  # many images: a few tar downloads instead of thousands of signed GETs
             doc["bundle"] = True
-        if shipment is not None or options.hf_token_env or bundle:
-            write_notebook(run.notebook_dir, job, run.run_id, doc)
-            meta["dataset_sources"] = list(dict.fromkeys(sources))
+        # the engine stops cleanly before the session's end; 'resume' pushes the rest
+        doc["session_seconds"] = min(self.tunables.session_seconds,
+                                     run.session_timeout_seconds or self.tunables.session_seconds)
+        write_notebook(run.notebook_dir, job, run.run_id, doc)
+        meta["dataset_sources"] = list(dict.fromkeys(sources))
         if meta.get("enable_gpu"):
             self._check_quota(job_document(job, run.run_id), run, options, on_event)
         write_metadata(run.notebook_dir, meta)
@@ -210,7 +212,28 @@ class KaggleBackend(Backend):
         left = self.deadline.left()
         return 60.0 if left is None else max(0.0, min(60.0, left))
 
+    def _render_rest(self, run: Run, on_event: OnEvent) -> Run:
+        """A session ended before the job did: the notebook again, making only the images
+        that are not here (same indices, seeds and file names), as the next session."""
+        from .. import artifacts
+        from ..engine import ranges_of, to_make
+
+        path = run.notebook_dir / CODE_FILE
+        text = path.read_text(encoding="utf-8")
+        doc = read_job_document(text)
+        manifest = artifacts.read_manifest(Path(run.out_dir)) or {"images": []}
+        here = {r["index"] for r in manifest["images"]}
+        rest = [t["index"] for t in to_make(doc) if t["index"] not in here]
+        run.session += 1
+        doc.update(only=ranges_of(rest), session=run.session)
+        path.write_text(with_document(text, doc), encoding="utf-8")
+        on_event(f"session {run.session} of run {run.run_id}: the {len(rest)} images still to make")
+        run.state = RunState.RENDERED
+        return runs.save(run)
+
     def submit(self, run: Run, on_event: OnEvent) -> Run:
+        if run.state == RunState.PARTIAL:
+            run = self._render_rest(run, on_event)
         meta = json.loads((run.notebook_dir / METADATA_FILE).read_text(encoding="utf-8"))
         text = (run.notebook_dir / CODE_FILE).read_text(encoding="utf-8")
         request = save_request(meta, text, run.session_timeout_seconds)
@@ -305,7 +328,7 @@ class KaggleBackend(Backend):
         for number in range(newest, max(0, newest - RESOLVE_DEPTH), -1):
             kernel = latest if number == newest else self._kernel(owner, slug, number, on_event)
             doc = read_job_document(kernel.blob.source if kernel and kernel.blob else "")
-            if doc and doc.get("run_id") == run.run_id:
+            if doc and doc.get("run_id") == run.run_id and doc.get("session", 1) == run.session:
                 return number
         return None
 

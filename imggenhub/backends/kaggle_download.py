@@ -23,6 +23,7 @@ from ..runs import Run
 OUTPUT_PREFIX = OUTPUT_DIR + "/"
 PAGE_SIZE = 500  # what Kaggle serves a page
 BUNDLE_TMP = ".imggenhub-bundles"  # in the output folder while bundles are unpacked
+KERNEL_MANIFEST = ".imggenhub-kernel-manifest.json"  # the version's own, before it is merged
 HASH_ATTEMPTS = 3
 
 
@@ -172,9 +173,16 @@ def bring_outputs(backend, run: Run, out_dir: Path, on_event) -> None:
                                         f"another run ({found.get('run_id') or found.get('job_id')}); "
                                         "nothing was kept.")
 
-        download(backend, manifest_url, out_dir / MANIFEST, artifacts.MAX_MANIFEST_BYTES, None,
-                 on_event, check=ours_only)
-        manifest = artifacts.read_manifest(out_dir)
+        # the kernel's manifest joins the one here (a later session's, or a shard's, adds to it)
+        landed = out_dir / KERNEL_MANIFEST
+        download(backend, manifest_url, landed, artifacts.MAX_MANIFEST_BYTES, None, on_event,
+                 check=ours_only)
+        manifest = artifacts.parse_manifest(landed.read_bytes(), f"Kaggle's {MANIFEST}")
+        merged = artifacts.combine(artifacts.read_manifest(out_dir), manifest)
+        tmp = out_dir / f".{MANIFEST}.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(merged, indent=2, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, out_dir / MANIFEST)
+        landed.unlink()
         records = {r["file"]: r for r in manifest["images"]}
         bundles = [b for b in manifest.get("bundles") or [] if isinstance(b, dict)
                    and b.get("file") in ours]

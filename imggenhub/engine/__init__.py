@@ -18,7 +18,8 @@ from .tiny import (  # noqa: F401
     build_tiny, build_tiny_kandinsky_pipeline, build_tiny_random_pipeline, build_tiny_sdxl_pipeline,
     build_tiny_sdxl_refiner)
 from .planning import (  # noqa: F401
-    batches, plan_images, resolve_inputs, sha256_of, shard, slugify, use_hf_token)
+    SessionClock, batches, plan_images, ranges_of, resolve_inputs, sha256_of, shard, slugify,
+    to_make, use_hf_token)
 from .wire import (  # noqa: F401
     BUNDLES_DIR, ENGINE_PACKAGE, ENGINE_VERSION, ERROR_PREFIX, JOB_FILE, KAGGLE_INPUT, LOG_FILE, MANIFEST, OUTPUT_DIR,
     PARTS_DIR, PROGRESS_PREFIX, SCHEDULERS, SDXL_VAE_FP16_FIX, SEED_MODULUS, TINY_KANDINSKY,

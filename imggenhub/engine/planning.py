@@ -59,6 +59,55 @@ def plan_images(job: dict) -> list[dict]:
     return tasks
 
 
+def to_make(job: dict) -> list[dict]:
+    """The tasks this kernel makes: all of the plan, or those whose index lies in the job's
+    ``only`` ranges ([start, end) pairs: the images a shard, or a later session, makes).
+    Indices, seeds and file names stay the whole plan's."""
+    tasks = plan_images(job)
+    ranges = job.get("only")
+    if ranges is None:
+        return tasks
+    return [t for t in tasks if any(a <= t["index"] < b for a, b in ranges)]
+
+
+def ranges_of(indices) -> list[list[int]]:
+    """Sorted indices as [start, end) ranges: [0, 1, 2, 5] -> [[0, 3], [5, 6]]."""
+    out: list[list[int]] = []
+    for i in sorted(set(indices)):
+        if out and out[-1][1] == i:
+            out[-1][1] = i + 1
+        else:
+            out.append([i, i + 1])
+    return out
+
+
+class SessionClock:
+    """Kaggle ends a session at its time limit, and a session that is cut off keeps no
+    output. The engine stops before: it starts no batch it may not finish, keeping a reserve
+    (a twentieth of the session, at most 10 minutes) for writing the manifest and the
+    outputs. ``session_seconds`` in the job (absent: no limit); ``started`` is when the
+    engine began (its workers get it from IMGGENHUB_ENGINE_STARTED)."""
+
+    def __init__(self, job: dict, started: float | None = None):
+        import time
+
+        self.limit = job.get("session_seconds")
+        self.started = started if started is not None else float(
+            os.environ.get("IMGGENHUB_ENGINE_STARTED") or time.time())
+        self.reserve = min(600.0, 0.05 * self.limit) if self.limit else 0.0
+        self.longest = 0.0  # the longest batch so far
+
+    def lap(self, seconds: float) -> None:
+        self.longest = max(self.longest, seconds)
+
+    def time_up(self) -> bool:
+        import time
+
+        if not self.limit:
+            return False
+        return time.time() - self.started + self.reserve + 1.5 * self.longest > self.limit
+
+
 def batches(tasks: list[dict], batch_size: int) -> list[list[dict]]:
     """Consecutive tasks that share size, steps and guidance, at most batch_size each."""
     out: list[list[dict]] = []

@@ -15,7 +15,8 @@ from pathlib import Path
 from .outputs import Bundler, ImageWriter, PartLog, merge_manifest
 from .pipelines import (apply_embeddings, apply_loras, derived_pipeline, enable_memory_savers,
                         load_init_image, load_pipeline, load_refiner, set_scheduler)
-from .planning import batches, plan_images, resolve_inputs, shard, use_hf_token
+from .planning import (SessionClock, batches, resolve_inputs, shard, to_make,
+                       use_hf_token)
 from .wire import (ENGINE_PACKAGE, ENGINE_VERSION, ERROR_PREFIX, JOB_FILE, OUTPUT_DIR, PARTS_DIR,
                    log)
 
@@ -48,7 +49,8 @@ def run_worker(job: dict, out_dir: Path) -> None:
     names = job.get("input_names") or {}
     state, device, dtype = _select_device(job)
     rank, world = state.process_index, state.num_processes
-    tasks = shard(plan_images(job), rank, world)
+    tasks = shard(to_make(job), rank, world)
+    clock = SessionClock(job)
     model = job["model"]
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = out_dir / PARTS_DIR
@@ -89,6 +91,10 @@ def run_worker(job: dict, out_dir: Path) -> None:
     t_loop = time.monotonic()
     try:
         for batch in batches(tasks, job.get("batch_size", 1)):
+            if clock.time_up():
+                log(f"{tag}the session's time is nearly up: stopping with {len(tasks) - made} of "
+                    "this process's images still to make (the next session makes them)")
+                break
             if 0 <= fail_after <= made:
                 raise RuntimeError(f"injected failure after {made} images (IMGGENHUB_ENGINE_FAIL_AFTER)")
             first = batch[0]
@@ -119,6 +125,7 @@ def run_worker(job: dict, out_dir: Path) -> None:
             else:
                 images = run(**kwargs).images
             per_image = (time.monotonic() - t_gen) / len(batch)
+            clock.lap(time.monotonic() - t_gen)
             for task, image in zip(batch, images):
                 writer.put(task["file"], image, {
                     "index": task["index"], "prompt_index": task["prompt_index"],
@@ -209,8 +216,9 @@ def main(argv: list[str] | None = None) -> int:
         run_worker(job, args.out)
         return 0
     t0 = time.monotonic()
+    os.environ.setdefault("IMGGENHUB_ENGINE_STARTED", str(time.time()))  # the session clock
     processes = count_processes(job)
-    log(f"job {job.get('job_id')}: {len(plan_images(job))} images with {job['model']['id']} "
+    log(f"job {job.get('job_id')}: {len(to_make(job))} images with {job['model']['id']} "
         f"in {processes} process{'es' if processes > 1 else ''}")
     code = 0
     try:
