@@ -17,7 +17,7 @@ import typer
 _CLICK_ERRORS = tuple(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 from . import __version__
-from .errors import CredentialsError, ImggenhubError
+from .errors import CredentialsError, ImggenhubError, SpecError
 from .lifecycle import Exit
 
 app = typer.Typer(
@@ -60,7 +60,13 @@ def _result(data, human: str, as_json: bool) -> None:
 def _run_data(run) -> dict:
     data = run.model_dump(mode="json", include={
         "run_id", "name", "backend", "state", "job_id", "kernel_ref", "version", "url",
-        "image_count", "images_fetched", "out_dir", "failure"})
+        "image_count", "images_fetched", "out_dir", "failure", "session"})
+    if run.shards:
+        from .runs import shards_of
+
+        data["shards"] = [s.model_dump(mode="json", include={
+            "run_id", "shard", "state", "kernel_ref", "version", "url", "image_count",
+            "images_fetched", "session"}) for s in shards_of(run)]
     return {"ok": True, **data}
 
 
@@ -113,6 +119,10 @@ _JOB_OPTIONS = {
     "title": (Optional[str], typer.Option(help="The kernel's title.")),
     "internet": (Optional[bool], typer.Option(
         "--internet/--no-internet", help="Internet in the kernel (the Hub needs it; default on).")),
+    "shards": (str, typer.Option(
+        "--shards", metavar="N|auto",
+        help="Kaggle: split the images over N kernels run at once (auto: 2 when the job is long "
+             "enough to gain from it).")),
     "bundle": (Optional[bool], typer.Option(
         "--bundle/--no-bundle",
         help="Kaggle: also pack the images in tar bundles, downloaded instead of the loose files "
@@ -126,9 +136,10 @@ _JOB_OPTIONS = {
 }
 _JOB_DEFAULTS = {"prompt": None, "prompts_file": Path("prompts.json"), "model": "sdxl-turbo",
                  "num_images": 1, "batch_size": 1, "precision": "auto", "gpu": True,
-                 "metadata_template": Path("kernel-metadata.json"), "force": False}
+                 "metadata_template": Path("kernel-metadata.json"), "force": False,
+                 "shards": "auto"}
 _KERNEL_FLAGS = ("metadata_template", "kernel_id", "title", "internet", "hf_token_env", "force",
-                 "bundle")
+                 "bundle", "shards")
 _GIVEN = ("job", "kernel")
 
 
@@ -157,6 +168,14 @@ def job_options(fn):
     return wrapper
 
 
+def _shards(value: str) -> int | None:
+    if value == "auto":
+        return None
+    if not value.isdigit() or not 1 <= int(value) <= 20:
+        raise SpecError(f"--shards {value[:20]!r} must be auto or a number from 1 to 20.")
+    return int(value)
+
+
 def _parse_job(flags: dict) -> dict:
     from .backends.kaggle_meta import KernelOptions
     from .spec import job_from_inputs, parse_settings
@@ -169,7 +188,7 @@ def _parse_job(flags: dict) -> dict:
                                 gpu=flags["gpu"], internet=kernel["internet"],
                                 template=kernel["metadata_template"],
                                 hf_token_env=kernel["hf_token_env"], force=kernel["force"],
-                                bundle=kernel["bundle"]),
+                                bundle=kernel["bundle"], shards=_shards(kernel["shards"])),
     }
 
 
@@ -275,7 +294,17 @@ def status(run_id: RunId = None, json: Json = False) -> None:
     _STATE["json"] = json
     run = jobs.status(run_id, _reporter())
     kernel = f" {run.kernel_ref} v{run.version}" if run.kernel_ref and run.version else ""
-    _result(_run_data(run), f"{run.run_id} {run.state.value}{kernel}", json)
+    lines = [f"{run.run_id} {run.state.value}{kernel}"] + _shard_lines(run)
+    _result(_run_data(run), "\n".join(lines), json)
+
+
+def _shard_lines(run) -> list[str]:
+    if not run.shards:
+        return []
+    from .runs import shards_of
+
+    return [f"  shard {s.shard}: {s.state.value:<10} {s.kernel_ref or '-'} v{s.version or '-'} "
+            f"{s.images_fetched}/{s.image_count} images" for s in shards_of(run)]
 
 
 @app.command("runs")
@@ -300,6 +329,8 @@ def list_runs(json: Json = False) -> None:
         kernel = f"{r.kernel_ref} v{r.version}" if r.kernel_ref and r.version else (r.kernel_ref or "-")
         typer.echo(f"{r.run_id:<28} {(r.name or '-'):<12} {r.backend:<7} {r.state.value:<12} "
                    f"{r.images_fetched:>4}/{r.image_count:<4}  {when:<16}  {kernel:<28} {r.out_dir}")
+        for line in _shard_lines(r):
+            typer.echo(line)
 
 
 @app.command()

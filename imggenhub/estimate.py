@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .engine import TINY_KANDINSKY, TINY_RANDOM, TINY_SDXL
+from .engine import TINY_KANDINSKY, TINY_RANDOM, TINY_SDXL, to_make
 
 # family: (reference pixels, seconds per UNet step with guidance on a T4 in fp16)
 T4_STEP = {
@@ -41,18 +41,19 @@ def family(model: dict) -> str:
 
 
 def predicted_seconds(doc: dict) -> tuple[float, int]:
-    """(T4 seconds of generation for the whole job by the table, images) -- one GPU."""
+    """(T4 seconds of generation for the images this document makes, by the table; their
+    number) -- on one GPU."""
     fam = family(doc["model"])
     ref_pixels, step = T4_STEP[fam]
     total, images = 0.0, 0
-    for p in doc["prompts"]:
-        scale = ((p.get("width") or 0) * (p.get("height") or 0) or ref_pixels) / ref_pixels
-        steps = p["steps"]
-        if p.get("init_image"):
-            steps = max(1, int(steps * (p.get("strength") or 1.0)))
-        guided = 1.0 if p["guidance"] > 1.0 else NO_GUIDANCE
-        total += (step * scale * steps * guided + DECODE[fam] * scale) * p["num_images"]
-        images += p["num_images"]
+    for t in to_make(doc):
+        scale = ((t.get("width") or 0) * (t.get("height") or 0) or ref_pixels) / ref_pixels
+        steps = t["steps"]
+        if t.get("init_image"):
+            steps = max(1, int(steps * (t.get("strength") or 1.0)))
+        guided = 1.0 if t["guidance"] > 1.0 else NO_GUIDANCE
+        total += step * scale * steps * guided + DECODE[fam] * scale
+        images += 1
     return total, images
 
 

@@ -48,7 +48,13 @@ def start(job: JobSpec, backend: str, out_dir: Path | None, options, on_event: b
         # the folder is checked before anything reaches the network, and claimed below
         artifacts.prepare_destination(out, run_id, job.job_id, _is_active, claim=False)
         impl.bound(timeout)
-        impl.prepare(job, run, options, on_event)
+        if backend == "kaggle":  # several kernels, when the job gains from it
+            from . import shards
+            from .backends.kaggle_meta import KernelOptions
+
+            shards.start(job, run, impl, options or KernelOptions(), on_event)
+        if not run.shards:
+            impl.prepare(job, run, options, on_event)
         runs.save(run)  # before the claim: a run holding a folder is always a known run
         artifacts.prepare_destination(out, run_id, job.job_id, _is_active)
     except BaseException:
@@ -97,6 +103,16 @@ def advance(run: Run, command: str, on_event: backends.OnEvent,
             timeout: float | None = None, out_dir: Path | None = None) -> Run:
     """Take the steps ``command`` may take until its work is done; raise with the right
     exit code otherwise. One process at a time per run (the others are refused)."""
+    if run.shards:
+        if out_dir is not None and str(Path(out_dir).resolve()) != run.out_dir:
+            raise SpecError(f"Run {run.run_id} is sharded; its shards download into {run.out_dir}, "
+                            "not elsewhere.")
+        from . import shards
+
+        try:
+            return shards.advance(run, command, on_event, timeout)
+        except KeyboardInterrupt:
+            raise _interrupted(runs.reload(run)) from None
     impl = backends.get_backend(run.backend)
     clock = impl.tunables.clock
     ends = None if timeout is None else clock.monotonic() + timeout
@@ -213,4 +229,10 @@ def command_on(run_id: str | None, command: str, on_event, timeout: float | None
 
 def status(run_id: str | None, on_event) -> Run:
     run = runs.load(run_id)
-    return backends.get_backend(run.backend).refresh(run, on_event)
+    impl = backends.get_backend(run.backend)
+    if run.shards:  # each shard's word, summed up (the records are left to the commands)
+        from . import shards
+
+        fresh = [impl.refresh(s, on_event) for s in runs.shards_of(run)]
+        return run.model_copy(update={"state": shards.summary(fresh)})
+    return impl.refresh(run, on_event)

@@ -67,6 +67,9 @@ class Run(BaseModel):
     session_timeout_seconds: int | None = None
     timings: dict = Field(default_factory=dict)
     session: int = 1  # Kaggle: which session of the job the latest push is (long jobs)
+    shards: list[str] = Field(default_factory=list)  # a sharded run: its shards' run ids
+    shard: int | None = None  # a shard: its number (1..), the kernel <slug>-<shard>
+    only: list[list[int]] | None = None  # a shard: the image indices it makes, as ranges
     estimate_hours: float | None = None  # Kaggle: the GPU hours estimated before the push
     engine_hours: float | None = None  # Kaggle: the engine's own time there, once downloaded
 
@@ -117,7 +120,7 @@ def save(run: Run) -> Run:
     path = runs_dir() / run.run_id / RUN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     with _write_lock(run.run_id):
-        if path.exists():
+        if path.exists() and not run.shards:  # a sharded run's state is its shards' summary
             on_disk = RunState(json.loads(path.read_text("utf-8"))["state"])
             if not allowed(on_disk, run.state):
                 raise TransitionError(f"run {run.run_id}: {on_disk.value} -> {run.state.value} "
@@ -165,6 +168,17 @@ def load(run_id: str | None = None) -> Run:
     if len(matches) != 1:
         raise RunNotFoundError(f"No single run matches '{run_id}'; 'imggenhub runs' lists them.")
     return matches[0]
+
+
+def shards_of(run: Run) -> list[Run]:
+    """A sharded run's shards (kept inside its folder, so that listings show the run once)."""
+    out = []
+    for shard_id in run.shards:
+        shard = _read(runs_dir() / shard_id / RUN_FILE)
+        if shard is None:
+            raise RunNotFoundError(f"The record of shard {shard_id} is gone.")
+        out.append(shard)
+    return out
 
 
 def find_named(name: str) -> Run | None:

@@ -32,14 +32,18 @@ def test_every_command_is_defined_for_every_state():
 def test_transitions_lead_somewhere_and_terminal_states_stay():
     for state, nexts in lifecycle.TRANSITIONS.items():
         assert state not in nexts
-    for state in (RunState.ERROR, RunState.CANCELLED, RunState.DOWNLOADED, RunState.PUSH_FAILED):
+    for state in (RunState.DOWNLOADED, RunState.PUSH_FAILED):
         assert lifecycle.TRANSITIONS[state] == frozenset() and state.terminal
+    # a failed kernel stays failed, except that resume pushes the rest of a failed shard
+    for state in (RunState.ERROR, RunState.CANCELLED):
+        assert lifecycle.TRANSITIONS[state] == {RunState.RENDERED} and state.terminal
+    assert lifecycle.TRANSITIONS[RunState.PARTIAL] == {RunState.RENDERED}
     # every state but the end can reach downloaded
     reach = {RunState.DOWNLOADED}
     for _ in RunState:
         reach |= {s for s, n in lifecycle.TRANSITIONS.items() if n & reach}
     assert reach >= {RunState.RENDERED, RunState.PUSHING, RunState.PUSH_UNKNOWN, RunState.PUSHED,
-                     RunState.QUEUED, RunState.RUNNING, RunState.COMPLETE}
+                     RunState.QUEUED, RunState.RUNNING, RunState.COMPLETE, RunState.PARTIAL}
 
 
 def test_a_save_that_breaks_the_table_is_refused(tmp_path):

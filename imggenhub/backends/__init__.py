@@ -85,7 +85,11 @@ class Backend:
                                       f"{run.run_id}' again.") from None
             manifest = artifacts.read_manifest(out_dir)
             problems = artifacts.verify(out_dir) if manifest is not None else []
-            run.images_fetched = len(manifest["images"]) - len(problems) if manifest else 0
+            present = {r["index"] for r in manifest["images"]} if manifest else set()
+            wanted = {i for a, b in run.only for i in range(a, b)} if run.only is not None \
+                else set(range(manifest.get("planned_images") or len(present))) if manifest \
+                else set()
+            run.images_fetched = len(present & wanted) - len(problems)
             artifacts.write_gallery(out_dir)
         run.timings["fetch"] = round(time.monotonic() - t0, 3)
         if problems:
@@ -97,10 +101,9 @@ class Backend:
                 runs.save(run)
                 raise UnsafeOutputError(f"Run {run.run_id} ended complete but left no manifest.json; "
                                         "it did not run the imggenhub engine.")
-            planned = manifest.get("planned_images") or len(manifest["images"])
-            if len(manifest["images"]) < planned:  # the session ended before the job did
+            if wanted - present:  # the session ended before the job did
                 run.state = RunState.PARTIAL
-                on_event(f"run {run.run_id}: {len(manifest['images'])} of {planned} images are "
+                on_event(f"run {run.run_id}: {len(wanted & present)} of {len(wanted)} images are "
                          "here; the rest needs another session ('imggenhub resume "
                          f"{run.run_id}' pushes it)")
             else:

@@ -90,6 +90,10 @@ def _utc(moment) -> str | None:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class NoFreeSlot(NothingYet):
+    """Kaggle's GPU sessions are all taken; this push waits for one to end."""
+
+
 def _token_from(variable: str) -> str:
     import os
 
@@ -121,6 +125,7 @@ class KaggleBackend(Backend):
     def __init__(self, settings=None):
         super().__init__(settings)
         self._client = None
+        self.slot_wait = True  # on "Maximum batch GPU session count": wait for a slot here
 
     def _timeout(self) -> float:
         left = self.deadline.left()
@@ -161,8 +166,13 @@ class KaggleBackend(Backend):
         meta = kernel_metadata(options, template=template)  # checked before any network
         if meta["id"].startswith(PLACEHOLDER_OWNER + "/"):
             meta = kernel_metadata(options, self.owner(), template)  # "your-kaggle-username"
-        owner = split_kernel_id(meta["id"])[0]
+        owner, slug = split_kernel_id(meta["id"])
+        if run.shard is not None:  # a shard: a kernel of its own, <slug>-<n>, making its share
+            meta["id"] = f"{owner}/{slug[:50 - 4]}-{run.shard}"
+            meta["title"] = f"{meta['title']} {run.shard}"
         doc, sources = job_document(job, run.run_id), list(meta.get("dataset_sources") or [])
+        if run.only is not None:
+            doc["only"] = run.only
         shipment = kaggle_inputs.plan(job, owner)
         if shipment is not None:  # files on this machine: the kernel reads them from a dataset
             doc = kaggle_inputs.kernel_document(doc, shipment)
@@ -185,7 +195,7 @@ class KaggleBackend(Backend):
         write_notebook(run.notebook_dir, job, run.run_id, doc)
         meta["dataset_sources"] = list(dict.fromkeys(sources))
         if meta.get("enable_gpu"):
-            self._check_quota(job_document(job, run.run_id), run, options, on_event)
+            self._check_quota(doc, run, options, on_event)
         write_metadata(run.notebook_dir, meta)
         run.kernel_ref = meta["id"]
 
@@ -202,6 +212,7 @@ class KaggleBackend(Backend):
             on_event(f"{guess.sentence(None)}; the quota could not be read ({exc})")
             return
         on_event(guess.sentence(left))
+        left -= options.reserved_hours  # what the run's other shards count on
         if guess.hours > left and not options.force:
             raise OverQuota(f"This job needs about {guess.hours:.2f} GPU h, more than the {left:.2f} "
                             "h left of this week's Kaggle quota; nothing was pushed. Make it "
@@ -228,11 +239,11 @@ class KaggleBackend(Backend):
         doc.update(only=ranges_of(rest), session=run.session)
         path.write_text(with_document(text, doc), encoding="utf-8")
         on_event(f"session {run.session} of run {run.run_id}: the {len(rest)} images still to make")
-        run.state = RunState.RENDERED
+        run.state, run.failure = RunState.RENDERED, None
         return runs.save(run)
 
     def submit(self, run: Run, on_event: OnEvent) -> Run:
-        if run.state == RunState.PARTIAL:
+        if run.state in (RunState.PARTIAL, RunState.ERROR, RunState.CANCELLED):
             run = self._render_rest(run, on_event)
         meta = json.loads((run.notebook_dir / METADATA_FILE).read_text(encoding="utf-8"))
         text = (run.notebook_dir / CODE_FILE).read_text(encoding="utf-8")
@@ -251,6 +262,10 @@ class KaggleBackend(Backend):
                 problem = push_problem(resp)
                 if problem and GPU_CAP_TEXT in problem:
                     pause = self.tunables.gpu_wait
+                    if not self.slot_wait:  # a shard: the others go on; it is pushed later
+                        run.state = RunState.RENDERED
+                        runs.save(run)
+                        raise NoFreeSlot(problem)
                     if slots.passed(after=pause):
                         run.state = RunState.RENDERED
                         runs.save(run)
@@ -443,6 +458,38 @@ class KaggleBackend(Backend):
         finally:
             if follower is not None:
                 follower.close()
+
+    def wait_some(self, shards: list[Run], say_for) -> list[Run]:
+        """Poll several runs (a run's shards) in turn until one of them ends, or the deadline;
+        return them updated. Progress comes from each one's output listing."""
+        clock = self.tunables.clock
+        start = clock.monotonic()
+        interval = self.tunables.poll_interval
+        seen = {s.run_id: set() for s in shards}
+        polls = 0
+        while True:
+            polls += 1
+            ended = False
+            for shard in shards:
+                say = say_for(shard)
+                state, failure = self.status(shard, say)
+                if state != shard.state:
+                    say(f"{state.value} after {clock.monotonic() - start:.0f}s")
+                if state == RunState.RUNNING and polls % 3 == 0:
+                    self._progress(shard, seen[shard.run_id], say)
+                self._record(shard, state, failure)
+                if state.terminal:
+                    self._progress(shard, seen[shard.run_id], say)
+                    ended = True
+            if ended:
+                return shards
+            if self.deadline.passed(after=interval):
+                raise StillRunning(f"{len(shards)} shards are still going after "
+                                   f"{clock.monotonic() - start:.0f}s; they go on, and 'imggenhub "
+                                   "resume' picks them up.")
+            clock.sleep(interval)
+            interval = min(self.tunables.poll_max_interval,
+                           max(self.tunables.poll_interval, (clock.monotonic() - start) / 5))
 
     def _pause(self, seconds: float, follower, on_event: OnEvent) -> None:
         """Wait until the next poll, showing progress as it streams in; the stream's end

@@ -1,0 +1,77 @@
+"""Shards: a job's images split over several kernels run at once, followed together and
+downloaded into one folder with one manifest, the same files an unsharded run gives. At
+most two GPU sessions run: a third shard waits for a slot. A failed shard is pushed
+again alone by resume."""
+
+from __future__ import annotations
+
+import json
+
+from imggenhub import artifacts, runs
+from imggenhub.lifecycle import RunState
+from imggenhub.notebook import read_job_document
+
+JOB = ["--model", "tiny-random", "--seed", "8", "-p", "a", "-p", "b", "--num-images", "6"]
+
+
+def files(folder) -> list:
+    return [(r["index"], r["seed"], r["file"], r["sha256"])
+            for r in artifacts.read_manifest(folder)["images"]]
+
+
+def test_three_shards_with_two_sessions_make_the_unsharded_files(emulator, cli, tmp_path):
+    code, out, err = cli("generate", *JOB, "--shards", "1", "--out", str(tmp_path / "one"),
+                         cwd=tmp_path)
+    assert code == 0, err
+    emulator.image_seconds = 0.15
+    code, out, err = cli("generate", *JOB, "--shards", "3", "--json", "--out",
+                         str(tmp_path / "three"), cwd=tmp_path)
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["state"] == "downloaded" and [s["state"] for s in data["shards"]] == ["downloaded"] * 3
+    assert files(tmp_path / "three") == files(tmp_path / "one")
+    assert artifacts.read_manifest(tmp_path / "three")["complete"]
+    assert artifacts.verify(tmp_path / "three") == []
+    kernels = sorted(k for k in emulator.kernels if k != "imggenhub/imggenhub-batch")
+    assert kernels == [f"imggenhub/imggenhub-batch-{k}" for k in (1, 2, 3)]
+    shares = [read_job_document(emulator.versions(k)[0].text)["only"] for k in kernels]
+    assert shares == [[[0, 4]], [[4, 8]], [[8, 12]]]
+    # two GPU sessions at most: the third shard was refused once and pushed when one ended
+    assert "GPU sessions are all taken" in err
+    pushes = [b for m, b in emulator.calls if m == "SaveKernel" and b["slug"].endswith("-3")]
+    assert len(pushes) >= 2
+
+
+def test_a_failed_shard_is_pushed_again_alone(emulator, cli, tmp_path):
+    emulator.image_seconds, emulator.queue_seconds = 0.05, 1.0
+    code, out, err = cli("deploy", *JOB, "--shards", "2", "--json", "--out", str(tmp_path / "o"),
+                         cwd=tmp_path)
+    assert code == 0, err
+    run_id = json.loads(out)["run_id"]
+    # shard 2's kernel breaks after 2 of its 6 images
+    emulator.versions("imggenhub/imggenhub-batch-2")[0].env["IMGGENHUB_ENGINE_FAIL_AFTER"] = "2"
+    emulator.queue_seconds = 0.1
+    code, out, err = cli("poll", run_id, cwd=tmp_path)
+    assert code == 1 and "shard 2 (error)" in err and f"imggenhub resume {run_id}" in err
+    code, out, err = cli("download", run_id, cwd=tmp_path)  # what both made comes home
+    assert code == 1 and len(artifacts.read_manifest(tmp_path / "o")["images"]) == 8
+    assert runs.load(run_id).state == RunState.ERROR
+    before = len(emulator.versions("imggenhub/imggenhub-batch-1"))
+    code, out, err = cli("resume", run_id, cwd=tmp_path)
+    assert code == 0, err
+    assert len(emulator.versions("imggenhub/imggenhub-batch-1")) == before  # not touched
+    again = emulator.versions("imggenhub/imggenhub-batch-2")[-1]
+    assert read_job_document(again.text)["only"] == [[8, 12]]  # only what it had not made
+    assert runs.load(run_id).state == RunState.DOWNLOADED
+    assert len(artifacts.read_manifest(tmp_path / "o")["images"]) == 12
+    code, out, err = cli("status", run_id)
+    assert code == 0 and "shard 1: downloaded" in out and "shard 2: downloaded" in out
+
+
+def test_auto_shards_only_a_job_long_enough(emulator, cli, tmp_path):
+    code, out, err = cli("deploy", *JOB, "--json", cwd=tmp_path)
+    assert code == 0 and "shards" not in json.loads(out)  # 12 tiny images: one kernel
+    code, out, err = cli("deploy", "--model", "sdxl", "-p", "x", "--num-images", "60", "--json",
+                         cwd=tmp_path)
+    assert code == 0, err  # 60 SDXL images: ~13 min of generation on T4 x2, two kernels
+    assert len(json.loads(out)["shards"]) == 2
