@@ -22,7 +22,8 @@ BENCHMARKS = {
                            "overhead ratio original/imggenhub: "],
     "engine_overhead.py": ["bare loop", "engine/reload-per-prompt: "],
     "kaggle_download.py": ["per-file latency   0 ms:", "per-file latency  50 ms:",
-                           "  ratio kaggle/imggenhub: "],
+                           "  ratio kaggle/imggenhub: ", "ratio loose/bundled "],
+    "shards.py": ["1 kernel:", "2 shards:", "ratio 1 kernel / 2 shards: "],
 }
 
 

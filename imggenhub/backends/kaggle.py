@@ -460,36 +460,67 @@ class KaggleBackend(Backend):
                 follower.close()
 
     def wait_some(self, shards: list[Run], say_for) -> list[Run]:
-        """Poll several runs (a run's shards) in turn until one of them ends, or the deadline;
-        return them updated. Progress comes from each one's output listing."""
+        """Follow several runs (a run's shards) at once until one of them ends, or the
+        deadline; return them updated. Progress streams in from each one's live log."""
         clock = self.tunables.clock
         start = clock.monotonic()
         interval = self.tunables.poll_interval
         seen = {s.run_id: set() for s in shards}
+        followers: dict[str, LogFollower] = {}
         polls = 0
-        while True:
-            polls += 1
-            ended = False
-            for shard in shards:
-                say = say_for(shard)
-                state, failure = self.status(shard, say)
-                if state != shard.state:
-                    say(f"{state.value} after {clock.monotonic() - start:.0f}s")
-                if state == RunState.RUNNING and polls % 3 == 0:
-                    self._progress(shard, seen[shard.run_id], say)
-                self._record(shard, state, failure)
-                if state.terminal:
-                    self._progress(shard, seen[shard.run_id], say)
-                    ended = True
-            if ended:
-                return shards
-            if self.deadline.passed(after=interval):
-                raise StillRunning(f"{len(shards)} shards are still going after "
-                                   f"{clock.monotonic() - start:.0f}s; they go on, and 'imggenhub "
-                                   "resume' picks them up.")
-            clock.sleep(interval)
-            interval = min(self.tunables.poll_max_interval,
-                           max(self.tunables.poll_interval, (clock.monotonic() - start) / 5))
+        try:
+            while True:
+                polls += 1
+                ended = False
+                for shard in shards:
+                    say = say_for(shard)
+                    state, failure = self.status(shard, say)
+                    if state != shard.state:
+                        say(f"{state.value} after {clock.monotonic() - start:.0f}s")
+                    follower = followers.get(shard.run_id)
+                    if state == RunState.RUNNING and follower is None:
+                        owner, slug = self._slug(shard)
+                        follower = followers[shard.run_id] = LogFollower(
+                            self, owner, slug, shard.version, shard.image_count).start()
+                    streaming = follower is not None and not follower.gave_up.is_set()
+                    if state == RunState.RUNNING and not streaming and polls % 3 == 0:
+                        self._progress(shard, seen[shard.run_id], say)
+                    self._record(shard, state, failure)
+                    if state.terminal:
+                        if streaming:
+                            follower.finish(timeout=min(10.0, self.tunables.http_timeout))
+                            for message in follower.take(0):
+                                say(message)
+                        if not streaming or not follower.ended.is_set():
+                            self._progress(shard, seen[shard.run_id], say)
+                        ended = True
+                if ended:
+                    return shards
+                if self.deadline.passed(after=interval):
+                    raise StillRunning(f"{len(shards)} shards are still going after "
+                                       f"{clock.monotonic() - start:.0f}s; they go on, and "
+                                       "'imggenhub resume' picks them up.")
+                self._pause_many(interval, {s.run_id: (followers.get(s.run_id), say_for(s))
+                                            for s in shards})
+                interval = min(self.tunables.poll_max_interval,
+                               max(self.tunables.poll_interval, (clock.monotonic() - start) / 5))
+        finally:
+            for follower in followers.values():
+                follower.close()
+
+    def _pause_many(self, seconds: float, streams: dict) -> None:
+        """Wait until the next poll, showing each shard's progress as it streams in; the end
+        of any stream cuts the wait short."""
+        clock = self.tunables.clock
+        live = [(f, say) for f, say in streams.values() if f is not None and not f.gave_up.is_set()]
+        if not live:
+            clock.sleep(seconds)
+            return
+        until = clock.monotonic() + seconds
+        while (left := until - clock.monotonic()) > 0 and not any(f.ended.is_set() for f, _ in live):
+            for follower, say in live:
+                for message in follower.take(min(left, 0.5) / len(live)):
+                    say(message)
 
     def _pause(self, seconds: float, follower, on_event: OnEvent) -> None:
         """Wait until the next poll, showing progress as it streams in; the stream's end
