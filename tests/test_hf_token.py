@@ -78,3 +78,45 @@ def test_a_missing_or_bad_token_variable_is_one_sentence(emulator, cli, tmp_path
     code, out, err = cli("deploy", *SPEC, "--hf-token-env", var, cwd=tmp_path)
     assert code == 2 and words in err and len(err.strip().splitlines()) == 1
     assert not [m for m, _ in emulator.calls if m in ("SaveKernel", "StartBlobUpload")]
+
+
+def test_hf_token_goes_when_the_hub_says_the_model_is_gated(emulator, cli, tmp_path, monkeypatch):
+    """HF_TOKEN set and the model gated on the Hub (a local stand-in answers /api/models):
+    that counts as the user's word; an open model, or no HF_TOKEN, sends nothing."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    asked = []
+
+    class Hub(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_GET(self):
+            asked.append((self.path, self.headers.get("Authorization")))
+            gated = "manual" if "gated" in self.path else False
+            body = json.dumps({"id": self.path.split("/api/models/")[-1], "gated": gated,
+                               "private": False}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    hub = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=hub.serve_forever, daemon=True).start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{hub.server_address[1]}")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_TOKEN", CANARY)
+    try:
+        code, out, err = cli("deploy", "--model", "owner/open-model", "-p", "x", cwd=tmp_path)
+        assert code == 0, err
+        assert TOKEN_REF not in emulator.datasets
+        code, out, err = cli("deploy", "--model", "owner/gated-model", "-p", "x", cwd=tmp_path)
+        assert code == 0, err
+        assert "owner/gated-model is gated on the Hub and HF_TOKEN is set" in err
+        assert emulator.datasets[TOKEN_REF]["versions"][-1] == {"token": CANARY.encode()}
+        assert asked[-1] == ("/api/models/owner/gated-model", f"Bearer {CANARY}")
+        assert everywhere_but_the_dataset(emulator, tmp_path, state_dir()) == []
+    finally:
+        hub.shutdown()

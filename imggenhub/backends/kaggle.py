@@ -180,8 +180,9 @@ class KaggleBackend(Backend):
             sources.append(shipment.ref)
             on_event(f"inputs: {len(shipment.files)} files on this machine go to Kaggle as the "
                      f"private dataset {shipment.ref}")
-        if options.hf_token_env:  # only on the user's word: the token goes to a private dataset
-            token = _token_from(options.hf_token_env)
+        token_env = options.hf_token_env or self._token_wanted(job, on_event)
+        if token_env:  # only on the user's word: the token goes to a private dataset
+            token = _token_from(token_env)
             sources.append(kaggle_inputs.ship_token(kaggle_inputs.Shipper(self, on_event), owner,
                                                     token))
             doc["hf_token_file"] = kaggle_inputs.token_kernel_path()
@@ -198,6 +199,33 @@ class KaggleBackend(Backend):
             self._check_quota(doc, run, options, on_event)
         write_metadata(run.notebook_dir, meta)
         run.kernel_ref = meta["id"]
+
+    def _token_wanted(self, job, on_event: OnEvent) -> str | None:
+        """HF_TOKEN is set and the Hub says the model is gated or private: that is the user's
+        word too ("HF_TOKEN" then), said in a line. Anything else: no token is sent."""
+        import os
+
+        from ..models import HUB_ID
+
+        token = os.environ.get("HF_TOKEN", "").strip()
+        model = job.model["id"]
+        if not token or not HUB_ID.match(model) or os.environ.get("HF_HUB_OFFLINE") == "1":
+            return None
+        base = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+        try:
+            resp = requests.get(f"{base}/api/models/{model}", timeout=self.tunables.http_timeout,
+                                headers={"Authorization": f"Bearer {token}"})
+            info = resp.json() if resp.status_code == 200 else {}
+        except (requests.RequestException, ValueError):
+            on_event(f"could not ask the Hub whether {model} is gated; to send your token, add "
+                     "--hf-token-env HF_TOKEN")
+            return None
+        if info.get("gated") or info.get("private"):
+            on_event(f"{model} is {'gated' if info.get('gated') else 'private'} on the Hub and "
+                     "HF_TOKEN is set: the token goes to your private dataset "
+                     f"{kaggle_inputs.TOKEN_SLUG}")
+            return "HF_TOKEN"
+        return None
 
     def _check_quota(self, doc: dict, run: Run, options, on_event: OnEvent) -> None:
         """Say what the job will cost in GPU hours against what is left; stop if it is more."""
