@@ -14,7 +14,7 @@ from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import writable_folder
-from .engine import MANIFEST, sha256_of
+from .engine import MANIFEST, ranges_of, sha256_of
 from .errors import NothingYet, SpecError, UnsafeOutputError
 
 CLAIM = ".imggenhub-run.json"  # which run fills this folder
@@ -90,6 +90,8 @@ def combine(old: dict | None, new: dict) -> dict:
     if bundles:
         merged["bundles"] = [bundles[name] for name in sorted(bundles)]
     merged["complete"] = merged.get("planned_images") == len(images)
+    if isinstance(merged.get("planned_images"), int):  # what the whole job still lacks here
+        merged["remaining"] = ranges_of(i for i in range(merged["planned_images"]) if i not in images)
     return merged
 
 

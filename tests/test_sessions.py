@@ -35,7 +35,7 @@ def test_a_job_over_three_sessions_ends_whole(emulator, cli, tmp_path, monkeypat
     assert all(asked[i + 1] < asked[i] for i in range(len(asked) - 1))
     whole = artifacts.read_manifest(tmp_path / "long")
     reference = artifacts.read_manifest(tmp_path / "one")
-    assert whole["complete"] and artifacts.verify(tmp_path / "long") == []
+    assert whole["complete"] and whole["remaining"] == [] and artifacts.verify(tmp_path / "long") == []
     assert [(r["index"], r["seed"], r["file"], r["sha256"]) for r in whole["images"]] == \
         [(r["index"], r["seed"], r["file"], r["sha256"]) for r in reference["images"]]
     assert "the session's time is nearly up" in err and "of 20 images are here" in err
@@ -49,8 +49,10 @@ def test_a_partial_run_waits_for_resume(emulator, cli, tmp_path, monkeypatch):
     assert cli("poll", run_id, cwd=tmp_path)[0] == 0
     code, out, err = cli("download", run_id, cwd=tmp_path)
     assert code == 6 and "is partial" in err and f"imggenhub resume {run_id}" in err
-    here = len(artifacts.read_manifest(tmp_path / "o")["images"])
+    partial = artifacts.read_manifest(tmp_path / "o")
+    here = len(partial["images"])
     assert 0 < here < 20 and artifacts.verify(tmp_path / "o") == []
+    assert partial["remaining"] == [[here, 20]] and not partial["complete"]  # what is still to do
     pushes = sum(1 for m, _ in emulator.calls if m == "SaveKernel")
     code, out, err = cli("deploy", *JOB, "--json", "--out", str(tmp_path / "p"), cwd=tmp_path)
     assert code == 0  # another run entirely: the partial one is not touched

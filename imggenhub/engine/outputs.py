@@ -9,7 +9,7 @@ import os
 import time
 from pathlib import Path
 
-from .planning import plan_images, sha256_of
+from .planning import plan_images, ranges_of, sha256_of, to_make
 from .wire import BUNDLES_DIR, MANIFEST, PARTS_DIR, log
 
 
@@ -96,6 +96,9 @@ def merge_manifest(out_dir: Path, job: dict | None = None) -> dict | None:
         manifest["bundles"] = [bundles[name] for name in sorted(bundles)]
     if job is not None:
         manifest["planned_images"] = len(plan_images(job))
+        # what this kernel was to make and did not (a session that ended early, a crash)
+        made = {r["index"] for r in manifest["images"]}
+        manifest["remaining"] = ranges_of(t["index"] for t in to_make(job) if t["index"] not in made)
     manifest["complete"] = manifest.get("planned_images") == len(manifest["images"])
     _write_json_atomic(existing, manifest)
     for part_file in part_files:
