@@ -83,7 +83,7 @@ def main() -> None:
     args = parser.parse_args()
     sizes = (64, 128)
     if args.quick:
-        args.images, args.rounds, sizes = 2, 1, (32, 64)
+        args.images, args.rounds, sizes = 2, 1, (32,)
     torch.set_num_threads(args.threads)
     pipe = engine.build_tiny_random_pipeline()
     pipe.set_progress_bar_config(disable=True)

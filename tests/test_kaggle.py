@@ -25,30 +25,6 @@ def shas(folder: Path) -> list[str]:
     return [i["sha256"] for i in artifacts.read_manifest(folder)["images"]]
 
 
-@pytest.mark.slow
-def test_generate_on_kaggle_makes_the_local_backends_images(real_emulator, cli, tmp_path):
-    emulator = real_emulator
-    code, out, err = cli("generate", *SPEC, "--out", str(tmp_path / "kaggle"), cwd=tmp_path)
-    assert code == 0, err  # credentials found: kaggle is the default backend
-    assert "pushed imggenhub/imggenhub-batch version 1" in err
-    assert "complete after" in err and "image 1/4" in err
-    code, _, err = cli("generate", *SPEC, "--backend", "local", "--out", str(tmp_path / "local"))
-    assert code == 0, err
-    assert shas(tmp_path / "kaggle") == shas(tmp_path / "local") and len(shas(tmp_path / "local")) == 4
-    assert artifacts.verify(tmp_path / "kaggle") == []
-    assert "[imggenhub] done: 4 images" in (tmp_path / "kaggle" / "kernel.log").read_text()
-    # the push carried what the kaggle CLI would send: private, T4 x2, internet, a notebook
-    push = next(body for method, body in emulator.calls if method == "SaveKernel")
-    assert push["slug"] == "imggenhub/imggenhub-batch" and push["kernelType"] == "notebook"
-    assert push["isPrivate"] and push["enableGpu"] and push["enableInternet"]
-    assert push["machineShape"] == "NvidiaTeslaT4"
-    assert all(isinstance(c["source"], str) for c in json.loads(push["text"])["cells"])
-    # status and outputs were asked for exactly the pushed version
-    asked = [b.get("versionLabel") for m, b in emulator.calls
-             if m in ("GetKernelSessionStatus", "ListKernelSessionOutput")]
-    assert asked and set(asked) == {"v1"}
-
-
 def test_deploy_poll_download_as_separate_processes(emulator, tmp_path):
     env = {k: os.environ[k] for k in os.environ}
     proc = run_cli_subprocess("deploy", *SPEC, "--kernel-id", "imggenhub/cron-batch",

@@ -196,8 +196,8 @@ def test_kaggle_with_local_inputs_makes_the_same_images_as_the_local_backend(rea
     init = picture(tmp_path / "init.png", 1)
     m = mask(tmp_path / "mask.png")
     lora = make_lora(tmp_path / "lora")
-    flags = [*TINY, "-p", "a fox", "--init-image", str(init), "--mask-image", str(m),
-             "--strength", "0.75", "--lora", f"{lora}:0.8", "--no-gpu"]
+    flags = [*TINY, "-p", "a fox", "-p", "a hen", "--init-image", str(init), "--mask-image",
+             str(m), "--strength", "0.75", "--lora", f"{lora}:0.8"]
     code, out, err = cli("generate", *flags, "--backend", "local", "--out", str(tmp_path / "local"),
                          cwd=tmp_path)
     assert code == 0, err
@@ -206,16 +206,30 @@ def test_kaggle_with_local_inputs_makes_the_same_images_as_the_local_backend(rea
     code, out, err = cli("generate", *flags, "--hf-token-env", "MY_HF", "--out",
                          str(tmp_path / "kaggle"), cwd=tmp_path)
     assert code == 0, err
+    assert code == 0, err  # credentials found: kaggle is the default backend
+    assert "pushed imggenhub/imggenhub-batch version 1" in err and "complete after" in err
     log = (tmp_path / "kaggle" / "kernel.log").read_text()
     assert "a Hugging Face token from the private dataset is set" in log
+    assert "[imggenhub] done: 2 images" in log and artifacts.verify(tmp_path / "kaggle") == []
+    # the push carried what the kaggle CLI would send: private, T4 x2, internet, a notebook
+    push = calls(real_emulator, "SaveKernel")[0]
+    assert push["slug"] == "imggenhub/imggenhub-batch" and push["kernelType"] == "notebook"
+    assert push["isPrivate"] and push["enableGpu"] and push["enableInternet"]
+    assert push["machineShape"] == "NvidiaTeslaT4"
+    assert all(isinstance(c["source"], str) for c in json.loads(push["text"])["cells"])
+    # status and outputs were asked for exactly the pushed version
+    asked = [b.get("versionLabel") for m, b in real_emulator.calls
+             if m in ("GetKernelSessionStatus", "ListKernelSessionOutput")]
+    assert asked and set(asked) == {"v1"}
     assert everywhere_but_the_dataset(real_emulator, tmp_path) == []
-    local, remote = (artifacts.read_manifest(tmp_path / d)["images"][0] for d in ("local", "kaggle"))
-    for key in ("init_image", "mask_image", "loras", "seed", "strength", "denoising_steps"):
-        assert local[key] == remote[key], key
-    assert remote["init_image"] == "init.png" and remote["loras"][0]["name"] == lora.stem
-    a = np.asarray(Image.open(tmp_path / "local" / local["file"]))
-    b = np.asarray(Image.open(tmp_path / "kaggle" / remote["file"]))
-    assert np.array_equal(a, b)
+    pairs = zip(*(artifacts.read_manifest(tmp_path / d)["images"] for d in ("local", "kaggle")))
+    for local, remote in pairs:
+        for key in ("init_image", "mask_image", "loras", "seed", "strength", "denoising_steps"):
+            assert local[key] == remote[key], key
+        assert remote["init_image"] == "init.png" and remote["loras"][0]["name"] == lora.stem
+        a = np.asarray(Image.open(tmp_path / "local" / local["file"]))
+        b = np.asarray(Image.open(tmp_path / "kaggle" / remote["file"]))
+        assert np.array_equal(a, b)
     real_emulator.runner = "stub"  # the reuse is the point now, not the images again
     code, out, err = cli("deploy", *flags, cwd=tmp_path)
     assert code == 0, err
