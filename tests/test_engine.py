@@ -93,16 +93,30 @@ def test_png_carries_parameters_and_full_record(tmp_path):
     assert (tmp_path / "a.png").read_bytes() == data
 
 
-def run_engine(job, out, env=None):
-    path = out.parent / "job.json"
-    path.write_text(json.dumps(job))
-    return subprocess.run([sys.executable, "-m", "imggenhub.engine", "--job", str(path), "--out", str(out)],
-                          capture_output=True, text=True, env={**os.environ, **(env or {})},
-                          timeout=300)
+@pytest.fixture
+def run_engine(monkeypatch, capfd):
+    """The engine's main, as `python -m imggenhub_engine --job J --out D` runs it, in this
+    process (a subprocess would import torch and diffusers again: seconds per test); the
+    notebook tests run it as the module."""
+    from types import SimpleNamespace
+
+    def run(job, out, env=None):
+        path = out.parent / "job.json"
+        path.write_text(json.dumps(job))
+        with monkeypatch.context() as patch:
+            patch.setenv("IMGGENHUB_ENGINE_STARTED", "")
+            for key, value in (env or {}).items():
+                patch.setenv(key, value)
+            capfd.readouterr()
+            code = engine.main(["--job", str(path), "--out", str(out)])
+            captured = capfd.readouterr()
+        return SimpleNamespace(returncode=code, stdout=captured.out, stderr=captured.err)
+
+    return run
 
 
 @pytest.mark.slow
-def test_crash_keeps_finished_images_in_the_manifest(tmp_path):
+def test_crash_keeps_finished_images_in_the_manifest(tmp_path, run_engine):
     job = job_doc(["one", "two", "three"], num_images=2)
     out = tmp_path / "out"
     proc = run_engine(job, out, {"IMGGENHUB_ENGINE_FAIL_AFTER": "3"})
@@ -116,7 +130,7 @@ def test_crash_keeps_finished_images_in_the_manifest(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_split_the_images_and_merge_one_manifest(tmp_path):
+def test_two_processes_split_the_images_and_merge_one_manifest(tmp_path, run_engine):
     job = job_doc(["one", "two", "three"], num_images=1)
     out = tmp_path / "out"
     proc = run_engine(job, out, {"IMGGENHUB_PROCESSES": "2"})
@@ -130,7 +144,7 @@ def test_two_processes_split_the_images_and_merge_one_manifest(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_saved_diffusers_folder_loads_through_autopipeline(tmp_path):
+def test_a_saved_diffusers_folder_loads_through_autopipeline(tmp_path, run_engine):
     """The real Hub loading path (AutoPipeline.from_pretrained), offline, on a local folder."""
     import torch
 
@@ -147,7 +161,7 @@ def test_a_saved_diffusers_folder_loads_through_autopipeline(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_missing_model_fails_with_the_loaders_message(tmp_path):
+def test_a_missing_model_fails_with_the_loaders_message(tmp_path, run_engine):
     doc = job_doc(["x"])
     doc["model"] = {"id": "nobody/does-not-exist", "pipeline": "auto", "variant": "fp16"}
     proc = run_engine(doc, tmp_path / "out", {"HF_HUB_OFFLINE": "1"})
