@@ -37,7 +37,10 @@ def test_three_shards_with_two_sessions_make_the_unsharded_files(emulator, cli, 
     shares = [read_job_document(emulator.versions(k)[0].text)["only"] for k in kernels]
     assert shares == [[[0, 4]], [[4, 8]], [[8, 12]]]
     # two GPU sessions at most: the third shard was refused once and pushed when one ended
-    assert "GPU sessions are all taken" in err
+    assert "[shard 3/3] Kaggle's GPU sessions are all taken" in err
+    assert "[shard 1/3] image" in err  # each shard's progress, tagged
+    code, listing, _ = cli("runs")
+    assert code == 0 and all(f"shard {k}: downloaded" in listing for k in (1, 2, 3))
     pushes = [b for m, b in emulator.calls if m == "SaveKernel" and b["slug"].endswith("-3")]
     assert len(pushes) >= 2
 
