@@ -447,49 +447,19 @@ class KaggleBackend(Backend):
         """Poll the version's status to a terminal state (or the deadline); meanwhile show
         the engine's progress as it happens, from the live log stream (else, every third
         poll, from the output listing's log)."""
-        clock = self.tunables.clock
-        start = clock.monotonic()
-        interval = self.tunables.poll_interval
-        last, seen, polls, follower = None, set(), 0, None
-        try:
-            while True:
-                state, failure = self.status(run, on_event)
-                polls += 1
-                elapsed = clock.monotonic() - start
-                if state != last:
-                    on_event(f"{state.value} after {elapsed:.0f}s")
-                    last = state
-                if state == RunState.RUNNING and follower is None:
-                    owner, slug = self._slug(run)
-                    follower = LogFollower(self, owner, slug, run.version, run.image_count).start()
-                streaming = follower is not None and not follower.gave_up.is_set()
-                if state == RunState.RUNNING and not streaming and polls % 3 == 0:
-                    self._progress(run, seen, on_event)
-                self._record(run, state, failure)
-                if state.terminal:
-                    if streaming:
-                        follower.finish(timeout=min(10.0, self.tunables.http_timeout))
-                        for message in follower.take(0):
-                            on_event(message)
-                    if follower is None or follower.gave_up.is_set() or not follower.ended.is_set():
-                        self._progress(run, seen, on_event)  # the lines it made since the last look
-                    run.timings["wait"] = round(elapsed, 3)
-                    return runs.save(run)
-                if self.deadline.passed(after=interval):
-                    raise StillRunning(f"Run {run.run_id} is still {state.value} after {elapsed:.0f}s; "
-                                       f"it goes on, and 'imggenhub resume {run.run_id}' picks it up.")
-                self._pause(interval, follower, on_event)
-                # poll often early, then at a fifth of the elapsed time, capped: the wait past
-                # the kernel's end stays a small share of its run time
-                interval = min(self.tunables.poll_max_interval,
-                               max(self.tunables.poll_interval, (clock.monotonic() - start) / 5))
-        finally:
-            if follower is not None:
-                follower.close()
+        start = self.tunables.clock.monotonic()
+        (run,) = self.follow([run], lambda _: on_event, group=False)
+        run.timings["wait"] = round(self.tunables.clock.monotonic() - start, 3)
+        return runs.save(run)
 
     def wait_some(self, shards: list[Run], say_for) -> list[Run]:
-        """Follow several runs (a run's shards) at once until one of them ends, or the
-        deadline; return them updated. Progress streams in from each one's live log."""
+        """A run's shards, followed at once until one of them ends (or the deadline)."""
+        return self.follow(shards, say_for, group=True)
+
+    def follow(self, shards: list[Run], say_for, group: bool) -> list[Run]:
+        """Poll runs' statuses in turn until one of them ends, or the deadline; return them
+        updated. Progress streams in from each one's live log (else, every third poll, from
+        its output listing's log); the end of a stream cuts a wait short."""
         clock = self.tunables.clock
         start = clock.monotonic()
         interval = self.tunables.poll_interval
@@ -525,9 +495,15 @@ class KaggleBackend(Backend):
                 if ended:
                     return shards
                 if self.deadline.passed(after=interval):
-                    raise StillRunning(f"{len(shards)} shards are still going after "
-                                       f"{clock.monotonic() - start:.0f}s; they go on, and "
-                                       "'imggenhub resume' picks them up.")
+                    elapsed = clock.monotonic() - start
+                    if group:
+                        raise StillRunning(f"{len(shards)} shards are still going after "
+                                           f"{elapsed:.0f}s; they go on, and 'imggenhub resume' "
+                                           "picks them up.")
+                    one = shards[0]
+                    raise StillRunning(f"Run {one.run_id} is still {one.state.value} after "
+                                       f"{elapsed:.0f}s; it goes on, and 'imggenhub resume "
+                                       f"{one.run_id}' picks it up.")
                 self._pause_many(interval, {s.run_id: (followers.get(s.run_id), say_for(s))
                                             for s in shards})
                 interval = min(self.tunables.poll_max_interval,
@@ -549,18 +525,6 @@ class KaggleBackend(Backend):
             for follower, say in live:
                 for message in follower.take(min(left, 0.5) / len(live)):
                     say(message)
-
-    def _pause(self, seconds: float, follower, on_event: OnEvent) -> None:
-        """Wait until the next poll, showing progress as it streams in; the stream's end
-        cuts the wait short (the session is over: its status is next)."""
-        clock = self.tunables.clock
-        if follower is None or follower.gave_up.is_set():
-            clock.sleep(seconds)
-            return
-        until = clock.monotonic() + seconds
-        while (left := until - clock.monotonic()) > 0 and not follower.ended.is_set():
-            for message in follower.take(min(left, 0.5)):
-                on_event(message)
 
     def _log_tail(self, run: Run) -> str:
         try:
