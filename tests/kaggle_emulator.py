@@ -682,6 +682,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+    def _streaming(self, ctype: str, headers: dict) -> None:
+        """The head of a 200 whose body is written bit by bit, on a connection closed after
+        it; a client that stops reading frees the handler after SEND_TIMEOUT."""
+        self.send_response(200)
+        self.send_header("Content-Type", ctype)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.close_connection = True
+        self.connection.settimeout(SEND_TIMEOUT)
+
     def _json(self, code: int, data: dict, headers=None):
         self._send(code, json.dumps(data).encode(), headers=headers)
 
@@ -796,12 +807,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _endless_body(self):
         """Junk with no Content-Length (the body ends when the connection closes), until the
         client goes away, ENDLESS_MAX bytes or HOSTILE_MAX_SECONDS, whichever comes first."""
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
-        self.connection.settimeout(SEND_TIMEOUT)
+        self._streaming("application/octet-stream", {"Connection": "close"})
         chunk = _junk(64 << 10)
         deadline = time.monotonic() + HOSTILE_MAX_SECONDS
         sent = 0
@@ -815,12 +821,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _trickle(self, data: bytes, pause: float):
         """The announced length, then one byte at a time with ``pause`` between bytes, at most
         TRICKLE_MAX_BYTES bytes (and HOSTILE_MAX_SECONDS), then the connection closes."""
-        self.send_response(200)
-        self.send_header("Content-Type", "application/octet-stream")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.close_connection = True
-        self.connection.settimeout(SEND_TIMEOUT)
+        self._streaming("application/octet-stream", {"Content-Length": str(len(data))})
         deadline = time.monotonic() + HOSTILE_MAX_SECONDS
         try:
             for i, byte in enumerate(data[:TRICKLE_MAX_BYTES]):
@@ -893,12 +894,7 @@ class _Handler(BaseHTTPRequestHandler):
         if version.status in TERMINAL:
             return self._send(200, json.dumps(version.log).encode(), "application/json")
         drop = em.faults.take("stream_drop")
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.end_headers()
-        self.close_connection = True
-        self.connection.settimeout(SEND_TIMEOUT)
+        self._streaming("text/event-stream", {"Cache-Control": "no-cache"})
         sent, deadline = 0, time.monotonic() + HOSTILE_MAX_SECONDS
         try:
             while time.monotonic() < deadline:
