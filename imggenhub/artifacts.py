@@ -3,7 +3,6 @@ the manifest (untrusted when it comes from a server), verification and the galle
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import shutil
@@ -19,7 +18,7 @@ from .errors import NothingYet, SpecError, UnsafeOutputError
 
 CLAIM = ".imggenhub-run.json"  # which run fills this folder
 LOCK = ".imggenhub.lock"
-GALLERY = "gallery.html"
+from .gallery import GALLERY  # noqa: E402,F401  (the name every side uses)
 MAX_MANIFEST_BYTES = 64 << 20
 
 
@@ -219,29 +218,8 @@ def collect(src: Path, out_dir: Path) -> list[str]:
 
 
 def write_gallery(folder: Path) -> Path | None:
-    """A static page of the folder's images with their prompts and seeds (all text escaped;
-    the manifest may come from a server, so every field but the file is optional)."""
+    """gallery.html beside the folder's images (see ``gallery``); None without a manifest."""
+    from . import gallery
+
     manifest = read_manifest(folder)
-    if manifest is None:
-        return None
-    cards = []
-    for r in manifest["images"]:
-        src = html.escape(str(safe_relative(r["file"])), quote=True)
-        caption = html.escape(str(r.get("prompt", "")))
-        extra = html.escape(" · ".join(str(x) for x in (
-            f"seed {r['seed']}" if "seed" in r else None,
-            f"{r['steps']} steps" if "steps" in r else None,
-            f"cfg {r['guidance']}" if "guidance" in r else None,
-            f"{r['width']}x{r['height']}" if "width" in r and "height" in r else None) if x))
-        cards.append(f'<figure><a href="{src}"><img src="{src}" loading="lazy"></a>'
-                     f"<figcaption>{caption}<br><small>{extra}</small></figcaption></figure>")
-    title = html.escape(f"imggenhub {manifest.get('job_id', '')}: {len(cards)} images, "
-                        f"{manifest.get('model', '')}")
-    page = ("<!doctype html><meta charset=utf-8><title>" + title + "</title><style>"
-            "body{font-family:sans-serif;margin:1em}figure{display:inline-block;width:256px;"
-            "margin:.5em;vertical-align:top}img{width:256px;image-rendering:pixelated}"
-            "figcaption{font-size:.85em;white-space:pre-wrap;overflow-wrap:anywhere}</style>"
-            f"<h1>{title}</h1>" + "".join(cards) + "\n")
-    path = Path(folder) / GALLERY
-    path.write_text(page, encoding="utf-8")
-    return path
+    return gallery.write(folder, manifest) if manifest is not None else None

@@ -345,6 +345,27 @@ def doctor(timeout: Annotated[float, typer.Option(
     _result({"ok": True, "lines": lines}, "\n".join(lines), json)
 
 
+@app.command("open")
+def open_gallery(run_id: RunId = None, json: Json = False) -> None:
+    """Open a run's gallery.html in the default browser (and print where it is)."""
+    import webbrowser
+
+    from . import artifacts, runs
+
+    _STATE["json"] = json
+    run = runs.load(run_id)
+    folder = Path(run.out_dir)
+    page = folder / artifacts.GALLERY
+    if artifacts.read_manifest(folder) is not None:
+        page = artifacts.write_gallery(folder)  # fresh: the manifest may have grown since
+    if not page.exists():
+        raise SpecError(f"Run {run.run_id} has no images in {folder} yet, so no gallery; "
+                        f"'imggenhub download {run.run_id}' brings them.")
+    opened = webbrowser.open(page.as_uri())
+    _result({"ok": True, "run_id": run.run_id, "gallery": str(page), "opened": bool(opened)},
+            str(page) if opened else f"{page} (no browser found here: open it by hand)", json)
+
+
 @app.command()
 def quota(timeout: Annotated[float, typer.Option(
         "--timeout", min=1, help="Give up on the API after this many seconds (exit 5).")] = 30.0,

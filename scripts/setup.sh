@@ -25,4 +25,14 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   esac
 fi
 "$VENV/bin/python" -m pip install -q -e ".[$extras]" 2> >(grep -v "^WARNING: Location" >&2)
+case ",$extras," in
+  *,test,*)
+    # the gallery's browser test: Debian's chromium (Playwright's own browser download cannot
+    # be reached). As root with apt, install it; elsewhere that test says why it cannot run.
+    if ! command -v chromium >/dev/null && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+        >/dev/null 2>&1 || echo "note: could not install chromium; the browser test will say so" >&2
+    fi
+    ;;
+esac
 echo "$want" > "$stamp"

@@ -78,7 +78,7 @@ def run_worker(job: dict, out_dir: Path) -> None:
 
     header = {"engine_version": ENGINE_VERSION, "job_id": job.get("job_id"),
               "run_id": job.get("run_id"), "model": model["id"], "processes_total": world,
-              "loras": loras, "embeddings": embeddings,
+              "loras": loras, "embeddings": embeddings, "scheduler_flag": job.get("scheduler"),
               **({"refiner": job["refiner"]} if refiner is not None else {})}
     part = PartLog(parts / f"rank-{rank:02d}.jsonl", header, {
         "rank": rank, "device": device_name, "dtype": str(dtype).replace("torch.", ""),

@@ -1,0 +1,175 @@
+"""gallery.html: one self-contained page beside a run's images that works from file:// with
+no network. A grid of lazy thumbnails with each image's parameters, a text filter, sorting,
+a full-size view with every parameter and a "copy command" that makes exactly that image
+again; images that are missing or were never made are shown as such.
+
+Every piece of user text is data: the manifest travels as JSON inside a
+``<script type="application/json">`` block (with ``<``, ``>`` and ``&`` escaped, so no
+``</script>`` can end it), and the page's script puts text into the DOM with
+``textContent`` only, never as HTML.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+GALLERY = "gallery.html"
+SHOWN = ("prompt", "negative_prompt", "seed", "steps", "guidance", "width", "height",
+         "scheduler", "model", "loras", "strength", "init_image", "mask_image", "refiner", "score")
+
+
+def command(record: dict, header: dict) -> str:
+    """The command line that makes this image again (shell-quoted: any prompt survives)."""
+    args = ["imggenhub", "generate", "--prompt", str(record.get("prompt", ""))]
+    flags = (("--negative-prompt", record.get("negative_prompt")), ("--seed", record.get("seed")),
+             ("--model", record.get("model") or header.get("model")),
+             ("--steps", record.get("steps")), ("--guidance", record.get("guidance")),
+             ("--width", record.get("width")), ("--height", record.get("height")),
+             ("--scheduler", header.get("scheduler_flag")), ("--strength", record.get("strength")),
+             ("--init-image", record.get("init_image")), ("--mask-image", record.get("mask_image")))
+    for flag, value in flags:
+        if value not in (None, ""):
+            args += [flag, str(value)]
+    for lora in record.get("loras") or header.get("loras") or []:
+        args += ["--lora", f"{lora.get('name')}:{lora.get('scale')}"]
+    if record.get("refiner"):
+        args += ["--refiner", str(record["refiner"].get("model")), "--refiner-start",
+                 str(record["refiner"].get("start"))]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def _data(manifest: dict) -> dict:
+    header = {k: v for k, v in manifest.items() if k not in ("images", "processes", "bundles")}
+    cards = []
+    for record in manifest.get("images", []):
+        card = {k: record[k] for k in SHOWN if k in record}
+        card.update(index=record.get("index"), file=str(record.get("file", "")),
+                    command=command(record, header))
+        cards.append(card)
+    missing = [i for a, b in manifest.get("remaining") or [] for i in range(a, b)]
+    title = f"imggenhub {manifest.get('job_id', '')}: {len(cards)} images, {manifest.get('model', '')}"
+    return {"title": title, "images": cards, "not_made": missing,
+            "planned": manifest.get("planned_images")}
+
+
+def _script_json(data: dict) -> str:
+    """JSON that is inert inside a <script> element, whatever the strings hold."""
+    text = json.dumps(data, ensure_ascii=False)
+    return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+def read_data(page: str) -> dict:
+    """The data a gallery page carries (what its script shows)."""
+    head = '<script type="application/json" id="data">'
+    start = page.index(head) + len(head)
+    return json.loads(page[start:page.index("</script>", start)])
+
+
+def write(folder: Path, manifest: dict) -> Path:
+    path = Path(folder) / GALLERY
+    page = PAGE.replace("/*DATA*/", _script_json(_data(manifest)))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(page, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src 'self' file: data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
+<title>imggenhub gallery</title>
+<style>
+body{font-family:system-ui,sans-serif;margin:1em;background:#111;color:#eee}
+header{display:flex;gap:1em;align-items:center;flex-wrap:wrap;margin-bottom:1em}
+h1{font-size:1.1em;margin:0;flex:1 1 100%}
+input,select,button{font:inherit;padding:.3em .5em}
+#grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(200px,1fr));gap:.8em}
+figure{margin:0;background:#222;border-radius:6px;overflow:hidden;cursor:pointer}
+figure img{width:100%;aspect-ratio:1;object-fit:cover;display:block;image-rendering:pixelated;background:#333}
+figcaption{padding:.4em;font-size:.8em;overflow-wrap:anywhere}
+figcaption small{color:#aaa;display:block}
+figure.missing,figure.not-made{outline:2px dashed #c55;cursor:default}
+figure.missing img,figure.not-made img{visibility:hidden}
+dialog{max-width:95vw;max-height:95vh;background:#222;color:#eee;border:0;border-radius:8px}
+dialog img{min-width:256px;max-width:90vw;max-height:70vh;display:block;margin:auto;image-rendering:pixelated}
+dl{display:grid;grid-template-columns:max-content 1fr;gap:.2em 1em;font-size:.9em}
+dd{margin:0;overflow-wrap:anywhere}
+pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#000;padding:.5em}
+</style></head>
+<body>
+<header><h1 id="title"></h1>
+<input id="filter" type="search" placeholder="filter: prompt, seed, model..." aria-label="filter">
+<label>sort <select id="sort">
+<option value="index">order made</option><option value="prompt">prompt</option>
+<option value="seed">seed</option><option value="score">score</option></select></label>
+<span id="count"></span></header>
+<main id="grid"></main>
+<dialog id="view"><img id="full" alt=""><dl id="params"></dl>
+<pre id="command"></pre><button id="copy">copy command</button> <button id="close">close</button></dialog>
+<script type="application/json" id="data">/*DATA*/</script>
+<script>
+"use strict";
+const data = JSON.parse(document.getElementById("data").textContent);
+const grid = document.getElementById("grid");
+const el = (tag, text, cls) => { const e = document.createElement(tag);
+  if (text !== undefined) e.textContent = text; if (cls) e.className = cls; return e; };
+document.getElementById("title").textContent = data.title;
+document.title = data.title;
+const fmt = v => (v === null || v === undefined) ? "" :
+  (typeof v === "object" ? JSON.stringify(v) : String(v));
+const cards = data.images.map(r => {
+  const fig = el("figure"); fig.dataset.kind = "image";
+  const img = el("img"); img.loading = "lazy"; img.alt = r.prompt || ""; img.src = r.file;
+  img.addEventListener("error", () => { fig.classList.add("missing");
+    cap.append(el("small", "missing: " + r.file)); });
+  const cap = el("figcaption", r.prompt || "");
+  cap.append(el("small", ["seed " + fmt(r.seed), fmt(r.steps) + " steps", "cfg " + fmt(r.guidance),
+    fmt(r.width) + "x" + fmt(r.height), r.score !== undefined ? "score " + fmt(r.score) : ""]
+    .filter(Boolean).join(" \\u00b7 ")));
+  fig.append(img, cap);
+  fig.addEventListener("click", () => { if (!fig.classList.contains("missing")) show(r); });
+  fig.record = r;
+  fig.search = [r.prompt, r.negative_prompt, r.seed, r.model, r.scheduler, r.file]
+    .map(fmt).join(" ").toLowerCase();
+  return fig;
+});
+const gaps = data.not_made.map(i => { const fig = el("figure", undefined, "not-made");
+  fig.dataset.kind = "not-made"; fig.append(el("img"), el("figcaption", "image " + (i + 1) +
+  ": not made (the run ended before it)")); fig.record = {index: i}; fig.search = ""; return fig; });
+function render() {
+  const q = document.getElementById("filter").value.trim().toLowerCase();
+  const key = document.getElementById("sort").value;
+  const shown = cards.filter(c => !q || c.search.includes(q));
+  const value = c => c.record[key];
+  shown.sort((a, b) => { const x = value(a), y = value(b);
+    if (x === y) return a.record.index - b.record.index;
+    if (x === undefined || x === null) return 1; if (y === undefined || y === null) return -1;
+    if (key === "score") return y - x;
+    return typeof x === "number" ? x - y : String(x).localeCompare(String(y)); });
+  grid.replaceChildren(...shown, ...(q ? [] : gaps));
+  document.getElementById("count").textContent = shown.length + " of " + cards.length + " images";
+}
+const view = document.getElementById("view");
+function show(r) {
+  document.getElementById("full").src = r.file;
+  const dl = document.getElementById("params"); dl.replaceChildren();
+  for (const [k, v] of Object.entries(r)) { if (k === "command") continue;
+    dl.append(el("dt", k), el("dd", fmt(v))); }
+  document.getElementById("command").textContent = r.command;
+  view.showModal();
+}
+document.getElementById("close").addEventListener("click", () => view.close());
+document.getElementById("copy").addEventListener("click", async () => {
+  const text = document.getElementById("command").textContent;
+  try { await navigator.clipboard.writeText(text); }
+  catch (e) { const t = el("textarea"); t.value = text; document.body.append(t); t.select();
+    document.execCommand("copy"); t.remove(); }
+  document.getElementById("copy").textContent = "copied";
+});
+document.getElementById("filter").addEventListener("input", render);
+document.getElementById("sort").addEventListener("change", render);
+render();
+</script></body></html>
+"""
