@@ -367,6 +367,26 @@ def open_gallery(run_id: RunId = None, json: Json = False) -> None:
 
 
 @app.command()
+def grid(run_id: RunId = None, cols: Annotated[Optional[int], typer.Option(
+        "--cols", min=1, max=50, help="Tiles a row (default: up to 10, about square).")] = None,
+        json: Json = False) -> None:
+    """Remake a run's contact sheets (grid.png, grid-2.png, ...): every image as a labelled tile."""
+    from . import artifacts, runs, sheets
+
+    _STATE["json"] = json
+    run = runs.load(run_id)
+    folder = Path(run.out_dir)
+    manifest = artifacts.read_manifest(folder)
+    if manifest is None or not manifest["images"]:
+        raise SpecError(f"Run {run.run_id} has no images in {folder} yet; 'imggenhub download "
+                        f"{run.run_id}' brings them.")
+    paths = sheets.write(folder, manifest, cols)
+    artifacts.write_gallery(folder)  # it links the sheets
+    _result({"ok": True, "run_id": run.run_id, "sheets": [str(p) for p in paths]},
+            "\n".join(str(p) for p in paths), json)
+
+
+@app.command()
 def quota(timeout: Annotated[float, typer.Option(
         "--timeout", min=1, help="Give up on the API after this many seconds (exit 5).")] = 30.0,
         json: Json = False) -> None:

@@ -69,7 +69,9 @@ def read_data(page: str) -> dict:
 
 def write(folder: Path, manifest: dict) -> Path:
     path = Path(folder) / GALLERY
-    page = PAGE.replace("/*DATA*/", _script_json(_data(manifest)))
+    data = _data(manifest)
+    data["sheets"] = sorted(p.name for p in Path(folder).glob("grid*.png"))
+    page = PAGE.replace("/*DATA*/", _script_json(data))
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(page, encoding="utf-8")
     tmp.replace(path)
@@ -104,7 +106,7 @@ pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#000;padding:.5em}
 <label>sort <select id="sort">
 <option value="index">order made</option><option value="prompt">prompt</option>
 <option value="seed">seed</option><option value="score">score</option></select></label>
-<span id="count"></span></header>
+<span id="count"></span><span id="sheets"></span></header>
 <main id="grid"></main>
 <dialog id="view"><img id="full" alt=""><dl id="params"></dl>
 <pre id="command"></pre><button id="copy">copy command</button> <button id="close">close</button></dialog>
@@ -116,6 +118,8 @@ const grid = document.getElementById("grid");
 const el = (tag, text, cls) => { const e = document.createElement(tag);
   if (text !== undefined) e.textContent = text; if (cls) e.className = cls; return e; };
 document.getElementById("title").textContent = data.title;
+for (const name of data.sheets || []) { const a = el("a", name); a.href = name;
+  a.style.color = "#9cf"; a.style.marginLeft = ".6em"; document.getElementById("sheets").append(a); }
 document.title = data.title;
 const fmt = v => (v === null || v === undefined) ? "" :
   (typeof v === "object" ? JSON.stringify(v) : String(v));

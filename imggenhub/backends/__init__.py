@@ -90,6 +90,10 @@ class Backend:
                 else set(range(manifest.get("planned_images") or len(present))) if manifest \
                 else set()
             run.images_fetched = len(present & wanted) - len(problems)
+            if manifest is not None and not problems:
+                from .. import sheets
+
+                sheets.write(out_dir, manifest)  # grid.png: every image as a labelled tile
             artifacts.write_gallery(out_dir)
         run.timings["fetch"] = round(time.monotonic() - t0, 3)
         if problems:
