@@ -79,18 +79,24 @@ def combine(old: dict | None, new: dict) -> dict:
     image by its index, each process once, every bundle; complete when all planned are in."""
     if old is None:
         return new
-    images = {r["index"]: r for r in old.get("images", [])}
-    images.update({r["index"]: r for r in new.get("images", [])})
+    def key(record: dict):  # a server's manifest may lack indices: then the file names it
+        index = record.get("index")
+        return (0, index, "") if isinstance(index, int) else (1, 0, str(record["file"]))
+
+    images = {key(r): r for r in old.get("images", [])}
+    images.update({key(r): r for r in new.get("images", [])})
     processes = list(old.get("processes", []))
     processes += [p for p in new.get("processes", []) if p not in processes]
-    bundles = {b["file"]: b for b in (*old.get("bundles", []), *new.get("bundles", []))}
+    bundles = {b["file"]: b for b in (*old.get("bundles", []), *new.get("bundles", []))
+               if isinstance(b, dict) and isinstance(b.get("file"), str)}
     merged = {k: v for k, v in new.items() if k not in ("images", "processes", "bundles")}
     merged.update(processes=processes, images=[images[i] for i in sorted(images)])
     if bundles:
         merged["bundles"] = [bundles[name] for name in sorted(bundles)]
     merged["complete"] = merged.get("planned_images") == len(images)
     if isinstance(merged.get("planned_images"), int):  # what the whole job still lacks here
-        merged["remaining"] = ranges_of(i for i in range(merged["planned_images"]) if i not in images)
+        merged["remaining"] = ranges_of(i for i in range(merged["planned_images"])
+                                        if (0, i, "") not in images)
     return merged
 
 

@@ -398,8 +398,12 @@ def quota(timeout: Annotated[float, typer.Option(
     backend.bound(timeout)
     q = backend.quota(_reporter())
     when = f"; it refreshes at {q['refreshes_at']}" if q["refreshes_at"] else ""
-    _result({"ok": True, **q}, f"GPU quota: {q['gpu_hours_used']:.1f} h used of "
-            f"{q['gpu_hours_total']:.1f} h this week, {q['gpu_hours_left']:.1f} h left{when}", json)
+    if q["gpu_hours_total"] is None:
+        human = f"GPU quota: {q['gpu_hours_used']:.1f} h used this week; Kaggle did not say the total"
+    else:
+        human = (f"GPU quota: {q['gpu_hours_used']:.1f} h used of {q['gpu_hours_total']:.1f} h "
+                 f"this week, {q['gpu_hours_left']:.1f} h left{when}")
+    _result({"ok": True, **q}, human, json)
 
 
 @app.command()

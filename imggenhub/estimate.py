@@ -128,8 +128,16 @@ def learn(folder: Path, doc: dict, manifest: dict) -> dict | None:
     return entry
 
 
-def engine_hours(manifest: dict) -> float | None:
-    """The engine's time on Kaggle by its own clock (the longest process), in hours."""
-    spans = [p.get("seconds") for p in manifest.get("processes") or []
-             if isinstance(p.get("seconds"), (int, float))]
-    return round(max(spans) / 3600, 4) if spans else None
+def engine_hours(manifest: dict, run_id: str | None = None) -> float | None:
+    """The engine's time on Kaggle by its own clock, in hours: the longest process of each
+    session of the run (``run_id``: only that run's, as a shard's), added up."""
+    longest: dict = {}
+    for p in manifest.get("processes") or []:
+        if not isinstance(p.get("seconds"), (int, float)):
+            continue
+        if run_id is not None and p.get("run_id") not in (None, run_id):
+            continue
+        key = p.get("session", 1)
+        longest[key] = max(longest.get(key, 0.0), p["seconds"])
+    spans = list(longest.values())
+    return round(sum(spans) / 3600, 4) if spans else None

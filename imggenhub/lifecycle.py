@@ -83,8 +83,10 @@ TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     S.QUEUED: frozenset({S.RUNNING, S.COMPLETE, S.ERROR, S.CANCELLED}),
     S.RUNNING: frozenset({S.QUEUED, S.COMPLETE, S.ERROR, S.CANCELLED, S.RENDERED}),
     S.COMPLETE: frozenset({S.DOWNLOADED, S.PARTIAL}),
-    S.ERROR: frozenset({S.RENDERED}),  # a failed shard, its images home, pushed again by resume
-    S.CANCELLED: frozenset({S.RENDERED}),
+    # a failed shard, its images home, is pushed again by resume (or, had it made every
+    # image before it failed, is done)
+    S.ERROR: frozenset({S.RENDERED, S.DOWNLOADED}),
+    S.CANCELLED: frozenset({S.RENDERED, S.DOWNLOADED}),
     S.DOWNLOADED: frozenset(),
 }
 

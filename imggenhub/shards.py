@@ -43,10 +43,9 @@ def start(job, parent: Run, impl, options, on_event) -> None:
     """Make the shards' records and notebooks (each checked as a run is) under ``parent``."""
     from .notebook import write_notebook
 
-    count = options.shards or auto_count(job)
+    count = min(options.shards or auto_count(job), job.image_count)
     if count < 2:
         return
-    count = min(count, job.image_count)
     reserved = 0.0
     for k, ranges in enumerate(share(job, count), start=1):
         child = Run(run_id=f"{parent.run_id}/shard-{k}", backend=parent.backend,
@@ -96,6 +95,8 @@ def advance(parent: Run, command: str, on_event, timeout: float | None = None) -
     impl.slot_wait = False
     clock = impl.tunables.clock
     ends = None if timeout is None else clock.monotonic() + timeout
+    # the wait for a free GPU session: --timeout, else IMGGENHUB_GPU_WAIT_TOTAL (as a push)
+    slot_ends = ends if ends is not None else clock.monotonic() + impl.tunables.gpu_wait_total
     count = len(parent.shards)
 
     def left() -> float | None:
@@ -124,6 +125,7 @@ def advance(parent: Run, command: str, on_event, timeout: float | None = None) -
                             shards[i] = _take(impl, step, runs.reload(shard), say)
                         moved = True
                     except NothingYet as exc:
+                        shards[i] = runs.reload(shard)
                         if exc.__class__.__name__ == "NoFreeSlot":
                             blocked.append(i)
                             say("Kaggle's GPU sessions are all taken; this shard is pushed when "
@@ -138,6 +140,7 @@ def advance(parent: Run, command: str, on_event, timeout: float | None = None) -
                         else:
                             stops[shard.run_id] = exc
                     except ImggenhubError as exc:
+                        shards[i] = runs.reload(shard)
                         stops[shard.run_id] = exc
                 if moved:
                     continue
@@ -150,19 +153,20 @@ def advance(parent: Run, command: str, on_event, timeout: float | None = None) -
                     continue
                 if blocked:  # nothing runs that could free a slot soon: wait, then push again
                     pause = impl.tunables.gpu_wait
-                    if ends is not None and clock.monotonic() + pause >= ends:
+                    if clock.monotonic() + pause >= slot_ends:
                         raise NothingYet(f"Kaggle's GPU sessions stayed busy; {len(blocked)} "
                                          f"shards of run {parent.run_id} wait to be pushed; "
                                          f"'imggenhub resume {parent.run_id}' pushes them.")
                     clock.sleep(pause)
                     continue
                 break
-        except StillRunning:
-            _sum_up(parent, shards)
-            raise
+        except StillRunning as exc:
+            raise StillRunning(f"Run {parent.run_id}: {exc}".replace(
+                "'imggenhub resume'", f"'imggenhub resume {parent.run_id}'")) from None
         finally:
             impl.slot_wait = True
-        parent = _sum_up(parent, shards)
+            impl.close_followers()
+            parent = _sum_up(parent, [runs.reload(s) for s in shards])
         return _verdict(parent, shards, command, stops)
 
 
@@ -203,16 +207,18 @@ def _sum_up(parent: Run, shards: list[Run]) -> Run:
 
 def _verdict(parent: Run, shards: list[Run], command: str, stops: dict) -> Run:
     """The run's exit: a failure first, then a shard with nothing to do yet, else done."""
+    for exc in stops.values():  # what stopped a shard this time comes first (5, 6...)
+        raise exc
     failed = [s for s in shards if s.state.failed]
     if failed:
         names = ", ".join(f"shard {s.shard} ({s.state.value})" for s in failed)
         why = failed[0].failure.sentence() if failed[0].failure else failed[0].state.value
-        message = (f"Run {parent.run_id}: {names} failed: {why}; the images made are in "
-                   f"{parent.out_dir}; 'imggenhub resume {parent.run_id}' pushes the failed "
-                   "shards again, alone")
+        again = (f"'imggenhub resume {parent.run_id}' pushes the failed shards again, alone"
+                 if any(s.state != RunState.PUSH_FAILED for s in failed) else
+                 "Kaggle refused the push itself: fix the cause and start a new run")
+        message = f"Run {parent.run_id}: {names} failed: {why}; the images made are in " \
+                  f"{parent.out_dir}; {again}"
         raise RunFailedError(message + ".", failed[0].failure, parent.run_id)
-    for exc in stops.values():
-        raise exc
     p = plan(command, parent.state)
     if p.step is not None or p.exit == Exit.OK:
         return parent

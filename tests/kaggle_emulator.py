@@ -460,10 +460,11 @@ class Emulator:
         part = engine.PartLog(parts / "rank-00.jsonl", {
             "engine_version": engine.ENGINE_VERSION, "job_id": doc.get("job_id"),
             "run_id": doc.get("run_id"), "model": model_id, "processes_total": 1}, {
-            "rank": 0, "device": STUB_DEVICE, "dtype": "stub", "model_load_seconds": 0.0,
+            "rank": 0, "run_id": doc.get("run_id"), "session": doc.get("session", 1),
+            "device": STUB_DEVICE, "dtype": "stub", "model_load_seconds": 0.0,
             "scheduler": "stub"})
         say(f"model {model_id} ready on stub (stub) in 0.00s; {len(tasks)} images for this process")
-        bundler = engine.Bundler(out, 0, part) if doc.get("bundle") else None
+        bundler = engine.Bundler(out, 0, part, job=doc) if doc.get("bundle") else None
         fail_after = int(version.env.get("IMGGENHUB_ENGINE_FAIL_AFTER", "-1"))
         error = None
         done = 0

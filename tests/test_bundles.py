@@ -58,7 +58,9 @@ def test_bundles_download_as_few_files_with_the_same_verified_result(emulator, c
     emulator.served.clear()
     code, out, err = cli("download", run_id, cwd=tmp_path)
     assert code == 0, err
-    assert [n for n in emulator.served if n.endswith(".tar")] == [f"output/{first['bundle']}"]
+    first_here = artifacts.read_manifest(tmp_path / "c")["images"][0]
+    assert first_here["file"] == first["file"]
+    assert [n for n in emulator.served if n.endswith(".tar")] == [f"output/{first_here['bundle']}"]
     assert artifacts.verify(tmp_path / "c") == [] and images_of(tmp_path / "c") == images_of(tmp_path / "b")
 
 

@@ -36,7 +36,8 @@ def test_transitions_lead_somewhere_and_terminal_states_stay():
         assert lifecycle.TRANSITIONS[state] == frozenset() and state.terminal
     # a failed kernel stays failed, except that resume pushes the rest of a failed shard
     for state in (RunState.ERROR, RunState.CANCELLED):
-        assert lifecycle.TRANSITIONS[state] == {RunState.RENDERED} and state.terminal
+        assert lifecycle.TRANSITIONS[state] == {RunState.RENDERED, RunState.DOWNLOADED}
+        assert state.terminal
     assert lifecycle.TRANSITIONS[RunState.PARTIAL] == {RunState.RENDERED}
     # every state but the end can reach downloaded
     reach = {RunState.DOWNLOADED}

@@ -85,7 +85,7 @@ class Backend:
                                       f"{run.run_id}' again.") from None
             manifest = artifacts.read_manifest(out_dir)
             problems = artifacts.verify(out_dir) if manifest is not None else []
-            present = {r["index"] for r in manifest["images"]} if manifest else set()
+            present = {r.get("index") for r in manifest["images"]} if manifest else set()
             wanted = {i for a, b in run.only for i in range(a, b)} if run.only is not None \
                 else set(range(manifest.get("planned_images") or len(present))) if manifest \
                 else set()

@@ -13,7 +13,7 @@ from pathlib import Path
 import requests
 
 from .. import kaggle_api, runs
-from ..engine import ERROR_PREFIX, progress_message
+from ..engine import ERROR_PREFIX, KAGGLE_INPUT, progress_message
 from ..errors import (KaggleApiError, NothingYet, OverQuota, RunFailedError, SpecError,
                       StillRunning, Unreachable)
 from ..config import Deadline
@@ -126,6 +126,7 @@ class KaggleBackend(Backend):
         super().__init__(settings)
         self._client = None
         self.slot_wait = True  # on "Maximum batch GPU session count": wait for a slot here
+        self._followers: dict = {}  # live log streams being read, by run and version
 
     def _timeout(self) -> float:
         left = self.deadline.left()
@@ -162,6 +163,12 @@ class KaggleBackend(Backend):
 
     def prepare(self, job, run: Run, options, on_event: OnEvent) -> None:
         options = options or KernelOptions()
+        given_token = _token_from(options.hf_token_env) if options.hf_token_env else None
+        for flag, ref in (("--model", job.model["id"]), ("--refiner", (job.refiner or {}).get("id"))):
+            if ref and ref.startswith("/") and not ref.startswith(KAGGLE_INPUT + "/"):
+                raise SpecError(f"{flag} {ref} is a folder on this machine, which a Kaggle kernel "
+                                "cannot read; upload it to Kaggle as a dataset or model and give "
+                                "its /kaggle/input/... path, or use --backend local.")
         template = load_metadata_template(options.template)
         meta = kernel_metadata(options, template=template)  # checked before any network
         if meta["id"].startswith(PLACEHOLDER_OWNER + "/"):
@@ -180,9 +187,11 @@ class KaggleBackend(Backend):
             sources.append(shipment.ref)
             on_event(f"inputs: {len(shipment.files)} files on this machine go to Kaggle as the "
                      f"private dataset {shipment.ref}")
+        if meta.get("enable_gpu"):  # before anything is uploaded (the token below)
+            self._check_quota(doc, run, options, on_event)
         token_env = options.hf_token_env or self._token_wanted(job, on_event)
         if token_env:  # only on the user's word: the token goes to a private dataset
-            token = _token_from(token_env)
+            token = given_token or _token_from(token_env)
             sources.append(kaggle_inputs.ship_token(kaggle_inputs.Shipper(self, on_event), owner,
                                                     token))
             doc["hf_token_file"] = kaggle_inputs.token_kernel_path()
@@ -195,8 +204,6 @@ class KaggleBackend(Backend):
                                      run.session_timeout_seconds or self.tunables.session_seconds)
         write_notebook(run.notebook_dir, job, run.run_id, doc)
         meta["dataset_sources"] = list(dict.fromkeys(sources))
-        if meta.get("enable_gpu"):
-            self._check_quota(doc, run, options, on_event)
         write_metadata(run.notebook_dir, meta)
         run.kernel_ref = meta["id"]
 
@@ -239,6 +246,9 @@ class KaggleBackend(Backend):
         except (Unreachable, KaggleApiError) as exc:
             on_event(f"{guess.sentence(None)}; the quota could not be read ({exc})")
             return
+        if left is None:
+            on_event(f"{guess.sentence(None)}; Kaggle did not say this week's quota")
+            return
         on_event(guess.sentence(left))
         left -= options.reserved_hours  # what the run's other shards count on
         if guess.hours > left and not options.force:
@@ -263,6 +273,10 @@ class KaggleBackend(Backend):
         manifest = artifacts.read_manifest(Path(run.out_dir)) or {"images": []}
         here = {r["index"] for r in manifest["images"]}
         rest = [t["index"] for t in to_make(doc) if t["index"] not in here]
+        if not rest:  # it failed after its last image: every one is here, nothing to push
+            on_event(f"run {run.run_id}: every image it was to make is here; nothing to push")
+            run.state, run.failure = RunState.DOWNLOADED, None
+            return runs.save(run)
         run.session += 1
         doc.update(only=ranges_of(rest), session=run.session)
         path.write_text(with_document(text, doc), encoding="utf-8")
@@ -273,6 +287,8 @@ class KaggleBackend(Backend):
     def submit(self, run: Run, on_event: OnEvent) -> Run:
         if run.state in (RunState.PARTIAL, RunState.ERROR, RunState.CANCELLED):
             run = self._render_rest(run, on_event)
+            if run.state == RunState.DOWNLOADED:
+                return run
         meta = json.loads((run.notebook_dir / METADATA_FILE).read_text(encoding="utf-8"))
         text = (run.notebook_dir / CODE_FILE).read_text(encoding="utf-8")
         request = save_request(meta, text, run.session_timeout_seconds)
@@ -464,7 +480,7 @@ class KaggleBackend(Backend):
         start = clock.monotonic()
         interval = self.tunables.poll_interval
         seen = {s.run_id: set() for s in shards}
-        followers: dict[str, LogFollower] = {}
+        followers = self._followers  # kept across calls: a new one would replay the whole log
         polls = 0
         try:
             while True:
@@ -475,11 +491,12 @@ class KaggleBackend(Backend):
                     state, failure = self.status(shard, say)
                     if state != shard.state:
                         say(f"{state.value} after {clock.monotonic() - start:.0f}s")
-                    follower = followers.get(shard.run_id)
+                    key = f"{shard.run_id}@v{shard.version}"
+                    follower = followers.get(key)
                     if state == RunState.RUNNING and follower is None:
                         owner, slug = self._slug(shard)
-                        follower = followers[shard.run_id] = LogFollower(
-                            self, owner, slug, shard.version, shard.image_count).start()
+                        follower = followers[key] = LogFollower(
+                            self, owner, slug, shard.version, self._session_images(shard)).start()
                     streaming = follower is not None and not follower.gave_up.is_set()
                     if state == RunState.RUNNING and not streaming and polls % 3 == 0:
                         self._progress(shard, seen[shard.run_id], say)
@@ -504,19 +521,36 @@ class KaggleBackend(Backend):
                     raise StillRunning(f"Run {one.run_id} is still {one.state.value} after "
                                        f"{elapsed:.0f}s; it goes on, and 'imggenhub resume "
                                        f"{one.run_id}' picks it up.")
-                self._pause_many(interval, {s.run_id: (followers.get(s.run_id), say_for(s))
-                                            for s in shards})
+                self._pause_many(interval, {s.run_id: (followers.get(f"{s.run_id}@v{s.version}"),
+                                                       say_for(s)) for s in shards})
                 interval = min(self.tunables.poll_max_interval,
                                max(self.tunables.poll_interval, (clock.monotonic() - start) / 5))
         finally:
-            for follower in followers.values():
-                follower.close()
+            if not group:  # a run's shards keep theirs until the shards are done with
+                self.close_followers()
+
+    def close_followers(self) -> None:
+        for follower in self._followers.values():
+            follower.close()
+        self._followers.clear()
+
+    def _session_images(self, run: Run) -> int:
+        """How many images the version pushed last makes (a later session: only the rest)."""
+        from ..engine import to_make
+
+        try:
+            doc = read_job_document((run.notebook_dir / CODE_FILE).read_text(encoding="utf-8"))
+            return len(to_make(doc)) if doc else run.image_count
+        except (OSError, ValueError, KeyError):
+            return run.image_count
 
     def _pause_many(self, seconds: float, streams: dict) -> None:
         """Wait until the next poll, showing each shard's progress as it streams in; the end
         of any stream cuts the wait short."""
         clock = self.tunables.clock
-        live = [(f, say) for f, say in streams.values() if f is not None and not f.gave_up.is_set()]
+        # a stream that had ended already cuts nothing short (its run's status is awaited)
+        live = [(f, say) for f, say in streams.values()
+                if f is not None and not f.gave_up.is_set() and not f.ended.is_set()]
         if not live:
             clock.sleep(seconds)
             return
@@ -554,7 +588,7 @@ class KaggleBackend(Backend):
         doc = read_job_document(notebook.read_text(encoding="utf-8")) if notebook.exists() else None
         if not manifest or not doc:
             return
-        run.engine_hours = estimate.engine_hours(manifest)
+        run.engine_hours = estimate.engine_hours(manifest, run.run_id)
         estimate.learn(state_dir(), doc, manifest)
         runs.save(run)
 
@@ -570,10 +604,11 @@ class KaggleBackend(Backend):
             return round(delta.total_seconds() / 3600, 2) if delta is not None else 0.0
 
         used = hours(gpu.time_used) if gpu else 0.0
-        total = hours(gpu.total_time_allowed) if gpu else 0.0
+        known = gpu is not None and gpu.total_time_allowed is not None
+        total = hours(gpu.total_time_allowed) if known else None
         refresh = resp.quota_refresh_time
         return {"gpu_hours_used": used, "gpu_hours_total": total,
-                "gpu_hours_left": round(max(0.0, total - used), 2),
+                "gpu_hours_left": round(max(0.0, total - used), 2) if known else None,
                 "refreshes_at": _utc(refresh)}
 
     def health(self, on_event: OnEvent, timeout: float) -> list[str]:
@@ -583,6 +618,7 @@ class KaggleBackend(Backend):
         self.bound(timeout)
         user = self.owner()
         q = self.quota(on_event)
+        total = "?" if q["gpu_hours_total"] is None else f"{q['gpu_hours_total']:.0f}"
         lines.append(f"Kaggle API answers: signed in as {user}; GPU quota used "
-                     f"{q['gpu_hours_used']:.1f} of {q['gpu_hours_total']:.0f} h")
+                     f"{q['gpu_hours_used']:.1f} of {total} h")
         return lines

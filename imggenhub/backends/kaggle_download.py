@@ -185,20 +185,21 @@ def bring_outputs(backend, run: Run, out_dir: Path, on_event) -> None:
         landed.unlink()
         records = {r["file"]: r for r in manifest["images"]}
         bundles = [b for b in manifest.get("bundles") or [] if isinstance(b, dict)
-                   and b.get("file") in ours]
+                   and isinstance(b.get("file"), str) and b["file"] in ours
+                   and isinstance(b.get("bytes"), int) and isinstance(b.get("sha256"), str)]
     else:
         bundles = []
     todo, covered = [], set()
     for b in bundles:  # a whole bundle: one download for all its images
-        members = [r for r in records.values() if r.get("bundle") == b["file"]]
+        members = [r for r in records.values() if r.get("bundle") == b["file"] and not
+                   _not_an_image(str(r["file"]))]
         covered.update(r["file"] for r in members)
         missing = [r for r in members if artifacts.verify_image(out_dir, r) is not None]
         if missing:
             dest = out_dir / BUNDLE_TMP / Path(artifacts.safe_relative(b["file"])).name
             todo.append((ours[b["file"]], dest, int(b["bytes"]), b, missing))
     for name, url in sorted(ours.items()):
-        if name.startswith(".") or "/." in name or name in covered or \
-                name.startswith(BUNDLES_DIR + "/"):
+        if _not_an_image(name) or name in covered or name.startswith(BUNDLES_DIR + "/"):
             continue  # the engine's temporary files; images that come in a bundle; bundles
         dest = out_dir / artifacts.safe_relative(name)
         record = records.get(name)
@@ -210,9 +211,21 @@ def bring_outputs(backend, run: Run, out_dir: Path, on_event) -> None:
 
     def one(item):
         url, dest, limit, record, members = item
-        download(backend, url, dest, limit, record, on_event)
-        if members is not None:
-            unpack(dest, out_dir, members)
+        if members is None:
+            download(backend, url, dest, limit, record, on_event)
+        else:
+            try:
+                download(backend, url, dest, limit, record, on_event)
+                unpack(dest, out_dir, members)
+            except (TransferError, UnsafeOutputError) as exc:
+                loose = [m for m in members if m["file"] in ours]
+                if len(loose) < len(members):
+                    raise
+                on_event(f"the bundle {dest.name} could not be used ({exc}); fetching its "
+                         f"{len(loose)} images one by one")
+                for m in loose:
+                    download(backend, ours[m["file"]], out_dir / artifacts.safe_relative(m["file"]),
+                             m["bytes"], m, on_event)
         with lock:
             done[0] += 1
             if done[0] % 25 == 0 or done[0] == len(todo):
@@ -222,6 +235,11 @@ def bring_outputs(backend, run: Run, out_dir: Path, on_event) -> None:
         list(pool.map(one, todo))
     if (out_dir / BUNDLE_TMP).is_dir() and not any((out_dir / BUNDLE_TMP).iterdir()):
         (out_dir / BUNDLE_TMP).rmdir()
+
+
+def _not_an_image(name: str) -> bool:
+    """Names an image never has: the engine's temporary files, and this folder's own."""
+    return name.startswith(".") or "/." in name or name in (MANIFEST, LOG_FILE, artifacts.GALLERY)
 
 
 def unpack(tar_path: Path, out_dir: Path, members: list[dict]) -> None:

@@ -119,8 +119,11 @@ class LogFollower:
     # --- the thread ----------------------------------------------------------------
 
     def _run(self) -> None:
+        with requests.Session() as session:
+            self._loop(session)
+
+    def _loop(self, session) -> None:
         failures, pause = 0, 0.5
-        session = requests.Session()
         while not self._stop.is_set() and not self.ended.is_set():
             before = self.seen
             try:
@@ -148,9 +151,13 @@ class LogFollower:
                                stream=True, timeout=self.timeout)
         self._response = response
         try:
+            if self._stop.is_set():  # closed while connecting
+                return
             response.raise_for_status()
             if (response.headers.get("Content-Type") or "").lower().startswith("text/event-stream"):
                 for index, line in enumerate(self._events(response)):
+                    if self._stop.is_set():
+                        return
                     if line is END_OF_LOG:
                         self._flush()
                         self.ended.set()

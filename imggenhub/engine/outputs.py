@@ -117,16 +117,20 @@ class Bundler:
     rather than thousands. A bundle is written under a dot-name and renamed, and recorded
     in the manifest part, when it is closed: a crash leaves only whole bundles listed."""
 
-    def __init__(self, out_dir: Path, rank: int, part: PartLog, max_bytes: int | None = None):
+    def __init__(self, out_dir: Path, rank: int, part: PartLog, max_bytes: int | None = None,
+                 job: dict | None = None):
         self.folder = Path(out_dir) / BUNDLES_DIR
         self.folder.mkdir(exist_ok=True)
         self.rank, self.part = rank, part
+        # named by run and session too: the bundles of a run's shards and sessions never clash
+        key = f"{(job or {}).get('run_id')}:{(job or {}).get('session', 1)}"
+        self.tag = hashlib.sha256(key.encode("utf-8")).hexdigest()[:8]
         self.max_bytes = max_bytes or int(os.environ.get("IMGGENHUB_BUNDLE_BYTES", BUNDLE_BYTES))
         self.number, self.tar, self.path, self.size, self.count = 0, None, None, 0, 0
 
     @property
     def name(self) -> str:
-        return f"{BUNDLES_DIR}/bundle-{self.rank:02d}-{self.number:04d}.tar"
+        return f"{BUNDLES_DIR}/bundle-{self.tag}-{self.rank:02d}-{self.number:04d}.tar"
 
     def add(self, file: str, data: bytes) -> str:
         """Put one image in the current bundle; return that bundle's name."""

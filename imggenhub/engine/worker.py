@@ -81,9 +81,10 @@ def run_worker(job: dict, out_dir: Path) -> None:
               "loras": loras, "embeddings": embeddings, "scheduler_flag": job.get("scheduler"),
               **({"refiner": job["refiner"]} if refiner is not None else {})}
     part = PartLog(parts / f"rank-{rank:02d}.jsonl", header, {
-        "rank": rank, "device": device_name, "dtype": str(dtype).replace("torch.", ""),
+        "rank": rank, "run_id": job.get("run_id"), "session": job.get("session", 1),
+        "device": device_name, "dtype": str(dtype).replace("torch.", ""),
         "model_load_seconds": round(load_seconds, 4), "scheduler": scheduler})
-    bundler = Bundler(out_dir, rank, part) if job.get("bundle") else None
+    bundler = Bundler(out_dir, rank, part, job=job) if job.get("bundle") else None
     writer = ImageWriter(out_dir, part, len(tasks), tag, t_start, bundler=bundler)
     fail_after = int(os.environ.get("IMGGENHUB_ENGINE_FAIL_AFTER", "-1"))  # test fault knob
     made = 0
