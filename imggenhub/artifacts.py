@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import writable_folder
 from .engine import MANIFEST, ranges_of, sha256_of
+from .engine.outputs import add_score_mean
 from .errors import NothingYet, SpecError, UnsafeOutputError
 
 CLAIM = ".imggenhub-run.json"  # which run fills this folder
@@ -94,6 +95,7 @@ def combine(old: dict | None, new: dict) -> dict:
     if bundles:
         merged["bundles"] = [bundles[name] for name in sorted(bundles)]
     merged["complete"] = merged.get("planned_images") == len(images)
+    add_score_mean(merged)
     if isinstance(merged.get("planned_images"), int):  # what the whole job still lacks here
         merged["remaining"] = ranges_of(i for i in range(merged["planned_images"])
                                         if (0, i, "") not in images)

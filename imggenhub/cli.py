@@ -104,6 +104,11 @@ _JOB_OPTIONS = {
         help="A textual-inversion embedding (repeatable): a local file or a Hub repo.")),
     "strength": (Optional[float], typer.Option(
         help="Image-to-image: how much of the picture is redrawn, 0 < s <= 1 (default 0.8).")),
+    "score": (bool, typer.Option(
+        "--score", help="Score each image with CLIP (100 x cosine of image and prompt; see --score-model).")),
+    "score_model": (Optional[str], typer.Option(
+        "--score-model", metavar="ID", help="The CLIP model for --score (default "
+        "openai/clip-vit-large-patch14).")),
     "refiner": (Optional[str], typer.Option(
         "--refiner", metavar="[MODEL]",
         help="SDXL: hand the last steps to the refiner (alone: the model's, else "
@@ -136,7 +141,7 @@ _JOB_OPTIONS = {
 }
 _JOB_DEFAULTS = {"prompt": None, "prompts_file": Path("prompts.json"), "model": "sdxl-turbo",
                  "num_images": 1, "batch_size": 1, "precision": "auto", "gpu": True,
-                 "metadata_template": Path("kernel-metadata.json"), "force": False,
+                 "metadata_template": Path("kernel-metadata.json"), "force": False, "score": False,
                  "shards": "auto"}
 _KERNEL_FLAGS = ("metadata_template", "kernel_id", "title", "internet", "hf_token_env", "force",
                  "bundle", "shards")
@@ -384,6 +389,24 @@ def grid(run_id: RunId = None, cols: Annotated[Optional[int], typer.Option(
     artifacts.write_gallery(folder)  # it links the sheets
     _result({"ok": True, "run_id": run.run_id, "sheets": [str(p) for p in paths]},
             "\n".join(str(p) for p in paths), json)
+
+
+@app.command()
+def score(folder: Annotated[Path, typer.Argument(help="A folder of PNGs that carry their prompt.")],
+          model: Annotated[Optional[str], typer.Option(
+              "--model", help="The CLIP model (default openai/clip-vit-large-patch14).")] = None,
+          json: Json = False) -> None:
+    """CLIP-score a folder's PNGs (ours, or A1111's 'parameters'), here; with a manifest,
+    record the scores there and in the gallery."""
+    from . import scores
+
+    _STATE["json"] = json
+    found = scores.score_folder(folder, model, _reporter())
+    mean = found["score_mean"]
+    lines = [f"{r['score']:7.2f}  {r['file']}" for r in found["images"]]
+    lines.append(f"mean {mean:.2f} over {len(found['images'])} images ({found['model']})"
+                 if mean is not None else "no image with a prompt to score")
+    _result({"ok": True, **found}, "\n".join(lines), json)
 
 
 @app.command()

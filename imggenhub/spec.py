@@ -92,6 +92,8 @@ class Settings(BaseModel):
     strength: float | None = Field(None, gt=0.0, le=1.0)
     lora: list[str] | None = None
     embedding: list[str] | None = None
+    score: bool = False
+    score_model: str | None = None
     refiner: str | None = None  # "default": the model's own refiner
     refiner_start: float | None = Field(None, gt=0.0, lt=1.0)
 
@@ -156,6 +158,7 @@ class JobSpec(BaseModel):
     loras: tuple[LoraRef, ...] = ()
     embeddings: tuple[EmbeddingRef, ...] = ()
     refiner: dict | None = None  # {"id": refiner model, "start": the share of steps the base runs}
+    score: str | None = None  # the CLIP model that scores each image (None: no scores)
     seed: int
     batch_size: int
     scheduler: str | None
@@ -359,6 +362,20 @@ def parse_embedding(value: str) -> EmbeddingRef:
                     "token.")
 
 
+def _score_model(settings: Settings) -> str | None:
+    from .engine import DEFAULT_SCORE_MODEL, TINY_CLIP
+
+    if not settings.score:
+        if settings.score_model is not None:
+            raise SpecError("--score-model applies with --score; add it.")
+        return None
+    model = settings.score_model or DEFAULT_SCORE_MODEL
+    if model != TINY_CLIP and not HUB_ID.match(model):
+        raise SpecError(f"--score-model {model[:80]!r} is not a Hugging Face model id like "
+                        "openai/clip-vit-large-patch14.")
+    return model
+
+
 REFINER_FLAG = "default"  # what a bare --refiner stands for
 DEFAULT_REFINER_START = 0.8
 
@@ -406,6 +423,7 @@ def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
     except ValueError as exc:
         raise SpecError(f"Invalid option: --model: {exc}.") from None
     refiner = _refiner(settings, preset)
+    score = _score_model(settings)
     if preset.pipeline == "kandinsky" and (settings.lora or settings.embedding):
         raise SpecError(f"LoRAs and embeddings apply to SD and SDXL models, not to {preset.name}.")
     resolved = []
@@ -465,7 +483,8 @@ def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
         batch_size=settings.batch_size, scheduler=settings.scheduler,
         precision=settings.precision, gpu=settings.gpu,
         loras=tuple(parse_lora(v) for v in settings.lora or ()),
-        embeddings=tuple(parse_embedding(v) for v in settings.embedding or ()), refiner=refiner)
+        embeddings=tuple(parse_embedding(v) for v in settings.embedding or ()), refiner=refiner,
+        score=score)
     plan_images(job.document())  # the engine's own planner accepts it
     return job
 

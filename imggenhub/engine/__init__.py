@@ -14,6 +14,7 @@ from .outputs import (  # noqa: F401
 from .pipelines import (  # noqa: F401
     apply_embeddings, apply_loras, derived_pipeline, enable_memory_savers, load_init_image,
     load_pipeline, load_refiner, set_scheduler)
+from .scoring import DEFAULT_SCORE_MODEL, Scorer, build_tiny_clip  # noqa: F401
 from .tiny import (  # noqa: F401
     build_tiny, build_tiny_kandinsky_pipeline, build_tiny_random_pipeline, build_tiny_sdxl_pipeline,
     build_tiny_sdxl_refiner)
@@ -22,9 +23,11 @@ from .planning import (  # noqa: F401
     to_make, use_hf_token)
 from .wire import (  # noqa: F401
     BUNDLES_DIR, ENGINE_PACKAGE, ENGINE_VERSION, ERROR_PREFIX, JOB_FILE, KAGGLE_INPUT, LOG_FILE, MANIFEST, OUTPUT_DIR,
-    PARTS_DIR, PROGRESS_PREFIX, SCHEDULERS, SDXL_VAE_FP16_FIX, SEED_MODULUS, TINY_KANDINSKY,
+    PARTS_DIR, PROGRESS_PREFIX, SCHEDULERS, SDXL_VAE_FP16_FIX, SEED_MODULUS, TINY_CLIP,
+    TINY_KANDINSKY,
     TINY_RANDOM, TINY_SDXL, TINY_SDXL_REFINER, log,
     progress_message)
 from .worker import count_processes, launch, main, notebook_main, run_worker  # noqa: F401
 
-MODULES = ("__init__", "wire", "planning", "outputs", "tiny", "pipelines", "worker", "__main__")
+MODULES = ("__init__", "wire", "planning", "outputs", "tiny", "pipelines", "scoring", "worker",
+           "__main__")

@@ -100,12 +100,20 @@ def merge_manifest(out_dir: Path, job: dict | None = None) -> dict | None:
         made = {r["index"] for r in manifest["images"]}
         manifest["remaining"] = ranges_of(t["index"] for t in to_make(job) if t["index"] not in made)
     manifest["complete"] = manifest.get("planned_images") == len(manifest["images"])
+    add_score_mean(manifest)
     _write_json_atomic(existing, manifest)
     for part_file in part_files:
         part_file.unlink()
     if parts_dir.exists() and not any(parts_dir.iterdir()):
         parts_dir.rmdir()
     return manifest
+
+
+def add_score_mean(manifest: dict) -> None:
+    """The run's mean CLIP score, over the images that have one."""
+    scores = [r["score"] for r in manifest.get("images", []) if isinstance(r.get("score"), (int, float))]
+    if scores:
+        manifest["score_mean"] = round(sum(scores) / len(scores), 4)
 
 
 BUNDLE_BYTES = 256 << 20  # the most one bundle holds (IMGGENHUB_BUNDLE_BYTES changes it)

@@ -15,6 +15,7 @@ from pathlib import Path
 from .outputs import Bundler, ImageWriter, PartLog, merge_manifest
 from .pipelines import (apply_embeddings, apply_loras, derived_pipeline, enable_memory_savers,
                         load_init_image, load_pipeline, load_refiner, set_scheduler)
+from .scoring import Scorer
 from .planning import (SessionClock, batches, resolve_inputs, shard, to_make,
                        use_hf_token)
 from .wire import (ENGINE_PACKAGE, ENGINE_VERSION, ERROR_PREFIX, JOB_FILE, OUTPUT_DIR, PARTS_DIR,
@@ -71,6 +72,10 @@ def run_worker(job: dict, out_dir: Path) -> None:
         set_scheduler(refiner, job.get("scheduler"))
         log(f"{tag}refiner {job['refiner']['id']} ready; it takes over at "
             f"{job['refiner']['start']:g} of the steps")
+    scorer = None
+    if job.get("score"):  # CLIP scores: one model per process, loaded once
+        scorer = Scorer(job["score"], str(device))
+        log(f"{tag}CLIP {job['score']} ready to score each image")
     load_seconds = time.monotonic() - t_load
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     log(f"{tag}model {model['id']} ready on {device_name} ({str(dtype).replace('torch.', '')}) "
@@ -79,7 +84,8 @@ def run_worker(job: dict, out_dir: Path) -> None:
     header = {"engine_version": ENGINE_VERSION, "job_id": job.get("job_id"),
               "run_id": job.get("run_id"), "model": model["id"], "processes_total": world,
               "loras": loras, "embeddings": embeddings, "scheduler_flag": job.get("scheduler"),
-              **({"refiner": job["refiner"]} if refiner is not None else {})}
+              **({"refiner": job["refiner"]} if refiner is not None else {}),
+              **({"score_model": job["score"]} if scorer is not None else {})}
     part = PartLog(parts / f"rank-{rank:02d}.jsonl", header, {
         "rank": rank, "run_id": job.get("run_id"), "session": job.get("session", 1),
         "device": device_name, "dtype": str(dtype).replace("torch.", ""),
@@ -125,9 +131,10 @@ def run_worker(job: dict, out_dir: Path) -> None:
                 images, handover = _refined(pipe, refiner, job["refiner"], kwargs, batch)
             else:
                 images = run(**kwargs).images
+            scores = scorer.scores(images, [t["prompt"] for t in batch]) if scorer else None
             per_image = (time.monotonic() - t_gen) / len(batch)
             clock.lap(time.monotonic() - t_gen)
-            for task, image in zip(batch, images):
+            for k, (task, image) in enumerate(zip(batch, images)):
                 writer.put(task["file"], image, {
                     "index": task["index"], "prompt_index": task["prompt_index"],
                     "prompt": task["prompt"], "negative_prompt": task["negative_prompt"],
@@ -143,6 +150,7 @@ def run_worker(job: dict, out_dir: Path) -> None:
                     **({"mask_image": names.get(task["mask_image"], Path(task["mask_image"]).name)}
                        if task.get("mask_image") else {}),
                     **({"refiner": handover} if handover else {}),
+                    **({"score": scores[k]} if scores else {}),
                 }, per_image)
                 made += 1
     finally:

@@ -1,0 +1,85 @@
+"""`imggenhub score DIR`: CLIP scores for any folder of PNGs that carry their prompt (the
+record imggenhub embeds, or A1111's `parameters` text), computed on this machine with
+the engine's scorer. Where the folder holds a manifest, the scores go into it (and so
+into the gallery)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from .errors import MissingDependencyError, SpecError
+
+LORA_TAG = re.compile(r"\s*<lora:[^>]*>")
+BATCH = 8
+
+
+def prompt_of(path: Path) -> str | None:
+    """The prompt a PNG carries: imggenhub's own record first, else A1111's parameters."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            text = dict(getattr(image, "text", {}) or {})
+    except (OSError, ValueError):
+        return None
+    try:
+        record = json.loads(text.get("imggenhub", ""))
+        if isinstance(record, dict) and isinstance(record.get("prompt"), str):
+            return record["prompt"]
+    except ValueError:
+        pass
+    params = text.get("parameters")
+    if not params:
+        return None
+    first = params.split("\nNegative prompt:")[0].split("\nSteps: ")[0]
+    return LORA_TAG.sub("", first).strip() or None
+
+
+def score_folder(folder: Path, model: str | None, on_event) -> dict:
+    from . import artifacts
+    from .engine import DEFAULT_SCORE_MODEL
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise SpecError(f"{folder} is not a folder of images.")
+    for module in ("torch", "transformers"):
+        import importlib.util
+
+        if importlib.util.find_spec(module) is None:
+            raise MissingDependencyError(module, why="Scoring here")
+    from .engine import Scorer
+
+    pairs = [(p, prompt_of(p)) for p in sorted(folder.glob("*.png"))]
+    pairs = [(p, prompt) for p, prompt in pairs if prompt]
+    model = model or DEFAULT_SCORE_MODEL
+    on_event(f"scoring {len(pairs)} images with {model}")
+    scorer = Scorer(model)
+    results = []
+    from PIL import Image
+
+    for start in range(0, len(pairs), BATCH):
+        chunk = pairs[start:start + BATCH]
+        images = []
+        for path, _ in chunk:
+            with Image.open(path) as image:
+                images.append(image.convert("RGB"))
+        for (path, prompt), value in zip(chunk, scorer.scores(images, [p for _, p in chunk])):
+            results.append({"file": path.name, "prompt": prompt, "score": value})
+    mean = round(sum(r["score"] for r in results) / len(results), 4) if results else None
+    manifest = artifacts.read_manifest(folder)
+    if manifest is not None and results:  # the run's own record, and its gallery, get them
+        by_file = {r["file"]: r["score"] for r in results}
+        for record in manifest["images"]:
+            if record.get("file") in by_file:
+                record["score"] = by_file[record["file"]]
+        manifest["score_model"] = model
+        from .engine.outputs import add_score_mean
+
+        add_score_mean(manifest)
+        tmp = folder / f".{artifacts.MANIFEST}.tmp"
+        tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+        tmp.replace(folder / artifacts.MANIFEST)
+        artifacts.write_gallery(folder)
+    return {"folder": str(folder), "model": model, "images": results, "score_mean": mean}
