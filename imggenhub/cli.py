@@ -410,6 +410,26 @@ def score(folder: Annotated[Path, typer.Argument(help="A folder of PNGs that car
 
 
 @app.command()
+def show(run_id: RunId = None, thumbnails: Annotated[bool, typer.Option(
+        "--thumbnails", help="Show the contact sheet inline (kitty, iTerm2).")] = False,
+        json: Json = False) -> None:
+    """One run at a glance: state, model, images, seconds per image, score, where its files are."""
+    from . import runs
+    from . import show as shown
+
+    _STATE["json"] = json
+    info = shown.summary(runs.load(run_id))
+    text = "\n".join(shown.lines(info))
+    if thumbnails and not json:
+        protocol = shown.terminal_images()
+        if protocol is None:
+            text += "\n(this terminal shows no images: open the gallery with 'imggenhub open')"
+        elif info["sheets"]:
+            text += "\n" + shown.inline_image(Path(info["folder"]) / info["sheets"][0], protocol)
+    _result({"ok": True, **info}, text, json)
+
+
+@app.command()
 def quota(timeout: Annotated[float, typer.Option(
         "--timeout", min=1, help="Give up on the API after this many seconds (exit 5).")] = 30.0,
         json: Json = False) -> None:
