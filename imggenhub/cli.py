@@ -104,6 +104,10 @@ _JOB_OPTIONS = {
         help="A textual-inversion embedding (repeatable): a local file or a Hub repo.")),
     "strength": (Optional[float], typer.Option(
         help="Image-to-image: how much of the picture is redrawn, 0 < s <= 1 (default 0.8).")),
+    "sweep": (Optional[list[str]], typer.Option(
+        "--sweep", metavar="NAME=V1,V2",
+        help="Repeatable: make each prompt at every combination of these values, one seed "
+             "(steps, guidance, size WxH, strength, scheduler).")),
     "score": (bool, typer.Option(
         "--score", help="Score each image with CLIP (100 x cosine of image and prompt; see --score-model).")),
     "score_model": (Optional[str], typer.Option(
@@ -375,7 +379,8 @@ def open_gallery(run_id: RunId = None, json: Json = False) -> None:
 def grid(run_id: RunId = None, cols: Annotated[Optional[int], typer.Option(
         "--cols", min=1, max=50, help="Tiles a row (default: up to 10, about square).")] = None,
         json: Json = False) -> None:
-    """Remake a run's contact sheets (grid.png, grid-2.png, ...): every image as a labelled tile."""
+    """Remake a run's contact sheets (grid.png, ...: every image as a labelled tile) and its
+    sweep grids (sweep-NN.png)."""
     from . import artifacts, runs, sheets
 
     _STATE["json"] = json
@@ -385,7 +390,9 @@ def grid(run_id: RunId = None, cols: Annotated[Optional[int], typer.Option(
     if manifest is None or not manifest["images"]:
         raise SpecError(f"Run {run.run_id} has no images in {folder} yet; 'imggenhub download "
                         f"{run.run_id}' brings them.")
-    paths = sheets.write(folder, manifest, cols)
+    from . import sweeps
+
+    paths = sheets.write(folder, manifest, cols) + sweeps.write(folder, manifest)
     artifacts.write_gallery(folder)  # it links the sheets
     _result({"ok": True, "run_id": run.run_id, "sheets": [str(p) for p in paths]},
             "\n".join(str(p) for p in paths), json)

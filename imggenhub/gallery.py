@@ -71,6 +71,9 @@ def write(folder: Path, manifest: dict) -> Path:
     path = Path(folder) / GALLERY
     data = _data(manifest)
     data["sheets"] = sorted(p.name for p in Path(folder).glob("grid*.png"))
+    from .sweeps import plots
+
+    data["sweeps"] = plots(manifest)
     page = PAGE.replace("/*DATA*/", _script_json(data))
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(page, encoding="utf-8")
@@ -99,6 +102,8 @@ dialog img{min-width:256px;max-width:90vw;max-height:70vh;display:block;margin:a
 dl{display:grid;grid-template-columns:max-content 1fr;gap:.2em 1em;font-size:.9em}
 dd{margin:0;overflow-wrap:anywhere}
 pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#000;padding:.5em}
+table.sweep{border-collapse:collapse;margin:.4em 0 1em;font-size:.85em}
+table.sweep td,table.sweep th{border:1px solid #444;padding:.2em .5em}
 </style></head>
 <body>
 <header><h1 id="title"></h1>
@@ -107,6 +112,7 @@ pre{white-space:pre-wrap;overflow-wrap:anywhere;background:#000;padding:.5em}
 <option value="index">order made</option><option value="prompt">prompt</option>
 <option value="seed">seed</option><option value="score">score</option></select></label>
 <span id="count"></span><span id="sheets"></span></header>
+<section id="sweeps"></section>
 <main id="grid"></main>
 <dialog id="view"><img id="full" alt=""><dl id="params"></dl>
 <pre id="command"></pre><button id="copy">copy command</button> <button id="close">close</button></dialog>
@@ -142,6 +148,26 @@ const cards = data.images.map(r => {
 const gaps = data.not_made.map(i => { const fig = el("figure", undefined, "not-made");
   fig.dataset.kind = "not-made"; fig.append(el("img"), el("figcaption", "image " + (i + 1) +
   ": not made (the run ended before it)")); fig.record = {index: i}; fig.search = ""; return fig; });
+for (const plot of data.sweeps || []) {  // a sweep: its grid image and its table
+  const box = document.getElementById("sweeps");
+  const head = el("h2", "sweep of prompt " + plot.prompt_number + ": " + plot.prompt);
+  head.style.fontSize = "1em";
+  const link = el("a", plot.file); link.href = plot.file; link.style.color = "#9cf";
+  const table = el("table", undefined, "sweep"); const top = el("tr");
+  top.append(el("th", plot.y ? plot.y[0] + " \\ " + plot.x[0] : plot.x[0]));
+  for (const x of plot.x[1]) top.append(el("th", fmt(x)));
+  table.append(top);
+  plot.rows.forEach((row, r) => { const tr = el("tr");
+    tr.append(el("th", plot.y ? fmt(plot.y[1][r]) : ""));
+    for (const cell of row) { const td = el("td");
+      if (cell) { const a = el("a", cell.file + (cell.score !== null && cell.score !== undefined ?
+        " (" + fmt(cell.score) + ")" : "")); a.href = cell.file; a.style.color = "#ccc"; td.append(a); }
+      else td.textContent = "-";
+      tr.append(td); }
+    table.append(tr); });
+  const z = Object.entries(plot.z).map(([k, v]) => k + "=" + fmt(v)).join(", ");
+  box.append(head, link, el("span", z ? " (" + z + ")" : ""), table);
+}
 function render() {
   const q = document.getElementById("filter").value.trim().toLowerCase();
   const key = document.getElementById("sort").value;

@@ -56,6 +56,14 @@ class PromptItem(BaseModel):
     init_image: str | None = None
     mask_image: str | None = None
     strength: float | None = Field(None, gt=0.0, le=1.0)
+    scheduler: str | None = None
+
+    @field_validator("scheduler")
+    @classmethod
+    def _known(cls, value: str | None) -> str | None:
+        if value is not None and value not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler '{value}'; choose one of {', '.join(SCHEDULERS)}")
+        return value
 
     @field_validator("prompt")
     @classmethod
@@ -94,6 +102,7 @@ class Settings(BaseModel):
     embedding: list[str] | None = None
     score: bool = False
     score_model: str | None = None
+    sweep: list[str] | None = None
     refiner: str | None = None  # "default": the model's own refiner
     refiner_start: float | None = Field(None, gt=0.0, lt=1.0)
 
@@ -124,6 +133,9 @@ class ResolvedPrompt(BaseModel):
     init_image: str | None = None  # an absolute path on this machine (image-to-image)
     mask_image: str | None = None  # with init_image: inpainting (white = redraw)
     strength: float | None = None
+    scheduler: str | None = None  # this prompt's own (a sweep's cell), else the job's
+    cell: dict | None = None  # a sweep's cell: the swept values, as the user gave them
+    sweep_of: int | None = None  # a sweep's cell: the number of the prompt it sweeps
 
 
 class LoraRef(BaseModel):
@@ -159,6 +171,7 @@ class JobSpec(BaseModel):
     embeddings: tuple[EmbeddingRef, ...] = ()
     refiner: dict | None = None  # {"id": refiner model, "start": the share of steps the base runs}
     score: str | None = None  # the CLIP model that scores each image (None: no scores)
+    sweep: tuple[tuple[str, tuple], ...] | None = None  # the swept axes: (name, values)
     seed: int
     batch_size: int
     scheduler: str | None
@@ -376,6 +389,79 @@ def _score_model(settings: Settings) -> str | None:
     return model
 
 
+# What a sweep may vary: a prompt's own settings. One job has one model, one set of fused
+# LoRAs and one refiner hand-over, so those take a job per value.
+SWEEPABLE = ("steps", "guidance", "size", "strength", "scheduler")
+NOT_SWEEPABLE = {"model": "a job loads one model", "lora-scale": "a job fuses its LoRAs once",
+                 "refiner-start": "a job's refiner takes over at one point"}
+MAX_SWEEP_CELLS = 100
+
+
+def parse_sweeps(values: list[str]) -> list[tuple[str, list]]:
+    """--sweep NAME=V1,V2,... (repeatable) -> [(name, [values])], each value checked."""
+    axes = []
+    for raw in values:
+        name, sep, rest = raw.partition("=")
+        name = name.strip().lower()
+        if not sep or not rest.strip():
+            raise SpecError(f"--sweep {raw[:60]!r} must be NAME=V1,V2,... (for example "
+                            "guidance=3,5,7).")
+        if name in NOT_SWEEPABLE:
+            raise SpecError(f"--sweep {name}: {NOT_SWEEPABLE[name]}; run one job per value.")
+        if name not in SWEEPABLE:
+            raise SpecError(f"--sweep {name}: sweepable are {', '.join(SWEEPABLE)}.")
+        if name in (a for a, _ in axes):
+            raise SpecError(f"--sweep {name} is given twice; give its values once.")
+        parsed = []
+        for value in (v.strip() for v in rest.split(",")):
+            try:
+                if name == "steps":
+                    parsed.append(int(value))
+                elif name in ("guidance", "strength"):
+                    parsed.append(float(value))
+                elif name == "size":
+                    w, _, h = value.lower().partition("x")
+                    parsed.append(f"{int(w)}x{int(h)}")
+                else:
+                    if value not in SCHEDULERS:
+                        raise ValueError
+                    parsed.append(value)
+            except ValueError:
+                raise SpecError(f"--sweep {name}: {value[:40]!r} is not a {name} value.") from None
+        if len(set(parsed)) != len(parsed):
+            raise SpecError(f"--sweep {name}: a value is given twice.")
+        axes.append((name, parsed))
+    cells = 1
+    for _, vals in axes:
+        cells *= len(vals)
+    if cells > MAX_SWEEP_CELLS:
+        raise SpecError(f"The sweep makes {cells} cells a prompt, more than {MAX_SWEEP_CELLS}; "
+                        "sweep fewer values.")
+    return axes
+
+
+def expand_sweeps(items: list[PromptItem], axes, base_seed: int):
+    """Each prompt becomes one prompt per cell of the sweep, all with the prompt's seed, so
+    that only the swept values change between cells."""
+    import itertools
+
+    out, cells = [], []
+    for i, item in enumerate(items):
+        seed = item.seed if item.seed is not None else (base_seed + i) % (SEED_MAX + 1)
+        for combo in itertools.product(*(vals for _, vals in axes)):
+            cell = dict(zip((name for name, _ in axes), combo))
+            changes = {"seed": seed}
+            for name, value in cell.items():
+                if name == "size":
+                    w, h = (int(x) for x in value.split("x"))
+                    changes.update(width=w, height=h)
+                else:
+                    changes[name] = value
+            out.append(item.model_copy(update=changes))
+            cells.append((cell, i))
+    return out, cells
+
+
 REFINER_FLAG = "default"  # what a bare --refiner stands for
 DEFAULT_REFINER_START = 0.8
 
@@ -424,11 +510,17 @@ def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
         raise SpecError(f"Invalid option: --model: {exc}.") from None
     refiner = _refiner(settings, preset)
     score = _score_model(settings)
+    base_seed = settings.seed if settings.seed is not None else secrets.randbelow(SEED_MAX + 1)
+    axes = parse_sweeps(settings.sweep or [])
+    cells: list[tuple[dict | None, int | None]] = [(None, None)] * len(items)
+    if axes:
+        items, cells = expand_sweeps(items, axes, base_seed)
     if preset.pipeline == "kandinsky" and (settings.lora or settings.embedding):
         raise SpecError(f"LoRAs and embeddings apply to SD and SDXL models, not to {preset.name}.")
     resolved = []
     for i, item in enumerate(items):
-        where = f"prompt {i + 1}"
+        cell, sweep_of = cells[i]
+        where = f"prompt {i + 1}" if cell is None else f"prompt {sweep_of + 1} at {cell}"
         width = item.width or settings.width or preset.width
         height = item.height or settings.height or preset.height
         if (width is None) != (height is None):
@@ -472,6 +564,7 @@ def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
             steps=steps, init_image=init, mask_image=mask, strength=strength,
             guidance=float(item.guidance if item.guidance is not None else
                            settings.guidance if settings.guidance is not None else preset.guidance),
+            scheduler=item.scheduler, cell=cell, sweep_of=sweep_of,
         ))
     total = sum(p.num_images for p in resolved)
     if total > MAX_IMAGES:
@@ -479,7 +572,7 @@ def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
                         "split it into several jobs.")
     job = JobSpec(
         model_name=preset.name, model=preset.engine_dict(), prompts=tuple(resolved),
-        seed=settings.seed if settings.seed is not None else secrets.randbelow(SEED_MAX + 1),
+        seed=base_seed, sweep=tuple((n, tuple(v)) for n, v in axes) or None,
         batch_size=settings.batch_size, scheduler=settings.scheduler,
         precision=settings.precision, gpu=settings.gpu,
         loras=tuple(parse_lora(v) for v in settings.lora or ()),

@@ -459,7 +459,9 @@ class Emulator:
         say(f"job {doc.get('job_id')}: {len(tasks)} images with {model_id} in 1 process")
         part = engine.PartLog(parts / "rank-00.jsonl", {
             "engine_version": engine.ENGINE_VERSION, "job_id": doc.get("job_id"),
-            "run_id": doc.get("run_id"), "model": model_id, "processes_total": 1}, {
+            "run_id": doc.get("run_id"), "model": model_id, "processes_total": 1,
+            "scheduler_flag": doc.get("scheduler"),
+            **({"sweep": doc["sweep"]} if doc.get("sweep") else {})}, {
             "rank": 0, "run_id": doc.get("run_id"), "session": doc.get("session", 1),
             "device": STUB_DEVICE, "dtype": "stub", "model_load_seconds": 0.0,
             "scheduler": "stub"})
@@ -495,6 +497,8 @@ class Emulator:
                 "seed": task["seed"], "model": model_id, "steps": task["steps"],
                 "guidance": task["guidance"], "width": task["width"] or 8,
                 "height": task["height"] or 8, "scheduler": "stub", "device": STUB_DEVICE,
+                **({"cell": task["cell"], "sweep_of": task["sweep_of"]}
+                   if task.get("cell") is not None else {}),
             }
             data = engine.save_png(image, out / task["file"], record)
             seconds = time.monotonic() - t_img

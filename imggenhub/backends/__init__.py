@@ -91,9 +91,10 @@ class Backend:
                 else set()
             run.images_fetched = len(present & wanted) - len(problems)
             if manifest is not None and not problems:
-                from .. import sheets
+                from .. import sheets, sweeps
 
                 sheets.write(out_dir, manifest)  # grid.png: every image as a labelled tile
+                sweeps.write(out_dir, manifest)  # a sweep's labelled grids, one per prompt
             artifacts.write_gallery(out_dir)
         run.timings["fetch"] = round(time.monotonic() - t0, 3)
         if problems:

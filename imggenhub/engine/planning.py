@@ -53,6 +53,8 @@ def plan_images(job: dict) -> list[dict]:
                 "init_image": item.get("init_image"),
                 "mask_image": item.get("mask_image"),
                 "strength": item.get("strength"),
+                "scheduler": item.get("scheduler"),  # this prompt's own, else the job's
+                "cell": item.get("cell"), "sweep_of": item.get("sweep_of"),
                 "file": f"{index + 1:04d}-{slugify(item['prompt'])}.png",
             })
             index += 1
@@ -114,7 +116,7 @@ def batches(tasks: list[dict], batch_size: int) -> list[list[dict]]:
     for task in tasks:
         key = (task["width"], task["height"], task["steps"], task["guidance"],
                task.get("init_image") is not None, task.get("mask_image") is not None,
-               task.get("strength"))
+               task.get("strength"), task.get("scheduler"))
         if out and len(out[-1]) < batch_size and out[-1][0]["_key"] == key:
             out[-1].append({**task, "_key": key})
         else:

@@ -61,7 +61,9 @@ def run_worker(job: dict, out_dir: Path) -> None:
     t_load = time.monotonic()
     pipe = load_pipeline(model, str(device), dtype)
     enable_memory_savers(pipe)
+    base_scheduler = pipe.scheduler  # the model's own, from which every swap is made
     scheduler = set_scheduler(pipe, job.get("scheduler"))
+    current = job.get("scheduler")
     loras = apply_loras(pipe, job.get("loras") or [])
     embeddings = apply_embeddings(pipe, job.get("embeddings") or [])
     pipe.set_progress_bar_config(disable=True)
@@ -85,7 +87,8 @@ def run_worker(job: dict, out_dir: Path) -> None:
               "run_id": job.get("run_id"), "model": model["id"], "processes_total": world,
               "loras": loras, "embeddings": embeddings, "scheduler_flag": job.get("scheduler"),
               **({"refiner": job["refiner"]} if refiner is not None else {}),
-              **({"score_model": job["score"]} if scorer is not None else {})}
+              **({"score_model": job["score"]} if scorer is not None else {}),
+              **({"sweep": job["sweep"]} if job.get("sweep") else {})}
     part = PartLog(parts / f"rank-{rank:02d}.jsonl", header, {
         "rank": rank, "run_id": job.get("run_id"), "session": job.get("session", 1),
         "device": device_name, "dtype": str(dtype).replace("torch.", ""),
@@ -105,6 +108,11 @@ def run_worker(job: dict, out_dir: Path) -> None:
             if 0 <= fail_after <= made:
                 raise RuntimeError(f"injected failure after {made} images (IMGGENHUB_ENGINE_FAIL_AFTER)")
             first = batch[0]
+            wanted = first.get("scheduler") or job.get("scheduler")
+            if wanted != current:  # a sweep's cell with a scheduler of its own
+                pipe.scheduler = base_scheduler
+                scheduler = set_scheduler(pipe, wanted)
+                current = wanted
             kwargs = {
                 "prompt": [t["prompt"] for t in batch],
                 "num_inference_steps": first["steps"],
@@ -151,6 +159,8 @@ def run_worker(job: dict, out_dir: Path) -> None:
                        if task.get("mask_image") else {}),
                     **({"refiner": handover} if handover else {}),
                     **({"score": scores[k]} if scores else {}),
+                    **({"cell": task["cell"], "sweep_of": task["sweep_of"]}
+                       if task.get("cell") is not None else {}),
                 }, per_image)
                 made += 1
     finally:

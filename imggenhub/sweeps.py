@@ -1,0 +1,110 @@
+"""A sweep's results: for each prompt, a labelled grid image (the A1111 X/Y/Z plot): the
+first swept parameter across, the second down, one grid per value of the others, each
+tile the cell's first image; and the same as a table for the gallery."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from .sheets import BACKGROUND, LABEL, TILE
+
+HEAD = 24  # the column labels
+TITLE = 30
+SIDE = 120  # the row labels
+
+
+def _ascii(text: str, limit: int) -> str:
+    text = "".join(c if 32 <= ord(c) < 127 else "?" for c in str(text))
+    return text if len(text) <= limit else text[:limit - 1] + "~"
+
+
+def plots(manifest: dict) -> list[dict]:
+    """Per prompt and per value of the axes past the second: the cells, as rows x columns."""
+    axes = manifest.get("sweep") or []
+    if not axes:
+        return []
+    cells: dict = {}
+    for record in manifest.get("images", []):
+        cell, prompt = record.get("cell"), record.get("sweep_of")
+        if not isinstance(cell, dict) or not isinstance(prompt, int):
+            continue
+        key = (prompt, tuple(str(cell.get(name)) for name, _ in axes))
+        if key not in cells or record.get("index", 0) < cells[key].get("index", 0):
+            cells[key] = record  # the cell's first image
+    x_name, x_values = axes[0]
+    y_name, y_values = axes[1] if len(axes) > 1 else (None, [None])
+    rest = axes[2:]
+    out = []
+    for prompt in sorted({p for p, _ in cells}):
+        for z in itertools.product(*(vals for _, vals in rest)):
+            rows = []
+            for y in y_values:
+                row = []
+                for x in x_values:
+                    values = [str(x)] + ([str(y)] if y_name else []) + [str(v) for v in z]
+                    record = cells.get((prompt, tuple(values)))
+                    row.append({"file": record["file"], "score": record.get("score")}
+                               if record else None)
+                rows.append(row)
+            sample = next((c for c in (r for row in rows for r in row) if c), None)
+            text = next((r.get("prompt", "") for (p, _), r in cells.items() if p == prompt), "")
+            out.append({"prompt_number": prompt + 1, "prompt": text, "x": [x_name, x_values],
+                        "y": [y_name, y_values] if y_name else None,
+                        "z": {name: v for (name, _), v in zip(rest, z)}, "rows": rows,
+                        "file": f"sweep-{prompt + 1:02d}" + ("-" + "-".join(
+                            _ascii(v, 12).replace(" ", "") for v in z) if z else "") + ".png",
+                        "any": sample is not None})
+    return out
+
+
+def write(folder: Path, manifest: dict) -> list[Path]:
+    """The grid images of the folder's sweep; return their paths."""
+    from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+    folder = Path(folder)
+    try:
+        font = ImageFont.load_default(size=12)
+    except TypeError:
+        font = ImageFont.load_default()
+    paths = []
+    for plot in plots(manifest):
+        rows = plot["rows"]
+        side = SIDE if plot["y"] else 0
+        width, height = side + len(rows[0]) * TILE, TITLE + HEAD + len(rows) * (TILE + LABEL)
+        image = Image.new("RGB", (width, height), BACKGROUND)
+        draw = ImageDraw.Draw(image)
+        axes = f"{plot['x'][0]} across" + (f", {plot['y'][0]} down" if plot["y"] else "") + \
+            "".join(f", {k}={v}" for k, v in plot["z"].items())
+        draw.text((6, 8), _ascii(f"#{plot['prompt_number']} {plot['prompt']}  ({axes})",
+                                 max(20, width // 7)), fill=(240, 240, 240), font=font)
+        for c, x in enumerate(plot["x"][1]):
+            draw.text((side + c * TILE + 6, TITLE + 4), _ascii(f"{plot['x'][0]} {x}", 28),
+                      fill=(160, 200, 255), font=font)
+        for r, row in enumerate(rows):
+            top = TITLE + HEAD + r * (TILE + LABEL)
+            if plot["y"]:
+                draw.text((6, top + TILE // 2), _ascii(f"{plot['y'][0]} {plot['y'][1][r]}", 16),
+                          fill=(160, 200, 255), font=font)
+            for c, cell in enumerate(row):
+                left = side + c * TILE
+                if cell is None:
+                    draw.rectangle((left + 2, top + 2, left + TILE - 3, top + TILE - 3),
+                                   outline=(200, 80, 80))
+                    continue
+                try:
+                    with Image.open(folder / cell["file"]) as tile:
+                        tile = ImageOps.contain(tile.convert("RGB"), (TILE - 4, TILE - 4))
+                    image.paste(tile, (left + (TILE - tile.width) // 2, top + (TILE - tile.height) // 2))
+                except (OSError, ValueError):
+                    draw.rectangle((left + 2, top + 2, left + TILE - 3, top + TILE - 3),
+                                   outline=(200, 80, 80))
+                if cell.get("score") is not None:
+                    draw.text((left + 4, top + TILE + 8), f"score {cell['score']:.1f}",
+                              fill=(230, 230, 230), font=font)
+        path = folder / plot["file"]
+        tmp = path.with_name(f".{path.name}.tmp")
+        image.save(tmp, format="PNG")
+        tmp.replace(path)
+        paths.append(path)
+    return paths
