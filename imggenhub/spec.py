@@ -134,6 +134,8 @@ class ResolvedPrompt(BaseModel):
     mask_image: str | None = None  # with init_image: inpainting (white = redraw)
     strength: float | None = None
     scheduler: str | None = None  # this prompt's own (a sweep's cell), else the job's
+    lora_scale: float | None = None  # a sweep's cell: the first LoRA's scale
+    refiner_start: float | None = None  # a sweep's cell: where the refiner takes over
     cell: dict | None = None  # a sweep's cell: the swept values, as the user gave them
     sweep_of: int | None = None  # a sweep's cell: the number of the prompt it sweeps
 
@@ -391,9 +393,8 @@ def _score_model(settings: Settings) -> str | None:
 
 # What a sweep may vary: a prompt's own settings. One job has one model, one set of fused
 # LoRAs and one refiner hand-over, so those take a job per value.
-SWEEPABLE = ("steps", "guidance", "size", "strength", "scheduler")
-NOT_SWEEPABLE = {"model": "a job loads one model", "lora-scale": "a job fuses its LoRAs once",
-                 "refiner-start": "a job's refiner takes over at one point"}
+SWEEPABLE = ("steps", "guidance", "size", "strength", "scheduler", "lora-scale", "refiner-start")
+NOT_SWEEPABLE = {"model": "a job loads one model (and keeps it for every prompt)"}
 MAX_SWEEP_CELLS = 100
 
 
@@ -417,7 +418,7 @@ def parse_sweeps(values: list[str]) -> list[tuple[str, list]]:
             try:
                 if name == "steps":
                     parsed.append(int(value))
-                elif name in ("guidance", "strength"):
+                elif name in ("guidance", "strength", "lora-scale", "refiner-start"):
                     parsed.append(float(value))
                 elif name == "size":
                     w, _, h = value.lower().partition("x")
@@ -451,14 +452,17 @@ def expand_sweeps(items: list[PromptItem], axes, base_seed: int):
         for combo in itertools.product(*(vals for _, vals in axes)):
             cell = dict(zip((name for name, _ in axes), combo))
             changes = {"seed": seed}
+            extra = {}
             for name, value in cell.items():
                 if name == "size":
                     w, h = (int(x) for x in value.split("x"))
                     changes.update(width=w, height=h)
+                elif name in ("lora-scale", "refiner-start"):
+                    extra[name.replace("-", "_")] = value
                 else:
                     changes[name] = value
             out.append(item.model_copy(update=changes))
-            cells.append((cell, i))
+            cells.append((cell, i, extra))
     return out, cells
 
 
@@ -512,14 +516,23 @@ def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
     score = _score_model(settings)
     base_seed = settings.seed if settings.seed is not None else secrets.randbelow(SEED_MAX + 1)
     axes = parse_sweeps(settings.sweep or [])
-    cells: list[tuple[dict | None, int | None]] = [(None, None)] * len(items)
+    cells: list[tuple[dict | None, int | None, dict]] = [(None, None, {})] * len(items)
     if axes:
+        swept = dict(axes)
+        if "lora-scale" in swept and not settings.lora:
+            raise SpecError("--sweep lora-scale varies the first --lora's scale; give a --lora.")
+        if any(not -10 <= v <= 10 for v in swept.get("lora-scale", [])):
+            raise SpecError("--sweep lora-scale: each scale must be within -10..10.")
+        if "refiner-start" in swept and refiner is None:
+            raise SpecError("--sweep refiner-start needs --refiner.")
+        if any(not 0 < v < 1 for v in swept.get("refiner-start", [])):
+            raise SpecError("--sweep refiner-start: each value must be between 0 and 1.")
         items, cells = expand_sweeps(items, axes, base_seed)
     if preset.pipeline == "kandinsky" and (settings.lora or settings.embedding):
         raise SpecError(f"LoRAs and embeddings apply to SD and SDXL models, not to {preset.name}.")
     resolved = []
     for i, item in enumerate(items):
-        cell, sweep_of = cells[i]
+        cell, sweep_of, extra = cells[i]
         where = f"prompt {i + 1}" if cell is None else f"prompt {sweep_of + 1} at {cell}"
         width = item.width or settings.width or preset.width
         height = item.height or settings.height or preset.height
@@ -543,7 +556,8 @@ def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
             raise SpecError(f"{where}: image-to-image and inpainting are offered for SD and SDXL "
                             f"models, not for {preset.name}.")
         if refiner is not None:
-            _check_refined(refiner, steps, where)
+            _check_refined({**refiner, "start": extra.get("refiner_start") or refiner["start"]},
+                           steps, where)
         if mask is not None:
             mask = _input_file(mask, where, "mask image")
         if init is not None:
@@ -565,6 +579,7 @@ def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
             guidance=float(item.guidance if item.guidance is not None else
                            settings.guidance if settings.guidance is not None else preset.guidance),
             scheduler=item.scheduler, cell=cell, sweep_of=sweep_of,
+            **extra,
         ))
     total = sum(p.num_images for p in resolved)
     if total > MAX_IMAGES:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -31,7 +32,8 @@ def test_a_sweep_is_the_product_of_its_values_with_one_seed_a_prompt():
 
 @pytest.mark.parametrize("sweep,words", [
     (["model=a/b,c/d"], "a job loads one model"),
-    (["lora-scale=0.5,1"], "a job fuses its LoRAs once"),
+    (["lora-scale=0.5,1"], "give a --lora"),
+    (["refiner-start=0.5"], "needs --refiner"),
     (["colour=red"], "sweepable are"),
     (["steps=2,x"], "'x' is not a steps value"),
     (["guidance"], "must be NAME=V1,V2"),
@@ -81,3 +83,36 @@ def test_the_engine_switches_schedulers_between_cells(tmp_path):
         ("euler", "EulerDiscreteScheduler"), ("euler", "EulerDiscreteScheduler"),
         ("ddim", "DDIMScheduler"), ("ddim", "DDIMScheduler")]
     assert len({r["sha256"] for r in records}) == 4 and len({r["seed"] for r in records}) == 1
+
+
+@pytest.mark.slow
+def test_lora_scale_and_refiner_start_sweeps_change_only_their_cells(tmp_path):
+    from imggenhub import engine
+
+    from .test_lora import make_lora
+
+    lora = make_lora(tmp_path / "lora")
+    doc = build_job(parse_settings(model="tiny-random", seed=4, steps=3, gpu=False,
+                                   lora=[f"{lora}:1.0"], sweep=["lora-scale=0,1"]),
+                    prompts_from_flags(["a fox"])).document()
+    plain = build_job(parse_settings(model="tiny-random", seed=4, steps=3, gpu=False),
+                      prompts_from_flags(["a fox"])).document()
+    engine.run_worker(doc, tmp_path / "swept")
+    engine.run_worker(plain, tmp_path / "plain")
+    swept = engine.merge_manifest(tmp_path / "swept", doc)["images"]
+    base = engine.merge_manifest(tmp_path / "plain", plain)["images"][0]
+    assert [r["loras"][0]["scale"] for r in swept] == [0.0, 1.0]
+
+    def pixels(folder, record):
+        return np.asarray(Image.open(folder / record["file"])).astype(float)
+
+    # scale 0 is the model without the LoRA; scale 1 another image
+    assert np.abs(pixels(tmp_path / "swept", swept[0]) - pixels(tmp_path / "plain", base)).max() < 2
+    assert np.abs(pixels(tmp_path / "swept", swept[1]) - pixels(tmp_path / "plain", base)).mean() > 1
+    doc = build_job(parse_settings(model="tiny-sdxl", refiner="default", seed=4, steps=10,
+                                   gpu=False, sweep=["refiner-start=0.5,0.8"]),
+                    prompts_from_flags(["a fox"])).document()
+    engine.run_worker(doc, tmp_path / "refined")
+    records = engine.merge_manifest(tmp_path / "refined", doc)["images"]
+    assert [(r["refiner"]["start"], r["refiner"]["base_steps"], r["refiner"]["refiner_steps"])
+            for r in records] == [(0.5, 5, 5), (0.8, 8, 2)]

@@ -72,9 +72,10 @@ def load_refiner(base, refiner: dict, device: str, dtype):
         return pipe
 
 
-def apply_loras(pipe, loras: list[dict]) -> list[dict]:
+def apply_loras(pipe, loras: list[dict], fuse: bool = True) -> list[dict]:
     """Load the job's LoRAs with diffusers' loader, combine them with their weights, and fuse
-    them into the weights (the set never changes during a job, so fused is fastest).
+    them into the weights (the set never changes during a job, so fused is fastest; a sweep
+    of the first one's scale keeps them apart: ``set_lora_scale`` changes it per batch).
     Returns what to record: each LoRA's name and scale."""
     if not loras:
         return []
@@ -92,11 +93,20 @@ def apply_loras(pipe, loras: list[dict]) -> list[dict]:
             pipe.load_lora_weights(ref, adapter_name=name)
         names.append(name)
     pipe.set_adapters(names, adapter_weights=[float(l["scale"]) for l in loras])
-    pipe.fuse_lora(adapter_names=names)
+    if fuse:
+        pipe.fuse_lora(adapter_names=names)
     recorded = [{"name": l.get("name") or (Path(l["ref"]).stem if l.get("local") else l["ref"]),
                  "scale": l["scale"]} for l in loras]
-    log("LoRA " + ", ".join(f"{r['name']} x{r['scale']}" for r in recorded) + " fused")
+    log("LoRA " + ", ".join(f"{r['name']} x{r['scale']}" for r in recorded)
+        + (" fused" if fuse else " loaded (its scale is swept)"))
     return recorded
+
+
+def set_lora_scale(pipe, loras: list[dict], first: float) -> list[dict]:
+    """The first LoRA at ``first`` (a sweep's cell), the others as given; what to record."""
+    weights = [float(first)] + [float(l["scale"]) for l in loras[1:]]
+    pipe.set_adapters([f"lora{i}" for i in range(len(loras))], adapter_weights=weights)
+    return weights
 
 
 def apply_embeddings(pipe, embeddings: list[dict]) -> list[dict]:

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .outputs import Bundler, ImageWriter, PartLog, merge_manifest
 from .pipelines import (apply_embeddings, apply_loras, derived_pipeline, enable_memory_savers,
-                        load_init_image, load_pipeline, load_refiner, set_scheduler)
+                        load_init_image, load_pipeline, load_refiner, set_lora_scale,
+                        set_scheduler)
 from .scoring import Scorer
 from .planning import (SessionClock, batches, resolve_inputs, shard, to_make,
                        use_hf_token)
@@ -64,7 +65,8 @@ def run_worker(job: dict, out_dir: Path) -> None:
     base_scheduler = pipe.scheduler  # the model's own, from which every swap is made
     scheduler = set_scheduler(pipe, job.get("scheduler"))
     current = job.get("scheduler")
-    loras = apply_loras(pipe, job.get("loras") or [])
+    swept_lora = any(p.get("lora_scale") is not None for p in job["prompts"])
+    loras = apply_loras(pipe, job.get("loras") or [], fuse=not swept_lora)
     embeddings = apply_embeddings(pipe, job.get("embeddings") or [])
     pipe.set_progress_bar_config(disable=True)
     refiner = None
@@ -108,6 +110,12 @@ def run_worker(job: dict, out_dir: Path) -> None:
             if 0 <= fail_after <= made:
                 raise RuntimeError(f"injected failure after {made} images (IMGGENHUB_ENGINE_FAIL_AFTER)")
             first = batch[0]
+            batch_loras = loras
+            if swept_lora:  # a sweep's cell with its own scale for the first LoRA
+                scale = first.get("lora_scale")
+                weights = set_lora_scale(pipe, job["loras"], scale if scale is not None
+                                         else job["loras"][0]["scale"])
+                batch_loras = [{**r, "scale": w} for r, w in zip(loras, weights)]
             wanted = first.get("scheduler") or job.get("scheduler")
             if wanted != current:  # a sweep's cell with a scheduler of its own
                 pipe.scheduler = base_scheduler
@@ -136,7 +144,8 @@ def run_worker(job: dict, out_dir: Path) -> None:
             t_gen = time.monotonic()
             handover = None
             if refiner is not None and run is pipe:
-                images, handover = _refined(pipe, refiner, job["refiner"], kwargs, batch)
+                spec = {**job["refiner"], "start": first.get("refiner_start") or job["refiner"]["start"]}
+                images, handover = _refined(pipe, refiner, spec, kwargs, batch)
             else:
                 images = run(**kwargs).images
             scores = scorer.scores(images, [t["prompt"] for t in batch]) if scorer else None
@@ -149,7 +158,7 @@ def run_worker(job: dict, out_dir: Path) -> None:
                     "seed": task["seed"], "model": model["id"], "steps": task["steps"],
                     "guidance": task["guidance"], "width": image.width, "height": image.height,
                     "scheduler": scheduler, "device": device_name,
-                    **({"loras": loras} if loras else {}),
+                    **({"loras": batch_loras} if batch_loras else {}),
                     **({"embeddings": embeddings} if embeddings else {}),
                     **({"init_image": names.get(task["init_image"], Path(task["init_image"]).name),
                         "strength": task["strength"],
