@@ -40,6 +40,12 @@ def _check_text(value: str | None, what: str) -> str | None:
     return value
 
 
+def _scheduler(value: str | None) -> str | None:
+    if value is not None and value not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler '{value}'; choose one of {', '.join(SCHEDULERS)}")
+    return value
+
+
 class PromptItem(BaseModel):
     """One entry of prompts.json; every field but ``prompt`` overrides a flag."""
 
@@ -58,12 +64,7 @@ class PromptItem(BaseModel):
     strength: float | None = Field(None, gt=0.0, le=1.0)
     scheduler: str | None = None
 
-    @field_validator("scheduler")
-    @classmethod
-    def _known(cls, value: str | None) -> str | None:
-        if value is not None and value not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler '{value}'; choose one of {', '.join(SCHEDULERS)}")
-        return value
+    _known_scheduler = field_validator("scheduler")(classmethod(lambda cls, v: _scheduler(v)))
 
     @field_validator("prompt")
     @classmethod
@@ -106,12 +107,7 @@ class Settings(BaseModel):
     refiner: str | None = None  # "default": the model's own refiner
     refiner_start: float | None = Field(None, gt=0.0, lt=1.0)
 
-    @field_validator("scheduler")
-    @classmethod
-    def _known_scheduler(cls, value: str | None) -> str | None:
-        if value is not None and value not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler '{value}'; choose one of {', '.join(SCHEDULERS)}")
-        return value
+    _known_scheduler = field_validator("scheduler")(classmethod(lambda cls, v: _scheduler(v)))
 
     @field_validator("negative_prompt")
     @classmethod
