@@ -1,6 +1,6 @@
 """`imggenhub show [RUN]`: one run at a glance (state, model, images, seconds per image,
-score, hours, where the files are) and, in a terminal that shows images (kitty, iTerm2),
-its contact sheet inline."""
+score, hours, where the files are) and, in a terminal that shows images (kitty, iTerm2,
+sixel), its contact sheet inline."""
 
 from __future__ import annotations
 
@@ -70,17 +70,74 @@ def lines(info: dict) -> list[str]:
     return out
 
 
+SIXEL_TERMS = ("foot", "mlterm", "contour", "yaft")  # terminals that show sixel by default
+SIXEL_WIDTH, SIXEL_COLOURS = 480, 48
+
+
 def terminal_images() -> str | None:
-    """The inline-image protocol this terminal speaks, if any."""
+    """The inline-image protocol this terminal speaks, if any (IMGGENHUB_TERMINAL_IMAGES:
+    kitty, iterm2 or sixel says so where the environment cannot)."""
+    forced = os.environ.get("IMGGENHUB_TERMINAL_IMAGES", "")
+    if forced in ("kitty", "iterm2", "sixel"):
+        return forced
     if os.environ.get("KITTY_WINDOW_ID") or "kitty" in os.environ.get("TERM", ""):
         return "kitty"
     if os.environ.get("TERM_PROGRAM") in ("iTerm.app", "WezTerm"):
         return "iterm2"
+    if os.environ.get("TERM", "").startswith(SIXEL_TERMS):
+        return "sixel"
     return None
+
+
+def sixel(path: Path) -> str:
+    """A PNG as DEC sixel graphics: scaled to SIXEL_WIDTH, SIXEL_COLOURS colours, each band
+    of six rows drawn colour by colour, runs of a character compressed (Pillow only)."""
+    from PIL import Image
+
+    with Image.open(path) as opened:
+        image = opened.convert("RGB")
+    if image.width > SIXEL_WIDTH:
+        image = image.resize((SIXEL_WIDTH, max(1, image.height * SIXEL_WIDTH // image.width)))
+    indexed = image.quantize(colors=SIXEL_COLOURS)
+    palette = indexed.getpalette()[: 3 * SIXEL_COLOURS]
+    width, height = indexed.size
+    pixels = list(indexed.tobytes())  # one palette index a pixel
+    out = ["\033Pq", f'"1;1;{width};{height}']
+    for c in range(len(palette) // 3):
+        r, g, b = (round(v * 100 / 255) for v in palette[3 * c:3 * c + 3])
+        out.append(f"#{c};2;{r};{g};{b}")
+    for top in range(0, height, 6):
+        lines: dict[int, list[int]] = {}  # colour -> the band's six bits a column
+        for k, y in enumerate(range(top, min(top + 6, height))):
+            for x, colour in enumerate(pixels[y * width:(y + 1) * width]):
+                line = lines.get(colour)
+                if line is None:
+                    line = lines[colour] = [0] * width
+                line[x] |= 1 << k
+        for n, (colour, line) in enumerate(sorted(lines.items())):
+            out.append(f"#{colour}" + _runs([63 + v for v in line])
+                       + ("$" if n < len(lines) - 1 else ""))
+        out.append("-")
+    out.append("\033\\")
+    return "".join(out) + "\n"
+
+
+def _runs(codes: list[int]) -> str:
+    parts, i = [], 0
+    while i < len(codes):
+        j = i
+        while j < len(codes) and codes[j] == codes[i]:
+            j += 1
+        char, count = chr(codes[i]), j - i
+        parts.append(f"!{count}{char}" if count > 3 else char * count)
+        i = j
+    return "".join(parts)
 
 
 def inline_image(path: Path, protocol: str) -> str:
     """The escape sequence that shows a PNG in the terminal."""
+    if protocol == "sixel":
+        return sixel(path)
     data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
     if protocol == "iterm2":
         return f"\033]1337;File=inline=1;width=80%;preserveAspectRatio=1:{data}\a"

@@ -32,6 +32,40 @@ def test_show_sums_up_a_run(cli, tmp_path, monkeypatch):
     payload = "".join(part.split(";", 1)[1] for part in out.split("\033_G")[1:]).replace("\033\\", "")
     assert base64.b64decode(payload.strip()) == (tmp_path / "out" / "grid.png").read_bytes()
     monkeypatch.delenv("KITTY_WINDOW_ID")
+    monkeypatch.setenv("TERM", "foot")  # a sixel terminal
+    code, out, err = cli("show", "r-show", "--thumbnails")
+    assert "\033Pq" in out and "\033\\" in out
     monkeypatch.setenv("TERM", "xterm")
     code, out, err = cli("show", "r-show", "--thumbnails")
     assert "this terminal shows no images" in out
+
+
+def test_sixel_draws_the_sheet_band_by_band(tmp_path):
+    """The sixel text decodes back to the picture: each colour's run of characters sets the
+    rows of a six-row band where that colour is."""
+    import re
+
+    from PIL import Image
+
+    from imggenhub import show
+
+    picture = Image.new("RGB", (10, 12), (255, 0, 0))
+    for x in range(10):
+        for y in range(6, 12):
+            picture.putpixel((x, y), (0, 0, 255) if x < 5 else (255, 0, 0))
+    picture.save(tmp_path / "p.png")
+    text = show.sixel(tmp_path / "p.png")
+    assert text.startswith("\033Pq\"1;1;10;12") and text.rstrip().endswith("\033\\")
+    colours = dict(re.findall(r"#(\d+);2;(\d+;\d+;\d+)", text))
+    red = next(c for c, rgb in colours.items() if rgb == "100;0;0")
+    blue = next(c for c, rgb in colours.items() if rgb == "0;0;100")
+    body = text[text.index("#", text.index(f"#{max(colours, key=int)};2;") + 3):]
+    bands = body.split("-")[:2]
+
+    def expand(runs):
+        return re.sub(r"!(\d+)(.)", lambda m: m.group(2) * int(m.group(1)), runs)
+
+    first = dict(re.findall(r"#(\d+)([^#$]*)", bands[0]))
+    assert expand(first[red]) == "~" * 10  # band 1: all six rows red
+    second = dict(re.findall(r"#(\d+)([^#$]*)", bands[1]))
+    assert expand(second[blue]) == "~" * 5 + "?" * 5 and expand(second[red]) == "?" * 5 + "~" * 5
