@@ -43,10 +43,10 @@ def family(model: dict) -> str:
 def predicted_seconds(doc: dict) -> tuple[float, int]:
     """(T4 seconds of generation for the images this document makes, by the table; their
     number) -- on one GPU."""
-    fam = family(doc["model"])
-    ref_pixels, step = T4_STEP[fam]
     total, images = 0.0, 0
     for t in to_make(doc):
+        fam = family(t.get("model") or doc["model"])  # a model sweep: each cell's own
+        ref_pixels, step = T4_STEP[fam]
         scale = ((t.get("width") or 0) * (t.get("height") or 0) or ref_pixels) / ref_pixels
         steps = t["steps"]
         if t.get("init_image"):

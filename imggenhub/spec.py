@@ -132,6 +132,7 @@ class ResolvedPrompt(BaseModel):
     scheduler: str | None = None  # this prompt's own (a sweep's cell), else the job's
     lora_scale: float | None = None  # a sweep's cell: the first LoRA's scale
     refiner_start: float | None = None  # a sweep's cell: where the refiner takes over
+    model: dict | None = None  # a model sweep's cell: its model (else the job's)
     cell: dict | None = None  # a sweep's cell: the swept values, as the user gave them
     sweep_of: int | None = None  # a sweep's cell: the number of the prompt it sweeps
 
@@ -389,8 +390,9 @@ def _score_model(settings: Settings) -> str | None:
 
 # What a sweep may vary: a prompt's own settings. One job has one model, one set of fused
 # LoRAs and one refiner hand-over, so those take a job per value.
-SWEEPABLE = ("steps", "guidance", "size", "strength", "scheduler", "lora-scale", "refiner-start")
-NOT_SWEEPABLE = {"model": "a job loads one model (and keeps it for every prompt)"}
+SWEEPABLE = ("steps", "guidance", "size", "strength", "scheduler", "lora-scale", "refiner-start",
+             "model")
+NOT_SWEEPABLE: dict[str, str] = {}
 MAX_SWEEP_CELLS = 100
 
 
@@ -419,6 +421,9 @@ def parse_sweeps(values: list[str]) -> list[tuple[str, list]]:
                 elif name == "size":
                     w, _, h = value.lower().partition("x")
                     parsed.append(f"{int(w)}x{int(h)}")
+                elif name == "model":
+                    resolve_model(value)
+                    parsed.append(value)
                 else:
                     if value not in SCHEDULERS:
                         raise ValueError
@@ -453,7 +458,7 @@ def expand_sweeps(items: list[PromptItem], axes, base_seed: int):
                 if name == "size":
                     w, h = (int(x) for x in value.split("x"))
                     changes.update(width=w, height=h)
-                elif name in ("lora-scale", "refiner-start"):
+                elif name in ("lora-scale", "refiner-start", "model"):
                     extra[name.replace("-", "_")] = value
                 else:
                     changes[name] = value
@@ -523,13 +528,21 @@ def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
             raise SpecError("--sweep refiner-start needs --refiner.")
         if any(not 0 < v < 1 for v in swept.get("refiner-start", [])):
             raise SpecError("--sweep refiner-start: each value must be between 0 and 1.")
+        if "model" in swept and (settings.lora or settings.embedding or refiner or
+                                 settings.init_image or any(i.init_image for i in items)):
+            raise SpecError("--sweep model: LoRAs, embeddings, a refiner and init images belong "
+                            "to one model; sweep models over plain text-to-image prompts.")
         items, cells = expand_sweeps(items, axes, base_seed)
     if preset.pipeline == "kandinsky" and (settings.lora or settings.embedding):
         raise SpecError(f"LoRAs and embeddings apply to SD and SDXL models, not to {preset.name}.")
     resolved = []
+    job_preset = preset
     for i, item in enumerate(items):
         cell, sweep_of, extra = cells[i]
         where = f"prompt {i + 1}" if cell is None else f"prompt {sweep_of + 1} at {cell}"
+        preset = resolve_model(extra["model"]) if "model" in extra else job_preset
+        if "model" in extra:  # a model sweep's cell: that model, with its own defaults
+            extra = {**extra, "model": preset.engine_dict()}
         width = item.width or settings.width or preset.width
         height = item.height or settings.height or preset.height
         if (width is None) != (height is None):
@@ -577,6 +590,7 @@ def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
             scheduler=item.scheduler, cell=cell, sweep_of=sweep_of,
             **extra,
         ))
+    preset = job_preset
     total = sum(p.num_images for p in resolved)
     if total > MAX_IMAGES:
         raise SpecError(f"The job asks for {total} images, more than the {MAX_IMAGES} a job may hold; "

@@ -494,7 +494,7 @@ class Emulator:
             record = {
                 "index": task["index"], "prompt_index": task["prompt_index"],
                 "prompt": task["prompt"], "negative_prompt": task["negative_prompt"],
-                "seed": task["seed"], "model": model_id, "steps": task["steps"],
+                "seed": task["seed"], "model": task["model"]["id"], "steps": task["steps"],
                 "guidance": task["guidance"], "width": task["width"] or 8,
                 "height": task["height"] or 8, "scheduler": "stub", "device": STUB_DEVICE,
                 **({"cell": task["cell"], "sweep_of": task["sweep_of"]}

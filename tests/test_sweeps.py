@@ -31,7 +31,7 @@ def test_a_sweep_is_the_product_of_its_values_with_one_seed_a_prompt():
 
 
 @pytest.mark.parametrize("sweep,words", [
-    (["model=a/b,c/d"], "a job loads one model"),
+    (["model=a/b,no good"], "'no good' is not a model value"),
     (["lora-scale=0.5,1"], "give a --lora"),
     (["refiner-start=0.5"], "needs --refiner"),
     (["colour=red"], "sweepable are"),
@@ -116,3 +116,29 @@ def test_lora_scale_and_refiner_start_sweeps_change_only_their_cells(tmp_path):
     records = engine.merge_manifest(tmp_path / "refined", doc)["images"]
     assert [(r["refiner"]["start"], r["refiner"]["base_steps"], r["refiner"]["refiner_steps"])
             for r in records] == [(0.5, 5, 5), (0.8, 8, 2)]
+
+
+def test_a_model_sweep_uses_each_models_defaults_and_is_refused_with_a_lora(tmp_path):
+    job = build_job(parse_settings(model="tiny-random", seed=3, sweep=["model=tiny-random,tiny-sdxl"]),
+                    prompts_from_flags(["a fox"]))
+    assert [(p.model["id"], p.steps) for p in job.prompts] == [
+        ("tiny-random", 4), ("tiny-random-sdxl", 10)]  # each preset's own steps
+    (tmp_path / "l.safetensors").write_bytes(b"x")
+    with pytest.raises(SpecError, match="belong to one model"):
+        build_job(parse_settings(model="tiny-random", lora=[str(tmp_path / "l.safetensors")],
+                                 sweep=["model=tiny-random,tiny-sdxl"]), prompts_from_flags(["a"]))
+
+
+@pytest.mark.slow
+def test_the_engine_loads_each_model_of_a_sweep_once(tmp_path, capsys):
+    from imggenhub import engine
+
+    doc = build_job(parse_settings(model="tiny-random", seed=3, gpu=False,
+                                   sweep=["model=tiny-sdxl,tiny-random", "guidance=2,6"]),
+                    prompts_from_flags(["a fox", "a hen"])).document()
+    engine.run_worker(doc, tmp_path / "o")
+    records = engine.merge_manifest(tmp_path / "o", doc)["images"]
+    assert [r["model"] for r in records] == ["tiny-random-sdxl"] * 2 + ["tiny-random"] * 2 + \
+        ["tiny-random-sdxl"] * 2 + ["tiny-random"] * 2  # by index, as planned
+    out = capsys.readouterr().out
+    assert out.count("model tiny-random ready in") == 1  # one swap: sdxl first, then sd

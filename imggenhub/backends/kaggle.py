@@ -164,7 +164,9 @@ class KaggleBackend(Backend):
     def prepare(self, job, run: Run, options, on_event: OnEvent) -> None:
         options = options or KernelOptions()
         given_token = _token_from(options.hf_token_env) if options.hf_token_env else None
-        for flag, ref in (("--model", job.model["id"]), ("--refiner", (job.refiner or {}).get("id"))):
+        swept = [("--sweep model", p.model["id"]) for p in job.prompts if p.model]
+        for flag, ref in (("--model", job.model["id"]), ("--refiner", (job.refiner or {}).get("id")),
+                          *swept):
             if ref and ref.startswith("/") and not ref.startswith(KAGGLE_INPUT + "/"):
                 raise SpecError(f"{flag} {ref} is a folder on this machine, which a Kaggle kernel "
                                 "cannot read; upload it to Kaggle as a dataset or model and give "

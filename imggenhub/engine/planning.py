@@ -55,6 +55,7 @@ def plan_images(job: dict) -> list[dict]:
                 "strength": item.get("strength"),
                 "scheduler": item.get("scheduler"),  # this prompt's own, else the job's
                 "lora_scale": item.get("lora_scale"), "refiner_start": item.get("refiner_start"),
+                "model": item.get("model") or job["model"],
                 "cell": item.get("cell"), "sweep_of": item.get("sweep_of"),
                 "file": f"{index + 1:04d}-{slugify(item['prompt'])}.png",
             })
@@ -118,7 +119,7 @@ def batches(tasks: list[dict], batch_size: int) -> list[list[dict]]:
         key = (task["width"], task["height"], task["steps"], task["guidance"],
                task.get("init_image") is not None, task.get("mask_image") is not None,
                task.get("strength"), task.get("scheduler"), task.get("lora_scale"),
-               task.get("refiner_start"))
+               task.get("refiner_start"), task["model"]["id"])
         if out and len(out[-1]) < batch_size and out[-1][0]["_key"] == key:
             out[-1].append({**task, "_key": key})
         else:

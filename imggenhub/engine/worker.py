@@ -52,8 +52,11 @@ def run_worker(job: dict, out_dir: Path) -> None:
     state, device, dtype = _select_device(job)
     rank, world = state.process_index, state.num_processes
     tasks = shard(to_make(job), rank, world)
+    # a model sweep: each model's images together, so that each model loads once
+    order = list(dict.fromkeys(t["model"]["id"] for t in tasks))
+    tasks.sort(key=lambda t: order.index(t["model"]["id"]))
     clock = SessionClock(job)
-    model = job["model"]
+    model = tasks[0]["model"] if tasks else job["model"]
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = out_dir / PARTS_DIR
     parts.mkdir(exist_ok=True)
@@ -110,6 +113,19 @@ def run_worker(job: dict, out_dir: Path) -> None:
             if 0 <= fail_after <= made:
                 raise RuntimeError(f"injected failure after {made} images (IMGGENHUB_ENGINE_FAIL_AFTER)")
             first = batch[0]
+            if first["model"]["id"] != model["id"]:  # the next model of a model sweep
+                del pipe
+                derived = {}
+                _free(torch)
+                t_swap = time.monotonic()
+                model = first["model"]
+                pipe = load_pipeline(model, str(device), dtype)
+                enable_memory_savers(pipe)
+                pipe.set_progress_bar_config(disable=True)
+                base_scheduler = pipe.scheduler
+                scheduler = set_scheduler(pipe, job.get("scheduler"))
+                current = job.get("scheduler")
+                log(f"{tag}model {model['id']} ready in {time.monotonic() - t_swap:.2f}s")
             batch_loras = loras
             if swept_lora:  # a sweep's cell with its own scale for the first LoRA
                 scale = first.get("lora_scale")
@@ -177,6 +193,15 @@ def run_worker(job: dict, out_dir: Path) -> None:
         now = time.monotonic()
         part.update_process(seconds=round(now - t_start, 4),
                             generation_seconds=round(now - t_loop, 4))
+
+
+def _free(torch) -> None:
+    """Give back the memory of a model no longer used (before the next one loads)."""
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _refined(pipe, refiner, spec: dict, kwargs: dict, batch: list[dict]):
