@@ -119,7 +119,7 @@ def batches(tasks: list[dict], batch_size: int) -> list[list[dict]]:
         key = (task["width"], task["height"], task["steps"], task["guidance"],
                task.get("init_image") is not None, task.get("mask_image") is not None,
                task.get("strength"), task.get("scheduler"), task.get("lora_scale"),
-               task.get("refiner_start"), task["model"]["id"])
+               task.get("refiner_start"), (task.get("model") or {}).get("id"))
         if out and len(out[-1]) < batch_size and out[-1][0]["_key"] == key:
             out[-1].append({**task, "_key": key})
         else:
