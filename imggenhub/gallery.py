@@ -138,6 +138,9 @@ const cards = data.images.map(r => {
   cap.append(el("small", ["seed " + fmt(r.seed), fmt(r.steps) + " steps", "cfg " + fmt(r.guidance),
     fmt(r.width) + "x" + fmt(r.height), r.score !== undefined ? "score " + fmt(r.score) : ""]
     .filter(Boolean).join(" \\u00b7 ")));
+  if (r.negative_prompt) cap.append(el("small", "not: " + r.negative_prompt));
+  cap.append(el("small", [r.model, r.scheduler, ...(r.loras || []).map(l => "lora " + fmt(l.name)
+    + ":" + fmt(l.scale))].filter(Boolean).map(fmt).join(" \\u00b7 ")));
   fig.append(img, cap);
   fig.addEventListener("click", () => { if (!fig.classList.contains("missing")) show(r); });
   fig.record = r;

@@ -45,7 +45,8 @@ def run_folder(folder: Path, n: int, missing: int | None = None, not_made: int =
         images.append({"index": i, "prompt": prompts[i % len(prompts)], "seed": 1000 - i,
                        "steps": 4, "guidance": 5.0, "width": 8, "height": 8, "model": "tiny-random",
                        "scheduler": "DDIMScheduler", "file": name, "bytes": len(data),
-                       "sha256": artifacts.sha256_of(folder / name), "score": round(20 + i % 7, 1)})
+                       "sha256": artifacts.sha256_of(folder / name), "score": round(20 + i % 7, 1),
+                       "negative_prompt": "blurry", "loras": [{"name": "style", "scale": 0.5}]})
     if missing is not None:
         (folder / images[missing]["file"]).unlink()
     planned = n + not_made
@@ -85,6 +86,10 @@ def test_the_gallery_works_in_a_browser_and_runs_nothing_of_the_prompts(browser,
     assert figures.count() == 12  # 10 images and 2 never made
     assert page.locator("figure.not-made").count() == 2
     page.wait_for_function("document.querySelectorAll('figure.missing').length === 1")
+    # each card: its parameters, model, scheduler and LoRAs
+    card = page.locator("figure", has_text="a red fox").first.inner_text()
+    assert "tiny-random" in card and "DDIMScheduler" in card and "lora style:0.5" in card
+    assert "not: blurry" in card
     # hostile prompts are shown as text and ran nothing
     captions = page.locator("figcaption").all_inner_texts()
     assert any(HOSTILE[0] in c for c in captions) and any(HOSTILE[1] in c for c in captions)
