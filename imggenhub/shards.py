@@ -10,8 +10,6 @@ as they are."""
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
-
 from . import backends, runs
 from .errors import ImggenhubError, NothingYet, RunFailedError, StillRunning
 from .lifecycle import Exit, RunState, Step, plan
@@ -224,13 +222,3 @@ def _verdict(parent: Run, shards: list[Run], command: str, stops: dict) -> Run:
         return parent
     sentence = p.sentence.format(state=parent.state.value, run=parent.run_id, failure="")
     raise NothingYet(f"Run {parent.run_id} {sentence}.")
-
-
-def describe(run: Run) -> list[str]:
-    """A line per shard, for status and runs."""
-    return [f"  shard {s.shard}: {s.state.value} {s.kernel_ref or ''} v{s.version or '-'} "
-            f"{s.images_fetched}/{s.image_count} images" for s in runs.shards_of(run)]
-
-
-def out_of(run: Run) -> Path:
-    return Path(run.out_dir)

@@ -19,16 +19,49 @@ def sheet_names(count: int) -> list[str]:
     return [SHEET] + [f"grid-{n}.png" for n in range(2, count + 1)]
 
 
+def ascii_text(text, limit: int) -> str:
+    """Text any font draws (printable ASCII), at most ``limit`` characters."""
+    text = "".join(c if 32 <= ord(c) < 127 else "?" for c in str(text))
+    return text if len(text) <= limit else text[:limit - 1] + "~"
+
+
 def _label(record: dict) -> str:
-    prompt = str(record.get("prompt", ""))
-    text = f"#{record.get('index', 0) + 1} seed {record.get('seed', '?')}  {prompt}"
-    text = "".join(c if 32 <= ord(c) < 127 else "?" for c in text)  # any font draws it
-    return text if len(text) <= 34 else text[:33] + "~"
+    return ascii_text(f"#{record.get('index', 0) + 1} seed {record.get('seed', '?')}  "
+                      f"{record.get('prompt', '')}", 34)
+
+
+def font():
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=12)
+    except TypeError:  # Pillow before 10.1
+        return ImageFont.load_default()
+
+
+def frame(draw, left: int, top: int) -> None:
+    """An empty tile, framed in red: a picture missing here, or a cell never made."""
+    draw.rectangle((left + 2, top + 2, left + TILE - 3, top + TILE - 3), outline=(200, 80, 80))
+
+
+def paste_tile(sheet, draw, path: Path, left: int, top: int) -> bool:
+    """The picture at ``path`` fitted into the tile at (left, top); a red frame if it cannot
+    be read here. Whether it could."""
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as image:
+            tile = ImageOps.contain(image.convert("RGB"), (TILE - 4, TILE - 4))
+    except (OSError, ValueError):
+        frame(draw, left, top)
+        return False
+    sheet.paste(tile, (left + (TILE - tile.width) // 2, top + (TILE - tile.height) // 2))
+    return True
 
 
 def write(folder: Path, manifest: dict, cols: int | None = None) -> list[Path]:
     """Remake the run's contact sheets; return their paths."""
-    from PIL import Image, ImageDraw, ImageFont, ImageOps
+    from PIL import Image, ImageDraw
 
     folder = Path(folder)
     records = manifest.get("images", [])
@@ -38,10 +71,7 @@ def write(folder: Path, manifest: dict, cols: int | None = None) -> list[Path]:
     rows_per_sheet = max(1, MAX_TILES // cols)
     per_sheet = cols * rows_per_sheet
     chunks = [records[i:i + per_sheet] for i in range(0, len(records), per_sheet)]
-    try:
-        font = ImageFont.load_default(size=12)
-    except TypeError:  # Pillow before 10.1
-        font = ImageFont.load_default()
+    text_font = font()
     paths = []
     for name, chunk in zip(sheet_names(len(chunks)), chunks):
         rows = math.ceil(len(chunk) / cols)
@@ -49,15 +79,9 @@ def write(folder: Path, manifest: dict, cols: int | None = None) -> list[Path]:
         draw = ImageDraw.Draw(sheet)
         for k, record in enumerate(chunk):
             x, y = (k % cols) * TILE, (k // cols) * (TILE + LABEL)
-            label = _label(record)
-            try:
-                with Image.open(folder / record["file"]) as image:
-                    tile = ImageOps.contain(image.convert("RGB"), (TILE - 4, TILE - 4))
-                sheet.paste(tile, (x + (TILE - tile.width) // 2, y + (TILE - tile.height) // 2))
-            except (OSError, ValueError):
-                draw.rectangle((x + 2, y + 2, x + TILE - 3, y + TILE - 3), outline=(200, 80, 80))
-                label = f"#{record.get('index', 0) + 1} missing here"
-            draw.text((x + 4, y + TILE + 8), label, fill=(230, 230, 230), font=font)
+            label = _label(record) if paste_tile(sheet, draw, folder / record["file"], x, y) \
+                else f"#{record.get('index', 0) + 1} missing here"
+            draw.text((x + 4, y + TILE + 8), label, fill=(230, 230, 230), font=text_font)
         path = folder / name
         tmp = path.with_name(f".{name}.tmp")
         sheet.save(tmp, format="PNG")

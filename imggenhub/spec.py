@@ -388,11 +388,9 @@ def _score_model(settings: Settings) -> str | None:
     return model
 
 
-# What a sweep may vary: a prompt's own settings. One job has one model, one set of fused
-# LoRAs and one refiner hand-over, so those take a job per value.
+# What a sweep may vary: each cell is a prompt with its own values of these.
 SWEEPABLE = ("steps", "guidance", "size", "strength", "scheduler", "lora-scale", "refiner-start",
              "model")
-NOT_SWEEPABLE: dict[str, str] = {}
 MAX_SWEEP_CELLS = 100
 
 
@@ -405,8 +403,6 @@ def parse_sweeps(values: list[str]) -> list[tuple[str, list]]:
         if not sep or not rest.strip():
             raise SpecError(f"--sweep {raw[:60]!r} must be NAME=V1,V2,... (for example "
                             "guidance=3,5,7).")
-        if name in NOT_SWEEPABLE:
-            raise SpecError(f"--sweep {name}: {NOT_SWEEPABLE[name]}; run one job per value.")
         if name not in SWEEPABLE:
             raise SpecError(f"--sweep {name}: sweepable are {', '.join(SWEEPABLE)}.")
         if name in (a for a, _ in axes):

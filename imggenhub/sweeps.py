@@ -7,16 +7,11 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from .sheets import BACKGROUND, LABEL, TILE
+from .sheets import BACKGROUND, LABEL, TILE, ascii_text, font, frame, paste_tile
 
 HEAD = 24  # the column labels
 TITLE = 30
 SIDE = 120  # the row labels
-
-
-def _ascii(text: str, limit: int) -> str:
-    text = "".join(c if 32 <= ord(c) < 127 else "?" for c in str(text))
-    return text if len(text) <= limit else text[:limit - 1] + "~"
 
 
 def plots(manifest: dict) -> list[dict]:
@@ -47,26 +42,21 @@ def plots(manifest: dict) -> list[dict]:
                     row.append({"file": record["file"], "score": record.get("score")}
                                if record else None)
                 rows.append(row)
-            sample = next((c for c in (r for row in rows for r in row) if c), None)
             text = next((r.get("prompt", "") for (p, _), r in cells.items() if p == prompt), "")
             out.append({"prompt_number": prompt + 1, "prompt": text, "x": [x_name, x_values],
                         "y": [y_name, y_values] if y_name else None,
                         "z": {name: v for (name, _), v in zip(rest, z)}, "rows": rows,
                         "file": f"sweep-{prompt + 1:02d}" + ("-" + "-".join(
-                            _ascii(v, 12).replace(" ", "") for v in z) if z else "") + ".png",
-                        "any": sample is not None})
+                            ascii_text(v, 12).replace(" ", "") for v in z) if z else "") + ".png"})
     return out
 
 
 def write(folder: Path, manifest: dict) -> list[Path]:
     """The grid images of the folder's sweep; return their paths."""
-    from PIL import Image, ImageDraw, ImageFont, ImageOps
+    from PIL import Image, ImageDraw
 
     folder = Path(folder)
-    try:
-        font = ImageFont.load_default(size=12)
-    except TypeError:
-        font = ImageFont.load_default()
+    text_font = font()
     paths = []
     for plot in plots(manifest):
         rows = plot["rows"]
@@ -76,32 +66,25 @@ def write(folder: Path, manifest: dict) -> list[Path]:
         draw = ImageDraw.Draw(image)
         axes = f"{plot['x'][0]} across" + (f", {plot['y'][0]} down" if plot["y"] else "") + \
             "".join(f", {k}={v}" for k, v in plot["z"].items())
-        draw.text((6, 8), _ascii(f"#{plot['prompt_number']} {plot['prompt']}  ({axes})",
-                                 max(20, width // 7)), fill=(240, 240, 240), font=font)
+        draw.text((6, 8), ascii_text(f"#{plot['prompt_number']} {plot['prompt']}  ({axes})",
+                                 max(20, width // 7)), fill=(240, 240, 240), font=text_font)
         for c, x in enumerate(plot["x"][1]):
-            draw.text((side + c * TILE + 6, TITLE + 4), _ascii(f"{plot['x'][0]} {x}", 28),
-                      fill=(160, 200, 255), font=font)
+            draw.text((side + c * TILE + 6, TITLE + 4), ascii_text(f"{plot['x'][0]} {x}", 28),
+                      fill=(160, 200, 255), font=text_font)
         for r, row in enumerate(rows):
             top = TITLE + HEAD + r * (TILE + LABEL)
             if plot["y"]:
-                draw.text((6, top + TILE // 2), _ascii(f"{plot['y'][0]} {plot['y'][1][r]}", 16),
-                          fill=(160, 200, 255), font=font)
+                draw.text((6, top + TILE // 2), ascii_text(f"{plot['y'][0]} {plot['y'][1][r]}", 16),
+                          fill=(160, 200, 255), font=text_font)
             for c, cell in enumerate(row):
                 left = side + c * TILE
                 if cell is None:
-                    draw.rectangle((left + 2, top + 2, left + TILE - 3, top + TILE - 3),
-                                   outline=(200, 80, 80))
+                    frame(draw, left, top)
                     continue
-                try:
-                    with Image.open(folder / cell["file"]) as tile:
-                        tile = ImageOps.contain(tile.convert("RGB"), (TILE - 4, TILE - 4))
-                    image.paste(tile, (left + (TILE - tile.width) // 2, top + (TILE - tile.height) // 2))
-                except (OSError, ValueError):
-                    draw.rectangle((left + 2, top + 2, left + TILE - 3, top + TILE - 3),
-                                   outline=(200, 80, 80))
+                paste_tile(image, draw, folder / cell["file"], left, top)
                 if cell.get("score") is not None:
                     draw.text((left + 4, top + TILE + 8), f"score {cell['score']:.1f}",
-                              fill=(230, 230, 230), font=font)
+                              fill=(230, 230, 230), font=text_font)
         path = folder / plot["file"]
         tmp = path.with_name(f".{path.name}.tmp")
         image.save(tmp, format="PNG")
