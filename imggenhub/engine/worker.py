@@ -63,15 +63,11 @@ def run_worker(job: dict, out_dir: Path) -> None:
     tag = f"[rank {rank}] " if world > 1 else ""
 
     t_load = time.monotonic()
-    pipe = load_pipeline(model, str(device), dtype)
-    enable_memory_savers(pipe)
-    base_scheduler = pipe.scheduler  # the model's own, from which every swap is made
-    scheduler = set_scheduler(pipe, job.get("scheduler"))
+    pipe, base_scheduler, scheduler = _ready(model, str(device), dtype, job)
     current = job.get("scheduler")
     swept_lora = any(p.get("lora_scale") is not None for p in job["prompts"])
     loras = apply_loras(pipe, job.get("loras") or [], fuse=not swept_lora)
     embeddings = apply_embeddings(pipe, job.get("embeddings") or [])
-    pipe.set_progress_bar_config(disable=True)
     refiner = None
     if job.get("refiner"):  # SDXL ensemble of experts: the refiner takes the last steps
         refiner = load_refiner(pipe, job["refiner"], str(device), dtype)
@@ -119,11 +115,7 @@ def run_worker(job: dict, out_dir: Path) -> None:
                 _free(torch)
                 t_swap = time.monotonic()
                 model = first["model"]
-                pipe = load_pipeline(model, str(device), dtype)
-                enable_memory_savers(pipe)
-                pipe.set_progress_bar_config(disable=True)
-                base_scheduler = pipe.scheduler
-                scheduler = set_scheduler(pipe, job.get("scheduler"))
+                pipe, base_scheduler, scheduler = _ready(model, str(device), dtype, job)
                 current = job.get("scheduler")
                 log(f"{tag}model {model['id']} ready in {time.monotonic() - t_swap:.2f}s")
             batch_loras = loras
@@ -193,6 +185,16 @@ def run_worker(job: dict, out_dir: Path) -> None:
         now = time.monotonic()
         part.update_process(seconds=round(now - t_start, 4),
                             generation_seconds=round(now - t_loop, 4))
+
+
+def _ready(model: dict, device: str, dtype, job: dict):
+    """A model loaded and set up as the job asks: (pipeline, its own scheduler, the name of
+    the one in use). Every scheduler swap starts from the model's own."""
+    pipe = load_pipeline(model, device, dtype)
+    enable_memory_savers(pipe)
+    pipe.set_progress_bar_config(disable=True)
+    base_scheduler = pipe.scheduler
+    return pipe, base_scheduler, set_scheduler(pipe, job.get("scheduler"))
 
 
 def _free(torch) -> None:
