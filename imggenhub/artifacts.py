@@ -14,12 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import writable_folder
 from .engine import MANIFEST, ranges_of, sha256_of
-from .engine.outputs import add_score_mean
+from .engine.outputs import _write_json_atomic, add_score_mean
 from .errors import NothingYet, SpecError, UnsafeOutputError
+from .gallery import GALLERY  # noqa: F401  (the name every side uses)
 
 CLAIM = ".imggenhub-run.json"  # which run fills this folder
 LOCK = ".imggenhub.lock"
-from .gallery import GALLERY  # noqa: E402,F401  (the name every side uses)
 MAX_MANIFEST_BYTES = 64 << 20
 
 
@@ -73,6 +73,11 @@ def read_manifest(folder: Path) -> dict | None:
     if path.stat().st_size > MAX_MANIFEST_BYTES:
         raise UnsafeOutputError(f"{path} is larger than {MAX_MANIFEST_BYTES >> 20} MiB.")
     return parse_manifest(path.read_bytes(), str(path))
+
+
+def write_manifest(folder: Path, manifest: dict) -> None:
+    """The folder's manifest.json, replaced whole (as the engine writes it)."""
+    _write_json_atomic(Path(folder) / MANIFEST, manifest)
 
 
 def combine(old: dict | None, new: dict) -> dict:

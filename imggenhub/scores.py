@@ -44,9 +44,9 @@ def score_folder(folder: Path, model: str | None, on_event) -> dict:
     folder = Path(folder)
     if not folder.is_dir():
         raise SpecError(f"{folder} is not a folder of images.")
-    for module in ("torch", "transformers"):
-        import importlib.util
+    import importlib.util
 
+    for module in ("torch", "transformers"):
         if importlib.util.find_spec(module) is None:
             raise MissingDependencyError(module, why="Scoring here")
     from .engine import Scorer
@@ -78,8 +78,6 @@ def score_folder(folder: Path, model: str | None, on_event) -> dict:
         from .engine.outputs import add_score_mean
 
         add_score_mean(manifest)
-        tmp = folder / f".{artifacts.MANIFEST}.tmp"
-        tmp.write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
-        tmp.replace(folder / artifacts.MANIFEST)
+        artifacts.write_manifest(folder, manifest)
         artifacts.write_gallery(folder)
     return {"folder": str(folder), "model": model, "images": results, "score_mean": mean}

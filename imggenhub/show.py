@@ -12,13 +12,13 @@ from pathlib import Path
 
 def summary(run) -> dict:
     from . import artifacts
+    from .errors import UnsafeOutputError
     from .runs import shards_of
 
     folder = Path(run.out_dir)
-    manifest = None
     try:
         manifest = artifacts.read_manifest(folder)
-    except Exception:  # a damaged manifest: the summary says what it can
+    except UnsafeOutputError:  # a damaged manifest: the summary says what it can
         manifest = None
     images = (manifest or {}).get("images", [])
     seconds = [r["seconds"] for r in images if isinstance(r.get("seconds"), (int, float))]

@@ -4,8 +4,6 @@ pipeline, PNG metadata, crash safety and the multi-process split."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 
 import numpy as np

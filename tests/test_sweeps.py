@@ -4,7 +4,6 @@ result is a labelled grid per prompt and a table in the gallery."""
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest

@@ -179,9 +179,7 @@ def bring_outputs(backend, run: Run, out_dir: Path, on_event) -> None:
                  check=ours_only)
         manifest = artifacts.parse_manifest(landed.read_bytes(), f"Kaggle's {MANIFEST}")
         merged = artifacts.combine(artifacts.read_manifest(out_dir), manifest)
-        tmp = out_dir / f".{MANIFEST}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(merged, indent=2, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, out_dir / MANIFEST)
+        artifacts.write_manifest(out_dir, merged)  # under the folder's lock
         landed.unlink()
         records = {r["file"]: r for r in manifest["images"]}
         bundles = [b for b in manifest.get("bundles") or [] if isinstance(b, dict)
