@@ -6,18 +6,21 @@ Everything Kaggle-specific lives here and in ``kaggle_meta`` / ``kaggle_download
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
+from datetime import timezone
 from pathlib import Path
 
 import requests
 
-from .. import kaggle_api, runs
-from ..engine import ERROR_PREFIX, KAGGLE_INPUT, progress_message
+from .. import artifacts, estimate, kaggle_api, runs
+from ..engine import ERROR_PREFIX, KAGGLE_INPUT, progress_message, ranges_of, to_make
 from ..errors import (KaggleApiError, NothingYet, OverQuota, RunFailedError, SpecError,
                       StillRunning, Unreachable)
-from ..config import Deadline
+from ..config import Deadline, state_dir
 from ..lifecycle import RunState
+from ..models import HUB_ID
 from ..notebook import CODE_FILE, job_document, read_job_document, with_document, write_notebook
 from ..runs import Failure, Run
 from . import Backend, OnEvent, kaggle_inputs
@@ -84,8 +87,6 @@ def _utc(moment) -> str | None:
     if moment is None:
         return None
     if moment.tzinfo is not None:
-        from datetime import timezone
-
         moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -95,8 +96,6 @@ class NoFreeSlot(NothingYet):
 
 
 def _token_from(variable: str) -> str:
-    import os
-
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,99}", variable):
         raise SpecError(f"--hf-token-env {variable[:40]!r} is not an environment variable name.")
     token = os.environ.get(variable, "").strip()
@@ -212,10 +211,6 @@ class KaggleBackend(Backend):
     def _token_wanted(self, job, on_event: OnEvent) -> str | None:
         """HF_TOKEN is set and the Hub says the model is gated or private: that is the user's
         word too ("HF_TOKEN" then), said in a line. Anything else: no token is sent."""
-        import os
-
-        from ..models import HUB_ID
-
         token = os.environ.get("HF_TOKEN", "").strip()
         model = job.model["id"]
         if not token or not HUB_ID.match(model) or os.environ.get("HF_HUB_OFFLINE") == "1":
@@ -238,9 +233,6 @@ class KaggleBackend(Backend):
 
     def _check_quota(self, doc: dict, run: Run, options, on_event: OnEvent) -> None:
         """Say what the job will cost in GPU hours against what is left; stop if it is more."""
-        from .. import estimate
-        from ..config import state_dir
-
         guess = estimate.estimate(doc, estimate.read_history(state_dir()))
         run.estimate_hours = guess.hours
         try:
@@ -266,9 +258,6 @@ class KaggleBackend(Backend):
     def _render_rest(self, run: Run, on_event: OnEvent) -> Run:
         """A session ended before the job did: the notebook again, making only the images
         that are not here (same indices, seeds and file names), as the next session."""
-        from .. import artifacts
-        from ..engine import ranges_of, to_make
-
         path = run.notebook_dir / CODE_FILE
         text = path.read_text(encoding="utf-8")
         doc = read_job_document(text)
@@ -538,8 +527,6 @@ class KaggleBackend(Backend):
 
     def _session_images(self, run: Run) -> int:
         """How many images the version pushed last makes (a later session: only the rest)."""
-        from ..engine import to_make
-
         try:
             doc = read_job_document((run.notebook_dir / CODE_FILE).read_text(encoding="utf-8"))
             return len(to_make(doc)) if doc else run.image_count
@@ -582,9 +569,6 @@ class KaggleBackend(Backend):
 
     def _learn(self, run: Run) -> None:
         """What the run measured on Kaggle corrects the next estimates."""
-        from .. import artifacts, estimate
-        from ..config import state_dir
-
         manifest = artifacts.read_manifest(Path(run.out_dir))
         notebook = run.notebook_dir / CODE_FILE
         doc = read_job_document(notebook.read_text(encoding="utf-8")) if notebook.exists() else None
