@@ -381,7 +381,7 @@ def grid(run_id: RunId = None, cols: Annotated[Optional[int], typer.Option(
         json: Json = False) -> None:
     """Remake a run's contact sheets (grid.png, ...: every image as a labelled tile) and its
     sweep grids (sweep-NN.png)."""
-    from . import artifacts, runs, sheets
+    from . import artifacts, runs, sheets, sweeps
 
     _STATE["json"] = json
     run = runs.load(run_id)
@@ -390,8 +390,6 @@ def grid(run_id: RunId = None, cols: Annotated[Optional[int], typer.Option(
     if manifest is None or not manifest["images"]:
         raise SpecError(f"Run {run.run_id} has no images in {folder} yet; 'imggenhub download "
                         f"{run.run_id}' brings them.")
-    from . import sweeps
-
     paths = sheets.write(folder, manifest, cols) + sweeps.write(folder, manifest)
     artifacts.write_gallery(folder)  # it links the sheets
     _result({"ok": True, "run_id": run.run_id, "sheets": [str(p) for p in paths]},
@@ -525,6 +523,8 @@ def _fail(exc_or_message, code: int, run_id: str | None = None) -> int:
 
 def _bare_refiner(args: list[str]) -> list[str]:
     """``--refiner`` with no MODEL after it stands for the model's own refiner."""
+    if "--refiner" not in args:
+        return args  # the common case: nothing to import on the start-up path
     from .spec import REFINER_FLAG
 
     end = args.index("--") if "--" in args else len(args)
