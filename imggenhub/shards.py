@@ -44,7 +44,7 @@ def start(job, parent: Run, impl, options, on_event) -> None:
     count = min(options.shards or auto_count(job), job.image_count)
     if count < 2:
         return
-    reserved = 0.0
+    reserved, made = 0.0, []
     for k, ranges in enumerate(share(job, count), start=1):
         child = Run(run_id=f"{parent.run_id}/shard-{k}", backend=parent.backend,
                     job_id=job.job_id, image_count=sum(b - a for a, b in ranges),
@@ -54,13 +54,12 @@ def start(job, parent: Run, impl, options, on_event) -> None:
         impl.prepare(job, child, dataclasses.replace(options, reserved_hours=reserved),
                      tagged(on_event, child, count))
         reserved += child.estimate_hours or 0.0
-        runs.save(child)
+        made.append(runs.save(child))
         parent.shards.append(child.run_id)
     parent.estimate_hours = round(reserved, 3) if reserved else None
     parent.kernel_ref = None
-    on_event(f"{count} shards: " + ", ".join(f"{c} ({n} images)" for c, n in zip(
-        (runs.shards_of(parent)[i].kernel_ref for i in range(count)),
-        (sum(b - a for a, b in r) for r in share(job, count)))))
+    on_event(f"{count} shards: " + ", ".join(f"{c.kernel_ref} ({c.image_count} images)"
+                                             for c in made))
 
 
 def tagged(on_event, shard: Run, count: int):
@@ -72,7 +71,7 @@ def summary(shards: list[Run]) -> RunState:
     states = [s.state for s in shards]
     if all(s == RunState.DOWNLOADED for s in states):
         return RunState.DOWNLOADED
-    if all(s.terminal or s in (RunState.DOWNLOADED, RunState.PARTIAL) for s in states):
+    if all(s.terminal or s == RunState.PARTIAL for s in states):  # DOWNLOADED is terminal
         for bad in (RunState.PUSH_FAILED, RunState.ERROR, RunState.CANCELLED):
             if bad in states:
                 return bad
