@@ -21,6 +21,8 @@ BENCHMARKS = {
     "kaggle_overhead.py": ["imggenhub generate:", "original pattern:",
                            "overhead ratio original/imggenhub: "],
     "engine_overhead.py": ["bare loop", "engine/reload-per-prompt: "],
+    "engine_overhead_sdxl.py": ["SDXL-shaped, tiny size", "process start to first image written: ",
+                                "ratio engine/bare: "],
     "kaggle_download.py": ["per-file latency   0 ms:", "per-file latency  50 ms:",
                            "  ratio kaggle/imggenhub: ", "ratio loose/bundled "],
     "shards.py": ["1 kernel:", "2 shards:", "ratio 1 kernel / 2 shards: "],
@@ -36,7 +38,8 @@ def bench_env(tmp_path: Path) -> dict:
     return env
 
 
-SLOW = {"local_e2e.py", "engine_reuse.py", "engine_overhead.py"}  # these build the tiny diffusers pipeline
+# these build a tiny diffusers pipeline
+SLOW = {"local_e2e.py", "engine_reuse.py", "engine_overhead.py", "engine_overhead_sdxl.py"}
 
 
 @pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW else s
