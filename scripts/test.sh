@@ -5,5 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh local,test
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-# Two workers: most tests wait on subprocesses, kernels and the emulator, not the CPU.
-exec .venv/bin/python -m pytest -n 2 "$@"
+# Four workers on two cores: most tests wait on subprocesses, kernels and the emulator,
+# not the CPU (measured: 128 s against 163 s with two).
+exec .venv/bin/python -m pytest -n 4 "$@"

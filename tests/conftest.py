@@ -25,6 +25,13 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: runs a real diffusers notebook end to end")
 
 
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first (each in its file's order): the test workers start on the long
+    ones, and the many short ones fill the gaps at the end, instead of one long test
+    running alone after all the rest."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 @pytest.fixture(autouse=True)
 def isolated(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("home")
