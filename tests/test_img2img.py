@@ -127,3 +127,49 @@ def test_inpainting_redraws_inside_the_mask_and_follows_the_picture_outside(tmp_
 
     d = np.abs(out("a.png") - out("b.png"))
     assert d[:, 32:].mean() > 3 * d[:, :32].mean(), (d[:, 32:].mean(), d[:, :32].mean())
+
+
+def test_one_job_mixes_modes_per_prompt_over_one_loaded_model(tmp_path, capsys):
+    """Text-to-image, image-to-image and inpainting prompts in one job: the model loads once
+    (one 'ready' line), the derived pipelines share its components, each image is recorded
+    with its own mode, and a text-to-image prompt makes the same image as in a job of its
+    own (the derived pipelines leave the base one as it was)."""
+    from imggenhub.engine.pipelines import derived_pipeline
+    from imggenhub.engine.tiny import build_tiny_random_pipeline
+
+    pipe = build_tiny_random_pipeline()
+    for mode in ("img2img", "inpaint"):
+        derived = derived_pipeline(pipe, mode)
+        assert all(getattr(derived, name) is getattr(pipe, name)
+                   for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"))
+
+    picture(tmp_path / "a.png", 1)
+    mask = np.zeros((64, 64), dtype=np.uint8)
+    mask[:, :32] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    write_json(tmp_path / "prompts.json", [
+        {"prompt": "a fox", "seed": 11},
+        {"prompt": "a fox", "seed": 12, "init_image": "a.png", "strength": 0.5},
+        {"prompt": "a fox", "seed": 13, "init_image": "a.png", "mask_image": "mask.png"},
+        {"prompt": "a hare", "seed": 14},
+    ])
+    settings = parse_settings(model="tiny-random", steps=4, gpu=False)
+    job = build_job(settings, load_prompts(tmp_path / "prompts.json")).document()
+    capsys.readouterr()
+    engine.run_worker(job, tmp_path / "mixed")
+    log = capsys.readouterr().out
+    assert log.count("model tiny-random ready") == 1, log
+    records = engine.merge_manifest(tmp_path / "mixed", job)["images"]
+    assert [("strength" in r, "mask_image" in r) for r in records] == [
+        (False, False), (True, False), (True, True), (False, False)]
+    assert records[1]["denoising_steps"] == 2 and records[2]["mask_image"] == "mask.png"
+    assert artifacts.verify(tmp_path / "mixed") == []
+
+    alone = build_job(parse_settings(model="tiny-random", steps=4, gpu=False, seed=14),
+                      prompts_from_flags(["a hare"])).document()
+    engine.run_worker(alone, tmp_path / "alone")
+    record = engine.merge_manifest(tmp_path / "alone", alone)["images"][0]
+    assert record["seed"] == 14
+    same = [np.asarray(Image.open(folder / r["file"])) for folder, r in
+            ((tmp_path / "mixed", records[3]), (tmp_path / "alone", record))]
+    assert np.array_equal(*same)
