@@ -6,6 +6,7 @@ SpecError sentence that names the field and the fix.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -316,7 +317,24 @@ def _input_file(value: str, where: str, what: str = "init image") -> str:
         raise SpecError(f"{where}: {what} '{value}' is not a file.")
     if size > MAX_INPUT_BYTES:
         raise SpecError(f"{where}: {what} '{value}' is larger than 50 MiB.")
+    problem = _picture_problem(str(path.resolve()), size, path.stat().st_mtime_ns)
+    if problem:
+        raise SpecError(f"{where}: {what} '{value}' {problem}.")
     return str(path.resolve())
+
+
+@functools.lru_cache(maxsize=256)  # one look per file, however many prompts name it
+def _picture_problem(path: str, size: int, mtime: int) -> str | None:
+    """What keeps a file from being used as an input picture or mask, if anything."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.verify()  # the header and, for PNG, every chunk's checksum
+    except Exception as exc:  # Pillow's decoders raise many kinds for a damaged file
+        reason = "not a picture Pillow can read" if "identify" in str(exc) else f"damaged: {exc}"
+        return f"is {reason}; give a PNG, JPEG or WebP file"
+    return None  # every mode a file holds converts to RGB, and from there to a mask's L
 
 
 MAX_LORA_BYTES = 2 << 30

@@ -29,14 +29,30 @@ def picture(path, seed, size=64):
     ({"init_image": "IMG", "mask_image": "nope.png"}, "mask image 'nope.png' not found"),
     ({"init_image": "nope.png"}, "init image 'nope.png' not found"),
     ({"init_image": "IMG", "steps": 2, "strength": 0.3}, "leaves no denoising step; use at least 4"),
+    ({"init_image": "text.png"}, "init image 'text.png' is not a picture Pillow can read"),
+    ({"init_image": "IMG", "mask_image": "text.png"}, "mask image 'text.png' is not a picture"),
+    ({"init_image": "cut.png"}, "init image 'cut.png' is damaged"),
 ])
 def test_bad_image_to_image_input_is_one_sentence(tmp_path, cli, flags, words):
     img = picture(tmp_path / "a.png", 1)
+    (tmp_path / "text.png").write_text("not a picture")
+    (tmp_path / "cut.png").write_bytes(img.read_bytes()[:-40])  # its last chunks cut off
     args = ["render", "--out", str(tmp_path / "r"), "-p", "x", "--model", "tiny-random"]
     for key, value in flags.items():
         args += ["--" + key.replace("_", "-"), str(img) if value == "IMG" else str(value)]
     code, out, err = cli(*args, cwd=tmp_path)
     assert code == 2 and words in err and len(err.strip().splitlines()) == 1
+
+
+def test_any_picture_a_file_holds_is_read_as_a_picture_or_a_mask(tmp_path):
+    """Pillow converts LAB to RGB but not straight to L: a LAB TIFF mask still works."""
+    from imggenhub.engine.pipelines import load_init_image
+
+    Image.new("LAB", (32, 32), (200, 0, 0)).save(tmp_path / "lab.tif")
+    Image.new("CMYK", (32, 32)).save(tmp_path / "cmyk.jpg")
+    mask = load_init_image(str(tmp_path / "lab.tif"), 64, 64, "L")
+    assert mask.mode == "L" and mask.size == (64, 64) and mask.getpixel((0, 0)) > 150
+    assert load_init_image(str(tmp_path / "cmyk.jpg"), None, None).mode == "RGB"
 
 
 def test_prompts_file_inputs_are_relative_to_the_file_and_recorded(tmp_path):

@@ -146,9 +146,13 @@ def load_init_image(path: str, width: int | None, height: int | None, mode: str 
 
     try:
         with Image.open(path) as opened:
-            image = opened.convert(mode)
+            try:
+                image = opened.convert(mode)
+            except ValueError:  # no direct way (LAB to L, say): through RGB
+                image = opened.convert("RGB").convert(mode)
     except (OSError, ValueError) as exc:
-        raise ValueError(f"the init image {Path(path).name!r} cannot be read as a picture ({exc})") \
+        what = "mask image" if mode == "L" else "init image"
+        raise ValueError(f"the {what} {Path(path).name!r} cannot be read as a picture ({exc})") \
             from None
     if width and height and image.size != (width, height):
         log(f"note: init image {Path(path).name} is {image.width}x{image.height}; resized to "
