@@ -400,3 +400,18 @@ def test_a_full_state_folder_is_one_sentence(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert "The state folder" in proc.stderr and "could not be written" in proc.stderr
     assert "Internal error" not in proc.stderr
+
+
+def test_resume_without_credentials_leaves_the_run_as_it_was(emulator, cli, tmp_path, monkeypatch):
+    """The credentials are looked up before the run is marked as being pushed: without
+    them nothing is sent, and the record must not claim a push in flight."""
+    emulator.stop()  # the network is down: deploy renders, sends nothing
+    monkeypatch.setenv("IMGGENHUB_RETRY_MAX_WAIT", "0.1")
+    code, out, err = cli("deploy", *SPEC, "--timeout", "1", cwd=tmp_path)
+    assert code == 5 and "nothing was sent" in err
+    assert runs.load().state.value == "rendered"
+    for var in ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    code, out, err = cli("resume")
+    assert code == 4 and "No Kaggle credentials" in err
+    assert runs.load().state.value == "rendered"

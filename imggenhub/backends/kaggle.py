@@ -280,6 +280,7 @@ class KaggleBackend(Backend):
             run = self._render_rest(run, on_event)
             if run.state == RunState.DOWNLOADED:
                 return run
+        self.client  # the credentials first: without them nothing is sent, the run stays as is
         meta = json.loads((run.notebook_dir / METADATA_FILE).read_text(encoding="utf-8"))
         text = (run.notebook_dir / CODE_FILE).read_text(encoding="utf-8")
         request = save_request(meta, text, run.session_timeout_seconds)
