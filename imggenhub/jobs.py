@@ -88,7 +88,10 @@ def failure_error(run: Run) -> RunFailedError:
 
 def _interrupted(run: Run) -> Interrupted:
     if run.backend == "local":
-        return Interrupted(f"Interrupted; the images finished are kept; 'imggenhub resume "
+        if run.state == RunState.PARTIAL:
+            return Interrupted(f"Interrupted; the {run.images_fetched} images finished are in "
+                               f"{run.out_dir}; 'imggenhub resume {run.run_id}' makes the rest.")
+        return Interrupted(f"Interrupted before any image was finished; 'imggenhub resume "
                            f"{run.run_id}' runs it again.")
     if run.state in (RunState.PUSHING, RunState.PUSH_UNKNOWN, RunState.PUSHED, RunState.QUEUED,
                      RunState.RUNNING):

@@ -81,7 +81,8 @@ TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     S.PUSH_FAILED: frozenset(),
     S.PUSHED: frozenset({S.QUEUED, S.RUNNING, S.COMPLETE, S.ERROR, S.CANCELLED}),
     S.QUEUED: frozenset({S.RUNNING, S.COMPLETE, S.ERROR, S.CANCELLED}),
-    S.RUNNING: frozenset({S.QUEUED, S.COMPLETE, S.ERROR, S.CANCELLED, S.RENDERED}),
+    # RENDERED, PARTIAL: a local run interrupted here, before or after its first images
+    S.RUNNING: frozenset({S.QUEUED, S.COMPLETE, S.ERROR, S.CANCELLED, S.RENDERED, S.PARTIAL}),
     S.COMPLETE: frozenset({S.DOWNLOADED, S.PARTIAL}),
     # a failed shard, its images home, is pushed again by resume (or, had it made every
     # image before it failed, is done)

@@ -143,3 +143,53 @@ def test_the_gallery_shows_every_image_with_its_prompt_escaped(quick_run, tmp_pa
     page = write_gallery(folder).read_text()
     assert "<script>alert" not in page and "</script> &" not in page
     assert read_data(page)["images"][0]["prompt"] == evil["prompt"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_the_finished_images_and_resume_makes_only_the_rest(tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) in the middle of a
+    local run: exit 130 with one sentence and no traceback, the finished images verified in
+    the output folder, the run partial; resume makes only the images still missing, and the
+    job ends whole, each image as a run without the interruption makes it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from .conftest import sigint_default
+
+    env = dict(os.environ)  # this test's own state folder (the isolated fixture's)
+    exe = str(Path(sys.executable).with_name("imggenhub"))
+    spec = ["--backend", "local", "--model", "tiny-random", "--seed", "5", "-p", "a fox",
+            "--num-images", "24", "--steps", "2", "--name", "cut", "--out", str(tmp_path / "out")]
+    proc = subprocess.Popen([exe, "generate", *spec], cwd=tmp_path, env=env, text=True,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=sigint_default)
+    lines = []
+    for line in proc.stderr:
+        lines.append(line)
+        if "image 3/24" in line:
+            break
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    err = "".join(lines) + err
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Task exception" not in err, err
+    assert "'imggenhub resume" in err and "makes the rest" in err, err
+    run = runs.load("cut")
+    assert run.state.value == "partial"
+    kept = artifacts.read_manifest(tmp_path / "out")
+    assert 3 <= len(kept["images"]) < 24 and artifacts.verify(tmp_path / "out") == []
+
+    again = subprocess.run([exe, "resume", "cut"], cwd=tmp_path, env=env, text=True,
+                           stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"the {24 - len(kept['images'])} images still to make" in again.stderr
+    manifest = artifacts.read_manifest(tmp_path / "out")
+    assert len(manifest["images"]) == 24 and manifest["complete"] is True
+    assert artifacts.verify(tmp_path / "out") == [] and runs.load("cut").state.value == "downloaded"
+    for record in kept["images"]:  # the first session's images stayed as they were
+        assert record in manifest["images"]
+    # and the second session's are the images an uninterrupted run makes (its seeds)
+    assert [r["seed"] for r in manifest["images"]] == [5 + i for i in range(24)]

@@ -12,7 +12,9 @@ from pathlib import Path
 from .. import artifacts, runs
 from ..config import Deadline, Tunables, tunables, writable_folder
 from ..errors import LocalWriteError, SpecError, TransferError, UnsafeOutputError
+from ..engine import ranges_of, to_make
 from ..lifecycle import RunState
+from ..notebook import CODE_FILE, read_job_document, with_document
 from ..runs import Run
 from ..spec import JobSpec
 
@@ -63,6 +65,27 @@ class Backend:
         raise NotImplementedError
 
     # --- shared bookkeeping ----------------------------------------------------------
+
+    def render_rest(self, run: Run, on_event: OnEvent) -> Run:
+        """A session (or a local run) ended before the job did: the notebook again, making
+        only the images that are not here (same indices, seeds and file names), as the next
+        session."""
+        path = run.notebook_dir / CODE_FILE
+        text = path.read_text(encoding="utf-8")
+        doc = read_job_document(text)
+        manifest = artifacts.read_manifest(Path(run.out_dir)) or {"images": []}
+        here = {r["index"] for r in manifest["images"]}
+        rest = [t["index"] for t in to_make(doc) if t["index"] not in here]
+        if not rest:  # it failed after its last image: every one is here, nothing to push
+            on_event(f"run {run.run_id}: every image it was to make is here; nothing to push")
+            run.state, run.failure = RunState.DOWNLOADED, None
+            return runs.save(run)
+        run.session += 1
+        doc.update(only=ranges_of(rest), session=run.session)
+        path.write_text(with_document(text, doc), encoding="utf-8")
+        on_event(f"session {run.session} of run {run.run_id}: the {len(rest)} images still to make")
+        run.state, run.failure = RunState.RENDERED, None
+        return runs.save(run)
 
     def fetch(self, run: Run, on_event: OnEvent) -> Run:
         """Bring the outputs home under the folder's lock, check them, save the record; a

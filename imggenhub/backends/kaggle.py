@@ -15,13 +15,13 @@ from pathlib import Path
 import requests
 
 from .. import artifacts, estimate, kaggle_api, runs
-from ..engine import ERROR_PREFIX, KAGGLE_INPUT, progress_message, ranges_of, to_make
+from ..engine import ERROR_PREFIX, KAGGLE_INPUT, progress_message, to_make
 from ..errors import (KaggleApiError, NothingYet, OverQuota, RunFailedError, SpecError,
                       StillRunning, Unreachable)
 from ..config import Deadline, state_dir
 from ..lifecycle import RunState
 from ..models import HUB_ID
-from ..notebook import CODE_FILE, job_document, read_job_document, with_document, write_notebook
+from ..notebook import CODE_FILE, job_document, read_job_document, write_notebook
 from ..runs import Failure, Run
 from . import Backend, OnEvent, kaggle_inputs
 from .kaggle_download import bring_outputs, log_text, output_page
@@ -255,29 +255,9 @@ class KaggleBackend(Backend):
         left = self.deadline.left()
         return 60.0 if left is None else max(0.0, min(60.0, left))
 
-    def _render_rest(self, run: Run, on_event: OnEvent) -> Run:
-        """A session ended before the job did: the notebook again, making only the images
-        that are not here (same indices, seeds and file names), as the next session."""
-        path = run.notebook_dir / CODE_FILE
-        text = path.read_text(encoding="utf-8")
-        doc = read_job_document(text)
-        manifest = artifacts.read_manifest(Path(run.out_dir)) or {"images": []}
-        here = {r["index"] for r in manifest["images"]}
-        rest = [t["index"] for t in to_make(doc) if t["index"] not in here]
-        if not rest:  # it failed after its last image: every one is here, nothing to push
-            on_event(f"run {run.run_id}: every image it was to make is here; nothing to push")
-            run.state, run.failure = RunState.DOWNLOADED, None
-            return runs.save(run)
-        run.session += 1
-        doc.update(only=ranges_of(rest), session=run.session)
-        path.write_text(with_document(text, doc), encoding="utf-8")
-        on_event(f"session {run.session} of run {run.run_id}: the {len(rest)} images still to make")
-        run.state, run.failure = RunState.RENDERED, None
-        return runs.save(run)
-
     def submit(self, run: Run, on_event: OnEvent) -> Run:
         if run.state in (RunState.PARTIAL, RunState.ERROR, RunState.CANCELLED):
-            run = self._render_rest(run, on_event)
+            run = self.render_rest(run, on_event)
             if run.state == RunState.DOWNLOADED:
                 return run
         self.client  # the credentials first: without them nothing is sent, the run stays as is

@@ -4,6 +4,7 @@ Jupyter kernel, inside a working folder that plays /kaggle/working."""
 from __future__ import annotations
 
 import importlib.util
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -142,6 +143,10 @@ class LocalBackend(Backend):
             raise MissingDependencyError(missing[0], why="The local backend")
 
     def submit(self, run: Run, on_event: OnEvent) -> Run:
+        if run.state == RunState.PARTIAL:  # interrupted before: only the images not here
+            run = self.render_rest(run, on_event)
+            if run.state == RunState.DOWNLOADED:
+                return run
         run.state = RunState.RUNNING
         runs.save(run)
         shutil.rmtree(run.folder / "work", ignore_errors=True)  # a rerun starts clean
@@ -156,18 +161,30 @@ class LocalBackend(Backend):
                 _LogSink(run.folder / LOG_FILE, on_event), run.folder / "kernel-stderr.log",
                 executed=run.folder / "executed.ipynb", on_kernel=kernel_started)
         except KeyboardInterrupt:
-            # what was finished goes where the user looks for it before anything else
-            from ..engine import merge_manifest
-
-            try:
-                merge_manifest(run.folder / "work" / OUTPUT_DIR)
-                self.bring(run, Path(run.out_dir), on_event)
-            except (OSError, ValueError):
-                pass  # best effort: a rerun makes them again
+            # nbclient's tasks, cut off, would log their exceptions when collected: the
+            # sentence the CLI prints says it all
+            logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+            self._keep_what_was_made(run, on_event)
             raise
         run.timings["notebook"] = result.seconds
         run.state = RunState.COMPLETE if result.ok else RunState.ERROR
         run.failure = None if result.ok else result.failure()
+        return runs.save(run)
+
+    def _keep_what_was_made(self, run: Run, on_event: OnEvent) -> Run:
+        """An interrupted run: its finished images go where the user looks for them, and
+        the run becomes partial (resume makes only the rest) or, with none, rendered."""
+        from ..engine import merge_manifest
+
+        try:
+            merge_manifest(run.folder / "work" / OUTPUT_DIR)
+            with artifacts.folder_lock(Path(run.out_dir)):
+                self.bring(run, Path(run.out_dir), on_event)
+        except (OSError, ValueError):
+            pass  # best effort: resume makes them again
+        manifest = artifacts.read_manifest(Path(run.out_dir))
+        run.images_fetched = len(manifest["images"]) if manifest else 0
+        run.state = RunState.PARTIAL if run.images_fetched else RunState.RENDERED
         return runs.save(run)
 
     def resolve(self, run: Run, on_event: OnEvent) -> Run:
@@ -176,15 +193,20 @@ class LocalBackend(Backend):
 
     def wait(self, run: Run, on_event: OnEvent) -> Run:
         # A local run is over when submit returns. One still 'running' whose work lock we
-        # hold was interrupted (its process is gone): it runs again from the start.
+        # hold was killed (its process is gone): what it finished is kept, the rest runs again.
         if not run.state.terminal:
-            on_event(f"run {run.run_id} was interrupted while it ran here; it will run again")
-            run.state = RunState.RENDERED
-            runs.save(run)
+            run = self._keep_what_was_made(run, on_event)
+            on_event(f"run {run.run_id} was interrupted while it ran here, with "
+                     f"{run.images_fetched} images finished; 'imggenhub resume {run.run_id}' "
+                     "makes the rest")
         return run
 
     def bring(self, run: Run, out_dir: Path, on_event: OnEvent) -> None:
+        before = artifacts.read_manifest(out_dir)  # an interrupted run's, or an earlier session's
         artifacts.collect(run.folder / "work" / OUTPUT_DIR, out_dir)
+        if before is not None and before.get("run_id") == run.run_id:
+            now = artifacts.read_manifest(out_dir)
+            artifacts.write_manifest(out_dir, artifacts.combine(before, now or before))
         log = run.folder / LOG_FILE
         if log.exists():
             shutil.copyfile(log, out_dir / LOG_FILE)
