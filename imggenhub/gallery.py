@@ -22,12 +22,17 @@ SHOWN = ("prompt", "negative_prompt", "seed", "steps", "guidance", "width", "hei
 
 def command(record: dict, header: dict) -> str:
     """The command line that makes this image again (shell-quoted: any prompt survives)."""
-    args = ["imggenhub", "generate", "--prompt", str(record.get("prompt", ""))]
+    args = ["imggenhub", "generate"]
+    if header.get("backend") == "local":  # where it was made: the same device and precision
+        args += ["--backend", "local"]
+    args += ["--prompt", str(record.get("prompt", ""))]
+    # a sweep's cell may have its own scheduler; the record names only its class
+    scheduler = (record.get("cell") or {}).get("scheduler") or header.get("scheduler_flag")
     flags = (("--negative-prompt", record.get("negative_prompt")), ("--seed", record.get("seed")),
              ("--model", record.get("model") or header.get("model")),
              ("--steps", record.get("steps")), ("--guidance", record.get("guidance")),
              ("--width", record.get("width")), ("--height", record.get("height")),
-             ("--scheduler", header.get("scheduler_flag")), ("--strength", record.get("strength")),
+             ("--scheduler", scheduler), ("--strength", record.get("strength")),
              ("--init-image", record.get("init_image")), ("--mask-image", record.get("mask_image")))
     for flag, value in flags:
         if value not in (None, ""):

@@ -135,6 +135,10 @@ def test_the_gallery_shows_every_image_with_its_prompt_escaped(quick_run, tmp_pa
 
     data = read_data((out / "gallery.html").read_text())
     assert [i["file"] for i in data["images"]] == [r["file"] for r in manifest["images"]]
+    # made here, so made again here: the same device and precision
+    assert manifest["backend"] == "local"
+    assert all(i["command"].startswith("imggenhub generate --backend local --prompt ")
+               for i in data["images"])
     # prompts are data inside the page's JSON block, never markup (the browser test runs it)
     folder = tmp_path / "g"
     folder.mkdir()

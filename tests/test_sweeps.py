@@ -4,15 +4,17 @@ result is a labelled grid per prompt and a table in the gallery."""
 
 from __future__ import annotations
 
+import shlex
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from imggenhub import artifacts, sweeps
+from imggenhub import artifacts, gallery, sweeps
+from imggenhub.engine import plan_images
 from imggenhub.errors import SpecError
 from imggenhub.gallery import read_data
-from imggenhub.notebook import read_job_document
+from imggenhub.notebook import CODE_FILE, read_job_document
 from imggenhub.spec import build_job, parse_settings, prompts_from_flags
 
 
@@ -67,6 +69,21 @@ def test_a_sweep_through_kaggle_gives_labelled_grids_and_a_gallery_table(emulato
     assert plot["z"] == {"scheduler": "ddim"} and all(c for row in plot["rows"] for c in row)
     first = [r for r in manifest["images"] if r["sweep_of"] == 0]
     assert len({r["seed"] for r in first}) == 1  # one seed: only the swept values change
+    # each image's gallery command asks for exactly that image: rendered, its one planned
+    # image has the record's every parameter (the swept scheduler too)
+    assert manifest["backend"] == "kaggle"
+    header = {k: v for k, v in manifest.items() if k != "images"}
+    for i, record in enumerate(manifest["images"][:8]):
+        argv = shlex.split(gallery.command(record, header))
+        assert argv[:2] == ["imggenhub", "generate"] and "--backend" not in argv
+        code, out, err = cli("render", *argv[2:], "--out", str(tmp_path / f"again-{i}"))
+        assert code == 0, err
+        again = read_job_document((tmp_path / f"again-{i}" / CODE_FILE).read_text())
+        [task] = plan_images(again)
+        assert (task["seed"], task["steps"], task["guidance"], task["width"], task["height"],
+                task["model"]["id"], task.get("scheduler") or again["scheduler"]) == (
+            record["seed"], record["steps"], record["guidance"], record["width"],
+            record["height"], record["model"], record["cell"]["scheduler"])
 
 
 @pytest.mark.slow

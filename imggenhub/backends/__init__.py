@@ -116,6 +116,10 @@ class Backend:
             if manifest is not None and not problems:
                 from .. import sheets, sweeps
 
+                if manifest.get("backend") != run.backend:  # for the gallery's commands
+                    manifest["backend"] = run.backend
+                    artifacts.write_manifest(out_dir, manifest)
+
                 sheets.write(out_dir, manifest)  # grid.png: every image as a labelled tile
                 sweeps.write(out_dir, manifest)  # a sweep's labelled grids, one per prompt
             artifacts.write_gallery(out_dir)
