@@ -34,7 +34,8 @@ EXIT_MEANINGS = {
     Exit.STILL_RUNNING: "still running at --timeout; the run goes on (run the same command again)",
     Exit.NO_CREDENTIALS: "no Kaggle credentials, or Kaggle rejected them",
     Exit.UNREACHABLE: "Kaggle could not be reached or kept failing; the run, if any, goes on "
-                      "(try again later)",
+                      "(try again later); for `score`, the Hugging Face Hub, with the model "
+                      "not cached",
     Exit.NOTHING_YET: "nothing to do yet: the run is not at a state this command acts on, or "
                       "another imggenhub process is working on it",
     Exit.OVER_QUOTA: "the job's estimated GPU hours exceed what is left of this week's Kaggle "

@@ -9,7 +9,7 @@ import json
 import re
 from pathlib import Path
 
-from .errors import MissingDependencyError, SpecError
+from .errors import MissingDependencyError, SpecError, Unreachable
 
 LORA_TAG = re.compile(r"\s*<lora:[^>]*>")
 BATCH = 8
@@ -51,11 +51,22 @@ def score_folder(folder: Path, model: str | None, on_event) -> dict:
             raise MissingDependencyError(module, why="Scoring here")
     from .engine import Scorer
 
-    pairs = [(p, prompt_of(p)) for p in sorted(folder.glob("*.png"))]
+    found = sorted(folder.glob("*.png"))
+    pairs = [(p, prompt_of(p)) for p in found]
     pairs = [(p, prompt) for p, prompt in pairs if prompt]
     model = model or DEFAULT_SCORE_MODEL
-    on_event(f"scoring {len(pairs)} images with {model}")
-    scorer = Scorer(model)
+    if not pairs:  # nothing to load a model for
+        return {"folder": str(folder), "model": model, "images": [], "score_mean": None}
+    skipped = len(found) - len(pairs)
+    on_event(f"scoring {len(pairs)} images with {model}"
+             + (f" ({skipped} PNGs carry no prompt and are skipped)" if skipped else ""))
+    try:
+        scorer = Scorer(model)
+    except OSError as exc:  # transformers' words for a model it could neither find nor fetch
+        raise Unreachable(f"The CLIP model {model!r} could not be loaded: it is neither a "
+                          "folder here nor in the Hugging Face cache, and the Hub could not "
+                          f"give it ({str(exc).splitlines()[0][:160]}); connect once to "
+                          f"cache it, or give --model a local CLIP folder.") from None
     results = []
     from PIL import Image
 

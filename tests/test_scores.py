@@ -90,3 +90,25 @@ def test_score_command_reads_our_pngs_and_a1111s(cli, tmp_path):
         found["images"][0]["score"]
     code, out, err = cli("score", str(tmp_path / "nothing"))
     assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_score_offline_without_the_model_is_one_sentence_and_an_empty_folder_loads_nothing(
+        cli, tmp_path):
+    """The Hub out of reach (HF_HUB_OFFLINE here) and the model not cached: exit 5 with a
+    sentence, at once, not an internal error; no image to score: no model is loaded."""
+    import time
+
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    code, out, err = cli("score", str(folder), "--model", "nobody/no-such-clip")
+    assert code == 0 and "no image with a prompt to score" in out
+    engine.save_png(picture(1), folder / "0001-a.png", {
+        "index": 0, "prompt": "a red fox", "seed": 1, "steps": 4, "scheduler": "DDIM",
+        "guidance": 5.0, "width": 32, "height": 32, "model": "tiny-random"})
+    picture(2).save(folder / "no-prompt.png")
+    t0 = time.monotonic()
+    code, out, err = cli("score", str(folder), "--model", "nobody/no-such-clip")
+    assert code == 5, err
+    assert "The CLIP model 'nobody/no-such-clip' could not be loaded" in err
+    assert "1 PNGs carry no prompt" in err and "Internal error" not in err
+    assert err.strip().splitlines()[-1].startswith("Error: ") and time.monotonic() - t0 < 30
