@@ -223,7 +223,9 @@ def _default_backend() -> str:
 
 def _done(run, as_json: bool) -> None:
     if run.state.value == "downloaded" or run.images_fetched:
-        human = f"{run.images_fetched} images in {run.out_dir} (manifest.json; run {run.run_id})"
+        from .engine import images_text
+
+        human = f"{images_text(run.images_fetched)} in {run.out_dir} (manifest.json; run {run.run_id})"
     else:
         human = f"{run.run_id} {run.state.value} {run.url or ''}".rstrip()
     _result(_run_data(run), human, as_json)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import artifacts, backends, runs
+from .engine import images_text
 from .errors import ImggenhubError, Interrupted, NothingYet, RunFailedError, SpecError
 from .lifecycle import Exit, RunState, Step, plan
 from .notebook import write_notebook
@@ -64,7 +65,7 @@ def start(job: JobSpec, backend: str, out_dir: Path | None, options, on_event: b
         if made_out and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # nor an empty folder made for it
         raise
-    on_event(f"run {run_id}: {job.image_count} images with {job.model['id']} on the {backend} backend")
+    on_event(f"run {run_id}: {images_text(job.image_count)} with {_models(job)} on the {backend} backend")
     return run
 
 
@@ -84,6 +85,12 @@ def failure_error(run: Run) -> RunFailedError:
     if run.images_fetched:
         message += f"; the {run.images_fetched} images finished before it are in {run.out_dir}"
     return RunFailedError(message.rstrip(".") + ".", failure, run.run_id)
+
+
+def _models(job: JobSpec) -> str:
+    """The model the job uses, or each model of a model sweep."""
+    ids = dict.fromkeys((p.model or job.model)["id"] for p in job.prompts)
+    return ", ".join(ids)
 
 
 def _interrupted(run: Run) -> Interrupted:

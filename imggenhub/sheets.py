@@ -25,9 +25,25 @@ def ascii_text(text, limit: int) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "~"
 
 
-def _label(record: dict) -> str:
-    return ascii_text(f"#{record.get('index', 0) + 1} seed {record.get('seed', '?')}  "
-                      f"{record.get('prompt', '')}", 34)
+def _label(record: dict) -> tuple[str, str]:
+    return (f"#{record.get('index', 0) + 1} seed {record.get('seed', '?')}",
+            str(record.get("prompt", "")))
+
+
+def fit(draw, text: str, text_font, width: int) -> str:
+    """``text`` (printable ASCII), cut with '~' to at most ``width`` pixels in ``text_font``:
+    a caption never runs into the next tile."""
+    text = ascii_text(text, 300)
+    if draw.textlength(text, font=text_font) <= width:
+        return text
+    lo, hi = 0, len(text)  # the longest cut that fits, by bisection
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if draw.textlength(text[:mid] + "~", font=text_font) <= width:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo] + "~"
 
 
 def font():
@@ -79,9 +95,11 @@ def write(folder: Path, manifest: dict, cols: int | None = None) -> list[Path]:
         draw = ImageDraw.Draw(sheet)
         for k, record in enumerate(chunk):
             x, y = (k % cols) * TILE, (k // cols) * (TILE + LABEL)
-            label = _label(record) if paste_tile(sheet, draw, folder / record["file"], x, y) \
-                else f"#{record.get('index', 0) + 1} missing here"
-            draw.text((x + 4, y + TILE + 8), label, fill=(230, 230, 230), font=text_font)
+            lines = _label(record) if paste_tile(sheet, draw, folder / record["file"], x, y) \
+                else (f"#{record.get('index', 0) + 1}", "missing here")
+            for row, line in enumerate(lines):  # two lines, each within the tile's width
+                draw.text((x + 4, y + TILE + 2 + 13 * row), fit(draw, line, text_font, TILE - 8),
+                          fill=(230, 230, 230), font=text_font)
         path = folder / name
         tmp = path.with_name(f".{name}.tmp")
         sheet.save(tmp, format="PNG")

@@ -51,3 +51,21 @@ def test_a_downloaded_run_comes_with_its_sheet(emulator, cli, tmp_path):
                          "--out", str(tmp_path / "o"), cwd=tmp_path)
     assert code == 0, err
     assert (tmp_path / "o" / "grid.png").exists()
+
+
+def test_captions_stay_within_their_tiles(tmp_path):
+    """A long prompt is cut to its tile's width: the columns where two tiles meet, and the
+    sheet's right edge, stay background in the caption band."""
+    folder = tmp_path / "long"
+    run_folder(folder, 2)
+    manifest = artifacts.read_manifest(folder)
+    for record in manifest["images"]:
+        record["prompt"] = "a lighthouse at dusk, volumetric light, WWWWWWWWWWWWWWWWWWWWWWWW" * 3
+    [made] = sheets.write(folder, manifest, cols=2)
+    with Image.open(made) as sheet:
+        band = range(sheets.TILE, sheets.TILE + sheets.LABEL)
+        for x in (*range(sheets.TILE - 3, sheets.TILE + 3), *range(sheet.width - 3, sheet.width)):
+            assert all(sheet.getpixel((x, y)) == sheets.BACKGROUND for y in band), x
+        # and the captions are there: the band left of the meeting columns has text
+        assert any(sheet.getpixel((x, y)) != sheets.BACKGROUND
+                   for x in range(4, sheets.TILE - 8) for y in band)

@@ -158,3 +158,10 @@ def test_the_engine_loads_each_model_of_a_sweep_once(tmp_path, capsys):
         ["tiny-random-sdxl"] * 2 + ["tiny-random"] * 2  # by index, as planned
     out = capsys.readouterr().out
     assert out.count("model tiny-random ready in") == 1  # one swap: sdxl first, then sd
+
+
+def test_the_first_line_names_each_model_of_a_model_sweep(emulator, cli, tmp_path):
+    code, out, err = cli("deploy", "--model", "tiny-random", "-p", "a fox", "--sweep",
+                         "model=tiny-sdxl,tiny-random", cwd=tmp_path)
+    assert code == 0, err
+    assert "2 images with tiny-random-sdxl, tiny-random on the kaggle backend" in err, err

@@ -144,6 +144,7 @@ def load_init_image(path: str, width: int | None, height: int | None, mode: str 
     """An input picture (RGB) or mask (L: white is redrawn), at the job's size if it has one."""
     from PIL import Image
 
+    what = "mask image" if mode == "L" else "init image"
     try:
         with Image.open(path) as opened:
             try:
@@ -151,11 +152,10 @@ def load_init_image(path: str, width: int | None, height: int | None, mode: str 
             except ValueError:  # no direct way (LAB to L, say): through RGB
                 image = opened.convert("RGB").convert(mode)
     except (OSError, ValueError) as exc:
-        what = "mask image" if mode == "L" else "init image"
         raise ValueError(f"the {what} {Path(path).name!r} cannot be read as a picture ({exc})") \
             from None
     if width and height and image.size != (width, height):
-        log(f"note: init image {Path(path).name} is {image.width}x{image.height}; resized to "
+        log(f"note: {what} {Path(path).name} is {image.width}x{image.height}; resized to "
             f"{width}x{height}")
         image = image.resize((width, height))
     return image

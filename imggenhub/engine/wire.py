@@ -49,3 +49,8 @@ def progress_message(line: str) -> str | None:
     """The message of a progress line from the kernel log (None for any other line)."""
     head = PROGRESS_PREFIX + " "
     return line[len(head):] if line.startswith(head) else None
+
+
+def images_text(n: int) -> str:
+    """'1 image', '2 images': the count as a sentence says it."""
+    return f"{n} image" if n == 1 else f"{n} images"

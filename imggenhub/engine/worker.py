@@ -20,7 +20,7 @@ from .scoring import Scorer
 from .planning import (SessionClock, batches, resolve_inputs, shard, to_make,
                        use_hf_token)
 from .wire import (ENGINE_PACKAGE, ENGINE_VERSION, ERROR_PREFIX, JOB_FILE, OUTPUT_DIR, PARTS_DIR,
-                   log)
+                   images_text, log)
 
 
 def _select_device(job: dict):
@@ -31,7 +31,7 @@ def _select_device(job: dict):
     state = PartialState(cpu=not (job.get("gpu", True) and torch.cuda.is_available()))
     device = state.device
     if job.get("gpu", True) and device.type != "cuda" and state.is_main_process:
-        log("note: a GPU was asked for but none is visible; running on the CPU")
+        log("note: no GPU is visible here; running on the CPU")
     precision = job.get("precision", "auto")
     if device.type == "cuda":
         dtype = torch.float32 if precision == "fp32" else torch.float16
@@ -82,7 +82,7 @@ def run_worker(job: dict, out_dir: Path) -> None:
     load_seconds = time.monotonic() - t_load
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     log(f"{tag}model {model['id']} ready on {device_name} ({str(dtype).replace('torch.', '')}) "
-        f"in {load_seconds:.2f}s; {len(tasks)} images for this process")
+        f"in {load_seconds:.2f}s; {images_text(len(tasks))} for this process")
 
     header = {"engine_version": ENGINE_VERSION, "job_id": job.get("job_id"),
               "run_id": job.get("run_id"), "model": model["id"], "processes_total": world,
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     os.environ.setdefault("IMGGENHUB_ENGINE_STARTED", str(time.time()))  # the session clock
     processes = count_processes(job)
-    log(f"job {job.get('job_id')}: {len(to_make(job))} images with {job['model']['id']} "
+    log(f"job {job.get('job_id')}: {images_text(len(to_make(job)))} with {job['model']['id']} "
         f"in {processes} process{'es' if processes > 1 else ''}")
     code = 0
     try:
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         manifest = merge_manifest(args.out, job)
     n = len(manifest["images"]) if manifest else 0
-    log(f"done: {n} images in {time.monotonic() - t0:.1f}s" + ("" if code == 0 else f" (failed, exit {code})"))
+    log(f"done: {images_text(n)} in {time.monotonic() - t0:.1f}s" + ("" if code == 0 else f" (failed, exit {code})"))
     return code
 
 
