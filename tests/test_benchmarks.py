@@ -50,7 +50,10 @@ def test_benchmark_runs_quick(script, tmp_path, monkeypatch, capsys):
     import runpy
     import tempfile
 
-    for key, value in bench_env(tmp_path).items():
+    env = bench_env(tmp_path)
+    for key in [k for k in os.environ if k not in env]:
+        monkeypatch.delenv(key)
+    for key, value in env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setattr(sys, "argv", [str(REPO / "benchmarks" / script), "--quick"])
