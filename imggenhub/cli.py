@@ -470,9 +470,16 @@ def render(
     check_renderable(job)
     creds = find_credentials()  # fill in the owner as deploy would, where it needs no network
     meta = kernel_metadata(kernel, owner=creds.username if creds else None)
+    from .backends.kaggle_meta import PLACEHOLDER_OWNER
+    from .engine import images_text
+
     path = write_notebook(out, job)
     write_metadata(out, meta)
-    typer.echo(f"{path} (job {job.job_id}, {job.image_count} images)")
+    typer.echo(f"{path} (job {job.job_id}, {images_text(job.image_count)})")
+    if meta["id"].startswith(PLACEHOLDER_OWNER + "/"):
+        typer.echo(f"note: kernel-metadata.json names the owner '{PLACEHOLDER_OWNER}' (no Kaggle "
+                   "username was found here without the network): put yours in its \"id\" "
+                   "before 'kaggle kernels push'", err=True)
 
 
 @app.command()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from .conftest import run_cli_subprocess
@@ -70,3 +72,17 @@ def test_bad_prompt_files_one_sentence_exit_2(tmp_path, cli, content, fragment):
     code, out, err = cli("render", "--out", str(tmp_path / "r"), "--model", "tiny-random", cwd=tmp_path)
     assert code == 2 and fragment in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_render_without_a_username_says_whose_name_to_put_in(tmp_path, cli, monkeypatch):
+    code, out, err = cli("render", "--out", str(tmp_path / "r"), "--model", "tiny-random",
+                         "-p", "x", cwd=tmp_path)
+    assert code == 0 and "(job " in out and "1 image)" in out
+    assert "names the owner 'your-kaggle-username'" in err
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
+    monkeypatch.setenv("KAGGLE_KEY", "k" * 32)
+    code, out, err = cli("render", "--out", str(tmp_path / "r2"), "--model", "tiny-random",
+                         "-p", "x", cwd=tmp_path)
+    assert code == 0 and err == ""
+    assert json.loads((tmp_path / "r2" / "kernel-metadata.json").read_text())["id"].startswith(
+        "someone/")
