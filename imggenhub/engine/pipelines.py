@@ -35,12 +35,34 @@ def load_pipeline(model: dict, device: str, dtype):
         kwargs["vae"] = AutoencoderKL.from_pretrained(SDXL_VAE_FP16_FIX, **_dtype_kwarg(dtype))
     variant = model.get("variant") if dtype == torch.float16 else None
     try:
-        pipe = AutoPipelineForText2Image.from_pretrained(model["id"], variant=variant, **kwargs)
-    except (OSError, ValueError) as exc:
-        if variant is None or "variant" not in str(exc):
-            raise
-        pipe = AutoPipelineForText2Image.from_pretrained(model["id"], **kwargs)
+        try:
+            pipe = AutoPipelineForText2Image.from_pretrained(model["id"], variant=variant, **kwargs)
+        except (OSError, ValueError) as exc:
+            if variant is None or "variant" not in str(exc):
+                raise
+            pipe = AutoPipelineForText2Image.from_pretrained(model["id"], **kwargs)
+    except OSError as exc:
+        raise _not_loaded(model["id"], exc) from None
     return pipe.to(device)
+
+
+def _not_loaded(model_id: str, exc: OSError) -> OSError:
+    """Offline, diffusers says a Hub model 'does not appear to have a file named
+    model_index.json', as if the id were wrong: say what is the matter."""
+    if Path(model_id).is_dir():
+        return exc
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model_id, "model_index.json")
+    except Exception:  # an id the cache cannot even look up: the loader's words stand
+        return exc
+    if isinstance(cached, str):  # cached, so something else is wrong: its own words
+        return exc
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return OSError(f"{model_id} is not in this machine's Hugging Face cache and the Hub did not "
+                   "give it: check the network (on Kaggle, the kernel's internet setting), the "
+                   f"model id, and for a gated model the token ({first})")
 
 
 def load_refiner(base, refiner: dict, device: str, dtype):
