@@ -196,9 +196,10 @@ def generate(job: JobSpec, backend: str, out_dir: Path | None, options, on_event
         return _generate(job, backend, out_dir, options, on_event, timeout_hours, timeout, name)
 
 
-def _named(name: str | None, job: JobSpec, backend: str) -> Run | None:
+def _named(name: str | None, job: JobSpec, backend: str, on_event) -> Run | None:
     """The run a --name stands for, if it is this job's. A named run that is still going
-    with another job is refused: the line would lose track of it."""
+    with another job is refused: the line would lose track of it. A finished one of another
+    job keeps its name; the new run takes it too (a name finds the newest), and says so."""
     existing = runs.find_named(name) if name is not None else None
     if existing is None or existing.backend != backend:
         return None
@@ -206,12 +207,15 @@ def _named(name: str | None, job: JobSpec, backend: str) -> Run | None:
         if not existing.state.terminal:
             raise SpecError(f"The run named '{name}' ({existing.run_id}) is {existing.state.value} "
                             "with another job; let it finish, or choose another --name.")
+        on_event(f"note: the name '{name}' was run {existing.run_id}'s, a job with other "
+                 "settings; a new run takes the name (the name now finds it, the run id the "
+                 "old one)")
         return None
     return existing
 
 
 def _generate(job, backend, out_dir, options, on_event, timeout_hours, timeout, name) -> Run:
-    existing = _named(name, job, backend)
+    existing = _named(name, job, backend, on_event)
     if existing is not None:  # a failed one reports its failure: a cron line never re-pushes it
         on_event(f"picking up run {existing.run_id} ('{name}') at {existing.state.value}")
         return advance(existing, "generate", on_event, timeout)
@@ -223,7 +227,7 @@ def deploy(job: JobSpec, out_dir: Path | None, options, on_event,
            timeout_hours: float | None = None, timeout: float | None = None,
            name: str | None = None) -> Run:
     with runs.named(name):
-        existing = _named(name, job, "kaggle")
+        existing = _named(name, job, "kaggle", on_event)
         if existing is not None:
             on_event(f"run {existing.run_id} ('{name}') exists at {existing.state.value}")
             return advance(existing, "deploy", on_event, timeout)

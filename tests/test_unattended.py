@@ -350,6 +350,13 @@ def test_review_fixes_for_names_out_credentials_and_json(emulator, cli, tmp_path
     code, out, err = cli("generate", "--model", "tiny-random", "--seed", "1", "-p", "b",
                          "--name", "n3")
     assert code == 2 and "with another job" in err
+    # a finished named run of another job: a new run takes the name, and says so
+    emulator.queue_seconds = 0
+    first = runs.load("n1").run_id
+    code, out, err = cli("generate", "--model", "tiny-random", "--seed", "99", "-p", "other",
+                         "--name", "n1", "--json")
+    assert code == 0 and f"the name 'n1' was run {first}'s" in err
+    assert runs.load("n1").run_id == json.loads(out)["run_id"] != first
 
 
 def test_a_manifest_of_another_run_never_lands(emulator, cli, tmp_path):
