@@ -8,6 +8,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .errors import CredentialsError
+
 
 @dataclass(frozen=True)
 class Credentials:
@@ -36,17 +38,24 @@ def find_credentials() -> Credentials | None:
     if env_token:
         if Path(env_token).is_file():
             return Credentials("KAGGLE_API_TOKEN (file)", token=Path(env_token).read_text().strip())
+        if os.sep in env_token or env_token.startswith("~"):  # a path, not a token
+            raise CredentialsError(f"KAGGLE_API_TOKEN names the file {env_token}, which does not "
+                                   "exist here; give the token itself or the path of its file.")
         return Credentials("KAGGLE_API_TOKEN", token=env_token)
     token_file = Path.home() / ".kaggle" / "access_token"
     if token_file.is_file() and token_file.read_text().strip():
         return Credentials(str(token_file), token=token_file.read_text().strip())
-    username, key, source = None, None, None
+    username, key, source, broken = None, None, None, None
     for folder in _config_dirs():
         path = folder / "kaggle.json"
         if path.is_file():
             try:
                 data = json.loads(path.read_text())
             except (json.JSONDecodeError, UnicodeDecodeError):
+                broken = broken or path
+                continue
+            if not isinstance(data, dict):
+                broken = broken or path
                 continue
             username, key, source = data.get("username"), data.get("key"), str(path)
             break
@@ -56,6 +65,9 @@ def find_credentials() -> Credentials | None:
         key, source = os.environ["KAGGLE_KEY"], "KAGGLE_USERNAME/KAGGLE_KEY"
     if username and key:
         return Credentials(source, username=username, key=key)
+    if broken is not None:
+        raise CredentialsError(f"{broken} is not valid JSON; download kaggle.json again from your "
+                               "Kaggle account page (or set KAGGLE_API_TOKEN).")
     return None
 
 

@@ -230,6 +230,9 @@ def test_doctor_names_the_credential_never_the_secret(emulator, cli, tmp_path, m
     monkeypatch.setenv("KAGGLE_API_TOKEN", emulator.token)
     code, out, err = cli("doctor")
     assert code == 0 and "KAGGLE_API_TOKEN (token)" in out and emulator.token not in out + err
+    emulator.stop()  # no answer: it still says which credential it tried
+    code, out, err = cli("doctor", "--timeout", "1")
+    assert code == 5 and "credential: KAGGLE_API_TOKEN (token)" in err
     monkeypatch.delenv("KAGGLE_API_TOKEN")
     code, out, err = cli("doctor")
     assert code == 4 and "No Kaggle credentials found" in err

@@ -146,3 +146,18 @@ def test_kaggle_states_map_in_one_place():
     assert parse_state("running") == RunState.RUNNING
     assert parse_state(None) == RunState.QUEUED  # an empty body parses as QUEUED
     assert parse_state("SOMETHING_NEW") == RunState.RUNNING  # never taken for a verdict
+
+
+def test_a_broken_kaggle_json_or_a_missing_token_file_is_said(isolated, monkeypatch, tmp_path):
+    from imggenhub.errors import CredentialsError
+
+    (isolated / ".kaggle").mkdir()
+    (isolated / ".kaggle" / "kaggle.json").write_text('{"username": "x"')  # cut off
+    with pytest.raises(CredentialsError, match="kaggle.json is not valid JSON"):
+        find_credentials()
+    monkeypatch.setenv("KAGGLE_USERNAME", "u")  # the variables stand in for the file
+    monkeypatch.setenv("KAGGLE_KEY", "k")
+    assert find_credentials().username == "u"
+    monkeypatch.setenv("KAGGLE_API_TOKEN", str(tmp_path / "no-such-token"))
+    with pytest.raises(CredentialsError, match="names the file .*no-such-token, which does not"):
+        find_credentials()

@@ -583,6 +583,7 @@ class KaggleBackend(Backend):
         lines = [f"credential: {creds.source} ({'token' if creds.token else 'username/key'}"
                  f"{', user ' + creds.username if creds.username else ''})"]
         self.bound(timeout)
+        on_event(lines[0])  # said at once: if the API does not answer, which one was tried
         user = self.owner()
         q = self.quota(on_event)
         total = "?" if q["gpu_hours_total"] is None else f"{q['gpu_hours_total']:.0f}"
