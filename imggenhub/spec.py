@@ -553,7 +553,8 @@ def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
     job_preset = preset
     for i, item in enumerate(items):
         cell, sweep_of, extra = cells[i]
-        where = f"prompt {i + 1}" if cell is None else f"prompt {sweep_of + 1} at {cell}"
+        where = f"prompt {i + 1}" if cell is None else \
+            f"prompt {sweep_of + 1} at " + ", ".join(f"{k}={v}" for k, v in cell.items())
         preset = resolve_model(extra["model"]) if "model" in extra else job_preset
         if "model" in extra:  # a model sweep's cell: that model, with its own defaults
             extra = {**extra, "model": preset.engine_dict()}
@@ -570,8 +571,10 @@ def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
         mask = item.mask_image or settings.mask_image
         strength = item.strength if item.strength is not None else settings.strength
         if init is None and (strength is not None or mask is not None):
-            raise SpecError(f"{where}: --strength and --mask-image apply to an --init-image; give "
-                            "it too.")
+            given = " and ".join(f for f, v in (("--strength", strength), ("--mask-image", mask))
+                                 if v is not None)
+            raise SpecError(f"{where}: {given} appl{'y' if ' and ' in given else 'ies'} to an "
+                            "--init-image; give it too.")
         if init is not None and refiner is not None:
             raise SpecError(f"{where}: --refiner applies to text-to-image prompts; run the "
                             "image-to-image ones as another job.")

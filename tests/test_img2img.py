@@ -24,8 +24,9 @@ def picture(path, seed, size=64):
 
 
 @pytest.mark.parametrize("flags,words", [
-    ({"strength": 0.5}, "apply to an --init-image"),
-    ({"mask_image": "IMG"}, "apply to an --init-image"),
+    ({"strength": 0.5}, ": --strength applies to an --init-image"),
+    ({"mask_image": "IMG"}, ": --mask-image applies to an --init-image"),
+    ({"mask_image": "IMG", "strength": 0.5}, "--strength and --mask-image apply to an --init-image"),
     ({"init_image": "IMG", "mask_image": "nope.png"}, "mask image 'nope.png' not found"),
     ({"init_image": "nope.png"}, "init image 'nope.png' not found"),
     ({"init_image": "IMG", "steps": 2, "strength": 0.3}, "leaves no denoising step; use at least 4"),

@@ -38,6 +38,7 @@ def test_a_sweep_is_the_product_of_its_values_with_one_seed_a_prompt():
     (["colour=red"], "sweepable are"),
     (["steps=2,x"], "'x' is not a steps value"),
     (["guidance"], "must be NAME=V1,V2"),
+    (["strength=0.5,1"], "prompt 1 at strength=0.5: --strength applies to an --init-image"),
     (["steps=2,2"], "a value is given twice"),
     (["steps=" + ",".join(str(i) for i in range(1, 12)), "guidance=" + ",".join(
         str(i) for i in range(1, 11))], "more than 100"),
