@@ -165,8 +165,12 @@ def load(run_id: str | None = None) -> Run:
     exact = [r for r in every if r.run_id == run_id]
     named = [r for r in every if r.name == run_id]
     matches = exact or named[-1:] or [r for r in every if r.run_id.startswith(run_id)]
-    if len(matches) != 1:
-        raise RunNotFoundError(f"No single run matches '{run_id}'; 'imggenhub runs' lists them.")
+    if len(matches) > 1:
+        shown = ", ".join(r.run_id for r in matches[:5]) + (", ..." if len(matches) > 5 else "")
+        raise RunNotFoundError(f"'{run_id}' matches {len(matches)} runs ({shown}); give more of "
+                               "the run id.")
+    if not matches:
+        raise RunNotFoundError(f"No run matches '{run_id}'; 'imggenhub runs' lists them.")
     return matches[0]
 
 
