@@ -371,7 +371,8 @@ def open_gallery(run_id: RunId = None, json: Json = False) -> None:
         page = artifacts.write_gallery(folder)  # fresh: the manifest may have grown since
     if not page.exists():
         raise SpecError(f"Run {run.run_id} has no images in {folder} yet, so no gallery; "
-                        f"'imggenhub download {run.run_id}' brings them.")
+                        f"'imggenhub resume {run.run_id}' brings them (it takes the run on from "
+                        "wherever it stands).")
     opened = webbrowser.open(page.as_uri())
     _result({"ok": True, "run_id": run.run_id, "gallery": str(page), "opened": bool(opened)},
             str(page) if opened else f"{page} (no browser found here: open it by hand)", json)
@@ -390,8 +391,8 @@ def grid(run_id: RunId = None, cols: Annotated[Optional[int], typer.Option(
     folder = Path(run.out_dir)
     manifest = artifacts.read_manifest(folder)
     if manifest is None or not manifest["images"]:
-        raise SpecError(f"Run {run.run_id} has no images in {folder} yet; 'imggenhub download "
-                        f"{run.run_id}' brings them.")
+        raise SpecError(f"Run {run.run_id} has no images in {folder} yet; 'imggenhub resume "
+                        f"{run.run_id}' brings them (it takes the run on from wherever it stands).")
     paths = sheets.write(folder, manifest, cols) + sweeps.write(folder, manifest)
     artifacts.write_gallery(folder)  # it links the sheets
     _result({"ok": True, "run_id": run.run_id, "sheets": [str(p) for p in paths]},
