@@ -60,7 +60,7 @@ def _result(data, human: str, as_json: bool) -> None:
 def _run_data(run) -> dict:
     data = run.model_dump(mode="json", include={
         "run_id", "name", "backend", "state", "job_id", "kernel_ref", "version", "url",
-        "image_count", "images_fetched", "out_dir", "failure", "session"})
+        "image_count", "images_fetched", "out_dir", "failure", "session", "created"})
     if run.shards:
         from .runs import shards_of
 

@@ -27,7 +27,7 @@ def summary(run) -> dict:
     gallery = folder / artifacts.GALLERY
     return {
         "run_id": run.run_id, "name": run.name, "backend": run.backend, "state": run.state.value,
-        "model": (manifest or {}).get("model"), "images_here": len(images),
+        "model": (manifest or {}).get("model") or _job_model(run), "images_here": len(images),
         "images_planned": (manifest or {}).get("planned_images") or run.image_count,
         "seconds_per_image": round(statistics.median(seconds), 3) if seconds else None,
         "score_mean": (manifest or {}).get("score_mean") or (
@@ -148,3 +148,14 @@ def inline_image(path: Path, protocol: str) -> str:
         head = "a=T,f=100," if n == 0 else ""
         parts.append(f"\033_G{head}m={more};{chunk}\033\\")
     return "".join(parts) + "\n"
+
+
+def _job_model(run) -> str | None:
+    """The model the run's notebook asks for (before any image is here)."""
+    from .notebook import CODE_FILE, read_job_document
+
+    try:
+        doc = read_job_document((run.notebook_dir / CODE_FILE).read_text(encoding="utf-8"))
+    except OSError:
+        return None
+    return ((doc or {}).get("model") or {}).get("id")

@@ -359,6 +359,8 @@ def parse_lora(value: str) -> LoraRef:
         return LoraRef(ref=str(path.resolve()), scale=scale, local=True)
     if _hub_ref(ref, (".safetensors",)):
         return LoraRef(ref=ref, scale=scale, local=False)
+    if ref.endswith(".safetensors") and (ref.startswith((".", "/", "~")) or path.parent.is_dir()):
+        raise SpecError(f"--lora {value!r}: the file {ref} is not found here.")
     raise SpecError(f"--lora {value!r} is neither a .safetensors file here nor a Hub repo "
                     "(owner/name or owner/name/file.safetensors); add :SCALE for a weight.")
 

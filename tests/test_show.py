@@ -69,3 +69,17 @@ def test_sixel_draws_the_sheet_band_by_band(tmp_path):
     assert expand(first[red]) == "~" * 10  # band 1: all six rows red
     second = dict(re.findall(r"#(\d+)([^#$]*)", bands[1]))
     assert expand(second[blue]) == "~" * 5 + "?" * 5 and expand(second[red]) == "?" * 5 + "~" * 5
+
+
+def test_a_run_with_no_images_yet_shows_its_model_and_runs_json_its_creation(
+        emulator, cli, tmp_path, monkeypatch):
+    emulator.stop()  # deploy renders, sends nothing: a run with no manifest yet
+    monkeypatch.setenv("IMGGENHUB_RETRY_MAX_WAIT", "0.1")
+    code, out, err = cli("deploy", "--model", "tiny-random", "-p", "a fox", "--timeout", "1",
+                         cwd=tmp_path)
+    assert code == 5, err
+    code, out, err = cli("show", "--json")
+    assert code == 0 and json.loads(out)["model"] == "tiny-random"
+    code, out, err = cli("runs", "--json")
+    [row] = json.loads(out)
+    assert row["state"] == "rendered" and row["created"] == runs.load().created
