@@ -54,7 +54,8 @@ def _data(manifest: dict) -> dict:
                     command=command(record, header))
         cards.append(card)
     missing = [i for a, b in manifest.get("remaining") or [] for i in range(a, b)]
-    title = f"imggenhub {manifest.get('job_id', '')}: {len(cards)} images, {manifest.get('model', '')}"
+    title = (f"imggenhub {manifest.get('run_id') or manifest.get('job_id', '')}: {len(cards)} "
+             f"images, {manifest.get('model', '')}")  # the run id: what every command takes
     return {"title": title, "images": cards, "not_made": missing,
             "planned": manifest.get("planned_images")}
 
