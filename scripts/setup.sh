@@ -19,8 +19,9 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
   case ",$extras," in
     *,local,*)
       # CPU build: the wheel that lies on this machine's disk, else PyTorch's CPU index.
-      "$VENV/bin/python" -m pip install -q "torch==2.13.0" \
-        || "$VENV/bin/python" -m pip install -q --index-url https://download.pytorch.org/whl/cpu torch
+      { "$VENV/bin/python" -m pip install -q "torch==2.13.0" \
+        || "$VENV/bin/python" -m pip install -q --index-url https://download.pytorch.org/whl/cpu torch; } \
+        2> >(grep -v "^WARNING: Location" >&2)
       ;;
   esac
 fi
