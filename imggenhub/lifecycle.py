@@ -76,7 +76,9 @@ FAILED = frozenset({S.ERROR, S.CANCELLED, S.PUSH_FAILED})
 # Every move a run may make. A save that breaks this table is a bug, not a user error.
 TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     S.RENDERED: frozenset({S.PUSHING, S.RUNNING}),  # RUNNING: the local backend runs it here
-    S.PARTIAL: frozenset({S.RENDERED}),  # the rest, rendered as a new notebook
+    # the rest, rendered as a new notebook; or none left (a session cut off after its last
+    # image): downloaded
+    S.PARTIAL: frozenset({S.RENDERED, S.DOWNLOADED}),
     S.PUSHING: frozenset({S.PUSHED, S.PUSH_UNKNOWN, S.PUSH_FAILED, S.RENDERED}),
     S.PUSH_UNKNOWN: frozenset({S.PUSHED, S.RENDERED, S.PUSHING}),
     S.PUSH_FAILED: frozenset(),

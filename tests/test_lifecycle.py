@@ -38,7 +38,9 @@ def test_transitions_lead_somewhere_and_terminal_states_stay():
     for state in (RunState.ERROR, RunState.CANCELLED):
         assert lifecycle.TRANSITIONS[state] == {RunState.RENDERED, RunState.DOWNLOADED}
         assert state.terminal
-    assert lifecycle.TRANSITIONS[RunState.PARTIAL] == {RunState.RENDERED}
+    # the rest of the job, rendered; or, when every image is already here, done
+    assert lifecycle.TRANSITIONS[RunState.PARTIAL] == {RunState.RENDERED, RunState.DOWNLOADED}
+    assert RunState.PARTIAL in lifecycle.TRANSITIONS[RunState.RUNNING]  # a local interrupt
     # every state but the end can reach downloaded
     reach = {RunState.DOWNLOADED}
     for _ in RunState:

@@ -197,3 +197,96 @@ def test_ctrl_c_keeps_the_finished_images_and_resume_makes_only_the_rest(tmp_pat
         assert record in manifest["images"]
     # and the second session's are the images an uninterrupted run makes (its seeds)
     assert [r["seed"] for r in manifest["images"]] == [5 + i for i in range(24)]
+
+
+def _engine_left(run, indices, merged):
+    """What the engine leaves in the work folder having made ``indices`` of its session
+    (``merged``: its own merge at the end ran; else only its manifest part, as after a kill)."""
+    import hashlib
+
+    from imggenhub.engine import OUTPUT_DIR, PARTS_DIR, merge_manifest, to_make
+    from imggenhub.engine.outputs import PartLog, save_png
+    from imggenhub.notebook import CODE_FILE, read_job_document
+
+    doc = read_job_document((run.notebook_dir / CODE_FILE).read_text())
+    out = run.folder / "work" / OUTPUT_DIR
+    (out / PARTS_DIR).mkdir(parents=True, exist_ok=True)
+    part = PartLog(out / PARTS_DIR / "rank-00.jsonl", {"job_id": doc["job_id"],
+                   "run_id": doc["run_id"], "model": "tiny-random"}, {"rank": 0})
+    for task in to_make(doc):
+        if task["index"] in indices:
+            record = {"index": task["index"], "prompt": "a fox", "seed": task["seed"],
+                      "steps": 1, "scheduler": "DDIM", "guidance": 1.0, "width": 8,
+                      "height": 8, "model": "tiny-random"}
+            data = save_png(Image.new("RGB", (8, 8), (task["index"] * 20, 0, 0)),
+                            out / task["file"], record)
+            part.image({**record, "file": task["file"], "bytes": len(data),
+                        "sha256": hashlib.sha256(data).hexdigest()})
+    if merged:
+        merge_manifest(out, doc)
+
+
+def test_interrupts_and_kills_anywhere_in_a_local_run_lose_no_record(tmp_path, monkeypatch):
+    """Ctrl-C after 3 of 6 images: they are kept, the run partial. The next session makes the
+    rest and is killed between moving its images and writing the joined manifest: the next
+    command finds every image and record (nothing listed is lost, nothing made is unlisted),
+    the run complete, and download ends it verified, with its gallery."""
+    from imggenhub import jobs
+    from imggenhub.backends.local import LocalBackend
+    from imggenhub.lifecycle import RunState
+    from imggenhub.spec import build_job, parse_settings, prompts_from_flags
+
+    job = build_job(parse_settings(model="tiny-random", seed=5, num_images=6),
+                    prompts_from_flags(["a fox"]))
+    run = jobs.start(job, "local", tmp_path / "out", None, lambda m: None)
+    local = LocalBackend()
+    run.state = RunState.RUNNING
+    runs.save(run)
+    _engine_left(run, {0, 1, 2}, merged=False)  # Ctrl-C: the engine never merged
+    run = local._keep_what_was_made(run, lambda m: None)
+    assert (run.state, run.images_fetched) == (RunState.PARTIAL, 3)
+    assert [r["index"] for r in artifacts.read_manifest(tmp_path / "out")["images"]] == [0, 1, 2]
+
+    run = local.render_rest(run, lambda m: None)  # resume: the next session, the rest only
+    run.state = RunState.RUNNING
+    runs.save(run)
+    _engine_left(run, {3, 4, 5}, merged=True)
+    run.state = RunState.COMPLETE
+    runs.save(run)
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:  # the kill lands after the images moved
+        m.setattr(artifacts, "write_manifest", killed)
+        with pytest.raises(KeyboardInterrupt):
+            local.fetch(run, lambda m: None)
+    assert len(list((tmp_path / "out").glob("*.png"))) == 6
+    assert [r["index"] for r in artifacts.read_manifest(tmp_path / "out")["images"]] == [0, 1, 2]
+    run = jobs.advance(runs.load(run.run_id), "download", lambda m: None)  # the next command
+    manifest = artifacts.read_manifest(tmp_path / "out")
+    assert [r["index"] for r in manifest["images"]] == list(range(6)) and manifest["complete"]
+    assert run.state == RunState.DOWNLOADED and run.images_fetched == 6
+    assert artifacts.verify(tmp_path / "out") == [] and (tmp_path / "out" / "gallery.html").exists()
+
+
+def test_a_local_run_killed_after_its_last_image_is_complete_not_partial(tmp_path):
+    """Every image made, the process killed before the notebook returned: the next command
+    finds the run complete (not partial, which would have nothing to make), and download
+    ends it."""
+    from imggenhub import jobs
+    from imggenhub.backends.local import LocalBackend
+    from imggenhub.lifecycle import RunState
+    from imggenhub.spec import build_job, parse_settings, prompts_from_flags
+
+    job = build_job(parse_settings(model="tiny-random", seed=5, num_images=3),
+                    prompts_from_flags(["a fox"]))
+    run = jobs.start(job, "local", tmp_path / "out", None, lambda m: None)
+    run.state = RunState.RUNNING
+    runs.save(run)
+    _engine_left(run, {0, 1, 2}, merged=False)
+    events = []
+    run = LocalBackend().wait(run, events.append)  # what poll or resume does with it
+    assert run.state == RunState.COMPLETE and "every image was finished" in events[-1]
+    run = jobs.advance(run, "resume", lambda m: None)
+    assert run.state == RunState.DOWNLOADED and artifacts.verify(tmp_path / "out") == []

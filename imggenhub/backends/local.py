@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import artifacts, runs
-from ..engine import LOG_FILE, OUTPUT_DIR, progress_message
+from ..engine import LOG_FILE, MANIFEST, OUTPUT_DIR, images_text, progress_message, to_make
 from ..errors import ImggenhubError, MissingDependencyError
 from ..lifecycle import RunState
 from ..notebook import CODE_FILE
@@ -172,20 +172,35 @@ class LocalBackend(Backend):
         return runs.save(run)
 
     def _keep_what_was_made(self, run: Run, on_event: OnEvent) -> Run:
-        """An interrupted run: its finished images go where the user looks for them, and
-        the run becomes partial (resume makes only the rest) or, with none, rendered."""
-        from ..engine import merge_manifest
+        """An interrupted run: its finished images go where the user looks for them, and the
+        run becomes partial (resume makes only the rest), complete (every image was made:
+        download checks them and writes the gallery) or, with none, rendered."""
+        import signal
 
+        from ..notebook import read_job_document
+
+        try:  # a second Ctrl-C must not cut the rescue short
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        except ValueError:  # not the main thread: nothing to guard
+            previous = None
         try:
-            merge_manifest(run.folder / "work" / OUTPUT_DIR)
-            with artifacts.folder_lock(Path(run.out_dir)):
-                self.bring(run, Path(run.out_dir), on_event)
-        except (OSError, ValueError):
-            pass  # best effort: resume makes them again
-        manifest = artifacts.read_manifest(Path(run.out_dir))
-        run.images_fetched = len(manifest["images"]) if manifest else 0
-        run.state = RunState.PARTIAL if run.images_fetched else RunState.RENDERED
-        return runs.save(run)
+            out_dir = Path(run.out_dir)
+            try:
+                with artifacts.folder_lock(out_dir):
+                    self.bring(run, out_dir, on_event)
+            except (OSError, ValueError):
+                pass  # best effort: resume makes them again
+            manifest = artifacts.read_manifest(out_dir)
+            here = {r.get("index") for r in manifest["images"]} if manifest else set()
+            doc = read_job_document((run.notebook_dir / CODE_FILE).read_text(encoding="utf-8"))
+            missing = [t for t in to_make(doc) if t["index"] not in here] if doc else [None]
+            run.images_fetched = len(here)
+            run.state = RunState.COMPLETE if here and not missing else \
+                RunState.PARTIAL if here else RunState.RENDERED
+            return runs.save(run)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
 
     def resolve(self, run: Run, on_event: OnEvent) -> Run:
         run.state = RunState.RENDERED  # nothing is ever pushed anywhere
@@ -196,17 +211,31 @@ class LocalBackend(Backend):
         # hold was killed (its process is gone): what it finished is kept, the rest runs again.
         if not run.state.terminal:
             run = self._keep_what_was_made(run, on_event)
-            on_event(f"run {run.run_id} was interrupted while it ran here, with "
-                     f"{run.images_fetched} images finished; 'imggenhub resume {run.run_id}' "
-                     "makes the rest")
+            if run.state == RunState.COMPLETE:
+                on_event(f"run {run.run_id} was interrupted while it ran here, after every image "
+                         "was finished")
+            else:
+                on_event(f"run {run.run_id} was interrupted while it ran here, with "
+                         f"{images_text(run.images_fetched)} finished; 'imggenhub resume "
+                         f"{run.run_id}' makes the rest")
         return run
 
     def bring(self, run: Run, out_dir: Path, on_event: OnEvent) -> None:
-        before = artifacts.read_manifest(out_dir)  # an interrupted run's, or an earlier session's
-        artifacts.collect(run.folder / "work" / OUTPUT_DIR, out_dir)
-        if before is not None and before.get("run_id") == run.run_id:
-            now = artifacts.read_manifest(out_dir)
-            artifacts.write_manifest(out_dir, artifacts.combine(before, now or before))
+        """The work folder's images into ``out_dir``, then their records, joined to those of
+        an earlier session (or interrupted run) there and written whole, in one rename: a
+        kill at any point leaves every listed image in place, and the work folder's manifest
+        until its records are in."""
+        from ..engine import merge_manifest
+
+        src = run.folder / "work" / OUTPUT_DIR
+        new = merge_manifest(src) if src.is_dir() else None  # parts an engine left unmerged
+        before = artifacts.read_manifest(out_dir)
+        if new is not None and before is not None and before.get("run_id") == run.run_id:
+            new = artifacts.combine(before, new)
+        artifacts.collect(src, out_dir, skip=frozenset({MANIFEST}))
+        if new is not None:
+            artifacts.write_manifest(out_dir, new)
+            (src / MANIFEST).unlink(missing_ok=True)
         log = run.folder / LOG_FILE
         if log.exists():
             shutil.copyfile(log, out_dir / LOG_FILE)
