@@ -469,7 +469,10 @@ def render(
     from .notebook import write_notebook
 
     check_renderable(job)
-    creds = find_credentials()  # fill in the owner as deploy would, where it needs no network
+    try:  # fill in the owner as deploy would, where it needs no network
+        creds = find_credentials()
+    except CredentialsError:  # render needs none: a broken one only leaves the placeholder
+        creds = None
     meta = kernel_metadata(kernel, owner=creds.username if creds else None)
     from .backends.kaggle_meta import PLACEHOLDER_OWNER
     from .engine import images_text

@@ -36,9 +36,14 @@ def find_credentials() -> Credentials | None:
     kaggle.json, then KAGGLE_USERNAME/KAGGLE_KEY (which override the file's fields)."""
     env_token = os.environ.get("KAGGLE_API_TOKEN", "").strip()
     if env_token:
-        if Path(env_token).is_file():
-            return Credentials("KAGGLE_API_TOKEN (file)", token=Path(env_token).read_text().strip())
-        if os.sep in env_token or env_token.startswith("~"):  # a path, not a token
+        path = Path(env_token).expanduser()
+        try:
+            is_file, in_a_folder = path.is_file(), os.sep in env_token and path.parent.is_dir()
+        except OSError:  # too long a name for a path: a token
+            is_file = in_a_folder = False
+        if is_file:
+            return Credentials("KAGGLE_API_TOKEN (file)", token=path.read_text().strip())
+        if in_a_folder or env_token.startswith("~"):  # a path into a folder here, not a token
             raise CredentialsError(f"KAGGLE_API_TOKEN names the file {env_token}, which does not "
                                    "exist here; give the token itself or the path of its file.")
         return Credentials("KAGGLE_API_TOKEN", token=env_token)

@@ -330,7 +330,9 @@ def _picture_problem(path: str, size: int, mtime: int) -> str | None:
 
     try:
         with Image.open(path) as image:
-            image.verify()  # the header and, for PNG, every chunk's checksum
+            image.load()  # decoded whole, as the engine will: a cut-off file fails here
+    except Image.DecompressionBombError as exc:
+        return f"is too large a picture ({exc})"
     except Exception as exc:  # Pillow's decoders raise many kinds for a damaged file
         reason = "not a picture Pillow can read" if "identify" in str(exc) else f"damaged: {exc}"
         return f"is {reason}; give a PNG, JPEG or WebP file"

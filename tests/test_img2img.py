@@ -33,11 +33,14 @@ def picture(path, seed, size=64):
     ({"init_image": "text.png"}, "init image 'text.png' is not a picture Pillow can read"),
     ({"init_image": "IMG", "mask_image": "text.png"}, "mask image 'text.png' is not a picture"),
     ({"init_image": "cut.png"}, "init image 'cut.png' is damaged"),
+    ({"init_image": "cut.jpg"}, "init image 'cut.jpg' is damaged"),
 ])
 def test_bad_image_to_image_input_is_one_sentence(tmp_path, cli, flags, words):
     img = picture(tmp_path / "a.png", 1)
     (tmp_path / "text.png").write_text("not a picture")
     (tmp_path / "cut.png").write_bytes(img.read_bytes()[:-40])  # its last chunks cut off
+    Image.open(img).save(tmp_path / "whole.jpg")
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "whole.jpg").read_bytes()[:-200])
     args = ["render", "--out", str(tmp_path / "r"), "-p", "x", "--model", "tiny-random"]
     for key, value in flags.items():
         args += ["--" + key.replace("_", "-"), str(img) if value == "IMG" else str(value)]

@@ -161,3 +161,18 @@ def test_a_broken_kaggle_json_or_a_missing_token_file_is_said(isolated, monkeypa
     monkeypatch.setenv("KAGGLE_API_TOKEN", str(tmp_path / "no-such-token"))
     with pytest.raises(CredentialsError, match="names the file .*no-such-token, which does not"):
         find_credentials()
+
+
+def test_a_token_file_under_home_and_render_with_a_broken_kaggle_json(isolated, monkeypatch, cli,
+                                                                       tmp_path):
+    (isolated / "tok").write_text("tok-home-file\n")
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "~/tok")
+    assert find_credentials().token == "tok-home-file"
+    monkeypatch.setenv("KAGGLE_API_TOKEN", "a/b")  # no folder 'a' here: a token, not a path
+    assert find_credentials().token == "a/b"
+    monkeypatch.delenv("KAGGLE_API_TOKEN")
+    (isolated / ".kaggle").mkdir()
+    (isolated / ".kaggle" / "kaggle.json").write_text("{")
+    code, out, err = cli("render", "--out", str(tmp_path / "r"), "--model", "tiny-random",
+                         "-p", "x", cwd=tmp_path)  # render needs no credentials
+    assert code == 0 and "your-kaggle-username" in err
