@@ -62,11 +62,15 @@ def score_folder(folder: Path, model: str | None, on_event) -> dict:
              + (f" ({skipped} PNGs carry no prompt and are skipped)" if skipped else ""))
     try:
         scorer = Scorer(model)
-    except OSError as exc:  # transformers' words for a model it could neither find nor fetch
-        raise Unreachable(f"The CLIP model {model!r} could not be loaded: it is neither a "
-                          "folder here nor in the Hugging Face cache, and the Hub could not "
-                          f"give it ({str(exc).splitlines()[0][:160]}); connect once to "
-                          f"cache it, or give --model a local CLIP folder.") from None
+    except OSError as exc:  # transformers' words for a model it could not load
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        said = first.replace(model, "")  # the id or path itself says nothing
+        if "couldn't connect" in said or "offline mode" in said.lower():
+            raise Unreachable(f"The CLIP model {model!r} could not be loaded: it is not in the "
+                              "Hugging Face cache here and the Hub could not be reached; connect "
+                              "once to cache it, or give --model a local CLIP folder.") from None
+        raise SpecError(f"The CLIP model {model!r} could not be loaded ({first}); check the "
+                        "model id or folder.") from None
     results = []
     from PIL import Image
 

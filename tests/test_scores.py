@@ -109,6 +109,12 @@ def test_score_offline_without_the_model_is_one_sentence_and_an_empty_folder_loa
     t0 = time.monotonic()
     code, out, err = cli("score", str(folder), "--model", "nobody/no-such-clip")
     assert code == 5, err
-    assert "The CLIP model 'nobody/no-such-clip' could not be loaded" in err
+    assert "The CLIP model 'nobody/no-such-clip' could not be loaded: it is not in the " \
+           "Hugging Face cache here and the Hub could not be reached" in err
     assert "1 PNGs carry no prompt" in err and "Internal error" not in err
     assert err.strip().splitlines()[-1].startswith("Error: ") and time.monotonic() - t0 < 30
+
+    empty = tmp_path / "not-a-clip"  # a folder, but no model in it: bad input, not the network
+    empty.mkdir()
+    code, out, err = cli("score", str(folder), "--model", str(empty))
+    assert code == 2 and "could not be loaded" in err and "Hub could not be reached" not in err

@@ -32,7 +32,10 @@ def load_pipeline(model: dict, device: str, dtype):
     if model.get("pipeline") == "sd":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     if dtype == torch.float16 and model.get("vae_fp16_fix"):
-        kwargs["vae"] = AutoencoderKL.from_pretrained(SDXL_VAE_FP16_FIX, **_dtype_kwarg(dtype))
+        try:
+            kwargs["vae"] = AutoencoderKL.from_pretrained(SDXL_VAE_FP16_FIX, **_dtype_kwarg(dtype))
+        except OSError as exc:
+            raise _not_loaded(SDXL_VAE_FP16_FIX, exc) from None
     variant = model.get("variant") if dtype == torch.float16 else None
     try:
         try:
@@ -80,7 +83,10 @@ def load_refiner(base, refiner: dict, device: str, dtype):
                       use_safetensors=True)
         if dtype == torch.float16:
             kwargs["variant"] = "fp16"
-        pipe = DiffusionPipeline.from_pretrained(refiner["id"], **kwargs)
+        try:
+            pipe = DiffusionPipeline.from_pretrained(refiner["id"], **kwargs)
+        except OSError as exc:
+            raise _not_loaded(refiner["id"], exc) from None
     pipe.set_progress_bar_config(disable=True)
     try:
         return pipe.to(device) if dtype == torch.float32 else pipe.to(device=device, dtype=dtype)
