@@ -37,8 +37,11 @@ def command(record: dict, header: dict) -> str:
     for flag, value in flags:
         if value not in (None, ""):
             args += [flag, str(value)]
-    for lora in record.get("loras") or header.get("loras") or []:
-        args += ["--lora", f"{lora.get('name')}:{lora.get('scale')}"]
+    for lora in record.get("loras") or header.get("loras") or []:  # a local one by its file name
+        args += ["--lora", f"{lora.get('file') or lora.get('name')}:{lora.get('scale')}"]
+    for emb in record.get("embeddings") or header.get("embeddings") or []:
+        args += ["--embedding", f"{emb.get('file') or emb.get('name')}"
+                 + (f":{emb['token']}" if emb.get("token") else "")]
     if record.get("refiner"):
         args += ["--refiner", str(record["refiner"].get("model")), "--refiner-start",
                  str(record["refiner"].get("start"))]

@@ -45,7 +45,7 @@ def test_the_embedding_changes_only_prompts_with_its_token(tmp_path):
         folder = tmp_path / f"{emb.stem}-{len(prompt)}"
         engine.run_worker(job, folder)
         record = engine.merge_manifest(folder, job)["images"][0]
-        assert record["embeddings"] == [{"name": emb.stem, "token": "<cat>"}]
+        assert record["embeddings"] == [{"name": emb.stem, "token": "<cat>", "file": emb.name}]
         return np.asarray(Image.open(folder / record["file"])).astype(float)
 
     assert np.abs(image(a, "a <cat> on a sofa") - image(b, "a <cat> on a sofa")).mean() > 0.1

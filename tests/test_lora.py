@@ -4,6 +4,7 @@ diffusers' loader, weighted, fused, and recorded in the manifest and each PNG.""
 from __future__ import annotations
 
 import json
+import shlex
 
 import numpy as np
 import pytest
@@ -81,6 +82,12 @@ def test_scale_0_is_no_lora_scale_1_is_another_image_and_both_are_recorded(lora_
     assert "loras" not in plain
     assert np.array_equal(none, zero)
     assert np.abs(none - one).mean() > 0.5
-    assert manifest["loras"] == record["loras"] == [{"name": "my-style", "scale": 1.0}]
+    recorded = [{"name": "my-style", "scale": 1.0, "file": "my-style.safetensors"}]
+    assert manifest["loras"] == record["loras"] == recorded
     assert png.text["parameters"].splitlines()[0] == "a fox <lora:my-style:1.0>"
-    assert json.loads(png.text["imggenhub"])["loras"] == [{"name": "my-style", "scale": 1.0}]
+    assert json.loads(png.text["imggenhub"])["loras"] == recorded
+    # the gallery's command names the file, which run in its folder makes this image again
+    from imggenhub import gallery
+
+    argv = shlex.split(gallery.command(record, manifest))
+    assert argv[argv.index("--lora") + 1] == "my-style.safetensors:1.0"

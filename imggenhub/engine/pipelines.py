@@ -124,10 +124,18 @@ def apply_loras(pipe, loras: list[dict], fuse: bool = True) -> list[dict]:
     if fuse:
         pipe.fuse_lora(adapter_names=names)
     recorded = [{"name": l.get("name") or (Path(l["ref"]).stem if l.get("local") else l["ref"]),
-                 "scale": l["scale"]} for l in loras]
+                 "scale": l["scale"], **_file_of(l)} for l in loras]
     log("LoRA " + ", ".join(f"{r['name']} x{r['scale']}" for r in recorded)
         + (" fused" if fuse else " loaded (its scale is swept)"))
     return recorded
+
+
+def _file_of(ref: dict) -> dict:
+    """A local LoRA's or embedding's file name (no path: the manifest keeps none of this
+    machine's), so that a command can name it again."""
+    if not ref.get("local"):
+        return {}
+    return {"file": ref.get("file") or Path(ref["ref"]).name}
 
 
 def set_lora_scale(pipe, loras: list[dict], first: float) -> list[dict]:
@@ -150,7 +158,7 @@ def apply_embeddings(pipe, embeddings: list[dict]) -> list[dict]:
         else:
             pipe.load_textual_inversion(ref, **kwargs)
         recorded.append({"name": emb.get("name") or (Path(ref).stem if emb.get("local") else ref),
-                         "token": emb.get("token")})
+                         "token": emb.get("token"), **_file_of(emb)})
     if recorded:
         log("embeddings " + ", ".join(f"{r['name']} as {r['token']}" for r in recorded) + " loaded")
     return recorded

@@ -184,7 +184,8 @@ def resolve_inputs(job: dict, root: str | None = None) -> dict:
     prompts = [{**p, "init_image": moved(p.get("init_image")), "mask_image": moved(p.get("mask_image"))}
                for p in job["prompts"]]
     refs = {key: [{**r, "ref": moved(r["ref"]),
-                   **({"name": Path(inputs[r["ref"]]["name"]).stem} if r["ref"] in inputs else {})}
+                   **({"name": Path(inputs[r["ref"]]["name"]).stem,
+                       "file": inputs[r["ref"]]["name"]} if r["ref"] in inputs else {})}
                   for r in job.get(key) or []] for key in ("loras", "embeddings")}
     return {**job, "prompts": prompts, **refs, "input_names": names}
 
