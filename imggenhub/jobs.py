@@ -166,6 +166,12 @@ def _move_output(run: Run, command: str, out: Path) -> Run:
     if plan(command, run.state).step not in (Step.FETCH, Step.KEEP):
         raise SpecError(f"Run {run.run_id} is {run.state.value}; --out applies only to a run whose "
                         f"images are still to be downloaded (they are in {run.out_dir}).")
+    here = artifacts.read_manifest(Path(run.out_dir)) if Path(run.out_dir).is_dir() else None
+    if run.backend == "local" and here is not None and here.get("run_id") == run.run_id:
+        # a local run's images move out of its work folder once: some are in the old home
+        raise SpecError(f"Some images of run {run.run_id} are in {run.out_dir} already; a local "
+                        "run keeps one output folder (move it by hand, or free space there and "
+                        f"run 'imggenhub download {run.run_id}' again).")
     artifacts.prepare_destination(out, run.run_id, run.job_id,
                                   lambda other: other != run.run_id and _is_active(other))
     run.out_dir = str(out.resolve())

@@ -290,3 +290,24 @@ def test_a_local_run_killed_after_its_last_image_is_complete_not_partial(tmp_pat
     assert run.state == RunState.COMPLETE and "every image was finished" in events[-1]
     run = jobs.advance(run, "resume", lambda m: None)
     assert run.state == RunState.DOWNLOADED and artifacts.verify(tmp_path / "out") == []
+
+
+def test_a_local_run_with_images_home_keeps_its_one_output_folder(tmp_path, cli):
+    """download --out would leave the images already moved behind (review): refused."""
+    from imggenhub import jobs
+    from imggenhub.backends.local import LocalBackend
+    from imggenhub.lifecycle import RunState
+    from imggenhub.spec import build_job, parse_settings, prompts_from_flags
+
+    job = build_job(parse_settings(model="tiny-random", seed=5, num_images=4),
+                    prompts_from_flags(["a fox"]))
+    run = jobs.start(job, "local", tmp_path / "out", None, lambda m: None)
+    run.state = RunState.RUNNING
+    runs.save(run)
+    _engine_left(run, {0, 1}, merged=False)
+    LocalBackend().bring(run, tmp_path / "out", lambda m: None)  # two images home, then
+    run.state = RunState.COMPLETE  # the rest made, and their download failed (disk full)
+    runs.save(run)
+    code, out, err = cli("download", run.run_id, "--out", str(tmp_path / "elsewhere"))
+    assert code == 2 and "keeps one output folder" in err
+    assert runs.load(run.run_id).out_dir == str((tmp_path / "out").resolve())
