@@ -191,10 +191,15 @@ def load_init_image(path: str, width: int | None, height: int | None, mode: str 
         raise ValueError(f"the {what} {Path(path).name!r} cannot be read as a picture ({exc})") \
             from None
     if width and height and image.size != (width, height):
-        log(f"note: {what} {Path(path).name} is {image.width}x{image.height}; resized to "
-            f"{width}x{height}")
+        if (path, width, height) not in _RESIZE_NOTED:  # once a file, not once an image
+            _RESIZE_NOTED.add((path, width, height))
+            log(f"note: {what} {Path(path).name} is {image.width}x{image.height}; resized to "
+                f"{width}x{height}")
         image = image.resize((width, height))
     return image
+
+
+_RESIZE_NOTED: set = set()
 
 
 def set_scheduler(pipe, name: str | None) -> str:
