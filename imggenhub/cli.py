@@ -245,7 +245,22 @@ def generate(
 
     _STATE["json"] = json
     backend = backend or _default_backend()
-    run = jobs.generate(job, backend, out, kernel, _reporter(), timeout_hours, timeout, name)
+    report = _reporter()
+    if backend == "local":
+        from dataclasses import fields
+
+        from .backends.kaggle_meta import KernelOptions
+
+        defaults = KernelOptions(template=Path("kernel-metadata.json"))  # the flags' defaults
+        given = [f.name for f in fields(KernelOptions) if f.name not in ("gpu", "reserved_hours")
+                 and getattr(kernel, f.name) != getattr(defaults, f.name)]
+        if given:
+            flags = ", ".join("--" + {"template": "metadata-template"}.get(n, n).replace("_", "-")
+                              for n in given)
+            report(f"note: {flags} shape{'s' if len(given) == 1 else ''} the Kaggle kernel; the "
+                   "local backend has none and leaves "
+                   f"{'it' if len(given) == 1 else 'them'} aside")
+    run = jobs.generate(job, backend, out, kernel, report, timeout_hours, timeout, name)
     _done(run, json)
 
 

@@ -311,3 +311,15 @@ def test_a_local_run_with_images_home_keeps_its_one_output_folder(tmp_path, cli)
     code, out, err = cli("download", run.run_id, "--out", str(tmp_path / "elsewhere"))
     assert code == 2 and "keeps one output folder" in err
     assert runs.load(run.run_id).out_dir == str((tmp_path / "out").resolve())
+
+
+def test_kaggle_only_flags_on_the_local_backend_are_named_as_left_aside(tmp_path, cli):
+    (tmp_path / "a-file").write_text("x")  # an --out that stops the run before any kernel
+    code, out, err = cli("generate", "--backend", "local", "--model", "tiny-random", "-p", "x",
+                         "--kernel-id", "me/k", "--internet", "--out", str(tmp_path / "a-file"),
+                         cwd=tmp_path)
+    assert code == 2
+    assert "note: --kernel-id, --internet shape the Kaggle kernel; the local backend has none" in err
+    code, out, err = cli("generate", "--backend", "local", "--model", "tiny-random", "-p", "x",
+                         "--out", str(tmp_path / "a-file"), cwd=tmp_path)
+    assert code == 2 and "note:" not in err
