@@ -3,6 +3,8 @@ and the progress lines a poller reads from the kernel log."""
 
 from __future__ import annotations
 
+import logging
+
 ENGINE_VERSION = 3
 # The wire names the engine, the notebook's run cell and the host share (one spelling).
 PROGRESS_PREFIX = "[imggenhub]"
@@ -54,3 +56,15 @@ def progress_message(line: str) -> str | None:
 def images_text(n: int) -> str:
     """'1 image', '2 images': the count as a sentence says it."""
     return f"{n} image" if n == 1 else f"{n} images"
+
+
+class _NoTorchvisionNote(logging.Filter):
+    """transformers 5 says, for each image processor it serves through Pillow because
+    torchvision is not installed, that it does so: in every run's log, about a fallback
+    that changes nothing here. Only that note is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "requires torchvision (not installed)" not in record.getMessage()
+
+
+logging.getLogger("transformers.utils.import_utils").addFilter(_NoTorchvisionNote())
