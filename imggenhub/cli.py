@@ -251,7 +251,7 @@ def generate(
 
         from .backends.kaggle_meta import KernelOptions
 
-        defaults = KernelOptions(template=Path("kernel-metadata.json"))  # the flags' defaults
+        defaults = KernelOptions(template=_JOB_DEFAULTS["metadata_template"])  # the flags' own
         given = [f.name for f in fields(KernelOptions) if f.name not in ("gpu", "reserved_hours")
                  and getattr(kernel, f.name) != getattr(defaults, f.name)]
         if given:
@@ -371,6 +371,12 @@ def doctor(timeout: Annotated[float, typer.Option(
     _result({"ok": True, "lines": lines}, "\n".join(lines), json)
 
 
+def _no_images_yet(run, what: str = "") -> SpecError:
+    return SpecError(f"Run {run.run_id} has no images in {run.out_dir} yet{what}; 'imggenhub "
+                     f"resume {run.run_id}' brings them (it takes the run on from wherever it "
+                     "stands).")
+
+
 @app.command("open")
 def open_gallery(run_id: RunId = None, json: Json = False) -> None:
     """Open a run's gallery.html in the default browser (and print where it is)."""
@@ -385,9 +391,7 @@ def open_gallery(run_id: RunId = None, json: Json = False) -> None:
     if artifacts.read_manifest(folder) is not None:
         page = artifacts.write_gallery(folder)  # fresh: the manifest may have grown since
     if not page.exists():
-        raise SpecError(f"Run {run.run_id} has no images in {folder} yet, so no gallery; "
-                        f"'imggenhub resume {run.run_id}' brings them (it takes the run on from "
-                        "wherever it stands).")
+        raise _no_images_yet(run, ", so no gallery")
     opened = webbrowser.open(page.as_uri())
     _result({"ok": True, "run_id": run.run_id, "gallery": str(page), "opened": bool(opened)},
             str(page) if opened else f"{page} (no browser found here: open it by hand)", json)
@@ -406,8 +410,7 @@ def grid(run_id: RunId = None, cols: Annotated[Optional[int], typer.Option(
     folder = Path(run.out_dir)
     manifest = artifacts.read_manifest(folder)
     if manifest is None or not manifest["images"]:
-        raise SpecError(f"Run {run.run_id} has no images in {folder} yet; 'imggenhub resume "
-                        f"{run.run_id}' brings them (it takes the run on from wherever it stands).")
+        raise _no_images_yet(run)
     paths = sheets.write(folder, manifest, cols) + sweeps.write(folder, manifest)
     artifacts.write_gallery(folder)  # it links the sheets
     _result({"ok": True, "run_id": run.run_id, "sheets": [str(p) for p in paths]},
@@ -479,8 +482,10 @@ def render(
     out: Annotated[Path, typer.Option(help="Folder for the notebook and kernel-metadata.json.")],
 ) -> None:
     """Write the job's notebook and kernel-metadata.json; run nothing."""
-    from .backends.kaggle_meta import check_renderable, kernel_metadata, write_metadata
+    from .backends.kaggle_meta import (PLACEHOLDER_OWNER, check_renderable, kernel_metadata,
+                                       write_metadata)
     from .credentials import find_credentials
+    from .engine import images_text
     from .notebook import write_notebook
 
     check_renderable(job)
@@ -489,9 +494,6 @@ def render(
     except CredentialsError:  # render needs none: a broken one only leaves the placeholder
         creds = None
     meta = kernel_metadata(kernel, owner=creds.username if creds else None)
-    from .backends.kaggle_meta import PLACEHOLDER_OWNER
-    from .engine import images_text
-
     path = write_notebook(out, job)
     write_metadata(out, meta)
     typer.echo(f"{path} (job {job.job_id}, {images_text(job.image_count)})")

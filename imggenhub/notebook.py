@@ -70,6 +70,14 @@ def read_job_document(notebook_text: str) -> dict | None:
     return None
 
 
+def job_document_in(notebook_dir: Path) -> dict | None:
+    """The job document of the notebook rendered in ``notebook_dir`` (None without one)."""
+    try:
+        return read_job_document((Path(notebook_dir) / CODE_FILE).read_text(encoding="utf-8"))
+    except OSError:
+        return None
+
+
 def engine_cells() -> list[dict]:
     """The engine, one readable cell per module, written unchanged into a package beside the
     notebook (a first cell makes its folder)."""

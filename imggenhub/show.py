@@ -152,10 +152,6 @@ def inline_image(path: Path, protocol: str) -> str:
 
 def _job_model(run) -> str | None:
     """The model the run's notebook asks for (before any image is here)."""
-    from .notebook import CODE_FILE, read_job_document
+    from .notebook import job_document_in
 
-    try:
-        doc = read_job_document((run.notebook_dir / CODE_FILE).read_text(encoding="utf-8"))
-    except OSError:
-        return None
-    return ((doc or {}).get("model") or {}).get("id")
+    return ((job_document_in(run.notebook_dir) or {}).get("model") or {}).get("id")

@@ -21,7 +21,7 @@ from ..errors import (KaggleApiError, NothingYet, OverQuota, RunFailedError, Spe
 from ..config import Deadline, state_dir
 from ..lifecycle import RunState
 from ..models import HUB_ID
-from ..notebook import CODE_FILE, job_document, read_job_document, write_notebook
+from ..notebook import CODE_FILE, job_document, job_document_in, read_job_document, write_notebook
 from ..runs import Failure, Run
 from . import Backend, OnEvent, kaggle_inputs
 from .kaggle_download import bring_outputs, log_text, output_page
@@ -509,9 +509,9 @@ class KaggleBackend(Backend):
     def _session_images(self, run: Run) -> int:
         """How many images the version pushed last makes (a later session: only the rest)."""
         try:
-            doc = read_job_document((run.notebook_dir / CODE_FILE).read_text(encoding="utf-8"))
+            doc = job_document_in(run.notebook_dir)
             return len(to_make(doc)) if doc else run.image_count
-        except (OSError, ValueError, KeyError):
+        except (ValueError, KeyError):
             return run.image_count
 
     def _pause_many(self, seconds: float, streams: dict) -> None:
@@ -551,8 +551,7 @@ class KaggleBackend(Backend):
     def _learn(self, run: Run) -> None:
         """What the run measured on Kaggle corrects the next estimates."""
         manifest = artifacts.read_manifest(Path(run.out_dir))
-        notebook = run.notebook_dir / CODE_FILE
-        doc = read_job_document(notebook.read_text(encoding="utf-8")) if notebook.exists() else None
+        doc = job_document_in(run.notebook_dir)
         if not manifest or not doc:
             return
         run.engine_hours = estimate.engine_hours(manifest, run.run_id)

@@ -15,7 +15,7 @@ from .. import artifacts, runs
 from ..engine import LOG_FILE, MANIFEST, OUTPUT_DIR, images_text, progress_message, to_make
 from ..errors import ImggenhubError, MissingDependencyError
 from ..lifecycle import RunState
-from ..notebook import CODE_FILE
+from ..notebook import CODE_FILE, job_document_in
 from ..runs import Failure, Run
 from . import Backend, OnEvent
 
@@ -177,8 +177,6 @@ class LocalBackend(Backend):
         download checks them and writes the gallery) or, with none, rendered."""
         import signal
 
-        from ..notebook import read_job_document
-
         try:  # a second Ctrl-C must not cut the rescue short
             previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         except ValueError:  # not the main thread: nothing to guard
@@ -192,7 +190,7 @@ class LocalBackend(Backend):
                 pass  # best effort: resume makes them again
             manifest = artifacts.read_manifest(out_dir)
             here = {r.get("index") for r in manifest["images"]} if manifest else set()
-            doc = read_job_document((run.notebook_dir / CODE_FILE).read_text(encoding="utf-8"))
+            doc = job_document_in(run.notebook_dir)
             missing = [t for t in to_make(doc) if t["index"] not in here] if doc else [None]
             run.images_fetched = len(here)
             run.state = RunState.COMPLETE if here and not missing else \
