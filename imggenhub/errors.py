@@ -42,6 +42,10 @@ class NothingYet(ImggenhubError):
     exit_code = Exit.NOTHING_YET
 
 
+class NoFreeSlot(NothingYet):
+    """Kaggle's GPU sessions are all taken; this push waits for one to end."""
+
+
 class StillRunning(ImggenhubError):
     exit_code = Exit.STILL_RUNNING
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from . import backends, runs
-from .errors import ImggenhubError, NothingYet, RunFailedError, StillRunning
+from .errors import ImggenhubError, NoFreeSlot, NothingYet, RunFailedError, StillRunning
 from .lifecycle import Exit, RunState, Step, plan
 from .runs import Run
 
@@ -39,8 +39,6 @@ def auto_count(job) -> int:
 
 def start(job, parent: Run, impl, options, on_event) -> None:
     """Make the shards' records and notebooks (each checked as a run is) under ``parent``."""
-    from .notebook import write_notebook
-
     count = min(options.shards or auto_count(job), job.image_count)
     if count < 2:
         return
@@ -50,7 +48,7 @@ def start(job, parent: Run, impl, options, on_event) -> None:
                     job_id=job.job_id, image_count=sum(b - a for a, b in ranges),
                     out_dir=parent.out_dir, session_timeout_seconds=parent.session_timeout_seconds,
                     shard=k, only=ranges)
-        write_notebook(child.notebook_dir, job, child.run_id)
+        child.notebook_dir.mkdir(parents=True, exist_ok=True)  # prepare writes its notebook
         impl.prepare(job, child, dataclasses.replace(options, reserved_hours=reserved),
                      tagged(on_event, child, count))
         reserved += child.estimate_hours or 0.0
@@ -121,14 +119,14 @@ def advance(parent: Run, command: str, on_event, timeout: float | None = None) -
                         with runs.working_on(shard):
                             shards[i] = _take(impl, step, runs.reload(shard), say)
                         moved = True
+                    except NoFreeSlot:
+                        shards[i] = runs.reload(shard)
+                        blocked.append(i)
+                        say("Kaggle's GPU sessions are all taken; this shard is pushed when "
+                            "one ends")
                     except NothingYet as exc:
                         shards[i] = runs.reload(shard)
-                        if exc.__class__.__name__ == "NoFreeSlot":
-                            blocked.append(i)
-                            say("Kaggle's GPU sessions are all taken; this shard is pushed when "
-                                "one ends")
-                        else:
-                            stops[shard.run_id] = exc
+                        stops[shard.run_id] = exc
                     except RunFailedError as exc:
                         shards[i] = runs.reload(shard)
                         if step == Step.KEEP:  # home; resume may push it again next

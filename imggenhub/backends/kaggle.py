@@ -16,8 +16,8 @@ import requests
 
 from .. import artifacts, estimate, kaggle_api, runs
 from ..engine import ERROR_PREFIX, KAGGLE_INPUT, progress_message, to_make
-from ..errors import (KaggleApiError, NothingYet, OverQuota, RunFailedError, SpecError,
-                      StillRunning, Unreachable)
+from ..errors import (KaggleApiError, NoFreeSlot, NothingYet, OverQuota, RunFailedError,
+                      SpecError, StillRunning, Unreachable)
 from ..config import Deadline, state_dir
 from ..lifecycle import RunState
 from ..models import HUB_ID
@@ -89,10 +89,6 @@ def _utc(moment) -> str | None:
     if moment.tzinfo is not None:
         moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class NoFreeSlot(NothingYet):
-    """Kaggle's GPU sessions are all taken; this push waits for one to end."""
 
 
 def _token_from(variable: str) -> str:

@@ -165,6 +165,8 @@ def bring_outputs(backend, run: Run, out_dir: Path, on_event) -> None:
     records = {}
     cap = backend.tunables.unlisted_cap
     if manifest_url:
+        parsed: dict = {}
+
         def ours_only(path: Path) -> None:  # checked before it replaces anything
             found = artifacts.parse_manifest(path.read_bytes(), f"Kaggle's {MANIFEST}")
             if found.get("job_id") not in (None, run.job_id) or \
@@ -172,12 +174,14 @@ def bring_outputs(backend, run: Run, out_dir: Path, on_event) -> None:
                 raise UnsafeOutputError(f"Kaggle's {MANIFEST} for run {run.run_id} belongs to "
                                         f"another run ({found.get('run_id') or found.get('job_id')}); "
                                         "nothing was kept.")
+            parsed["manifest"] = found
 
         # the kernel's manifest joins the one here (a later session's, or a shard's, adds to it)
         landed = out_dir / KERNEL_MANIFEST
         download(backend, manifest_url, landed, artifacts.MAX_MANIFEST_BYTES, None, on_event,
                  check=ours_only)
-        manifest = artifacts.parse_manifest(landed.read_bytes(), f"Kaggle's {MANIFEST}")
+        manifest = parsed.get("manifest") or artifacts.parse_manifest(
+            landed.read_bytes(), f"Kaggle's {MANIFEST}")  # checked on an earlier try
         merged = artifacts.combine(artifacts.read_manifest(out_dir), manifest)
         artifacts.write_manifest(out_dir, merged)  # under the folder's lock
         landed.unlink()
