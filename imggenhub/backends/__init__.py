@@ -21,6 +21,15 @@ from ..spec import JobSpec
 OnEvent = Callable[[str], None]
 
 
+def made_and_rest(doc: dict | None, out_dir: Path) -> tuple[set, list[int]]:
+    """The indices of the images in ``out_dir``'s manifest, and those of the job document's
+    images (its session's share) that are not among them (all of them without a document)."""
+    manifest = artifacts.read_manifest(out_dir)
+    here = {r.get("index") for r in manifest["images"]} if manifest else set()
+    rest = [t["index"] for t in to_make(doc) if t["index"] not in here] if doc else [-1]
+    return here, rest
+
+
 class Backend:
     """The one door between ``jobs`` and a backend."""
 
@@ -73,9 +82,7 @@ class Backend:
         path = run.notebook_dir / CODE_FILE
         text = path.read_text(encoding="utf-8")
         doc = read_job_document(text)
-        manifest = artifacts.read_manifest(Path(run.out_dir)) or {"images": []}
-        here = {r["index"] for r in manifest["images"]}
-        rest = [t["index"] for t in to_make(doc) if t["index"] not in here]
+        _, rest = made_and_rest(doc, Path(run.out_dir))
         if not rest:  # it failed after its last image: every one is here, nothing to push
             on_event(f"run {run.run_id}: every image it was to make is here; nothing to push")
             run.state, run.failure = RunState.DOWNLOADED, None

@@ -12,12 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import artifacts, runs
-from ..engine import LOG_FILE, MANIFEST, OUTPUT_DIR, images_text, progress_message, to_make
+from ..engine import LOG_FILE, MANIFEST, OUTPUT_DIR, images_text, progress_message
 from ..errors import ImggenhubError, MissingDependencyError
 from ..lifecycle import RunState
 from ..notebook import CODE_FILE, job_document_in
 from ..runs import Failure, Run
-from . import Backend, OnEvent
+from . import Backend, OnEvent, made_and_rest
 
 
 
@@ -188,10 +188,7 @@ class LocalBackend(Backend):
                     self.bring(run, out_dir, on_event)
             except (OSError, ValueError):
                 pass  # best effort: resume makes them again
-            manifest = artifacts.read_manifest(out_dir)
-            here = {r.get("index") for r in manifest["images"]} if manifest else set()
-            doc = job_document_in(run.notebook_dir)
-            missing = [t for t in to_make(doc) if t["index"] not in here] if doc else [None]
+            here, missing = made_and_rest(job_document_in(run.notebook_dir), out_dir)
             run.images_fetched = len(here)
             run.state = RunState.COMPLETE if here and not missing else \
                 RunState.PARTIAL if here else RunState.RENDERED
