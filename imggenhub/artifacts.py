@@ -13,8 +13,7 @@ from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .config import writable_folder
-from .engine import MANIFEST, ranges_of, sha256_of
-from .engine.outputs import _write_json_atomic, add_score_mean
+from .engine import MANIFEST, Plan, merge, sha256_of, write_json_atomic
 from .errors import NothingYet, SpecError, UnsafeOutputError
 from .gallery import GALLERY  # noqa: F401  (the name every side uses)
 
@@ -77,54 +76,44 @@ def read_manifest(folder: Path) -> dict | None:
 
 def write_manifest(folder: Path, manifest: dict) -> None:
     """The folder's manifest.json, replaced whole (as the engine writes it)."""
-    _write_json_atomic(Path(folder) / MANIFEST, manifest)
+    write_json_atomic(Path(folder) / MANIFEST, manifest)
 
 
 def combine(old: dict | None, new: dict) -> dict:
-    """One manifest from the one already here and a later session's (or a shard's): every
-    image by its index, each process once, every bundle; complete when all planned are in."""
-    if old is None:
-        return new
-    def key(record: dict):  # a server's manifest may lack indices: then the file names it
-        index = record.get("index")
-        return (0, index, "") if isinstance(index, int) else (1, 0, str(record["file"]))
-
-    images = {key(r): r for r in old.get("images", [])}
-    images.update({key(r): r for r in new.get("images", [])})
-    processes = list(old.get("processes", []))
-    processes += [p for p in new.get("processes", []) if p not in processes]
-    bundles = {b["file"]: b for b in (*old.get("bundles", []), *new.get("bundles", []))
-               if isinstance(b, dict) and isinstance(b.get("file"), str)}
-    merged = {k: v for k, v in new.items() if k not in ("images", "processes", "bundles")}
-    merged.update(processes=processes, images=[images[i] for i in sorted(images)])
-    if bundles:
-        merged["bundles"] = [bundles[name] for name in sorted(bundles)]
-    merged["complete"] = merged.get("planned_images") == len(images)
-    add_score_mean(merged)
-    if isinstance(merged.get("planned_images"), int):  # what the whole job still lacks here
-        merged["remaining"] = ranges_of(i for i in range(merged["planned_images"])
-                                        if (0, i, "") not in images)
-    return merged
+    """One manifest from the one already here and a later session's (or a shard's): the
+    engine's merge, against the whole job's plan (what the whole job still lacks here)."""
+    planned = new.get("planned_images")
+    return merge(old, new, Plan.whole(planned) if isinstance(planned, int) else None)
 
 
-def verify_image(folder: Path, record: dict) -> str | None:
-    """None if the image on disk matches its manifest record, else what is wrong."""
+def verify_image(folder: Path, record: dict, hashed: bool = True) -> str | None:
+    """None if the image on disk matches its manifest record, else what is wrong (its
+    sha256 is left unchecked with ``hashed=False``: a file checked when it arrived)."""
     path = Path(folder) / safe_relative(record["file"])
     if not path.exists():
         return f"{record['file']} is missing"
     if path.stat().st_size != record["bytes"]:
         return f"{record['file']} has {path.stat().st_size} bytes, the manifest says {record['bytes']}"
-    if sha256_of(path) != record["sha256"]:
+    if hashed and sha256_of(path) != record["sha256"]:
         return f"{record['file']} does not match its sha256 in the manifest"
     return None
 
 
+def check(folder: Path, manifest: dict, unhashed=None) -> list[str]:
+    """Every problem between the folder's images and ``manifest``: each file is there with
+    its size; those in ``unhashed`` (None: all) also match their sha256. A fetch hashes
+    each file once, on arrival: what it hashed already, and what earlier fetches brought,
+    are not hashed again."""
+    return [p for p in (verify_image(folder, r, unhashed is None or r["file"] in unhashed)
+                        for r in manifest["images"]) if p]
+
+
 def verify(folder: Path) -> list[str]:
-    """Every problem found between the folder's images and its manifest."""
+    """Every problem found between the folder's images and its manifest (every sha256)."""
     manifest = read_manifest(folder)
     if manifest is None:
         return [f"{folder} has no {MANIFEST}"]
-    return [p for p in (verify_image(folder, r) for r in manifest["images"]) if p]
+    return check(folder, manifest)
 
 
 def prepare_destination(out_dir: Path, run_id: str, job_id: str, is_active,
@@ -174,20 +163,18 @@ def _read_claim(out_dir: Path) -> dict | None:
         return None
 
 
-def check_claim(out_dir: Path, run_id: str, job_id: str) -> None:
-    """At fetch time: the folder is still this run's (or nobody's), and holds no other job."""
+def check_claim(out_dir: Path, run_id: str, job_id: str) -> dict | None:
+    """At fetch time: the folder is still this run's (or nobody's), and holds no other job.
+    Returns the folder's manifest (None: none yet), parsed once for the whole fetch."""
     claim = _read_claim(out_dir)
     if claim and claim.get("run_id") != run_id and claim.get("job_id") != job_id:
         raise SpecError(f"The folder {out_dir} now belongs to run {claim.get('run_id')}; download "
                         "into another folder with --out.")
-    manifest = None
-    try:
-        manifest = read_manifest(out_dir)
-    except UnsafeOutputError:
-        pass
+    manifest = read_manifest(out_dir)
     if manifest is not None and manifest.get("job_id") not in (None, job_id):
         raise SpecError(f"The folder {out_dir} already holds the images of another job; download "
                         "into another folder with --out.")
+    return manifest
 
 
 @contextmanager
@@ -231,9 +218,10 @@ def collect(src: Path, out_dir: Path, skip: frozenset[str] = frozenset()) -> lis
     return moved
 
 
-def write_gallery(folder: Path) -> Path | None:
-    """gallery.html beside the folder's images (see ``gallery``); None without a manifest."""
+def write_gallery(folder: Path, manifest: dict | None = None) -> Path | None:
+    """gallery.html beside the folder's images (see ``gallery``); None without a manifest.
+    ``manifest``: the folder's, when the caller has it parsed already."""
     from . import gallery
 
-    manifest = read_manifest(folder)
+    manifest = manifest if manifest is not None else read_manifest(folder)
     return gallery.write(folder, manifest) if manifest is not None else None

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .engine import TINY_KANDINSKY, TINY_RANDOM, TINY_SDXL, to_make
+from .engine import TINY_KANDINSKY, TINY_RANDOM, TINY_SDXL, Plan
 
 # family: (reference pixels, seconds per UNet step with guidance on a T4 in fp16)
 T4_STEP = {
@@ -44,7 +44,7 @@ def predicted_seconds(doc: dict) -> tuple[float, int]:
     """(T4 seconds of generation for the images this document makes, by the table; their
     number) -- on one GPU."""
     total, images = 0.0, 0
-    for t in to_make(doc):
+    for t in Plan.of(doc).tasks(doc):
         fam = family(t.get("model") or doc["model"])  # a model sweep: each cell's own
         ref_pixels, step = T4_STEP[fam]
         scale = ((t.get("width") or 0) * (t.get("height") or 0) or ref_pixels) / ref_pixels

@@ -13,7 +13,7 @@ from . import artifacts, backends, runs
 from .engine import images_text
 from .errors import ImggenhubError, Interrupted, NothingYet, RunFailedError, SpecError
 from .lifecycle import Exit, RunState, Step, plan
-from .notebook import write_notebook
+from .notebook import job_document
 from .runs import Run
 from .spec import JobSpec
 
@@ -43,7 +43,7 @@ def start(job: JobSpec, backend: str, out_dir: Path | None, options, on_event: b
     made_out = not out.exists()
     try:
         try:
-            write_notebook(run.notebook_dir, job, run_id)
+            impl.render(run, job, job_document(job, run_id))
         except OSError as exc:
             raise runs.state_error(exc) from None
         # the folder is checked before anything reaches the network, and claimed below
@@ -109,10 +109,22 @@ def _interrupted(run: Run) -> Interrupted:
                        "picks it up.")
 
 
+def _keep_old_document(run: Run) -> None:
+    """A record made before records kept their job document: read it from the notebook, once."""
+    from .notebook import CODE_FILE, read_job_document
+
+    for one in [run, *(runs.shards_of(run) if run.shards else [])]:
+        if runs.document(one) is None and (one.notebook_dir / CODE_FILE).exists():
+            doc = read_job_document((one.notebook_dir / CODE_FILE).read_text(encoding="utf-8"))
+            if doc is not None:
+                runs.keep_document(one, doc)
+
+
 def advance(run: Run, command: str, on_event: backends.OnEvent,
             timeout: float | None = None, out_dir: Path | None = None) -> Run:
     """Take the steps ``command`` may take until its work is done; raise with the right
     exit code otherwise. One process at a time per run (the others are refused)."""
+    _keep_old_document(run)
     if run.shards:
         if out_dir is not None and str(Path(out_dir).resolve()) != run.out_dir:
             raise SpecError(f"Run {run.run_id} is sharded; its shards download into {run.out_dir}, "

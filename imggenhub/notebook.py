@@ -51,7 +51,9 @@ def with_document(notebook_text: str, document: dict) -> str:
 
 
 def read_job_document(notebook_text: str) -> dict | None:
-    """The job document of a rendered notebook (None if it is not one), without running it."""
+    """The job document of a rendered notebook (None if it is not one), without running it:
+    for a notebook found on Kaggle (was an interrupted push this run's?), and the records
+    of runs made before the record kept its document."""
     import ast
 
     try:
@@ -68,14 +70,6 @@ def read_job_document(notebook_text: str) -> dict | None:
     except (ValueError, SyntaxError, TypeError, AttributeError, RecursionError):
         return None
     return None
-
-
-def job_document_in(notebook_dir: Path) -> dict | None:
-    """The job document of the notebook rendered in ``notebook_dir`` (None without one)."""
-    try:
-        return read_job_document((Path(notebook_dir) / CODE_FILE).read_text(encoding="utf-8"))
-    except OSError:
-        return None
 
 
 def engine_cells() -> list[dict]:

@@ -25,6 +25,7 @@ from .errors import NothingYet, RunNotFoundError, SpecError
 from .lifecycle import RunState, allowed
 
 RUN_FILE = "run.json"
+JOB_FILE = "job.json"  # the job document the run's notebook carries, as the record keeps it
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -134,6 +135,28 @@ def save(run: Run) -> Run:
             tmp.unlink(missing_ok=True)
             raise state_error(exc) from None
     return run
+
+
+def keep_document(run: Run, document: dict) -> None:
+    """The job document of the run's notebook (its latest session's), kept beside the record:
+    nothing reads it back out of the notebook."""
+    path = run.folder / JOB_FILE
+    tmp = path.with_name(f".{JOB_FILE}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise state_error(exc) from None
+
+
+def document(run: Run) -> dict | None:
+    """The job document the run's notebook carries (None: a record without one)."""
+    try:
+        data = json.loads((run.folder / JOB_FILE).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _read(path: Path) -> Run | None:

@@ -90,9 +90,9 @@ def score_folder(folder: Path, model: str | None, on_event) -> dict:
             if record.get("file") in by_file:
                 record["score"] = by_file[record["file"]]
         manifest["score_model"] = model
-        from .engine.outputs import add_score_mean
+        from .engine.manifest import add_score_mean
 
         add_score_mean(manifest)
         artifacts.write_manifest(folder, manifest)
-        artifacts.write_gallery(folder)
+        artifacts.write_gallery(folder, manifest)
     return {"folder": str(folder), "model": model, "images": results, "score_mean": mean}

@@ -21,10 +21,10 @@ AUTO_MIN_MINUTES = 10.0  # auto: shard when the job's generation is at least thi
 
 def share(job, shards: int) -> list[list[list[int]]]:
     """Each shard's image indices, as ranges: contiguous, in the job's order."""
-    from .engine import ranges_of, shard, to_make
+    from .engine import Plan
 
-    indices = [t["index"] for t in to_make(job.document())]
-    return [ranges_of(shard(indices, k, shards)) for k in range(shards)]
+    plan = Plan.of(job.document())
+    return [plan.split(k, shards).ranges() for k in range(shards)]
 
 
 def auto_count(job) -> int:

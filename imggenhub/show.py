@@ -152,6 +152,6 @@ def inline_image(path: Path, protocol: str) -> str:
 
 def _job_model(run) -> str | None:
     """The model the run's notebook asks for (before any image is here)."""
-    from .notebook import job_document_in
+    from .runs import document
 
-    return ((job_document_in(run.notebook_dir) or {}).get("model") or {}).get("id")
+    return ((document(run) or {}).get("model") or {}).get("id")

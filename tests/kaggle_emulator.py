@@ -445,7 +445,7 @@ class Emulator:
                 version.token_seen = _read_token(doc["hf_token_file"], root)
             _write_cell_files(version.text, work)  # %%writefile imggenhub_engine/*.py
             (work / "imggenhub_job.json").write_text(job_json, encoding="utf-8")
-            tasks = engine.to_make(doc)
+            tasks = engine.Plan.of(doc).tasks(doc)
         except Exception as exc:
             stream("stdout", "Traceback (most recent call last):\n")
             stream("stdout", f"{type(exc).__name__}: {exc}\n")
@@ -545,7 +545,7 @@ class Emulator:
 
 
 def _read_token(path: str, root: str) -> str:
-    from imggenhub.engine.planning import _locate
+    from imggenhub.engine.inputs import _locate
 
     return _locate(path, root).read_text(encoding="utf-8").strip()
 

@@ -42,7 +42,7 @@ def test_seed_wraps_at_32_bits():
 @pytest.mark.parametrize("n,world", [(0, 2), (1, 2), (5, 2), (8, 2), (7, 3)])
 def test_shard_covers_everything_once(n, world):
     items = list(range(n))
-    parts = [engine.shard(items, r, world) for r in range(world)]
+    parts = [engine.split(items, r, world) for r in range(world)]
     assert sum(parts, []) == items
     assert max(map(len, parts)) - min(map(len, parts)) <= 1
 

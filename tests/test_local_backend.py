@@ -206,16 +206,15 @@ def _engine_left(run, indices, merged):
     (``merged``: its own merge at the end ran; else only its manifest part, as after a kill)."""
     import hashlib
 
-    from imggenhub.engine import OUTPUT_DIR, PARTS_DIR, merge_manifest, to_make
-    from imggenhub.engine.outputs import PartLog, save_png
-    from imggenhub.notebook import CODE_FILE, read_job_document
+    from imggenhub import runs
+    from imggenhub.engine import OUTPUT_DIR, PARTS_DIR, PartLog, Plan, merge_manifest, save_png
 
-    doc = read_job_document((run.notebook_dir / CODE_FILE).read_text())
+    doc = runs.document(run)
     out = run.folder / "work" / OUTPUT_DIR
     (out / PARTS_DIR).mkdir(parents=True, exist_ok=True)
     part = PartLog(out / PARTS_DIR / "rank-00.jsonl", {"job_id": doc["job_id"],
                    "run_id": doc["run_id"], "model": "tiny-random"}, {"rank": 0})
-    for task in to_make(doc):
+    for task in Plan.of(doc).tasks(doc):
         if task["index"] in indices:
             record = {"index": task["index"], "prompt": "a fox", "seed": task["seed"],
                       "steps": 1, "scheduler": "DDIM", "guidance": 1.0, "width": 8,
@@ -307,7 +306,7 @@ def test_a_local_run_with_images_home_keeps_its_one_output_folder(tmp_path, cli)
     run.state = RunState.RUNNING
     runs.save(run)
     _engine_left(run, {0, 1}, merged=False)
-    LocalBackend().bring(run, tmp_path / "out", lambda m: None)  # two images home, then
+    LocalBackend().bring(run, tmp_path / "out", None, lambda m: None)  # two images home, then
     run.state = RunState.COMPLETE  # the rest made, and their download failed (disk full)
     runs.save(run)
     code, out, err = cli("download", run.run_id, "--out", str(tmp_path / "elsewhere"))

@@ -7,27 +7,35 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import artifacts, runs
 from ..config import Deadline, Tunables, tunables, writable_folder
 from ..errors import LocalWriteError, SpecError, TransferError, UnsafeOutputError
-from ..engine import ranges_of, to_make
+from ..engine import Plan, made
 from ..lifecycle import RunState
-from ..notebook import CODE_FILE, read_job_document, with_document
+from ..notebook import CODE_FILE, with_document, write_notebook
 from ..runs import Run
 from ..spec import JobSpec
 
 OnEvent = Callable[[str], None]
 
 
-def made_and_rest(doc: dict | None, out_dir: Path) -> tuple[set, list[int]]:
-    """The indices of the images in ``out_dir``'s manifest, and those of the job document's
-    images (its session's share) that are not among them (all of them without a document)."""
-    manifest = artifacts.read_manifest(out_dir)
-    here = {r.get("index") for r in manifest["images"]} if manifest else set()
-    rest = [t["index"] for t in to_make(doc) if t["index"] not in here] if doc else [-1]
-    return here, rest
+@dataclass
+class Fetched:
+    """What a backend's transfer brought: the output folder's manifest as it now stands
+    (parsed once, handed on), and the files whose sha256 is still to be checked (those
+    that arrived unchecked; every other file was checked when it arrived)."""
+
+    manifest: dict | None
+    unhashed: set[str] = field(default_factory=set)
+
+
+def session_plan(run: Run) -> Plan | None:
+    """The share of the job the run's latest notebook makes (None: no document kept)."""
+    doc = runs.document(run)
+    return Plan.of(doc) if doc else None
 
 
 class Backend:
@@ -69,34 +77,41 @@ class Backend:
         """Lines for 'imggenhub doctor'."""
         return []
 
-    def bring(self, run: Run, out_dir: Path, on_event: OnEvent) -> None:
-        """Transfer the run's outputs (manifest, images, log) into ``out_dir``, verified."""
+    def bring(self, run: Run, out_dir: Path, here: dict | None, on_event: OnEvent) -> Fetched:
+        """Transfer the run's outputs (manifest, images, log) into ``out_dir``, joining its
+        manifest to ``here``, the one there."""
         raise NotImplementedError
 
     # --- shared bookkeeping ----------------------------------------------------------
+
+    def render(self, run: Run, job: JobSpec, document: dict) -> None:
+        """The run's notebook, carrying ``document``, which the record keeps too."""
+        write_notebook(run.notebook_dir, job, run.run_id, document)
+        runs.keep_document(run, document)
 
     def render_rest(self, run: Run, on_event: OnEvent) -> Run:
         """A session (or a local run) ended before the job did: the notebook again, making
         only the images that are not here (same indices, seeds and file names), as the next
         session."""
-        path = run.notebook_dir / CODE_FILE
-        text = path.read_text(encoding="utf-8")
-        doc = read_job_document(text)
-        _, rest = made_and_rest(doc, Path(run.out_dir))
+        doc = runs.document(run)
+        rest = Plan.of(doc).minus(artifacts.read_manifest(Path(run.out_dir)))
         if not rest:  # it failed after its last image: every one is here, nothing to push
             on_event(f"run {run.run_id}: every image it was to make is here; nothing to push")
             run.state, run.failure = RunState.DOWNLOADED, None
             return runs.save(run)
         run.session += 1
-        doc.update(only=ranges_of(rest), session=run.session)
-        path.write_text(with_document(text, doc), encoding="utf-8")
+        doc.update(only=rest.ranges(), session=run.session)
+        path = run.notebook_dir / CODE_FILE
+        path.write_text(with_document(path.read_text(encoding="utf-8"), doc), encoding="utf-8")
+        runs.keep_document(run, doc)
         on_event(f"session {run.session} of run {run.run_id}: the {len(rest)} images still to make")
         run.state, run.failure = RunState.RENDERED, None
         return runs.save(run)
 
     def fetch(self, run: Run, on_event: OnEvent) -> Run:
         """Bring the outputs home under the folder's lock, check them, save the record; a
-        complete run becomes downloaded."""
+        complete run becomes downloaded. The folder's manifest is parsed once, by the
+        transfer, and handed on to the checks, the sheets, the gallery and ``fetched``."""
         t0 = time.monotonic()
         out_dir = Path(run.out_dir)
         problem = "it is a file" if out_dir.is_file() else writable_folder(out_dir)
@@ -104,22 +119,22 @@ class Backend:
             raise SpecError(f"The output folder {out_dir} cannot be used ({problem}); download "
                             "with --out DIR.")
         with artifacts.folder_lock(out_dir):
-            artifacts.check_claim(out_dir, run.run_id, run.job_id)
+            here = artifacts.check_claim(out_dir, run.run_id, run.job_id)
             artifacts.sweep_partials(out_dir)
             try:
-                self.bring(run, out_dir, on_event)
+                got = self.bring(run, out_dir, here, on_event)
             except OSError as exc:  # the network's errors were turned into sentences already
                 raise LocalWriteError(f"Could not write the outputs of run {run.run_id} into "
                                       f"{out_dir} ({exc.strerror or exc}); free space or choose "
                                       f"another folder, then run 'imggenhub download "
                                       f"{run.run_id}' again.") from None
-            manifest = artifacts.read_manifest(out_dir)
-            problems = artifacts.verify(out_dir) if manifest is not None else []
-            present = {r.get("index") for r in manifest["images"]} if manifest else set()
-            wanted = {i for a, b in run.only for i in range(a, b)} if run.only is not None \
-                else set(range(manifest.get("planned_images") or len(present))) if manifest \
-                else set()
-            run.images_fetched = len(present & wanted) - len(problems)
+            manifest = got.manifest
+            problems = artifacts.check(out_dir, manifest, got.unhashed) if manifest else []
+            planned = (manifest or {}).get("planned_images")
+            share = Plan.whole(planned if isinstance(planned, int) else len(made(manifest)))
+            share = share.only(run.only)  # a shard's share of the job
+            owed = share.minus(manifest)
+            run.images_fetched = len(share) - len(owed) - len(problems)
             if manifest is not None and not problems:
                 from .. import sheets, sweeps
 
@@ -129,7 +144,8 @@ class Backend:
 
                 sheets.write(out_dir, manifest)  # grid.png: every image as a labelled tile
                 sweeps.write(out_dir, manifest)  # a sweep's labelled grids, one per prompt
-            artifacts.write_gallery(out_dir)
+            if manifest is not None:
+                artifacts.write_gallery(out_dir, manifest)
         run.timings["fetch"] = round(time.monotonic() - t0, 3)
         if problems:
             runs.save(run)
@@ -140,14 +156,18 @@ class Backend:
                 runs.save(run)
                 raise UnsafeOutputError(f"Run {run.run_id} ended complete but left no manifest.json; "
                                         "it did not run the imggenhub engine.")
-            if wanted - present:  # the session ended before the job did
+            if owed:  # the session ended before the job did
                 run.state = RunState.PARTIAL
-                on_event(f"run {run.run_id}: {len(wanted & present)} of {len(wanted)} images are "
+                on_event(f"run {run.run_id}: {len(share) - len(owed)} of {len(share)} images are "
                          "here; the rest needs another session ('imggenhub resume "
                          f"{run.run_id}' pushes it)")
             else:
                 run.state = RunState.DOWNLOADED
+        self.fetched(run, manifest, on_event)
         return runs.save(run)
+
+    def fetched(self, run: Run, manifest: dict | None, on_event: OnEvent) -> None:
+        """After a fetch, with the folder's manifest (a backend may learn from it)."""
 
 
 _REGISTRY: dict[str, Callable[[], Backend]] = {}

@@ -15,15 +15,15 @@ from pathlib import Path
 import requests
 
 from .. import artifacts, estimate, kaggle_api, runs
-from ..engine import ERROR_PREFIX, KAGGLE_INPUT, progress_message, to_make
+from ..engine import ERROR_PREFIX, KAGGLE_INPUT, progress_message
 from ..errors import (KaggleApiError, NoFreeSlot, NothingYet, OverQuota, RunFailedError,
                       SpecError, StillRunning, Unreachable)
 from ..config import Deadline, state_dir
 from ..lifecycle import RunState
 from ..models import HUB_ID
-from ..notebook import CODE_FILE, job_document, job_document_in, read_job_document, write_notebook
+from ..notebook import CODE_FILE, job_document, read_job_document
 from ..runs import Failure, Run
-from . import Backend, OnEvent, kaggle_inputs
+from . import Backend, Fetched, OnEvent, kaggle_inputs, session_plan
 from .kaggle_download import bring_outputs, log_text, output_page
 from .kaggle_logs import LogFollower
 from .kaggle_meta import (METADATA_FILE, PLACEHOLDER_OWNER, KernelOptions, kernel_metadata,
@@ -199,7 +199,7 @@ class KaggleBackend(Backend):
         # the engine stops cleanly before the session's end; 'resume' pushes the rest
         doc["session_seconds"] = min(self.tunables.session_seconds,
                                      run.session_timeout_seconds or self.tunables.session_seconds)
-        write_notebook(run.notebook_dir, job, run.run_id, doc)
+        self.render(run, job, doc)
         meta["dataset_sources"] = list(dict.fromkeys(sources))
         write_metadata(run.notebook_dir, meta)
         run.kernel_ref = meta["id"]
@@ -504,11 +504,8 @@ class KaggleBackend(Backend):
 
     def _session_images(self, run: Run) -> int:
         """How many images the version pushed last makes (a later session: only the rest)."""
-        try:
-            doc = job_document_in(run.notebook_dir)
-            return len(to_make(doc)) if doc else run.image_count
-        except (ValueError, KeyError):
-            return run.image_count
+        share = session_plan(run)
+        return len(share) if share is not None else run.image_count
 
     def _pause_many(self, seconds: float, streams: dict) -> None:
         """Wait until the next poll, showing each shard's progress as it streams in; the end
@@ -535,24 +532,18 @@ class KaggleBackend(Backend):
 
     # --- fetch and health -------------------------------------------------------------
 
-    def bring(self, run: Run, out_dir: Path, on_event: OnEvent) -> None:
-        bring_outputs(self, run, out_dir, on_event)
+    def bring(self, run: Run, out_dir: Path, here: dict | None, on_event: OnEvent) -> Fetched:
+        return bring_outputs(self, run, out_dir, here, on_event)
 
-    def fetch(self, run: Run, on_event: OnEvent) -> Run:
-        run = super().fetch(run, on_event)
-        if run.state == RunState.DOWNLOADED and run.engine_hours is None:
-            self._learn(run)
-        return run
-
-    def _learn(self, run: Run) -> None:
-        """What the run measured on Kaggle corrects the next estimates."""
-        manifest = artifacts.read_manifest(Path(run.out_dir))
-        doc = job_document_in(run.notebook_dir)
-        if not manifest or not doc:
+    def fetched(self, run: Run, manifest: dict | None, on_event: OnEvent) -> None:
+        """What the run measured on Kaggle corrects the next estimates (once, when it is
+        all here)."""
+        doc = runs.document(run)
+        if run.state != RunState.DOWNLOADED or run.engine_hours is not None or not manifest \
+                or not doc:
             return
         run.engine_hours = estimate.engine_hours(manifest, run.run_id)
         estimate.learn(state_dir(), doc, manifest)
-        runs.save(run)
 
     def quota(self, on_event: OnEvent) -> dict:
         """This week's GPU quota, as GetAcceleratorQuotaStatistics says (hours; refresh time)."""

@@ -151,8 +151,12 @@ def download(backend, url: str, dest: Path, limit: int, record: dict | None, on_
         tmp.unlink(missing_ok=True)  # no half file left behind; the next try starts clean
 
 
-def bring_outputs(backend, run: Run, out_dir: Path, on_event) -> None:
+def bring_outputs(backend, run: Run, out_dir: Path, here: dict | None, on_event):
+    """The version's outputs into ``out_dir``: its manifest joined to the one here, then
+    each file it lists that is not here verified, downloaded and checked on arrival."""
     import shutil
+
+    from . import Fetched
 
     shutil.rmtree(out_dir / BUNDLE_TMP, ignore_errors=True)  # a killed unpacking's leftovers
     files, log = list_outputs(backend, run, on_event)
@@ -182,7 +186,7 @@ def bring_outputs(backend, run: Run, out_dir: Path, on_event) -> None:
                  check=ours_only)
         manifest = parsed.get("manifest") or artifacts.parse_manifest(
             landed.read_bytes(), f"Kaggle's {MANIFEST}")  # checked on an earlier try
-        merged = artifacts.combine(artifacts.read_manifest(out_dir), manifest)
+        merged = artifacts.combine(here, manifest)
         artifacts.write_manifest(out_dir, merged)  # under the folder's lock
         landed.unlink()
         records = {r["file"]: r for r in manifest["images"]}
@@ -190,7 +194,7 @@ def bring_outputs(backend, run: Run, out_dir: Path, on_event) -> None:
                    and isinstance(b.get("file"), str) and b["file"] in ours
                    and isinstance(b.get("bytes"), int) and isinstance(b.get("sha256"), str)]
     else:
-        bundles = []
+        merged, bundles = here, []
     todo, covered = [], set()
     for b in bundles:  # a whole bundle: one download for all its images
         members = [r for r in records.values() if r.get("bundle") == b["file"] and not
@@ -208,6 +212,9 @@ def bring_outputs(backend, run: Run, out_dir: Path, on_event) -> None:
         if record and dest.exists() and artifacts.verify_image(out_dir, record) is None:
             continue  # already here and verified
         todo.append((url, dest, record["bytes"] if record else cap, record, None))
+    # every file of this kernel's manifest is hashed once here: on arrival, or when it was
+    # here already (the checks above); one it does not list is left for the folder's check
+    unhashed = set(records) - covered - {name for name in ours if name in records}
     done = [0]
     lock = threading.Lock()
 
@@ -237,6 +244,7 @@ def bring_outputs(backend, run: Run, out_dir: Path, on_event) -> None:
         list(pool.map(one, todo))
     if (out_dir / BUNDLE_TMP).is_dir() and not any((out_dir / BUNDLE_TMP).iterdir()):
         (out_dir / BUNDLE_TMP).rmdir()
+    return Fetched(merged, unhashed)
 
 
 def _not_an_image(name: str) -> bool:

@@ -12,13 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import artifacts, runs
-from ..engine import LOG_FILE, MANIFEST, OUTPUT_DIR, images_text, progress_message
-from ..errors import ImggenhubError, MissingDependencyError
+from ..engine import LOG_FILE, MANIFEST, OUTPUT_DIR, images_text, made, progress_message
+from ..errors import ImggenhubError, MissingDependencyError, UnsafeOutputError
 from ..lifecycle import RunState
-from ..notebook import CODE_FILE, job_document_in
+from ..notebook import CODE_FILE
 from ..runs import Failure, Run
-from . import Backend, OnEvent, made_and_rest
-
+from . import Backend, Fetched, OnEvent, session_plan
 
 
 def _streaming_client_class():
@@ -132,6 +131,13 @@ class _LogSink:
 ENGINE_NEEDS = ("nbclient", "ipykernel", "torch", "diffusers", "transformers", "accelerate")
 
 
+def _readable_manifest(out_dir: Path) -> dict | None:
+    try:
+        return artifacts.read_manifest(out_dir)
+    except (OSError, ValueError, UnsafeOutputError):
+        return None
+
+
 class LocalBackend(Backend):
     """Runs the notebook here; knows nothing of Kaggle."""
 
@@ -185,13 +191,15 @@ class LocalBackend(Backend):
             out_dir = Path(run.out_dir)
             try:
                 with artifacts.folder_lock(out_dir):
-                    self.bring(run, out_dir, on_event)
-            except (OSError, ValueError):
-                pass  # best effort: resume makes them again
-            here, missing = made_and_rest(job_document_in(run.notebook_dir), out_dir)
+                    here = artifacts.read_manifest(out_dir)
+                    manifest = self.bring(run, out_dir, here, on_event).manifest
+            except (OSError, ValueError):  # best effort: resume makes them again
+                manifest = _readable_manifest(out_dir)
+            share = session_plan(run)
+            here = made(manifest)
             run.images_fetched = len(here)
-            run.state = RunState.COMPLETE if here and not missing else \
-                RunState.PARTIAL if here else RunState.RENDERED
+            run.state = RunState.COMPLETE if here and share is not None and not \
+                share.minus(here) else RunState.PARTIAL if here else RunState.RENDERED
             return runs.save(run)
         finally:
             if previous is not None:
@@ -215,7 +223,7 @@ class LocalBackend(Backend):
                          f"{run.run_id}' makes the rest")
         return run
 
-    def bring(self, run: Run, out_dir: Path, on_event: OnEvent) -> None:
+    def bring(self, run: Run, out_dir: Path, here: dict | None, on_event: OnEvent) -> Fetched:
         """The work folder's images into ``out_dir``, then their records, joined to those of
         an earlier session (or interrupted run) there and written whole, in one rename: a
         kill at any point leaves every listed image in place, and the work folder's manifest
@@ -224,13 +232,14 @@ class LocalBackend(Backend):
 
         src = run.folder / "work" / OUTPUT_DIR
         new = merge_manifest(src) if src.is_dir() else None  # parts an engine left unmerged
-        before = artifacts.read_manifest(out_dir)
+        before = here
         if new is not None and before is not None and before.get("run_id") == run.run_id:
             new = artifacts.combine(before, new)
-        artifacts.collect(src, out_dir, skip=frozenset({MANIFEST}))
+        moved = artifacts.collect(src, out_dir, skip=frozenset({MANIFEST}))
         if new is not None:
             artifacts.write_manifest(out_dir, new)
             (src / MANIFEST).unlink(missing_ok=True)
         log = run.folder / LOG_FILE
         if log.exists():
             shutil.copyfile(log, out_dir / LOG_FILE)
+        return Fetched(new if new is not None else before, set(moved))

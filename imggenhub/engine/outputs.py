@@ -1,5 +1,6 @@
-"""Outputs: PNGs with their parameters, the per-process manifest parts (JSON lines) and
-their merge, and the writer thread that keeps all of it off the generation loop."""
+"""Outputs: PNGs with their parameters, the bundles big jobs download as, and the writer
+thread that keeps all of it off the generation loop (the records go to the manifest's
+parts: ``manifest.PartLog``)."""
 
 from __future__ import annotations
 
@@ -9,112 +10,9 @@ import os
 import time
 from pathlib import Path
 
-from .planning import plan_images, ranges_of, sha256_of, to_make
-from .wire import BUNDLES_DIR, MANIFEST, PARTS_DIR, log
-
-
-def _write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-class PartLog:
-    """One process's manifest part, as JSON lines appended as images are written: a header
-    line, one line per image, and process lines (the last one wins). Appending costs the
-    same for the thousandth image as for the first, and a crash loses at most a torn last
-    line, which the merge skips."""
-
-    def __init__(self, path: Path, header: dict, process: dict):
-        self.path = Path(path)
-        self.process = dict(process)
-        with open(self.path, "w", encoding="utf-8") as fh:
-            fh.write(json.dumps({"header": header}, ensure_ascii=False) + "\n")
-            fh.write(json.dumps({"process": self.process}, ensure_ascii=False) + "\n")
-
-    def _append(self, entry: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
-
-    def image(self, record: dict) -> None:
-        self._append({"image": record})
-
-    def bundle(self, record: dict) -> None:
-        self._append({"bundle": record})
-
-    def update_process(self, **fields) -> None:
-        self.process.update(fields)
-        self._append({"process": self.process})
-
-
-def _read_part(path: Path) -> tuple[dict, dict | None, list[dict], list[dict]]:
-    header, process, images, bundles = {}, None, [], []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue  # a line torn by a crash
-        header = entry.get("header", header)
-        process = entry.get("process", process)
-        if "image" in entry:
-            images.append(entry["image"])
-        if "bundle" in entry:
-            bundles.append(entry["bundle"])
-    return header, process, images, bundles
-
-
-def merge_manifest(out_dir: Path, job: dict | None = None) -> dict | None:
-    """Merge the per-process manifest parts into ``manifest.json``; return it.
-
-    Safe to call after a crash: it lists what was finished, and nothing else.
-    """
-    out_dir = Path(out_dir)
-    parts_dir = out_dir / PARTS_DIR
-    existing = out_dir / MANIFEST
-    images: dict[int, dict] = {}
-    bundles: dict[str, dict] = {}
-    runs = []
-    header: dict = {}
-    if existing.exists():
-        old = json.loads(existing.read_text(encoding="utf-8"))
-        header = {k: v for k, v in old.items() if k not in ("images", "processes", "bundles")}
-        runs = old.get("processes", [])
-        images.update({img["index"]: img for img in old.get("images", [])})
-        bundles.update({b["file"]: b for b in old.get("bundles", [])})
-    part_files = sorted(parts_dir.glob("rank-*.jsonl")) if parts_dir.exists() else []
-    if not part_files and not existing.exists():
-        return None
-    for part_file in part_files:
-        part_header, process, part_images, part_bundles = _read_part(part_file)
-        header = part_header or header
-        if process is not None:
-            runs.append(process)
-        images.update({img["index"]: img for img in part_images})
-        bundles.update({b["file"]: b for b in part_bundles})
-    manifest = {**header, "processes": runs, "images": [images[i] for i in sorted(images)]}
-    if bundles:
-        manifest["bundles"] = [bundles[name] for name in sorted(bundles)]
-    if job is not None:
-        manifest["planned_images"] = len(plan_images(job))
-        # what this kernel was to make and did not (a session that ended early, a crash)
-        made = {r["index"] for r in manifest["images"]}
-        manifest["remaining"] = ranges_of(t["index"] for t in to_make(job) if t["index"] not in made)
-    manifest["complete"] = manifest.get("planned_images") == len(manifest["images"])
-    add_score_mean(manifest)
-    _write_json_atomic(existing, manifest)
-    for part_file in part_files:
-        part_file.unlink()
-    if parts_dir.exists() and not any(parts_dir.iterdir()):
-        parts_dir.rmdir()
-    return manifest
-
-
-def add_score_mean(manifest: dict) -> None:
-    """The run's mean CLIP score, over the images that have one."""
-    scores = [r["score"] for r in manifest.get("images", []) if isinstance(r.get("score"), (int, float))]
-    if scores:
-        manifest["score_mean"] = round(sum(scores) / len(scores), 4)
-
+from .inputs import sha256_of
+from .manifest import PartLog
+from .wire import BUNDLES_DIR, log
 
 BUNDLE_BYTES = 256 << 20  # the most one bundle holds (IMGGENHUB_BUNDLE_BYTES changes it)
 

@@ -12,13 +12,14 @@ import time
 import traceback
 from pathlib import Path
 
-from .outputs import Bundler, ImageWriter, PartLog, merge_manifest
+from .inputs import resolve_inputs, use_hf_token
+from .manifest import PartLog, merge_manifest
+from .outputs import Bundler, ImageWriter
 from .pipelines import (apply_embeddings, apply_loras, derived_pipeline, enable_memory_savers,
                         load_init_image, load_pipeline, load_refiner, set_lora_scale,
                         set_scheduler)
 from .scoring import Scorer
-from .planning import (SessionClock, batches, resolve_inputs, shard, to_make,
-                       use_hf_token)
+from .plan import Plan, SessionClock, batches
 from .wire import (ENGINE_PACKAGE, ENGINE_VERSION, ERROR_PREFIX, JOB_FILE, OUTPUT_DIR, PARTS_DIR,
                    images_text, log)
 
@@ -51,7 +52,7 @@ def run_worker(job: dict, out_dir: Path) -> None:
     names = job.get("input_names") or {}
     state, device, dtype = _select_device(job)
     rank, world = state.process_index, state.num_processes
-    tasks = shard(to_make(job), rank, world)
+    tasks = Plan.of(job).split(rank, world).tasks(job)
     # a model sweep: each model's images together, so that each model loads once
     order = list(dict.fromkeys(t["model"]["id"] for t in tasks))
     tasks.sort(key=lambda t: order.index(t["model"]["id"]))
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     os.environ.setdefault("IMGGENHUB_ENGINE_STARTED", str(time.time()))  # the session clock
     processes = count_processes(job)
-    log(f"job {job.get('job_id')}: {images_text(len(to_make(job)))} with {job['model']['id']} "
+    log(f"job {job.get('job_id')}: {images_text(len(Plan.of(job)))} with {job['model']['id']} "
         f"in {processes} process{'es' if processes > 1 else ''}")
     code = 0
     try:
