@@ -62,7 +62,7 @@ class Clock:
             time.sleep(seconds)
 
 
-# (attribute, environment variable, meaning) -- the README lists these; the defaults are
+# (attribute, environment variable, meaning) -- docs/tunables.md lists these; the defaults are
 # the Tunables fields below, written once.
 _TUNABLES = [
     ("poll_interval", "IMGGENHUB_POLL_INTERVAL", "the shortest wait between status polls (s)"),

@@ -2,8 +2,9 @@
 them, the exit codes, and what every command does in every state.
 
 Everything else reads these tables: ``jobs.advance`` takes the next step a state calls
-for when the command may take it; the README's lifecycle table is generated from them
-(and a test checks that it is); the CLI turns an outcome into one sentence and one code.
+for when the command may take it; the lifecycle and exit-code tables in docs/lifecycle.md
+are generated from them (scripts/doc_tables.py; a test checks that they are); the CLI
+turns an outcome into one sentence and one code.
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ def plan(command: str, state: RunState) -> Plan:
 
 
 def table_markdown() -> str:
-    """The command x state table for the README, generated from the rules above."""
+    """The command x state table for docs/lifecycle.md, generated from the rules above."""
     states = list(RunState)
     head = "| state | " + " | ".join(COMMANDS) + " | status, runs |"
     rule = "|" + "---|" * (len(COMMANDS) + 2)

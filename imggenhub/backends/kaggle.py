@@ -30,7 +30,7 @@ from .kaggle_meta import (METADATA_FILE, PLACEHOLDER_OWNER, KernelOptions, kerne
                           load_metadata_template, split_kernel_id, write_metadata)
 
 GPU_CAP_TEXT = "Maximum batch GPU session count"
-BUNDLE_THRESHOLD = 200  # images; from benchmarks/kaggle_download.py (see the README)
+BUNDLE_THRESHOLD = 200  # images; from benchmarks/kaggle_download.py (see docs/kaggle.md)
 RESOLVE_DEPTH = 10  # versions looked at, newest first, to find an interrupted push
 
 # Kaggle's raw status strings, mapped in exactly one place. Unknown ones stay "running"

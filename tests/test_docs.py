@@ -1,0 +1,65 @@
+"""The README stays a front door, and every relative link in it and in docs/ leads to a
+file (and, with a #fragment, to a heading there)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from imggenhub.lifecycle import Exit
+
+from .conftest import REPO
+
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def prose(text: str) -> str:
+    """The text outside code: fenced blocks and inline code hold paths, not links."""
+    text = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    return re.sub(r"`[^`\n]*`", "", text)
+
+
+def anchors(page: Path) -> set[str]:
+    """GitHub's anchors for the page's headings: lower case, punctuation dropped,
+    spaces as hyphens."""
+    heads = re.findall(r"^#+ +(.+?) *$", prose(page.read_text(encoding="utf-8")), re.M)
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in heads}
+
+
+def relative_links(page: Path) -> list[str]:
+    return [t for t in LINK.findall(prose(page.read_text(encoding="utf-8")))
+            if not re.match(r"[a-z][a-z0-9+.-]*:", t)]  # http:, https:, mailto: ...
+
+
+def test_the_docs_folder_is_there():
+    assert len(PAGES) > 5
+
+
+def test_every_relative_link_leads_to_a_file_and_heading():
+    broken = []
+    for page in PAGES:
+        for target in relative_links(page):
+            path, _, fragment = target.partition("#")
+            dest = (page.parent / path).resolve() if path else page
+            if not dest.is_file():
+                broken.append(f"{page.relative_to(REPO)}: {target} (no such file)")
+            elif fragment and dest.suffix == ".md" and fragment not in anchors(dest):
+                broken.append(f"{page.relative_to(REPO)}: {target} (no such heading)")
+    assert broken == []
+
+
+def test_the_readme_links_every_doc():
+    linked = {(REPO / t.partition("#")[0]).resolve() for t in relative_links(REPO / "README.md")}
+    assert [p.name for p in PAGES[1:] if p.resolve() not in linked] == []
+
+
+def test_the_readme_is_a_front_door():
+    assert len((REPO / "README.md").read_text(encoding="utf-8").splitlines()) < 250
+
+
+def test_the_readme_says_every_exit_code_and_links_the_table():
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### Exit codes\n", 1)[1].split("\n#", 1)[0]
+    assert {int(c) for c in re.findall(r"`(\d+)`", section)} == {int(c) for c in Exit}
+    assert "(docs/lifecycle.md#exit-codes)" in section
