@@ -371,12 +371,6 @@ def doctor(timeout: Annotated[float, typer.Option(
     _result({"ok": True, "lines": lines}, "\n".join(lines), json)
 
 
-def _no_images_yet(run, what: str = "") -> SpecError:
-    return SpecError(f"Run {run.run_id} has no images in {run.out_dir} yet{what}; 'imggenhub "
-                     f"resume {run.run_id}' brings them (it takes the run on from wherever it "
-                     "stands).")
-
-
 @app.command("open")
 def open_gallery(run_id: RunId = None, json: Json = False) -> None:
     """Open a run's gallery.html in the default browser (and print where it is)."""
@@ -386,12 +380,7 @@ def open_gallery(run_id: RunId = None, json: Json = False) -> None:
 
     _STATE["json"] = json
     run = runs.load(run_id)
-    folder = Path(run.out_dir)
-    page = folder / artifacts.GALLERY
-    if artifacts.read_manifest(folder) is not None:
-        page = artifacts.write_gallery(folder)  # fresh: the manifest may have grown since
-    if not page.exists():
-        raise _no_images_yet(run, ", so no gallery")
+    page = artifacts.fresh_gallery(run)
     opened = webbrowser.open(page.as_uri())
     _result({"ok": True, "run_id": run.run_id, "gallery": str(page), "opened": bool(opened)},
             str(page) if opened else f"{page} (no browser found here: open it by hand)", json)
@@ -403,16 +392,11 @@ def grid(run_id: RunId = None, cols: Annotated[Optional[int], typer.Option(
         json: Json = False) -> None:
     """Remake a run's contact sheets (grid.png, ...: every image as a labelled tile) and its
     sweep grids (sweep-NN.png)."""
-    from . import artifacts, runs, sheets, sweeps
+    from . import artifacts, runs
 
     _STATE["json"] = json
     run = runs.load(run_id)
-    folder = Path(run.out_dir)
-    manifest = artifacts.read_manifest(folder)
-    if manifest is None or not manifest["images"]:
-        raise _no_images_yet(run)
-    paths = sheets.write(folder, manifest, cols) + sweeps.write(folder, manifest)
-    artifacts.write_gallery(folder)  # it links the sheets
+    paths = artifacts.remake_sheets(run, cols)
     _result({"ok": True, "run_id": run.run_id, "sheets": [str(p) for p in paths]},
             "\n".join(str(p) for p in paths), json)
 
@@ -482,20 +466,11 @@ def render(
     out: Annotated[Path, typer.Option(help="Folder for the notebook and kernel-metadata.json.")],
 ) -> None:
     """Write the job's notebook and kernel-metadata.json; run nothing."""
-    from .backends.kaggle_meta import (PLACEHOLDER_OWNER, check_renderable, kernel_metadata,
-                                       write_metadata)
-    from .credentials import find_credentials
+    from . import jobs
+    from .backends.kaggle_meta import PLACEHOLDER_OWNER
     from .engine import images_text
-    from .notebook import write_notebook
 
-    check_renderable(job)
-    try:  # fill in the owner as deploy would, where it needs no network
-        creds = find_credentials()
-    except CredentialsError:  # render needs none: a broken one only leaves the placeholder
-        creds = None
-    meta = kernel_metadata(kernel, owner=creds.username if creds else None)
-    path = write_notebook(out, job)
-    write_metadata(out, meta)
+    path, meta = jobs.render(job, kernel, out)
     typer.echo(f"{path} (job {job.job_id}, {images_text(job.image_count)})")
     if meta["id"].startswith(PLACEHOLDER_OWNER + "/"):
         typer.echo(f"note: kernel-metadata.json names the owner '{PLACEHOLDER_OWNER}' (no Kaggle "
