@@ -225,3 +225,35 @@ def write_gallery(folder: Path, manifest: dict | None = None) -> Path | None:
 
     manifest = manifest if manifest is not None else read_manifest(folder)
     return gallery.write(folder, manifest) if manifest is not None else None
+
+
+def _no_images_yet(run, what: str = "") -> SpecError:
+    return SpecError(f"Run {run.run_id} has no images in {run.out_dir} yet{what}; 'imggenhub "
+                     f"resume {run.run_id}' brings them (it takes the run on from wherever it "
+                     "stands).")
+
+
+def fresh_gallery(run) -> Path:
+    """A run's gallery.html, written again (the manifest may have grown since)."""
+    folder = Path(run.out_dir)
+    page = folder / GALLERY
+    manifest = read_manifest(folder)
+    if manifest is not None:
+        page = write_gallery(folder, manifest)
+    if not page.exists():
+        raise _no_images_yet(run, ", so no gallery")
+    return page
+
+
+def remake_sheets(run, cols: int | None = None) -> list[Path]:
+    """A run's contact sheets and sweep grids made again from its manifest, and its gallery
+    (it links them); the sheets' paths."""
+    from . import sheets, sweeps
+
+    folder = Path(run.out_dir)
+    manifest = read_manifest(folder)
+    if manifest is None or not manifest["images"]:
+        raise _no_images_yet(run)
+    paths = sheets.write(folder, manifest, cols) + sweeps.write(folder, manifest)
+    write_gallery(folder, manifest)
+    return paths

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from . import artifacts, backends, runs
 from .engine import images_text
-from .errors import ImggenhubError, Interrupted, NothingYet, RunFailedError, SpecError
+from .errors import (CredentialsError, ImggenhubError, Interrupted, NothingYet, RunFailedError,
+                     SpecError)
 from .lifecycle import Exit, RunState, Step, plan
 from .notebook import job_document
 from .runs import Run
@@ -251,6 +252,23 @@ def deploy(job: JobSpec, out_dir: Path | None, options, on_event,
             return advance(existing, "deploy", on_event, timeout)
         run = start(job, "kaggle", out_dir, options, on_event, timeout_hours, name, timeout)
         return advance(run, "deploy", on_event, timeout)
+
+
+def render(job: JobSpec, options, out_dir: Path) -> tuple[Path, dict]:
+    """The job's notebook and kernel-metadata.json in ``out_dir``, as deploy would push them;
+    nothing runs. The notebook's path and the metadata."""
+    from .backends.kaggle_meta import check_renderable, kernel_metadata, write_metadata
+    from .credentials import find_credentials
+
+    check_renderable(job)
+    try:  # fill in the owner as deploy would, where it needs no network
+        creds = find_credentials()
+    except CredentialsError:  # render needs none: a broken one only leaves the placeholder
+        creds = None
+    meta = kernel_metadata(options, owner=creds.username if creds else None)
+    path = write_notebook(out_dir, job)
+    write_metadata(out_dir, meta)
+    return path, meta
 
 
 def command_on(run_id: str | None, command: str, on_event, timeout: float | None = None,

@@ -1,0 +1,103 @@
+"""The command line: thin. Each command parses flags, calls one library function and
+prints its result. One error boundary in ``main`` turns errors into one sentence and
+an exit code; a traceback only with IMGGENHUB_DEBUG=1.
+
+One module a group of commands: ``run`` (generate, deploy, poll, download, resume,
+status), ``runs`` (runs, open, grid, show), ``account`` (doctor, quota), ``render``,
+``score``, ``models``; ``options`` declares the options they share once, ``output``
+prints their results and progress."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+# Usage errors (bad flags). Newer typer carries its own copy of click, so find the base
+# class through a public one rather than importing either click.
+_CLICK_ERRORS = tuple(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+from .. import __version__
+from ..errors import ImggenhubError
+from ..lifecycle import Exit
+from . import account, models, render, run, runs, score
+from .options import bare_refiner
+from .output import STATE, close_reporter, err
+
+app = typer.Typer(
+    name="imggenhub", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    help="Generate images in batch with Hugging Face diffusers on Kaggle's free GPUs, or here.")
+
+# the commands, in the order --help lists them; two are named otherwise than their function
+_RENAMED = {"list_runs": "runs", "open_gallery": "open"}
+for _command in (run.generate, run.deploy, run.poll, run.download, run.resume, run.status,
+                 runs.list_runs, account.doctor, runs.open_gallery, runs.grid, score.score,
+                 runs.show, account.quota, render.render, models.models):
+    app.command(_RENAMED.get(_command.__name__))(_command)
+
+
+@app.command()
+def version() -> None:
+    """Print imggenhub's version."""
+    typer.echo(__version__)
+
+
+def _version_flag(value: bool) -> None:
+    if value:
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", callback=_version_flag, is_eager=True, help="Print the version and exit.")] = False
+          ) -> None:
+    """Generate images in batch with Hugging Face diffusers on Kaggle's free GPUs, or here."""
+
+
+def _fail(exc_or_message, code: int, run_id: str | None = None) -> int:
+    message = str(exc_or_message)
+    close_reporter()
+    err(f"Error: {message}")
+    if STATE["json"]:
+        import json
+
+        typer.echo(json.dumps({"ok": False, "exit_code": int(code), "error": message,
+                               "run_id": run_id}, ensure_ascii=False))
+    return int(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The one error boundary: one sentence and an exit code, never a traceback."""
+    from ..config import debug
+
+    args = bare_refiner(sys.argv[1:] if argv is None else list(argv))
+    # known before any parsing, so that bad input gets its JSON answer too
+    STATE.update(json="--json" in args[: args.index("--")] if "--" in args else "--json" in args,
+                 reporter=None)
+    try:
+        code = app(args=args, prog_name="imggenhub", standalone_mode=False)
+    except _CLICK_ERRORS as exc:  # usage errors: one line, like every other error
+        message = exc.format_message()
+        code = _fail(message, exc.exit_code) if message else 0  # bare 'imggenhub' shows the help
+    except (typer.Abort, KeyboardInterrupt):
+        code = _fail("Interrupted; nothing that was finished is lost.", Exit.INTERRUPTED)
+    except ImggenhubError as exc:
+        if debug():
+            raise
+        tail = getattr(exc, "log_tail", "")
+        if tail and getattr(getattr(exc, "failure", None), "kind", "") in ("kernel", "cancelled"):
+            close_reporter()
+            err("The kernel log ends with:\n" + "\n".join("  " + l for l in tail.splitlines()))
+        code = _fail(exc, exc.exit_code, getattr(exc, "run_id", None))
+    except RecursionError:
+        code = _fail("The input is nested too deeply to be read.", Exit.BAD_INPUT)
+    except Exception as exc:  # a bug of ours: say so, in one sentence
+        if debug():
+            raise
+        code = _fail(f"Internal error ({type(exc).__name__}: {exc}); rerun with IMGGENHUB_DEBUG=1 "
+                     "for the traceback and report it.", 70)
+    finally:
+        close_reporter()
+    sys.exit(code if isinstance(code, int) else 0)

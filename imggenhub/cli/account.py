@@ -1,0 +1,32 @@
+"""The Kaggle account: which credential is used and whether the API answers; the GPU quota."""
+
+from __future__ import annotations
+
+from .options import ApiTimeout, Json
+from .output import STATE, reporter, result
+
+
+def doctor(timeout: ApiTimeout = 30.0, json: Json = False) -> None:
+    """Say which Kaggle credential is used and whether the API answers (never the secret)."""
+    from ..backends import get_backend
+
+    STATE["json"] = json
+    lines = get_backend("kaggle").health(reporter(), timeout)
+    result({"ok": True, "lines": lines}, "\n".join(lines), json)
+
+
+def quota(timeout: ApiTimeout = 30.0, json: Json = False) -> None:
+    """Kaggle's GPU quota this week: hours used and left, and when it refreshes."""
+    from ..backends import get_backend
+
+    STATE["json"] = json
+    backend = get_backend("kaggle")
+    backend.bound(timeout)
+    q = backend.quota(reporter())
+    when = f"; it refreshes at {q['refreshes_at']}" if q["refreshes_at"] else ""
+    if q["gpu_hours_total"] is None:
+        human = f"GPU quota: {q['gpu_hours_used']:.1f} h used this week; Kaggle did not say the total"
+    else:
+        human = (f"GPU quota: {q['gpu_hours_used']:.1f} h used of {q['gpu_hours_total']:.1f} h "
+                 f"this week, {q['gpu_hours_left']:.1f} h left{when}")
+    result({"ok": True, **q}, human, json)

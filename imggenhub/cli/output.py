@@ -1,0 +1,70 @@
+"""What a command prints: its result (one line, or one JSON document with --json), its
+progress while it works, and a run as data."""
+
+from __future__ import annotations
+
+import typer
+
+STATE = {"json": False, "reporter": None}
+
+
+def err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def reporter():
+    """Progress for long commands: a live line on a terminal, timestamped lines elsewhere."""
+    from ..report import make_reporter
+
+    STATE["reporter"] = STATE["reporter"] or make_reporter()
+    return STATE["reporter"]
+
+
+def close_reporter() -> None:
+    if STATE["reporter"] is not None:
+        STATE["reporter"].close()
+        STATE["reporter"] = None
+
+
+def result(data, human: str, as_json: bool) -> None:
+    """The command's result: one JSON document on stdout with --json, else one line."""
+    close_reporter()
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(data, ensure_ascii=False))
+    else:
+        typer.echo(human)
+
+
+def run_data(run) -> dict:
+    data = run.model_dump(mode="json", include={
+        "run_id", "name", "backend", "state", "job_id", "kernel_ref", "version", "url",
+        "image_count", "images_fetched", "out_dir", "failure", "session", "created"})
+    if run.shards:
+        from ..runs import shards_of
+
+        data["shards"] = [s.model_dump(mode="json", include={
+            "run_id", "shard", "state", "kernel_ref", "version", "url", "image_count",
+            "images_fetched", "session"}) for s in shards_of(run)]
+    return {"ok": True, **data}
+
+
+def done(run, as_json: bool) -> None:
+    """A run's result: where its images are, or else its state."""
+    if run.state.value == "downloaded" or run.images_fetched:
+        from ..engine import images_text
+
+        human = f"{images_text(run.images_fetched)} in {run.out_dir} (manifest.json; run {run.run_id})"
+    else:
+        human = f"{run.run_id} {run.state.value} {run.url or ''}".rstrip()
+    result(run_data(run), human, as_json)
+
+
+def shard_lines(run) -> list[str]:
+    if not run.shards:
+        return []
+    from ..runs import shards_of
+
+    return [f"  shard {s.shard}: {s.state.value:<10} {s.kernel_ref or '-'} v{s.version or '-'} "
+            f"{s.images_fetched}/{s.image_count} images" for s in shards_of(run)]

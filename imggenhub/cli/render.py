@@ -1,0 +1,28 @@
+"""render: the job's notebook and kernel-metadata.json, written here; nothing runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .options import job_options
+
+
+@job_options
+def render(
+    job, kernel,
+    out: Annotated[Path, typer.Option(help="Folder for the notebook and kernel-metadata.json.")],
+) -> None:
+    """Write the job's notebook and kernel-metadata.json; run nothing."""
+    from .. import jobs
+    from ..backends.kaggle_meta import PLACEHOLDER_OWNER
+    from ..engine import images_text
+
+    path, meta = jobs.render(job, kernel, out)
+    typer.echo(f"{path} (job {job.job_id}, {images_text(job.image_count)})")
+    if meta["id"].startswith(PLACEHOLDER_OWNER + "/"):
+        typer.echo(f"note: kernel-metadata.json names the owner '{PLACEHOLDER_OWNER}' (no Kaggle "
+                   "username was found here without the network): put yours in its \"id\" "
+                   "before 'kaggle kernels push'", err=True)

@@ -1,0 +1,98 @@
+"""A run's lifecycle: generate (all of it), or deploy, poll and download one step at a time;
+resume from wherever a run stands; status, one look at it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import CredentialsError
+from .options import Json, Name, Out, RunId, Timeout, TimeoutHours, job_options, kernel_flags_given
+from .output import STATE, done, reporter, result, run_data, shard_lines
+
+
+def _default_backend() -> str:
+    from ..credentials import HOW_TO, find_credentials
+
+    if find_credentials() is None:
+        raise CredentialsError(HOW_TO)
+    return "kaggle"
+
+
+@job_options
+def generate(
+    job, kernel,
+    backend: Annotated[Optional[str], typer.Option(
+        help="Where to run: 'kaggle' (the default when credentials are found) or 'local'.")] = None,
+    out: Out = None, name: Name = None, timeout_hours: TimeoutHours = None, timeout: Timeout = None,
+    json: Json = False,
+) -> None:
+    """Render the job's notebook, run it, and bring the images home (deploy + poll + download)."""
+    from .. import jobs
+
+    STATE["json"] = json
+    backend = backend or _default_backend()
+    report = reporter()
+    given = kernel_flags_given(kernel) if backend == "local" else []
+    if given:
+        report(f"note: {', '.join(given)} shape{'s' if len(given) == 1 else ''} the Kaggle kernel; "
+               f"the local backend has none and leaves {'it' if len(given) == 1 else 'them'} aside")
+    run = jobs.generate(job, backend, out, kernel, report, timeout_hours, timeout, name)
+    done(run, json)
+
+
+@job_options
+def deploy(
+    job, kernel,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Where 'download' will put the images (default: outputs/<run id>/).")] = None,
+    name: Name = None, timeout_hours: TimeoutHours = None,
+    timeout: Annotated[Optional[float], typer.Option(
+        "--timeout", min=0, help="Wait at most this long for a free GPU session (exit 6).")] = None,
+    json: Json = False,
+) -> None:
+    """Validate, render and push the job to Kaggle as a new kernel version; save the run."""
+    from .. import jobs
+
+    STATE["json"] = json
+    run = jobs.deploy(job, out, kernel, reporter(), timeout_hours, timeout, name)
+    result(run_data(run), f"{run.run_id} {run.url}", json)
+
+
+def poll(run_id: RunId = None, timeout: Timeout = None, json: Json = False) -> None:
+    """Follow a run's exact kernel version to its end: 0 complete, 1 failed, 3 timeout, 5 unreachable."""
+    from .. import jobs
+
+    STATE["json"] = json
+    run = jobs.command_on(run_id, "poll", reporter(), timeout)
+    result(run_data(run), f"{run.run_id} {run.state.value}", json)
+
+
+def download(run_id: RunId = None, out: Annotated[Optional[Path], typer.Option(
+        help="Output folder (default: the run's).")] = None, json: Json = False) -> None:
+    """Download and verify a complete run's images, manifest and kernel log (skips verified files)."""
+    from .. import jobs
+
+    STATE["json"] = json
+    done(jobs.command_on(run_id, "download", reporter(), out_dir=out), json)
+
+
+def resume(run_id: RunId = None, timeout: Timeout = None, json: Json = False) -> None:
+    """Advance a run from wherever it stands: push, poll, download; exit 0 at once if done."""
+    from .. import jobs
+
+    STATE["json"] = json
+    done(jobs.command_on(run_id, "resume", reporter(), timeout), json)
+
+
+def status(run_id: RunId = None, json: Json = False) -> None:
+    """One look at a run's state (asks Kaggle when the run is still going)."""
+    from .. import jobs
+
+    STATE["json"] = json
+    run = jobs.status(run_id, reporter())
+    kernel = f" {run.kernel_ref} v{run.version}" if run.kernel_ref and run.version else ""
+    lines = [f"{run.run_id} {run.state.value}{kernel}"] + shard_lines(run)
+    result(run_data(run), "\n".join(lines), json)

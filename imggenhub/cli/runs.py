@@ -1,0 +1,83 @@
+"""The runs on record: the list of them, one at a glance, its gallery, its contact sheets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .options import Json, RunId
+from .output import STATE, result, run_data, shard_lines
+
+
+def list_runs(json: Json = False) -> None:
+    """List the run records: id, name, backend, state, images, when, kernel, output folder."""
+    import time
+
+    from ..runs import all_runs
+
+    STATE["json"] = json
+    rows = all_runs()
+    if json:
+        result([run_data(r) for r in rows], "", True)
+        return
+    if not rows:
+        typer.echo("No runs yet.")
+        return
+    typer.echo(f"{'run':<28} {'name':<12} {'backend':<7} {'state':<12} {'images':>9}  "
+               f"{'created':<16}  {'kernel':<28} output")
+    for r in rows:
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created))
+        kernel = f"{r.kernel_ref} v{r.version}" if r.kernel_ref and r.version else (r.kernel_ref or "-")
+        typer.echo(f"{r.run_id:<28} {(r.name or '-'):<12} {r.backend:<7} {r.state.value:<12} "
+                   f"{r.images_fetched:>4}/{r.image_count:<4}  {when:<16}  {kernel:<28} {r.out_dir}")
+        for line in shard_lines(r):
+            typer.echo(line)
+
+
+def open_gallery(run_id: RunId = None, json: Json = False) -> None:
+    """Open a run's gallery.html in the default browser (and print where it is)."""
+    import webbrowser
+
+    from .. import artifacts, runs
+
+    STATE["json"] = json
+    run = runs.load(run_id)
+    page = artifacts.fresh_gallery(run)
+    opened = webbrowser.open(page.as_uri())
+    result({"ok": True, "run_id": run.run_id, "gallery": str(page), "opened": bool(opened)},
+           str(page) if opened else f"{page} (no browser found here: open it by hand)", json)
+
+
+def grid(run_id: RunId = None, cols: Annotated[Optional[int], typer.Option(
+        "--cols", min=1, max=50, help="Tiles a row (default: up to 10, about square).")] = None,
+        json: Json = False) -> None:
+    """Remake a run's contact sheets (grid.png, ...: every image as a labelled tile) and its
+    sweep grids (sweep-NN.png)."""
+    from .. import artifacts, runs
+
+    STATE["json"] = json
+    run = runs.load(run_id)
+    paths = artifacts.remake_sheets(run, cols)
+    result({"ok": True, "run_id": run.run_id, "sheets": [str(p) for p in paths]},
+           "\n".join(str(p) for p in paths), json)
+
+
+def show(run_id: RunId = None, thumbnails: Annotated[bool, typer.Option(
+        "--thumbnails", help="Show the contact sheet inline (kitty, iTerm2).")] = False,
+        json: Json = False) -> None:
+    """One run at a glance: state, model, images, seconds per image, score, where its files are."""
+    from .. import runs
+    from .. import show as shown
+
+    STATE["json"] = json
+    info = shown.summary(runs.load(run_id))
+    text = "\n".join(shown.lines(info))
+    if thumbnails and not json:
+        protocol = shown.terminal_images()
+        if protocol is None:
+            text += "\n(this terminal shows no images: open the gallery with 'imggenhub open')"
+        elif info["sheets"]:
+            text += "\n" + shown.inline_image(Path(info["folder"]) / info["sheets"][0], protocol)
+    result({"ok": True, **info}, text, json)
