@@ -14,7 +14,7 @@ from .engine import images_text
 from .errors import (CredentialsError, ImggenhubError, Interrupted, NothingYet, RunFailedError,
                      SpecError)
 from .lifecycle import Exit, RunState, Step, plan
-from .notebook import job_document
+from .notebook import job_document, write_notebook
 from .runs import Run
 from .spec import JobSpec
 
