@@ -21,7 +21,7 @@ from imggenhub.spec import build_job, parse_settings, prompts_from_flags
 
 def timed(job, shards: int, out: Path) -> float:
     t0 = time.monotonic()
-    run = jobs.generate(job, "kaggle", out, KernelOptions(shards=shards), lambda _: None)
+    run = jobs.generate(job, "kaggle", out, KernelOptions(), lambda _: None, shards_asked=shards)
     seconds = time.monotonic() - t0
     if artifacts.verify(out) or len(artifacts.read_manifest(out)["images"]) != job.image_count:
         raise SystemExit(f"the run with {shards} shards left {out} incomplete ({run.state.value})")

@@ -100,6 +100,24 @@ def allowed(old: RunState, new: RunState) -> bool:
     return old == new or new in TRANSITIONS[old]
 
 
+def summary(states: list[RunState]) -> RunState:
+    """A sharded run's state, from its shards' states."""
+    if all(s == S.DOWNLOADED for s in states):
+        return S.DOWNLOADED
+    if all(s.terminal or s == S.PARTIAL for s in states):  # DOWNLOADED is terminal
+        for bad in (S.PUSH_FAILED, S.ERROR, S.CANCELLED):
+            if bad in states:
+                return bad
+        if S.PARTIAL in states:
+            return S.PARTIAL
+        return S.COMPLETE
+    for state in (S.RUNNING, S.QUEUED, S.PUSHED, S.PUSH_UNKNOWN,
+                  S.PUSHING):
+        if state in states:
+            return state
+    return S.RENDERED
+
+
 class Step(str, Enum):
     """What a run in a state needs next."""
 

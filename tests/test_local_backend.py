@@ -287,7 +287,7 @@ def test_a_local_run_killed_after_its_last_image_is_complete_not_partial(tmp_pat
     runs.save(run)
     _engine_left(run, {0, 1, 2}, merged=False)
     events = []
-    run = LocalBackend().wait(run, events.append)  # what poll or resume does with it
+    [run] = LocalBackend().wait([run], lambda _: events.append)  # what poll or resume does
     assert run.state == RunState.COMPLETE and "every image was finished" in events[-1]
     run = jobs.advance(run, "resume", lambda m: None)
     assert run.state == RunState.DOWNLOADED and artifacts.verify(tmp_path / "out") == []

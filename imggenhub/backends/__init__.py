@@ -39,9 +39,12 @@ def session_plan(run: Run) -> Plan | None:
 
 
 class Backend:
-    """The one door between ``jobs`` and a backend."""
+    """The one door between the driver and a backend."""
 
     name = ""
+    title = ""  # how sentences name where the run runs
+    remote = True  # the run goes on elsewhere when this process stops
+    groups = 1  # how many sessions of one run can run at once (shards)
 
     def __init__(self, settings: Tunables | None = None):
         self.tunables = settings or tunables()
@@ -53,21 +56,30 @@ class Backend:
 
     # --- what a backend implements ---------------------------------------------------
 
-    def prepare(self, job: JobSpec, run: Run, options, on_event: OnEvent) -> None:
-        """Write what the submission needs beside the notebook in ``run.notebook_dir``,
-        checking it before anything is sent. ``options`` are the backend's own flags."""
+    def prepare_job(self, job: JobSpec, options, on_event: OnEvent):
+        """Check and ship what every session of the job shares, once, before anything is
+        pushed; return it for ``prepare``. ``options`` are the backend's own flags."""
+        return options
+
+    def prepare(self, job: JobSpec, run: Run, prepared, on_event: OnEvent) -> None:
+        """One session's notebook and what its submission needs, in ``run.notebook_dir``."""
 
     def submit(self, run: Run, on_event: OnEvent) -> Run:
-        """Start the run (rendered -> ...)."""
+        """Start the run (rendered -> ...). Raises NoFreeSlot when the backend runs as many
+        sessions as it can: the driver pushes it again when one ends."""
         raise NotImplementedError
 
     def resolve(self, run: Run, on_event: OnEvent) -> Run:
         """A push was interrupted (pushing, push-unknown): find out whether it landed."""
         raise NotImplementedError
 
-    def wait(self, run: Run, on_event: OnEvent) -> Run:
-        """Follow the run to a terminal state (or the deadline); return it updated."""
+    def wait(self, members: list[Run], say_for: Callable[[Run], OnEvent]) -> list[Run]:
+        """Follow the runs until one of them ends (or the deadline: StillRunning); return
+        them updated."""
         raise NotImplementedError
+
+    def close(self) -> None:
+        """The command is over: let go of what the waits kept open."""
 
     def refresh(self, run: Run, on_event: OnEvent) -> Run:
         """One look at the run's state (the status command)."""

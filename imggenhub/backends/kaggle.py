@@ -9,16 +9,17 @@ import json
 import os
 import re
 import time
+from dataclasses import dataclass
 from datetime import timezone
 from pathlib import Path
 
 import requests
 
-from .. import artifacts, estimate, kaggle_api, runs
+from .. import estimate, kaggle_api, runs
+from ..config import state_dir
 from ..engine import ERROR_PREFIX, KAGGLE_INPUT, progress_message
-from ..errors import (KaggleApiError, NoFreeSlot, NothingYet, OverQuota, RunFailedError,
-                      SpecError, StillRunning, Unreachable)
-from ..config import Deadline, state_dir
+from ..errors import (KaggleApiError, NoFreeSlot, OverQuota, RunFailedError, SpecError,
+                      StillRunning, Unreachable)
 from ..lifecycle import RunState
 from ..models import HUB_ID
 from ..notebook import CODE_FILE, job_document, read_job_document
@@ -114,14 +115,27 @@ def push_problem(resp) -> str | None:
     return None
 
 
+@dataclass
+class KaggleJob:
+    """What a job's kernels share, prepared once (``KaggleBackend.prepare_job``)."""
+
+    meta: dict  # the kernel metadata, owner filled in
+    sources: list  # the datasets every kernel attaches
+    shipment: kaggle_inputs.Shipment | None = None  # files on this machine, as a dataset
+    token_file: str | None = None  # where the kernel finds the shipped Hub token
+    bundle: bool = False
+
+
 class KaggleBackend(Backend):
     name = "kaggle"
+    title = "Kaggle"
+    groups = 2  # Kaggle runs at most 2 GPU sessions at once per account: a group's width
 
     def __init__(self, settings=None):
         super().__init__(settings)
         self._client = None
-        self.slot_wait = True  # on "Maximum batch GPU session count": wait for a slot here
         self._followers: dict = {}  # live log streams being read, by run and version
+        self._estimates = None  # the estimate history, read once
 
     def _timeout(self) -> float:
         left = self.deadline.left()
@@ -156,7 +170,10 @@ class KaggleBackend(Backend):
 
     # --- prepare and push -------------------------------------------------------------
 
-    def prepare(self, job, run: Run, options, on_event: OnEvent) -> None:
+    def prepare_job(self, job, options, on_event: OnEvent) -> "KaggleJob":
+        """What every kernel of the job shares, done once: the flags and template checked,
+        the owner, the local inputs hashed, the GPU hours against the quota, the Hub's word
+        on the model and the token shipped, the bundle decision."""
         options = options or KernelOptions()
         given_token = _token_from(options.hf_token_env) if options.hf_token_env else None
         swept = [("--sweep model", p.model["id"]) for p in job.prompts if p.model]
@@ -170,39 +187,59 @@ class KaggleBackend(Backend):
         meta = kernel_metadata(options, template=template)  # checked before any network
         if meta["id"].startswith(PLACEHOLDER_OWNER + "/"):
             meta = kernel_metadata(options, self.owner(), template)  # "your-kaggle-username"
+        owner, _ = split_kernel_id(meta["id"])
+        prepared = KaggleJob(meta=meta, sources=list(meta.get("dataset_sources") or []))
+        doc = job_document(job)
+        prepared.shipment = kaggle_inputs.plan(job, owner)
+        if prepared.shipment is not None:  # files here: the kernel reads them from a dataset
+            doc = kaggle_inputs.kernel_document(doc, prepared.shipment)
+            prepared.sources.append(prepared.shipment.ref)
+            on_event(f"inputs: {len(prepared.shipment.files)} files on this machine go to Kaggle "
+                     f"as the private dataset {prepared.shipment.ref}")
+        if meta.get("enable_gpu"):  # before anything is uploaded (the token below)
+            self._check_quota(doc, options, on_event)
+        token_env = options.hf_token_env or self._token_wanted(job, on_event)
+        if token_env:  # only on the user's word: the token goes to a private dataset
+            token = given_token or _token_from(token_env)
+            prepared.sources.append(kaggle_inputs.ship_token(
+                kaggle_inputs.Shipper(self, on_event), owner, token))
+            prepared.token_file = kaggle_inputs.token_kernel_path()
+        prepared.bundle = options.bundle if options.bundle is not None else \
+            job.image_count >= BUNDLE_THRESHOLD
+        return prepared
+
+    def prepare(self, job, run: Run, prepared: "KaggleJob", on_event: OnEvent) -> None:
+        """One kernel's notebook and metadata: its share of the job (a shard: the kernel
+        <slug>-<n>), the shared inputs and token, its session's time."""
+        meta = dict(prepared.meta)
         owner, slug = split_kernel_id(meta["id"])
         if run.shard is not None:  # a shard: a kernel of its own, <slug>-<n>, making its share
             meta["id"] = f"{owner}/{slug[:50 - 4]}-{run.shard}"
             meta["title"] = f"{meta['title']} {run.shard}"
-        doc, sources = job_document(job, run.run_id), list(meta.get("dataset_sources") or [])
+        doc = job_document(job, run.run_id)
         if run.only is not None:
             doc["only"] = run.only
-        shipment = kaggle_inputs.plan(job, owner)
-        if shipment is not None:  # files on this machine: the kernel reads them from a dataset
-            doc = kaggle_inputs.kernel_document(doc, shipment)
-            kaggle_inputs.save(run.notebook_dir, shipment)
-            sources.append(shipment.ref)
-            on_event(f"inputs: {len(shipment.files)} files on this machine go to Kaggle as the "
-                     f"private dataset {shipment.ref}")
-        if meta.get("enable_gpu"):  # before anything is uploaded (the token below)
-            self._check_quota(doc, run, options, on_event)
-        token_env = options.hf_token_env or self._token_wanted(job, on_event)
-        if token_env:  # only on the user's word: the token goes to a private dataset
-            token = given_token or _token_from(token_env)
-            sources.append(kaggle_inputs.ship_token(kaggle_inputs.Shipper(self, on_event), owner,
-                                                    token))
-            doc["hf_token_file"] = kaggle_inputs.token_kernel_path()
-        bundle = options.bundle if options.bundle is not None else \
-            job.image_count >= BUNDLE_THRESHOLD
-        if bundle:  # many images: a few tar downloads instead of thousands of signed GETs
+        if prepared.shipment is not None:
+            doc = kaggle_inputs.kernel_document(doc, prepared.shipment)
+            kaggle_inputs.save(run.notebook_dir, prepared.shipment)
+        if prepared.token_file:
+            doc["hf_token_file"] = prepared.token_file
+        if prepared.bundle:  # many images: a few tar downloads instead of thousands of GETs
             doc["bundle"] = True
         # the engine stops cleanly before the session's end; 'resume' pushes the rest
         doc["session_seconds"] = min(self.tunables.session_seconds,
                                      run.session_timeout_seconds or self.tunables.session_seconds)
+        if meta.get("enable_gpu"):
+            run.estimate_hours = estimate.estimate(doc, self._history()).hours
         self.render(run, job, doc)
-        meta["dataset_sources"] = list(dict.fromkeys(sources))
+        meta["dataset_sources"] = list(dict.fromkeys(prepared.sources))
         write_metadata(run.notebook_dir, meta)
         run.kernel_ref = meta["id"]
+
+    def _history(self):
+        if self._estimates is None:
+            self._estimates = estimate.read_history(state_dir())
+        return self._estimates
 
     def _token_wanted(self, job, on_event: OnEvent) -> str | None:
         """HF_TOKEN is set and the Hub says the model is gated or private: that is the user's
@@ -227,10 +264,9 @@ class KaggleBackend(Backend):
             return "HF_TOKEN"
         return None
 
-    def _check_quota(self, doc: dict, run: Run, options, on_event: OnEvent) -> None:
+    def _check_quota(self, doc: dict, options, on_event: OnEvent) -> None:
         """Say what the job will cost in GPU hours against what is left; stop if it is more."""
-        guess = estimate.estimate(doc, estimate.read_history(state_dir()))
-        run.estimate_hours = guess.hours
+        guess = estimate.estimate(doc, self._history())
         try:
             left = self.quota(on_event)["gpu_hours_left"]
         except (Unreachable, KaggleApiError) as exc:
@@ -240,7 +276,6 @@ class KaggleBackend(Backend):
             on_event(f"{guess.sentence(None)}; Kaggle did not say this week's quota")
             return
         on_event(guess.sentence(left))
-        left -= options.reserved_hours  # what the run's other shards count on
         if guess.hours > left and not options.force:
             raise OverQuota(f"This job needs about {guess.hours:.2f} GPU h, more than the {left:.2f} "
                             "h left of this week's Kaggle quota; nothing was pushed. Make it "
@@ -263,38 +298,21 @@ class KaggleBackend(Backend):
         shipment = kaggle_inputs.load(run.notebook_dir)
         if shipment is not None:  # the inputs first: a kernel never starts without them
             kaggle_inputs.Shipper(self, on_event).ship(shipment, run.run_id)
-        # the GPU-slot wait: the command's --timeout, else IMGGENHUB_GPU_WAIT_TOTAL
-        slots = self.deadline if self.deadline.at is not None else \
-            Deadline(self.tunables, self.tunables.gpu_wait_total)
         with runs.pushing_to(meta["id"], wait=self._lock_wait()):
             run.state, run.kernel_ref = RunState.PUSHING, meta["id"]
             runs.save(run)
-            while True:
-                resp = self._push(run, request, on_event)
-                problem = push_problem(resp)
-                if problem and GPU_CAP_TEXT in problem:
-                    pause = self.tunables.gpu_wait
-                    if not self.slot_wait:  # a shard: the others go on; it is pushed later
-                        run.state = RunState.RENDERED
-                        runs.save(run)
-                        raise NoFreeSlot(problem)
-                    if slots.passed(after=pause):
-                        run.state = RunState.RENDERED
-                        runs.save(run)
-                        raise NothingYet(f"Kaggle's GPU sessions stayed busy ({problem}); run "
-                                         f"{run.run_id} was not pushed; 'imggenhub resume "
-                                         f"{run.run_id}' tries again.")
-                    on_event(f"Kaggle says: {problem}; waiting {pause:.0f}s for a GPU session to "
-                             "end, then pushing again")
-                    self.tunables.clock.sleep(pause)
-                    continue
-                if problem:
-                    run.state = RunState.PUSH_FAILED
-                    run.failure = Failure(kind="push", ename="PushRefused", evalue=problem)
-                    runs.save(run)
-                    raise RunFailedError(f"Kaggle refused the push of {meta['id']}: {problem}.",
-                                         run.failure, run.run_id)
-                break
+            resp = self._push(run, request, on_event)
+            problem = push_problem(resp)
+            if problem and GPU_CAP_TEXT in problem:  # the driver pushes it when one frees
+                run.state = RunState.RENDERED
+                runs.save(run)
+                raise NoFreeSlot(problem)
+            if problem:
+                run.state = RunState.PUSH_FAILED
+                run.failure = Failure(kind="push", ename="PushRefused", evalue=problem)
+                runs.save(run)
+                raise RunFailedError(f"Kaggle refused the push of {meta['id']}: {problem}.",
+                                     run.failure, run.run_id)
             return self._pushed(run, resp.version_number, resp.ref or meta["id"], resp.url, on_event)
 
     def _pushed(self, run: Run, version: int, ref: str, url: str | None, on_event: OnEvent) -> Run:
@@ -427,18 +445,16 @@ class KaggleBackend(Backend):
                 seen.add(line)
                 on_event(message)
 
-    def wait(self, run: Run, on_event: OnEvent) -> Run:
-        """Poll the version's status to a terminal state (or the deadline); meanwhile show
-        the engine's progress as it happens, from the live log stream (else, every third
-        poll, from the output listing's log)."""
+    def wait(self, members: list[Run], say_for) -> list[Run]:
+        """Poll the versions' statuses until one of them ends (or the deadline); meanwhile
+        show the engine's progress as it happens, from the live log streams (else, every
+        third poll, from the output listing's log)."""
         start = self.tunables.clock.monotonic()
-        (run,) = self.follow([run], lambda _: on_event, group=False)
-        run.timings["wait"] = round(self.tunables.clock.monotonic() - start, 3)
-        return runs.save(run)
-
-    def wait_some(self, shards: list[Run], say_for) -> list[Run]:
-        """A run's shards, followed at once until one of them ends (or the deadline)."""
-        return self.follow(shards, say_for, group=True)
+        members = self.follow(members, say_for, group=len(members) > 1)
+        if len(members) == 1:
+            members[0].timings["wait"] = round(self.tunables.clock.monotonic() - start, 3)
+            runs.save(members[0])
+        return members
 
     def follow(self, shards: list[Run], say_for, group: bool) -> list[Run]:
         """Poll runs' statuses in turn until one of them ends, or the deadline; return them
@@ -450,54 +466,52 @@ class KaggleBackend(Backend):
         seen = {s.run_id: set() for s in shards}
         followers = self._followers  # kept across calls: a new one would replay the whole log
         polls = 0
-        try:
-            while True:
-                polls += 1
-                ended = False
-                for shard in shards:
-                    say = say_for(shard)
-                    state, failure = self.status(shard, say)
-                    if state != shard.state:
-                        say(f"{state.value} after {clock.monotonic() - start:.0f}s")
-                    key = f"{shard.run_id}@v{shard.version}"
-                    follower = followers.get(key)
-                    if state == RunState.RUNNING and follower is None:
-                        owner, slug = self._slug(shard)
-                        follower = followers[key] = LogFollower(
-                            self, owner, slug, shard.version, self._session_images(shard)).start()
-                    streaming = follower is not None and not follower.gave_up.is_set()
-                    if state == RunState.RUNNING and not streaming and polls % 3 == 0:
+        while True:
+            polls += 1
+            ended = False
+            for shard in shards:
+                say = say_for(shard)
+                state, failure = self.status(shard, say)
+                if state != shard.state:
+                    say(f"{state.value} after {clock.monotonic() - start:.0f}s")
+                key = f"{shard.run_id}@v{shard.version}"
+                follower = followers.get(key)
+                if state == RunState.RUNNING and follower is None:
+                    owner, slug = self._slug(shard)
+                    follower = followers[key] = LogFollower(
+                        self, owner, slug, shard.version, self._session_images(shard)).start()
+                streaming = follower is not None and not follower.gave_up.is_set()
+                if state == RunState.RUNNING and not streaming and polls % 3 == 0:
+                    self._progress(shard, seen[shard.run_id], say)
+                self._record(shard, state, failure)
+                if state.terminal:
+                    if streaming:
+                        follower.finish(timeout=min(10.0, self.tunables.http_timeout))
+                        for message in follower.take(0):
+                            say(message)
+                    if not streaming or not follower.ended.is_set():
                         self._progress(shard, seen[shard.run_id], say)
-                    self._record(shard, state, failure)
-                    if state.terminal:
-                        if streaming:
-                            follower.finish(timeout=min(10.0, self.tunables.http_timeout))
-                            for message in follower.take(0):
-                                say(message)
-                        if not streaming or not follower.ended.is_set():
-                            self._progress(shard, seen[shard.run_id], say)
-                        ended = True
-                if ended:
-                    return shards
-                if self.deadline.passed(after=interval):
-                    elapsed = clock.monotonic() - start
-                    if group:
-                        raise StillRunning(f"{len(shards)} shards are still going after "
-                                           f"{elapsed:.0f}s; they go on, and 'imggenhub resume' "
-                                           "picks them up.")
-                    one = shards[0]
-                    raise StillRunning(f"Run {one.run_id} is still {one.state.value} after "
-                                       f"{elapsed:.0f}s; it goes on, and 'imggenhub resume "
-                                       f"{one.run_id}' picks it up.")
-                self._pause_many(interval, {s.run_id: (followers.get(f"{s.run_id}@v{s.version}"),
-                                                       say_for(s)) for s in shards})
-                interval = min(self.tunables.poll_max_interval,
-                               max(self.tunables.poll_interval, (clock.monotonic() - start) / 5))
-        finally:
-            if not group:  # a run's shards keep theirs until the shards are done with
-                self.close_followers()
+                    ended = True
+            if ended:
+                return shards
+            if self.deadline.passed(after=interval):
+                elapsed = clock.monotonic() - start
+                if group:
+                    raise StillRunning(f"{len(shards)} shards are still going after "
+                                       f"{elapsed:.0f}s; they go on, and 'imggenhub resume' "
+                                       "picks them up.")
+                one = shards[0]
+                raise StillRunning(f"Run {one.run_id} is still {one.state.value} after "
+                                   f"{elapsed:.0f}s; it goes on, and 'imggenhub resume "
+                                   f"{one.run_id}' picks it up.")
+            self._pause_many(interval, {s.run_id: (followers.get(f"{s.run_id}@v{s.version}"),
+                                                   say_for(s)) for s in shards})
+            interval = min(self.tunables.poll_max_interval,
+                           max(self.tunables.poll_interval, (clock.monotonic() - start) / 5))
 
-    def close_followers(self) -> None:
+    def close(self) -> None:
+        """The live log streams end with the command (kept across waits: a new one would
+        replay the whole log)."""
         for follower in self._followers.values():
             follower.close()
         self._followers.clear()

@@ -48,8 +48,6 @@ class KernelOptions:
     hf_token_env: str | None = None  # ship the token in this variable (gated/private models)
     force: bool = False  # push even when the estimate exceeds the quota left
     bundle: bool | None = None  # pack the images in tar bundles too (None: by the image count)
-    shards: int | None = None  # kernels the images are split over (None: auto)
-    reserved_hours: float = 0.0  # GPU hours the run's other shards already count on
 
 
 def check_renderable(job) -> None:

@@ -142,8 +142,10 @@ class LocalBackend(Backend):
     """Runs the notebook here; knows nothing of Kaggle."""
 
     name = "local"
+    title = "this machine"
+    remote = False
 
-    def prepare(self, job, run: Run, options, on_event: OnEvent) -> None:
+    def prepare_job(self, job, options, on_event: OnEvent) -> None:
         missing = [m for m in ENGINE_NEEDS if importlib.util.find_spec(m) is None]
         if missing:
             raise MissingDependencyError(missing[0], why="The local backend")
@@ -209,7 +211,10 @@ class LocalBackend(Backend):
         run.state = RunState.RENDERED  # nothing is ever pushed anywhere
         return runs.save(run)
 
-    def wait(self, run: Run, on_event: OnEvent) -> Run:
+    def wait(self, members: list[Run], say_for) -> list[Run]:
+        return [self._over(run, say_for(run)) for run in members]
+
+    def _over(self, run: Run, on_event: OnEvent) -> Run:
         # A local run is over when submit returns. One still 'running' whose work lock we
         # hold was killed (its process is gone): what it finished is kept, the rest runs again.
         if not run.state.terminal:

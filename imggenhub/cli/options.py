@@ -104,13 +104,14 @@ JOB_DEFAULTS = {"prompt": None, "prompts_file": Path("prompts.json"), "model": "
                  "metadata_template": Path("kernel-metadata.json"), "force": False, "score": False,
                  "shards": "auto"}
 _KERNEL_FLAGS = ("metadata_template", "kernel_id", "title", "internet", "hf_token_env", "force",
-                 "bundle", "shards")
-_GIVEN = ("job", "kernel")
+                 "bundle")
+_GIVEN = ("job", "kernel", "shards")
 
 
 def job_options(fn):
     """Add the job and kernel options, declared once, to a command. It receives them parsed:
-    ``job`` (a validated JobSpec) and ``kernel`` (the Kaggle KernelOptions)."""
+    ``job`` (a validated JobSpec), ``kernel`` (the Kaggle KernelOptions) and ``shards`` (how
+    many sessions the run is split over; None: auto)."""
     extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
                                default=JOB_DEFAULTS.get(name),
                                annotation=Annotated[kind, option])
@@ -126,7 +127,10 @@ def job_options(fn):
             from ..spec import seed_for_name
 
             flags["seed"] = seed_for_name(kwargs["name"])
-        return fn(**_parse_job(flags), **kwargs)
+        parsed = _parse_job(flags)
+        if "shards" not in sig.parameters:  # render: one notebook, whatever the split
+            parsed.pop("shards")
+        return fn(**parsed, **kwargs)
 
     wrapper.__signature__ = sig.replace(parameters=own + extra)
     wrapper.__annotations__ = {p.name: p.annotation for p in own + extra}
@@ -146,6 +150,7 @@ def _parse_job(flags: dict) -> dict:
     from ..spec import job_from_inputs, parse_settings
 
     kernel = {name: flags.pop(name) for name in _KERNEL_FLAGS}
+    shards = _shards(flags.pop("shards"))
     settings = parse_settings(**{k: v for k, v in flags.items() if k not in ("prompt", "prompts_file")})
     return {
         "job": job_from_inputs(settings, flags["prompt"], flags["prompts_file"]),
@@ -153,7 +158,8 @@ def _parse_job(flags: dict) -> dict:
                                 gpu=flags["gpu"], internet=kernel["internet"],
                                 template=kernel["metadata_template"],
                                 hf_token_env=kernel["hf_token_env"], force=kernel["force"],
-                                bundle=kernel["bundle"], shards=_shards(kernel["shards"])),
+                                bundle=kernel["bundle"]),
+        "shards": shards,
     }
 
 
@@ -166,7 +172,7 @@ def kernel_flags_given(kernel) -> list[str]:
 
     defaults = KernelOptions(template=JOB_DEFAULTS["metadata_template"])  # the flags' own
     return ["--" + {"template": "metadata-template"}.get(f.name, f.name).replace("_", "-")
-            for f in fields(KernelOptions) if f.name not in ("gpu", "reserved_hours")
+            for f in fields(KernelOptions) if f.name != "gpu"
             and getattr(kernel, f.name) != getattr(defaults, f.name)]
 
 

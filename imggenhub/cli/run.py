@@ -23,7 +23,7 @@ def _default_backend() -> str:
 
 @job_options
 def generate(
-    job, kernel,
+    job, kernel, shards,
     backend: Annotated[Optional[str], typer.Option(
         help="Where to run: 'kaggle' (the default when credentials are found) or 'local'.")] = None,
     out: Out = None, name: Name = None, timeout_hours: TimeoutHours = None, timeout: Timeout = None,
@@ -35,17 +35,18 @@ def generate(
     STATE["json"] = json
     backend = backend or _default_backend()
     report = reporter()
-    given = kernel_flags_given(kernel) if backend == "local" else []
+    given = kernel_flags_given(kernel) + (["--shards"] if shards is not None else []) \
+        if backend == "local" else []
     if given:
         report(f"note: {', '.join(given)} shape{'s' if len(given) == 1 else ''} the Kaggle kernel; "
                f"the local backend has none and leaves {'it' if len(given) == 1 else 'them'} aside")
-    run = jobs.generate(job, backend, out, kernel, report, timeout_hours, timeout, name)
+    run = jobs.generate(job, backend, out, kernel, report, timeout_hours, timeout, name, shards)
     done(run, json)
 
 
 @job_options
 def deploy(
-    job, kernel,
+    job, kernel, shards,
     out: Annotated[Optional[Path], typer.Option(
         help="Where 'download' will put the images (default: outputs/<run id>/).")] = None,
     name: Name = None, timeout_hours: TimeoutHours = None,
@@ -57,7 +58,7 @@ def deploy(
     from .. import jobs
 
     STATE["json"] = json
-    run = jobs.deploy(job, out, kernel, reporter(), timeout_hours, timeout, name)
+    run = jobs.deploy(job, out, kernel, reporter(), timeout_hours, timeout, name, shards)
     result(run_data(run), f"{run.run_id} {run.url}", json)
 
 

@@ -1,0 +1,278 @@
+"""The driver: the one loop that advances every run through the lifecycle.
+
+A run is a group of sessions on one backend: a plain run is a group of one (the run itself),
+a sharded run the group of its shards (each a record of its own). ``advance`` asks the
+lifecycle what ``command`` does next with each member, takes the pushes, resolutions and
+fetches one after another and the waits together, on one deadline, through the backend
+protocol only (it knows no backend by name), and ends with one exit code and sentence.
+A push that finds no free GPU slot is pushed again when one frees (bounded by the deadline,
+else IMGGENHUB_GPU_WAIT_TOTAL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+from . import artifacts, backends, runs
+from .config import Deadline
+from .errors import (ImggenhubError, Interrupted, NoFreeSlot, NothingYet, RunFailedError,
+                     SpecError, StillRunning)
+from .lifecycle import Exit, RunState, Step, plan, summary
+from .runs import Run
+
+
+def failure_error(run: Run) -> RunFailedError:
+    failure = run.failure
+    why = failure.sentence() if failure else run.state.value
+    if failure and failure.kind in ("kernel", "cancelled"):
+        tail = failure.log_tail.strip().splitlines()
+        last = f"; the log ends with: {tail[-1]}" if tail else ""
+        message = (f"Kaggle reports {run.state.value} for {run.kernel_ref} v{run.version}: "
+                   f"{failure.evalue}{last}")
+    elif failure and failure.kind == "push":
+        message = f"Kaggle refused the push of run {run.run_id}: {failure.evalue}"
+    else:
+        message = f"The notebook failed {why}" if failure and failure.cell_index is not None \
+            else f"Run {run.run_id} failed: {why}"
+    if run.images_fetched:
+        message += f"; the {run.images_fetched} images finished before it are in {run.out_dir}"
+    return RunFailedError(message.rstrip(".") + ".", failure, run.run_id)
+
+
+def _keep_old_document(run: Run) -> None:
+    """A record made before records kept their job document: read it from the notebook, once."""
+    from .notebook import CODE_FILE, read_job_document
+
+    for one in [run, *(runs.shards_of(run) if run.shards else [])]:
+        if runs.document(one) is None and (one.notebook_dir / CODE_FILE).exists():
+            doc = read_job_document((one.notebook_dir / CODE_FILE).read_text(encoding="utf-8"))
+            if doc is not None:
+                runs.keep_document(one, doc)
+
+
+class _Group:
+    """The members a run advances: itself, or its shards; what each has to say is tagged."""
+
+    def __init__(self, run: Run, on_event):
+        self.run, self.on_event = run, on_event
+        self.sharded = bool(run.shards)
+        self.members = runs.shards_of(run) if self.sharded else [run]
+        self.kept: set[str] = set()  # failed shards whose images came home this time
+        self.stops: dict[str, Exception] = {}  # what ended a member's part this time
+
+    def say(self, member: Run):
+        if not self.sharded:
+            return self.on_event
+        count = len(self.members)
+        return lambda message: self.on_event(f"[shard {member.shard}/{count}] {message}")
+
+    def lock(self, member: Run):
+        """A shard is locked while a step is taken on it (the run itself is locked already)."""
+        return runs.working_on(member) if self.sharded else contextlib.nullcontext()
+
+    def step(self, command: str, member: Run) -> Step | None:
+        """What ``command`` does next with a member (None: nothing more this time)."""
+        if member.run_id in self.stops:
+            return None
+        if member.state.failed and member.run_id in self.kept:
+            # its images are home: resume pushes the rest of a failed shard again, alone
+            again = self.sharded and command == "resume" and member.state != RunState.PUSH_FAILED
+            return Step.PUSH if again else None
+        p = plan(command, member.state)
+        return p.step if p.step not in (None, Step.DONE, Step.FAIL) else None
+
+
+def advance(run: Run, command: str, on_event: backends.OnEvent,
+            timeout: float | None = None, out_dir: Path | None = None) -> Run:
+    """Take the steps ``command`` may take until its work is done; raise with the right
+    exit code otherwise. One process at a time per run (the others are refused)."""
+    _keep_old_document(run)
+    impl = backends.get_backend(run.backend)
+    deadline = Deadline(impl.tunables, timeout)
+    with runs.working_on(run):
+        run = runs.reload(run)
+        try:
+            if out_dir is not None:
+                run = _move_output(impl, run, command, Path(out_dir))
+            group = _Group(run, on_event)
+            try:
+                _drive(impl, group, command, deadline)
+            finally:
+                impl.close()
+                if group.sharded:
+                    run = _sum_up(run, [runs.reload(s) for s in group.members])
+            return _verdict(runs.reload(run), group, command)
+        except KeyboardInterrupt:
+            raise _interrupted(impl, runs.reload(run)) from None
+        except ImggenhubError as exc:
+            if getattr(exc, "run_id", None) is None:
+                exc.run_id = run.run_id  # --json names the run every error is about
+            raise
+
+
+def _drive(impl: backends.Backend, group: _Group, command: str, deadline: Deadline) -> None:
+    """The loop: every member as far as ``command`` takes it, or until the deadline."""
+    tunables = impl.tunables
+    slots = deadline if deadline.at is not None else Deadline(tunables, tunables.gpu_wait_total)
+    members = group.members
+    while True:
+        waiting, blocked, moved = [], [], False
+        for i, member in enumerate(members):
+            step = group.step(command, member)
+            if step is None:
+                continue
+            if step == Step.WAIT:
+                waiting.append(i)
+                continue
+            say = group.say(member)
+            impl.bound(_left(deadline))
+            try:
+                with group.lock(member):
+                    members[i] = _take(impl, step, runs.reload(member), say)
+                moved = True
+            except NoFreeSlot as exc:
+                members[i] = runs.reload(member)
+                blocked.append((i, str(exc)))
+                say(f"{impl.title}'s GPU sessions are all taken: {exc}; waiting "
+                    f"{tunables.gpu_wait:.0f}s for one to end, then pushing again")
+            except RunFailedError as exc:
+                members[i] = runs.reload(member)
+                if step == Step.KEEP:  # home; resume may push a shard again next
+                    group.kept.add(member.run_id)
+                    moved = True
+                else:
+                    group.stops[member.run_id] = exc
+            except ImggenhubError as exc:
+                members[i] = runs.reload(member)
+                group.stops[member.run_id] = exc
+        if moved:
+            continue
+        if waiting:
+            impl.bound(_left(deadline))
+            try:
+                updated = impl.wait([members[i] for i in waiting], group.say)
+            except StillRunning as exc:
+                if not group.sharded:
+                    raise
+                parent = group.run.run_id
+                raise StillRunning(f"Run {parent}: {exc}".replace(
+                    "'imggenhub resume'", f"'imggenhub resume {parent}'")) from None
+            for i, member in zip(waiting, updated):
+                members[i] = member
+            continue
+        if blocked:  # nothing runs here that could free a slot soon: wait, then push again
+            pause = tunables.gpu_wait
+            if slots.passed(after=pause):
+                run_id = group.run.run_id
+                what = (f"{len(blocked)} shards of run {run_id} wait to be pushed" if
+                        group.sharded else f"run {run_id} was not pushed")
+                raise NothingYet(f"{impl.title}'s GPU sessions stayed busy ({blocked[0][1]}); "
+                                 f"{what}; 'imggenhub resume {run_id}' pushes "
+                                 f"{'them' if group.sharded else 'it'}.")
+            tunables.clock.sleep(pause)
+            continue
+        return
+
+
+def _left(deadline: Deadline) -> float | None:
+    left = deadline.left()
+    return None if left is None else max(0.0, left)
+
+
+def _take(impl: backends.Backend, step: Step, member: Run, say) -> Run:
+    if step == Step.PUSH:
+        return impl.submit(member, say)
+    if step == Step.RESOLVE:
+        return impl.resolve(member, say)
+    if step == Step.FETCH:
+        say(f"bringing the outputs of run {member.run_id} into {member.out_dir}")
+        return impl.fetch(member, say)
+    if step == Step.KEEP:
+        say(f"run {member.run_id} {member.state.value}; bringing home what it finished")
+        raise failure_error(impl.fetch(member, say))
+    raise AssertionError(step)
+
+
+def _sum_up(parent: Run, shards: list[Run]) -> Run:
+    parent.state = summary([s.state for s in shards])
+    parent.images_fetched = sum(s.images_fetched for s in shards)
+    parent.url = next((s.url for s in shards if s.url), None)
+    hours = [s.engine_hours for s in shards if s.engine_hours is not None]
+    parent.engine_hours = round(sum(hours), 4) if hours else None
+    failed = next((s for s in shards if s.failure is not None and s.state.failed), None)
+    parent.failure = failed.failure if failed else None
+    return runs.save(parent)
+
+
+def _verdict(run: Run, group: _Group, command: str) -> Run:
+    """The run's exit: what stopped a member this time first (5, 6...), then a failure,
+    then a state with nothing to do yet, else done."""
+    for exc in group.stops.values():
+        raise exc
+    failed = [s for s in group.members if s.state.failed]
+    if failed and group.sharded:
+        names = ", ".join(f"shard {s.shard} ({s.state.value})" for s in failed)
+        why = failed[0].failure.sentence() if failed[0].failure else failed[0].state.value
+        again = (f"'imggenhub resume {run.run_id}' pushes the failed shards again, alone"
+                 if any(s.state != RunState.PUSH_FAILED for s in failed) else
+                 "Kaggle refused the push itself: fix the cause and start a new run")
+        message = f"Run {run.run_id}: {names} failed: {why}; the images made are in " \
+                  f"{run.out_dir}; {again}"
+        raise RunFailedError(message + ".", failed[0].failure, run.run_id)
+    if failed and run.run_id in group.kept:
+        raise failure_error(run)
+    p = plan(command, run.state)
+    if p.step is not None or p.exit == Exit.OK:
+        return run
+    if p.exit == Exit.RUN_FAILED:
+        raise failure_error(run)
+    sentence = p.sentence.format(state=run.state.value, run=run.run_id, failure="")
+    raise NothingYet(f"Run {run.run_id} {sentence}.")
+
+
+def _interrupted(impl: backends.Backend, run: Run) -> Interrupted:
+    if not impl.remote:
+        if run.state == RunState.PARTIAL:
+            return Interrupted(f"Interrupted; the {run.images_fetched} images finished are in "
+                               f"{run.out_dir}; 'imggenhub resume {run.run_id}' makes the rest.")
+        return Interrupted(f"Interrupted before any image was finished; 'imggenhub resume "
+                           f"{run.run_id}' runs it again.")
+    if run.state in (RunState.PUSHING, RunState.PUSH_UNKNOWN, RunState.PUSHED, RunState.QUEUED,
+                     RunState.RUNNING):
+        where = f" ({run.url})" if run.url else ""
+        return Interrupted(f"Interrupted; the {impl.title} run {run.run_id}{where} goes on and "
+                           f"uses GPU quota; 'imggenhub resume {run.run_id}' picks it up.")
+    return Interrupted(f"Interrupted at state {run.state.value}; 'imggenhub resume {run.run_id}' "
+                       "picks it up.")
+
+
+def _move_output(impl: backends.Backend, run: Run, command: str, out: Path) -> Run:
+    """--out on download: a new home for the images, checked and claimed, under the lock."""
+    if str(out.resolve()) == run.out_dir:
+        return run
+    if run.shards:
+        raise SpecError(f"Run {run.run_id} is sharded; its shards download into {run.out_dir}, "
+                        "not elsewhere.")
+    if plan(command, run.state).step not in (Step.FETCH, Step.KEEP):
+        raise SpecError(f"Run {run.run_id} is {run.state.value}; --out applies only to a run whose "
+                        f"images are still to be downloaded (they are in {run.out_dir}).")
+    here = artifacts.read_manifest(Path(run.out_dir)) if Path(run.out_dir).is_dir() else None
+    if not impl.remote and here is not None and here.get("run_id") == run.run_id:
+        # a local run's images move out of its work folder once: some are in the old home
+        raise SpecError(f"Some images of run {run.run_id} are in {run.out_dir} already; a local "
+                        "run keeps one output folder (move it by hand, or free space there and "
+                        f"run 'imggenhub download {run.run_id}' again).")
+    artifacts.prepare_destination(out, run.run_id, run.job_id,
+                                  lambda other: other != run.run_id and is_active(other))
+    run.out_dir = str(out.resolve())
+    return runs.save(run)
+
+
+def is_active(run_id: str | None) -> bool:
+    """A run that is recorded and not over (its output folder is still being filled)."""
+    try:
+        other = runs.load(run_id) if run_id else None
+    except ImggenhubError:
+        return False
+    return other is not None and not other.state.terminal

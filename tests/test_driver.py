@@ -1,0 +1,172 @@
+"""The one driver, with a fake backend on a fake clock: a group of one, a group of two with
+one failing (and resume pushing it again alone), a push refused for want of a GPU slot,
+and the deadline. The fake only moves records through the lifecycle table; the driver is
+the real one."""
+
+from __future__ import annotations
+
+import pytest
+
+from imggenhub import backends, driver, runs
+from imggenhub.config import Tunables
+from imggenhub.errors import NoFreeSlot, NothingYet, RunFailedError, StillRunning
+from imggenhub.lifecycle import RunState
+from imggenhub.runs import Failure, Run
+
+S = RunState
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+        self.slept = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+class FakeBackend(backends.Backend):
+    """Each session's script: how its pushes go ("slot": no free GPU slot) and how it ends
+    ("complete", "error", or "never": still running at any deadline)."""
+
+    name = "fake"
+    title = "Fake"
+    groups = 2
+
+    def __init__(self, pushes: dict, ends: dict, wait_seconds: float = 10.0):
+        super().__init__(Tunables(gpu_wait=5.0, gpu_wait_total=100.0, clock=FakeClock()))
+        self.pushes, self.ends, self.wait_seconds = pushes, ends, wait_seconds
+        self.calls: list[tuple[str, str]] = []
+
+    def submit(self, run, on_event):
+        self.calls.append(("submit", run.run_id))
+        if run.state.failed:  # the rest of a failed session, again
+            run.state = S.RENDERED
+            runs.save(run)
+        outcome = self.pushes.get(run.run_id, []).pop(0) if self.pushes.get(run.run_id) else "ok"
+        if outcome == "slot":
+            raise NoFreeSlot("no free slot")
+        run.state = S.PUSHING
+        runs.save(run)
+        run.state = S.PUSHED
+        return runs.save(run)
+
+    def wait(self, members, say_for):
+        self.calls.append(("wait", ",".join(m.run_id for m in members)))
+        clock = self.tunables.clock
+        if self.deadline.passed(after=self.wait_seconds) and all(
+                self.ends.get(m.run_id) == "never" for m in members):
+            clock.now = self.deadline.at
+            raise StillRunning("still going; 'imggenhub resume' picks it up.")
+        clock.now += self.wait_seconds
+        for m in members:  # the first that is not "never" ends
+            end = self.ends.get(m.run_id, "complete")
+            if end != "never":
+                m.state = S.COMPLETE if end == "complete" else S.ERROR
+                m.failure = None if end == "complete" else Failure(kind="kernel", evalue="boom")
+                runs.save(m)
+                self.ends[m.run_id] = "complete"  # its next session ends well
+                break
+        return members
+
+    def fetch(self, run, on_event):
+        self.calls.append(("fetch", run.run_id))
+        run.images_fetched = run.image_count
+        if run.state == S.COMPLETE:
+            run.state = S.DOWNLOADED
+        return runs.save(run)
+
+    def refresh(self, run, on_event):
+        return run
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    made = {}
+
+    def install(pushes=None, ends=None, **kwargs):
+        made["backend"] = FakeBackend(pushes or {}, ends or {}, **kwargs)
+        monkeypatch.setitem(backends._REGISTRY, "fake", lambda: made["backend"])
+        return made["backend"]
+
+    return install
+
+
+def _run(run_id: str, shards: int = 0) -> Run:
+    (runs.runs_dir() / run_id).mkdir(parents=True, exist_ok=True)
+    run = Run(run_id=run_id, backend="fake", job_id="j", image_count=4, out_dir="/tmp/out")
+    for k in range(1, shards + 1):
+        runs.save(Run(run_id=f"{run_id}/shard-{k}", backend="fake", job_id="j", image_count=2,
+                      out_dir="/tmp/out", shard=k))
+        run.shards.append(f"{run_id}/shard-{k}")
+    return runs.save(run)
+
+
+def test_a_group_of_one_is_pushed_followed_and_fetched(fake):
+    backend = fake()
+    events = []
+    run = driver.advance(_run("one"), "generate", events.append)
+    assert run.state == S.DOWNLOADED
+    assert backend.calls == [("submit", "one"), ("wait", "one"), ("fetch", "one")]
+    assert any("bringing the outputs of run one" in e for e in events)
+
+
+def test_a_group_of_two_with_one_failing_keeps_the_others_and_resume_pushes_it_alone(fake):
+    backend = fake(ends={"two/shard-2": "error"})
+    events = []
+    with pytest.raises(RunFailedError) as failed:
+        driver.advance(_run("two", shards=2), "generate", events.append)
+    assert "shard 2 (error) failed" in str(failed.value) and "resume two" in str(failed.value)
+    parent = runs.load("two")
+    assert parent.state == S.ERROR
+    assert [s.state for s in runs.shards_of(parent)] == [S.DOWNLOADED, S.ERROR]
+    assert ("fetch", "two/shard-2") in backend.calls  # what it finished came home
+    assert any(e.startswith("[shard 2/2]") for e in events)
+    backend.calls.clear()
+    run = driver.advance(parent, "resume", events.append)
+    assert run.state == S.DOWNLOADED
+    assert {c[1] for c in backend.calls} == {"two/shard-2"}  # the other shard was left alone
+
+
+def test_a_plain_failed_run_reports_its_failure_and_is_not_pushed_again(fake):
+    backend = fake(ends={"bad": "error"})
+    with pytest.raises(RunFailedError) as failed:
+        driver.advance(_run("bad"), "generate", lambda m: None)
+    assert "boom" in str(failed.value)
+    backend.calls.clear()
+    with pytest.raises(RunFailedError):
+        driver.advance(runs.load("bad"), "resume", lambda m: None)
+    assert ("submit", "bad") not in backend.calls
+
+
+def test_a_push_without_a_free_slot_is_pushed_again_when_one_frees(fake):
+    backend = fake(pushes={"slots/shard-2": ["slot", "slot"]})
+    events = []
+    run = driver.advance(_run("slots", shards=2), "generate", events.append)
+    assert run.state == S.DOWNLOADED
+    submits = [c for c in backend.calls if c == ("submit", "slots/shard-2")]
+    assert len(submits) == 3
+    assert sum("GPU sessions are all taken: no free slot" in e for e in events) == 2
+
+
+def test_slots_that_stay_busy_end_at_the_deadline_with_exit_6(fake):
+    backend = fake(pushes={"busy": ["slot"] * 100})
+    with pytest.raises(NothingYet) as busy:
+        driver.advance(_run("busy"), "generate", lambda m: None, timeout=12)
+    assert "stayed busy (no free slot)" in str(busy.value) and "resume busy" in str(busy.value)
+    clock = backend.tunables.clock
+    assert clock.now <= 12 and clock.slept == [5.0, 5.0]  # one deadline, never overrun
+    assert runs.load("busy").state == S.RENDERED
+
+
+def test_the_deadline_bounds_a_group_and_names_the_run(fake):
+    backend = fake(ends={"long/shard-1": "never", "long/shard-2": "never"})
+    with pytest.raises(StillRunning) as still:
+        driver.advance(_run("long", shards=2), "generate", lambda m: None, timeout=25)
+    assert str(still.value).startswith("Run long: ") and "'imggenhub resume long'" in str(still.value)
+    assert backend.tunables.clock.now == pytest.approx(25)
+    assert runs.load("long").state == S.PUSHED
