@@ -41,7 +41,7 @@ def start(job: JobSpec, backend: str, out_dir: Path | None, options, on_event: b
         artifacts.prepare_destination(out, run_id, job.job_id, is_active, claim=False)
         impl.bound(timeout)
         prepared = impl.prepare_job(job, options, on_event)  # once, whatever the group
-        width = shards.count(job, shards_asked, impl.groups) if impl.groups > 1 else 1
+        width = impl.width(job, shards_asked)
         if width > 1:
             shards.start(job, run, impl, prepared, width, on_event)
         else:

@@ -10,28 +10,12 @@ from __future__ import annotations
 from . import runs
 from .runs import Run
 
-AUTO_MIN_MINUTES = 10.0  # auto: shard when the job's generation is at least this long
-
-
 def share(job, shards: int) -> list[list[list[int]]]:
     """Each shard's image indices, as ranges: contiguous, in the job's order."""
     from .engine import Plan
 
     plan = Plan.of(job.document())
     return [plan.split(k, shards).ranges() for k in range(shards)]
-
-
-def count(job, asked: int | None, width: int) -> int:
-    """How many shards: as asked (None: auto, as many as run at once when the job is long
-    enough to gain from it), never more than the images."""
-    if asked is None:
-        from . import estimate
-        from .config import state_dir
-
-        guess = estimate.estimate(job.document(), estimate.read_history(state_dir()))
-        minutes = guess.seconds_per_image * guess.images / estimate.GPUS / 60
-        asked = width if minutes >= AUTO_MIN_MINUTES and guess.images > 1 else 1
-    return min(asked, job.image_count)
 
 
 def start(job, parent: Run, impl, prepared, shards: int, on_event) -> None:

@@ -35,7 +35,6 @@ class FakeBackend(backends.Backend):
 
     name = "fake"
     title = "Fake"
-    groups = 2
 
     def __init__(self, pushes: dict, ends: dict, wait_seconds: float = 10.0):
         super().__init__(Tunables(gpu_wait=5.0, gpu_wait_total=100.0, clock=FakeClock()))

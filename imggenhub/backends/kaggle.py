@@ -24,13 +24,16 @@ from ..lifecycle import RunState
 from ..models import HUB_ID
 from ..notebook import CODE_FILE, job_document, read_job_document
 from ..runs import Failure, Run
-from . import Backend, Fetched, OnEvent, kaggle_inputs, session_plan
+from . import kaggle_inputs
+from .base import Backend, Fetched, OnEvent, session_plan
 from .kaggle_download import bring_outputs, log_text, output_page
 from .kaggle_logs import LogFollower
 from .kaggle_meta import (METADATA_FILE, PLACEHOLDER_OWNER, KernelOptions, kernel_metadata,
                           load_metadata_template, split_kernel_id, write_metadata)
 
 GPU_CAP_TEXT = "Maximum batch GPU session count"
+GPU_SESSIONS = 2  # Kaggle runs at most 2 GPU sessions at once per account
+AUTO_SHARD_MINUTES = 10.0  # --shards auto: split when the job's generation is this long
 BUNDLE_THRESHOLD = 200  # images; from benchmarks/kaggle_download.py (see docs/kaggle.md)
 RESOLVE_DEPTH = 10  # versions looked at, newest first, to find an interrupted push
 
@@ -129,7 +132,6 @@ class KaggleJob:
 class KaggleBackend(Backend):
     name = "kaggle"
     title = "Kaggle"
-    groups = 2  # Kaggle runs at most 2 GPU sessions at once per account: a group's width
 
     def __init__(self, settings=None):
         super().__init__(settings)
@@ -207,6 +209,15 @@ class KaggleBackend(Backend):
         prepared.bundle = options.bundle if options.bundle is not None else \
             job.image_count >= BUNDLE_THRESHOLD
         return prepared
+
+    def width(self, job, asked: int | None) -> int:
+        """As many kernels as asked (auto: as many as Kaggle runs at once when the job's
+        generation is long enough to gain from it), never more than the images."""
+        if asked is None:
+            guess = estimate.estimate(job.document(), self._history())
+            minutes = guess.seconds_per_image * guess.images / estimate.GPUS / 60
+            asked = GPU_SESSIONS if minutes >= AUTO_SHARD_MINUTES and guess.images > 1 else 1
+        return min(asked, job.image_count)
 
     def prepare(self, job, run: Run, prepared: "KaggleJob", on_event: OnEvent) -> None:
         """One kernel's notebook and metadata: its share of the job (a shard: the kernel

@@ -156,7 +156,7 @@ def bring_outputs(backend, run: Run, out_dir: Path, here: dict | None, on_event)
     each file it lists that is not here verified, downloaded and checked on arrival."""
     import shutil
 
-    from . import Fetched
+    from .base import Fetched
 
     shutil.rmtree(out_dir / BUNDLE_TMP, ignore_errors=True)  # a killed unpacking's leftovers
     files, log = list_outputs(backend, run, on_event)

@@ -17,7 +17,7 @@ from ..errors import ImggenhubError, MissingDependencyError, UnsafeOutputError
 from ..lifecycle import RunState
 from ..notebook import CODE_FILE
 from ..runs import Failure, Run
-from . import Backend, Fetched, OnEvent, session_plan
+from .base import Backend, Fetched, OnEvent, session_plan
 
 
 def _streaming_client_class():

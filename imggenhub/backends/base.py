@@ -1,0 +1,186 @@
+"""The backend protocol: the one door between the driver and where a run runs. The base
+class does the bookkeeping every backend shares (rendering the notebook and keeping its
+document, the next session's share, the output folder's lock and claim, verification,
+timing, the record, the gallery); a backend implements the transfer itself."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import artifacts, runs
+from ..config import Deadline, Tunables, tunables, writable_folder
+from ..errors import LocalWriteError, SpecError, TransferError, UnsafeOutputError
+from ..engine import Plan, made
+from ..lifecycle import RunState
+from ..notebook import CODE_FILE, with_document, write_notebook
+from ..runs import Run
+from ..spec import JobSpec
+
+OnEvent = Callable[[str], None]
+
+
+@dataclass
+class Fetched:
+    """What a backend's transfer brought: the output folder's manifest as it now stands
+    (parsed once, handed on), and the files whose sha256 is still to be checked (those
+    that arrived unchecked; every other file was checked when it arrived)."""
+
+    manifest: dict | None
+    unhashed: set[str] = field(default_factory=set)
+
+
+def session_plan(run: Run) -> Plan | None:
+    """The share of the job the run's latest notebook makes (None: no document kept)."""
+    doc = runs.document(run)
+    return Plan.of(doc) if doc else None
+
+
+class Backend:
+    """The one door between the driver and a backend."""
+
+    name = ""
+    title = ""  # how sentences name where the run runs
+    remote = True  # the run goes on elsewhere when this process stops
+
+    def __init__(self, settings: Tunables | None = None):
+        self.tunables = settings or tunables()
+        self.deadline = Deadline(self.tunables, None)
+
+    def bound(self, seconds: float | None) -> None:
+        """The time the next step may take, retries and lock waits included (None: no limit)."""
+        self.deadline = Deadline(self.tunables, seconds)
+
+    # --- what a backend implements ---------------------------------------------------
+
+    def prepare_job(self, job: JobSpec, options, on_event: OnEvent):
+        """Check and ship what every session of the job shares, once, before anything is
+        pushed; return it for ``prepare``. ``options`` are the backend's own flags."""
+        return options
+
+    def width(self, job: JobSpec, asked: int | None) -> int:
+        """How many sessions the run is split over (shards; ``asked``: --shards, None for
+        auto). One where the backend runs one at a time."""
+        return 1
+
+    def prepare(self, job: JobSpec, run: Run, prepared, on_event: OnEvent) -> None:
+        """One session's notebook and what its submission needs, in ``run.notebook_dir``."""
+
+    def submit(self, run: Run, on_event: OnEvent) -> Run:
+        """Start the run (rendered -> ...). Raises NoFreeSlot when the backend runs as many
+        sessions as it can: the driver pushes it again when one ends."""
+        raise NotImplementedError
+
+    def resolve(self, run: Run, on_event: OnEvent) -> Run:
+        """A push was interrupted (pushing, push-unknown): find out whether it landed."""
+        raise NotImplementedError
+
+    def wait(self, members: list[Run], say_for: Callable[[Run], OnEvent]) -> list[Run]:
+        """Follow the runs until one of them ends (or the deadline: StillRunning); return
+        them updated."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """The command is over: let go of what the waits kept open."""
+
+    def refresh(self, run: Run, on_event: OnEvent) -> Run:
+        """One look at the run's state (the status command)."""
+        return run
+
+    def health(self, on_event: OnEvent, timeout: float) -> list[str]:
+        """Lines for 'imggenhub doctor'."""
+        return []
+
+    def bring(self, run: Run, out_dir: Path, here: dict | None, on_event: OnEvent) -> Fetched:
+        """Transfer the run's outputs (manifest, images, log) into ``out_dir``, joining its
+        manifest to ``here``, the one there."""
+        raise NotImplementedError
+
+    # --- shared bookkeeping ----------------------------------------------------------
+
+    def render(self, run: Run, job: JobSpec, document: dict) -> None:
+        """The run's notebook, carrying ``document``, which the record keeps too."""
+        write_notebook(run.notebook_dir, job, run.run_id, document)
+        runs.keep_document(run, document)
+
+    def render_rest(self, run: Run, on_event: OnEvent) -> Run:
+        """A session (or a local run) ended before the job did: the notebook again, making
+        only the images that are not here (same indices, seeds and file names), as the next
+        session."""
+        doc = runs.document(run)
+        rest = Plan.of(doc).minus(artifacts.read_manifest(Path(run.out_dir)))
+        if not rest:  # it failed after its last image: every one is here, nothing to push
+            on_event(f"run {run.run_id}: every image it was to make is here; nothing to push")
+            run.state, run.failure = RunState.DOWNLOADED, None
+            return runs.save(run)
+        run.session += 1
+        doc.update(only=rest.ranges(), session=run.session)
+        path = run.notebook_dir / CODE_FILE
+        path.write_text(with_document(path.read_text(encoding="utf-8"), doc), encoding="utf-8")
+        runs.keep_document(run, doc)
+        on_event(f"session {run.session} of run {run.run_id}: the {len(rest)} images still to make")
+        run.state, run.failure = RunState.RENDERED, None
+        return runs.save(run)
+
+    def fetch(self, run: Run, on_event: OnEvent) -> Run:
+        """Bring the outputs home under the folder's lock, check them, save the record; a
+        complete run becomes downloaded. The folder's manifest is parsed once, by the
+        transfer, and handed on to the checks, the sheets, the gallery and ``fetched``."""
+        t0 = time.monotonic()
+        out_dir = Path(run.out_dir)
+        problem = "it is a file" if out_dir.is_file() else writable_folder(out_dir)
+        if problem:
+            raise SpecError(f"The output folder {out_dir} cannot be used ({problem}); download "
+                            "with --out DIR.")
+        with artifacts.folder_lock(out_dir):
+            here = artifacts.check_claim(out_dir, run.run_id, run.job_id)
+            artifacts.sweep_partials(out_dir)
+            try:
+                got = self.bring(run, out_dir, here, on_event)
+            except OSError as exc:  # the network's errors were turned into sentences already
+                raise LocalWriteError(f"Could not write the outputs of run {run.run_id} into "
+                                      f"{out_dir} ({exc.strerror or exc}); free space or choose "
+                                      f"another folder, then run 'imggenhub download "
+                                      f"{run.run_id}' again.") from None
+            manifest = got.manifest
+            problems = artifacts.check(out_dir, manifest, got.unhashed) if manifest else []
+            planned = (manifest or {}).get("planned_images")
+            share = Plan.whole(planned if isinstance(planned, int) else len(made(manifest)))
+            share = share.only(run.only)  # a shard's share of the job
+            owed = share.minus(manifest)
+            run.images_fetched = len(share) - len(owed) - len(problems)
+            if manifest is not None and not problems:
+                from .. import sheets, sweeps
+
+                if manifest.get("backend") != run.backend:  # for the gallery's commands
+                    manifest["backend"] = run.backend
+                    artifacts.write_manifest(out_dir, manifest)
+
+                sheets.write(out_dir, manifest)  # grid.png: every image as a labelled tile
+                sweeps.write(out_dir, manifest)  # a sweep's labelled grids, one per prompt
+            if manifest is not None:
+                artifacts.write_gallery(out_dir, manifest)
+        run.timings["fetch"] = round(time.monotonic() - t0, 3)
+        if problems:
+            runs.save(run)
+            raise TransferError(f"The outputs in {out_dir} failed verification: {problems[0]}; run "
+                                f"'imggenhub download {run.run_id}' again.")
+        if run.state == RunState.COMPLETE:
+            if manifest is None:
+                runs.save(run)
+                raise UnsafeOutputError(f"Run {run.run_id} ended complete but left no manifest.json; "
+                                        "it did not run the imggenhub engine.")
+            if owed:  # the session ended before the job did
+                run.state = RunState.PARTIAL
+                on_event(f"run {run.run_id}: {len(share) - len(owed)} of {len(share)} images are "
+                         "here; the rest needs another session ('imggenhub resume "
+                         f"{run.run_id}' pushes it)")
+            else:
+                run.state = RunState.DOWNLOADED
+        self.fetched(run, manifest, on_event)
+        return runs.save(run)
+
+    def fetched(self, run: Run, manifest: dict | None, on_event: OnEvent) -> None:
+        """After a fetch, with the folder's manifest (a backend may learn from it)."""
