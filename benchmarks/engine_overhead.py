@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from imggenhub import engine
-from imggenhub.spec import build_job, parse_settings, prompts_from_flags
+from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
 
 
 def fresh():

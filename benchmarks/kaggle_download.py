@@ -22,9 +22,10 @@ from pathlib import Path
 
 from _emulated import kaggle_cli_env, start_emulator
 
-from imggenhub import artifacts, runs
-from imggenhub.backends.kaggle import KaggleBackend, save_request
-from imggenhub.lifecycle import RunState
+from imggenhub.outputs import artifacts
+from imggenhub.run import runs
+from imggenhub.backends.kaggle.backend import KaggleBackend, save_request
+from imggenhub.run.lifecycle import RunState
 
 KERNEL = "imggenhub/bench-download"
 JOB_ID = "bench-download"

@@ -21,12 +21,11 @@ from pathlib import Path
 import requests
 from _emulated import start_emulator
 
-from imggenhub import jobs
-from imggenhub.backends.kaggle import KaggleBackend, save_request
-from imggenhub.backends.kaggle_meta import METADATA_FILE, KernelOptions, kernel_metadata, \
-    write_metadata
-from imggenhub.notebook import CODE_FILE, write_notebook
-from imggenhub.spec import build_job, parse_settings, prompts_from_flags
+from imggenhub.run import jobs
+from imggenhub.backends.kaggle.backend import KaggleBackend, save_request
+from imggenhub.backends.kaggle.meta import (METADATA_FILE, KernelOptions, kernel_metadata, write_metadata)
+from imggenhub.job.notebook import CODE_FILE, write_notebook
+from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
 
 FIRST_WAIT, POLL_EVERY = 30.0, 60.0  # the original pattern
 

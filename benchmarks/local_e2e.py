@@ -12,10 +12,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from imggenhub import artifacts, jobs
-from imggenhub.backends.kaggle_meta import KernelOptions, kernel_metadata, write_metadata
-from imggenhub.notebook import write_notebook
-from imggenhub.spec import build_job, parse_settings, prompts_from_flags
+from imggenhub.outputs import artifacts
+from imggenhub.run import jobs
+from imggenhub.backends.kaggle.meta import KernelOptions, kernel_metadata, write_metadata
+from imggenhub.job.notebook import write_notebook
+from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
 
 
 def main() -> None:

@@ -14,9 +14,10 @@ from pathlib import Path
 
 from _emulated import start_emulator
 
-from imggenhub import artifacts, jobs
-from imggenhub.backends.kaggle_meta import KernelOptions
-from imggenhub.spec import build_job, parse_settings, prompts_from_flags
+from imggenhub.outputs import artifacts
+from imggenhub.run import jobs
+from imggenhub.backends.kaggle.meta import KernelOptions
+from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
 
 
 def timed(job, shards: int, out: Path) -> float:

@@ -4,7 +4,7 @@ never a traceback."""
 
 from __future__ import annotations
 
-from .lifecycle import Exit
+from .run.lifecycle import Exit
 
 
 class ImggenhubError(Exception):

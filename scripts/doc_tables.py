@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from imggenhub import config, lifecycle
+from imggenhub import config
+from imggenhub.run import lifecycle
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 # file -> {the table's first characters: the function that makes the whole table}

@@ -8,8 +8,8 @@ import json
 import shutil
 from pathlib import Path
 
-from imggenhub import artifacts
-from imggenhub.notebook import read_job_document
+from imggenhub.outputs import artifacts
+from imggenhub.job.notebook import read_job_document
 
 JOB = ["--model", "tiny-random", "--seed", "4", "-p", "a", "-p", "b", "--num-images", "15"]
 

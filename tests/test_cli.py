@@ -30,7 +30,7 @@ def test_python_dash_m_works(tmp_path):
 
 
 def test_models_lists_every_preset(cli):
-    from imggenhub.models import PRESETS
+    from imggenhub.job.models import PRESETS
 
     code, out, _ = cli("models")
     assert code == 0

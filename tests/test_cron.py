@@ -9,7 +9,7 @@ import time
 import sys
 from pathlib import Path
 
-from imggenhub import artifacts
+from imggenhub.outputs import artifacts
 
 from .conftest import REPO, write_json
 from .test_unattended import STAMP

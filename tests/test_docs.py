@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from imggenhub.lifecycle import Exit
+from imggenhub.run.lifecycle import Exit
 
 from .conftest import REPO
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-from imggenhub import backends, driver, runs
+from imggenhub import backends
+from imggenhub.run import driver, runs
 from imggenhub.config import Tunables
 from imggenhub.errors import NoFreeSlot, NothingYet, RunFailedError, StillRunning
-from imggenhub.lifecycle import RunState
-from imggenhub.runs import Failure, Run
+from imggenhub.run.lifecycle import RunState
+from imggenhub.run.runs import Failure, Run
 
 S = RunState
 

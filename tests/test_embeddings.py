@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from imggenhub import engine
-from imggenhub.spec import build_job, parse_settings, prompts_from_flags
+from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
 
 
 def embedding(path, seed):

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 import pytest
 import requests
 
-from imggenhub import artifacts
+from imggenhub.outputs import artifacts
 
 from .conftest import REPO, kaggle_cli, sigint_default
 from .kaggle_emulator import ENDLESS_MAX, JUNK, TRICKLE_MAX_BYTES, Emulator, main
@@ -29,7 +29,7 @@ KAGGLE_FAILURE = "Your notebook hit an unhandled error while executing"
 # --- helpers ------------------------------------------------------------------------
 
 def job_document(prompts=("a", "b"), run_id="run-0001", **settings) -> dict:
-    from imggenhub import spec
+    from imggenhub.job import spec
 
     job = spec.build_job(spec.parse_settings(model="tiny-random", seed=1, **settings),
                          spec.prompts_from_flags(list(prompts)))

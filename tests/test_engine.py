@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imggenhub import artifacts, engine
-from imggenhub.spec import build_job, parse_settings, prompts_from_flags
-from imggenhub.spec import load_prompts
+from imggenhub.outputs import artifacts
+from imggenhub import engine
+from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
+from imggenhub.job.spec import load_prompts
 
 from .conftest import write_json
 

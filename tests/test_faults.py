@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from imggenhub import artifacts, runs
+from imggenhub.outputs import artifacts
+from imggenhub.run import runs
 
 from .test_kaggle import SPEC
 from .test_unattended import versions_of

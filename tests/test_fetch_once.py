@@ -6,8 +6,8 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
-from imggenhub import artifacts
-from imggenhub.backends import kaggle_download
+from imggenhub.outputs import artifacts
+from imggenhub.backends.kaggle import download as kaggle_download
 
 JOB = ["--model", "tiny-random", "--seed", "3", "-p", "a", "-p", "b", "--num-images", "3"]
 

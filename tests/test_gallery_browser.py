@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imggenhub import artifacts
+from imggenhub.outputs import artifacts
 
 REPO = Path(__file__).resolve().parents[1]
 HOSTILE = ['<img src=x onerror="window.__pwned=1">', "</script><script>window.__pwned=2</script>",
@@ -133,7 +133,7 @@ def test_a_gallery_of_1000_images_stays_small_and_lazy(browser, tmp_path):
 def test_open_hands_the_gallery_to_the_browser(cli, tmp_path, monkeypatch):
     import sys
 
-    from imggenhub import runs
+    from imggenhub.run import runs
 
     run_folder(tmp_path / "out", 2)
     runs.save(runs.Run(run_id="r-open", backend="local", job_id="j", image_count=2,

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imggenhub import artifacts, engine
-from imggenhub.spec import build_job, load_prompts, parse_settings, prompts_from_flags
+from imggenhub.outputs import artifacts
+from imggenhub import engine
+from imggenhub.job.spec import build_job, load_prompts, parse_settings, prompts_from_flags
 
 from .conftest import write_json
 from .test_kaggle import SPEC

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from imggenhub import artifacts, runs
+from imggenhub.outputs import artifacts
+from imggenhub.run import runs
 
 from .conftest import REPO, kaggle_cli, run_cli_subprocess
 
@@ -193,7 +194,7 @@ def test_dataset_upload_endpoints_and_a_kernel_that_uses_the_dataset(emulator, c
                                                               ApiGetDatasetStatusRequest)
 
     from imggenhub.config import tunables
-    from imggenhub.kaggle_api import make_client
+    from imggenhub.backends.kaggle.api import make_client
 
     client = make_client(tunables())
     status = ApiGetDatasetStatusRequest()
@@ -242,7 +243,7 @@ def test_the_emulator_serves_get_kernel_list_kernels_and_quota(emulator, cli, tm
     from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelRequest, ApiListKernelsRequest
 
     from imggenhub.config import tunables
-    from imggenhub.kaggle_api import make_client
+    from imggenhub.backends.kaggle.api import make_client
 
     assert cli("deploy", *SPEC, cwd=tmp_path)[0] == 0
     api = make_client(tunables()).kernels.kernels_api_client

@@ -7,9 +7,9 @@ import json
 import pytest
 import requests
 
-from imggenhub import kaggle_api
+from imggenhub.backends.kaggle import api as kaggle_api
 from imggenhub.config import Clock, Tunables
-from imggenhub.credentials import find_credentials
+from imggenhub.backends.kaggle.credentials import find_credentials
 
 
 def test_no_credentials(isolated):
@@ -136,8 +136,8 @@ def test_errors_that_are_not_retried_give_one_sentence():
 def test_kaggle_states_map_in_one_place():
     from kagglesdk.kernels.types.kernels_enums import KernelWorkerStatus
 
-    from imggenhub.backends.kaggle import STATES, parse_state
-    from imggenhub.lifecycle import RunState
+    from imggenhub.backends.kaggle.backend import STATES, parse_state
+    from imggenhub.run.lifecycle import RunState
 
     for status in KernelWorkerStatus:
         assert parse_state(status) == STATES[status.name]

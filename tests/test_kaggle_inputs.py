@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imggenhub import artifacts, runs
-from imggenhub.lifecycle import Exit, RunState
-from imggenhub.notebook import read_job_document
+from imggenhub.outputs import artifacts
+from imggenhub.run import runs
+from imggenhub.run.lifecycle import Exit, RunState
+from imggenhub.job.notebook import read_job_document
 
 from .test_img2img import picture
 

@@ -7,13 +7,13 @@ import json
 
 import pytest
 
-from imggenhub import lifecycle, runs
-from imggenhub.lifecycle import COMMANDS, Exit, RunState, Step, plan
+from imggenhub.run import lifecycle, runs
+from imggenhub.run.lifecycle import COMMANDS, Exit, RunState, Step, plan
 
-from imggenhub.backends.kaggle import KaggleBackend
-from imggenhub.backends.kaggle_meta import METADATA_FILE
-from imggenhub.notebook import write_notebook
-from imggenhub.spec import build_job, parse_settings, prompts_from_flags
+from imggenhub.backends.kaggle.backend import KaggleBackend
+from imggenhub.backends.kaggle.meta import METADATA_FILE
+from imggenhub.job.notebook import write_notebook
+from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
 
 from .conftest import REPO
 from .test_kaggle import SPEC

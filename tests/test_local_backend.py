@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from imggenhub import artifacts, engine, runs
+from imggenhub.outputs import artifacts
+from imggenhub import engine
+from imggenhub.run import runs
 
 from .adversarial import corpus
 from .conftest import REPO, run_cli_subprocess, write_json
@@ -128,12 +130,12 @@ def test_generate_without_credentials_or_backend_says_how(tmp_path, cli):
 
 @pytest.mark.slow
 def test_the_gallery_shows_every_image_with_its_prompt_escaped(quick_run, tmp_path):
-    from imggenhub.artifacts import write_gallery
+    from imggenhub.outputs.artifacts import write_gallery
 
     work, _ = quick_run
     [out] = list((work / "outputs").iterdir())
     manifest = artifacts.read_manifest(out)
-    from imggenhub.gallery import read_data
+    from imggenhub.outputs.gallery import read_data
 
     data = read_data((out / "gallery.html").read_text())
     assert [i["file"] for i in data["images"]] == [r["file"] for r in manifest["images"]]
@@ -206,7 +208,7 @@ def _engine_left(run, indices, merged):
     (``merged``: its own merge at the end ran; else only its manifest part, as after a kill)."""
     import hashlib
 
-    from imggenhub import runs
+    from imggenhub.run import runs
     from imggenhub.engine import OUTPUT_DIR, PARTS_DIR, PartLog, Plan, merge_manifest, save_png
 
     doc = runs.document(run)
@@ -232,10 +234,10 @@ def test_interrupts_and_kills_anywhere_in_a_local_run_lose_no_record(tmp_path, m
     rest and is killed between moving its images and writing the joined manifest: the next
     command finds every image and record (nothing listed is lost, nothing made is unlisted),
     the run complete, and download ends it verified, with its gallery."""
-    from imggenhub import jobs
+    from imggenhub.run import jobs
     from imggenhub.backends.local import LocalBackend
-    from imggenhub.lifecycle import RunState
-    from imggenhub.spec import build_job, parse_settings, prompts_from_flags
+    from imggenhub.run.lifecycle import RunState
+    from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
 
     job = build_job(parse_settings(model="tiny-random", seed=5, num_images=6),
                     prompts_from_flags(["a fox"]))
@@ -275,10 +277,10 @@ def test_a_local_run_killed_after_its_last_image_is_complete_not_partial(tmp_pat
     """Every image made, the process killed before the notebook returned: the next command
     finds the run complete (not partial, which would have nothing to make), and download
     ends it."""
-    from imggenhub import jobs
+    from imggenhub.run import jobs
     from imggenhub.backends.local import LocalBackend
-    from imggenhub.lifecycle import RunState
-    from imggenhub.spec import build_job, parse_settings, prompts_from_flags
+    from imggenhub.run.lifecycle import RunState
+    from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
 
     job = build_job(parse_settings(model="tiny-random", seed=5, num_images=3),
                     prompts_from_flags(["a fox"]))
@@ -295,10 +297,10 @@ def test_a_local_run_killed_after_its_last_image_is_complete_not_partial(tmp_pat
 
 def test_a_local_run_with_images_home_keeps_its_one_output_folder(tmp_path, cli):
     """download --out would leave the images already moved behind (review): refused."""
-    from imggenhub import jobs
+    from imggenhub.run import jobs
     from imggenhub.backends.local import LocalBackend
-    from imggenhub.lifecycle import RunState
-    from imggenhub.spec import build_job, parse_settings, prompts_from_flags
+    from imggenhub.run.lifecycle import RunState
+    from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
 
     job = build_job(parse_settings(model="tiny-random", seed=5, num_images=4),
                     prompts_from_flags(["a fox"]))

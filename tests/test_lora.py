@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from imggenhub import engine
-from imggenhub.spec import build_job, parse_settings, prompts_from_flags
+from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
 
 from .test_kaggle import SPEC
 
@@ -87,7 +87,7 @@ def test_scale_0_is_no_lora_scale_1_is_another_image_and_both_are_recorded(lora_
     assert png.text["parameters"].splitlines()[0] == "a fox <lora:my-style:1.0>"
     assert json.loads(png.text["imggenhub"])["loras"] == recorded
     # the gallery's command names the file, which run in its folder makes this image again
-    from imggenhub import gallery
+    from imggenhub.outputs import gallery
 
     argv = shlex.split(gallery.command(record, manifest))
     assert argv[argv.index("--lora") + 1] == "my-style.safetensors:1.0"

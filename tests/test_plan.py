@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from imggenhub import artifacts
+from imggenhub.outputs import artifacts
 from imggenhub.engine import Plan, merge, merge_manifest, plan_images
 from imggenhub.engine.manifest import PartLog
 

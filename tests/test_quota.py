@@ -30,8 +30,8 @@ def test_quota_when_kaggle_cannot_be_reached(emulator, cli, monkeypatch):
 
 
 def test_the_t4_table_agrees_with_the_published_figures():
-    from imggenhub import estimate
-    from imggenhub.spec import build_job, parse_settings, prompts_from_flags
+    from imggenhub.backends.kaggle import estimate
+    from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
 
     def per_image(**flags):
         doc = build_job(parse_settings(seed=1, **flags), prompts_from_flags(["x"])).document()
@@ -43,7 +43,7 @@ def test_the_t4_table_agrees_with_the_published_figures():
 
 
 def test_a_job_over_the_quota_left_is_refused_with_both_figures(emulator, cli, tmp_path):
-    from imggenhub import runs
+    from imggenhub.run import runs
 
     emulator.gpu_used_seconds = 30 * 3600 - 30  # 30 s left this week
     code, out, err = cli("deploy", "--model", "tiny-random", "-p", "x", "--json", cwd=tmp_path)
@@ -58,7 +58,7 @@ def test_a_job_over_the_quota_left_is_refused_with_both_figures(emulator, cli, t
 
 
 def test_finished_runs_correct_the_next_estimate(emulator, cli, tmp_path):
-    from imggenhub import runs
+    from imggenhub.run import runs
 
     emulator.image_seconds = 0.3  # the stub takes 0.3 s an image: six times the table's guess
     flags = ["--model", "tiny-random", "-p", "x", "--num-images", "3", "--seed", "1"]

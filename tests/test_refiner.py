@@ -11,8 +11,8 @@ from PIL import Image
 
 from imggenhub import engine
 from imggenhub.errors import SpecError
-from imggenhub.notebook import read_job_document
-from imggenhub.spec import build_job, parse_settings, prompts_from_flags
+from imggenhub.job.notebook import read_job_document
+from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
 
 from .test_img2img import picture
 

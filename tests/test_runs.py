@@ -7,11 +7,11 @@ import json
 
 import pytest
 
-from imggenhub import jobs, runs
-from imggenhub.backends.kaggle_meta import KernelOptions, kernel_metadata, load_metadata_template
+from imggenhub.run import jobs, runs
+from imggenhub.backends.kaggle.meta import KernelOptions, kernel_metadata, load_metadata_template
 from imggenhub.errors import RunNotFoundError, SpecError
-from imggenhub.lifecycle import Exit, RunState
-from imggenhub.spec import build_job, parse_settings, prompts_from_flags
+from imggenhub.run.lifecycle import Exit, RunState
+from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
 
 
 def record(run_id, **fields):
@@ -96,11 +96,11 @@ def test_state_names_are_the_wire_values():
 
 
 def test_the_gallery_takes_a_servers_manifest_with_only_the_required_fields(tmp_path):
-    from imggenhub.artifacts import write_gallery
+    from imggenhub.outputs.artifacts import write_gallery
 
     (tmp_path / "manifest.json").write_text(json.dumps({"images": [
         {"file": "0001-x.png", "sha256": "0" * 64, "bytes": 3}]}))
-    from imggenhub.gallery import read_data
+    from imggenhub.outputs.gallery import read_data
 
     data = read_data(write_gallery(tmp_path).read_text())
     assert [i["file"] for i in data["images"]] == ["0001-x.png"]

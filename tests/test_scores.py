@@ -12,9 +12,10 @@ import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from imggenhub import artifacts, engine
+from imggenhub.outputs import artifacts
+from imggenhub import engine
 from imggenhub.errors import SpecError
-from imggenhub.spec import build_job, parse_settings, prompts_from_flags
+from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
 
 
 def picture(seed):
@@ -65,7 +66,7 @@ def test_score_flags_are_checked():
 
 @pytest.mark.slow
 def test_score_command_reads_our_pngs_and_a1111s(cli, tmp_path):
-    from imggenhub.gallery import read_data
+    from imggenhub.outputs.gallery import read_data
 
     folder = tmp_path / "pngs"
     folder.mkdir()

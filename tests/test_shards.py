@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 
-from imggenhub import artifacts, runs
-from imggenhub.lifecycle import RunState
-from imggenhub.notebook import read_job_document
+from imggenhub.outputs import artifacts
+from imggenhub.run import runs
+from imggenhub.run.lifecycle import RunState
+from imggenhub.job.notebook import read_job_document
 
 JOB = ["--model", "tiny-random", "--seed", "8", "-p", "a", "-p", "b", "--num-images", "6"]
 

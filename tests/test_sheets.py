@@ -7,7 +7,8 @@ import json
 
 from PIL import Image
 
-from imggenhub import artifacts, runs, sheets
+from imggenhub.outputs import artifacts, sheets
+from imggenhub.run import runs
 
 from .test_gallery_browser import run_folder
 
@@ -41,7 +42,7 @@ def test_grid_command_remakes_the_sheets_and_the_gallery_links_them(cli, tmp_pat
     assert [p.split("/")[-1] for p in json.loads(out)["sheets"]] == ["grid.png"]
     with Image.open(tmp_path / "out" / "grid.png") as sheet:
         assert sheet.size == (4 * sheets.TILE, 3 * (sheets.TILE + sheets.LABEL))
-    from imggenhub.gallery import read_data
+    from imggenhub.outputs.gallery import read_data
 
     assert read_data((tmp_path / "out" / "gallery.html").read_text())["sheets"] == ["grid.png"]
 

@@ -6,7 +6,8 @@ from __future__ import annotations
 import base64
 import json
 
-from imggenhub import runs, sheets, artifacts
+from imggenhub.run import runs
+from imggenhub.outputs import sheets, artifacts
 
 from .test_gallery_browser import run_folder
 
@@ -47,7 +48,7 @@ def test_sixel_draws_the_sheet_band_by_band(tmp_path):
 
     from PIL import Image
 
-    from imggenhub import show
+    from imggenhub.outputs import show
 
     picture = Image.new("RGB", (10, 12), (255, 0, 0))
     for x in range(10):

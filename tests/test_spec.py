@@ -7,7 +7,7 @@ import json
 import pytest
 
 from imggenhub.errors import SpecError
-from imggenhub.spec import Settings, build_job, job_from_inputs, load_prompts, parse_settings
+from imggenhub.job.spec import Settings, build_job, job_from_inputs, load_prompts, parse_settings
 
 from .adversarial import corpus
 from .conftest import write_json
@@ -45,7 +45,7 @@ def test_unknown_hub_id_gets_autopipeline_and_generic_defaults():
 
 
 def load_prompts_from(items):
-    from imggenhub.spec import prompts_from_flags
+    from imggenhub.job.spec import prompts_from_flags
 
     return prompts_from_flags(items)
 

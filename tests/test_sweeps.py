@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imggenhub import artifacts, gallery, sweeps
+from imggenhub.outputs import artifacts, gallery, sweeps
 from imggenhub.engine import plan_images
 from imggenhub.errors import SpecError
-from imggenhub.gallery import read_data
-from imggenhub.notebook import CODE_FILE, read_job_document
-from imggenhub.spec import build_job, parse_settings, prompts_from_flags
+from imggenhub.outputs.gallery import read_data
+from imggenhub.job.notebook import CODE_FILE, read_job_document
+from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
 
 
 def test_a_sweep_is_the_product_of_its_values_with_one_seed_a_prompt():

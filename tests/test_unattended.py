@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from imggenhub import artifacts, kaggle_api, runs
+from imggenhub.outputs import artifacts
+from imggenhub.backends.kaggle import api as kaggle_api
+from imggenhub.run import runs
 from imggenhub.config import Tunables
-from imggenhub.notebook import read_job_document
+from imggenhub.job.notebook import read_job_document
 
 from .conftest import run_cli_subprocess, sigint_default
 from .test_kaggle import SPEC

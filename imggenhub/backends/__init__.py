@@ -32,7 +32,7 @@ def _local() -> Backend:
 
 
 def _kaggle() -> Backend:
-    from .kaggle import KaggleBackend
+    from .kaggle.backend import KaggleBackend
 
     return KaggleBackend()
 

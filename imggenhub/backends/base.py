@@ -10,14 +10,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import artifacts, runs
 from ..config import Deadline, Tunables, tunables, writable_folder
-from ..errors import LocalWriteError, SpecError, TransferError, UnsafeOutputError
 from ..engine import Plan, made
-from ..lifecycle import RunState
-from ..notebook import CODE_FILE, with_document, write_notebook
-from ..runs import Run
-from ..spec import JobSpec
+from ..errors import LocalWriteError, SpecError, TransferError, UnsafeOutputError
+from ..job.notebook import CODE_FILE, with_document, write_notebook
+from ..job.spec import JobSpec
+from ..outputs import artifacts
+from ..run import runs
+from ..run.lifecycle import RunState
+from ..run.runs import Run
 
 OnEvent = Callable[[str], None]
 
@@ -152,7 +153,7 @@ class Backend:
             owed = share.minus(manifest)
             run.images_fetched = len(share) - len(owed) - len(problems)
             if manifest is not None and not problems:
-                from .. import sheets, sweeps
+                from ..outputs import sheets, sweeps
 
                 if manifest.get("backend") != run.backend:  # for the gallery's commands
                     manifest["backend"] = run.backend

@@ -11,12 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import artifacts, runs
 from ..engine import LOG_FILE, MANIFEST, OUTPUT_DIR, images_text, made, progress_message
 from ..errors import ImggenhubError, MissingDependencyError, UnsafeOutputError
-from ..lifecycle import RunState
-from ..notebook import CODE_FILE
-from ..runs import Failure, Run
+from ..job.notebook import CODE_FILE
+from ..outputs import artifacts
+from ..run import runs
+from ..run.lifecycle import RunState
+from ..run.runs import Failure, Run
 from .base import Backend, Fetched, OnEvent, session_plan
 
 

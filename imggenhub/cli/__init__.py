@@ -20,7 +20,7 @@ _CLICK_ERRORS = tuple(c for c in typer.BadParameter.__mro__ if c.__name__ == "Cl
 
 from .. import __version__
 from ..errors import ImggenhubError
-from ..lifecycle import Exit
+from ..run.lifecycle import Exit
 from . import account, models, render, run, runs, score
 from .options import bare_refiner
 from .output import STATE, close_reporter, err

@@ -10,7 +10,7 @@ from .output import result
 
 def models(json: Json = False) -> None:
     """List the model presets and their defaults."""
-    from ..models import PRESETS
+    from ..job.models import PRESETS
 
     if json:
         result([p.as_dict() for p in PRESETS.values()], "", True)

@@ -124,7 +124,7 @@ def job_options(fn):
         flags = {name: kwargs.pop(name) for name in _JOB_OPTIONS}
         if flags["seed"] is None and kwargs.get("name"):
             # a named run is one job: the same line run again must make the same spec
-            from ..spec import seed_for_name
+            from ..job.spec import seed_for_name
 
             flags["seed"] = seed_for_name(kwargs["name"])
         parsed = _parse_job(flags)
@@ -146,8 +146,8 @@ def _shards(value: str) -> int | None:
 
 
 def _parse_job(flags: dict) -> dict:
-    from ..backends.kaggle_meta import KernelOptions
-    from ..spec import job_from_inputs, parse_settings
+    from ..backends.kaggle.meta import KernelOptions
+    from ..job.spec import job_from_inputs, parse_settings
 
     kernel = {name: flags.pop(name) for name in _KERNEL_FLAGS}
     shards = _shards(flags.pop("shards"))
@@ -168,7 +168,7 @@ def kernel_flags_given(kernel) -> list[str]:
     defaults, as typed (``--kernel-id``, ...)."""
     from dataclasses import fields
 
-    from ..backends.kaggle_meta import KernelOptions
+    from ..backends.kaggle.meta import KernelOptions
 
     defaults = KernelOptions(template=JOB_DEFAULTS["metadata_template"])  # the flags' own
     return ["--" + {"template": "metadata-template"}.get(f.name, f.name).replace("_", "-")
@@ -180,7 +180,7 @@ def bare_refiner(args: list[str]) -> list[str]:
     """``--refiner`` with no MODEL after it stands for the model's own refiner."""
     if "--refiner" not in args:
         return args  # the common case: nothing to import on the start-up path
-    from ..spec import REFINER_FLAG
+    from ..job.spec import REFINER_FLAG
 
     end = args.index("--") if "--" in args else len(args)
     out = []

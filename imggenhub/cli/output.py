@@ -42,7 +42,7 @@ def run_data(run) -> dict:
         "run_id", "name", "backend", "state", "job_id", "kernel_ref", "version", "url",
         "image_count", "images_fetched", "out_dir", "failure", "session", "created"})
     if run.shards:
-        from ..runs import shards_of
+        from ..run.runs import shards_of
 
         data["shards"] = [s.model_dump(mode="json", include={
             "run_id", "shard", "state", "kernel_ref", "version", "url", "image_count",
@@ -64,7 +64,7 @@ def done(run, as_json: bool) -> None:
 def shard_lines(run) -> list[str]:
     if not run.shards:
         return []
-    from ..runs import shards_of
+    from ..run.runs import shards_of
 
     return [f"  shard {s.shard}: {s.state.value:<10} {s.kernel_ref or '-'} v{s.version or '-'} "
             f"{s.images_fetched}/{s.image_count} images" for s in shards_of(run)]

@@ -16,9 +16,9 @@ def render(
     out: Annotated[Path, typer.Option(help="Folder for the notebook and kernel-metadata.json.")],
 ) -> None:
     """Write the job's notebook and kernel-metadata.json; run nothing."""
-    from .. import jobs
-    from ..backends.kaggle_meta import PLACEHOLDER_OWNER
+    from ..backends.kaggle.meta import PLACEHOLDER_OWNER
     from ..engine import images_text
+    from ..run import jobs
 
     path, meta = jobs.render(job, kernel, out)
     typer.echo(f"{path} (job {job.job_id}, {images_text(job.image_count)})")

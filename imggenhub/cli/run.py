@@ -14,7 +14,7 @@ from .output import STATE, done, reporter, result, run_data, shard_lines
 
 
 def _default_backend() -> str:
-    from ..credentials import HOW_TO, find_credentials
+    from ..backends.kaggle.credentials import HOW_TO, find_credentials
 
     if find_credentials() is None:
         raise CredentialsError(HOW_TO)
@@ -30,7 +30,7 @@ def generate(
     json: Json = False,
 ) -> None:
     """Render the job's notebook, run it, and bring the images home (deploy + poll + download)."""
-    from .. import jobs
+    from ..run import jobs
 
     STATE["json"] = json
     backend = backend or _default_backend()
@@ -55,7 +55,7 @@ def deploy(
     json: Json = False,
 ) -> None:
     """Validate, render and push the job to Kaggle as a new kernel version; save the run."""
-    from .. import jobs
+    from ..run import jobs
 
     STATE["json"] = json
     run = jobs.deploy(job, out, kernel, reporter(), timeout_hours, timeout, name, shards)
@@ -64,7 +64,7 @@ def deploy(
 
 def poll(run_id: RunId = None, timeout: Timeout = None, json: Json = False) -> None:
     """Follow a run's exact kernel version to its end: 0 complete, 1 failed, 3 timeout, 5 unreachable."""
-    from .. import jobs
+    from ..run import jobs
 
     STATE["json"] = json
     run = jobs.command_on(run_id, "poll", reporter(), timeout)
@@ -74,7 +74,7 @@ def poll(run_id: RunId = None, timeout: Timeout = None, json: Json = False) -> N
 def download(run_id: RunId = None, out: Annotated[Optional[Path], typer.Option(
         help="Output folder (default: the run's).")] = None, json: Json = False) -> None:
     """Download and verify a complete run's images, manifest and kernel log (skips verified files)."""
-    from .. import jobs
+    from ..run import jobs
 
     STATE["json"] = json
     done(jobs.command_on(run_id, "download", reporter(), out_dir=out), json)
@@ -82,7 +82,7 @@ def download(run_id: RunId = None, out: Annotated[Optional[Path], typer.Option(
 
 def resume(run_id: RunId = None, timeout: Timeout = None, json: Json = False) -> None:
     """Advance a run from wherever it stands: push, poll, download; exit 0 at once if done."""
-    from .. import jobs
+    from ..run import jobs
 
     STATE["json"] = json
     done(jobs.command_on(run_id, "resume", reporter(), timeout), json)
@@ -90,7 +90,7 @@ def resume(run_id: RunId = None, timeout: Timeout = None, json: Json = False) ->
 
 def status(run_id: RunId = None, json: Json = False) -> None:
     """One look at a run's state (asks Kaggle when the run is still going)."""
-    from .. import jobs
+    from ..run import jobs
 
     STATE["json"] = json
     run = jobs.status(run_id, reporter())

@@ -15,7 +15,7 @@ def list_runs(json: Json = False) -> None:
     """List the run records: id, name, backend, state, images, when, kernel, output folder."""
     import time
 
-    from ..runs import all_runs
+    from ..run.runs import all_runs
 
     STATE["json"] = json
     rows = all_runs()
@@ -40,7 +40,8 @@ def open_gallery(run_id: RunId = None, json: Json = False) -> None:
     """Open a run's gallery.html in the default browser (and print where it is)."""
     import webbrowser
 
-    from .. import artifacts, runs
+    from ..outputs import artifacts
+    from ..run import runs
 
     STATE["json"] = json
     run = runs.load(run_id)
@@ -55,7 +56,8 @@ def grid(run_id: RunId = None, cols: Annotated[Optional[int], typer.Option(
         json: Json = False) -> None:
     """Remake a run's contact sheets (grid.png, ...: every image as a labelled tile) and its
     sweep grids (sweep-NN.png)."""
-    from .. import artifacts, runs
+    from ..outputs import artifacts
+    from ..run import runs
 
     STATE["json"] = json
     run = runs.load(run_id)
@@ -68,8 +70,8 @@ def show(run_id: RunId = None, thumbnails: Annotated[bool, typer.Option(
         "--thumbnails", help="Show the contact sheet inline (kitty, iTerm2).")] = False,
         json: Json = False) -> None:
     """One run at a glance: state, model, images, seconds per image, score, where its files are."""
-    from .. import runs
-    from .. import show as shown
+    from ..outputs import show as shown
+    from ..run import runs
 
     STATE["json"] = json
     info = shown.summary(runs.load(run_id))

@@ -17,7 +17,7 @@ def score(folder: Annotated[Path, typer.Argument(help="A folder of PNGs that car
           json: Json = False) -> None:
     """CLIP-score a folder's PNGs (ours, or A1111's 'parameters'), here; with a manifest,
     record the scores there and in the gallery."""
-    from .. import scores
+    from ..outputs import scores
 
     STATE["json"] = json
     found = scores.score_folder(folder, model, reporter())

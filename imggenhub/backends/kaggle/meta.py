@@ -9,8 +9,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import SpecError
-from ..notebook import CODE_FILE
+from ...errors import SpecError
+from ...job.notebook import CODE_FILE
 
 METADATA_FILE = "kernel-metadata.json"
 PLACEHOLDER_OWNER = "your-kaggle-username"

@@ -20,8 +20,8 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .config import state_dir
-from .errors import NothingYet, RunNotFoundError, SpecError
+from ..config import state_dir
+from ..errors import NothingYet, RunNotFoundError, SpecError
 from .lifecycle import RunState, allowed
 
 RUN_FILE = "run.json"

@@ -10,9 +10,10 @@ from __future__ import annotations
 from . import runs
 from .runs import Run
 
+
 def share(job, shards: int) -> list[list[list[int]]]:
     """Each shard's image indices, as ranges: contiguous, in the job's order."""
-    from .engine import Plan
+    from ..engine import Plan
 
     plan = Plan.of(job.document())
     return [plan.split(k, shards).ranges() for k in range(shards)]

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .engine import TINY_KANDINSKY, TINY_RANDOM, TINY_SDXL, Plan
+from ...engine import TINY_KANDINSKY, TINY_RANDOM, TINY_SDXL, Plan
 
 # family: (reference pixels, seconds per UNet step with guidance on a T4 in fp16)
 T4_STEP = {

@@ -11,7 +11,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from . import __version__, engine
+from .. import __version__, engine
 from .spec import JobSpec
 
 CODE_FILE = "imggenhub-job.ipynb"
@@ -21,7 +21,7 @@ def _template() -> dict:
     try:
         text = resources.files("imggenhub.notebooks").joinpath("imggenhub.ipynb").read_text("utf-8")
     except (ModuleNotFoundError, FileNotFoundError):  # a source checkout without install
-        text = (Path(__file__).resolve().parents[1] / "notebooks" / "imggenhub.ipynb").read_text("utf-8")
+        text = (Path(__file__).resolve().parents[2] / "notebooks" / "imggenhub.ipynb").read_text("utf-8")
     return json.loads(text)
 
 

@@ -14,10 +14,19 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from . import artifacts, backends, runs
-from .config import Deadline
-from .errors import (ImggenhubError, Interrupted, NoFreeSlot, NothingYet, RunFailedError,
-                     SpecError, StillRunning)
+from .. import backends
+from ..config import Deadline
+from ..errors import (
+    ImggenhubError,
+    Interrupted,
+    NoFreeSlot,
+    NothingYet,
+    RunFailedError,
+    SpecError,
+    StillRunning,
+)
+from ..outputs import artifacts
+from . import runs
 from .lifecycle import Exit, RunState, Step, plan, summary
 from .runs import Run
 
@@ -42,7 +51,7 @@ def failure_error(run: Run) -> RunFailedError:
 
 def _keep_old_document(run: Run) -> None:
     """A record made before records kept their job document: read it from the notebook, once."""
-    from .notebook import CODE_FILE, read_job_document
+    from ..job.notebook import CODE_FILE, read_job_document
 
     for one in [run, *(runs.shards_of(run) if run.shards else [])]:
         if runs.document(one) is None and (one.notebook_dir / CODE_FILE).exists():

@@ -23,7 +23,7 @@ import time
 
 import requests
 
-from ..engine import progress_message
+from ...engine import progress_message
 
 END_OF_LOG = "END_OF_LOG"
 MAX_FAILURES = 5  # reconnects in a row without a new entry, then the follower gives up

@@ -15,21 +15,37 @@ from pathlib import Path
 
 import requests
 
-from .. import estimate, kaggle_api, runs
-from ..config import state_dir
-from ..engine import ERROR_PREFIX, KAGGLE_INPUT, progress_message
-from ..errors import (KaggleApiError, NoFreeSlot, OverQuota, RunFailedError, SpecError,
-                      StillRunning, Unreachable)
-from ..lifecycle import RunState
-from ..models import HUB_ID
-from ..notebook import CODE_FILE, job_document, read_job_document
-from ..runs import Failure, Run
-from . import kaggle_inputs
-from .base import Backend, Fetched, OnEvent, session_plan
-from .kaggle_download import bring_outputs, log_text, output_page
-from .kaggle_logs import LogFollower
-from .kaggle_meta import (METADATA_FILE, PLACEHOLDER_OWNER, KernelOptions, kernel_metadata,
-                          load_metadata_template, split_kernel_id, write_metadata)
+from ...config import state_dir
+from ...engine import ERROR_PREFIX, KAGGLE_INPUT, progress_message
+from ...errors import (
+    KaggleApiError,
+    NoFreeSlot,
+    OverQuota,
+    RunFailedError,
+    SpecError,
+    StillRunning,
+    Unreachable,
+)
+from ...job.models import HUB_ID
+from ...job.notebook import CODE_FILE, job_document, read_job_document
+from ...run import runs
+from ...run.lifecycle import RunState
+from ...run.runs import Failure, Run
+from ..base import Backend, Fetched, OnEvent, session_plan
+from . import api as kaggle_api
+from . import estimate
+from . import inputs as kaggle_inputs
+from .download import bring_outputs, log_text, output_page
+from .logs import LogFollower
+from .meta import (
+    METADATA_FILE,
+    PLACEHOLDER_OWNER,
+    KernelOptions,
+    kernel_metadata,
+    load_metadata_template,
+    split_kernel_id,
+    write_metadata,
+)
 
 GPU_CAP_TEXT = "Maximum batch GPU session count"
 GPU_SESSIONS = 2  # Kaggle runs at most 2 GPU sessions at once per account
@@ -572,7 +588,9 @@ class KaggleBackend(Backend):
 
     def quota(self, on_event: OnEvent) -> dict:
         """This week's GPU quota, as GetAcceleratorQuotaStatistics says (hours; refresh time)."""
-        from kagglesdk.kernels.types.kernels_api_service import ApiGetAcceleratorQuotaStatisticsRequest
+        from kagglesdk.kernels.types.kernels_api_service import (
+            ApiGetAcceleratorQuotaStatisticsRequest,
+        )
 
         resp = self._call("reading the GPU quota", lambda: self.api.get_accelerator_quota_statistics(
             ApiGetAcceleratorQuotaStatisticsRequest()), on_event, attempts=3)

@@ -12,9 +12,9 @@ from pathlib import Path, PurePosixPath
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .config import writable_folder
-from .engine import MANIFEST, Plan, merge, sha256_of, write_json_atomic
-from .errors import NothingYet, SpecError, UnsafeOutputError
+from ..config import writable_folder
+from ..engine import MANIFEST, Plan, merge, sha256_of, write_json_atomic
+from ..errors import NothingYet, SpecError, UnsafeOutputError
 from .gallery import GALLERY  # noqa: F401  (the name every side uses)
 
 CLAIM = ".imggenhub-run.json"  # which run fills this folder

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import artifacts, backends, runs, shards
+from .. import backends
+from ..engine import images_text
+from ..errors import CredentialsError, SpecError
+from ..job.notebook import job_document, write_notebook
+from ..job.spec import JobSpec
+from ..outputs import artifacts
+from . import runs, shards
 from .driver import advance, failure_error, is_active  # noqa: F401  (the library's names)
-from .engine import images_text
-from .errors import CredentialsError, SpecError
 from .lifecycle import summary
-from .notebook import job_document, write_notebook
 from .runs import Run
-from .spec import JobSpec
 
 DEFAULT_OUTPUTS = Path("outputs")
 
@@ -115,8 +117,8 @@ def deploy(job: JobSpec, out_dir: Path | None, options, on_event,
 def render(job: JobSpec, options, out_dir: Path) -> tuple[Path, dict]:
     """The job's notebook and kernel-metadata.json in ``out_dir``, as deploy would push them;
     nothing runs. The notebook's path and the metadata."""
-    from .backends.kaggle_meta import check_renderable, kernel_metadata, write_metadata
-    from .credentials import find_credentials
+    from ..backends.kaggle.credentials import find_credentials
+    from ..backends.kaggle.meta import check_renderable, kernel_metadata, write_metadata
 
     check_renderable(job)
     try:  # fill in the owner as deploy would, where it needs no network

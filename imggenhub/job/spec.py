@@ -16,8 +16,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from .engine import SCHEDULERS, plan_images
-from .errors import SpecError
+from ..engine import SCHEDULERS, plan_images
+from ..errors import SpecError
 from .models import DEFAULT_REFINER, HUB_ID, TINY_SDXL_REFINER, ModelPreset, resolve_model
 
 MAX_STEPS = 500
@@ -397,7 +397,7 @@ def parse_embedding(value: str) -> EmbeddingRef:
 
 
 def _score_model(settings: Settings) -> str | None:
-    from .engine import DEFAULT_SCORE_MODEL, TINY_CLIP
+    from ..engine import DEFAULT_SCORE_MODEL, TINY_CLIP
 
     if not settings.score:
         if settings.score_model is not None:

@@ -11,9 +11,9 @@ from pathlib import Path
 
 
 def summary(run) -> dict:
+    from ..errors import UnsafeOutputError
+    from ..run.runs import shards_of
     from . import artifacts
-    from .errors import UnsafeOutputError
-    from .runs import shards_of
 
     folder = Path(run.out_dir)
     try:
@@ -152,6 +152,6 @@ def inline_image(path: Path, protocol: str) -> str:
 
 def _job_model(run) -> str | None:
     """The model the run's notebook asks for (before any image is here)."""
-    from .runs import document
+    from ..run.runs import document
 
     return ((document(run) or {}).get("model") or {}).get("id")

@@ -15,10 +15,11 @@ from pathlib import Path
 import requests
 import urllib3
 
-from .. import artifacts, kaggle_api
-from ..engine import BUNDLES_DIR, LOG_FILE, MANIFEST, OUTPUT_DIR, sha256_of
-from ..errors import TransferError, UnsafeOutputError
-from ..runs import Run
+from ...engine import BUNDLES_DIR, LOG_FILE, MANIFEST, OUTPUT_DIR, sha256_of
+from ...errors import TransferError, UnsafeOutputError
+from ...outputs import artifacts
+from ...run.runs import Run
+from . import api as kaggle_api
 
 OUTPUT_PREFIX = OUTPUT_DIR + "/"
 PAGE_SIZE = 500  # what Kaggle serves a page
@@ -156,7 +157,7 @@ def bring_outputs(backend, run: Run, out_dir: Path, here: dict | None, on_event)
     each file it lists that is not here verified, downloaded and checked on arrival."""
     import shutil
 
-    from .base import Fetched
+    from ..base import Fetched
 
     shutil.rmtree(out_dir / BUNDLE_TMP, ignore_errors=True)  # a killed unpacking's leftovers
     files, log = list_outputs(backend, run, on_event)

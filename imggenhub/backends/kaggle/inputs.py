@@ -22,10 +22,11 @@ from pathlib import Path
 
 import requests
 
-from .. import kaggle_api, runs
-from ..config import Deadline
-from ..engine import KAGGLE_INPUT, sha256_of
-from ..errors import KaggleApiError, NothingYet, SpecError, TransferError
+from ...config import Deadline
+from ...engine import KAGGLE_INPUT, sha256_of
+from ...errors import KaggleApiError, NothingYet, SpecError, TransferError
+from ...run import runs
+from . import api as kaggle_api
 
 INPUTS_FILE = "inputs.json"  # beside the notebook: what the push must ship first
 SLUG_PREFIX = "imggenhub-inputs-"
@@ -293,8 +294,11 @@ class Shipper:
 
     def create(self, shipment: Shipment, tokens: list[str], exists: bool) -> None:
         from kagglesdk.datasets.types.dataset_api_service import (
-            ApiCreateDatasetRequest, ApiCreateDatasetVersionRequest,
-            ApiCreateDatasetVersionRequestBody, ApiDatasetNewFile)
+            ApiCreateDatasetRequest,
+            ApiCreateDatasetVersionRequest,
+            ApiCreateDatasetVersionRequestBody,
+            ApiDatasetNewFile,
+        )
 
         files = []
         for token in tokens:
@@ -361,7 +365,7 @@ def ship_token(shipper: Shipper, owner: str, token: str) -> str:
     import os
     import tempfile
 
-    from ..config import state_dir
+    from ...config import state_dir
 
     data = token.encode("utf-8")
     sha = hashlib.sha256(data).hexdigest()

@@ -19,11 +19,17 @@ from collections.abc import Callable
 
 import requests
 from requests.adapters import HTTPAdapter
-from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, stop_after_delay
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+)
 
-from .config import Deadline, Tunables
+from ...config import Deadline, Tunables
+from ...errors import CredentialsError, KaggleApiError, TransferError, Unreachable
 from .credentials import HOW_TO, Credentials, find_credentials
-from .errors import CredentialsError, KaggleApiError, TransferError, Unreachable
 
 MAX_ATTEMPTS = 10
 

@@ -8,7 +8,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CredentialsError
+from ...errors import CredentialsError
 
 
 @dataclass(frozen=True)

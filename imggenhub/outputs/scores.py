@@ -9,7 +9,7 @@ import json
 import re
 from pathlib import Path
 
-from .errors import MissingDependencyError, SpecError, Unreachable
+from ..errors import MissingDependencyError, SpecError, Unreachable
 
 LORA_TAG = re.compile(r"\s*<lora:[^>]*>")
 BATCH = 8
@@ -38,8 +38,8 @@ def prompt_of(path: Path) -> str | None:
 
 
 def score_folder(folder: Path, model: str | None, on_event) -> dict:
+    from ..engine import DEFAULT_SCORE_MODEL
     from . import artifacts
-    from .engine import DEFAULT_SCORE_MODEL
 
     folder = Path(folder)
     if not folder.is_dir():
@@ -49,7 +49,7 @@ def score_folder(folder: Path, model: str | None, on_event) -> dict:
     for module in ("torch", "transformers"):
         if importlib.util.find_spec(module) is None:
             raise MissingDependencyError(module, why="Scoring here")
-    from .engine import Scorer
+    from ..engine import Scorer
 
     found = sorted(folder.glob("*.png"))
     pairs = [(p, prompt_of(p)) for p in found]
@@ -90,7 +90,7 @@ def score_folder(folder: Path, model: str | None, on_event) -> dict:
             if record.get("file") in by_file:
                 record["score"] = by_file[record["file"]]
         manifest["score_model"] = model
-        from .engine.manifest import add_score_mean
+        from ..engine.manifest import add_score_mean
 
         add_score_mean(manifest)
         artifacts.write_manifest(folder, manifest)
