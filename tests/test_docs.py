@@ -63,3 +63,21 @@ def test_the_readme_says_every_exit_code_and_links_the_table():
     section = readme.split("### Exit codes\n", 1)[1].split("\n#", 1)[0]
     assert {int(c) for c in re.findall(r"`(\d+)`", section)} == {int(c) for c in Exit}
     assert "(docs/lifecycle.md#exit-codes)" in section
+
+
+def test_the_architecture_page_names_every_module_and_nothing_that_is_gone():
+    """docs/architecture.md's table: each path it names exists, and each package and
+    top-level module of imggenhub is named (the picture stays true as the tree changes)."""
+    import re
+
+    text = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    named = set(re.findall(r"`(imggenhub/[\w/]+(?:\.py)?/?)`", text))
+    assert named and all((REPO / n).exists() for n in named), \
+        [n for n in named if not (REPO / n).exists()]
+    package = REPO / "imggenhub"
+    parts = [p for p in package.iterdir() if (p.is_dir() and (p / "__init__.py").exists())
+             or (p.suffix == ".py" and p.stem not in ("__init__", "__main__"))]
+    mentioned = " ".join(named) + text
+    missing = [p.name for p in parts if f"imggenhub/{p.name}" not in mentioned
+               and f"`{p.name}`" not in text and f"{p.name}`" not in text]
+    assert missing == []
