@@ -7,7 +7,8 @@ import json
 import pytest
 
 from imggenhub.errors import SpecError
-from imggenhub.job.spec import Settings, build_job, job_from_inputs, load_prompts, parse_settings
+from imggenhub.job.spec import (Settings, build_job, job_from_inputs, load_prompts, parse_settings,
+                                parse_sweeps, prompts_from_flags)
 
 from .adversarial import corpus
 from .conftest import write_json
@@ -136,3 +137,27 @@ def test_job_document_round_trips_as_json():
     job = build_job(parse_settings(model="tiny-random", seed=3), load_prompts_from(["x"]))
     doc = job.document()
     assert json.loads(json.dumps(doc)) == doc and doc["job_id"] == job.job_id
+
+
+def test_the_image_parameters_are_spelled_once_for_host_and_engine():
+    """The schema's image parameters are the engine's (wire.IMAGE_PARAMS), and the resolved
+    prompt, the prompt item and the flags all take them from the one base."""
+    from imggenhub.engine import plan_images
+    from imggenhub.engine.wire import IMAGE_PARAMS, SWEEP_PARAMS
+    from imggenhub.job.spec import ImageParams, PromptItem, ResolvedPrompt, Settings
+
+    assert tuple(ImageParams.model_fields) == IMAGE_PARAMS
+    for model in (PromptItem, Settings, ResolvedPrompt):
+        assert set(IMAGE_PARAMS) <= set(model.model_fields)
+    assert set(SWEEP_PARAMS) <= set(ResolvedPrompt.model_fields)
+    job = build_job(parse_settings(model="tiny-random", seed=3, num_images=2),
+                    prompts_from_flags(["a fox"]))
+    [task, _] = plan_images(job.document())
+    assert set(IMAGE_PARAMS + SWEEP_PARAMS) <= set(task)
+
+
+@pytest.mark.parametrize("sweep", ["steps=0,2", "guidance=99,2", "size=0x64", "strength=1.5",
+                                   "refiner-start=1.0"])
+def test_a_swept_value_out_of_its_flags_range_is_one_sentence(sweep):
+    with pytest.raises(SpecError, match=r"--sweep .* is out of range"):
+        parse_sweeps([sweep])

@@ -15,7 +15,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from .wire import SEED_MODULUS
+from .wire import IMAGE_PARAMS, SEED_MODULUS, SWEEP_PARAMS
 
 
 def slugify(text: str, max_len: int = 40) -> str:
@@ -48,22 +48,10 @@ def plan_images(job: dict) -> list[dict]:
             else:
                 seed = (job["seed"] + index) % SEED_MODULUS
             tasks.append({
-                "index": index,
-                "prompt_index": prompt_index,
-                "prompt": item["prompt"],
-                "negative_prompt": item.get("negative_prompt"),
+                "index": index, "prompt_index": prompt_index, "prompt": item["prompt"],
+                **{name: item.get(name) for name in IMAGE_PARAMS + SWEEP_PARAMS},
                 "seed": seed,
-                "width": item.get("width"),
-                "height": item.get("height"),
-                "steps": item["steps"],
-                "guidance": item["guidance"],
-                "init_image": item.get("init_image"),
-                "mask_image": item.get("mask_image"),
-                "strength": item.get("strength"),
-                "scheduler": item.get("scheduler"),  # this prompt's own, else the job's
-                "lora_scale": item.get("lora_scale"), "refiner_start": item.get("refiner_start"),
-                "model": item.get("model") or job["model"],
-                "cell": item.get("cell"), "sweep_of": item.get("sweep_of"),
+                "model": item.get("model") or job["model"],  # a model sweep's cell, else the job's
                 "file": f"{index + 1:04d}-{slugify(item['prompt'])}.png",
             })
             index += 1

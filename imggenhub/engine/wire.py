@@ -18,6 +18,11 @@ KAGGLE_INPUT = "/kaggle/input"  # where Kaggle mounts the datasets a kernel list
 LOG_FILE = "kernel.log"  # the kernel's stdout/stderr, as the host saves it
 ERROR_PREFIX = PROGRESS_PREFIX + " error: "
 SEED_MODULUS = 2**32
+# The generation parameters of one image, as the job's prompts, the engine's tasks and the
+# image records name them (the host's schema spells the same: job.spec.ImageParams).
+IMAGE_PARAMS = ("negative_prompt", "seed", "width", "height", "steps", "guidance", "init_image",
+                "mask_image", "strength", "scheduler")
+SWEEP_PARAMS = ("lora_scale", "refiner_start", "model", "cell", "sweep_of")  # a sweep cell's own
 
 # Scheduler names users type -> (diffusers class, extra config).
 SCHEDULERS = {

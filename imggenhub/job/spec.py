@@ -12,7 +12,7 @@ import json
 import re
 import secrets
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -47,25 +47,45 @@ def _scheduler(value: str | None) -> str | None:
     return value
 
 
-class PromptItem(BaseModel):
+Seed = Annotated[int, Field(ge=0, le=SEED_MAX)]
+Count = Annotated[int, Field(ge=1, le=MAX_IMAGES_PER_PROMPT)]
+Side = Annotated[int, Field(ge=1)]
+Steps = Annotated[int, Field(ge=1, le=MAX_STEPS)]
+Guidance = Annotated[float, Field(ge=0.0, le=MAX_GUIDANCE)]
+Strength = Annotated[float, Field(gt=0.0, le=1.0)]
+
+
+class ImageParams(BaseModel):
+    """The generation parameters of an image, spelled once: what a prompts.json entry may
+    set, what the flags default, and what the resolved job, the engine's tasks and the
+    image records carry (the engine names them ``wire.IMAGE_PARAMS``)."""
+
+    negative_prompt: str | None = None
+    seed: Seed | None = None
+    width: Side | None = None
+    height: Side | None = None
+    steps: Steps | None = None
+    guidance: Guidance | None = None
+    init_image: str | None = None  # resolved: an absolute path on this machine (image-to-image)
+    mask_image: str | None = None  # with init_image: inpainting (white = redraw)
+    strength: Strength | None = None
+    scheduler: str | None = None  # resolved: this prompt's own (a sweep's cell), else the job's
+
+    _known_scheduler = field_validator("scheduler")(classmethod(lambda cls, v: _scheduler(v)))
+
+    @field_validator("negative_prompt")
+    @classmethod
+    def _negative_ok(cls, value: str | None) -> str | None:
+        return _check_text(value, "the negative prompt")
+
+
+class PromptItem(ImageParams):
     """One entry of prompts.json; every field but ``prompt`` overrides a flag."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
     prompt: str
-    negative_prompt: str | None = None
-    seed: int | None = Field(None, ge=0, le=SEED_MAX)
-    num_images: int | None = Field(None, ge=1, le=MAX_IMAGES_PER_PROMPT)
-    width: int | None = Field(None, ge=1)
-    height: int | None = Field(None, ge=1)
-    steps: int | None = Field(None, ge=1, le=MAX_STEPS)
-    guidance: float | None = Field(None, ge=0.0, le=MAX_GUIDANCE)
-    init_image: str | None = None
-    mask_image: str | None = None
-    strength: float | None = Field(None, gt=0.0, le=1.0)
-    scheduler: str | None = None
-
-    _known_scheduler = field_validator("scheduler")(classmethod(lambda cls, v: _scheduler(v)))
+    num_images: Count | None = None
 
     @field_validator("prompt")
     @classmethod
@@ -74,32 +94,17 @@ class PromptItem(BaseModel):
             raise ValueError("the prompt is empty; write some text")
         return _check_text(value, "the prompt")
 
-    @field_validator("negative_prompt")
-    @classmethod
-    def _negative_ok(cls, value: str | None) -> str | None:
-        return _check_text(value, "the negative prompt")
 
-
-class Settings(BaseModel):
+class Settings(ImageParams):
     """The generation flags: job-wide defaults under the per-prompt overrides."""
 
     model_config = ConfigDict(extra="forbid")
 
     model: str = "sdxl-turbo"
-    steps: int | None = Field(None, ge=1, le=MAX_STEPS)
-    guidance: float | None = Field(None, ge=0.0, le=MAX_GUIDANCE)
-    width: int | None = Field(None, ge=1)
-    height: int | None = Field(None, ge=1)
-    negative_prompt: str | None = None
-    seed: int | None = Field(None, ge=0, le=SEED_MAX)
-    num_images: int = Field(1, ge=1, le=MAX_IMAGES_PER_PROMPT)
+    num_images: Count = 1
     batch_size: int = Field(1, ge=1, le=MAX_BATCH)
-    scheduler: str | None = None
     precision: Precision = "auto"
     gpu: bool = True
-    init_image: str | None = None
-    mask_image: str | None = None
-    strength: float | None = Field(None, gt=0.0, le=1.0)
     lora: list[str] | None = None
     embedding: list[str] | None = None
     score: bool = False
@@ -108,29 +113,16 @@ class Settings(BaseModel):
     refiner: str | None = None  # "default": the model's own refiner
     refiner_start: float | None = Field(None, gt=0.0, lt=1.0)
 
-    _known_scheduler = field_validator("scheduler")(classmethod(lambda cls, v: _scheduler(v)))
 
-    @field_validator("negative_prompt")
-    @classmethod
-    def _negative_ok(cls, value: str | None) -> str | None:
-        return _check_text(value, "the negative prompt")
+class ResolvedPrompt(ImageParams):
+    """A prompt with every default applied: what the engine makes, image by image."""
 
-
-class ResolvedPrompt(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     prompt: str
-    negative_prompt: str | None
-    seed: int | None
-    num_images: int
-    width: int | None
-    height: int | None
-    steps: int
-    guidance: float
-    init_image: str | None = None  # an absolute path on this machine (image-to-image)
-    mask_image: str | None = None  # with init_image: inpainting (white = redraw)
-    strength: float | None = None
-    scheduler: str | None = None  # this prompt's own (a sweep's cell), else the job's
+    num_images: Count
+    steps: Steps
+    guidance: Guidance
     lora_scale: float | None = None  # a sweep's cell: the first LoRA's scale
     refiner_start: float | None = None  # a sweep's cell: where the refiner takes over
     model: dict | None = None  # a model sweep's cell: its model (else the job's)
@@ -448,6 +440,7 @@ def parse_sweeps(values: list[str]) -> list[tuple[str, list]]:
                     parsed.append(value)
             except ValueError:
                 raise SpecError(f"--sweep {name}: {value[:40]!r} is not a {name} value.") from None
+            _check_swept(name, parsed[-1])
         if len(set(parsed)) != len(parsed):
             raise SpecError(f"--sweep {name}: a value is given twice.")
         axes.append((name, parsed))
@@ -458,6 +451,22 @@ def parse_sweeps(values: list[str]) -> list[tuple[str, list]]:
         raise SpecError(f"The sweep makes {cells} cells a prompt, more than {MAX_SWEEP_CELLS}; "
                         "sweep fewer values.")
     return axes
+
+
+def _check_swept(name: str, value) -> None:
+    """A swept value within the range its flag allows."""
+    if name == "size":
+        w, h = (int(x) for x in value.split("x"))
+        fields = {"width": w, "height": h}
+    elif name in ("steps", "guidance", "strength", "refiner-start"):
+        fields = {name.replace("-", "_"): value}
+    else:
+        return
+    try:
+        Settings.model_validate(fields)
+    except ValidationError as exc:
+        why = exc.errors(include_url=False)[0]["msg"].lower()
+        raise SpecError(f"--sweep {name}: {value} is out of range ({why}).") from None
 
 
 def expand_sweeps(items: list[PromptItem], axes, base_seed: int):
