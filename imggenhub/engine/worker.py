@@ -43,149 +43,214 @@ def _select_device(job: dict):
     return state, device, dtype
 
 
+class Session:
+    """One process's share of a job, as a runner: ``setup`` once (device, pipeline, LoRAs,
+    embeddings, refiner, scorer, the manifest part and the writer thread), then ``make`` a
+    batch at a time, each image handed to ``on_image`` (which records and writes it)."""
+
+    def __init__(self, job: dict, out_dir: Path):
+        self.t_start = time.monotonic()
+        self.job = resolve_inputs(job)  # shipped inputs: found where mounted, checked by sha256
+        self.out_dir = Path(out_dir)
+        self.names = self.job.get("input_names") or {}
+        self.clock = SessionClock(self.job)
+        self.made = 0
+
+    def setup(self) -> "Session":
+        import torch
+
+        job = self.job
+        state, self.device, self.dtype = _select_device(job)
+        rank, world = state.process_index, state.num_processes
+        tasks = Plan.of(job).split(rank, world).tasks(job)
+        # a model sweep: each model's images together, so that each model loads once
+        order = list(dict.fromkeys(t["model"]["id"] for t in tasks))
+        self.tasks = sorted(tasks, key=lambda t: order.index(t["model"]["id"]))
+        self.model = self.tasks[0]["model"] if self.tasks else job["model"]
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / PARTS_DIR).mkdir(exist_ok=True)
+        self.tag = tag = f"[rank {rank}] " if world > 1 else ""
+        t_load = time.monotonic()
+        self._load(self.model)
+        self.swept_lora = any(p.get("lora_scale") is not None for p in job["prompts"])
+        self.loras = apply_loras(self.pipe, job.get("loras") or [], fuse=not self.swept_lora)
+        self.embeddings = apply_embeddings(self.pipe, job.get("embeddings") or [])
+        self.refiner = None
+        if job.get("refiner"):  # SDXL ensemble of experts: the refiner takes the last steps
+            self.refiner = load_refiner(self.pipe, job["refiner"], str(self.device), self.dtype)
+            enable_memory_savers(self.refiner)
+            set_scheduler(self.refiner, job.get("scheduler"))
+            log(f"{tag}refiner {job['refiner']['id']} ready; it takes over at "
+                f"{job['refiner']['start']:g} of the steps")
+        self.scorer = None
+        if job.get("score"):  # CLIP scores: one model per process, loaded once
+            self.scorer = Scorer(job["score"], str(self.device))
+            log(f"{tag}CLIP {job['score']} ready to score each image")
+        load_seconds = time.monotonic() - t_load
+        self.device_name = torch.cuda.get_device_name(self.device) \
+            if self.device.type == "cuda" else "cpu"
+        dtype = str(self.dtype).replace("torch.", "")
+        log(f"{tag}model {self.model['id']} ready on {self.device_name} ({dtype}) in "
+            f"{load_seconds:.2f}s; {images_text(len(self.tasks))} for this process")
+        header = {"engine_version": ENGINE_VERSION, "job_id": job.get("job_id"),
+                  "run_id": job.get("run_id"), "model": self.model["id"],
+                  "processes_total": world, "loras": self.loras, "embeddings": self.embeddings,
+                  "scheduler_flag": job.get("scheduler"),
+                  **({"refiner": job["refiner"]} if self.refiner is not None else {}),
+                  **({"score_model": job["score"]} if self.scorer is not None else {}),
+                  **({"sweep": job["sweep"]} if job.get("sweep") else {})}
+        self.part = PartLog(self.out_dir / PARTS_DIR / f"rank-{rank:02d}.jsonl", header, {
+            "rank": rank, "run_id": job.get("run_id"), "session": job.get("session", 1),
+            "device": self.device_name, "dtype": dtype,
+            "model_load_seconds": round(load_seconds, 4), "scheduler": self.scheduler})
+        bundler = Bundler(self.out_dir, rank, self.part, job=job) if job.get("bundle") else None
+        self.writer = ImageWriter(self.out_dir, self.part, len(self.tasks), tag, self.t_start,
+                                  bundler=bundler)
+        self.derived = {}  # image-to-image, inpainting: built from the loaded components
+        self.t_loop = time.monotonic()
+        return self
+
+    def _load(self, model: dict) -> None:
+        self.pipe, self.base_scheduler, self.scheduler = _ready(model, str(self.device),
+                                                                self.dtype, self.job)
+        self.current = self.job.get("scheduler")
+        self.model = model
+
+    def batches(self) -> list[list[dict]]:
+        return batches(self.tasks, self.job.get("batch_size", 1))
+
+    def make(self, batch: list[dict]) -> None:
+        """One batch: the pipeline as its tasks ask (model, LoRA scale, scheduler, mode),
+        then each image to ``on_image``."""
+        import torch
+
+        job, first = self.job, batch[0]
+        if first["model"]["id"] != self.model["id"]:  # the next model of a model sweep
+            del self.pipe
+            self.derived = {}
+            _free(torch)
+            t_swap = time.monotonic()
+            self._load(first["model"])
+            log(f"{self.tag}model {self.model['id']} ready in {time.monotonic() - t_swap:.2f}s")
+        loras = self.loras
+        if self.swept_lora:  # a sweep's cell with its own scale for the first LoRA
+            scale = first.get("lora_scale")
+            weights = set_lora_scale(self.pipe, job["loras"], scale if scale is not None
+                                     else job["loras"][0]["scale"])
+            loras = [{**r, "scale": w} for r, w in zip(self.loras, weights)]
+        wanted = first.get("scheduler") or job.get("scheduler")
+        if wanted != self.current:  # a sweep's cell with a scheduler of its own
+            self.pipe.scheduler = self.base_scheduler
+            self.scheduler = set_scheduler(self.pipe, wanted)
+            self.current = wanted
+        run, kwargs = self._call(batch)
+        t_gen = time.monotonic()
+        handover = None
+        if self.refiner is not None and run is self.pipe:
+            spec = {**job["refiner"], "start": first.get("refiner_start") or job["refiner"]["start"]}
+            images, handover = _refined(self.pipe, self.refiner, spec, kwargs, batch)
+        else:
+            images = run(**kwargs).images
+        scores = self.scorer.scores(images, [t["prompt"] for t in batch]) if self.scorer else None
+        per_image = (time.monotonic() - t_gen) / len(batch)
+        self.clock.lap(time.monotonic() - t_gen)
+        for k, (task, image) in enumerate(zip(batch, images)):
+            self.on_image(task, image, per_image, loras=loras, handover=handover,
+                          score=scores[k] if scores else None)
+
+    def _call(self, batch: list[dict]):
+        """The pipeline to call for the batch (the base, or its img2img/inpaint form) and
+        its arguments."""
+        import torch
+
+        first = batch[0]
+        kwargs = {
+            "prompt": [t["prompt"] for t in batch],
+            "num_inference_steps": first["steps"],
+            "guidance_scale": first["guidance"],
+            # CPU generators: the same seed gives the same starting noise on any device
+            "generator": [torch.Generator("cpu").manual_seed(t["seed"]) for t in batch],
+        }
+        if any(t["negative_prompt"] for t in batch):
+            kwargs["negative_prompt"] = [t["negative_prompt"] or "" for t in batch]
+        run = self.pipe
+        if first.get("init_image"):
+            mode = "inpaint" if first.get("mask_image") else "img2img"
+            run = self.derived.get(mode) or self.derived.setdefault(
+                mode, derived_pipeline(self.pipe, mode))
+            kwargs.update(image=[load_init_image(t["init_image"], t["width"], t["height"])
+                                 for t in batch], strength=first["strength"])
+            if mode == "inpaint":
+                kwargs["mask_image"] = [load_init_image(t["mask_image"], t["width"],
+                                                        t["height"], "L") for t in batch]
+        elif first["width"] and first["height"]:
+            kwargs.update(width=first["width"], height=first["height"])
+        return run, kwargs
+
+    def on_image(self, task: dict, image, seconds: float, loras=None, handover=None,
+                 score=None) -> None:
+        """A finished image: its record (what made it, exactly) to the writer thread."""
+        names = self.names
+        self.writer.put(task["file"], image, {
+            "index": task["index"], "prompt_index": task["prompt_index"],
+            "prompt": task["prompt"], "negative_prompt": task["negative_prompt"],
+            "seed": task["seed"], "model": self.model["id"], "steps": task["steps"],
+            "guidance": task["guidance"], "width": image.width, "height": image.height,
+            "scheduler": self.scheduler, "device": self.device_name,
+            **({"loras": loras} if loras else {}),
+            **({"embeddings": self.embeddings} if self.embeddings else {}),
+            **({"init_image": names.get(task["init_image"], Path(task["init_image"]).name),
+                "strength": task["strength"],
+                "denoising_steps": int(task["steps"] * task["strength"])}
+               if task.get("init_image") else {}),
+            **({"mask_image": names.get(task["mask_image"], Path(task["mask_image"]).name)}
+               if task.get("mask_image") else {}),
+            **({"refiner": handover} if handover else {}),
+            **({"score": score} if score is not None else {}),
+            **({"cell": task["cell"], "sweep_of": task["sweep_of"]}
+               if task.get("cell") is not None else {}),
+        }, seconds)
+        self.made += 1
+
+    def close(self) -> None:
+        """Every image handed over is written (also after a failure); the process's times."""
+        self.writer.close()
+        now = time.monotonic()
+        self.part.update_process(seconds=round(now - self.t_start, 4),
+                                 generation_seconds=round(now - self.t_loop, 4))
+
+
 def run_worker(job: dict, out_dir: Path) -> None:
     """Generate this process's share of the job's images, writing each as it is done."""
-    t_start = time.monotonic()
-    import torch
-
-    job = resolve_inputs(job)  # shipped inputs: found where mounted, checked by sha256
-    names = job.get("input_names") or {}
-    state, device, dtype = _select_device(job)
-    rank, world = state.process_index, state.num_processes
-    tasks = Plan.of(job).split(rank, world).tasks(job)
-    # a model sweep: each model's images together, so that each model loads once
-    order = list(dict.fromkeys(t["model"]["id"] for t in tasks))
-    tasks.sort(key=lambda t: order.index(t["model"]["id"]))
-    clock = SessionClock(job)
-    model = tasks[0]["model"] if tasks else job["model"]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    parts = out_dir / PARTS_DIR
-    parts.mkdir(exist_ok=True)
-    tag = f"[rank {rank}] " if world > 1 else ""
-
-    t_load = time.monotonic()
-    pipe, base_scheduler, scheduler = _ready(model, str(device), dtype, job)
-    current = job.get("scheduler")
-    swept_lora = any(p.get("lora_scale") is not None for p in job["prompts"])
-    loras = apply_loras(pipe, job.get("loras") or [], fuse=not swept_lora)
-    embeddings = apply_embeddings(pipe, job.get("embeddings") or [])
-    refiner = None
-    if job.get("refiner"):  # SDXL ensemble of experts: the refiner takes the last steps
-        refiner = load_refiner(pipe, job["refiner"], str(device), dtype)
-        enable_memory_savers(refiner)
-        set_scheduler(refiner, job.get("scheduler"))
-        log(f"{tag}refiner {job['refiner']['id']} ready; it takes over at "
-            f"{job['refiner']['start']:g} of the steps")
-    scorer = None
-    if job.get("score"):  # CLIP scores: one model per process, loaded once
-        scorer = Scorer(job["score"], str(device))
-        log(f"{tag}CLIP {job['score']} ready to score each image")
-    load_seconds = time.monotonic() - t_load
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    log(f"{tag}model {model['id']} ready on {device_name} ({str(dtype).replace('torch.', '')}) "
-        f"in {load_seconds:.2f}s; {images_text(len(tasks))} for this process")
-
-    header = {"engine_version": ENGINE_VERSION, "job_id": job.get("job_id"),
-              "run_id": job.get("run_id"), "model": model["id"], "processes_total": world,
-              "loras": loras, "embeddings": embeddings, "scheduler_flag": job.get("scheduler"),
-              **({"refiner": job["refiner"]} if refiner is not None else {}),
-              **({"score_model": job["score"]} if scorer is not None else {}),
-              **({"sweep": job["sweep"]} if job.get("sweep") else {})}
-    part = PartLog(parts / f"rank-{rank:02d}.jsonl", header, {
-        "rank": rank, "run_id": job.get("run_id"), "session": job.get("session", 1),
-        "device": device_name, "dtype": str(dtype).replace("torch.", ""),
-        "model_load_seconds": round(load_seconds, 4), "scheduler": scheduler})
-    bundler = Bundler(out_dir, rank, part, job=job) if job.get("bundle") else None
-    writer = ImageWriter(out_dir, part, len(tasks), tag, t_start, bundler=bundler)
-    fail_after = int(os.environ.get("IMGGENHUB_ENGINE_FAIL_AFTER", "-1"))  # test fault knob
-    made = 0
-    derived = {}  # image-to-image, inpainting: built from the loaded components when needed
-    t_loop = time.monotonic()
+    session = _with_faults(Session(job, out_dir).setup())
     try:
-        for batch in batches(tasks, job.get("batch_size", 1)):
-            if clock.time_up():
-                log(f"{tag}the session's time is nearly up: stopping with {len(tasks) - made} of "
-                    "this process's images still to make (the next session makes them)")
+        for batch in session.batches():
+            if session.clock.time_up():
+                log(f"{session.tag}the session's time is nearly up: stopping with "
+                    f"{len(session.tasks) - session.made} of this process's images still to "
+                    "make (the next session makes them)")
                 break
-            if 0 <= fail_after <= made:
-                raise RuntimeError(f"injected failure after {made} images (IMGGENHUB_ENGINE_FAIL_AFTER)")
-            first = batch[0]
-            if first["model"]["id"] != model["id"]:  # the next model of a model sweep
-                del pipe
-                derived = {}
-                _free(torch)
-                t_swap = time.monotonic()
-                model = first["model"]
-                pipe, base_scheduler, scheduler = _ready(model, str(device), dtype, job)
-                current = job.get("scheduler")
-                log(f"{tag}model {model['id']} ready in {time.monotonic() - t_swap:.2f}s")
-            batch_loras = loras
-            if swept_lora:  # a sweep's cell with its own scale for the first LoRA
-                scale = first.get("lora_scale")
-                weights = set_lora_scale(pipe, job["loras"], scale if scale is not None
-                                         else job["loras"][0]["scale"])
-                batch_loras = [{**r, "scale": w} for r, w in zip(loras, weights)]
-            wanted = first.get("scheduler") or job.get("scheduler")
-            if wanted != current:  # a sweep's cell with a scheduler of its own
-                pipe.scheduler = base_scheduler
-                scheduler = set_scheduler(pipe, wanted)
-                current = wanted
-            kwargs = {
-                "prompt": [t["prompt"] for t in batch],
-                "num_inference_steps": first["steps"],
-                "guidance_scale": first["guidance"],
-                # CPU generators: the same seed gives the same starting noise on any device
-                "generator": [torch.Generator("cpu").manual_seed(t["seed"]) for t in batch],
-            }
-            if any(t["negative_prompt"] for t in batch):
-                kwargs["negative_prompt"] = [t["negative_prompt"] or "" for t in batch]
-            run = pipe
-            if first.get("init_image"):
-                mode = "inpaint" if first.get("mask_image") else "img2img"
-                run = derived.get(mode) or derived.setdefault(mode, derived_pipeline(pipe, mode))
-                kwargs.update(image=[load_init_image(t["init_image"], t["width"], t["height"])
-                                     for t in batch], strength=first["strength"])
-                if mode == "inpaint":
-                    kwargs["mask_image"] = [load_init_image(t["mask_image"], t["width"],
-                                                            t["height"], "L") for t in batch]
-            elif first["width"] and first["height"]:
-                kwargs.update(width=first["width"], height=first["height"])
-            t_gen = time.monotonic()
-            handover = None
-            if refiner is not None and run is pipe:
-                spec = {**job["refiner"], "start": first.get("refiner_start") or job["refiner"]["start"]}
-                images, handover = _refined(pipe, refiner, spec, kwargs, batch)
-            else:
-                images = run(**kwargs).images
-            scores = scorer.scores(images, [t["prompt"] for t in batch]) if scorer else None
-            per_image = (time.monotonic() - t_gen) / len(batch)
-            clock.lap(time.monotonic() - t_gen)
-            for k, (task, image) in enumerate(zip(batch, images)):
-                writer.put(task["file"], image, {
-                    "index": task["index"], "prompt_index": task["prompt_index"],
-                    "prompt": task["prompt"], "negative_prompt": task["negative_prompt"],
-                    "seed": task["seed"], "model": model["id"], "steps": task["steps"],
-                    "guidance": task["guidance"], "width": image.width, "height": image.height,
-                    "scheduler": scheduler, "device": device_name,
-                    **({"loras": batch_loras} if batch_loras else {}),
-                    **({"embeddings": embeddings} if embeddings else {}),
-                    **({"init_image": names.get(task["init_image"], Path(task["init_image"]).name),
-                        "strength": task["strength"],
-                        "denoising_steps": int(task["steps"] * task["strength"])}
-                       if task.get("init_image") else {}),
-                    **({"mask_image": names.get(task["mask_image"], Path(task["mask_image"]).name)}
-                       if task.get("mask_image") else {}),
-                    **({"refiner": handover} if handover else {}),
-                    **({"score": scores[k]} if scores else {}),
-                    **({"cell": task["cell"], "sweep_of": task["sweep_of"]}
-                       if task.get("cell") is not None else {}),
-                }, per_image)
-                made += 1
+            session.make(batch)
     finally:
-        writer.close()  # every image handed over is written, also after a failure
-        now = time.monotonic()
-        part.update_process(seconds=round(now - t_start, 4),
-                            generation_seconds=round(now - t_loop, 4))
+        session.close()
+
+
+def _with_faults(session: Session) -> Session:
+    """The tests' fault: IMGGENHUB_ENGINE_FAIL_AFTER=N makes the session fail before a batch
+    once N images are made (a crash mid-job, as a real engine crashes). Unset: unchanged."""
+    after = int(os.environ.get("IMGGENHUB_ENGINE_FAIL_AFTER", "-1"))
+    if after < 0:
+        return session
+    make = session.make
+
+    def failing(batch):
+        if session.made >= after:
+            raise RuntimeError(f"injected failure after {session.made} images "
+                               "(IMGGENHUB_ENGINE_FAIL_AFTER)")
+        make(batch)
+
+    session.make = failing
+    return session
 
 
 def _ready(model: dict, device: str, dtype, job: dict):
