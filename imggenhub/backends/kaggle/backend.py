@@ -6,51 +6,35 @@ Everything Kaggle-specific lives here and in ``kaggle_meta`` / ``kaggle_download
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
-from dataclasses import dataclass
 from datetime import timezone
 from pathlib import Path
 
 import requests
 
 from ...config import state_dir
-from ...engine import ERROR_PREFIX, KAGGLE_INPUT, progress_message
 from ...errors import (
     KaggleApiError,
     NoFreeSlot,
-    OverQuota,
     RunFailedError,
-    SpecError,
-    StillRunning,
     Unreachable,
 )
-from ...job.models import HUB_ID
-from ...job.notebook import CODE_FILE, job_document, read_job_document
+from ...job.notebook import CODE_FILE, read_job_document
 from ...run import runs
 from ...run.lifecycle import RunState
 from ...run.runs import Failure, Run
-from ..base import Backend, Fetched, OnEvent, session_plan
+from ..base import Backend, Fetched, OnEvent
 from . import api as kaggle_api
-from . import estimate
+from . import estimate, follow, prepare
 from . import inputs as kaggle_inputs
-from .download import bring_outputs, log_text, output_page
-from .logs import LogFollower
+from .download import bring_outputs
 from .meta import (
     METADATA_FILE,
-    PLACEHOLDER_OWNER,
-    KernelOptions,
-    kernel_metadata,
-    load_metadata_template,
     split_kernel_id,
-    write_metadata,
 )
 
 GPU_CAP_TEXT = "Maximum batch GPU session count"
-GPU_SESSIONS = 2  # Kaggle runs at most 2 GPU sessions at once per account
-AUTO_SHARD_MINUTES = 10.0  # --shards auto: split when the job's generation is this long
-BUNDLE_THRESHOLD = 200  # images; from benchmarks/kaggle_download.py (see docs/kaggle.md)
 RESOLVE_DEPTH = 10  # versions looked at, newest first, to find an interrupted push
 
 # Kaggle's raw status strings, mapped in exactly one place. Unknown ones stay "running"
@@ -111,16 +95,6 @@ def _utc(moment) -> str | None:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _token_from(variable: str) -> str:
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,99}", variable):
-        raise SpecError(f"--hf-token-env {variable[:40]!r} is not an environment variable name.")
-    token = os.environ.get(variable, "").strip()
-    if not token:
-        raise SpecError(f"--hf-token-env {variable}: the variable {variable} is not set or empty; "
-                        "export your Hugging Face token in it.")
-    return token
-
-
 def push_problem(resp) -> str | None:
     """What is wrong with a push response that came back 200 (the kaggle CLI exits 0 on these)."""
     if resp.error:
@@ -134,17 +108,6 @@ def push_problem(resp) -> str | None:
     return None
 
 
-@dataclass
-class KaggleJob:
-    """What a job's kernels share, prepared once (``KaggleBackend.prepare_job``)."""
-
-    meta: dict  # the kernel metadata, owner filled in
-    sources: list  # the datasets every kernel attaches
-    shipment: kaggle_inputs.Shipment | None = None  # files on this machine, as a dataset
-    token_file: str | None = None  # where the kernel finds the shipped Hub token
-    bundle: bool = False
-
-
 class KaggleBackend(Backend):
     name = "kaggle"
     title = "Kaggle"
@@ -153,7 +116,7 @@ class KaggleBackend(Backend):
         super().__init__(settings)
         self._client = None
         self._followers: dict = {}  # live log streams being read, by run and version
-        self._estimates = None  # the estimate history, read once
+        self.estimates = None  # the estimate history, read once (prepare.history)
 
     def _timeout(self) -> float:
         left = self.deadline.left()
@@ -188,126 +151,14 @@ class KaggleBackend(Backend):
 
     # --- prepare and push -------------------------------------------------------------
 
-    def prepare_job(self, job, options, on_event: OnEvent) -> "KaggleJob":
-        """What every kernel of the job shares, done once: the flags and template checked,
-        the owner, the local inputs hashed, the GPU hours against the quota, the Hub's word
-        on the model and the token shipped, the bundle decision."""
-        options = options or KernelOptions()
-        given_token = _token_from(options.hf_token_env) if options.hf_token_env else None
-        swept = [("--sweep model", p.model["id"]) for p in job.prompts if p.model]
-        for flag, ref in (("--model", job.model["id"]), ("--refiner", (job.refiner or {}).get("id")),
-                          *swept):
-            if ref and ref.startswith("/") and not ref.startswith(KAGGLE_INPUT + "/"):
-                raise SpecError(f"{flag} {ref} is a folder on this machine, which a Kaggle kernel "
-                                "cannot read; upload it to Kaggle as a dataset or model and give "
-                                "its /kaggle/input/... path, or use --backend local.")
-        template = load_metadata_template(options.template)
-        meta = kernel_metadata(options, template=template)  # checked before any network
-        if meta["id"].startswith(PLACEHOLDER_OWNER + "/"):
-            meta = kernel_metadata(options, self.owner(), template)  # "your-kaggle-username"
-        owner, _ = split_kernel_id(meta["id"])
-        prepared = KaggleJob(meta=meta, sources=list(meta.get("dataset_sources") or []))
-        doc = job_document(job)
-        prepared.shipment = kaggle_inputs.plan(job, owner)
-        if prepared.shipment is not None:  # files here: the kernel reads them from a dataset
-            doc = kaggle_inputs.kernel_document(doc, prepared.shipment)
-            prepared.sources.append(prepared.shipment.ref)
-            on_event(f"inputs: {len(prepared.shipment.files)} files on this machine go to Kaggle "
-                     f"as the private dataset {prepared.shipment.ref}")
-        if meta.get("enable_gpu"):  # before anything is uploaded (the token below)
-            self._check_quota(doc, options, on_event)
-        token_env = options.hf_token_env or self._token_wanted(job, on_event)
-        if token_env:  # only on the user's word: the token goes to a private dataset
-            token = given_token or _token_from(token_env)
-            prepared.sources.append(kaggle_inputs.ship_token(
-                kaggle_inputs.Shipper(self, on_event), owner, token))
-            prepared.token_file = kaggle_inputs.token_kernel_path()
-        prepared.bundle = options.bundle if options.bundle is not None else \
-            job.image_count >= BUNDLE_THRESHOLD
-        return prepared
+    def prepare_job(self, job, options, on_event: OnEvent) -> prepare.KaggleJob:
+        return prepare.prepare_job(self, job, options, on_event)
 
     def width(self, job, asked: int | None) -> int:
-        """As many kernels as asked (auto: as many as Kaggle runs at once when the job's
-        generation is long enough to gain from it), never more than the images."""
-        if asked is None:
-            guess = estimate.estimate(job.document(), self._history())
-            minutes = guess.seconds_per_image * guess.images / estimate.GPUS / 60
-            asked = GPU_SESSIONS if minutes >= AUTO_SHARD_MINUTES and guess.images > 1 else 1
-        return min(asked, job.image_count)
+        return prepare.width(self, job, asked)
 
-    def prepare(self, job, run: Run, prepared: "KaggleJob", on_event: OnEvent) -> None:
-        """One kernel's notebook and metadata: its share of the job (a shard: the kernel
-        <slug>-<n>), the shared inputs and token, its session's time."""
-        meta = dict(prepared.meta)
-        owner, slug = split_kernel_id(meta["id"])
-        if run.shard is not None:  # a shard: a kernel of its own, <slug>-<n>, making its share
-            meta["id"] = f"{owner}/{slug[:50 - 4]}-{run.shard}"
-            meta["title"] = f"{meta['title']} {run.shard}"
-        doc = job_document(job, run.run_id)
-        if run.only is not None:
-            doc["only"] = run.only
-        if prepared.shipment is not None:
-            doc = kaggle_inputs.kernel_document(doc, prepared.shipment)
-            kaggle_inputs.save(run.notebook_dir, prepared.shipment)
-        if prepared.token_file:
-            doc["hf_token_file"] = prepared.token_file
-        if prepared.bundle:  # many images: a few tar downloads instead of thousands of GETs
-            doc["bundle"] = True
-        # the engine stops cleanly before the session's end; 'resume' pushes the rest
-        doc["session_seconds"] = min(self.tunables.session_seconds,
-                                     run.session_timeout_seconds or self.tunables.session_seconds)
-        if meta.get("enable_gpu"):
-            run.estimate_hours = estimate.estimate(doc, self._history()).hours
-        self.render(run, job, doc)
-        meta["dataset_sources"] = list(dict.fromkeys(prepared.sources))
-        write_metadata(run.notebook_dir, meta)
-        run.kernel_ref = meta["id"]
-
-    def _history(self):
-        if self._estimates is None:
-            self._estimates = estimate.read_history(state_dir())
-        return self._estimates
-
-    def _token_wanted(self, job, on_event: OnEvent) -> str | None:
-        """HF_TOKEN is set and the Hub says the model is gated or private: that is the user's
-        word too ("HF_TOKEN" then), said in a line. Anything else: no token is sent."""
-        token = os.environ.get("HF_TOKEN", "").strip()
-        model = job.model["id"]
-        if not token or not HUB_ID.match(model) or os.environ.get("HF_HUB_OFFLINE") == "1":
-            return None
-        base = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-        try:
-            resp = requests.get(f"{base}/api/models/{model}", timeout=self.tunables.http_timeout,
-                                headers={"Authorization": f"Bearer {token}"})
-            info = resp.json() if resp.status_code == 200 else {}
-        except (requests.RequestException, ValueError):
-            on_event(f"could not ask the Hub whether {model} is gated; to send your token, add "
-                     "--hf-token-env HF_TOKEN")
-            return None
-        if info.get("gated") or info.get("private"):
-            on_event(f"{model} is {'gated' if info.get('gated') else 'private'} on the Hub and "
-                     "HF_TOKEN is set: the token goes to your private dataset "
-                     f"{kaggle_inputs.TOKEN_SLUG}")
-            return "HF_TOKEN"
-        return None
-
-    def _check_quota(self, doc: dict, options, on_event: OnEvent) -> None:
-        """Say what the job will cost in GPU hours against what is left; stop if it is more."""
-        guess = estimate.estimate(doc, self._history())
-        try:
-            left = self.quota(on_event)["gpu_hours_left"]
-        except (Unreachable, KaggleApiError) as exc:
-            on_event(f"{guess.sentence(None)}; the quota could not be read ({exc})")
-            return
-        if left is None:
-            on_event(f"{guess.sentence(None)}; Kaggle did not say this week's quota")
-            return
-        on_event(guess.sentence(left))
-        if guess.hours > left and not options.force:
-            raise OverQuota(f"This job needs about {guess.hours:.2f} GPU h, more than the {left:.2f} "
-                            "h left of this week's Kaggle quota; nothing was pushed. Make it "
-                            "smaller, wait for the quota to refresh ('imggenhub quota'), or add "
-                            "--force.")
+    def prepare(self, job, run: Run, prepared: prepare.KaggleJob, on_event: OnEvent) -> None:
+        prepare.prepare(self, job, run, prepared, on_event)
 
     def _lock_wait(self) -> float:
         left = self.deadline.left()
@@ -428,7 +279,9 @@ class KaggleBackend(Backend):
         return split_kernel_id(run.kernel_ref or "", "the run record")
 
     def status(self, run: Run, on_event: OnEvent | None = None) -> tuple[RunState, str | None]:
-        from kagglesdk.kernels.types.kernels_api_service import ApiGetKernelSessionStatusRequest
+        from kagglesdk.kernels.types.kernels_api_service import (
+            ApiGetKernelSessionStatusRequest,
+        )
 
         req = ApiGetKernelSessionStatusRequest()
         req.user_name, req.kernel_slug = self._slug(run)
@@ -445,96 +298,16 @@ class KaggleBackend(Backend):
             return run.model_copy(update={"state": state})
         return run
 
-    def _record(self, run: Run, state: RunState, failure: str | None) -> None:
-        if state == run.state:
-            return
-        run.state = state
-        if state.failed:
-            tail = self._log_tail(run)
-            # the notebook's own exception, as the engine printed it, when there is one
-            raised = [l[len(ERROR_PREFIX):] for l in tail.splitlines() if l.startswith(ERROR_PREFIX)]
-            ename, _, evalue = (raised[-1].partition(": ") if raised else ("", "", ""))
-            run.failure = Failure(kind="cancelled" if state == RunState.CANCELLED else "kernel",
-                                  ename=ename or "KernelError", evalue=failure or state.value,
-                                  cell_index=None, log_tail=tail)
-            if raised:
-                run.failure.evalue = f"{failure or state.value} ({ename}: {evalue})"
-        runs.save(run)
-
-    def _progress(self, run: Run, seen: set, on_event: OnEvent) -> None:
-        try:
-            page = output_page(self, run, None, 1, None)
-        except (Unreachable, KaggleApiError):
-            return
-        for line in log_text(page.log).splitlines():
-            message = progress_message(line)
-            if message is not None and line not in seen:
-                seen.add(line)
-                on_event(message)
-
     def wait(self, members: list[Run], say_for) -> list[Run]:
         """Poll the versions' statuses until one of them ends (or the deadline); meanwhile
         show the engine's progress as it happens, from the live log streams (else, every
         third poll, from the output listing's log)."""
         start = self.tunables.clock.monotonic()
-        members = self.follow(members, say_for, group=len(members) > 1)
+        members = follow.follow(self, members, say_for, group=len(members) > 1)
         if len(members) == 1:
             members[0].timings["wait"] = round(self.tunables.clock.monotonic() - start, 3)
             runs.save(members[0])
         return members
-
-    def follow(self, shards: list[Run], say_for, group: bool) -> list[Run]:
-        """Poll runs' statuses in turn until one of them ends, or the deadline; return them
-        updated. Progress streams in from each one's live log (else, every third poll, from
-        its output listing's log); the end of a stream cuts a wait short."""
-        clock = self.tunables.clock
-        start = clock.monotonic()
-        interval = self.tunables.poll_interval
-        seen = {s.run_id: set() for s in shards}
-        followers = self._followers  # kept across calls: a new one would replay the whole log
-        polls = 0
-        while True:
-            polls += 1
-            ended = False
-            for shard in shards:
-                say = say_for(shard)
-                state, failure = self.status(shard, say)
-                if state != shard.state:
-                    say(f"{state.value} after {clock.monotonic() - start:.0f}s")
-                key = f"{shard.run_id}@v{shard.version}"
-                follower = followers.get(key)
-                if state == RunState.RUNNING and follower is None:
-                    owner, slug = self._slug(shard)
-                    follower = followers[key] = LogFollower(
-                        self, owner, slug, shard.version, self._session_images(shard)).start()
-                streaming = follower is not None and not follower.gave_up.is_set()
-                if state == RunState.RUNNING and not streaming and polls % 3 == 0:
-                    self._progress(shard, seen[shard.run_id], say)
-                self._record(shard, state, failure)
-                if state.terminal:
-                    if streaming:
-                        follower.finish(timeout=min(10.0, self.tunables.http_timeout))
-                        for message in follower.take(0):
-                            say(message)
-                    if not streaming or not follower.ended.is_set():
-                        self._progress(shard, seen[shard.run_id], say)
-                    ended = True
-            if ended:
-                return shards
-            if self.deadline.passed(after=interval):
-                elapsed = clock.monotonic() - start
-                if group:
-                    raise StillRunning(f"{len(shards)} shards are still going after "
-                                       f"{elapsed:.0f}s; they go on, and 'imggenhub resume' "
-                                       "picks them up.")
-                one = shards[0]
-                raise StillRunning(f"Run {one.run_id} is still {one.state.value} after "
-                                   f"{elapsed:.0f}s; it goes on, and 'imggenhub resume "
-                                   f"{one.run_id}' picks it up.")
-            self._pause_many(interval, {s.run_id: (followers.get(f"{s.run_id}@v{s.version}"),
-                                                   say_for(s)) for s in shards})
-            interval = min(self.tunables.poll_max_interval,
-                           max(self.tunables.poll_interval, (clock.monotonic() - start) / 5))
 
     def close(self) -> None:
         """The live log streams end with the command (kept across waits: a new one would
@@ -542,34 +315,6 @@ class KaggleBackend(Backend):
         for follower in self._followers.values():
             follower.close()
         self._followers.clear()
-
-    def _session_images(self, run: Run) -> int:
-        """How many images the version pushed last makes (a later session: only the rest)."""
-        share = session_plan(run)
-        return len(share) if share is not None else run.image_count
-
-    def _pause_many(self, seconds: float, streams: dict) -> None:
-        """Wait until the next poll, showing each shard's progress as it streams in; the end
-        of any stream cuts the wait short."""
-        clock = self.tunables.clock
-        # a stream that had ended already cuts nothing short (its run's status is awaited)
-        live = [(f, say) for f, say in streams.values()
-                if f is not None and not f.gave_up.is_set() and not f.ended.is_set()]
-        if not live:
-            clock.sleep(seconds)
-            return
-        until = clock.monotonic() + seconds
-        while (left := until - clock.monotonic()) > 0 and not any(f.ended.is_set() for f, _ in live):
-            for follower, say in live:
-                for message in follower.take(min(left, 0.5) / len(live)):
-                    say(message)
-
-    def _log_tail(self, run: Run) -> str:
-        try:
-            text = log_text(output_page(self, run, None, 1, None).log)
-        except (Unreachable, KaggleApiError):
-            return ""
-        return "\n".join(text.strip().splitlines()[-20:])
 
     # --- fetch and health -------------------------------------------------------------
 

@@ -40,7 +40,9 @@ def log_text(raw: str | None) -> str:
 
 
 def output_page(backend, run: Run, token: str | None, size: int, on_event):
-    from kagglesdk.kernels.types.kernels_api_service import ApiListKernelSessionOutputRequest
+    from kagglesdk.kernels.types.kernels_api_service import (
+        ApiListKernelSessionOutputRequest,
+    )
 
     req = ApiListKernelSessionOutputRequest()
     req.user_name, req.kernel_slug = backend._slug(run)

@@ -163,7 +163,9 @@ class Shipper:
 
     def status(self, shipment: Shipment) -> str | None:
         """Kaggle's status of the dataset (None: no such dataset)."""
-        from kagglesdk.datasets.types.dataset_api_service import ApiGetDatasetStatusRequest
+        from kagglesdk.datasets.types.dataset_api_service import (
+            ApiGetDatasetStatusRequest,
+        )
 
         req = ApiGetDatasetStatusRequest()
         req.owner_slug, req.dataset_slug = shipment.owner, shipment.slug
@@ -246,7 +248,10 @@ class Shipper:
         self.on_event(f"inputs: upload interrupted ({text}); resuming")
 
     def _start(self, f: InputFile) -> dict:
-        from kagglesdk.blobs.types.blob_api_service import ApiBlobType, ApiStartBlobUploadRequest
+        from kagglesdk.blobs.types.blob_api_service import (
+            ApiBlobType,
+            ApiStartBlobUploadRequest,
+        )
 
         req = ApiStartBlobUploadRequest()
         req.type = ApiBlobType.DATASET

@@ -1,0 +1,182 @@
+"""Preparing a job for Kaggle: what all its kernels share, once (the flags and template
+checked, the owner, the local inputs hashed, the GPU hours against the quota, the Hub's word
+on a gated model and the token shipped, the bundle decision), then each kernel's notebook
+and metadata from it (a shard: the kernel <slug>-<n>, making its share)."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+import requests
+
+from ...config import state_dir
+from ...engine import KAGGLE_INPUT
+from ...errors import KaggleApiError, OverQuota, SpecError, Unreachable
+from ...job.models import HUB_ID
+from ...job.notebook import job_document
+from ...run.runs import Run
+from ..base import OnEvent
+from . import estimate
+from . import inputs as kaggle_inputs
+from .meta import (
+    PLACEHOLDER_OWNER,
+    KernelOptions,
+    kernel_metadata,
+    load_metadata_template,
+    split_kernel_id,
+    write_metadata,
+)
+
+BUNDLE_THRESHOLD = 200  # images; from benchmarks/kaggle_download.py (see docs/kaggle.md)
+GPU_SESSIONS = 2  # Kaggle runs at most 2 GPU sessions at once per account
+AUTO_SHARD_MINUTES = 10.0  # --shards auto: split when the job's generation is this long
+
+
+@dataclass
+class KaggleJob:
+    """What a job's kernels share, prepared once (``prepare_job``)."""
+
+    meta: dict  # the kernel metadata, owner filled in
+    sources: list  # the datasets every kernel attaches
+    shipment: kaggle_inputs.Shipment | None = None  # files on this machine, as a dataset
+    token_file: str | None = None  # where the kernel finds the shipped Hub token
+    bundle: bool = False
+
+
+def _token_from(variable: str) -> str:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,99}", variable):
+        raise SpecError(f"--hf-token-env {variable[:40]!r} is not an environment variable name.")
+    token = os.environ.get(variable, "").strip()
+    if not token:
+        raise SpecError(f"--hf-token-env {variable}: the variable {variable} is not set or empty; "
+                        "export your Hugging Face token in it.")
+    return token
+
+
+def prepare_job(backend, job, options, on_event: OnEvent) -> "KaggleJob":
+    """What every kernel of the job shares, done once: the flags and template checked,
+    the owner, the local inputs hashed, the GPU hours against the quota, the Hub's word
+    on the model and the token shipped, the bundle decision."""
+    options = options or KernelOptions()
+    given_token = _token_from(options.hf_token_env) if options.hf_token_env else None
+    swept = [("--sweep model", p.model["id"]) for p in job.prompts if p.model]
+    for flag, ref in (("--model", job.model["id"]), ("--refiner", (job.refiner or {}).get("id")),
+                      *swept):
+        if ref and ref.startswith("/") and not ref.startswith(KAGGLE_INPUT + "/"):
+            raise SpecError(f"{flag} {ref} is a folder on this machine, which a Kaggle kernel "
+                            "cannot read; upload it to Kaggle as a dataset or model and give "
+                            "its /kaggle/input/... path, or use --backend local.")
+    template = load_metadata_template(options.template)
+    meta = kernel_metadata(options, template=template)  # checked before any network
+    if meta["id"].startswith(PLACEHOLDER_OWNER + "/"):
+        meta = kernel_metadata(options, backend.owner(), template)  # "your-kaggle-username"
+    owner, _ = split_kernel_id(meta["id"])
+    prepared = KaggleJob(meta=meta, sources=list(meta.get("dataset_sources") or []))
+    doc = job_document(job)
+    prepared.shipment = kaggle_inputs.plan(job, owner)
+    if prepared.shipment is not None:  # files here: the kernel reads them from a dataset
+        doc = kaggle_inputs.kernel_document(doc, prepared.shipment)
+        prepared.sources.append(prepared.shipment.ref)
+        on_event(f"inputs: {len(prepared.shipment.files)} files on this machine go to Kaggle "
+                 f"as the private dataset {prepared.shipment.ref}")
+    if meta.get("enable_gpu"):  # before anything is uploaded (the token below)
+        _check_quota(backend, doc, options, on_event)
+    token_env = options.hf_token_env or _token_wanted(backend, job, on_event)
+    if token_env:  # only on the user's word: the token goes to a private dataset
+        token = given_token or _token_from(token_env)
+        prepared.sources.append(kaggle_inputs.ship_token(
+            kaggle_inputs.Shipper(backend, on_event), owner, token))
+        prepared.token_file = kaggle_inputs.token_kernel_path()
+    prepared.bundle = options.bundle if options.bundle is not None else \
+        job.image_count >= BUNDLE_THRESHOLD
+    return prepared
+
+
+def width(backend, job, asked: int | None) -> int:
+    """As many kernels as asked (auto: as many as Kaggle runs at once when the job's
+    generation is long enough to gain from it), never more than the images."""
+    if asked is None:
+        guess = estimate.estimate(job.document(), history(backend))
+        minutes = guess.seconds_per_image * guess.images / estimate.GPUS / 60
+        asked = GPU_SESSIONS if minutes >= AUTO_SHARD_MINUTES and guess.images > 1 else 1
+    return min(asked, job.image_count)
+
+
+def prepare(backend, job, run: Run, prepared: "KaggleJob", on_event: OnEvent) -> None:
+    """One kernel's notebook and metadata: its share of the job (a shard: the kernel
+    <slug>-<n>), the shared inputs and token, its session's time."""
+    meta = dict(prepared.meta)
+    owner, slug = split_kernel_id(meta["id"])
+    if run.shard is not None:  # a shard: a kernel of its own, <slug>-<n>, making its share
+        meta["id"] = f"{owner}/{slug[:50 - 4]}-{run.shard}"
+        meta["title"] = f"{meta['title']} {run.shard}"
+    doc = job_document(job, run.run_id)
+    if run.only is not None:
+        doc["only"] = run.only
+    if prepared.shipment is not None:
+        doc = kaggle_inputs.kernel_document(doc, prepared.shipment)
+        kaggle_inputs.save(run.notebook_dir, prepared.shipment)
+    if prepared.token_file:
+        doc["hf_token_file"] = prepared.token_file
+    if prepared.bundle:  # many images: a few tar downloads instead of thousands of GETs
+        doc["bundle"] = True
+    # the engine stops cleanly before the session's end; 'resume' pushes the rest
+    doc["session_seconds"] = min(backend.tunables.session_seconds,
+                                 run.session_timeout_seconds or backend.tunables.session_seconds)
+    if meta.get("enable_gpu"):
+        run.estimate_hours = estimate.estimate(doc, history(backend)).hours
+    backend.render(run, job, doc)
+    meta["dataset_sources"] = list(dict.fromkeys(prepared.sources))
+    write_metadata(run.notebook_dir, meta)
+    run.kernel_ref = meta["id"]
+
+
+def history(backend):
+    if backend.estimates is None:
+        backend.estimates = estimate.read_history(state_dir())
+    return backend.estimates
+
+
+def _token_wanted(backend, job, on_event: OnEvent) -> str | None:
+    """HF_TOKEN is set and the Hub says the model is gated or private: that is the user's
+    word too ("HF_TOKEN" then), said in a line. Anything else: no token is sent."""
+    token = os.environ.get("HF_TOKEN", "").strip()
+    model = job.model["id"]
+    if not token or not HUB_ID.match(model) or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return None
+    base = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    try:
+        resp = requests.get(f"{base}/api/models/{model}", timeout=backend.tunables.http_timeout,
+                            headers={"Authorization": f"Bearer {token}"})
+        info = resp.json() if resp.status_code == 200 else {}
+    except (requests.RequestException, ValueError):
+        on_event(f"could not ask the Hub whether {model} is gated; to send your token, add "
+                 "--hf-token-env HF_TOKEN")
+        return None
+    if info.get("gated") or info.get("private"):
+        on_event(f"{model} is {'gated' if info.get('gated') else 'private'} on the Hub and "
+                 "HF_TOKEN is set: the token goes to your private dataset "
+                 f"{kaggle_inputs.TOKEN_SLUG}")
+        return "HF_TOKEN"
+    return None
+
+
+def _check_quota(backend, doc: dict, options, on_event: OnEvent) -> None:
+    """Say what the job will cost in GPU hours against what is left; stop if it is more."""
+    guess = estimate.estimate(doc, history(backend))
+    try:
+        left = backend.quota(on_event)["gpu_hours_left"]
+    except (Unreachable, KaggleApiError) as exc:
+        on_event(f"{guess.sentence(None)}; the quota could not be read ({exc})")
+        return
+    if left is None:
+        on_event(f"{guess.sentence(None)}; Kaggle did not say this week's quota")
+        return
+    on_event(guess.sentence(left))
+    if guess.hours > left and not options.force:
+        raise OverQuota(f"This job needs about {guess.hours:.2f} GPU h, more than the {left:.2f} "
+                        "h left of this week's Kaggle quota; nothing was pushed. Make it "
+                        "smaller, wait for the quota to refresh ('imggenhub quota'), or add "
+                        "--force.")
