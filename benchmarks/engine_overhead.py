@@ -20,7 +20,8 @@ from pathlib import Path
 import torch
 
 from imggenhub import engine
-from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
+from imggenhub.job.resolve import build_job
+from imggenhub.job.spec import parse_settings, prompts_from_flags
 
 
 def fresh():

@@ -42,7 +42,8 @@ from benchmarks.engine_overhead import engine_times  # noqa: E402
 from imggenhub.engine.pipelines import enable_memory_savers, load_pipeline  # noqa: E402
 from imggenhub.engine.tiny import build_tiny_sdxl_pipeline, tiny_tokenizer  # noqa: E402
 from imggenhub.job.models import resolve_model  # noqa: E402
-from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags  # noqa: E402
+from imggenhub.job.resolve import build_job
+from imggenhub.job.spec import parse_settings, prompts_from_flags  # noqa: E402
 
 PROMPT = "a lighthouse at dusk, volumetric light, detailed"
 

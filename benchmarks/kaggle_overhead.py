@@ -25,7 +25,8 @@ from imggenhub.run import jobs
 from imggenhub.backends.kaggle.backend import KaggleBackend, save_request
 from imggenhub.backends.kaggle.meta import (METADATA_FILE, KernelOptions, kernel_metadata, write_metadata)
 from imggenhub.job.notebook import CODE_FILE, write_notebook
-from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
+from imggenhub.job.resolve import build_job
+from imggenhub.job.spec import parse_settings, prompts_from_flags
 
 FIRST_WAIT, POLL_EVERY = 30.0, 60.0  # the original pattern
 

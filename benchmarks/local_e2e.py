@@ -16,7 +16,8 @@ from imggenhub.outputs import artifacts
 from imggenhub.run import jobs
 from imggenhub.backends.kaggle.meta import KernelOptions, kernel_metadata, write_metadata
 from imggenhub.job.notebook import write_notebook
-from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
+from imggenhub.job.resolve import build_job
+from imggenhub.job.spec import parse_settings, prompts_from_flags
 
 
 def main() -> None:

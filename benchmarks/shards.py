@@ -17,7 +17,8 @@ from _emulated import start_emulator
 from imggenhub.outputs import artifacts
 from imggenhub.run import jobs
 from imggenhub.backends.kaggle.meta import KernelOptions
-from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
+from imggenhub.job.resolve import build_job
+from imggenhub.job.spec import parse_settings, prompts_from_flags
 
 
 def timed(job, shards: int, out: Path) -> float:

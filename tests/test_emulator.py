@@ -29,10 +29,10 @@ KAGGLE_FAILURE = "Your notebook hit an unhandled error while executing"
 # --- helpers ------------------------------------------------------------------------
 
 def job_document(prompts=("a", "b"), run_id="run-0001", **settings) -> dict:
-    from imggenhub.job import spec
+    from imggenhub.job import resolve, spec
 
-    job = spec.build_job(spec.parse_settings(model="tiny-random", seed=1, **settings),
-                         spec.prompts_from_flags(list(prompts)))
+    job = resolve.build_job(spec.parse_settings(model="tiny-random", seed=1, **settings),
+                            spec.prompts_from_flags(list(prompts)))
     return {**job.document(), "run_id": run_id}
 
 

@@ -12,7 +12,8 @@ from PIL import Image
 
 from imggenhub.outputs import artifacts
 from imggenhub import engine
-from imggenhub.job.spec import build_job, load_prompts, parse_settings, prompts_from_flags
+from imggenhub.job.resolve import build_job
+from imggenhub.job.spec import load_prompts, parse_settings, prompts_from_flags
 
 from .conftest import write_json
 from .test_kaggle import SPEC

@@ -13,7 +13,8 @@ from imggenhub.run.lifecycle import COMMANDS, Exit, RunState, Step, plan
 from imggenhub.backends.kaggle.backend import KaggleBackend
 from imggenhub.backends.kaggle.meta import METADATA_FILE
 from imggenhub.job.notebook import write_notebook
-from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
+from imggenhub.job.resolve import build_job
+from imggenhub.job.spec import parse_settings, prompts_from_flags
 
 from .conftest import REPO
 from .test_kaggle import SPEC

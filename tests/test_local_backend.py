@@ -237,7 +237,8 @@ def test_interrupts_and_kills_anywhere_in_a_local_run_lose_no_record(tmp_path, m
     from imggenhub.run import jobs
     from imggenhub.backends.local import LocalBackend
     from imggenhub.run.lifecycle import RunState
-    from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
+    from imggenhub.job.resolve import build_job
+    from imggenhub.job.spec import parse_settings, prompts_from_flags
 
     job = build_job(parse_settings(model="tiny-random", seed=5, num_images=6),
                     prompts_from_flags(["a fox"]))
@@ -280,7 +281,8 @@ def test_a_local_run_killed_after_its_last_image_is_complete_not_partial(tmp_pat
     from imggenhub.run import jobs
     from imggenhub.backends.local import LocalBackend
     from imggenhub.run.lifecycle import RunState
-    from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
+    from imggenhub.job.resolve import build_job
+    from imggenhub.job.spec import parse_settings, prompts_from_flags
 
     job = build_job(parse_settings(model="tiny-random", seed=5, num_images=3),
                     prompts_from_flags(["a fox"]))
@@ -300,7 +302,8 @@ def test_a_local_run_with_images_home_keeps_its_one_output_folder(tmp_path, cli)
     from imggenhub.run import jobs
     from imggenhub.backends.local import LocalBackend
     from imggenhub.run.lifecycle import RunState
-    from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
+    from imggenhub.job.resolve import build_job
+    from imggenhub.job.spec import parse_settings, prompts_from_flags
 
     job = build_job(parse_settings(model="tiny-random", seed=5, num_images=4),
                     prompts_from_flags(["a fox"]))

@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from imggenhub import engine
-from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
+from imggenhub.job.resolve import build_job
+from imggenhub.job.spec import parse_settings, prompts_from_flags
 
 from .test_kaggle import SPEC
 

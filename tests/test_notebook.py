@@ -11,7 +11,8 @@ import nbformat
 from imggenhub import engine
 from imggenhub.backends.kaggle.meta import METADATA_FILE, KernelOptions, kernel_metadata
 from imggenhub.job.notebook import CODE_FILE, read_job_document, render_notebook
-from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
+from imggenhub.job.resolve import build_job
+from imggenhub.job.spec import parse_settings, prompts_from_flags
 
 from .adversarial import corpus
 from .conftest import REPO

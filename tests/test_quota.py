@@ -31,7 +31,8 @@ def test_quota_when_kaggle_cannot_be_reached(emulator, cli, monkeypatch):
 
 def test_the_t4_table_agrees_with_the_published_figures():
     from imggenhub.backends.kaggle import estimate
-    from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
+    from imggenhub.job.resolve import build_job
+    from imggenhub.job.spec import parse_settings, prompts_from_flags
 
     def per_image(**flags):
         doc = build_job(parse_settings(seed=1, **flags), prompts_from_flags(["x"])).document()

@@ -12,7 +12,8 @@ from PIL import Image
 from imggenhub import engine
 from imggenhub.errors import SpecError
 from imggenhub.job.notebook import read_job_document
-from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
+from imggenhub.job.resolve import build_job
+from imggenhub.job.spec import parse_settings, prompts_from_flags
 
 from .test_img2img import picture
 

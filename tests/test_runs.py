@@ -11,7 +11,8 @@ from imggenhub.run import jobs, runs
 from imggenhub.backends.kaggle.meta import KernelOptions, kernel_metadata, load_metadata_template
 from imggenhub.errors import RunNotFoundError, SpecError
 from imggenhub.run.lifecycle import Exit, RunState
-from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
+from imggenhub.job.resolve import build_job
+from imggenhub.job.spec import parse_settings, prompts_from_flags
 
 
 def record(run_id, **fields):

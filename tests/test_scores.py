@@ -15,7 +15,8 @@ from PIL.PngImagePlugin import PngInfo
 from imggenhub.outputs import artifacts
 from imggenhub import engine
 from imggenhub.errors import SpecError
-from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
+from imggenhub.job.resolve import build_job
+from imggenhub.job.spec import parse_settings, prompts_from_flags
 
 
 def picture(seed):

@@ -7,8 +7,9 @@ import json
 import pytest
 
 from imggenhub.errors import SpecError
-from imggenhub.job.spec import (Settings, build_job, job_from_inputs, load_prompts, parse_settings,
-                                parse_sweeps, prompts_from_flags)
+from imggenhub.job.spec import Settings, load_prompts, parse_settings, prompts_from_flags
+from imggenhub.job.resolve import build_job, job_from_inputs
+from imggenhub.job.sweeps import parse_sweeps
 
 from .adversarial import corpus
 from .conftest import write_json

@@ -15,7 +15,8 @@ from imggenhub.engine import plan_images
 from imggenhub.errors import SpecError
 from imggenhub.outputs.gallery import read_data
 from imggenhub.job.notebook import CODE_FILE, read_job_document
-from imggenhub.job.spec import build_job, parse_settings, prompts_from_flags
+from imggenhub.job.resolve import build_job
+from imggenhub.job.spec import parse_settings, prompts_from_flags
 
 
 def test_a_sweep_is_the_product_of_its_values_with_one_seed_a_prompt():

@@ -147,7 +147,8 @@ def _shards(value: str) -> int | None:
 
 def _parse_job(flags: dict) -> dict:
     from ..backends.kaggle.meta import KernelOptions
-    from ..job.spec import job_from_inputs, parse_settings
+    from ..job.resolve import job_from_inputs
+    from ..job.spec import parse_settings
 
     kernel = {name: flags.pop(name) for name in _KERNEL_FLAGS}
     shards = _shards(flags.pop("shards"))
@@ -180,7 +181,7 @@ def bare_refiner(args: list[str]) -> list[str]:
     """``--refiner`` with no MODEL after it stands for the model's own refiner."""
     if "--refiner" not in args:
         return args  # the common case: nothing to import on the start-up path
-    from ..job.spec import REFINER_FLAG
+    from ..job.resolve import REFINER_FLAG
 
     end = args.index("--") if "--" in args else len(args)
     out = []
