@@ -899,25 +899,35 @@ class _Handler(BaseHTTPRequestHandler):
         if version.status in TERMINAL:
             return self._send(200, json.dumps(version.log).encode(), "application/json")
         drop = em.faults.take("stream_drop")
-        self._streaming("text/event-stream", {"Cache-Control": "no-cache"})
+        # chunked, one chunk per event: a client reading in blocks (requests' iter_lines,
+        # which imggenhub and the kaggle CLI both use, reads 512 bytes at a time) gets each
+        # event as it comes; a body delimited only by the connection's close would hold the
+        # events back until 512 bytes had piled up (the kaggle CLI's --follow, written this
+        # way, is live against Kaggle: its stream must come in chunks there too)
+        self._streaming("text/event-stream", {"Cache-Control": "no-cache",
+                                              "Transfer-Encoding": "chunked"})
         sent, deadline = 0, time.monotonic() + HOSTILE_MAX_SECONDS
         try:
             while time.monotonic() < deadline:
                 ended = version.status in TERMINAL
                 for entry in version.log[sent:]:
-                    self.wfile.write(b"data: " + json.dumps(entry).encode() + b"\n\n")
+                    self._chunk(b"data: " + json.dumps(entry).encode() + b"\n\n")
                     sent += 1
                     if drop:
-                        self.wfile.flush()
                         self.connection.shutdown(2)  # broken off mid-stream
                         return
-                self.wfile.flush()
                 if ended:
-                    self.wfile.write(b"data: END_OF_LOG\n\n")
+                    self._chunk(b"data: END_OF_LOG\n\n")
+                    self.wfile.write(b"0\r\n\r\n")
                     return
                 time.sleep(0.05)
         except OSError:
             pass  # the client went away
+
+    def _chunk(self, data: bytes) -> None:
+        """One chunk of a chunked body, sent at once."""
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
 
     def _progress(self, blob: Blob):
         if blob.complete:
