@@ -129,11 +129,12 @@ def test_bad_credentials_are_not_retried(emulator, cli, tmp_path, monkeypatch):
 
 
 def test_poll_timeout_exits_3_and_poll_later_picks_it_up(emulator, cli, tmp_path):
-    emulator.queue_seconds = 2
+    emulator.queue_seconds = 60  # queued until lowered below, however slow this machine is
     code, out, err = cli("deploy", *SPEC, cwd=tmp_path)
     assert code == 0, err
     code, out, err = cli("poll", "--timeout", "0.5")
     assert code == 3 and "still queued" in err
+    emulator.queue_seconds = 0.1
     code, out, err = cli("poll")
     assert code == 0 and out.strip().endswith("complete")
 
