@@ -270,7 +270,7 @@ def test_no_gpu_pushes_a_cpu_kernel(emulator, cli, tmp_path):
     code, out, err = cli("deploy", *SPEC, "--no-gpu", cwd=tmp_path)
     assert code == 0, err
     push = next(body for method, body in emulator.calls if method == "SaveKernel")
-    assert not push.get("enableGpu") and "machineShape" not in push
+    assert push["enableGpu"] is False and "machineShape" not in push  # sent, and false
     import ast
 
     source = json.loads(push["text"])["cells"][1]["source"]
