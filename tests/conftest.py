@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import contextlib
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -85,6 +88,51 @@ def sigint_default() -> None:
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def release_when(em, condition, timeout: float = 60) -> threading.Thread:
+    """Set ``em.release`` (ending a stub run's ``hold_image`` wait) as soon as
+    ``condition()`` holds, checked every 10 ms on a thread of its own; never, if it does not
+    hold within ``timeout`` (the held run then goes on by itself after HOLD_MAX_SECONDS, and
+    the test's assertions say what did not happen)."""
+    def watch():
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                em.release.set()
+                return
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=watch, name="release-when", daemon=True)
+    thread.start()
+    return thread
+
+
+@contextlib.contextmanager
+def on_stderr(text: str, then):
+    """Call ``then()`` the first time this process writes ``text`` to sys.stderr (in the
+    writing thread, before the write returns): what the in-process CLI shows, as it shows it.
+    Install it inside the test, after the ``cli`` fixture's capture has started."""
+    real = sys.stderr
+
+    class Tee:
+        fired = False
+
+        def write(self, data):
+            written = real.write(data)
+            if not Tee.fired and text in data:
+                Tee.fired = True
+                then()
+            return written
+
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+    sys.stderr = Tee()
+    try:
+        yield
+    finally:
+        sys.stderr = real
 
 
 def write_json(path: Path, data) -> Path:

@@ -90,6 +90,7 @@ ENDLESS_MAX = 256 << 20  # the most `endless_body` sends
 TRICKLE_MAX_BYTES = 120  # the most `trickle` sends
 HOSTILE_MAX_SECONDS = 120.0  # no hostile answer lasts longer than this
 SEND_TIMEOUT = 10.0  # a client that stops reading without going away frees us after this
+HOLD_MAX_SECONDS = 60.0  # the longest a stub run waits at ``hold_image`` for ``release``
 
 
 @dataclass
@@ -229,7 +230,17 @@ class Version:
 class Emulator:
     """The emulator. ``runner``: "stub" (fast, default) or "notebook" (real Jupyter kernel).
     ``queue_seconds`` (time spent QUEUED) and ``image_seconds`` (stub: time per image) can be
-    changed at any time; they apply to versions that start afterwards."""
+    changed at any time: a queued version leaves the queue once it has been queued for
+    ``queue_seconds`` as they are then (so lowering them lets a waiting version start), and
+    ``image_seconds`` applies to the images made afterwards.
+
+    For tests that must see something happen while a run goes on, without betting on the
+    wall clock: with ``hold_image = N`` every stub run, once it has logged N - 1 images,
+    sets ``held`` and waits in image N (it is RUNNING all along) until ``release`` is set,
+    its version is cancelled, or HOLD_MAX_SECONDS pass. ``live_streams`` counts the live log
+    streams served (Server-Sent Events, not the stored log of a run that ended), and
+    ``gpu_refused`` lists the kernels whose push was refused for want of a free GPU
+    session."""
 
     def __init__(self, username: str = "imggenhub", key: str = "emulator-key",
                  token: str = "emulator-token", queue_seconds: float = 0.2, gpu_sessions: int = 2,
@@ -248,6 +259,11 @@ class Emulator:
         self.quota_refresh = "2026-11-30T00:00:00Z"
         self.runner = runner
         self.faults = Faults()
+        self.hold_image: int | None = None  # stub runs wait in this image (1-based) ...
+        self.held = threading.Event()  # ... setting this when they get there ...
+        self.release = threading.Event()  # ... until this is set (see the class docstring)
+        self.live_streams = 0  # live log streams served (SSE), counted as they start
+        self.gpu_refused: list[str] = []  # kernels refused for want of a free GPU session
         self.root = Path(tempfile.mkdtemp(prefix="kaggle-emulator-"))
         self.kernels: dict[str, list[Version]] = {}
         self.files: dict[str, Path] = {}  # signed token -> file
@@ -334,6 +350,7 @@ class Emulator:
         with self.lock:
             if body.get("enableGpu") and (self.faults.take("gpu_cap")
                                           or self._active_gpu() >= self.gpu_sessions):
+                self.gpu_refused.append(ref)
                 return {"error": f"Maximum batch GPU session count of {self.gpu_sessions} reached"}
             versions = self.kernels.setdefault(ref, [])
             version = Version(len(versions) + 1, body, body["text"])
@@ -386,9 +403,11 @@ class Emulator:
             version.log.append({"stream_name": name, "time": round(time.time(), 3), "data": text})
 
         try:
-            if version.cancel.wait(self.queue_seconds):
-                version.finished = time.monotonic()
-                return
+            # queued until queue_seconds (as they are now, re-read) have passed since the push
+            while (left := version.pushed + self.queue_seconds - time.monotonic()) > 0:
+                if version.cancel.wait(min(left, 0.05)):
+                    version.finished = time.monotonic()
+                    return
             with self.lock:
                 if version.cancel.is_set():
                     version.finished = time.monotonic()
@@ -488,6 +507,8 @@ class Emulator:
                 error = f"RuntimeError: injected failure after {done} images"
                 break
             t_img = time.monotonic()
+            if self.hold_image == done + 1:
+                self._hold(version)
             if self.image_seconds:
                 version.cancel.wait(self.image_seconds)  # a cancel ends the wait, not the image
             image = _stub_image(task["seed"])
@@ -527,6 +548,16 @@ class Emulator:
             self._finish(version, "ERROR", KAGGLE_FAILURE)
         else:
             self._finish(version, "COMPLETE")
+
+    def _hold(self, version: Version) -> None:
+        """Wait in this image until ``release`` is set, the version is cancelled, or
+        HOLD_MAX_SECONDS pass (a test that never releases fails on its own assertions, late,
+        rather than hanging)."""
+        self.held.set()
+        deadline = time.monotonic() + HOLD_MAX_SECONDS
+        while not self.release.wait(0.02):
+            if version.cancel.is_set() or time.monotonic() > deadline:
+                return
 
     def output_files(self, version: Version) -> list[tuple[str, Path]]:
         """The version's output files once its run is over (nothing while it runs)."""
@@ -899,25 +930,37 @@ class _Handler(BaseHTTPRequestHandler):
         if version.status in TERMINAL:
             return self._send(200, json.dumps(version.log).encode(), "application/json")
         drop = em.faults.take("stream_drop")
-        self._streaming("text/event-stream", {"Cache-Control": "no-cache"})
+        with em.lock:
+            em.live_streams += 1
+        # chunked, one chunk per event: a client reading in blocks (requests' iter_lines,
+        # which imggenhub and the kaggle CLI both use, reads 512 bytes at a time) gets each
+        # event as it comes; a body delimited only by the connection's close would hold the
+        # events back until 512 bytes had piled up (the kaggle CLI's --follow, written this
+        # way, is live against Kaggle: its stream must come in chunks there too)
+        self._streaming("text/event-stream", {"Cache-Control": "no-cache",
+                                              "Transfer-Encoding": "chunked"})
         sent, deadline = 0, time.monotonic() + HOSTILE_MAX_SECONDS
         try:
             while time.monotonic() < deadline:
                 ended = version.status in TERMINAL
                 for entry in version.log[sent:]:
-                    self.wfile.write(b"data: " + json.dumps(entry).encode() + b"\n\n")
+                    self._chunk(b"data: " + json.dumps(entry).encode() + b"\n\n")
                     sent += 1
                     if drop:
-                        self.wfile.flush()
                         self.connection.shutdown(2)  # broken off mid-stream
                         return
-                self.wfile.flush()
                 if ended:
-                    self.wfile.write(b"data: END_OF_LOG\n\n")
+                    self._chunk(b"data: END_OF_LOG\n\n")
+                    self.wfile.write(b"0\r\n\r\n")
                     return
                 time.sleep(0.05)
         except OSError:
             pass  # the client went away
+
+    def _chunk(self, data: bytes) -> None:
+        """One chunk of a chunked body, sent at once."""
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
 
     def _progress(self, blob: Blob):
         if blob.complete:

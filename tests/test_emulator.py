@@ -74,7 +74,7 @@ def status(em: Emulator, number: int, ref: str = REF) -> dict:
 
 
 def wait_for(em: Emulator, number: int, want=("COMPLETE", "ERROR"), ref: str = REF,
-             timeout: float = 5) -> dict:
+             timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     while True:
         data = status(em, number, ref)
@@ -184,10 +184,11 @@ def test_the_stub_is_the_default_and_its_outputs_verify(em, tmp_path):
 def test_image_seconds_paces_the_stub(em):
     em.image_seconds = 0.1
     number = push(em, notebook_text(job_document(num_images=2)))
-    assert wait_for(em, number, want=("RUNNING",))["status"] == "RUNNING"
-    t0 = time.monotonic()
     assert wait_for(em, number)["status"] == "COMPLETE"
-    assert time.monotonic() - t0 >= 0.3
+    # the run's own clock, from RUNNING to its end: 4 images at 0.1 s at least (a poll for
+    # RUNNING from here may come only after the end on a busy machine)
+    version = em.versions(REF)[number - 1]
+    assert version.finished - version.running_since >= 4 * 0.1
 
 
 def test_fail_notebook_gives_error_and_keeps_one_image(em, tmp_path):
@@ -222,13 +223,11 @@ def test_a_bad_job_cell_is_an_error_not_a_hang(em):
 
 
 def test_cancel_stops_after_the_current_image(em, tmp_path):
-    em.image_seconds = 0.2
+    em.hold_image = 2  # the run waits in image 2 until the cancel: no race with its clock
     number = push(em, notebook_text(job_document(num_images=2)))
     version = em.versions(REF)[0]
-    deadline = time.monotonic() + 5
-    while not any("image 1/4" in e["data"] for e in list(version.log)):
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    assert em.held.wait(60)
+    assert any("image 1/4" in e["data"] for e in list(version.log))
     assert em.cancel(REF, number) == "CANCEL_ACKNOWLEDGED"  # during image 2
     assert status(em, number) == {"status": "CANCEL_ACKNOWLEDGED"}
     download(em, number, tmp_path / "dl")
@@ -236,13 +235,13 @@ def test_cancel_stops_after_the_current_image(em, tmp_path):
     assert len(manifest["images"]) == 2 and manifest["complete"] is False
     assert artifacts.verify(tmp_path / "dl" / "output") == []
     # a queued version is cancelled before it runs; an ended one is left alone
-    em.queue_seconds = 5
+    em.queue_seconds = 60
     number = push(em, notebook_text(job_document()))
     t0 = time.monotonic()
-    assert em.cancel(REF) == "CANCEL_ACKNOWLEDGED" and time.monotonic() - t0 < 1
+    assert em.cancel(REF) == "CANCEL_ACKNOWLEDGED" and time.monotonic() - t0 < 10
     assert list_output(em, number)[0] == []
     assert em.cancel(REF, 1) == "CANCEL_ACKNOWLEDGED"
-    em.queue_seconds, em.image_seconds = 0, 0
+    em.queue_seconds, em.hold_image = 0, None
     number = push(em, notebook_text(job_document()))
     wait_for(em, number)
     assert em.cancel(REF, number) == "COMPLETE"
@@ -339,7 +338,7 @@ def test_a_busy_port_is_one_line_and_exit_2(tmp_path):
 
 def test_stop_removes_the_temporary_folder(em):
     push(em, notebook_text(job_document()))
-    em.wait_idle(5)
+    em.wait_idle(60)
     assert any(em.root.rglob("*.png"))
     em.stop()
     assert not em.root.exists()

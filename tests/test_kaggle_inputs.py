@@ -223,8 +223,10 @@ def test_kaggle_with_local_inputs_makes_the_same_images_as_the_local_backend(rea
              if m in ("GetKernelSessionStatus", "ListKernelSessionOutput")]
     assert asked and set(asked) == {"v1"}
     assert everywhere_but_the_dataset(real_emulator, tmp_path) == []
-    pairs = zip(*(artifacts.read_manifest(tmp_path / d)["images"] for d in ("local", "kaggle")))
-    for local, remote in pairs:
+    local_images, kaggle_images = (artifacts.read_manifest(tmp_path / d)["images"]
+                                   for d in ("local", "kaggle"))
+    assert len(local_images) == len(kaggle_images) == 2  # zip below stops at the shorter
+    for local, remote in zip(local_images, kaggle_images):
         for key in ("init_image", "mask_image", "loras", "seed", "strength", "denoising_steps"):
             assert local[key] == remote[key], key
         assert remote["init_image"] == "init.png" and remote["loras"][0]["name"] == lora.stem

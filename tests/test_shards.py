@@ -12,6 +12,8 @@ from imggenhub.run import runs
 from imggenhub.run.lifecycle import RunState
 from imggenhub.job.notebook import read_job_document
 
+from .conftest import release_when
+
 JOB = ["--model", "tiny-random", "--seed", "8", "-p", "a", "-p", "b", "--num-images", "6"]
 
 
@@ -24,7 +26,11 @@ def test_three_shards_with_two_sessions_make_the_unsharded_files(emulator, cli, 
     code, out, err = cli("generate", *JOB, "--shards", "1", "--out", str(tmp_path / "one"),
                          cwd=tmp_path)
     assert code == 0, err
-    emulator.image_seconds = 0.15
+    # shards 1 and 2 are held in their first image until shard 3's push was refused for want
+    # of a GPU session: the refusal does not hang on how fast this machine pushes
+    emulator.image_seconds = 0.05
+    emulator.hold_image = 1
+    release_when(emulator, lambda: "imggenhub/imggenhub-batch-3" in emulator.gpu_refused)
     code, out, err = cli("generate", *JOB, "--shards", "3", "--json", "--out",
                          str(tmp_path / "three"), cwd=tmp_path)
     assert code == 0, err
@@ -47,7 +53,8 @@ def test_three_shards_with_two_sessions_make_the_unsharded_files(emulator, cli, 
 
 
 def test_a_failed_shard_is_pushed_again_alone(emulator, cli, tmp_path):
-    emulator.image_seconds, emulator.queue_seconds = 0.05, 1.0
+    # queued until the fault is planted below, however slow this machine is
+    emulator.image_seconds, emulator.queue_seconds = 0.05, 60
     code, out, err = cli("deploy", *JOB, "--shards", "2", "--json", "--out", str(tmp_path / "o"),
                          cwd=tmp_path)
     assert code == 0, err

@@ -111,7 +111,8 @@ def test_bad_prompt_files_give_one_sentence(tmp_path, text, expected):
         build_job(parse_settings(model="tiny-random"), load_prompts(path))
     message = str(info.value)
     assert expected in message
-    assert "\n" not in message and str(path) in message or "prompt 1" in message
+    assert "\n" not in message  # one sentence, whatever it names
+    assert str(path) in message or "prompt 1" in message  # the file, or the prompt in it
 
 
 def test_missing_file_names_the_fix(tmp_path):

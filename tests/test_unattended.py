@@ -85,7 +85,7 @@ def test_an_unreachable_kaggle_is_exit_5_within_the_timeout(emulator, cli, tmp_p
 
 
 def test_download_before_the_end_is_exit_6_and_a_cancelled_run_is_exit_1(emulator, cli, tmp_path):
-    emulator.image_seconds = 0.5
+    emulator.hold_image = 2  # the run waits in image 2 until the cancel below
     code, out, err = cli("deploy", *SPEC, "--json", cwd=tmp_path)
     assert code == 0, err
     run_id = json.loads(out)["run_id"]
@@ -94,10 +94,7 @@ def test_download_before_the_end_is_exit_6_and_a_cancelled_run_is_exit_1(emulato
     assert json.loads(out) == {"ok": False, "exit_code": 6, "error": err.strip()[len("Error: "):],
                                "run_id": run_id}
     version = emulator.versions("imggenhub/imggenhub-batch")[0]
-    deadline = time.monotonic() + 20
-    while "image 1/" not in "".join(e["data"] for e in list(version.log)):
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    assert emulator.held.wait(60) and "image 1/" in "".join(e["data"] for e in list(version.log))
     emulator.cancel("imggenhub/imggenhub-batch", 1)
     code, out, err = cli("resume", "--timeout", "30")
     assert code == 1 and "Kaggle reports cancelled" in err
@@ -105,7 +102,7 @@ def test_download_before_the_end_is_exit_6_and_a_cancelled_run_is_exit_1(emulato
     assert cli("poll")[0] == 1 and cli("download")[0] == 1
     # what it finished before the cancel is kept and verified
     kept = runs.load(run_id)
-    assert artifacts.verify(Path(kept.out_dir)) == [] and 1 <= kept.images_fetched < 4
+    assert artifacts.verify(Path(kept.out_dir)) == [] and kept.images_fetched == 2
 
 
 def test_the_gpu_slot_wait_is_bounded_by_the_timeout(emulator, cli, tmp_path):
@@ -298,7 +295,9 @@ def test_a_terminal_gets_a_live_progress_line(emulator, tmp_path):
     """On a TTY: a live line (state, images k/n, elapsed) instead of a wall of lines."""
     import pty
 
-    emulator.image_seconds = 0.3
+    # the kernel waits in image 3 until the terminal shows the live line with images k/4
+    emulator.hold_image = 3
+    live = re.compile(rb"images [12]/4 +elapsed \d+s")
     leader, follower = pty.openpty()
     exe = str(Path(os.sys.executable).with_name("imggenhub"))
     proc = subprocess.Popen([exe, "generate", *SPEC], cwd=tmp_path, stdin=subprocess.DEVNULL,
@@ -306,6 +305,7 @@ def test_a_terminal_gets_a_live_progress_line(emulator, tmp_path):
                             env={**os.environ, "TERM": "xterm", "COLUMNS": "120"})
     os.close(follower)
     seen = b""
+    shown_while_held = False
     while True:
         try:
             chunk = os.read(leader, 65536)
@@ -314,10 +314,14 @@ def test_a_terminal_gets_a_live_progress_line(emulator, tmp_path):
         if not chunk:
             break
         seen += chunk
+        if not emulator.release.is_set() and live.search(seen):
+            shown_while_held = True
+            emulator.release.set()
     out, _ = proc.communicate(timeout=60)
     os.close(leader)
     assert proc.returncode == 0
     text = seen.decode("utf-8", "replace")
+    assert shown_while_held and emulator.held.is_set()  # the live line, while the kernel ran
     assert re.search(r"images \d/4 +elapsed \d+s", text) and "\x1b[" in text
     assert not STAMP.search(text.splitlines()[0])  # no cron-style timestamps on a terminal
     assert out.decode().startswith("4 images in ")
