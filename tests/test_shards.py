@@ -86,3 +86,29 @@ def test_auto_shards_only_a_job_long_enough(emulator, cli, tmp_path):
                          cwd=tmp_path)
     assert code == 0, err  # 60 SDXL images: ~13 min of generation on T4 x2, two kernels
     assert len(json.loads(out)["shards"]) == 2
+
+
+def test_a_sharded_deploy_prepares_the_job_once(emulator, cli, tmp_path):
+    """The job-wide work (the owner, the quota, the inputs) is done once, not once a kernel:
+    one quota call for three shards, each kernel with its share and its own estimate."""
+    (tmp_path / "in.png").write_bytes(_png())
+    code, out, err = cli("deploy", *JOB, "--shards", "3", "--init-image", str(tmp_path / "in.png"),
+                         "--json", cwd=tmp_path)
+    assert code == 0, err
+    quota_calls = [m for m, _ in emulator.calls if m == "GetAcceleratorQuotaStatistics"]
+    assert len(quota_calls) == 1
+    assert err.count("inputs: 1 files on this machine go to Kaggle") == 1
+    shards = runs.shards_of(runs.load())
+    assert [s.only for s in shards] == [[[0, 4]], [[4, 8]], [[8, 12]]]
+    assert all(s.estimate_hours for s in shards)
+    assert runs.load().estimate_hours == round(sum(s.estimate_hours for s in shards), 3)
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(buf, format="PNG")
+    return buf.getvalue()

@@ -17,10 +17,10 @@ def render(
 ) -> None:
     """Write the job's notebook and kernel-metadata.json; run nothing."""
     from ..backends.kaggle.meta import PLACEHOLDER_OWNER
+    from ..backends.kaggle.meta import render as render_kernel
     from ..engine import images_text
-    from ..run import jobs
 
-    path, meta = jobs.render(job, kernel, out)
+    path, meta = render_kernel(job, kernel, out)
     typer.echo(f"{path} (job {job.job_id}, {images_text(job.image_count)})")
     if meta["id"].startswith(PLACEHOLDER_OWNER + "/"):
         typer.echo(f"note: kernel-metadata.json names the owner '{PLACEHOLDER_OWNER}' (no Kaggle "

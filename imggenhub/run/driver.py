@@ -32,15 +32,17 @@ from .runs import Run
 
 
 def failure_error(run: Run) -> RunFailedError:
+    """The sentence (and typed failure) of a run that failed, in its backend's words."""
     failure = run.failure
     why = failure.sentence() if failure else run.state.value
+    where = _title(run)
     if failure and failure.kind in ("kernel", "cancelled"):
         tail = failure.log_tail.strip().splitlines()
         last = f"; the log ends with: {tail[-1]}" if tail else ""
-        message = (f"Kaggle reports {run.state.value} for {run.kernel_ref} v{run.version}: "
+        message = (f"{where} reports {run.state.value} for {run.kernel_ref} v{run.version}: "
                    f"{failure.evalue}{last}")
     elif failure and failure.kind == "push":
-        message = f"Kaggle refused the push of run {run.run_id}: {failure.evalue}"
+        message = f"{where} refused the push of run {run.run_id}: {failure.evalue}"
     else:
         message = f"The notebook failed {why}" if failure and failure.cell_index is not None \
             else f"Run {run.run_id} failed: {why}"
@@ -225,7 +227,7 @@ def _verdict(run: Run, group: _Group, command: str) -> Run:
         why = failed[0].failure.sentence() if failed[0].failure else failed[0].state.value
         again = (f"'imggenhub resume {run.run_id}' pushes the failed shards again, alone"
                  if any(s.state != RunState.PUSH_FAILED for s in failed) else
-                 "Kaggle refused the push itself: fix the cause and start a new run")
+                 f"{_title(run)} refused the push itself: fix the cause and start a new run")
         message = f"Run {run.run_id}: {names} failed: {why}; the images made are in " \
                   f"{run.out_dir}; {again}"
         raise RunFailedError(message + ".", failed[0].failure, run.run_id)
@@ -238,6 +240,10 @@ def _verdict(run: Run, group: _Group, command: str) -> Run:
         raise failure_error(run)
     sentence = p.sentence.format(state=run.state.value, run=run.run_id, failure="")
     raise NothingYet(f"Run {run.run_id} {sentence}.")
+
+
+def _title(run: Run) -> str:
+    return backends.get_backend(run.backend).title
 
 
 def _interrupted(impl: backends.Backend, run: Run) -> Interrupted:

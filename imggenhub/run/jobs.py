@@ -7,8 +7,8 @@ from pathlib import Path
 
 from .. import backends
 from ..engine import images_text
-from ..errors import CredentialsError, SpecError
-from ..job.notebook import job_document, write_notebook
+from ..errors import SpecError
+from ..job.notebook import job_document
 from ..job.spec import JobSpec
 from ..outputs import artifacts
 from . import runs, shards
@@ -112,23 +112,6 @@ def deploy(job: JobSpec, out_dir: Path | None, options, on_event,
         run = start(job, backend, out_dir, options, on_event, timeout_hours, name, timeout,
                     shards_asked)
         return advance(run, "deploy", on_event, timeout)
-
-
-def render(job: JobSpec, options, out_dir: Path) -> tuple[Path, dict]:
-    """The job's notebook and kernel-metadata.json in ``out_dir``, as deploy would push them;
-    nothing runs. The notebook's path and the metadata."""
-    from ..backends.kaggle.credentials import find_credentials
-    from ..backends.kaggle.meta import check_renderable, kernel_metadata, write_metadata
-
-    check_renderable(job)
-    try:  # fill in the owner as deploy would, where it needs no network
-        creds = find_credentials()
-    except CredentialsError:  # render needs none: a broken one only leaves the placeholder
-        creds = None
-    meta = kernel_metadata(options, owner=creds.username if creds else None)
-    path = write_notebook(out_dir, job)
-    write_metadata(out_dir, meta)
-    return path, meta
 
 
 def command_on(run_id: str | None, command: str, on_event, timeout: float | None = None,

@@ -9,8 +9,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...errors import SpecError
-from ...job.notebook import CODE_FILE
+from ...errors import CredentialsError, SpecError
+from ...job.notebook import CODE_FILE, write_notebook
 
 METADATA_FILE = "kernel-metadata.json"
 PLACEHOLDER_OWNER = "your-kaggle-username"
@@ -126,3 +126,19 @@ def write_metadata(out_dir: Path, metadata: dict) -> Path:
     path = Path(out_dir) / METADATA_FILE
     path.write_text(json.dumps(metadata, indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def render(job, options, out_dir: Path) -> tuple[Path, dict]:
+    """The job's notebook and kernel-metadata.json in ``out_dir``, as deploy would push them;
+    nothing runs. The notebook's path and the metadata."""
+    from .credentials import find_credentials
+
+    check_renderable(job)
+    try:  # fill in the owner as deploy would, where it needs no network
+        creds = find_credentials()
+    except CredentialsError:  # render needs none: a broken one only leaves the placeholder
+        creds = None
+    meta = kernel_metadata(options, owner=creds.username if creds else None)
+    path = write_notebook(out_dir, job)
+    write_metadata(out_dir, meta)
+    return path, meta
