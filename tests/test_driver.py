@@ -170,3 +170,26 @@ def test_the_deadline_bounds_a_group_and_names_the_run(fake):
     assert str(still.value).startswith("Run long: ") and "'imggenhub resume long'" in str(still.value)
     assert backend.tunables.clock.now == pytest.approx(25)
     assert runs.load("long").state == S.PUSHED
+
+
+def test_a_second_run_kind_is_a_module_not_a_branch(fake, monkeypatch):
+    """A kind registered the way a new module would: the driver's sentences count its items
+    through it, and nothing else in the driver changes."""
+    from imggenhub.run import kinds
+
+    class Weights(kinds.RunKind):
+        name = "weights"
+
+        def count(self, n):
+            return f"{n} checkpoint" + ("" if n == 1 else "s")
+
+    monkeypatch.setitem(kinds.KINDS, "weights", Weights())
+    fake(ends={"tune": "error"})
+    run = _run("tune")
+    run.kind = "weights"
+    runs.save(run)
+    with pytest.raises(RunFailedError) as failed:
+        driver.advance(run, "generate", lambda m: None)
+    assert "the 4 checkpoints finished before it are in /tmp/out" in str(failed.value)
+    with pytest.raises(Exception, match="Unknown run kind 'nothing'"):
+        kinds.of("nothing")

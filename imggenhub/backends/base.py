@@ -16,7 +16,7 @@ from ..errors import LocalWriteError, SpecError, TransferError, UnsafeOutputErro
 from ..job.notebook import CODE_FILE, with_document, write_notebook
 from ..job.spec import JobSpec
 from ..outputs import artifacts
-from ..run import runs
+from ..run import kinds, runs
 from ..run.lifecycle import RunState
 from ..run.runs import Run
 
@@ -36,7 +36,7 @@ class Fetched:
 def session_plan(run: Run) -> Plan | None:
     """The share of the job the run's latest notebook makes (None: no document kept)."""
     doc = runs.document(run)
-    return Plan.of(doc) if doc else None
+    return kinds.of(run.kind).plan(doc) if doc else None
 
 
 class Backend:
@@ -110,10 +110,10 @@ class Backend:
         """A session (or a local run) ended before the job did: the notebook again, making
         only the images that are not here (same indices, seeds and file names), as the next
         session."""
-        doc = runs.document(run)
-        rest = Plan.of(doc).minus(artifacts.read_manifest(Path(run.out_dir)))
-        if not rest:  # it failed after its last image: every one is here, nothing to push
-            on_event(f"run {run.run_id}: every image it was to make is here; nothing to push")
+        kind, doc = kinds.of(run.kind), runs.document(run)
+        rest = kind.plan(doc).minus(artifacts.read_manifest(Path(run.out_dir)))
+        if not rest:  # it failed after its last item: every one is here, nothing to push
+            on_event(f"run {run.run_id}: all it was to make is here; nothing to push")
             run.state, run.failure = RunState.DOWNLOADED, None
             return runs.save(run)
         run.session += 1
@@ -121,7 +121,8 @@ class Backend:
         path = run.notebook_dir / CODE_FILE
         path.write_text(with_document(path.read_text(encoding="utf-8"), doc), encoding="utf-8")
         runs.keep_document(run, doc)
-        on_event(f"session {run.session} of run {run.run_id}: the {len(rest)} images still to make")
+        on_event(f"session {run.session} of run {run.run_id}: the {kind.count(len(rest))} "
+                 "still to make")
         run.state, run.failure = RunState.RENDERED, None
         return runs.save(run)
 
@@ -152,17 +153,11 @@ class Backend:
             share = share.only(run.only)  # a shard's share of the job
             owed = share.minus(manifest)
             run.images_fetched = len(share) - len(owed) - len(problems)
-            if manifest is not None and not problems:
-                from ..outputs import sheets, sweeps
-
-                if manifest.get("backend") != run.backend:  # for the gallery's commands
-                    manifest["backend"] = run.backend
-                    artifacts.write_manifest(out_dir, manifest)
-
-                sheets.write(out_dir, manifest)  # grid.png: every image as a labelled tile
-                sweeps.write(out_dir, manifest)  # a sweep's labelled grids, one per prompt
+            if manifest is not None and not problems and manifest.get("backend") != run.backend:
+                manifest["backend"] = run.backend  # for the gallery's commands
+                artifacts.write_manifest(out_dir, manifest)
             if manifest is not None:
-                artifacts.write_gallery(out_dir, manifest)
+                kinds.of(run.kind).views(out_dir, manifest, complete=not problems)
         run.timings["fetch"] = round(time.monotonic() - t0, 3)
         if problems:
             runs.save(run)
@@ -175,9 +170,9 @@ class Backend:
                                         "it did not run the imggenhub engine.")
             if owed:  # the session ended before the job did
                 run.state = RunState.PARTIAL
-                on_event(f"run {run.run_id}: {len(share) - len(owed)} of {len(share)} images are "
-                         "here; the rest needs another session ('imggenhub resume "
-                         f"{run.run_id}' pushes it)")
+                on_event(f"run {run.run_id}: {len(share) - len(owed)} of "
+                         f"{kinds.of(run.kind).count(len(share))} are here; the rest needs "
+                         f"another session ('imggenhub resume {run.run_id}' pushes it)")
             else:
                 run.state = RunState.DOWNLOADED
         self.fetched(run, manifest, on_event)

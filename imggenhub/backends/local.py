@@ -11,11 +11,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..engine import LOG_FILE, MANIFEST, OUTPUT_DIR, images_text, made, progress_message
+from ..engine import LOG_FILE, MANIFEST, OUTPUT_DIR, made, progress_message
 from ..errors import ImggenhubError, MissingDependencyError, UnsafeOutputError
 from ..job.notebook import CODE_FILE
 from ..outputs import artifacts
-from ..run import runs
+from ..run import kinds, runs
 from ..run.lifecycle import RunState
 from ..run.runs import Failure, Run
 from .base import Backend, Fetched, OnEvent, session_plan
@@ -225,7 +225,7 @@ class LocalBackend(Backend):
                          "was finished")
             else:
                 on_event(f"run {run.run_id} was interrupted while it ran here, with "
-                         f"{images_text(run.images_fetched)} finished; 'imggenhub resume "
+                         f"{kinds.of(run.kind).count(run.images_fetched)} finished; 'imggenhub resume "
                          f"{run.run_id}' makes the rest")
         return run
 

@@ -26,7 +26,7 @@ from ..errors import (
     StillRunning,
 )
 from ..outputs import artifacts
-from . import runs
+from . import kinds, runs
 from .lifecycle import Exit, RunState, Step, plan, summary
 from .runs import Run
 
@@ -47,7 +47,8 @@ def failure_error(run: Run) -> RunFailedError:
         message = f"The notebook failed {why}" if failure and failure.cell_index is not None \
             else f"Run {run.run_id} failed: {why}"
     if run.images_fetched:
-        message += f"; the {run.images_fetched} images finished before it are in {run.out_dir}"
+        message += (f"; the {kinds.of(run.kind).count(run.images_fetched)} finished before it "
+                    f"are in {run.out_dir}")
     return RunFailedError(message.rstrip(".") + ".", failure, run.run_id)
 
 
@@ -249,9 +250,10 @@ def _title(run: Run) -> str:
 def _interrupted(impl: backends.Backend, run: Run) -> Interrupted:
     if not impl.remote:
         if run.state == RunState.PARTIAL:
-            return Interrupted(f"Interrupted; the {run.images_fetched} images finished are in "
-                               f"{run.out_dir}; 'imggenhub resume {run.run_id}' makes the rest.")
-        return Interrupted(f"Interrupted before any image was finished; 'imggenhub resume "
+            return Interrupted(f"Interrupted; the {kinds.of(run.kind).count(run.images_fetched)} "
+                               f"finished are in {run.out_dir}; 'imggenhub resume {run.run_id}' "
+                               "makes the rest.")
+        return Interrupted(f"Interrupted before anything was finished; 'imggenhub resume "
                            f"{run.run_id}' runs it again.")
     if run.state in (RunState.PUSHING, RunState.PUSH_UNKNOWN, RunState.PUSHED, RunState.QUEUED,
                      RunState.RUNNING):

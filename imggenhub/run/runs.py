@@ -54,6 +54,7 @@ class Run(BaseModel):
     run_id: str
     backend: str
     job_id: str
+    kind: str = "images"  # what the run produces (run.kinds); its items are counted below
     image_count: int
     out_dir: str
     name: str | None = None
