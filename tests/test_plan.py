@@ -117,3 +117,23 @@ def test_engine_parts_merge_with_an_old_manifest_and_say_what_the_share_owes(tmp
     assert manifest["complete"] is False and manifest["model"] == "m"
     assert len(manifest["processes"]) == 3 and not (tmp_path / ".parts").exists()
     assert json.loads((tmp_path / "manifest.json").read_text()) == manifest
+
+
+def test_a_manifest_written_before_joins_a_new_session(tmp_path):
+    """A folder's manifest as the engine wrote it before the plan and the one merge (its
+    remaining counted the session's share, no bundles key): read, joined with the next
+    session's, and what is owed counted over the whole job."""
+    old = {"engine_version": 3, "job_id": "j", "run_id": "r", "model": "tiny-random",
+           "processes_total": 1, "loras": [], "embeddings": [], "scheduler_flag": None,
+           "processes": [{"rank": 0, "session": 1}], "images": _records([0, 1]),
+           "planned_images": 5, "remaining": [[2, 3]], "complete": False}
+    artifacts.write_manifest(tmp_path, old)
+    here = artifacts.read_manifest(tmp_path)
+    assert here == old
+    new = {**old, "processes": [{"rank": 0, "session": 2}], "images": _records([2, 3]),
+           "remaining": []}
+    joined = artifacts.combine(here, new)
+    assert [r["index"] for r in joined["images"]] == [0, 1, 2, 3]
+    assert joined["remaining"] == [[4, 5]] and joined["complete"] is False
+    assert len(joined["processes"]) == 2 and "bundles" not in joined
+    assert Plan.whole(5).minus(joined).indices == (4,)
