@@ -18,11 +18,9 @@ def image_lines(err: str) -> list[str]:
     return re.findall(r"image \d/6 \S+ in [\d.]+s[^\n]*", err)
 
 
-def test_progress_streams_in_while_the_kernel_runs(emulator, cli, tmp_path):
-    # The kernel is held in image 4 (RUNNING) until the CLI has shown image 3/6: the line can
-    # only come while the kernel runs. Were it shown only after the end, the hold would run
-    # out by itself (HOLD_MAX_SECONDS) and the kernel's status at the line be COMPLETE.
-    emulator.image_seconds = 0.1
+def _held_until_line_3(emulator, cli, tmp_path):
+    """Generate six images with the kernel held in image 4 until the CLI shows "image 3/6";
+    the kernel's status at that moment, and what the CLI printed."""
     emulator.hold_image = 4
     at_line_3 = []
 
@@ -33,6 +31,15 @@ def test_progress_streams_in_while_the_kernel_runs(emulator, cli, tmp_path):
     with on_stderr("image 3/6", shown):
         code, out, err = cli("generate", *SIX, "--out", str(tmp_path / "o"), cwd=tmp_path)
     assert code == 0, err
+    return at_line_3, err
+
+
+def test_progress_streams_in_while_the_kernel_runs(emulator, cli, tmp_path):
+    # The kernel is held in image 4 (RUNNING) until the CLI has shown image 3/6: the line can
+    # only come while the kernel runs. Were it shown only after the end, the hold would run
+    # out by itself (HOLD_MAX_SECONDS) and the kernel's status at the line be COMPLETE.
+    emulator.image_seconds = 0.1
+    at_line_3, err = _held_until_line_3(emulator, cli, tmp_path)
     assert emulator.held.is_set() and at_line_3 == ["RUNNING"]
     lines = image_lines(err)
     assert [re.match(r"image (\d)/6", l).group(1) for l in lines] == list("123456")  # once each
@@ -64,17 +71,8 @@ def test_without_a_stream_progress_comes_from_the_output_listing(emulator, cli, 
     # held in image 4 until the CLI shows image 3/6, which only the listing's log can give it
     # while the kernel runs (the stream answers 404)
     emulator.image_seconds = 0.05
-    emulator.hold_image = 4
     emulator.faults.set(no_stream=True)
-    at_line_3 = []
-
-    def shown():
-        at_line_3.append(emulator.versions(BATCH)[0].status)
-        emulator.release.set()
-
-    with on_stderr("image 3/6", shown):
-        code, out, err = cli("generate", *SIX, "--out", str(tmp_path / "o"), cwd=tmp_path)
-    assert code == 0, err
+    at_line_3, err = _held_until_line_3(emulator, cli, tmp_path)
     assert at_line_3 == ["RUNNING"] and emulator.live_streams == 0
     assert sum(1 for method, _ in emulator.calls if method == "LogStream") == 1  # 404: not again
     numbers = [re.match(r"image (\d)/6", l).group(1) for l in image_lines(err)]
