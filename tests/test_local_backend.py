@@ -297,6 +297,31 @@ def test_a_local_run_killed_after_its_last_image_is_complete_not_partial(tmp_pat
     assert run.state == RunState.DOWNLOADED and artifacts.verify(tmp_path / "out") == []
 
 
+def test_images_a_local_rescue_moved_are_still_hashed_by_the_next_fetch(tmp_path):
+    """A killed run's images moved home by the rescue, one of them changed on disk since
+    (same size): the next command's fetch checks its sha256 and refuses it (review)."""
+    from imggenhub.backends.local import LocalBackend
+    from imggenhub.errors import TransferError
+    from imggenhub.job.resolve import build_job
+    from imggenhub.job.spec import parse_settings, prompts_from_flags
+    from imggenhub.run import jobs
+    from imggenhub.run.lifecycle import RunState
+
+    job = build_job(parse_settings(model="tiny-random", seed=5, num_images=3),
+                    prompts_from_flags(["a fox"]))
+    run = jobs.start(job, "local", tmp_path / "out", None, lambda m: None)
+    run.state = RunState.RUNNING
+    runs.save(run)
+    _engine_left(run, {0, 1, 2}, merged=False)
+    [run] = LocalBackend().wait([run], lambda _: lambda m: None)
+    first = tmp_path / "out" / artifacts.read_manifest(tmp_path / "out")["images"][0]["file"]
+    data = bytearray(first.read_bytes())
+    data[-1] ^= 0xFF
+    first.write_bytes(bytes(data))
+    with pytest.raises(TransferError, match="does not match its sha256"):
+        jobs.advance(run, "resume", lambda m: None)
+
+
 def test_a_local_run_with_images_home_keeps_its_one_output_folder(tmp_path, cli):
     """download --out would leave the images already moved behind (review): refused."""
     from imggenhub.run import jobs

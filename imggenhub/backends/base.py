@@ -27,10 +27,11 @@ OnEvent = Callable[[str], None]
 class Fetched:
     """What a backend's transfer brought: the output folder's manifest as it now stands
     (parsed once, handed on), and the files whose sha256 is still to be checked (those
-    that arrived unchecked; every other file was checked when it arrived)."""
+    that arrived unchecked, or None for all; every other file was checked when it
+    arrived)."""
 
     manifest: dict | None
-    unhashed: set[str] = field(default_factory=set)
+    unhashed: set[str] | None = field(default_factory=set)  # None: every file
 
 
 def session_plan(run: Run) -> Plan | None:

@@ -241,11 +241,13 @@ class LocalBackend(Backend):
         before = here
         if new is not None and before is not None and before.get("run_id") == run.run_id:
             new = artifacts.combine(before, new)
-        moved = artifacts.collect(src, out_dir, skip=frozenset({MANIFEST}))
+        artifacts.collect(src, out_dir, skip=frozenset({MANIFEST}))
         if new is not None:
             artifacts.write_manifest(out_dir, new)
             (src / MANIFEST).unlink(missing_ok=True)
         log = run.folder / LOG_FILE
         if log.exists():
             shutil.copyfile(log, out_dir / LOG_FILE)
-        return Fetched(new if new is not None else before, set(moved))
+        # files that moved on this disk, perhaps in an earlier (interrupted) command: every
+        # one is hashed against the manifest here, where that costs no download
+        return Fetched(new if new is not None else before, None)

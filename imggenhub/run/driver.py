@@ -58,7 +58,11 @@ def _keep_old_document(run: Run) -> None:
 
     for one in [run, *(runs.shards_of(run) if run.shards else [])]:
         if runs.document(one) is None and (one.notebook_dir / CODE_FILE).exists():
-            doc = read_job_document((one.notebook_dir / CODE_FILE).read_text(encoding="utf-8"))
+            try:
+                text = (one.notebook_dir / CODE_FILE).read_text(encoding="utf-8")
+            except (OSError, ValueError) as exc:
+                raise runs.state_error(OSError(str(exc))) from None
+            doc = read_job_document(text)
             if doc is not None:
                 runs.keep_document(one, doc)
 
@@ -99,12 +103,12 @@ def advance(run: Run, command: str, on_event: backends.OnEvent,
             timeout: float | None = None, out_dir: Path | None = None) -> Run:
     """Take the steps ``command`` may take until its work is done; raise with the right
     exit code otherwise. One process at a time per run (the others are refused)."""
-    _keep_old_document(run)
     impl = backends.get_backend(run.backend)
     deadline = Deadline(impl.tunables, timeout)
     with runs.working_on(run):
         run = runs.reload(run)
         try:
+            _keep_old_document(run)
             if out_dir is not None:
                 run = _move_output(impl, run, command, Path(out_dir))
             group = _Group(run, on_event)
