@@ -274,15 +274,14 @@ def test_interrupts_and_kills_anywhere_in_a_local_run_lose_no_record(tmp_path, m
     assert artifacts.verify(tmp_path / "out") == [] and (tmp_path / "out" / "gallery.html").exists()
 
 
-def test_a_local_run_killed_after_its_last_image_is_complete_not_partial(tmp_path):
-    """Every image made, the process killed before the notebook returned: the next command
-    finds the run complete (not partial, which would have nothing to make), and download
-    ends it."""
-    from imggenhub.run import jobs
+def _killed_after_last_image(tmp_path, on_event):
+    """A local run of 3 images killed after the engine made all of them, before the notebook
+    returned; then what poll or resume does first with such a run (the rescue)."""
     from imggenhub.backends.local import LocalBackend
-    from imggenhub.run.lifecycle import RunState
     from imggenhub.job.resolve import build_job
     from imggenhub.job.spec import parse_settings, prompts_from_flags
+    from imggenhub.run import jobs
+    from imggenhub.run.lifecycle import RunState
 
     job = build_job(parse_settings(model="tiny-random", seed=5, num_images=3),
                     prompts_from_flags(["a fox"]))
@@ -290,8 +289,19 @@ def test_a_local_run_killed_after_its_last_image_is_complete_not_partial(tmp_pat
     run.state = RunState.RUNNING
     runs.save(run)
     _engine_left(run, {0, 1, 2}, merged=False)
+    [run] = LocalBackend().wait([run], lambda _: on_event)
+    return run
+
+
+def test_a_local_run_killed_after_its_last_image_is_complete_not_partial(tmp_path):
+    """Every image made, the process killed before the notebook returned: the next command
+    finds the run complete (not partial, which would have nothing to make), and download
+    ends it."""
+    from imggenhub.run import jobs
+    from imggenhub.run.lifecycle import RunState
+
     events = []
-    [run] = LocalBackend().wait([run], lambda _: events.append)  # what poll or resume does
+    run = _killed_after_last_image(tmp_path, events.append)
     assert run.state == RunState.COMPLETE and "every image was finished" in events[-1]
     run = jobs.advance(run, "resume", lambda m: None)
     assert run.state == RunState.DOWNLOADED and artifacts.verify(tmp_path / "out") == []
@@ -300,20 +310,10 @@ def test_a_local_run_killed_after_its_last_image_is_complete_not_partial(tmp_pat
 def test_images_a_local_rescue_moved_are_still_hashed_by_the_next_fetch(tmp_path):
     """A killed run's images moved home by the rescue, one of them changed on disk since
     (same size): the next command's fetch checks its sha256 and refuses it (review)."""
-    from imggenhub.backends.local import LocalBackend
     from imggenhub.errors import TransferError
-    from imggenhub.job.resolve import build_job
-    from imggenhub.job.spec import parse_settings, prompts_from_flags
     from imggenhub.run import jobs
-    from imggenhub.run.lifecycle import RunState
 
-    job = build_job(parse_settings(model="tiny-random", seed=5, num_images=3),
-                    prompts_from_flags(["a fox"]))
-    run = jobs.start(job, "local", tmp_path / "out", None, lambda m: None)
-    run.state = RunState.RUNNING
-    runs.save(run)
-    _engine_left(run, {0, 1, 2}, merged=False)
-    [run] = LocalBackend().wait([run], lambda _: lambda m: None)
+    run = _killed_after_last_image(tmp_path, lambda m: None)
     first = tmp_path / "out" / artifacts.read_manifest(tmp_path / "out")["images"][0]["file"]
     data = bytearray(first.read_bytes())
     data[-1] ^= 0xFF
