@@ -52,8 +52,9 @@ class Backend:
         self.deadline = Deadline(self.tunables, None)
 
     def bound(self, seconds: float | None) -> None:
-        """The time the next step may take, retries and lock waits included (None: no limit)."""
-        self.deadline = Deadline(self.tunables, seconds)
+        """The time the next step may take, retries and lock waits included (None: no limit;
+        a time already past: none)."""
+        self.deadline = Deadline(self.tunables, None if seconds is None else max(0.0, seconds))
 
     # --- what a backend implements ---------------------------------------------------
 

@@ -248,12 +248,21 @@ def fresh_gallery(run) -> Path:
 def remake_sheets(run, cols: int | None = None) -> list[Path]:
     """A run's contact sheets and sweep grids made again from its manifest, and its gallery
     (it links them); the sheets' paths."""
-    from . import sheets, sweeps
-
     folder = Path(run.out_dir)
     manifest = read_manifest(folder)
     if manifest is None or not manifest["images"]:
         raise _no_images_yet(run)
-    paths = sheets.write(folder, manifest, cols) + sweeps.write(folder, manifest)
+    return write_views(folder, manifest, cols)
+
+
+def write_views(folder: Path, manifest: dict, cols: int | None = None,
+                sheets_too: bool = True) -> list[Path]:
+    """What the user looks at, made from the folder's manifest: the contact sheets and a
+    sweep's grids (unless ``sheets_too`` is false: images not all checked), then the gallery,
+    which links them; the sheets' paths."""
+    from . import sheets, sweeps
+
+    paths = sheets.write(folder, manifest, cols) + sweeps.write(folder, manifest) \
+        if sheets_too else []
     write_gallery(folder, manifest)
     return paths

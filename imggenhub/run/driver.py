@@ -60,8 +60,8 @@ def _keep_old_document(run: Run) -> None:
         if runs.document(one) is None and (one.notebook_dir / CODE_FILE).exists():
             try:
                 text = (one.notebook_dir / CODE_FILE).read_text(encoding="utf-8")
-            except (OSError, ValueError) as exc:
-                raise runs.state_error(OSError(str(exc))) from None
+            except (OSError, ValueError) as exc:  # unreadable, or not UTF-8
+                raise runs.state_error(exc) from None
             doc = read_job_document(text)
             if doc is not None:
                 runs.keep_document(one, doc)
@@ -142,7 +142,7 @@ def _drive(impl: backends.Backend, group: _Group, command: str, deadline: Deadli
                 waiting.append(i)
                 continue
             say = group.say(member)
-            impl.bound(_left(deadline))
+            impl.bound(deadline.left())
             try:
                 with group.lock(member):
                     members[i] = _take(impl, step, runs.reload(member), say)
@@ -165,7 +165,7 @@ def _drive(impl: backends.Backend, group: _Group, command: str, deadline: Deadli
         if moved:
             continue
         if waiting:
-            impl.bound(_left(deadline))
+            impl.bound(deadline.left())
             try:
                 updated = impl.wait([members[i] for i in waiting], group.say)
             except StillRunning as exc:
@@ -189,11 +189,6 @@ def _drive(impl: backends.Backend, group: _Group, command: str, deadline: Deadli
             tunables.clock.sleep(pause)
             continue
         return
-
-
-def _left(deadline: Deadline) -> float | None:
-    left = deadline.left()
-    return None if left is None else max(0.0, left)
 
 
 def _take(impl: backends.Backend, step: Step, member: Run, say) -> Run:

@@ -40,12 +40,9 @@ class Images(RunKind):
         return images_text(n)
 
     def views(self, out_dir: Path, manifest: dict, complete: bool) -> None:
-        from ..outputs import artifacts, sheets, sweeps
+        from ..outputs import artifacts
 
-        if complete:
-            sheets.write(out_dir, manifest)  # grid.png: every image as a labelled tile
-            sweeps.write(out_dir, manifest)  # a sweep's labelled grids, one per prompt
-        artifacts.write_gallery(out_dir, manifest)
+        artifacts.write_views(out_dir, manifest, sheets_too=complete)  # grid.png, gallery
 
 
 KINDS: dict[str, RunKind] = {}

@@ -108,8 +108,9 @@ def _write_lock(run_id: str) -> FileLock:
     return FileLock(str(runs_dir() / run_id / ".write.lock"), timeout=30)
 
 
-def state_error(exc: OSError) -> SpecError:
-    return SpecError(f"The state folder {state_dir()} could not be written ({exc.strerror or exc}); "
+def state_error(exc: OSError | ValueError) -> SpecError:
+    why = getattr(exc, "strerror", None) or exc
+    return SpecError(f"The state folder {state_dir()} could not be written ({why}); "
                      "free space there or set IMGGENHUB_HOME to a writable folder.")
 
 
@@ -128,27 +129,25 @@ def save(run: Run) -> Run:
                 raise TransitionError(f"run {run.run_id}: {on_disk.value} -> {run.state.value} "
                                       "is not in the lifecycle table")
         run.updated = time.time()
-        tmp = path.with_name(f".{RUN_FILE}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(run.model_dump_json(indent=2), encoding="utf-8")
-            os.replace(tmp, path)
-        except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise state_error(exc) from None
+        _replace(path, run.model_dump_json(indent=2))
     return run
+
+
+def _replace(path: Path, text: str) -> None:
+    """``path`` replaced whole by ``text`` (a reader never sees half of it), or a sentence."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise state_error(exc) from None
 
 
 def keep_document(run: Run, document: dict) -> None:
     """The job document of the run's notebook (its latest session's), kept beside the record:
     nothing reads it back out of the notebook."""
-    path = run.folder / JOB_FILE
-    tmp = path.with_name(f".{JOB_FILE}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(document, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise state_error(exc) from None
+    _replace(run.folder / JOB_FILE, json.dumps(document, ensure_ascii=False))
 
 
 def document(run: Run) -> dict | None:
