@@ -110,19 +110,6 @@ def test_the_init_image_matters_more_the_lower_the_strength(tmp_path):
 
 
 @pytest.mark.slow
-def test_image_to_image_through_the_local_backend(tmp_path, cli):
-    img = picture(tmp_path / "big.png", 4, size=96)  # resized to the job's 64x64, with a note
-    code, out, err = cli("generate", "--backend", "local", "--model", "tiny-random", "-p", "a fox",
-                         "--init-image", str(img), "--strength", "0.5", "--steps", "4",
-                         "--num-images", "2", "--out", str(tmp_path / "out"), cwd=tmp_path)
-    assert code == 0, err
-    manifest = artifacts.read_manifest(tmp_path / "out")
-    assert manifest["images"][0]["strength"] == 0.5 and manifest["images"][0]["width"] == 64
-    # one note for the file, not one for each of its images
-    assert (tmp_path / "out" / "kernel.log").read_text().count("resized to 64x64") == 1
-
-
-@pytest.mark.slow
 def test_inpainting_redraws_inside_the_mask_and_follows_the_picture_outside(tmp_path):
     """With any weights: two init images that differ only outside the mask give outputs
     that differ outside the mask far more than inside it (inside, the mask is redrawn

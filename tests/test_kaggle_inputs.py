@@ -188,13 +188,15 @@ def test_the_kernel_fails_clearly_when_a_shipped_file_is_not_mounted(emulator, c
 @pytest.mark.slow
 def test_kaggle_with_local_inputs_makes_the_same_images_as_the_local_backend(real_emulator, cli,
                                                                            tmp_path, monkeypatch):
-    """Init image, mask and a real LoRA file, through the emulator's real notebook runner:
-    the images are the local backend's, pixel for pixel, and the manifest names the files
-    as the user does; a second run uploads nothing."""
+    """Init image, mask and a real LoRA file, through the local backend and the emulator's
+    real notebook runner: the same spec makes the same images, byte for byte (seeds, and
+    metadata that names the files as the user does); a second run uploads nothing. The
+    local run is also the image-to-image test through the local backend (a 96-pixel init
+    image is resized to the job's 64, with one note for the file)."""
     from .test_hf_token import CANARY, everywhere_but_the_dataset
     from .test_lora import make_lora
 
-    init = picture(tmp_path / "init.png", 1)
+    init = picture(tmp_path / "init.png", 1, size=96)
     m = mask(tmp_path / "mask.png")
     lora = make_lora(tmp_path / "lora")
     flags = [*TINY, "-p", "a fox", "-p", "a hen", "--init-image", str(init), "--mask-image",
@@ -202,6 +204,8 @@ def test_kaggle_with_local_inputs_makes_the_same_images_as_the_local_backend(rea
     code, out, err = cli("generate", *flags, "--backend", "local", "--out", str(tmp_path / "local"),
                          cwd=tmp_path)
     assert code == 0, err
+    # one note for the file, not one for each of its images
+    assert (tmp_path / "local" / "kernel.log").read_text().count("resized to 64x64") == 1
     # with a token for gated models, which the engine takes into its own processes only
     monkeypatch.setenv("MY_HF", CANARY)
     code, out, err = cli("generate", *flags, "--hf-token-env", "MY_HF", "--out",
@@ -230,9 +234,11 @@ def test_kaggle_with_local_inputs_makes_the_same_images_as_the_local_backend(rea
         for key in ("init_image", "mask_image", "loras", "seed", "strength", "denoising_steps"):
             assert local[key] == remote[key], key
         assert remote["init_image"] == "init.png" and remote["loras"][0]["name"] == lora.stem
+        assert remote["strength"] == 0.75 and remote["width"] == 64
         a = np.asarray(Image.open(tmp_path / "local" / local["file"]))
         b = np.asarray(Image.open(tmp_path / "kaggle" / remote["file"]))
         assert np.array_equal(a, b)
+        assert local["sha256"] == remote["sha256"]  # the PNG's metadata too
     real_emulator.runner = "stub"  # the reuse is the point now, not the images again
     code, out, err = cli("deploy", *flags, cwd=tmp_path)
     assert code == 0, err
