@@ -6,5 +6,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh local,test
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # Four workers on two cores: most tests wait on subprocesses, kernels and the emulator,
-# not the CPU (measured: 128 s against 163 s with two).
-exec .venv/bin/python -m pytest -n 4 "$@"
+# not the CPU (measured: 128 s against 163 s with two). `--dist loadgroup` takes
+# tests/conftest.py's scheduler: the heaviest tests first, whichever worker is free next,
+# and the tests that import torch into the test process on two workers, not four.
+exec .venv/bin/python -m pytest -n 4 --dist loadgroup "$@"

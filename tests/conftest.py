@@ -28,11 +28,117 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: runs a real diffusers notebook end to end")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--store-durations", action="store_true",
+                     help=f"write each test's seconds into {DURATIONS.name}, which orders "
+                          "the next runs (the longest first)")
+
+
+# Tests that share one worker under `--dist loadgroup` (scripts/test.sh), each group in one
+# chain: torch-a and torch-b import torch and diffusers into the test process (two workers
+# pay that import's seconds of CPU, not four); quick_run's tests share the module fixture
+# that runs a real engine once. tests/test_suite.py checks that each names a real test.
+SHARED_WORKER = {
+    "torch-a": (
+        "test_kaggle_inputs.py::test_kaggle_with_local_inputs_makes_the_same_images_as_the_local_backend",
+        "test_img2img.py::test_one_job_mixes_modes_per_prompt_over_one_loaded_model",
+        "test_img2img.py::test_the_init_image_matters_more_the_lower_the_strength",
+        "test_img2img.py::test_inpainting_redraws_inside_the_mask_and_follows_the_picture_outside",
+        "test_lora.py::test_scale_0_is_no_lora_scale_1_is_another_image_and_both_are_recorded",
+        "test_embeddings.py::test_the_embedding_changes_only_prompts_with_its_token",
+        "test_engine.py::test_tiny_pipeline_is_deterministic_per_seed",
+        "test_engine.py::test_every_scheduler_name_maps_to_a_diffusers_class",
+        "test_engine.py::test_crash_keeps_finished_images_in_the_manifest",
+        "test_engine.py::test_a_saved_diffusers_folder_loads_through_autopipeline",
+        "test_engine.py::test_a_missing_model_fails_with_the_loaders_message",
+    ),
+    "torch-b": (
+        "test_benchmarks.py::test_benchmark_runs_quick[engine_overhead_sdxl.py]",
+        "test_benchmarks.py::test_benchmark_runs_quick[engine_reuse.py]",
+        "test_benchmarks.py::test_benchmark_runs_quick[engine_overhead.py]",
+        "test_refiner.py::test_the_refiner_shares_the_base_components_and_takes_the_last_steps",
+        "test_refiner.py::test_kandinsky_honours_negative_prompts_and_sizes",
+        "test_sweeps.py::test_the_engine_switches_schedulers_between_cells",
+        "test_sweeps.py::test_lora_scale_and_refiner_start_sweeps_change_only_their_cells",
+        "test_sweeps.py::test_the_engine_loads_each_model_of_a_sweep_once",
+        "test_scores.py::test_the_score_is_the_floored_cosine_times_100",
+        "test_scores.py::test_score_records_each_image_and_the_mean",
+        "test_scores.py::test_score_command_reads_our_pngs_and_a1111s",
+        "test_scores.py::test_score_offline_without_the_model_is_one_sentence_and_an_empty_folder_loads_nothing",
+    ),
+    "quick_run": (
+        "test_local_backend.py::test_generate_leaves_verified_pngs_and_manifest",
+        "test_local_backend.py::test_the_run_record_is_kept",
+        "test_local_backend.py::test_the_gallery_shows_every_image_with_its_prompt_escaped",
+    ),
+}
+_GROUP_OF = {f"tests/{test}": group for group, tests in SHARED_WORKER.items() for test in tests}
+
+# Each test's seconds in a run of the whole suite (`scripts/test.sh --store-durations`):
+# the longest start first, so that the four workers end together instead of one long test
+# running alone at the end. A test not in it yet counts as 10 s if slow, else 1 s.
+DURATIONS = REPO / "tests" / "durations.json"
+
+
+def group_of(nodeid: str) -> str | None:
+    return _GROUP_OF.get(nodeid, _GROUP_OF.get(nodeid.partition("[")[0]))
+
+
 def pytest_collection_modifyitems(config, items):
-    """The slow tests first (each in its file's order): the test workers start on the long
-    ones, and the many short ones fill the gaps at the end, instead of one long test
-    running alone after all the rest."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    """Longest first, a group as long as its tests together; the scheduler below hands the
+    tests out in this order."""
+    known = json.loads(DURATIONS.read_text()) if DURATIONS.exists() else {}
+
+    def seconds(item) -> float:
+        default = 10.0 if item.get_closest_marker("slow") else 1.0
+        return known.get(item.nodeid, default)
+
+    chain: dict[str, float] = {}
+    for item in items:
+        unit = group_of(item.nodeid) or item.nodeid
+        chain[unit] = chain.get(unit, 0.0) + seconds(item)
+    items.sort(key=lambda item: -chain[group_of(item.nodeid) or item.nodeid])
+
+
+class _Durations:
+    """--store-durations: each test's setup, call and teardown seconds, as the workers
+    report them, written when the session ends."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def pytest_runtest_logreport(self, report):
+        self.seconds[report.nodeid] = self.seconds.get(report.nodeid, 0.0) + report.duration
+
+    def pytest_sessionfinish(self, session):
+        if session.testsfailed or not self.seconds:
+            return  # a failed run's times say little
+        DURATIONS.write_text(json.dumps({k: round(v, 1) for k, v in sorted(self.seconds.items())},
+                                        indent=0) + "\n")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session):
+    config = session.config
+    if config.getoption("store_durations") and not hasattr(config, "workerinput"):
+        config.pluginmanager.register(_Durations(), "imggenhub-durations")
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadgroup` with the groups above: each group one unit of work, every other
+    test a unit of its own, handed to whichever worker is free, in collection order.
+    (xdist's own loadgroup reads `xdist_group` marks through node ids, which pytest 9.2 no
+    longer lets a plugin rename.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class SharedWorker(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return group_of(nodeid) or nodeid
+
+    config.option.loadscopereorder = False  # keep the heaviest-first order
+    return SharedWorker(config, log)
 
 
 @pytest.fixture(autouse=True)
