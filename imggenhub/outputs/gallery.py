@@ -15,9 +15,10 @@ import json
 import shlex
 from pathlib import Path
 
+from ..engine.wire import IMAGE_PARAMS
+
 GALLERY = "gallery.html"
-SHOWN = ("prompt", "negative_prompt", "seed", "steps", "guidance", "width", "height",
-         "scheduler", "model", "loras", "strength", "init_image", "mask_image", "refiner", "score")
+SHOWN = ("prompt", *IMAGE_PARAMS, "model", "loras", "refiner", "score")
 
 
 def command(record: dict, header: dict) -> str:
@@ -28,15 +29,11 @@ def command(record: dict, header: dict) -> str:
     args += ["--prompt", str(record.get("prompt", ""))]
     # a sweep's cell may have its own scheduler; the record names only its class
     scheduler = (record.get("cell") or {}).get("scheduler") or header.get("scheduler_flag")
-    flags = (("--negative-prompt", record.get("negative_prompt")), ("--seed", record.get("seed")),
-             ("--model", record.get("model") or header.get("model")),
-             ("--steps", record.get("steps")), ("--guidance", record.get("guidance")),
-             ("--width", record.get("width")), ("--height", record.get("height")),
-             ("--scheduler", scheduler), ("--strength", record.get("strength")),
-             ("--init-image", record.get("init_image")), ("--mask-image", record.get("mask_image")))
-    for flag, value in flags:
+    values = {name: record.get(name) for name in IMAGE_PARAMS}  # each is the flag of its name
+    values.update(scheduler=scheduler, model=record.get("model") or header.get("model"))
+    for name, value in values.items():
         if value not in (None, ""):
-            args += [flag, str(value)]
+            args += ["--" + name.replace("_", "-"), str(value)]
     for lora in record.get("loras") or header.get("loras") or []:  # a local one by its file name
         args += ["--lora", f"{lora.get('file') or lora.get('name')}:{lora.get('scale')}"]
     for emb in record.get("embeddings") or header.get("embeddings") or []:
