@@ -105,3 +105,24 @@ class OverQuota(ImggenhubError):
 
 class Interrupted(ImggenhubError):
     exit_code = Exit.INTERRUPTED
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is, so that it takes Ctrl-C's way out
+    (every ``except KeyboardInterrupt`` that keeps finished work applies) with its own
+    exit code (128 + the signal's number)."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        super().__init__(signum)
+        self.name = signal.Signals(signum).name
+        self.exit_code = Exit(128 + signum)
+
+
+def interruption(stop: BaseException) -> tuple[str, Exit]:
+    """How an interruption is told: ("Interrupted", 130) for Ctrl-C, ("Stopped by SIGTERM",
+    143) for a signal."""
+    if isinstance(stop, Stopped):
+        return f"Stopped by {stop.name}", stop.exit_code
+    return "Interrupted", Exit.INTERRUPTED

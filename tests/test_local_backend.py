@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -137,37 +138,53 @@ def test_the_gallery_shows_every_image_with_its_prompt_escaped(quick_run, tmp_pa
 
 
 @pytest.mark.slow
-def test_ctrl_c_keeps_the_finished_images_and_resume_makes_only_the_rest(tmp_path):
-    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) in the middle of a
-    local run: exit 130 with one sentence and no traceback, the finished images verified in
-    the output folder, the run partial; resume makes only the images still missing, and the
-    job ends whole, each image as a run without the interruption makes it."""
+def test_sigterm_under_timeout_keeps_the_finished_images_and_resume_makes_only_the_rest(tmp_path):
+    """SIGTERM in the middle of a local run, as `timeout` sends it (to the command and its
+    process group; the Jupyter kernel and its engine live in a session of their own), is
+    Ctrl-C's way out: exit 143 with one sentence and no traceback, the engine stopped with
+    no process left behind, the finished images verified in the output folder, the run
+    partial; resume makes only the images still missing, and the job ends whole, each image
+    as a run without the interruption makes it."""
     import os
     import signal
     import subprocess
     import sys
 
-    from .conftest import sigint_default
+    import psutil
 
     env = dict(os.environ)  # this test's own state folder (the isolated fixture's)
     exe = str(Path(sys.executable).with_name("imggenhub"))
     spec = ["--backend", "local", "--model", "tiny-random", "--seed", "5", "-p", "a fox",
             "--num-images", "24", "--steps", "2", "--name", "cut", "--out", str(tmp_path / "out")]
-    proc = subprocess.Popen([exe, "generate", *spec], cwd=tmp_path, env=env, text=True,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True,
-                            preexec_fn=sigint_default)
+    proc = subprocess.Popen(["timeout", "600", exe, "generate", *spec], cwd=tmp_path, env=env,
+                            text=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True)
     lines = []
     for line in proc.stderr:
         lines.append(line)
         if "image 3/24" in line:
             break
-    os.killpg(proc.pid, signal.SIGINT)
+    state = Path(os.environ["IMGGENHUB_HOME"])
+
+    def ours():  # the kernel and the engine work in the run's folder
+        found = []
+        for p in psutil.process_iter(["cwd"]):
+            with contextlib.suppress(psutil.Error, TypeError):
+                if p.info["cwd"] and Path(p.info["cwd"]).is_relative_to(state):
+                    found.append(p)
+        return found
+
+    assert ours(), "the engine should be running"
+    proc.send_signal(signal.SIGTERM)  # timeout passes it on to the command's process group
     out, err = proc.communicate(timeout=60)
     err = "".join(lines) + err
-    assert proc.returncode == 130, err
+    assert proc.returncode == 143, err
     assert "Traceback" not in err and "Task exception" not in err, err
-    assert "'imggenhub resume" in err and "makes the rest" in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("Error: Stopped by SIGTERM; the ") and "'imggenhub resume" in last, err
+    assert "makes the rest" in last, err
+    psutil.wait_procs(ours(), timeout=10)
+    assert ours() == [], "a process of the run was left behind"
     run = runs.load("cut")
     assert run.state.value == "partial"
     kept = artifacts.read_manifest(tmp_path / "out")

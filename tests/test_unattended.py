@@ -115,7 +115,13 @@ def test_the_gpu_slot_wait_is_bounded_by_the_timeout(emulator, cli, tmp_path):
     assert cli("resume")[0] == 0
 
 
-def test_ctrl_c_says_the_kaggle_run_goes_on_and_how_to_pick_it_up(emulator, tmp_path):
+@pytest.mark.parametrize("signum,code,how", [(signal.SIGINT, 130, "Interrupted"),
+                                              (signal.SIGTERM, 143, "Stopped by SIGTERM"),
+                                              (signal.SIGHUP, 129, "Stopped by SIGHUP")])
+def test_a_signal_says_the_kaggle_run_goes_on_and_how_to_pick_it_up(signum, code, how, emulator,
+                                                                   tmp_path):
+    """Ctrl-C, SIGTERM (`timeout`, systemd) and SIGHUP (a closed terminal) while a Kaggle run
+    is queued: one sentence that the run goes on and how to pick it up, the signal's code."""
     emulator.queue_seconds = 30
     proc = subprocess.Popen(
         [str(Path(os.sys.executable).with_name("imggenhub")), "generate", *SPEC],
@@ -126,15 +132,38 @@ def test_ctrl_c_says_the_kaggle_run_goes_on_and_how_to_pick_it_up(emulator, tmp_
         lines.append(line)
         if "pushed imggenhub/imggenhub-batch version 1" in line:
             break
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=30)
     err = "".join(lines) + err
     run_id = runs.load().run_id
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
+    assert err.strip().splitlines()[-1].startswith(f"Error: {how}; the Kaggle run {run_id}"), err
     assert "goes on and uses GPU quota" in err and f"'imggenhub resume {run_id}'" in err
     assert "Traceback" not in err
     assert all(STAMP.match(l) for l in lines)  # no TTY: timestamped lines, no ANSI codes
     assert "\x1b[" not in err
+
+
+def test_a_hangup_ignored_at_start_stays_ignored(emulator, tmp_path):
+    """Under nohup (SIGHUP ignored when imggenhub starts) a hang-up changes nothing: the run
+    goes on to its end."""
+    emulator.queue_seconds = 1
+    emulator.hold_image = 1  # the kernel waits at its first image until released
+
+    def nohup():
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    proc = subprocess.Popen(
+        [str(Path(os.sys.executable).with_name("imggenhub")), "generate", *SPEC],
+        cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, env=dict(os.environ), preexec_fn=nohup)
+    assert emulator.held.wait(60)  # the run is on, the command waits for it
+    proc.send_signal(signal.SIGHUP)
+    with pytest.raises(subprocess.TimeoutExpired):  # a handled hang-up would end it at once
+        proc.wait(1)
+    emulator.release.set()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
 
 
 def test_only_network_errors_become_could_not_reach():

@@ -186,10 +186,12 @@ class LocalBackend(Backend):
         download checks them and writes the gallery) or, with none, rendered."""
         import signal
 
-        try:  # a second Ctrl-C must not cut the rescue short
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        previous = {}
+        try:  # a second Ctrl-C (or SIGTERM, SIGHUP) must not cut the rescue short
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                previous[signum] = signal.signal(signum, signal.SIG_IGN)
         except ValueError:  # not the main thread: nothing to guard
-            previous = None
+            pass
         try:
             out_dir = Path(run.out_dir)
             try:
@@ -205,8 +207,8 @@ class LocalBackend(Backend):
                 share.minus(here) else RunState.PARTIAL if here else RunState.RENDERED
             return runs.save(run)
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def resolve(self, run: Run, on_event: OnEvent) -> Run:
         run.state = RunState.RENDERED  # nothing is ever pushed anywhere

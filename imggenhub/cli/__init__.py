@@ -9,7 +9,9 @@ prints their results and progress."""
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from typing import Annotated
 
 import typer
@@ -19,7 +21,7 @@ import typer
 _CLICK_ERRORS = tuple(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 from .. import __version__
-from ..errors import ImggenhubError
+from ..errors import ImggenhubError, Stopped, interruption
 from ..run.lifecycle import Exit
 from . import account, models, render, run, runs, score
 from .options import bare_refiner
@@ -76,13 +78,15 @@ def main(argv: list[str] | None = None) -> None:
     # known before any parsing, so that bad input gets its JSON answer too
     STATE.update(json="--json" in args[: args.index("--")] if "--" in args else "--json" in args,
                  reporter=None)
+    previous = _stop_on_signals()
     try:
         code = app(args=args, prog_name="imggenhub", standalone_mode=False)
     except _CLICK_ERRORS as exc:  # usage errors: one line, like every other error
         message = exc.format_message()
         code = _fail(message, exc.exit_code) if message else 0  # bare 'imggenhub' shows the help
-    except (typer.Abort, KeyboardInterrupt):
-        code = _fail("Interrupted; nothing that was finished is lost.", Exit.INTERRUPTED)
+    except (typer.Abort, KeyboardInterrupt) as stop:
+        how, exit_code = interruption(stop)
+        code = _fail(f"{how}; nothing that was finished is lost.", exit_code)
     except ImggenhubError as exc:
         if debug():
             raise
@@ -100,4 +104,24 @@ def main(argv: list[str] | None = None) -> None:
                      "for the traceback and report it.", 70)
     finally:
         close_reporter()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _stop_on_signals() -> dict:
+    """SIGTERM (`timeout`, systemd, a shutdown) and SIGHUP (the terminal closed) take Ctrl-C's
+    way out: a local engine is stopped and its finished images kept, a remote run goes on,
+    and the command that continues is printed. A signal ignored at start (nohup) stays
+    ignored. Returns the handlers to put back."""
+    previous = {}
+    if threading.current_thread() is not threading.main_thread():
+        return previous
+
+    def stop(signum, frame):
+        raise Stopped(signum)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(signum) == signal.SIG_DFL:
+            previous[signum] = signal.signal(signum, stop)
+    return previous

@@ -19,6 +19,7 @@ from ..config import Deadline
 from ..errors import (
     ImggenhubError,
     Interrupted,
+    interruption,
     NoFreeSlot,
     NothingYet,
     RunFailedError,
@@ -119,8 +120,8 @@ def advance(run: Run, command: str, on_event: backends.OnEvent,
                 if group.sharded:
                     run = _sum_up(run, [runs.reload(s) for s in group.members])
             return _verdict(runs.reload(run), group, command)
-        except KeyboardInterrupt:
-            raise _interrupted(impl, runs.reload(run)) from None
+        except KeyboardInterrupt as stop:
+            raise _interrupted(impl, runs.reload(run), stop) from None
         except ImggenhubError as exc:
             if getattr(exc, "run_id", None) is None:
                 exc.run_id = run.run_id  # --json names the run every error is about
@@ -246,21 +247,25 @@ def _title(run: Run) -> str:
     return backends.get_backend(run.backend).title
 
 
-def _interrupted(impl: backends.Backend, run: Run) -> Interrupted:
+def _interrupted(impl: backends.Backend, run: Run, stop: BaseException) -> Interrupted:
+    how, code = interruption(stop)
     if not impl.remote:
         if run.state == RunState.PARTIAL:
-            return Interrupted(f"Interrupted; the {kinds.of(run.kind).count(run.images_fetched)} "
-                               f"finished are in {run.out_dir}; 'imggenhub resume {run.run_id}' "
-                               "makes the rest.")
-        return Interrupted(f"Interrupted before anything was finished; 'imggenhub resume "
-                           f"{run.run_id}' runs it again.")
-    if run.state in (RunState.PUSHING, RunState.PUSH_UNKNOWN, RunState.PUSHED, RunState.QUEUED,
-                     RunState.RUNNING):
+            said = (f"{how}; the {kinds.of(run.kind).count(run.images_fetched)} finished are in "
+                    f"{run.out_dir}; 'imggenhub resume {run.run_id}' makes the rest.")
+        else:
+            said = (f"{how} before anything was finished; 'imggenhub resume {run.run_id}' runs "
+                    "it again.")
+    elif run.state in (RunState.PUSHING, RunState.PUSH_UNKNOWN, RunState.PUSHED, RunState.QUEUED,
+                       RunState.RUNNING):
         where = f" ({run.url})" if run.url else ""
-        return Interrupted(f"Interrupted; the {impl.title} run {run.run_id}{where} goes on and "
-                           f"uses GPU quota; 'imggenhub resume {run.run_id}' picks it up.")
-    return Interrupted(f"Interrupted at state {run.state.value}; 'imggenhub resume {run.run_id}' "
-                       "picks it up.")
+        said = (f"{how}; the {impl.title} run {run.run_id}{where} goes on and uses GPU quota; "
+                f"'imggenhub resume {run.run_id}' picks it up.")
+    else:
+        said = f"{how} at state {run.state.value}; 'imggenhub resume {run.run_id}' picks it up."
+    error = Interrupted(said)
+    error.exit_code = code
+    return error
 
 
 def _move_output(impl: backends.Backend, run: Run, command: str, out: Path) -> Run:

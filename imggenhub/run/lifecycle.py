@@ -24,7 +24,9 @@ class Exit(IntEnum):
     UNREACHABLE = 5
     NOTHING_YET = 6
     OVER_QUOTA = 7
+    HANGUP = 129
     INTERRUPTED = 130
+    TERMINATED = 143
 
 
 EXIT_MEANINGS = {
@@ -41,8 +43,11 @@ EXIT_MEANINGS = {
                       "another imggenhub process is working on it",
     Exit.OVER_QUOTA: "the job's estimated GPU hours exceed what is left of this week's Kaggle "
                      "quota (both are said; nothing was pushed; --force pushes anyway)",
+    Exit.HANGUP: "stopped by SIGHUP (the terminal closed): as Ctrl-C",
     Exit.INTERRUPTED: "interrupted (Ctrl-C); a remote run goes on, and the exact command that "
-                      "picks it up is printed",
+                      "picks it up is printed; a local engine is stopped, its finished images "
+                      "kept",
+    Exit.TERMINATED: "stopped by SIGTERM (`timeout`, systemd, a shutdown): as Ctrl-C",
 }
 
 
