@@ -9,6 +9,8 @@ prints their results and progress."""
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 import sys
 import threading
@@ -97,16 +99,50 @@ def main(argv: list[str] | None = None) -> None:
         code = _fail(exc, exc.exit_code, getattr(exc, "run_id", None))
     except RecursionError:
         code = _fail("The input is nested too deeply to be read.", Exit.BAD_INPUT)
+    except OSError as exc:
+        said = file_system_error(exc)
+        if said is None or debug():
+            if debug():
+                raise
+            code = _internal(exc)
+        else:
+            code = _fail(said, Exit.BAD_INPUT)
     except Exception as exc:  # a bug of ours: say so, in one sentence
         if debug():
             raise
-        code = _fail(f"Internal error ({type(exc).__name__}: {exc}); rerun with IMGGENHUB_DEBUG=1 "
-                     "for the traceback and report it.", 70)
+        code = _internal(exc)
     finally:
         close_reporter()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _internal(exc: BaseException) -> int:
+    return _fail(f"Internal error ({type(exc).__name__}: {exc}); rerun with IMGGENHUB_DEBUG=1 "
+                 "for the traceback and report it.", 70)
+
+
+_CAUSES = {
+    errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+    errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied",
+    errno.EPERM: "not permitted", errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "it is a folder", errno.EEXIST: "a file of that name is in the way",
+    errno.ENAMETOOLONG: "the name is too long", errno.ENOENT: "no such file or folder",
+    errno.ELOOP: "too many symbolic links", errno.EMLINK: "too many links",
+}
+
+
+def file_system_error(exc: OSError) -> str | None:
+    """A file-system error as one sentence naming the path and the cause (disk full, read
+    only, not a folder, name too long...); None for any other OSError (a bug of ours)."""
+    cause = _CAUSES.get(exc.errno or -1)
+    if cause is None or exc.filename is None:
+        return None
+    path = os.fsdecode(exc.filename)
+    if len(path) > 120:
+        path = path[:60] + "..." + path[-40:]
+    return f"Cannot use {path}: {cause}."
 
 
 def _stop_on_signals() -> dict:

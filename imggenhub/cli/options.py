@@ -21,7 +21,19 @@ Timeout = Annotated[Optional[float], typer.Option(
 ApiTimeout = Annotated[float, typer.Option(
     "--timeout", min=1, help="Give up on the API after this many seconds (exit 5).")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+NAME_MAX = 100
+
+
+def _check_name(name: Optional[str]) -> Optional[str]:
+    if name is not None and (not name.strip() or len(name) > NAME_MAX
+                             or any(not c.isprintable() for c in name)):
+        raise typer.BadParameter(f"a run's name is 1 to {NAME_MAX} printable characters "
+                                 f"(this one has {len(name)})", param_hint="'--name'")
+    return name
+
+
 Name = Annotated[Optional[str], typer.Option(
+    callback=_check_name,
     help="A name for the run (an idempotency key): run again, the same name picks it up.")]
 Out = Annotated[Optional[Path], typer.Option(help="Output folder (default: outputs/<run id>/).")]
 

@@ -148,11 +148,16 @@ def prepare_destination(out_dir: Path, run_id: str, job_id: str, is_active,
     if not claim:
         check(_read_claim(out_dir))  # a look only: the claim checks again under the lock
         return
-    with folder_lock(out_dir):
-        check(_read_claim(out_dir))
-        tmp = out_dir / f".{CLAIM}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps({"run_id": run_id, "job_id": job_id}), encoding="utf-8")
-        os.replace(tmp, out_dir / CLAIM)
+    tmp = out_dir / f".{CLAIM}.{os.getpid()}.tmp"
+    try:
+        with folder_lock(out_dir):
+            check(_read_claim(out_dir))
+            tmp.write_text(json.dumps({"run_id": run_id, "job_id": job_id}), encoding="utf-8")
+            os.replace(tmp, out_dir / CLAIM)
+    except OSError as exc:  # a full disk, a quota: said before anything is pushed
+        tmp.unlink(missing_ok=True)
+        raise SpecError(f"The output folder {out_dir} cannot be written "
+                        f"({exc.strerror or exc}); choose another --out.") from None
 
 
 def _read_claim(out_dir: Path) -> dict | None:

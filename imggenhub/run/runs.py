@@ -213,12 +213,22 @@ def find_named(name: str) -> Run | None:
     return named[-1] if named else None
 
 
+def _lock_name(key: str) -> str:
+    """A lock file's name for any key (a run name may hold any character and be long): a
+    readable part of it and a hash of all of it."""
+    import hashlib
+    import re
+
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "-", key)[:60]
+    return f"{readable}-{hashlib.sha256(key.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}.lock"
+
+
 @contextmanager
 def _held(key: str, wait: float, busy: str):
     """A file lock on this machine: wait at most ``wait`` seconds, else say ``busy``."""
     folder = state_dir() / "locks"
     folder.mkdir(exist_ok=True)
-    lock = FileLock(str(folder / (key.replace("/", "--") + ".lock")))
+    lock = FileLock(str(folder / _lock_name(key)))
     try:
         lock.acquire(timeout=wait)
     except Timeout:
