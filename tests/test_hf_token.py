@@ -120,3 +120,35 @@ def test_hf_token_goes_when_the_hub_says_the_model_is_gated(emulator, cli, tmp_p
         assert everywhere_but_the_dataset(emulator, tmp_path, state_dir()) == []
     finally:
         hub.shutdown()
+
+
+def test_a_kill_during_the_tokens_upload_leaves_no_copy_of_it_here(emulator, tmp_path):
+    """The token goes to Kaggle from memory: killed (-9) while its dataset is being made,
+    imggenhub has written it nowhere on this machine (the temporary folder included)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    emulator.faults.set(dataset_pending=10_000)  # the token's dataset stays in the making
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "MY_HF": CANARY, "TMPDIR": str(tmp)}
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("imggenhub")), "deploy", *SPEC,
+                             "--hf-token-env", "MY_HF"], cwd=tmp_path, env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    give_up = time.monotonic() + 60
+    def waiting_on_the_made_dataset() -> bool:
+        calls = [m for m, _ in list(emulator.calls)]
+        made = calls.index("CreateDataset") if "CreateDataset" in calls else len(calls)
+        return "GetDatasetStatus" in calls[made:]
+
+    while not waiting_on_the_made_dataset():  # uploaded, made, and waited on
+        assert proc.poll() is None and time.monotonic() < give_up, "the upload never happened"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    assert emulator.datasets[TOKEN_REF]["versions"][-1] == {"token": CANARY.encode()}
+    assert everywhere_but_the_dataset(emulator, tmp_path, state_dir()) == []

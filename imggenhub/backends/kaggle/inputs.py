@@ -14,9 +14,12 @@ inputs differs uploads its own dataset.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
 import json
 import re
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -42,6 +45,8 @@ class InputFile:
     size: int
     ext: str  # ".png", ".safetensors" ("" when the name has none a loader would need)
     stored: str | None = None  # its name in the dataset when not its content's (the token)
+    # its bytes, when they are on no disk (the token: never written on this machine)
+    data: bytes | None = dataclasses.field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -121,7 +126,8 @@ def kernel_document(document: dict, shipment: Shipment) -> dict:
 
 def save(folder: Path, shipment: Shipment) -> None:
     data = {"owner": shipment.owner, "slug": shipment.slug,
-            "files": [asdict(f) for f in shipment.files]}
+            "files": [{k: v for k, v in asdict(f).items() if k != "data"}  # bytes stay in memory
+                      for f in shipment.files]}
     (Path(folder) / INPUTS_FILE).write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
 
 
@@ -211,7 +217,8 @@ class Shipper:
     def upload(self, f: InputFile) -> str:
         """Upload one file; return its blob token. A cut-off upload resumes where the server
         says it stopped; an expired one starts again."""
-        sha, size = _sha256(f.path)
+        sha, size = (hashlib.sha256(f.data).hexdigest(), len(f.data)) if f.data is not None \
+            else _sha256(f.path)
         if (sha, size) != (f.sha256, f.size):
             raise SpecError(f"The input file {f.path} changed after this run was made; make a new "
                             "run with it.")
@@ -257,7 +264,8 @@ class Shipper:
         req.type = ApiBlobType.DATASET
         req.name = f.name
         req.content_length = f.size
-        req.last_modified_epoch_seconds = int(Path(f.path).stat().st_mtime)
+        req.last_modified_epoch_seconds = int(time.time() if f.data is not None
+                                              else Path(f.path).stat().st_mtime)
         resp = self.backend._call("starting an upload", lambda: self.backend.client.blobs
                                   .blob_api_client.start_blob_upload(req), self.on_event)
         return {"token": resp.token, "url": resp.create_url}
@@ -282,7 +290,7 @@ class Shipper:
         headers = {}
         if offset:
             headers["Content-Range"] = f"bytes {offset}-{f.size - 1}/{f.size}"
-        with open(f.path, "rb") as handle:
+        with (io.BytesIO(f.data) if f.data is not None else open(f.path, "rb")) as handle:
             handle.seek(offset)
             resp = session.put(upload["url"], data=handle, headers=headers)
         if resp.status_code in (200, 201):
@@ -366,10 +374,8 @@ def token_kernel_path() -> str:
 def ship_token(shipper: Shipper, owner: str, token: str) -> str:
     """Put the token in the private dataset OWNER/imggenhub-hf-token (a new version only when
     it holds another token), wait until it is ready, and return the dataset's ref. The token
-    is written to a private temporary file for the upload and never kept anywhere else."""
-    import os
-    import tempfile
-
+    goes from memory: it is written nowhere on this machine (a kill at any point leaves no
+    copy of it)."""
     from ...config import state_dir
 
     data = token.encode("utf-8")
@@ -380,13 +386,10 @@ def ship_token(shipper: Shipper, owner: str, token: str) -> str:
     except (OSError, ValueError):
         marks = {}
     ref = f"{owner}/{TOKEN_SLUG}"
-    with tempfile.TemporaryDirectory(prefix="imggenhub-") as folder:  # mode 0700
-        path = Path(folder) / TOKEN_FILE
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        shipment = Shipment(owner, TOKEN_SLUG, (InputFile(str(path), sha, len(data), "", TOKEN_FILE),))
-        shipper.ship(shipment, None, current=lambda: marks.get(ref) == sha)
+    token_file = InputFile(f"<the token, from memory>/{TOKEN_FILE}", sha, len(data), "",
+                           TOKEN_FILE, data)
+    shipper.ship(Shipment(owner, TOKEN_SLUG, (token_file,)), None,
+                 current=lambda: marks.get(ref) == sha)
     marks[ref] = sha
     marks_path.write_text(json.dumps(marks, indent=1) + "\n", encoding="utf-8")
     return ref
