@@ -354,3 +354,32 @@ def test_kaggle_only_flags_on_the_local_backend_are_named_as_left_aside(tmp_path
     code, out, err = cli("generate", "--backend", "local", "--model", "tiny-random", "-p", "x",
                          "--out", str(tmp_path / "a-file"), cwd=tmp_path)
     assert code == 2 and "note:" not in err
+
+
+def test_a_local_run_whose_process_is_gone_is_shown_interrupted(tmp_path, cli):
+    """status, runs and show find out that a local run recorded as running has no process
+    (its lock is free) and say 'interrupted' with the command that continues it; while a
+    process holds it, it is running."""
+    from imggenhub.job.resolve import build_job
+    from imggenhub.job.spec import parse_settings, prompts_from_flags
+    from imggenhub.run import jobs
+    from imggenhub.run.lifecycle import RunState
+
+    job = build_job(parse_settings(model="tiny-random", seed=5, num_images=3),
+                    prompts_from_flags(["a fox"]))
+    run = jobs.start(job, "local", tmp_path / "out", None, lambda m: None)
+    run.state = RunState.RUNNING
+    runs.save(run)
+    with runs.working_on(run):  # a process works on it: running, as recorded
+        code, out, _ = cli("status", run.run_id)
+        assert code == 0 and out.split()[1] == "running"
+    hint = f"'imggenhub resume {run.run_id}' keeps what it finished"
+    code, out, _ = cli("status", run.run_id)
+    assert code == 0 and out.split()[1] == "interrupted" and hint in out
+    code, out, _ = cli("status", run.run_id, "--json")
+    data = json.loads(out)
+    assert data["state"] == "running" and data["interrupted"] is True  # the record stays as is
+    code, out, _ = cli("runs")
+    assert f"{run.run_id}" in out and "interrupted" in out
+    code, out, _ = cli("show", run.run_id)
+    assert "interrupted on the local backend" in out and hint in out

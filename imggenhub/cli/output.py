@@ -37,10 +37,24 @@ def result(data, human: str, as_json: bool) -> None:
         typer.echo(human)
 
 
+def shown_state(run) -> str:
+    """A run's state as status, runs and show say it: 'interrupted' for a run of this machine
+    recorded as running whose process is gone."""
+    from ..run.jobs import interrupted
+
+    return "interrupted" if interrupted(run) else run.state.value
+
+
+def interrupted_hint(run) -> str:
+    return (f"run {run.run_id} was running here and its process is gone; 'imggenhub resume "
+            f"{run.run_id}' keeps what it finished and makes the rest")
+
+
 def run_data(run) -> dict:
     data = run.model_dump(mode="json", include={
         "run_id", "name", "backend", "state", "job_id", "kernel_ref", "version", "url",
         "image_count", "images_fetched", "out_dir", "failure", "session", "created"})
+    data["interrupted"] = shown_state(run) == "interrupted"
     if run.shards:
         from ..run.runs import shards_of
 

@@ -10,7 +10,8 @@ import typer
 
 from ..errors import CredentialsError
 from .options import Json, Name, Out, RunId, Timeout, TimeoutHours, job_options, kernel_flags_given
-from .output import STATE, done, reporter, result, run_data, shard_lines
+from .output import (STATE, done, interrupted_hint, reporter, result, run_data,
+                     shard_lines, shown_state)
 
 
 def _default_backend() -> str:
@@ -95,5 +96,8 @@ def status(run_id: RunId = None, json: Json = False) -> None:
     STATE["json"] = json
     run = jobs.status(run_id, reporter())
     kernel = f" {run.kernel_ref} v{run.version}" if run.kernel_ref and run.version else ""
-    lines = [f"{run.run_id} {run.state.value}{kernel}"] + shard_lines(run)
+    state = shown_state(run)
+    lines = [f"{run.run_id} {state}{kernel}"] + shard_lines(run)
+    if state == "interrupted":
+        lines.append(interrupted_hint(run))
     result(run_data(run), "\n".join(lines), json)

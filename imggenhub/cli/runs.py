@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .options import Json, RunId
-from .output import STATE, result, run_data, shard_lines
+from .output import STATE, interrupted_hint, result, run_data, shard_lines, shown_state
 
 
 def list_runs(json: Json = False) -> None:
@@ -30,7 +30,7 @@ def list_runs(json: Json = False) -> None:
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created))
         kernel = f"{r.kernel_ref} v{r.version}" if r.kernel_ref and r.version else (r.kernel_ref or "-")
-        typer.echo(f"{r.run_id:<28} {(r.name or '-'):<12} {r.backend:<7} {r.state.value:<12} "
+        typer.echo(f"{r.run_id:<28} {(r.name or '-'):<12} {r.backend:<7} {shown_state(r):<12} "
                    f"{r.images_fetched:>4}/{r.image_count:<4}  {when:<16}  {kernel:<28} {r.out_dir}")
         for line in shard_lines(r):
             typer.echo(line)
@@ -74,8 +74,12 @@ def show(run_id: RunId = None, thumbnails: Annotated[bool, typer.Option(
     from ..run import runs
 
     STATE["json"] = json
-    info = shown.summary(runs.load(run_id))
+    run = runs.load(run_id)
+    info = shown.summary(run)
+    info["state"] = shown_state(run)
     text = "\n".join(shown.lines(info))
+    if info["state"] == "interrupted":
+        text += "\n" + interrupted_hint(run)
     if thumbnails and not json:
         protocol = shown.terminal_images()
         if protocol is None:

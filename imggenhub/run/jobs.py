@@ -12,6 +12,7 @@ from ..job.notebook import job_document
 from ..job.spec import JobSpec
 from ..outputs import artifacts
 from . import runs, shards
+from .lifecycle import RunState
 from .driver import advance, failure_error, is_active  # noqa: F401  (the library's names)
 from .lifecycle import summary
 from .runs import Run
@@ -118,6 +119,13 @@ def command_on(run_id: str | None, command: str, on_event, timeout: float | None
                out_dir: Path | None = None) -> Run:
     """poll, download or resume a recorded run."""
     return advance(runs.load(run_id), command, on_event, timeout, out_dir)
+
+
+def interrupted(run: Run) -> bool:
+    """A run of this machine recorded as running whose process is gone (no imggenhub process
+    holds it): killed, or its machine restarted. The next resume keeps what it finished."""
+    return run.state == RunState.RUNNING and not backends.get_backend(run.backend).remote \
+        and not runs.is_worked_on(run)
 
 
 def status(run_id: str | None, on_event) -> Run:

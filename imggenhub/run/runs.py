@@ -239,6 +239,20 @@ def _held(key: str, wait: float, busy: str):
         lock.release()
 
 
+def is_worked_on(run: Run) -> bool:
+    """Whether an imggenhub process holds the run's lock now (a look: nothing is taken)."""
+    folder = state_dir() / "locks"
+    if not folder.is_dir():
+        return False
+    lock = FileLock(str(folder / _lock_name("run-" + run.run_id)))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        return True
+    lock.release()
+    return False
+
+
 def working_on(run: Run, wait: float = 0.0):
     """One process advances a run at a time; another is refused with a sentence."""
     return _held("run-" + run.run_id, wait, f"Run {run.run_id} is being worked on by another "
