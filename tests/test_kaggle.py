@@ -277,3 +277,24 @@ def test_no_gpu_pushes_a_cpu_kernel(emulator, cli, tmp_path):
     source = json.loads(push["text"])["cells"][1]["source"]
     doc = json.loads(ast.literal_eval(source.split("JOB_JSON = ", 1)[1]))
     assert doc["gpu"] is False
+
+
+def test_download_fetches_again_what_was_deleted_since_whatever_the_record_says(emulator, cli,
+                                                                               tmp_path):
+    """A downloaded run whose folder lost an image (and another one cut short) since:
+    download checks the folder against the manifest and fetches what is missing, exit 0,
+    the folder whole and verified again; a whole folder is not fetched again."""
+    code, out, err = cli("generate", *SPEC, "--json", "--out", str(tmp_path / "o"), cwd=tmp_path)
+    assert code == 0, err
+    run_id = json.loads(out)["run_id"]
+    first, second = sorted((tmp_path / "o").glob("0*.png"))[:2]
+    first.unlink()
+    second.write_bytes(second.read_bytes()[:10])
+    code, out, err = cli("download", run_id, cwd=tmp_path)
+    assert code == 0, err
+    assert "2 of its files are missing or changed" in err
+    assert artifacts.verify(tmp_path / "o") == [] and runs.load(run_id).state.value == "downloaded"
+    listed = sum(1 for m, _ in emulator.calls if m == "ListKernelSessionOutput")
+    code, out, err = cli("download", run_id, cwd=tmp_path)
+    assert code == 0 and "missing or changed" not in err
+    assert sum(1 for m, _ in emulator.calls if m == "ListKernelSessionOutput") == listed

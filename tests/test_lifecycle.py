@@ -33,8 +33,10 @@ def test_every_command_is_defined_for_every_state():
 def test_transitions_lead_somewhere_and_terminal_states_stay():
     for state, nexts in lifecycle.TRANSITIONS.items():
         assert state not in nexts
-    for state in (RunState.DOWNLOADED, RunState.PUSH_FAILED):
-        assert lifecycle.TRANSITIONS[state] == frozenset() and state.terminal
+    assert lifecycle.TRANSITIONS[RunState.PUSH_FAILED] == frozenset()
+    # downloaded is the end, unless its folder lost files since: fetched again
+    assert lifecycle.TRANSITIONS[RunState.DOWNLOADED] == {RunState.COMPLETE}
+    assert RunState.DOWNLOADED.terminal and RunState.PUSH_FAILED.terminal
     # a failed kernel stays failed, except that resume pushes the rest of a failed shard
     for state in (RunState.ERROR, RunState.CANCELLED):
         assert lifecycle.TRANSITIONS[state] == {RunState.RENDERED, RunState.DOWNLOADED}

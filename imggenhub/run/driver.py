@@ -109,6 +109,8 @@ def advance(run: Run, command: str, on_event: backends.OnEvent,
     with runs.working_on(run):
         run = runs.reload(run)
         try:
+            if command in ("download", "resume", "generate"):
+                run = _check_home(impl, run, on_event)
             _keep_old_document(run)
             if out_dir is not None:
                 run = _move_output(impl, run, command, Path(out_dir))
@@ -245,6 +247,26 @@ def _verdict(run: Run, group: _Group, command: str) -> Run:
 
 def _title(run: Run) -> str:
     return backends.get_backend(run.backend).title
+
+
+def _check_home(impl: backends.Backend, run: Run, on_event: backends.OnEvent) -> Run:
+    """A remote run downloaded before whose folder has lost or changed files since (sizes
+    checked, not hashes): fetched again, whatever its record says, so that the folder is
+    whole again."""
+    if run.state != RunState.DOWNLOADED or not impl.remote or run.shards:
+        return run
+    out = Path(run.out_dir)
+    try:
+        manifest = artifacts.read_manifest(out) if out.is_dir() else None
+    except ImggenhubError:  # a damaged manifest: the fetch writes it again
+        manifest = None
+    problems = ["no manifest"] if manifest is None else artifacts.check(out, manifest, set())
+    if not problems:
+        return run
+    on_event(f"run {run.run_id}: {len(problems)} of its files are missing or changed in {out} "
+             "since it was downloaded; fetching them again")
+    run.state = RunState.COMPLETE
+    return runs.save(run)
 
 
 def _interrupted(impl: backends.Backend, run: Run, stop: BaseException) -> Interrupted:

@@ -97,7 +97,7 @@ TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     # image before it failed, is done)
     S.ERROR: frozenset({S.RENDERED, S.DOWNLOADED}),
     S.CANCELLED: frozenset({S.RENDERED, S.DOWNLOADED}),
-    S.DOWNLOADED: frozenset(),
+    S.DOWNLOADED: frozenset({S.COMPLETE}),  # its folder lost files since: fetched again
 }
 
 
