@@ -29,9 +29,12 @@ def test_loading_runs_by_id_prefix_name_and_the_errors():
     record("20260101-000000-aaab")
     assert runs.load("first").run_id == "20260101-000000-aaaa"
     assert runs.load("20260101-000000-aaab").run_id == "20260101-000000-aaab"
+    assert runs.load("aaab").run_id == "20260101-000000-aaab"  # any unique part: the tail
+    assert runs.load("0-aaaa").run_id == "20260101-000000-aaaa"
     for bad, words in (("20260101", r"'20260101' matches 2 runs \(20260101-000000-aaaa, "
                                     r"20260101-000000-aaab\); give more"),
                        ("nope", "No run matches 'nope'"),
+                       ("aaa", r"'aaa' matches 2 runs"),
                        ("../../etc", "is not a run id"), ("x" * 500, "is not a run id")):
         with pytest.raises(RunNotFoundError, match=words) as info:
             runs.load(bad)

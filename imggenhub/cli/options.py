@@ -15,7 +15,7 @@ from ..errors import SpecError
 TimeoutHours = Annotated[Optional[float], typer.Option(
     help="Cap the Kaggle session at H hours (Kaggle's own cap is 12).", min=0.1, max=12)]
 RunId = Annotated[Optional[str], typer.Argument(
-    help="A run id, its prefix, or a --name (default: the latest run).")]
+    help="A run id, a unique part of it, or a --name (default: the latest run).")]
 Timeout = Annotated[Optional[float], typer.Option(
     "--timeout", min=0, help="Stop waiting after this many seconds (exit 3); the run goes on.")]
 ApiTimeout = Annotated[float, typer.Option(

@@ -176,7 +176,7 @@ def all_runs() -> list[Run]:
 
 
 def load(run_id: str | None = None) -> Run:
-    """A run by id, unique id prefix or name; None gives the latest."""
+    """A run by id, name, or a unique part of its id (a prefix first); None gives the latest."""
     every = all_runs()
     if not every:
         raise RunNotFoundError("There are no runs yet; start one with 'imggenhub generate' or "
@@ -187,7 +187,8 @@ def load(run_id: str | None = None) -> Run:
         raise RunNotFoundError(f"'{run_id[:60]}' is not a run id; 'imggenhub runs' lists them.")
     exact = [r for r in every if r.run_id == run_id]
     named = [r for r in every if r.name == run_id]
-    matches = exact or named[-1:] or [r for r in every if r.run_id.startswith(run_id)]
+    matches = exact or named[-1:] or [r for r in every if r.run_id.startswith(run_id)] \
+        or [r for r in every if run_id in r.run_id]  # any unique part: its hex tail, say
     if len(matches) > 1:
         shown = ", ".join(r.run_id for r in matches[:5]) + (", ..." if len(matches) > 5 else "")
         raise RunNotFoundError(f"'{run_id}' matches {len(matches)} runs ({shown}); give more of "
