@@ -109,3 +109,17 @@ def test_the_gallery_takes_a_servers_manifest_with_only_the_required_fields(tmp_
     data = read_data(write_gallery(tmp_path).read_text())
     assert [i["file"] for i in data["images"]] == ["0001-x.png"]
     assert data["images"][0]["command"].startswith("imggenhub generate --prompt ''")
+
+
+def test_runs_lists_the_newest_first_and_the_newest_20_unless_asked(cli):
+    import json
+
+    for i in range(23):
+        record(f"20260101-0000{i:02d}-aaaa", created=1_700_000_000 + i)
+    code, out, _ = cli("runs")
+    lines = out.strip().splitlines()
+    assert code == 0 and lines[1].startswith("20260101-000022-aaaa")  # after the header
+    assert len(lines) == 1 + 20 + 1 and "3 older not shown" in lines[-1]
+    code, out, _ = cli("runs", "--limit", "0", "--json")
+    ids = [r["run_id"] for r in json.loads(out)]
+    assert len(ids) == 23 and ids[0] == "20260101-000022-aaaa" and ids[-1] == "20260101-000000-aaaa"

@@ -11,14 +11,18 @@ from .options import Json, RunId
 from .output import STATE, interrupted_hint, result, run_data, shard_lines, shown_state
 
 
-def list_runs(json: Json = False) -> None:
-    """List the run records: id, name, backend, state, images, when, kernel, output folder."""
+def list_runs(limit: Annotated[int, typer.Option(
+        min=0, help="Show the newest N runs (0: all of them).")] = 20,
+        json: Json = False) -> None:
+    """List the run records, newest first: id, name, backend, state, images, when, kernel,
+    output folder."""
     import time
 
     from ..run.runs import all_runs
 
     STATE["json"] = json
-    rows = all_runs()
+    every = all_runs()
+    rows = every[::-1][:limit or None]
     if json:
         result([run_data(r) for r in rows], "", True)
         return
@@ -34,6 +38,8 @@ def list_runs(json: Json = False) -> None:
                    f"{r.images_fetched:>4}/{r.image_count:<4}  {when:<16}  {kernel:<28} {r.out_dir}")
         for line in shard_lines(r):
             typer.echo(line)
+    if len(rows) < len(every):
+        typer.echo(f"({len(every) - len(rows)} older not shown: --limit 0 shows them all)")
 
 
 def open_gallery(run_id: RunId = None, json: Json = False) -> None:
