@@ -97,7 +97,7 @@ def test_a_sharded_deploy_prepares_the_job_once(emulator, cli, tmp_path):
     assert code == 0, err
     quota_calls = [m for m, _ in emulator.calls if m == "GetAcceleratorQuotaStatistics"]
     assert len(quota_calls) == 1
-    assert err.count("inputs: 1 files on this machine go to Kaggle") == 1
+    assert err.count("inputs: 1 file on this machine goes to Kaggle") == 1
     shards = runs.shards_of(runs.load())
     assert [s.only for s in shards] == [[[0, 4]], [[4, 8]], [[8, 12]]]
     assert all(s.estimate_hours for s in shards)

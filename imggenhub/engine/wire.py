@@ -58,9 +58,14 @@ def progress_message(line: str) -> str | None:
     return line[len(head):] if line.startswith(head) else None
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 file', '2 files': a count as a sentence says it (nouns that take an s)."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def images_text(n: int) -> str:
-    """'1 image', '2 images': the count as a sentence says it."""
-    return f"{n} image" if n == 1 else f"{n} images"
+    """'1 image', '2 images'."""
+    return counted(n, "image")
 
 
 class _NoTorchvisionNote(logging.Filter):

@@ -245,7 +245,7 @@ def _with_faults(session: Session) -> Session:
 
     def failing(batch):
         if session.made >= after:
-            raise RuntimeError(f"injected failure after {session.made} images "
+            raise RuntimeError(f"injected failure after {images_text(session.made)} "
                                "(IMGGENHUB_ENGINE_FAIL_AFTER)")
         make(batch)
 

@@ -9,6 +9,7 @@ import json
 import re
 from pathlib import Path
 
+from ..engine import images_text
 from ..errors import MissingDependencyError, SpecError, Unreachable
 
 LORA_TAG = re.compile(r"\s*<lora:[^>]*>")
@@ -58,7 +59,7 @@ def score_folder(folder: Path, model: str | None, on_event) -> dict:
     if not pairs:  # nothing to load a model for
         return {"folder": str(folder), "model": model, "images": [], "score_mean": None}
     skipped = len(found) - len(pairs)
-    on_event(f"scoring {len(pairs)} images with {model}"
+    on_event(f"scoring {images_text(len(pairs))} with {model}"
              + (f" ({skipped} PNGs carry no prompt and are skipped)" if skipped else ""))
     try:
         scorer = Scorer(model)

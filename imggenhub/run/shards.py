@@ -7,6 +7,7 @@ by ``resume`` (the images not yet here)."""
 
 from __future__ import annotations
 
+from ..engine import images_text
 from . import runs
 from .runs import Run
 
@@ -35,5 +36,5 @@ def start(job, parent: Run, impl, prepared, shards: int, on_event) -> None:
     hours = [c.estimate_hours for c in made if c.estimate_hours is not None]
     parent.estimate_hours = round(sum(hours), 3) if hours else None
     parent.kernel_ref = None
-    on_event(f"{shards} shards: " + ", ".join(f"{c.kernel_ref} ({c.image_count} images)"
+    on_event(f"{shards} shards: " + ", ".join(f"{c.kernel_ref} ({images_text(c.image_count)})"
                                               for c in made))

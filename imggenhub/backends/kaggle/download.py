@@ -15,7 +15,7 @@ from pathlib import Path
 import requests
 import urllib3
 
-from ...engine import BUNDLES_DIR, LOG_FILE, MANIFEST, OUTPUT_DIR, sha256_of
+from ...engine import BUNDLES_DIR, LOG_FILE, MANIFEST, OUTPUT_DIR, images_text, sha256_of
 from ...errors import TransferError, UnsafeOutputError
 from ...outputs import artifacts
 from ...run.runs import Run
@@ -234,7 +234,7 @@ def bring_outputs(backend, run: Run, out_dir: Path, here: dict | None, on_event)
                 if len(loose) < len(members):
                     raise
                 on_event(f"the bundle {dest.name} could not be used ({exc}); fetching its "
-                         f"{len(loose)} images one by one")
+                         f"{images_text(len(loose))} one by one")
                 for m in loose:
                     download(backend, ours[m["file"]], out_dir / artifacts.safe_relative(m["file"]),
                              m["bytes"], m, on_event)

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...engine import TINY_KANDINSKY, TINY_RANDOM, TINY_SDXL, Plan
+from ...engine import TINY_KANDINSKY, TINY_RANDOM, TINY_SDXL, Plan, images_text
 
 # family: (reference pixels, seconds per UNet step with guidance on a T4 in fp16)
 T4_STEP = {
@@ -67,7 +67,7 @@ class Estimate:
 
     def sentence(self, left: float | None) -> str:
         tail = "" if left is None else f"; {left:.1f} h left this week"
-        return (f"estimate: about {self.hours:.2f} GPU h ({self.images} images at ~"
+        return (f"estimate: about {self.hours:.2f} GPU h ({images_text(self.images)} at ~"
                 f"{self.seconds_per_image:.1f}s each over {GPUS} T4s, plus ~"
                 f"{self.startup_seconds / 60:.0f} min to start and load; from {self.basis}){tail}")
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import requests
 
 from ...config import Deadline
-from ...engine import KAGGLE_INPUT, sha256_of
+from ...engine import KAGGLE_INPUT, counted, sha256_of
 from ...errors import KaggleApiError, NothingYet, SpecError, TransferError
 from ...run import runs
 from . import api as kaggle_api
@@ -191,7 +191,7 @@ class Shipper:
         slugs); when it does not, a new version is sent."""
         status = self.status(shipment)
         if status == READY and current():
-            self.on_event(f"inputs: dataset {shipment.ref} is ready ({len(shipment.files)} files); "
+            self.on_event(f"inputs: dataset {shipment.ref} is ready ({counted(len(shipment.files), 'file')}); "
                           "nothing to upload")
             return
         if status is None or status in BROKEN or status == READY:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import requests
 
 from ...config import state_dir
-from ...engine import KAGGLE_INPUT
+from ...engine import KAGGLE_INPUT, counted
 from ...errors import KaggleApiError, OverQuota, SpecError, Unreachable
 from ...job.models import HUB_ID
 from ...job.notebook import job_document
@@ -79,8 +79,9 @@ def prepare_job(backend, job, options, on_event: OnEvent) -> "KaggleJob":
     if prepared.shipment is not None:  # files here: the kernel reads them from a dataset
         doc = kaggle_inputs.kernel_document(doc, prepared.shipment)
         prepared.sources.append(prepared.shipment.ref)
-        on_event(f"inputs: {len(prepared.shipment.files)} files on this machine go to Kaggle "
-                 f"as the private dataset {prepared.shipment.ref}")
+        n = len(prepared.shipment.files)
+        on_event(f"inputs: {counted(n, 'file')} on this machine {'goes' if n == 1 else 'go'} to "
+                 f"Kaggle as the private dataset {prepared.shipment.ref}")
     if meta.get("enable_gpu"):  # before anything is uploaded (the token below)
         _check_quota(backend, doc, options, on_event)
     token_env = options.hf_token_env or _token_wanted(backend, job, on_event)
