@@ -1,7 +1,8 @@
 """How the CLI shows progress: on a terminal, a live line (kernel state, images k/n,
 elapsed, ETA); elsewhere (cron, pipes, logs) one line per event with an ISO timestamp
 and no ANSI codes. Results go to stdout (one JSON object with --json); everything
-else goes to stderr."""
+else goes to stderr. Each message is shown with its control characters made visible
+(``text.printable``): a progress line may carry a notebook's or Kaggle's text."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import re
 import sys
 import time
 from datetime import datetime, timezone
+
+from .text import printable
 
 IMAGE = re.compile(r"image (\d+)/(\d+)")
 STATE = re.compile(r"^(queued|running|complete|error|cancelled|pushed) after")
@@ -25,7 +28,7 @@ class LineReporter:
         self.stream = stream or sys.stderr
 
     def __call__(self, message: str) -> None:
-        self.stream.write(f"{stamp()} imggenhub: {message}\n")
+        self.stream.write(f"{stamp()} imggenhub: {printable(message)}\n")
         self.stream.flush()
 
     def close(self) -> None:
@@ -60,6 +63,7 @@ class LiveReporter:
         return Text(line, style="bold")
 
     def __call__(self, message: str) -> None:
+        message = printable(message)
         m = IMAGE.search(message)
         if m:
             self.done, self.total = int(m.group(1)), int(m.group(2))
@@ -71,7 +75,7 @@ class LiveReporter:
         self.console.print(f"  {message}", markup=False, highlight=False)
 
     def say(self, message: str) -> None:
-        self.console.print(message, markup=False, highlight=False)
+        self.console.print(printable(message), markup=False, highlight=False)
 
     def close(self) -> None:
         self.live.stop()

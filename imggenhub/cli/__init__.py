@@ -25,6 +25,7 @@ _CLICK_ERRORS = tuple(c for c in typer.BadParameter.__mro__ if c.__name__ == "Cl
 from .. import __version__
 from ..errors import ImggenhubError, Stopped, interruption
 from ..run.lifecycle import Exit
+from ..text import json_text
 from . import account, models, render, run, runs, score
 from .options import bare_refiner
 from .output import STATE, close_reporter, err
@@ -65,10 +66,8 @@ def _fail(exc_or_message, code: int, run_id: str | None = None) -> int:
     close_reporter()
     err(f"Error: {message}")
     if STATE["json"]:
-        import json
-
-        typer.echo(json.dumps({"ok": False, "exit_code": int(code), "error": message,
-                               "run_id": run_id}, ensure_ascii=False))
+        typer.echo(json_text({"ok": False, "exit_code": int(code), "error": message,
+                              "run_id": run_id}))
     return int(code)
 
 

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import typer
-
 from .options import Json
-from .output import result
+from .output import echo, result
 
 
 def models(json: Json = False) -> None:
@@ -15,10 +13,10 @@ def models(json: Json = False) -> None:
     if json:
         result([p.as_dict() for p in PRESETS.values()], "", True)
         return
-    typer.echo(f"{'preset':<15} {'size':>9} {'steps':>5} {'cfg':>5}  model id / note")
+    echo(f"{'preset':<15} {'size':>9} {'steps':>5} {'cfg':>5}  model id / note")
     for p in PRESETS.values():
         size = f"{p.width}x{p.height}" if p.width else "model's"
-        typer.echo(f"{p.name:<15} {size:>9} {p.steps:>5} {p.guidance:>5}  {p.id}")
+        echo(f"{p.name:<15} {size:>9} {p.steps:>5} {p.guidance:>5}  {p.id}")
         if p.note:
-            typer.echo(f"{'':<39}{p.note}")
-    typer.echo("Any other Hugging Face id (owner/name) loads with diffusers' AutoPipeline.")
+            echo(f"{'':<39}{p.note}")
+    echo("Any other Hugging Face id (owner/name) loads with diffusers' AutoPipeline.")

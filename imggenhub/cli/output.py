@@ -1,15 +1,27 @@
 """What a command prints: its result (one line, or one JSON document with --json), its
-progress while it works, and a run as data."""
+progress while it works, and a run as data.
+
+Everything a command writes goes through ``echo``, ``err``, ``result`` or the reporter,
+and each shows text with its control characters made visible (``text.printable``): a
+run's failure, a server's message, a path or a name may come from outside, and a terminal
+must not act on it. A JSON document keeps the exact text, escaped (``text.json_text``)."""
 
 from __future__ import annotations
 
 import typer
 
+from ..text import json_text, printable
+
 STATE = {"json": False, "reporter": None}
 
 
+def echo(line: str, err: bool = False) -> None:
+    """One line (or several) on stdout, or stderr, as text: control characters visible."""
+    typer.echo(printable(line), err=err)
+
+
 def err(message: str) -> None:
-    typer.echo(message, err=True)
+    echo(message, err=True)
 
 
 def reporter():
@@ -26,15 +38,17 @@ def close_reporter() -> None:
         STATE["reporter"] = None
 
 
-def result(data, human: str, as_json: bool) -> None:
-    """The command's result: one JSON document on stdout with --json, else one line."""
+def result(data, human: str, as_json: bool, image: str = "") -> None:
+    """The command's result: one JSON document on stdout with --json, else one line.
+    ``image``: an inline image for the terminal, our own escape sequences, written as they
+    are after the line (never with --json)."""
     close_reporter()
     if as_json:
-        import json
-
-        typer.echo(json.dumps(data, ensure_ascii=False))
-    else:
-        typer.echo(human)
+        typer.echo(json_text(data))
+        return
+    echo(human)
+    if image:
+        typer.echo(image)
 
 
 def shown_state(run) -> str:

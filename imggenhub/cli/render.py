@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from .options import job_options
+from .output import echo
 
 
 @job_options
@@ -21,8 +22,8 @@ def render(
     from ..engine import images_text
 
     path, meta = render_kernel(job, kernel, out)
-    typer.echo(f"{path} (job {job.job_id}, {images_text(job.image_count)})")
+    echo(f"{path} (job {job.job_id}, {images_text(job.image_count)})")
     if meta["id"].startswith(PLACEHOLDER_OWNER + "/"):
-        typer.echo(f"note: kernel-metadata.json names the owner '{PLACEHOLDER_OWNER}' (no Kaggle "
-                   "username was found here without the network): put yours in its \"id\" "
-                   "before 'kaggle kernels push'", err=True)
+        echo(f"note: kernel-metadata.json names the owner '{PLACEHOLDER_OWNER}' (no Kaggle "
+             "username was found here without the network): put yours in its \"id\" "
+             "before 'kaggle kernels push'", err=True)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from .options import Json, RunId
-from .output import STATE, interrupted_hint, result, run_data, shard_lines, shown_state
+from .output import STATE, echo, interrupted_hint, result, run_data, shard_lines, shown_state
 
 
 def list_runs(limit: Annotated[int, typer.Option(
@@ -27,19 +27,19 @@ def list_runs(limit: Annotated[int, typer.Option(
         result([run_data(r) for r in rows], "", True)
         return
     if not rows:
-        typer.echo("No runs yet.")
+        echo("No runs yet.")
         return
-    typer.echo(f"{'run':<28} {'name':<12} {'backend':<7} {'state':<12} {'images':>9}  "
-               f"{'created':<16}  {'kernel':<28} output")
+    echo(f"{'run':<28} {'name':<12} {'backend':<7} {'state':<12} {'images':>9}  "
+         f"{'created':<16}  {'kernel':<28} output")
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created))
         kernel = f"{r.kernel_ref} v{r.version}" if r.kernel_ref and r.version else (r.kernel_ref or "-")
-        typer.echo(f"{r.run_id:<28} {(r.name or '-'):<12} {r.backend:<7} {shown_state(r):<12} "
-                   f"{r.images_fetched:>4}/{r.image_count:<4}  {when:<16}  {kernel:<28} {r.out_dir}")
+        echo(f"{r.run_id:<28} {(r.name or '-'):<12} {r.backend:<7} {shown_state(r):<12} "
+             f"{r.images_fetched:>4}/{r.image_count:<4}  {when:<16}  {kernel:<28} {r.out_dir}")
         for line in shard_lines(r):
-            typer.echo(line)
+            echo(line)
     if len(rows) < len(every):
-        typer.echo(f"({len(every) - len(rows)} older not shown: --limit 0 shows them all)")
+        echo(f"({len(every) - len(rows)} older not shown: --limit 0 shows them all)")
 
 
 def open_gallery(run_id: RunId = None, json: Json = False) -> None:
@@ -83,7 +83,7 @@ def show(run_id: RunId = None, thumbnails: Annotated[bool, typer.Option(
     run = runs.load(run_id)
     info = shown.summary(run)
     info["state"] = shown_state(run)
-    text = "\n".join(shown.lines(info))
+    text, image = "\n".join(shown.lines(info)), ""
     if info["state"] == "interrupted":
         text += "\n" + interrupted_hint(run)
     if thumbnails and not json:
@@ -91,5 +91,5 @@ def show(run_id: RunId = None, thumbnails: Annotated[bool, typer.Option(
         if protocol is None:
             text += "\n(this terminal shows no images: open the gallery with 'imggenhub open')"
         elif info["sheets"]:
-            text += "\n" + shown.inline_image(Path(info["folder"]) / info["sheets"][0], protocol)
-    result({"ok": True, **info}, text, json)
+            image = shown.inline_image(Path(info["folder"]) / info["sheets"][0], protocol)
+    result({"ok": True, **info}, text, json, image=image)
