@@ -11,6 +11,12 @@ A ``LogFollower`` reads the stream on a thread of its own, reconnecting with bac
 it drops, and hands the engine's progress lines to the polling loop through a queue (only
 that loop reports). Where the stream is not there (404, or it keeps failing) it gives up
 and the loop falls back to the log of the output listing.
+
+A line of the stream is read in time linear in its length and held only up to MAX_LINE
+(1 MiB): a longer one (a server's line that never ends) is read past and dropped, and one
+note says how long it was; a longer line of the kernel's output (over several entries) is
+dropped without one (no progress line is that long). What the follower hands on is shown
+by the reporter with its control characters made visible.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ from ...engine import progress_message
 
 END_OF_LOG = "END_OF_LOG"
 MAX_FAILURES = 5  # reconnects in a row without a new entry, then the follower gives up
+MAX_LINE = 1 << 20  # the longest line held, in bytes of the stream (characters of a log)
+READ_SIZE = 512  # as requests' iter_lines: a body not sent in chunks still comes promptly
 IMAGE_LINE = re.compile(r"^(?:\[rank (\d+)\] )?image (\d+)/(\d+) ")
 
 
@@ -65,6 +73,57 @@ class Progress:
                 f"{_duration(left)} left")
 
 
+class Dropped(int):
+    """In place of a line longer than the limit: its length."""
+
+
+class Lines:
+    """Text that comes in pieces (bytes or str), split into lines at newlines in time linear
+    in its length: each piece is searched once, and a line is joined once, when it ends. A
+    line longer than ``limit`` is not kept: ``Dropped(its length)`` stands in its place."""
+
+    def __init__(self, limit: int = MAX_LINE):
+        self.limit = limit
+        self.pieces: list = []  # of the line not yet ended
+        self.size = 0
+        self.dropping = 0  # the length so far of a line too long to keep (0: none)
+
+    def feed(self, data) -> list:
+        """The lines that ``data`` ends (without their newline), in order."""
+        newline = b"\n" if isinstance(data, bytes) else "\n"
+        out, start = [], 0
+        while (end := data.find(newline, start)) >= 0:
+            self._add(data[start:end])
+            out.append(self._end(data[:0]))
+            start = end + 1
+        self._add(data[start:])
+        return out
+
+    def rest(self):
+        """What is left after the last newline (None if nothing, or a line being dropped)."""
+        if self.dropping or not self.pieces:
+            return None
+        return self._end(self.pieces[0][:0])
+
+    def _add(self, piece) -> None:
+        if self.dropping:
+            self.dropping += len(piece)
+        elif self.size + len(piece) > self.limit:
+            self.dropping = self.size + len(piece)
+            self.pieces, self.size = [], 0
+        elif piece:
+            self.pieces.append(piece)
+            self.size += len(piece)
+
+    def _end(self, empty):
+        if self.dropping:
+            line, self.dropping = Dropped(self.dropping), 0
+            return line
+        line = empty.join(self.pieces)
+        self.pieces, self.size = [], 0
+        return line
+
+
 class LogFollower:
     """Follows the log stream of one kernel version on a daemon thread."""
 
@@ -83,7 +142,7 @@ class LogFollower:
         self.progress = Progress(total)
         self.messages: queue.Queue = queue.Queue()
         self.seen = 0  # entries handled; a reconnect replays them
-        self.partial: dict[str, str] = {}  # per stream: a line not yet ended
+        self.partial: dict[str, Lines] = {}  # per stream: a line not yet ended
         self.ended = threading.Event()  # END_OF_LOG, or the stored log: nothing more comes
         self.gave_up = threading.Event()
         self.reconnects = 0
@@ -178,34 +237,45 @@ class LogFollower:
 
     @staticmethod
     def _events(response):
-        for raw in response.iter_lines(decode_unicode=True):
-            if not raw or not raw.startswith("data:"):
-                continue
-            payload = raw[len("data:"):].lstrip()
-            if payload == END_OF_LOG:
-                yield END_OF_LOG
-                return
-            try:
-                yield json.loads(payload)
-            except ValueError:
-                yield {"data": payload}
+        """The stream's events: each ``data:`` line's entry, END_OF_LOG, or ``Dropped`` for a
+        line over MAX_LINE bytes (an event too, so that a replay counts it alike)."""
+        lines = Lines(MAX_LINE)
+        for chunk in response.iter_content(chunk_size=READ_SIZE):
+            for line in lines.feed(chunk):
+                if isinstance(line, Dropped):
+                    yield line
+                    continue
+                raw = line.removesuffix(b"\r").decode("utf-8", "replace")  # SSE is UTF-8
+                if not raw.startswith("data:"):
+                    continue
+                payload = raw[len("data:"):].lstrip()
+                if payload == END_OF_LOG:
+                    yield END_OF_LOG
+                    return
+                try:
+                    yield json.loads(payload)
+                except ValueError:
+                    yield {"data": payload}
 
     def _entry(self, entry) -> None:
+        if isinstance(entry, Dropped):
+            self.messages.put(f"note: the log stream sent a line of {int(entry)} bytes; lines "
+                              f"over {MAX_LINE >> 20} MiB are dropped")
+            return
         if not isinstance(entry, dict) or not isinstance(entry.get("data"), str):
             return
         stream = str(entry.get("stream_name", "stdout"))
         when = entry.get("time")
         when = float(when) if isinstance(when, (int, float)) else time.time()
-        text = self.partial.pop(stream, "") + entry["data"]
-        *lines, rest = text.split("\n")
-        if rest:
-            self.partial[stream] = rest
-        for line in lines:
-            self._line(line.rstrip("\r"), when)
+        for line in self.partial.setdefault(stream, Lines(MAX_LINE)).feed(entry["data"]):
+            if not isinstance(line, Dropped):  # no progress line is that long
+                self._line(line.rstrip("\r"), when)
 
     def _flush(self) -> None:
-        for stream, rest in list(self.partial.items()):
-            self._line(rest, time.time())
+        for lines in self.partial.values():
+            rest = lines.rest()
+            if rest:
+                self._line(rest, time.time())
         self.partial.clear()
 
     def _line(self, line: str, when: float) -> None:
