@@ -106,7 +106,11 @@ class Faults:
     checks the rest against; ``manifest_body`` is the manifest's own knob). Others: slow and slow_files (seconds), trickle
     (seconds between bytes of every file download, at most 120 bytes sent), endless_pages
     (bool), manifest_body (bytes served for every listed ``*manifest.json``), fail_notebook
-    (bool), extra_names (names listed besides the real ones), retry_after (header value).
+    (bool), extra_names (names listed besides the real ones), retry_after (header value);
+    hostile text: log_text (written to each stub run's log before its first image),
+    failure_message (what a failed version reports instead of Kaggle's sentence),
+    long_stream_line (each live log stream first sends one ``data:`` line this many bytes
+    long, then its newline, then the events).
     Chances: fail_rate (each matching API call answers 429, 503 or drops, counted under
     those names), truncate_rate (each file download is cut short, counted as truncate);
     seed makes their dice repeatable.
@@ -138,6 +142,9 @@ class Faults:
     seed: int | None = None  # seeds the chances above (set it to replay a run of faults)
     only: tuple[str, ...] | None = None
     extra_names: tuple[str, ...] = ()  # file names listed besides the real ones (e.g. "../x")
+    log_text: str = ""  # written to each stub run's stdout log before its first image
+    failure_message: str | None = None  # a failed version's failureMessage, for Kaggle's
+    long_stream_line: int = 0  # bytes of one data: line each live log stream sends first
     retry_after: str = "1"
     fired: dict = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -395,6 +402,8 @@ class Emulator:
         with self.lock:
             version.finished = time.monotonic()
             if not version.cancel.is_set():
+                if failure is not None and self.faults.failure_message is not None:
+                    failure = self.faults.failure_message
                 version.failure = failure
                 version.status = status
 
@@ -485,6 +494,8 @@ class Emulator:
             "device": STUB_DEVICE, "dtype": "stub", "model_load_seconds": 0.0,
             "scheduler": "stub"})
         say(f"model {model_id} ready on stub (stub) in 0.00s; {len(tasks)} images for this process")
+        if self.faults.log_text:
+            stream("stdout", self.faults.log_text)
         bundler = engine.Bundler(out, 0, part, job=doc) if doc.get("bundle") else None
         fail_after = int(version.env.get("IMGGENHUB_ENGINE_FAIL_AFTER", "-1"))
         error = None
@@ -941,6 +952,9 @@ class _Handler(BaseHTTPRequestHandler):
                                               "Transfer-Encoding": "chunked"})
         sent, deadline = 0, time.monotonic() + HOSTILE_MAX_SECONDS
         try:
+            if em.faults.long_stream_line > 0:
+                em.faults.note("long_stream_line")
+                self._long_line(em.faults.long_stream_line)
             while time.monotonic() < deadline:
                 ended = version.status in TERMINAL
                 for entry in version.log[sent:]:
@@ -956,6 +970,17 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(0.05)
         except OSError:
             pass  # the client went away
+
+    def _long_line(self, size: int) -> None:
+        """One ``data:`` line of ``size`` bytes in all (junk after the field name), sent in
+        64 KiB chunks without allocating it whole, then its newline and a blank line."""
+        block = b"x" * (64 << 10)
+        self._chunk(b"data: ")
+        left = size - len(b"data: ")
+        while left > 0:
+            self._chunk(block[:left] if left < len(block) else block)
+            left -= len(block)
+        self._chunk(b"\n\n")
 
     def _chunk(self, data: bytes) -> None:
         """One chunk of a chunked body, sent at once."""
@@ -1196,6 +1221,12 @@ def main(argv=None) -> int:
                         help="each file download is cut short with chance P")
     parser.add_argument("--seed", type=int, default=None, help="seed for the chances above")
     parser.add_argument("--fail-notebook", action="store_true", help="pushed notebooks fail")
+    parser.add_argument("--failure-message", default=None, metavar="TEXT",
+                        help="what a failed version reports instead of Kaggle's sentence")
+    parser.add_argument("--log-text", default="", metavar="TEXT",
+                        help="text each stub run writes to its log before its first image")
+    parser.add_argument("--long-stream-line", type=int, default=0, metavar="BYTES",
+                        help="each live log stream first sends one data: line this long")
     args = parser.parse_args(argv)
     manifest_body = args.manifest_body_file.read_bytes() if args.manifest_body_file else None
     em = Emulator(args.username, args.key, args.token, args.queue_seconds, runner=args.runner,
@@ -1204,7 +1235,9 @@ def main(argv=None) -> int:
                   slow_files=args.slow_files, trickle=args.trickle,
                   endless_pages=args.endless_pages, manifest_body=manifest_body,
                   extra_names=args.extra_name, fail_notebook=args.fail_notebook,
-                  fail_rate=args.fail_rate, truncate_rate=args.truncate_rate, seed=args.seed)
+                  fail_rate=args.fail_rate, truncate_rate=args.truncate_rate, seed=args.seed,
+                  failure_message=args.failure_message, log_text=args.log_text,
+                  long_stream_line=args.long_stream_line)
     try:
         url = em.start(args.port, args.host)
     except OSError as exc:
