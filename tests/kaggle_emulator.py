@@ -110,7 +110,9 @@ class Faults:
     hostile text: log_text (written to each stub run's log before its first image),
     failure_message (what a failed version reports instead of Kaggle's sentence),
     long_stream_line (each live log stream first sends one ``data:`` line this many bytes
-    long, then its newline, then the events).
+    long, then its newline, then the events); api_body (method name -> raw bytes: what that
+    API method answers, HTTP 200, JSON content type, instead of its real answer: a crafted
+    or malformed answer).
     Chances: fail_rate (each matching API call answers 429, 503 or drops, counted under
     those names), truncate_rate (each file download is cut short, counted as truncate);
     seed makes their dice repeatable.
@@ -145,6 +147,7 @@ class Faults:
     log_text: str = ""  # written to each stub run's stdout log before its first image
     failure_message: str | None = None  # a failed version's failureMessage, for Kaggle's
     long_stream_line: int = 0  # bytes of one data: line each live log stream sends first
+    api_body: dict = field(default_factory=dict)  # method name -> the raw body it answers (200)
     retry_after: str = "1"
     fired: dict = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -194,6 +197,9 @@ class Faults:
                     value = tuple(value or ())
                 elif key == "manifest_body" and isinstance(value, str):
                     value = value.encode("utf-8")
+                elif key == "api_body":
+                    value = {m: b.encode("utf-8") if isinstance(b, str) else bytes(b)
+                             for m, b in (value or {}).items()}
                 setattr(self, key, value)
                 if key == "seed":
                     self.rng.seed(value)
@@ -795,6 +801,10 @@ class _Handler(BaseHTTPRequestHandler):
         handler = getattr(self, f"api_{method}", None)
         if handler is None:
             return self._json(404, {"code": 404, "message": f"Unknown method {service}/{method}"})
+        crafted = em.faults.api_body.get(method)
+        if crafted is not None:
+            em.faults.note("api_body")
+            return self._send(200, crafted)
         code, data = handler(body)
         if faulty and em.faults.take("drop_after"):
             self.close_connection = True

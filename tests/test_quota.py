@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 
 def test_quota_says_used_left_and_refresh(emulator, cli):
     emulator.gpu_used_seconds = 12.5 * 3600
@@ -73,3 +75,57 @@ def test_finished_runs_correct_the_next_estimate(emulator, cli, tmp_path):
     line = next(l for l in err.splitlines() if "estimate:" in l)
     assert "from 1 of your runs of tiny-random" in line
     assert float(line.split("at ~")[1].split("s each")[0]) >= 0.3
+
+
+# Answers a broken or hostile server might give to GetAcceleratorQuotaStatistics: each
+# parses badly in kagglesdk, or parses into figures no weekly quota has.
+BAD_QUOTA_ANSWERS = {
+    "negative": '{"gpuQuota": {"timeUsed": "-3600s", "totalTimeAllowed": "108000s"}}',
+    "more than a week": '{"gpuQuota": {"timeUsed": "0s", "totalTimeAllowed": "700000s"}}',
+    "beyond any duration": '{"gpuQuota": {"timeUsed": "99999999999999999999s", '
+                           '"totalTimeAllowed": "108000s"}}',
+    "not a number": '{"gpuQuota": {"timeUsed": "lots", "totalTimeAllowed": "108000s"}}',
+    "a number, not a duration": '{"gpuQuota": {"timeUsed": 3600, "totalTimeAllowed": "108000s"}}',
+    "a text, not an object": '{"gpuQuota": "timeUsed"}',
+    "a number, not an object": '{"gpuQuota": 7}',
+    "no GPU quota": '{"gpuQuota": null, "quotaRefreshTime": "2026-11-30T00:00:00Z"}',
+    "null used": '{"gpuQuota": {"timeUsed": null, "totalTimeAllowed": "108000s"}}',
+    "null body": "null",
+    "a date that is no date": '{"gpuQuota": {"timeUsed": "0s", "totalTimeAllowed": "108000s"}, '
+                              '"quotaRefreshTime": "soon"}',
+    "a code that is no number": '{"code": "teapot"}',
+    "not JSON": "<html>maintenance</html>",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_QUOTA_ANSWERS))
+def test_an_unusable_quota_answer_is_unknown_and_the_push_goes_on(emulator, cli, tmp_path, kind):
+    emulator.faults.set(api_body={"GetAcceleratorQuotaStatistics": BAD_QUOTA_ANSWERS[kind]})
+    code, out, err = cli("quota", "--json")
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["gpu_hours_left"] is None and data["gpu_hours_used"] is None, data
+    if kind != "null used":  # what it does say, it says: the week's total
+        assert data["gpu_hours_total"] is None
+    warnings = [l for l in err.splitlines() if "quota answer is unusable" in l]
+    assert len(warnings) == 1 and "Traceback" not in err and "Internal error" not in err, err
+    code, out, err = cli("quota")
+    assert code == 0 and "unknown" in out, err
+    code, out, err = cli("deploy", "--model", "tiny-random", "-p", "x", "--json", cwd=tmp_path)
+    assert code == 0, err
+    assert [m for m, _ in emulator.calls if m == "SaveKernel"]
+    assert "quota answer is unusable" in err and "pushed unchecked" in err
+    assert emulator.faults.fired["api_body"] == 3
+
+
+def test_the_week_bounds_every_quota_figure(emulator, cli):
+    """A week's hours are a figure; one hour more is not (and doctor says '?' for it)."""
+    emulator.gpu_quota_hours = 7 * 24.0  # the most a week holds is still a figure
+    code, out, err = cli("quota", "--json")
+    assert code == 0 and json.loads(out)["gpu_hours_total"] == 168.0, err
+    emulator.gpu_quota_hours = 7 * 24.0 + 1
+    code, out, err = cli("quota", "--json")
+    assert code == 0 and json.loads(out)["gpu_hours_left"] is None
+    assert "hours total 169 h is not within 0 to 168 h" in err
+    code, out, err = cli("doctor")
+    assert code == 0 and "GPU quota used ? of ? h" in out, err

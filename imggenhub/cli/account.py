@@ -24,7 +24,11 @@ def quota(timeout: ApiTimeout = 30.0, json: Json = False) -> None:
     backend.bound(timeout)
     q = backend.quota(reporter())
     when = f"; it refreshes at {q['refreshes_at']}" if q["refreshes_at"] else ""
-    if q["gpu_hours_total"] is None:
+    if q["gpu_hours_used"] is None:
+        total = f"{q['gpu_hours_total']:.1f} h a week" if q["gpu_hours_total"] is not None \
+            else "unknown"
+        human = f"GPU quota: {total}; the hours used this week are unknown{when}"
+    elif q["gpu_hours_total"] is None:
         human = f"GPU quota: {q['gpu_hours_used']:.1f} h used this week; Kaggle did not say the total"
     else:
         human = (f"GPU quota: {q['gpu_hours_used']:.1f} h used of {q['gpu_hours_total']:.1f} h "

@@ -52,6 +52,32 @@ class TruncatedDownload(IOError):
 
 
 NETWORK_ERRORS = (requests.RequestException, TruncatedDownload)
+# What kagglesdk's parsing raises on a malformed or mistyped answer: int("x") on a duration,
+# None.rstrip, "code" in 5, a date that is no date, a number too large for a timedelta.
+PARSE_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError)
+
+
+class BadAnswer(Exception):
+    """Kaggle answered, but with something the client could not parse: data, not a bug of
+    ours and not a network error (it is not retried)."""
+
+
+def parsed(fn: Callable):
+    """``fn`` (one kagglesdk call) with an answer the client cannot parse raised as
+    BadAnswer (its first words said), so that the caller decides what an unreadable
+    answer means instead of the CLI's boundary calling it an internal error."""
+
+    def run():
+        try:
+            return fn()
+        except requests.exceptions.JSONDecodeError as exc:  # a RequestException, and data
+            raise BadAnswer(f"not JSON: {str(exc)[:80]}") from None
+        except requests.RequestException:
+            raise
+        except PARSE_ERRORS as exc:
+            raise BadAnswer(f"{type(exc).__name__}: {str(exc)[:80]}") from None
+
+    return run
 
 
 def status_of(exc: BaseException) -> int | None:

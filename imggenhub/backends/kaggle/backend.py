@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from datetime import timezone
+from datetime import timedelta, timezone
 from pathlib import Path
 
 import requests
@@ -93,6 +93,39 @@ def _utc(moment) -> str | None:
     if moment.tzinfo is not None:
         moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+UNKNOWN_QUOTA = {"gpu_hours_used": None, "gpu_hours_total": None, "gpu_hours_left": None,
+                 "refreshes_at": None}
+WEEK_HOURS = 7 * 24.0  # no figure of a weekly quota is more than the week holds
+
+
+def quota_figures(resp) -> tuple[dict, str | None]:
+    """The quota's figures in hours from a parsed answer, each checked (a duration, 0 to
+    WEEK_HOURS), and what is wrong with the answer (None: nothing). A figure out of range
+    makes the whole answer unknown; an absent total leaves the hours used."""
+    gpu = getattr(resp, "gpu_quota", None)
+    if gpu is None:
+        return dict(UNKNOWN_QUOTA), "it holds no GPU quota"
+    figures = {}
+    for key, delta in (("gpu_hours_used", gpu.time_used), ("gpu_hours_total", gpu.total_time_allowed)):
+        if delta is None:
+            figures[key] = None
+            continue
+        hours = delta.total_seconds() / 3600 if isinstance(delta, timedelta) else None
+        if hours is None or not 0.0 <= hours <= WEEK_HOURS:
+            said = f"{hours:.6g} h" if hours is not None else repr(delta)[:40]
+            return dict(UNKNOWN_QUOTA), (f"{key.replace('gpu_hours_', 'hours ')} {said} is not "
+                                         f"within 0 to {WEEK_HOURS:.0f} h (a week)")
+        figures[key] = round(hours, 2)
+    used, total = figures["gpu_hours_used"], figures["gpu_hours_total"]
+    figures["gpu_hours_left"] = round(max(0.0, total - used), 2) \
+        if used is not None and total is not None else None
+    try:
+        figures["refreshes_at"] = _utc(resp.quota_refresh_time)
+    except (AttributeError, TypeError, ValueError, OverflowError):
+        figures["refreshes_at"] = None
+    return figures, None if used is not None else "it does not say the hours used"
 
 
 def push_problem(resp) -> str | None:
@@ -332,25 +365,23 @@ class KaggleBackend(Backend):
         estimate.learn(state_dir(), doc, manifest)
 
     def quota(self, on_event: OnEvent) -> dict:
-        """This week's GPU quota, as GetAcceleratorQuotaStatistics says (hours; refresh time)."""
+        """This week's GPU quota, as GetAcceleratorQuotaStatistics says (hours; refresh time).
+        An answer that cannot be used (unparsable, mistyped, negative, more than a week) is
+        said in one line and gives None for every figure: the quota is unknown."""
         from kagglesdk.kernels.types.kernels_api_service import (
             ApiGetAcceleratorQuotaStatisticsRequest,
         )
 
-        resp = self._call("reading the GPU quota", lambda: self.api.get_accelerator_quota_statistics(
-            ApiGetAcceleratorQuotaStatisticsRequest()), on_event, attempts=3)
-        gpu = resp.gpu_quota
-
-        def hours(delta) -> float:
-            return round(delta.total_seconds() / 3600, 2) if delta is not None else 0.0
-
-        used = hours(gpu.time_used) if gpu else 0.0
-        known = gpu is not None and gpu.total_time_allowed is not None
-        total = hours(gpu.total_time_allowed) if known else None
-        refresh = resp.quota_refresh_time
-        return {"gpu_hours_used": used, "gpu_hours_total": total,
-                "gpu_hours_left": round(max(0.0, total - used), 2) if known else None,
-                "refreshes_at": _utc(refresh)}
+        try:
+            resp = self._call("reading the GPU quota", kaggle_api.parsed(
+                lambda: self.api.get_accelerator_quota_statistics(
+                    ApiGetAcceleratorQuotaStatisticsRequest())), on_event, attempts=3)
+            figures, problem = quota_figures(resp)
+        except kaggle_api.BadAnswer as exc:
+            figures, problem = dict(UNKNOWN_QUOTA), f"it could not be read ({exc})"
+        if problem:
+            on_event(f"Kaggle's GPU quota answer is unusable: {problem}; the quota is unknown")
+        return figures
 
     def health(self, on_event: OnEvent, timeout: float) -> list[str]:
         creds = kaggle_api.credentials()
@@ -360,7 +391,7 @@ class KaggleBackend(Backend):
         on_event(lines[0])  # said at once: if the API does not answer, which one was tried
         user = self.owner()
         q = self.quota(on_event)
-        total = "?" if q["gpu_hours_total"] is None else f"{q['gpu_hours_total']:.0f}"
-        lines.append(f"Kaggle API answers: signed in as {user}; GPU quota used "
-                     f"{q['gpu_hours_used']:.1f} of {total} h")
+        used, total = (("?" if q[k] is None else f"{q[k]:{f}}")
+                       for k, f in (("gpu_hours_used", ".1f"), ("gpu_hours_total", ".0f")))
+        lines.append(f"Kaggle API answers: signed in as {user}; GPU quota used {used} of {total} h")
         return lines

@@ -173,7 +173,8 @@ def _check_quota(backend, doc: dict, options, on_event: OnEvent) -> None:
         on_event(f"{guess.sentence(None)}; the quota could not be read ({exc})")
         return
     if left is None:
-        on_event(f"{guess.sentence(None)}; Kaggle did not say this week's quota")
+        on_event(f"{guess.sentence(None)}; this week's quota left is unknown, so the job is "
+                 "pushed unchecked")
         return
     on_event(guess.sentence(left))
     if guess.hours > left and not options.force:
