@@ -9,7 +9,8 @@ them, so the host side (planning, manifests) uses it without any of them install
 """
 
 # The engine's public names, for the host and the tests.
-from .inputs import resolve_inputs, sha256_of, use_hf_token  # noqa: F401
+from .inputs import (  # noqa: F401
+    MAX_PIXELS, PictureTooLarge, open_picture, resolve_inputs, sha256_of, use_hf_token)
 from .manifest import PartLog, merge, merge_manifest, write_json_atomic  # noqa: F401
 from .outputs import Bundler, ImageWriter, a1111_parameters, save_png  # noqa: F401
 from .pipelines import (  # noqa: F401

@@ -1,13 +1,65 @@
 """Inputs: the files a job names (init images, masks, LoRAs, embeddings, a token), found
-where Kaggle mounts them and checked by sha256 (stdlib only)."""
+where Kaggle mounts them and checked by sha256 (stdlib only); and the one way imggenhub
+opens a picture, its size checked from the header before anything is decoded."""
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from .wire import KAGGLE_INPUT
+
+# The most pixels a picture imggenhub opens may have (8000 x 8000): a 48-megapixel photo
+# passes; a small file whose header says 20000 x 20000 (a decompression bomb) is refused
+# before it is decoded. Below Pillow's own limit (MAX_IMAGE_PIXELS, ~89 MP), so Pillow's
+# warning and error never come first.
+MAX_PIXELS = 64_000_000
+
+
+class PictureTooLarge(ValueError):
+    """A picture whose header says more than MAX_PIXELS pixels; nothing was decoded.
+    ``reason`` says it without the file's name; ``str()`` with it."""
+
+    def __init__(self, name: str, pixels: int, size: tuple[int, int] | None = None):
+        shape = f"{size[0]}x{size[1]} pixels" if size else f"{pixels:,} pixels"
+        self.name, self.pixels = name, pixels
+        self.reason = (f"is {shape} ({pixels / 1e6:.0f} megapixels), more than the "
+                       f"{MAX_PIXELS // 1_000_000} megapixels imggenhub opens")
+        super().__init__(f"{name} {self.reason}")
+
+
+@contextmanager
+def open_picture(path):
+    """A picture, opened by its header only (PIL's Image.open), refused with PictureTooLarge
+    when its header says more than MAX_PIXELS pixels, before it is loaded or converted.
+    Pillow's own decompression-bomb error, wherever it comes, is said the same way; its
+    warning (between its limit and twice it) is moot under MAX_PIXELS and never shown."""
+    from PIL import Image
+
+    name = Path(path).name
+
+    def bomb(exc: Exception) -> PictureTooLarge:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        return PictureTooLarge(name, int(found.group(1)) if found else MAX_PIXELS + 1)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            image = Image.open(path)
+        except Image.DecompressionBombError as exc:
+            raise bomb(exc) from None
+    with image:
+        width, height = image.size
+        if width * height > MAX_PIXELS:
+            raise PictureTooLarge(name, width * height, (width, height))
+        try:
+            yield image
+        except Image.DecompressionBombError as exc:  # a frame past the first, say
+            raise bomb(exc) from None
 
 
 def _locate(path: str, root: str) -> Path:

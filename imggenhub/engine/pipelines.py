@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .inputs import PictureTooLarge, open_picture
 from .tiny import TINY_MODELS, build_tiny, build_tiny_sdxl_refiner
 from .wire import SCHEDULERS, SDXL_VAE_FP16_FIX, TINY_SDXL_REFINER, log
 
@@ -178,15 +179,15 @@ def derived_pipeline(pipe, mode: str):
 
 def load_init_image(path: str, width: int | None, height: int | None, mode: str = "RGB"):
     """An input picture (RGB) or mask (L: white is redrawn), at the job's size if it has one."""
-    from PIL import Image
-
     what = "mask image" if mode == "L" else "init image"
     try:
-        with Image.open(path) as opened:
+        with open_picture(path) as opened:
             try:
                 image = opened.convert(mode)
             except ValueError:  # no direct way (LAB to L, say): through RGB
                 image = opened.convert("RGB").convert(mode)
+    except PictureTooLarge as exc:
+        raise ValueError(f"the {what} {exc.name!r} {exc.reason}") from None
     except (OSError, ValueError) as exc:
         raise ValueError(f"the {what} {Path(path).name!r} cannot be read as a picture ({exc})") \
             from None

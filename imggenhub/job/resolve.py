@@ -9,7 +9,7 @@ import re
 import secrets
 from pathlib import Path
 
-from ..engine import plan_images
+from ..engine import PictureTooLarge, open_picture, plan_images
 from ..errors import SpecError
 from .models import (
     DEFAULT_REFINER,
@@ -69,13 +69,11 @@ def _input_file(value: str, where: str, what: str = "init image") -> str:
 @functools.lru_cache(maxsize=256)  # one look per file, however many prompts name it
 def _picture_problem(path: str, size: int, mtime: int) -> str | None:
     """What keeps a file from being used as an input picture or mask, if anything."""
-    from PIL import Image
-
     try:
-        with Image.open(path) as image:
+        with open_picture(path) as image:  # its size from the header, before decoding
             image.load()  # decoded whole, as the engine will: a cut-off file fails here
-    except Image.DecompressionBombError as exc:
-        return f"is too large a picture ({exc})"
+    except PictureTooLarge as exc:
+        return f"{exc.reason}; shrink it"
     except Exception as exc:  # Pillow's decoders raise many kinds for a damaged file
         reason = "not a picture Pillow can read" if "identify" in str(exc) else f"damaged: {exc}"
         return f"is {reason}; give a PNG, JPEG or WebP file"

@@ -9,20 +9,28 @@ import json
 import re
 from pathlib import Path
 
-from ..engine import images_text
+from ..engine import PictureTooLarge, images_text
 from ..errors import MissingDependencyError, SpecError, Unreachable
 
 LORA_TAG = re.compile(r"\s*<lora:[^>]*>")
 BATCH = 8
 
 
+def too_large(exc: PictureTooLarge, path: Path) -> SpecError:
+    return SpecError(f"{path} {exc.reason}; move it out of the folder (or shrink it) and "
+                     "score again.")
+
+
 def prompt_of(path: Path) -> str | None:
-    """The prompt a PNG carries: imggenhub's own record first, else A1111's parameters."""
-    from PIL import Image
+    """The prompt a PNG carries: imggenhub's own record first, else A1111's parameters.
+    A picture over MAX_PIXELS is refused here, from its header, before any model loads."""
+    from ..engine import open_picture
 
     try:
-        with Image.open(path) as image:
+        with open_picture(path) as image:
             text = dict(getattr(image, "text", {}) or {})
+    except PictureTooLarge as exc:
+        raise too_large(exc, path) from None
     except (OSError, ValueError):
         return None
     try:
@@ -73,14 +81,20 @@ def score_folder(folder: Path, model: str | None, on_event) -> dict:
         raise SpecError(f"The CLIP model {model!r} could not be loaded ({first}); check the "
                         "model id or folder.") from None
     results = []
-    from PIL import Image
+    from ..engine import open_picture
 
     for start in range(0, len(pairs), BATCH):
         chunk = pairs[start:start + BATCH]
         images = []
         for path, _ in chunk:
-            with Image.open(path) as image:
-                images.append(image.convert("RGB"))
+            try:
+                with open_picture(path) as image:
+                    images.append(image.convert("RGB"))
+            except PictureTooLarge as exc:  # changed since its prompt was read
+                raise too_large(exc, path) from None
+            except (OSError, ValueError) as exc:
+                raise SpecError(f"{path} cannot be read as a picture ({exc}); move it out of "
+                                "the folder and score again.") from None
         for (path, prompt), value in zip(chunk, scorer.scores(images, [p for _, p in chunk])):
             results.append({"file": path.name, "prompt": prompt, "score": value})
     mean = round(sum(r["score"] for r in results) / len(results), 4) if results else None

@@ -60,19 +60,28 @@ def frame(draw, left: int, top: int) -> None:
     draw.rectangle((left + 2, top + 2, left + TILE - 3, top + TILE - 3), outline=(200, 80, 80))
 
 
-def paste_tile(sheet, draw, path: Path, left: int, top: int) -> bool:
+def paste_tile(sheet, draw, path: Path, left: int, top: int) -> str | None:
     """The picture at ``path`` fitted into the tile at (left, top); a red frame if it cannot
-    be read here. Whether it could."""
-    from PIL import Image, ImageOps
+    be shown here, and why (None: it is shown). A picture over MAX_PIXELS is refused from
+    its header, never decoded."""
+    from PIL import ImageOps
+
+    from ..engine import PictureTooLarge, open_picture
 
     try:
-        with Image.open(path) as image:
+        with open_picture(path) as image:
             tile = ImageOps.contain(image.convert("RGB"), (TILE - 4, TILE - 4))
+    except FileNotFoundError:
+        problem = "missing here"
+    except PictureTooLarge:
+        problem = "too large to show"
     except (OSError, ValueError):
-        frame(draw, left, top)
-        return False
-    sheet.paste(tile, (left + (TILE - tile.width) // 2, top + (TILE - tile.height) // 2))
-    return True
+        problem = "unreadable"
+    else:
+        sheet.paste(tile, (left + (TILE - tile.width) // 2, top + (TILE - tile.height) // 2))
+        return None
+    frame(draw, left, top)
+    return problem
 
 
 def write(folder: Path, manifest: dict, cols: int | None = None) -> list[Path]:
@@ -95,8 +104,9 @@ def write(folder: Path, manifest: dict, cols: int | None = None) -> list[Path]:
         draw = ImageDraw.Draw(sheet)
         for k, record in enumerate(chunk):
             x, y = (k % cols) * TILE, (k // cols) * (TILE + LABEL)
-            lines = _label(record) if paste_tile(sheet, draw, folder / record["file"], x, y) \
-                else (f"#{record.get('index', 0) + 1}", "missing here")
+            problem = paste_tile(sheet, draw, folder / record["file"], x, y)
+            lines = _label(record) if problem is None else (_label(record)[0].split(" ")[0],
+                                                            problem)
             for row, line in enumerate(lines):  # two lines, each within the tile's width
                 draw.text((x + 4, y + TILE + 2 + 13 * row), fit(draw, line, text_font, TILE - 8),
                           fill=(230, 230, 230), font=text_font)

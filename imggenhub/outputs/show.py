@@ -92,9 +92,9 @@ def terminal_images() -> str | None:
 def sixel(path: Path) -> str:
     """A PNG as DEC sixel graphics: scaled to SIXEL_WIDTH, SIXEL_COLOURS colours, each band
     of six rows drawn colour by colour, runs of a character compressed (Pillow only)."""
-    from PIL import Image
+    from ..engine import open_picture
 
-    with Image.open(path) as opened:
+    with open_picture(path) as opened:  # over MAX_PIXELS: PictureTooLarge, never decoded
         image = opened.convert("RGB")
     if image.width > SIXEL_WIDTH:
         image = image.resize((SIXEL_WIDTH, max(1, image.height * SIXEL_WIDTH // image.width)))
@@ -135,9 +135,13 @@ def _runs(codes: list[int]) -> str:
 
 
 def inline_image(path: Path, protocol: str) -> str:
-    """The escape sequence that shows a PNG in the terminal."""
+    """The escape sequence that shows a PNG in the terminal (a line saying why not, for a
+    sheet sixel cannot decode: damaged, or over MAX_PIXELS)."""
     if protocol == "sixel":
-        return sixel(path)
+        try:
+            return sixel(path)
+        except (OSError, ValueError) as exc:  # PictureTooLarge is a ValueError
+            return f"(the contact sheet {Path(path).name} cannot be shown: {exc})\n"
     data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
     if protocol == "iterm2":
         return f"\033]1337;File=inline=1;width=80%;preserveAspectRatio=1:{data}\a"
