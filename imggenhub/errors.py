@@ -73,11 +73,17 @@ class KaggleApiError(ImggenhubError):
 
 
 class TransferError(Unreachable):
-    """A download kept breaking off, or kept arriving different from the manifest."""
+    """A transfer kept breaking off or stalling: another try later may get through."""
 
 
 class UnsafeOutputError(ImggenhubError):
     """The server listed or served something we refuse (an escaping name, an oversize file)."""
+
+
+class DamagedOutputError(UnsafeOutputError):
+    """A file arrived whole, again and again, different from its manifest record (or is so
+    here, where nothing fetches it again): damaged where it is kept. Another try brings the
+    same bytes, so this is the run failed (exit 1), not Kaggle unreachable (exit 5)."""
 
 
 class LocalWriteError(ImggenhubError):

@@ -46,14 +46,37 @@ def test_hostile_names_are_refused_before_anything_is_written(emulator, cli, tmp
     nothing_outside(tmp_path, out_dir)
 
 
-def test_a_sha256_mismatch_is_called_what_it_is(emulator, cli, tmp_path):
-    finished_run(cli, tmp_path)
+def test_a_sha256_mismatch_that_persists_is_a_failed_run_not_an_unreachable_kaggle(
+        emulator, cli, tmp_path):
+    """Exit 5 tells a cron wrapper to try later, forever: a file that arrives whole and
+    different every time is damaged on Kaggle's side, exit 1, said so."""
+    run_id = finished_run(cli, tmp_path)
     emulator.faults.set(corrupt=100)
-    code, out, err = cli("download")
-    assert code == 5 and "with a sha256 different from the manifest's" in err
+    code, out, err = cli("download", "--json")
+    assert code == 1 and "with a sha256 different from the manifest's" in err, err
+    assert "damaged on Kaggle's side" in err and json.loads(out)["exit_code"] == 1
     assert emulator.faults.fired["corrupt"] <= 3 * 8  # a few tries per file, not ten
+    out_dir = Path(runs.load(run_id).out_dir)
+    assert not list(out_dir.rglob("*.part")) and runs.load(run_id).state.value == "complete"
     emulator.faults.set(corrupt=0)
-    assert cli("download")[0] == 0
+    assert cli("download")[0] == 0 and artifacts.verify(out_dir) == []
+
+
+def test_a_file_that_arrives_whole_but_shorter_than_its_record_is_damaged_too(
+        emulator, cli, tmp_path):
+    """Its announced length came, every time: not a cut-off transfer (ten retries, then
+    exit 5) but a file unlike its record, exit 1 after a few."""
+    run = runs.load(finished_run(cli, tmp_path))
+    version = emulator.versions(run.kernel_ref)[-1]
+    manifest = json.loads((version.workdir / "output" / "manifest.json").read_text())
+    record = manifest["images"][0]
+    record["bytes"] += 1
+    emulator.faults.set(manifest_body=json.dumps(manifest))
+    code, out, err = cli("download")
+    assert code == 1, err
+    assert (f"{record['file']} arrived whole 3 times, each time with {record['bytes'] - 1} bytes "
+            f"where the manifest says {record['bytes']}") in err
+    assert emulator.served.count(f"output/{record['file']}") == 3
 
 
 def test_a_file_larger_than_the_manifest_says_is_refused_early(emulator, cli, tmp_path):

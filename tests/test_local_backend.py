@@ -309,8 +309,9 @@ def test_a_local_run_killed_after_its_last_image_is_complete_not_partial(tmp_pat
 
 def test_images_a_local_rescue_moved_are_still_hashed_by_the_next_fetch(tmp_path):
     """A killed run's images moved home by the rescue, one of them changed on disk since
-    (same size): the next command's fetch checks its sha256 and refuses it (review)."""
-    from imggenhub.errors import TransferError
+    (same size): the next command's fetch checks its sha256 and refuses it (review): the
+    run failed (exit 1), since fetching again brings the same file."""
+    from imggenhub.errors import DamagedOutputError
     from imggenhub.run import jobs
 
     run = _killed_after_last_image(tmp_path, lambda m: None)
@@ -318,8 +319,9 @@ def test_images_a_local_rescue_moved_are_still_hashed_by_the_next_fetch(tmp_path
     data = bytearray(first.read_bytes())
     data[-1] ^= 0xFF
     first.write_bytes(bytes(data))
-    with pytest.raises(TransferError, match="does not match its sha256"):
+    with pytest.raises(DamagedOutputError, match="does not match its sha256") as caught:
         jobs.advance(run, "resume", lambda m: None)
+    assert caught.value.exit_code == 1
 
 
 def test_a_local_run_with_images_home_keeps_its_one_output_folder(tmp_path, cli):

@@ -12,7 +12,13 @@ from pathlib import Path
 
 from ..config import Deadline, Tunables, tunables, writable_folder
 from ..engine import Plan, made
-from ..errors import LocalWriteError, SpecError, TransferError, UnsafeOutputError
+from ..errors import (
+    DamagedOutputError,
+    LocalWriteError,
+    SpecError,
+    TransferError,
+    UnsafeOutputError,
+)
 from ..job.notebook import CODE_FILE, with_document, write_notebook
 from ..job.spec import JobSpec
 from ..outputs import artifacts
@@ -163,6 +169,12 @@ class Backend:
         run.timings["fetch"] = round(time.monotonic() - t0, 3)
         if problems:
             runs.save(run)
+            damaged = [p for p in problems if not p.endswith(artifacts.MISSING)]
+            if damaged:  # here, and unlike its record: fetching again brings the same file
+                raise DamagedOutputError(f"The outputs in {out_dir} failed verification: "
+                                         f"{damaged[0]}: the file is damaged and fetching again "
+                                         "does not change it, so the run counts as failed; the "
+                                         "files that matched are kept.")
             raise TransferError(f"The outputs in {out_dir} failed verification: {problems[0]}; run "
                                 f"'imggenhub download {run.run_id}' again.")
         if run.state == RunState.COMPLETE:

@@ -86,12 +86,15 @@ def combine(old: dict | None, new: dict) -> dict:
     return merge(old, new, Plan.whole(planned) if isinstance(planned, int) else None)
 
 
+MISSING = "is missing"  # how verify_image says it; anything else it says is a damaged file
+
+
 def verify_image(folder: Path, record: dict, hashed: bool = True) -> str | None:
     """None if the image on disk matches its manifest record, else what is wrong (its
     sha256 is left unchecked with ``hashed=False``: a file checked when it arrived)."""
     path = Path(folder) / safe_relative(record["file"])
     if not path.exists():
-        return f"{record['file']} is missing"
+        return f"{record['file']} {MISSING}"
     if path.stat().st_size != record["bytes"]:
         return f"{record['file']} has {path.stat().st_size} bytes, the manifest says {record['bytes']}"
     if hashed and sha256_of(path) != record["sha256"]:

@@ -16,7 +16,7 @@ import requests
 import urllib3
 
 from ...engine import BUNDLES_DIR, LOG_FILE, MANIFEST, OUTPUT_DIR, images_text, sha256_of
-from ...errors import TransferError, UnsafeOutputError
+from ...errors import DamagedOutputError, TransferError, UnsafeOutputError
 from ...outputs import artifacts
 from ...run.runs import Run
 from . import api as kaggle_api
@@ -122,17 +122,23 @@ def download(backend, url: str, dest: Path, limit: int, record: dict | None, on_
                     fh.write(chunk)
                     if time.monotonic() > ends:
                         raise _TooSlow()
-        if expected is not None and expected.isdigit() and size != int(expected):
+        whole = expected is not None and expected.isdigit()  # its length was announced
+        if whole and size != int(expected):
             raise kaggle_api.TruncatedDownload(f"{dest.name}: {size} of {expected} bytes")
-        if record is not None and size != record["bytes"]:
+        if record is not None and size != record["bytes"] and not whole:
+            # no length announced: a body cut short looks the same; worth a retry
             raise kaggle_api.TruncatedDownload(f"{dest.name}: {size} of {record['bytes']} bytes")
-        if record is not None and sha256_of(tmp) != record["sha256"]:
+        differs = (f"with {size} bytes where the manifest says {record['bytes']}"
+                   if size != record["bytes"] else "with a sha256 different from the manifest's"
+                   if sha256_of(tmp) != record["sha256"] else None) if record is not None else None
+        if differs:  # it arrived whole: a few tries, then it is what Kaggle keeps
             mismatches[0] += 1
             if mismatches[0] >= HASH_ATTEMPTS:
-                raise TransferError(
-                    f"{dest.name} arrived {mismatches[0]} times with a sha256 different from the "
-                    "manifest's; the file on Kaggle may be damaged.")
-            raise kaggle_api.TruncatedDownload(f"{dest.name}: sha256 differs from the manifest's")
+                raise DamagedOutputError(
+                    f"{dest.name} arrived whole {mismatches[0]} times, each time {differs}: the "
+                    "file is damaged on Kaggle's side and downloading it again brings the same "
+                    "bytes, so the run counts as failed; the files that matched are kept.")
+            raise kaggle_api.TruncatedDownload(f"{dest.name}: arrived {differs}")
         if check is not None:
             check(tmp)
 
