@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from imggenhub.outputs import artifacts
@@ -81,3 +82,55 @@ def test_bundles_come_by_themselves_from_200_images(emulator, cli, tmp_path):
                          cwd=tmp_path)
     assert code == 0, err
     assert pushed_doc(emulator)["bundle"] is True
+
+
+def test_two_bundles_of_one_name_in_different_folders_are_both_used(emulator, cli, tmp_path,
+                                                                   monkeypatch):
+    """A kernel's bundles named alike in different folders (bundles/0/same.tar,
+    bundles/1/same.tar, ...) land and unpack apart, all at once: each is downloaded,
+    unpacked and verified, no image fetched loose (sharing one landing name, one bundle's
+    unpacking read another's, or found it gone)."""
+    monkeypatch.setenv("IMGGENHUB_BUNDLE_BYTES", "8192")
+    code, out, err = cli("deploy", *JOB, "--bundle", "--json", cwd=tmp_path)
+    assert code == 0, err
+    run_id = json.loads(out)["run_id"]
+    assert cli("poll", run_id, cwd=tmp_path)[0] == 0
+    ref = [b for m, b in emulator.calls if m == "SaveKernel"][-1]["slug"]
+    work = emulator.versions(ref)[-1].workdir / "output"
+    manifest = json.loads((work / "manifest.json").read_text())
+    renamed = {}
+    for folder, bundle in enumerate(manifest["bundles"]):
+        renamed[bundle["file"]] = f"bundles/{folder}/same.tar"
+        (work / renamed[bundle["file"]]).parent.mkdir(parents=True)
+        (work / bundle["file"]).rename(work / renamed[bundle["file"]])
+        bundle["file"] = renamed[bundle["file"]]
+    for record in manifest["images"]:
+        record["bundle"] = renamed.get(record.get("bundle"), record.get("bundle"))
+    (work / "manifest.json").write_text(json.dumps(manifest))
+    emulator.served.clear()
+    emulator.faults.set(slow_files=0.3)  # every bundle in flight at once ...
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # ... and the download threads taking turns often
+    try:
+        code, out, err = cli("download", run_id, "--json", cwd=tmp_path)
+    finally:
+        sys.setswitchinterval(switch)
+    assert code == 0, err
+    out_dir = Path(json.loads(out)["out_dir"])
+    assert len(renamed) >= 3
+    assert sorted(emulator.served) == sorted(["output/manifest.json", *(f"output/{n}" for n in
+                                                                        renamed.values())])
+    assert not [n for n in emulator.served if n.endswith(".png")]  # none fetched loose
+    assert artifacts.verify(out_dir) == [] and len(images_of(out_dir)) == 30
+    assert not (out_dir / ".imggenhub-bundles").exists() and not list(out_dir.rglob("*.part"))
+
+
+def test_temporary_names_come_from_the_whole_path():
+    from imggenhub.backends.kaggle import download
+
+    a, b = Path("/o/x/same.png"), Path("/o/y/same.png")
+    assert download.part_name(a).parent == a.parent and download.part_name(a).name.endswith(".part")
+    assert download.part_name(a).name != download.part_name(b).name
+    assert download.bundle_landing(Path("/o"), "bundles/x/b.tar") != \
+        download.bundle_landing(Path("/o"), "bundles/y/b.tar")
+    assert len(download.part_name(Path("/o/" + "n" * 250)).name) < 64

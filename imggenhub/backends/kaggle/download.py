@@ -5,6 +5,7 @@ into place. A server's answers are untrusted input."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -74,6 +75,22 @@ def list_outputs(backend, run: Run, on_event) -> tuple[dict[str, str], str]:
                             f"{backend.tunables.max_pages} pages; stopped (IMGGENHUB_MAX_PAGES).")
 
 
+def part_name(dest: Path) -> Path:
+    """The temporary name a file is written under beside ``dest``: from a hash of its whole
+    path (two files of one name in different folders, two bundles of one name, never share
+    one), this process and this thread; bounded, whatever the name's length."""
+    digest = hashlib.sha256(os.fsencode(dest)).hexdigest()[:20]
+    return dest.with_name(f".{digest}.{os.getpid()}-{threading.get_ident()}.part")
+
+
+def bundle_landing(out_dir: Path, name: str) -> Path:
+    """Where a bundle lands to be unpacked: named from its whole relative path, so that
+    bundles of one name in different folders land apart."""
+    rel = artifacts.safe_relative(name)
+    digest = hashlib.sha256(rel.as_posix().encode("utf-8", "surrogateescape")).hexdigest()[:12]
+    return out_dir / BUNDLE_TMP / f"{digest}-{rel.name[-80:]}"
+
+
 class _Oversize(Exception):
     pass
 
@@ -91,7 +108,7 @@ def download(backend, url: str, dest: Path, limit: int, record: dict | None, on_
     """GET a signed URL to a unique temporary name, check it (against its manifest record,
     or with ``check(path)``), and only then rename it into place."""
     tunables = backend.tunables
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{threading.get_ident()}.part")
+    tmp = part_name(dest)
     mismatches = [0]
 
     def once():
@@ -211,7 +228,7 @@ def bring_outputs(backend, run: Run, out_dir: Path, here: dict | None, on_event)
         covered.update(r["file"] for r in members)
         missing = [r for r in members if artifacts.verify_image(out_dir, r) is not None]
         if missing:
-            dest = out_dir / BUNDLE_TMP / Path(artifacts.safe_relative(b["file"])).name
+            dest = bundle_landing(out_dir, b["file"])
             todo.append((ours[b["file"]], dest, int(b["bytes"]), b, missing))
     for name, url in sorted(ours.items()):
         if _not_an_image(name) or name in covered or name.startswith(BUNDLES_DIR + "/"):
@@ -277,7 +294,7 @@ def unpack(tar_path: Path, out_dir: Path, members: list[dict]) -> None:
                                             f"{record['file']} as the manifest says; refused.")
                 dest = out_dir / artifacts.safe_relative(record["file"])
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{threading.get_ident()}.part")
+                tmp = part_name(dest)
                 try:
                     with tar.extractfile(info) as src, open(tmp, "wb") as fh:
                         while block := src.read(1 << 20):
