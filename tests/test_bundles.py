@@ -133,4 +133,4 @@ def test_temporary_names_come_from_the_whole_path():
     assert download.part_name(a).name != download.part_name(b).name
     assert download.bundle_landing(Path("/o"), "bundles/x/b.tar") != \
         download.bundle_landing(Path("/o"), "bundles/y/b.tar")
-    assert len(download.part_name(Path("/o/" + "n" * 250)).name) < 64
+    assert len(download.part_name(Path("/o/" + "n" * 250)).name) < 180

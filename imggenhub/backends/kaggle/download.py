@@ -78,9 +78,10 @@ def list_outputs(backend, run: Run, on_event) -> tuple[dict[str, str], str]:
 def part_name(dest: Path) -> Path:
     """The temporary name a file is written under beside ``dest``: from a hash of its whole
     path (two files of one name in different folders, two bundles of one name, never share
-    one), this process and this thread; bounded, whatever the name's length."""
+    one), this process and this thread, after the start of its name; bounded, whatever the
+    name's length."""
     digest = hashlib.sha256(os.fsencode(dest)).hexdigest()[:20]
-    return dest.with_name(f".{digest}.{os.getpid()}-{threading.get_ident()}.part")
+    return dest.with_name(f".{dest.name[:100]}.{digest}-{os.getpid()}-{threading.get_ident()}.part")
 
 
 def bundle_landing(out_dir: Path, name: str) -> Path:
