@@ -10,12 +10,13 @@ from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 from filelock import FileLock, Timeout
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from ..config import writable_folder
 from ..engine import MANIFEST, Plan, merge, sha256_of, write_json_atomic
 from ..errors import NothingYet, SpecError, UnsafeOutputError
 from .gallery import GALLERY  # noqa: F401  (the name every side uses)
+from .schema import Manifest, first_problem
 
 CLAIM = ".imggenhub-run.json"  # which run fills this folder
 LOCK = ".imggenhub.lock"
@@ -33,33 +34,17 @@ def safe_relative(name: str) -> PurePosixPath:
     return path
 
 
-class ImageRecord(BaseModel):
-    """One manifest entry as the host relies on it; other fields are kept as they are."""
-
-    model_config = ConfigDict(extra="allow")
-
-    file: str
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    bytes: int = Field(ge=0)
-
-
-class Manifest(BaseModel):
-    model_config = ConfigDict(extra="allow")
-
-    job_id: str | None = None
-    run_id: str | None = None
-    images: list[ImageRecord]
-
-
 def parse_manifest(data: bytes | str, where: str) -> dict:
-    """A manifest's text, validated: every image has a safe name, a sha256 and a size."""
+    """A manifest's text, validated (``schema``: every field the host reads, its type and
+    bounds): every image has a safe name, a sha256 and a size."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise UnsafeOutputError(f"{where} is larger than {MAX_MANIFEST_BYTES >> 20} MiB; refused.")
     try:
         raw = json.loads(data)
         manifest = Manifest.model_validate(raw)
     except (ValueError, RecursionError, ValidationError) as exc:
-        first = exc.errors(include_url=False)[0]["msg"] if isinstance(exc, ValidationError) \
-            else type(exc).__name__
-        raise UnsafeOutputError(f"{where} is not an imggenhub manifest ({first}).") from None
+        first = first_problem(exc) if isinstance(exc, ValidationError) else type(exc).__name__
+        raise UnsafeOutputError(f"{where} is not an imggenhub manifest ({first[:200]}).") from None
     for record in manifest.images:
         safe_relative(record.file)
     return raw

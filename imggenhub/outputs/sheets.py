@@ -6,13 +6,42 @@ the files here; an image listed but missing here is a dark tile saying so."""
 from __future__ import annotations
 
 import math
+import os
+import re
 from pathlib import Path
+
+from ..errors import UnsafeOutputError
 
 SHEET = "grid.png"
 TILE = 192  # pixels a side
 LABEL = 30  # pixels under each tile
 MAX_TILES = 100  # per sheet
 BACKGROUND = (17, 17, 17)
+
+
+OWN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}")  # a sheet's or grid's name
+
+
+def own_path(folder: Path, name: str) -> Path:
+    """Where a file this program makes (a sheet, a grid) is written: ``name`` only of
+    [A-Za-z0-9._-], at most 120 characters, no '..', and the path checked to lie in
+    ``folder`` itself. Names are made here from indices and slugs; this is the last check."""
+    folder = Path(folder)
+    path = folder / name
+    if not OWN_NAME.fullmatch(name) or ".." in name or \
+            Path(os.path.abspath(path)).parent != Path(os.path.abspath(folder)):
+        raise UnsafeOutputError(f"Refusing to write {name[:80]!r} into {folder}: not a name "
+                                "imggenhub makes there.")
+    return path
+
+
+def save(image, folder: Path, name: str) -> Path:
+    """``image`` as the PNG ``name`` in ``folder`` (``own_path``), replaced whole."""
+    path = own_path(folder, name)
+    tmp = path.with_name(f".{name}.tmp")
+    image.save(tmp, format="PNG")
+    tmp.replace(path)
+    return path
 
 
 def sheet_names(count: int) -> list[str]:
@@ -25,9 +54,14 @@ def ascii_text(text, limit: int) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "~"
 
 
+def number(record: dict) -> str:
+    """'#N': the record's place in the job (1-based), '#?' without an index."""
+    index = record.get("index")
+    return f"#{index + 1}" if isinstance(index, int) and not isinstance(index, bool) else "#?"
+
+
 def _label(record: dict) -> tuple[str, str]:
-    return (f"#{record.get('index', 0) + 1} seed {record.get('seed', '?')}",
-            str(record.get("prompt", "")))
+    return (f"{number(record)} seed {record.get('seed', '?')}", str(record.get("prompt", "")))
 
 
 def fit(draw, text: str, text_font, width: int) -> str:
@@ -105,16 +139,11 @@ def write(folder: Path, manifest: dict, cols: int | None = None) -> list[Path]:
         for k, record in enumerate(chunk):
             x, y = (k % cols) * TILE, (k // cols) * (TILE + LABEL)
             problem = paste_tile(sheet, draw, folder / record["file"], x, y)
-            lines = _label(record) if problem is None else (_label(record)[0].split(" ")[0],
-                                                            problem)
+            lines = _label(record) if problem is None else (number(record), problem)
             for row, line in enumerate(lines):  # two lines, each within the tile's width
                 draw.text((x + 4, y + TILE + 2 + 13 * row), fit(draw, line, text_font, TILE - 8),
                           fill=(230, 230, 230), font=text_font)
-        path = folder / name
-        tmp = path.with_name(f".{name}.tmp")
-        sheet.save(tmp, format="PNG")
-        tmp.replace(path)
-        paths.append(path)
+        paths.append(save(sheet, folder, name))
     for stale in folder.glob("grid-*.png"):  # sheets of an earlier, larger remake
         if stale not in paths and stale.name[5:-4].isdigit():
             stale.unlink()

@@ -5,17 +5,40 @@ tile the cell's first image; and the same as a table for the gallery."""
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 
-from .sheets import BACKGROUND, LABEL, TILE, ascii_text, font, frame, paste_tile
+from .sheets import BACKGROUND, LABEL, TILE, ascii_text, font, frame, paste_tile, save
 
 HEAD = 24  # the column labels
 TITLE = 30
 SIDE = 120  # the row labels
+SLUG = 24  # characters of a value in a grid's file name
+
+
+def slug(value) -> str:
+    """A swept value as a piece of a file name: only [A-Za-z0-9._-] (anything else a '-'),
+    no '..', at most SLUG characters; 'v' when nothing is left."""
+    text = re.sub(r"[^A-Za-z0-9._-]+", "-", str(value)[:4 * SLUG])
+    text = re.sub(r"\.{2,}", ".", text)
+    return text[:SLUG].strip("-.") or "v"
+
+
+def grid_name(prompt: int, z: tuple) -> str:
+    """sweep-NN.png, or sweep-NN-<value>-<value>.png for the values of the axes past the
+    second: made here from the prompt's number and slugs, never from the text as given."""
+    return f"sweep-{prompt + 1:02d}" + "".join("-" + slug(v) for v in z) + ".png"
+
+
+def _order(record: dict):
+    index = record.get("index")
+    return index if isinstance(index, int) else float("inf")
 
 
 def plots(manifest: dict) -> list[dict]:
-    """Per prompt and per value of the axes past the second: the cells, as rows x columns."""
+    """Per prompt and per value of the axes past the second: the cells, as rows x columns
+    (a combination without any cell made is left out). Each names its grid file: distinct
+    names, however alike the slugs of two values are."""
     axes = manifest.get("sweep") or []
     if not axes:
         return []
@@ -25,29 +48,36 @@ def plots(manifest: dict) -> list[dict]:
         if not isinstance(cell, dict) or not isinstance(prompt, int):
             continue
         key = (prompt, tuple(str(cell.get(name)) for name, _ in axes))
-        if key not in cells or record.get("index", 0) < cells[key].get("index", 0):
+        if key not in cells or _order(record) < _order(cells[key]):
             cells[key] = record  # the cell's first image
     x_name, x_values = axes[0]
     y_name, y_values = axes[1] if len(axes) > 1 else (None, [None])
     rest = axes[2:]
-    out = []
+    out, files = [], set()
     for prompt in sorted({p for p, _ in cells}):
         for z in itertools.product(*(vals for _, vals in rest)):
-            rows = []
+            rows, found = [], False
             for y in y_values:
                 row = []
                 for x in x_values:
                     values = [str(x)] + ([str(y)] if y_name else []) + [str(v) for v in z]
                     record = cells.get((prompt, tuple(values)))
+                    found = found or record is not None
                     row.append({"file": record["file"], "score": record.get("score")}
                                if record else None)
                 rows.append(row)
+            if not found:
+                continue
+            file, n = grid_name(prompt, z), 1
+            while file in files:  # two values of one slug: the later grid gets a number
+                n += 1
+                file = f"{grid_name(prompt, z)[:-4]}-{n}.png"
+            files.add(file)
             text = next((r.get("prompt", "") for (p, _), r in cells.items() if p == prompt), "")
             out.append({"prompt_number": prompt + 1, "prompt": text, "x": [x_name, x_values],
                         "y": [y_name, y_values] if y_name else None,
                         "z": {name: v for (name, _), v in zip(rest, z)}, "rows": rows,
-                        "file": f"sweep-{prompt + 1:02d}" + ("-" + "-".join(
-                            ascii_text(v, 12).replace(" ", "") for v in z) if z else "") + ".png"})
+                        "file": file})
     return out
 
 
@@ -82,12 +112,8 @@ def write(folder: Path, manifest: dict) -> list[Path]:
                     frame(draw, left, top)
                     continue
                 paste_tile(image, draw, folder / cell["file"], left, top)
-                if cell.get("score") is not None:
+                if isinstance(cell.get("score"), (int, float)):
                     draw.text((left + 4, top + TILE + 8), f"score {cell['score']:.1f}",
                               fill=(230, 230, 230), font=text_font)
-        path = folder / plot["file"]
-        tmp = path.with_name(f".{path.name}.tmp")
-        image.save(tmp, format="PNG")
-        tmp.replace(path)
-        paths.append(path)
+        paths.append(save(image, folder, plot["file"]))
     return paths
