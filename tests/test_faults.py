@@ -150,7 +150,7 @@ def imggenhub(*args, cwd):
 @pytest.mark.slow
 @pytest.mark.parametrize("command", ["generate", "deploy", "poll", "download"])
 def test_sigkill_at_random_points_then_resume_loses_nothing(command, emulator, tmp_path):
-    """12 seeded trials, three for each command (so that test workers share them): kill
+    """8 seeded trials, two for each command (so that test workers share them): kill
     deploy, poll, download or generate somewhere in its work; running the same cron line
     again (or resume) ends every run downloaded and verified, with exactly one kernel
     version per run and no temporary file left."""
@@ -159,7 +159,7 @@ def test_sigkill_at_random_points_then_resume_loses_nothing(command, emulator, t
     emulator.faults.set(slow=0.15, only=["SaveKernel", "GetKernelSessionStatus"], slow_files=0.03)
     emulator.image_seconds = 0.05
     names = []
-    for trial in range(index, 12, 4):
+    for trial in range(index, 8, 4):
         name = f"trial-{trial}"
         names.append(name)
         spec = ["--model", "tiny-random", "--seed", str(trial), "-p", f"trial {trial}",
@@ -189,7 +189,7 @@ def test_sigkill_at_random_points_then_resume_loses_nothing(command, emulator, t
         out_dir = Path(run.out_dir)
         assert artifacts.verify(out_dir) == [] and len(shas_in(out_dir)) == 3
         assert not list(out_dir.rglob("*.part")) and not list(out_dir.rglob("*.tmp"))
-    assert len({runs.load(n).run_id for n in names}) == 3
+    assert len({runs.load(n).run_id for n in names}) == 2
 
 
 def shas_in(folder):

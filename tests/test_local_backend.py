@@ -155,14 +155,14 @@ def test_sigterm_under_timeout_keeps_the_finished_images_and_resume_makes_only_t
     env = dict(os.environ)  # this test's own state folder (the isolated fixture's)
     exe = str(Path(sys.executable).with_name("imggenhub"))
     spec = ["--backend", "local", "--model", "tiny-random", "--seed", "5", "-p", "a fox",
-            "--num-images", "24", "--steps", "2", "--name", "cut", "--out", str(tmp_path / "out")]
+            "--num-images", "12", "--steps", "2", "--name", "cut", "--out", str(tmp_path / "out")]
     proc = subprocess.Popen(["timeout", "600", exe, "generate", *spec], cwd=tmp_path, env=env,
                             text=True, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, start_new_session=True)
     lines = []
     for line in proc.stderr:
         lines.append(line)
-        if "image 3/24" in line:
+        if "image 3/12" in line:
             break
     state = Path(os.environ["IMGGENHUB_HOME"])
 
@@ -188,19 +188,19 @@ def test_sigterm_under_timeout_keeps_the_finished_images_and_resume_makes_only_t
     run = runs.load("cut")
     assert run.state.value == "partial"
     kept = artifacts.read_manifest(tmp_path / "out")
-    assert 3 <= len(kept["images"]) < 24 and artifacts.verify(tmp_path / "out") == []
+    assert 3 <= len(kept["images"]) < 12 and artifacts.verify(tmp_path / "out") == []
 
     again = subprocess.run([exe, "resume", "cut"], cwd=tmp_path, env=env, text=True,
                            stdin=subprocess.DEVNULL, capture_output=True, timeout=300)
     assert again.returncode == 0, again.stderr
-    assert f"the {24 - len(kept['images'])} images still to make" in again.stderr
+    assert f"the {12 - len(kept['images'])} images still to make" in again.stderr
     manifest = artifacts.read_manifest(tmp_path / "out")
-    assert len(manifest["images"]) == 24 and manifest["complete"] is True
+    assert len(manifest["images"]) == 12 and manifest["complete"] is True
     assert artifacts.verify(tmp_path / "out") == [] and runs.load("cut").state.value == "downloaded"
     for record in kept["images"]:  # the first session's images stayed as they were
         assert record in manifest["images"]
     # and the second session's are the images an uninterrupted run makes (its seeds)
-    assert [r["seed"] for r in manifest["images"]] == [5 + i for i in range(24)]
+    assert [r["seed"] for r in manifest["images"]] == [5 + i for i in range(12)]
 
 
 def _engine_left(run, indices, merged):
