@@ -129,3 +129,27 @@ def test_the_week_bounds_every_quota_figure(emulator, cli):
     assert "hours total 169 h is not within 0 to 168 h" in err
     code, out, err = cli("doctor")
     assert code == 0 and "GPU quota used ? of ? h" in out, err
+
+
+@pytest.mark.parametrize("method,body", [
+    ("GetKernelSessionStatus", "<html>a proxy's error page</html>"),
+    ("GetKernelSessionStatus", '{"status": {"nested": "where a name goes"}}'),
+    ("ListKernelSessionOutput", "]] not JSON"),
+    ("SaveKernel", '{"versionNumber": "seven"}'),
+])
+def test_an_unreadable_answer_to_any_call_is_one_sentence_and_exit_5(method, body, emulator, cli,
+                                                                     tmp_path):
+    """Any Kaggle answer the client cannot read (not JSON, a field of the wrong type) is one
+    sentence naming what was asked, exit 5 (the run, if any, goes on), never an internal
+    error; a push answered so may have landed, and resume finds out."""
+    emulator.faults.set(api_body={method: body})
+    code, out, err = cli("generate", "--model", "tiny-random", "-p", "x", "--json", cwd=tmp_path)
+    assert code == 5, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("Error: Kaggle's answer while ") and "could not be read" in last, err
+    assert "Internal error" not in err and "Traceback" not in err
+    assert emulator.faults.fired.get("api_body")
+    if method == "SaveKernel":
+        from imggenhub.run import runs
+
+        assert runs.load().state.value == "push-unknown" and "may or may not" in last

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import email.utils
 import random
+import os
 import re
 import time
 from collections.abc import Callable
@@ -57,15 +58,35 @@ NETWORK_ERRORS = (requests.RequestException, TruncatedDownload)
 PARSE_ERRORS = (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError)
 
 
-class BadAnswer(Exception):
+class BadAnswer(Unreachable):
     """Kaggle answered, but with something the client could not parse: data, not a bug of
-    ours and not a network error (it is not retried)."""
+    ours and not a network error (it is not retried). ``detail`` says what was wrong; its
+    sentence, once ``call`` knows what was asked, says that the run goes on (exit 5)."""
+
+    def __init__(self, detail: str, what: str | None = None):
+        self.detail = detail
+        super().__init__(f"Kaggle's answer while {what} could not be read ({detail}); the run, "
+                         "if any, goes on: try again later." if what else detail)
+
+
+def _raised_in_the_client(exc: BaseException) -> bool:
+    """Whether the error came from inside kagglesdk (reading Kaggle's answer), not from code
+    of ours around it."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if f"{os.sep}kagglesdk{os.sep}" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def parsed(fn: Callable):
     """``fn`` (one kagglesdk call) with an answer the client cannot parse raised as
     BadAnswer (its first words said), so that the caller decides what an unreadable
     answer means instead of the CLI's boundary calling it an internal error."""
+
+    if getattr(fn, "parsed", False):
+        return fn
 
     def run():
         try:
@@ -75,8 +96,11 @@ def parsed(fn: Callable):
         except requests.RequestException:
             raise
         except PARSE_ERRORS as exc:
+            if not _raised_in_the_client(exc):
+                raise  # a bug of ours stays one
             raise BadAnswer(f"{type(exc).__name__}: {str(exc)[:80]}") from None
 
+    run.parsed = True
     return run
 
 
@@ -178,13 +202,18 @@ def explain(exc: BaseException, what: str) -> Exception:
 
 def call(tunables: Tunables, deadline: Deadline | None, what: str, fn,
          on_retry: Callable[[str], None] | None = None, attempts: int = MAX_ATTEMPTS):
-    """Run an idempotent call under the retry policy; network errors become one sentence."""
+    """Run an idempotent call under the retry policy; network errors become one sentence,
+    and so does an answer the client cannot read (BadAnswer, exit 5: never an internal
+    error)."""
+    fn = parsed(fn)
     try:
         for attempt in retrying(tunables, deadline, on_retry, attempts=attempts):
             with attempt:
                 return fn()
     except NETWORK_ERRORS as exc:
         raise explain(exc, what) from None
+    except BadAnswer as exc:
+        raise BadAnswer(exc.detail, what) from None
 
 
 def credentials() -> Credentials:

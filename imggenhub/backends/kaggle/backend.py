@@ -224,7 +224,15 @@ class KaggleBackend(Backend):
                 runs.save(run)
                 raise RunFailedError(f"Kaggle refused the push of {meta['id']}: {problem}.",
                                      run.failure, run.run_id)
-            return self._pushed(run, resp.version_number, resp.ref or meta["id"], resp.url, on_event)
+            version, ref, url = resp.version_number, resp.ref or meta["id"], resp.url
+            if not (isinstance(version, int) and version > 0 and isinstance(ref, str)
+                    and isinstance(url, (str, type(None)))):
+                run.state = RunState.PUSH_UNKNOWN  # it answered: the push may have landed
+                runs.save(run)
+                raise kaggle_api.BadAnswer(
+                    f"version {str(version)[:40]!r}", f"pushing run {run.run_id} (it may or may "
+                    f"not have landed; 'imggenhub resume {run.run_id}' finds out)")
+            return self._pushed(run, version, ref, url, on_event)
 
     def _pushed(self, run: Run, version: int, ref: str, url: str | None, on_event: OnEvent) -> Run:
         run.kernel_ref = ref.split("/code/")[-1].strip("/")
@@ -240,7 +248,13 @@ class KaggleBackend(Backend):
             for attempt in kaggle_api.retrying(self.tunables, self.deadline, on_event,
                                                kaggle_api.surely_not_sent):
                 with attempt:
-                    return self.api.save_kernel(request)
+                    return kaggle_api.parsed(lambda: self.api.save_kernel(request))()
+        except kaggle_api.BadAnswer as exc:  # Kaggle answered: the push may have landed
+            run.state = RunState.PUSH_UNKNOWN
+            runs.save(run)
+            raise kaggle_api.BadAnswer(exc.detail, f"pushing run {run.run_id} (it may or may not "
+                                       f"have landed; 'imggenhub resume {run.run_id}' finds out)"
+                                       ) from None
         except requests.RequestException as exc:
             status = kaggle_api.status_of(exc)
             if kaggle_api.surely_not_sent(exc):
@@ -378,7 +392,7 @@ class KaggleBackend(Backend):
                     ApiGetAcceleratorQuotaStatisticsRequest())), on_event, attempts=3)
             figures, problem = quota_figures(resp)
         except kaggle_api.BadAnswer as exc:
-            figures, problem = dict(UNKNOWN_QUOTA), f"it could not be read ({exc})"
+            figures, problem = dict(UNKNOWN_QUOTA), f"it could not be read ({exc.detail})"
         if problem:
             on_event(f"Kaggle's GPU quota answer is unusable: {problem}; the quota is unknown")
         return figures
