@@ -45,3 +45,59 @@ def json_text(data) -> str:
     ``\\uXXXX`` escape, so parsing it gives back exactly ``data``."""
     text = json.dumps(data, ensure_ascii=False)
     return _RAW_IN_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+# --- lines of text that come in pieces (a log stream, a kernel's output) ------------------
+
+MAX_LINE = 1 << 20  # the longest line held, in bytes of the stream (characters of a log)
+
+
+class Dropped(int):
+    """In place of a line longer than the limit: its length."""
+
+
+class Lines:
+    """Text that comes in pieces (bytes or str), split into lines at newlines in time linear
+    in its length: each piece is searched once, and a line is joined once, when it ends. A
+    line longer than ``limit`` is not kept: ``Dropped(its length)`` stands in its place."""
+
+    def __init__(self, limit: int = MAX_LINE):
+        self.limit = limit
+        self.pieces: list = []  # of the line not yet ended
+        self.size = 0
+        self.dropping = 0  # the length so far of a line too long to keep (0: none)
+
+    def feed(self, data) -> list:
+        """The lines that ``data`` ends (without their newline), in order."""
+        newline = b"\n" if isinstance(data, bytes) else "\n"
+        out, start = [], 0
+        while (end := data.find(newline, start)) >= 0:
+            self._add(data[start:end])
+            out.append(self._end(data[:0]))
+            start = end + 1
+        self._add(data[start:])
+        return out
+
+    def rest(self):
+        """What is left after the last newline (None if nothing, or a line being dropped)."""
+        if self.dropping or not self.pieces:
+            return None
+        return self._end(self.pieces[0][:0])
+
+    def _add(self, piece) -> None:
+        if self.dropping:
+            self.dropping += len(piece)
+        elif self.size + len(piece) > self.limit:
+            self.dropping = self.size + len(piece)
+            self.pieces, self.size = [], 0
+        elif piece:
+            self.pieces.append(piece)
+            self.size += len(piece)
+
+    def _end(self, empty):
+        if self.dropping:
+            line, self.dropping = Dropped(self.dropping), 0
+            return line
+        line = empty.join(self.pieces)
+        self.pieces, self.size = [], 0
+        return line

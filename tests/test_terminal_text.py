@@ -255,3 +255,19 @@ def test_a_long_line_is_read_in_linear_time():
     spent = time.thread_time() - t0
     assert len(got) == 1 and len(got[0]) == 32 << 20
     assert spent < 3.0, spent  # linear: a few hundredths of a second of CPU
+
+
+def test_the_local_kernels_output_is_split_in_linear_time_and_an_endless_line_is_not_held(
+        tmp_path):
+    """The local backend's log sink reads a kernel's output with the same Lines: progress
+    lines still arrive, and a 4 MiB line without an end is neither kept nor re-scanned."""
+    from imggenhub.backends.local import _LogSink
+
+    events = []
+    sink = _LogSink(tmp_path / "kernel.log", events.append)
+    sink("stdout", "[imggenhub] image 1/2 0001-a.png in 0.1s (elapsed 1.0s)\n[imggenhub] im")
+    for _ in range(4 * 1024):
+        sink("stdout", "x" * 1024)  # joined to the line begun above: dropped whole
+    sink("stdout", "\n[imggenhub] image 2/2 0002-a.png in 0.1s (elapsed 1.2s)\n")
+    assert [e.split()[1] for e in events] == ["1/2", "2/2"], events
+    assert sink.lines.size == 0 and not sink.lines.pieces

@@ -18,6 +18,7 @@ from ..outputs import artifacts
 from ..run import kinds, runs
 from ..run.lifecycle import RunState
 from ..run.runs import Failure, Run
+from ..text import MAX_LINE, Dropped, Lines
 from .base import Backend, Fetched, OnEvent, session_plan
 
 
@@ -116,15 +117,13 @@ class _LogSink:
     def __init__(self, path: Path, on_event: OnEvent):
         self.path = path
         self.on_event = on_event
-        self.partial = ""
+        self.lines = Lines(MAX_LINE)  # linear in the output's length; an endless line is not held
 
     def __call__(self, name: str, text: str) -> None:
         with open(self.path, "a", encoding="utf-8", errors="replace") as fh:
             fh.write(text)
-        lines = (self.partial + text).split("\n")
-        self.partial = lines.pop()
-        for line in lines:
-            message = progress_message(line)
+        for line in self.lines.feed(text):
+            message = None if isinstance(line, Dropped) else progress_message(line)
             if message is not None:
                 self.on_event(message)
 
