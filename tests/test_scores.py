@@ -14,6 +14,7 @@ from PIL.PngImagePlugin import PngInfo
 
 from imggenhub.outputs import artifacts
 from imggenhub import engine
+from imggenhub.run import runs
 from imggenhub.errors import SpecError
 from imggenhub.job.resolve import build_job
 from imggenhub.job.spec import parse_settings, prompts_from_flags
@@ -81,8 +82,11 @@ def test_score_command_reads_our_pngs_and_a1111s(cli, tmp_path):
     data = (folder / "0001-a.png").read_bytes()
     (folder / "manifest.json").write_text(json.dumps({"job_id": "j", "images": [
         {**ours, "file": "0001-a.png", "bytes": len(data), "sha256": artifacts.sha256_of(folder / "0001-a.png")}]}))
+    picture(4).save(folder / "grid.png")  # the views this program writes: never scored
+    picture(5).save(folder / "sweep-01-ddim.png")
     code, out, err = cli("score", str(folder), "--model", "tiny-random-clip", "--json")
     assert code == 0, err
+    assert "(1 PNG without a prompt is skipped)" in err  # no-prompt.png, not the views
     found = json.loads(out)
     assert [(r["file"], r["prompt"]) for r in found["images"]] == [
         ("0001-a.png", "a red fox"), ("theirs.png", "a blue bird")]
@@ -90,8 +94,13 @@ def test_score_command_reads_our_pngs_and_a1111s(cli, tmp_path):
     assert manifest["images"][0]["score"] == found["images"][0]["score"]
     assert read_data((folder / "gallery.html").read_text())["images"][0]["score"] == \
         found["images"][0]["score"]
+    # a run, by its name (or id): its output folder
+    runs.save(runs.Run(run_id="20260101-000000-abcd", name="mine", backend="kaggle",
+                       job_id="j", image_count=1, out_dir=str(folder)))
+    code, out, err = cli("score", "mine", "--model", "tiny-random-clip", "--json")
+    assert code == 0 and json.loads(out)["images"] == found["images"], err
     code, out, err = cli("score", str(tmp_path / "nothing"))
-    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "neither a folder nor a run" in err
 
 
 def test_score_offline_without_the_model_is_one_sentence_and_an_empty_folder_loads_nothing(
@@ -113,7 +122,7 @@ def test_score_offline_without_the_model_is_one_sentence_and_an_empty_folder_loa
     assert code == 5, err
     assert "The CLIP model 'nobody/no-such-clip' could not be loaded: it is not in the " \
            "Hugging Face cache here and the Hub could not be reached" in err
-    assert "1 PNGs carry no prompt" in err and "Internal error" not in err
+    assert "1 PNG without a prompt is skipped" in err and "Internal error" not in err
     assert err.strip().splitlines()[-1].startswith("Error: ") and time.monotonic() - t0 < 30
 
     empty = tmp_path / "not-a-clip"  # a folder, but no model in it: bad input, not the network

@@ -9,7 +9,7 @@ import json
 import re
 from pathlib import Path
 
-from ..engine import PictureTooLarge, images_text
+from ..engine import PictureTooLarge, counted, images_text
 from ..errors import MissingDependencyError, SpecError, Unreachable
 
 LORA_TAG = re.compile(r"\s*<lora:[^>]*>")
@@ -46,6 +46,11 @@ def prompt_of(path: Path) -> str | None:
     return LORA_TAG.sub("", first).strip() or None
 
 
+# the pictures of pictures this program writes beside the images (contact sheets, sweep
+# grids): not images of the job, never scored
+VIEWS = re.compile(r"grid(-\d+)?\.png|sweep-\d+(-[A-Za-z0-9._-]*)?\.png")
+
+
 def score_folder(folder: Path, model: str | None, on_event) -> dict:
     from ..engine import DEFAULT_SCORE_MODEL
     from . import artifacts
@@ -60,7 +65,7 @@ def score_folder(folder: Path, model: str | None, on_event) -> dict:
             raise MissingDependencyError(module, why="Scoring here")
     from ..engine import Scorer
 
-    found = sorted(folder.glob("*.png"))
+    found = sorted(p for p in folder.glob("*.png") if not VIEWS.fullmatch(p.name))
     pairs = [(p, prompt_of(p)) for p in found]
     pairs = [(p, prompt) for p, prompt in pairs if prompt]
     model = model or DEFAULT_SCORE_MODEL
@@ -68,7 +73,8 @@ def score_folder(folder: Path, model: str | None, on_event) -> dict:
         return {"folder": str(folder), "model": model, "images": [], "score_mean": None}
     skipped = len(found) - len(pairs)
     on_event(f"scoring {images_text(len(pairs))} with {model}"
-             + (f" ({skipped} PNGs carry no prompt and are skipped)" if skipped else ""))
+             + (f" ({counted(skipped, 'PNG')} without a prompt "
+               f"{'is' if skipped == 1 else 'are'} skipped)" if skipped else ""))
     try:
         scorer = Scorer(model)
     except OSError as exc:  # transformers' words for a model it could not load
