@@ -36,10 +36,18 @@ class Named(BaseModel):
     start: Scalar = None
 
 
-class ImageRecord(BaseModel):
-    """One manifest entry; other fields are kept as they are."""
+class _Additions(BaseModel):
+    """What an image and a job alike may carry on top of the base model."""
 
     model_config = STRICT
+
+    loras: list[Named] | None = Field(None, max_length=MAX_ITEMS)
+    embeddings: list[Named] | None = Field(None, max_length=MAX_ITEMS)
+    refiner: Named | None = None
+
+
+class ImageRecord(_Additions):
+    """One manifest entry; other fields are kept as they are."""
 
     file: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -63,9 +71,6 @@ class ImageRecord(BaseModel):
     seconds: float | None = None
     cell: dict[str, Scalar] | None = Field(None, max_length=MAX_AXES)
     sweep_of: Index | None = None
-    loras: list[Named] | None = Field(None, max_length=MAX_ITEMS)
-    embeddings: list[Named] | None = Field(None, max_length=MAX_ITEMS)
-    refiner: Named | None = None
 
 
 class Process(BaseModel):
@@ -77,8 +82,7 @@ class Process(BaseModel):
     run_id: str | None = None
 
 
-class Manifest(BaseModel):
-    model_config = STRICT
+class Manifest(_Additions):
 
     job_id: str | None = None
     run_id: str | None = None
@@ -94,9 +98,6 @@ class Manifest(BaseModel):
     score_model: Scalar = None
     score_mean: float | None = None
     complete: bool | None = None
-    loras: list[Named] | None = Field(None, max_length=MAX_ITEMS)
-    embeddings: list[Named] | None = Field(None, max_length=MAX_ITEMS)
-    refiner: Named | None = None
 
     @field_validator("remaining")
     @classmethod

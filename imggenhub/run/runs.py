@@ -224,12 +224,16 @@ def _lock_name(key: str) -> str:
     return f"{readable}-{hashlib.sha256(key.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}.lock"
 
 
+def _lock(key: str) -> FileLock:
+    folder = state_dir() / "locks"
+    folder.mkdir(exist_ok=True)
+    return FileLock(str(folder / _lock_name(key)))
+
+
 @contextmanager
 def _held(key: str, wait: float, busy: str):
     """A file lock on this machine: wait at most ``wait`` seconds, else say ``busy``."""
-    folder = state_dir() / "locks"
-    folder.mkdir(exist_ok=True)
-    lock = FileLock(str(folder / _lock_name(key)))
+    lock = _lock(key)
     try:
         lock.acquire(timeout=wait)
     except Timeout:
@@ -242,10 +246,7 @@ def _held(key: str, wait: float, busy: str):
 
 def is_worked_on(run: Run) -> bool:
     """Whether an imggenhub process holds the run's lock now (a look: nothing is taken)."""
-    folder = state_dir() / "locks"
-    if not folder.is_dir():
-        return False
-    lock = FileLock(str(folder / _lock_name("run-" + run.run_id)))
+    lock = _lock("run-" + run.run_id)
     try:
         lock.acquire(timeout=0)
     except Timeout:
