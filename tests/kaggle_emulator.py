@@ -521,7 +521,7 @@ class Emulator:
                     "process's images still to make (the next session makes them)")
                 break
             if 0 <= fail_after <= done:
-                error = f"RuntimeError: injected failure after {done} images"
+                error = f"RuntimeError: injected failure after {engine.images_text(done)}"
                 break
             t_img = time.monotonic()
             if self.hold_image == done + 1:
@@ -558,7 +558,7 @@ class Emulator:
             stream("stdout", f"{engine.PROGRESS_PREFIX} error: {error}\n")
         manifest = engine.merge_manifest(out, doc)
         n = len(manifest["images"]) if manifest else 0
-        say(f"done: {n} images in {time.monotonic() - t0:.1f}s"
+        say(f"done: {engine.images_text(n)} in {time.monotonic() - t0:.1f}s"
             + ("" if error is None else " (failed, exit 1)"))
         if error:
             stream("stderr", f"RuntimeError: imggenhub engine failed: {error}\n")

@@ -32,7 +32,8 @@ class FakeClock:
 
 class FakeBackend(backends.Backend):
     """Each session's script: how its pushes go ("slot": no free GPU slot) and how it ends
-    ("complete", "error", or "never": still running at any deadline)."""
+    ("complete", "error", or "never": still running at any deadline; a list: one session
+    after another, then "complete")."""
 
     name = "fake"
     title = "Fake"
@@ -64,12 +65,14 @@ class FakeBackend(backends.Backend):
             raise StillRunning("still going; 'imggenhub resume' picks it up.")
         clock.now += self.wait_seconds
         for m in members:  # the first that is not "never" ends
-            end = self.ends.get(m.run_id, "complete")
+            script = self.ends.get(m.run_id, "complete")
+            end = (script.pop(0) if script else "complete") if isinstance(script, list) else script
             if end != "never":
                 m.state = S.COMPLETE if end == "complete" else S.ERROR
-                m.failure = None if end == "complete" else Failure(kind="kernel", evalue="boom")
+                m.failure = None if end == "complete" else Failure(kind="kernel", evalue=end)
                 runs.save(m)
-                self.ends[m.run_id] = "complete"  # its next session ends well
+                if not isinstance(script, list):
+                    self.ends[m.run_id] = "complete"  # its next session ends well
                 break
         return members
 
@@ -132,15 +135,34 @@ def test_a_group_of_two_with_one_failing_keeps_the_others_and_resume_pushes_it_a
     assert {c[1] for c in backend.calls} == {"two/shard-2"}  # the other shard was left alone
 
 
-def test_a_plain_failed_run_reports_its_failure_and_is_not_pushed_again(fake):
-    backend = fake(ends={"bad": "error"})
+def test_a_failed_run_is_pushed_again_by_resume_but_not_a_third_time_after_the_same_failure(fake):
+    backend = fake(ends={"bad": ["boom", "boom", "bang", "bang"]})
     with pytest.raises(RunFailedError) as failed:
         driver.advance(_run("bad"), "generate", lambda m: None)
     assert "boom" in str(failed.value)
     backend.calls.clear()
-    with pytest.raises(RunFailedError):
+    with pytest.raises(RunFailedError):  # generate (a cron line) reports it, never re-pushes
+        driver.advance(runs.load("bad"), "generate", lambda m: None)
+    assert ("submit", "bad") not in backend.calls
+    events = []
+    with pytest.raises(RunFailedError) as failed:  # resume: pushed again, fails the same way
+        driver.advance(runs.load("bad"), "resume", events.append)
+    assert ("submit", "bad") in backend.calls and "boom" in str(failed.value)
+    assert any("ended error (boom); pushing a new session" in e for e in events)
+    backend.calls.clear()
+    with pytest.raises(RunFailedError) as failed:  # the same failure twice: not a third push
         driver.advance(runs.load("bad"), "resume", lambda m: None)
     assert ("submit", "bad") not in backend.calls
+    assert "failed the same way twice (boom)" in str(failed.value) and "--force" in str(failed.value)
+    with pytest.raises(RunFailedError) as failed:  # --force pushes; another failure ...
+        driver.advance(runs.load("bad"), "resume", lambda m: None, force=True)
+    assert ("submit", "bad") in backend.calls and "bang" in str(failed.value)
+    backend.calls.clear()
+    with pytest.raises(RunFailedError) as failed:  # ... is a first, so resume pushes again
+        driver.advance(runs.load("bad"), "resume", lambda m: None)
+    assert ("submit", "bad") in backend.calls and "bang" in str(failed.value)
+    run = driver.advance(runs.load("bad"), "resume", lambda m: None, force=True)
+    assert run.state == S.DOWNLOADED and run.failures == ["boom", "boom", "bang", "bang"]
 
 
 def test_a_push_without_a_free_slot_is_pushed_again_when_one_frees(fake):

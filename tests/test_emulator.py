@@ -200,12 +200,12 @@ def test_fail_notebook_gives_error_and_keeps_one_image(em, tmp_path):
     entries = log_entries(log)
     lines = [e["data"] for e in entries]
     for line in ("Traceback (most recent call last):\n",
-                 "RuntimeError: injected failure after 1 images\n",
-                 "[imggenhub] error: RuntimeError: injected failure after 1 images\n"):
+                 "RuntimeError: injected failure after 1 image\n",
+                 "[imggenhub] error: RuntimeError: injected failure after 1 image\n"):
         assert line in lines
     last = entries[-1]
     assert last == {**last, "stream_name": "stderr", "data": "RuntimeError: imggenhub engine "
-                    "failed: RuntimeError: injected failure after 1 images\n"}
+                    "failed: RuntimeError: injected failure after 1 image\n"}
     download(em, number, tmp_path / "dl")
     manifest = artifacts.read_manifest(tmp_path / "dl" / "output")
     assert len(manifest["images"]) == 1 and manifest["complete"] is False

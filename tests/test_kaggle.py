@@ -103,10 +103,25 @@ def test_a_failing_notebook_exits_1_with_kaggles_message_and_the_traceback(emula
     assert code == 1
     assert "Kaggle reports error for imggenhub/imggenhub-batch v1: Your notebook hit an unhandled " \
            "error while executing" in err
-    assert "RuntimeError: imggenhub engine failed: RuntimeError: injected failure after 1 images" in err
+    assert "RuntimeError: imggenhub engine failed: RuntimeError: injected failure after 1 image" in err
     assert "Traceback (most recent call last)" not in err.split("Error:")[-1]
     # what was finished is kept and verified
     assert len(shas(tmp_path / "out")) == 1 and artifacts.verify(tmp_path / "out") == []
+    # resume pushes a new session for the rest, after saying why the last one failed
+    saves = lambda: sum(1 for m, _ in emulator.calls if m == "SaveKernel")  # noqa: E731
+    code, out, err = cli("resume", cwd=tmp_path)
+    assert code == 1 and saves() == 2, err
+    assert "session 1 of run" in err and "ended error (" in err and "injected failure" in err
+    assert "session 2 of run" in err and "the 3 images still to make" in err
+    assert len(shas(tmp_path / "out")) == 2  # the second session's one image came home too
+    # the same failure twice: not pushed a third time without --force
+    code, out, err = cli("resume", cwd=tmp_path)
+    assert code == 1 and saves() == 2, err
+    assert "failed the same way twice" in err.splitlines()[-1] and "--force" in err
+    emulator.faults.set(fail_notebook=False)  # the cause fixed
+    code, out, err = cli("resume", "--force", cwd=tmp_path)
+    assert code == 0 and saves() == 3, err
+    assert len(shas(tmp_path / "out")) == 4 and artifacts.verify(tmp_path / "out") == []
 
 
 def test_push_errors_show_the_servers_text_and_exit_non_zero(emulator, cli, tmp_path):

@@ -94,8 +94,8 @@ EXPECTED = {
     "queued": {"poll": 0, "download": 6, "resume": 0, "generate": 0, "deploy": 0},
     "running": {"poll": 0, "download": 6, "resume": 0, "generate": 0, "deploy": 0},
     "complete": {"poll": 0, "download": 0, "resume": 0, "generate": 0, "deploy": 0},
-    "error": {"poll": 1, "download": 1, "resume": 1, "generate": 1, "deploy": 1},
-    "cancelled": {"poll": 1, "download": 1, "resume": 1, "generate": 1, "deploy": 1},
+    "error": {"poll": 1, "download": 1, "resume": 0, "generate": 1, "deploy": 1},
+    "cancelled": {"poll": 1, "download": 1, "resume": 0, "generate": 1, "deploy": 1},
     "downloaded": {"poll": 0, "download": 0, "resume": 0, "generate": 0, "deploy": 0},
     # a session's images are here; resume, generate and deploy push the rest
     "partial": {"poll": 6, "download": 6, "resume": 0, "generate": 0, "deploy": 0},

@@ -101,6 +101,14 @@ def test_adversarial_prompts_come_back_exact_also_from_a_notebook_that_fails(tmp
         assert meta["prompt"] == record["prompt"]
         assert meta["negative_prompt"] == f"'''\n!touch {mark}"
     assert artifacts.verify(tmp_path / "out") == []
+    # the cause gone, resume runs a new session here for the one image not made
+    monkeypatch.delenv("IMGGENHUB_ENGINE_FAIL_AFTER")
+    code, out, err = cli("resume", cwd=tmp_path)
+    assert code == 0, err
+    assert "ended error (in cell" in err and "the 1 image still to make" in err
+    manifest = artifacts.read_manifest(tmp_path / "out")
+    assert [i["prompt"] for i in manifest["images"]] == [*prompts, "never made"]
+    assert artifacts.verify(tmp_path / "out") == [] and runs.load().state == runs.RunState.DOWNLOADED
 
 
 def test_generate_without_credentials_or_backend_says_how(tmp_path, cli):

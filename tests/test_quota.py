@@ -60,6 +60,23 @@ def test_a_job_over_the_quota_left_is_refused_with_both_figures(emulator, cli, t
     assert run.estimate_hours and 0.02 < run.estimate_hours < 0.04
 
 
+
+def test_a_sharded_job_is_refused_on_its_total_with_each_sessions_share(emulator, cli, tmp_path):
+    import re
+
+    emulator.gpu_used_seconds = 30 * 3600 - 200  # 0.06 h left: one session fits, three do not
+    flags = ["deploy", "--model", "tiny-random", "-p", "x", "--num-images", "3"]
+    code, out, err = cli(*flags, "--shards", "3", cwd=tmp_path)
+    assert code == 7, err
+    said = re.search(r"needs about ([\d.]+) GPU h in 3 sessions: ([\d.]+) \+ ([\d.]+) \+ "
+                     r"([\d.]+) h, more than the 0.06 h left", err)
+    assert said, err
+    total, *shares = map(float, said.groups())
+    assert abs(total - sum(shares)) < 0.011 and min(shares) > 0.02
+    assert not [m for m, _ in emulator.calls if m == "SaveKernel"]
+    code, out, err = cli(*flags, "--shards", "1", cwd=tmp_path)
+    assert code == 0, err
+
 def test_finished_runs_correct_the_next_estimate(emulator, cli, tmp_path):
     from imggenhub.run import runs
 
@@ -75,6 +92,17 @@ def test_finished_runs_correct_the_next_estimate(emulator, cli, tmp_path):
     line = next(l for l in err.splitlines() if "estimate:" in l)
     assert "from 1 of your runs of tiny-random" in line
     assert float(line.split("at ~")[1].split("s each")[0]) >= 0.3
+    # kept per endpoint: a test server's runs never correct the real Kaggle's estimates
+    from imggenhub.backends.kaggle import estimate
+    from imggenhub.config import state_dir
+
+    (entry,) = estimate.read_history(state_dir())
+    assert entry["endpoint"] == estimate.endpoint(emulator.url) != estimate.KAGGLE
+    assert estimate.read_history(state_dir(), estimate.KAGGLE) == []
+    # an entry from before the history was kept per endpoint counts for none
+    with open(state_dir() / estimate.HISTORY, "a", encoding="utf-8") as f:
+        f.write(json.dumps({k: v for k, v in entry.items() if k != "endpoint"}) + "\n")
+    assert len(estimate.read_history(state_dir(), estimate.endpoint(emulator.url))) == 1
 
 
 # Answers a broken or hostile server might give to GetAcceleratorQuotaStatistics: each

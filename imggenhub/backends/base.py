@@ -64,9 +64,10 @@ class Backend:
 
     # --- what a backend implements ---------------------------------------------------
 
-    def prepare_job(self, job: JobSpec, options, on_event: OnEvent):
+    def prepare_job(self, job: JobSpec, options, on_event: OnEvent, width: int = 1):
         """Check and ship what every session of the job shares, once, before anything is
-        pushed; return it for ``prepare``. ``options`` are the backend's own flags."""
+        pushed; return it for ``prepare``. ``options`` are the backend's own flags; ``width``
+        the sessions the job is split over (``width``)."""
         return options
 
     def width(self, job: JobSpec, asked: int | None) -> int:

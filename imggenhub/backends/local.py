@@ -16,7 +16,7 @@ from ..errors import ImggenhubError, MissingDependencyError, UnsafeOutputError
 from ..job.notebook import CODE_FILE
 from ..outputs import artifacts
 from ..run import kinds, runs
-from ..run.lifecycle import RunState
+from ..run.lifecycle import PUSH_REST, RunState
 from ..run.runs import Failure, Run
 from ..text import MAX_LINE, Dropped, Lines
 from .base import Backend, Fetched, OnEvent, session_plan
@@ -145,13 +145,13 @@ class LocalBackend(Backend):
     title = "this machine"
     remote = False
 
-    def prepare_job(self, job, options, on_event: OnEvent) -> None:
+    def prepare_job(self, job, options, on_event: OnEvent, width: int = 1) -> None:
         missing = [m for m in ENGINE_NEEDS if importlib.util.find_spec(m) is None]
         if missing:
             raise MissingDependencyError(missing[0], why="The local backend")
 
     def submit(self, run: Run, on_event: OnEvent) -> Run:
-        if run.state == RunState.PARTIAL:  # interrupted before: only the images not here
+        if run.state in PUSH_REST:  # interrupted or failed before: only the images not here
             run = self.render_rest(run, on_event)
             if run.state == RunState.DOWNLOADED:
                 return run

@@ -81,12 +81,16 @@ def download(run_id: RunId = None, out: Annotated[Optional[Path], typer.Option(
     done(jobs.command_on(run_id, "download", reporter(), out_dir=out), json)
 
 
-def resume(run_id: RunId = None, timeout: Timeout = None, json: Json = False) -> None:
-    """Advance a run from wherever it stands: push, poll, download; exit 0 at once if done."""
+def resume(run_id: RunId = None, timeout: Timeout = None, json: Json = False,
+           force: Annotated[bool, typer.Option(
+               "--force", help="Push a failed run again even after the same failure twice.")] = False,
+           ) -> None:
+    """Advance a run from wherever it stands: push, poll, download; exit 0 at once if done.
+    A failed run: what it finished comes home, then a new session makes the rest."""
     from ..run import jobs
 
     STATE["json"] = json
-    done(jobs.command_on(run_id, "resume", reporter(), timeout), json)
+    done(jobs.command_on(run_id, "resume", reporter(), timeout, force=force), json)
 
 
 def status(run_id: RunId = None, json: Json = False) -> None:

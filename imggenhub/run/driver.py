@@ -28,7 +28,7 @@ from ..errors import (
 )
 from ..outputs import artifacts
 from . import kinds, runs
-from .lifecycle import Exit, RunState, Step, plan, summary
+from .lifecycle import Exit, RunState, Step, plan, pushes_again, summary
 from .runs import Run
 
 
@@ -71,11 +71,12 @@ def _keep_old_document(run: Run) -> None:
 class _Group:
     """The members a run advances: itself, or its shards; what each has to say is tagged."""
 
-    def __init__(self, run: Run, on_event):
-        self.run, self.on_event = run, on_event
+    def __init__(self, run: Run, on_event, force: bool = False):
+        self.run, self.on_event, self.force = run, on_event, force
         self.sharded = bool(run.shards)
         self.members = runs.shards_of(run) if self.sharded else [run]
-        self.kept: set[str] = set()  # failed shards whose images came home this time
+        self.kept: set[str] = set()  # failed members whose images came home this time
+        self.again: set[str] = set()  # failed members pushed again this time (once at most)
         self.stops: dict[str, Exception] = {}  # what ended a member's part this time
 
     def say(self, member: Run):
@@ -93,17 +94,30 @@ class _Group:
         if member.run_id in self.stops:
             return None
         if member.state.failed and member.run_id in self.kept:
-            # its images are home: resume pushes the rest of a failed shard again, alone
-            again = self.sharded and command == "resume" and member.state != RunState.PUSH_FAILED
-            return Step.PUSH if again else None
+            # its images are home: resume pushes the rest again (a shard alone), unless it
+            # failed the same way as the session that resume pushed last time
+            if not pushes_again(command, member.state) or member.run_id in self.again:
+                return None
+            why = member.failure.said() if member.failure else member.state.value
+            if member.failures[-1:] == [why] and not self.force:
+                self.stops[member.run_id] = RunFailedError(
+                    f"Run {member.run_id} failed the same way twice ({why}); it is not pushed "
+                    f"a third time: fix the cause, then 'imggenhub resume {self.run.run_id} "
+                    "--force' pushes what is not here yet.", member.failure, self.run.run_id)
+                return None
+            self.kept.discard(member.run_id)  # the new session's failure is fetched and said
+            self.again.add(member.run_id)
+            return Step.PUSH
         p = plan(command, member.state)
         return p.step if p.step not in (None, Step.DONE, Step.FAIL) else None
 
 
 def advance(run: Run, command: str, on_event: backends.OnEvent,
-            timeout: float | None = None, out_dir: Path | None = None) -> Run:
+            timeout: float | None = None, out_dir: Path | None = None,
+            force: bool = False) -> Run:
     """Take the steps ``command`` may take until its work is done; raise with the right
-    exit code otherwise. One process at a time per run (the others are refused)."""
+    exit code otherwise. One process at a time per run (the others are refused).
+    ``force``: resume pushes a run again even after the same failure twice."""
     impl = backends.get_backend(run.backend)
     deadline = Deadline(impl.tunables, timeout)
     with runs.working_on(run):
@@ -114,7 +128,7 @@ def advance(run: Run, command: str, on_event: backends.OnEvent,
             _keep_old_document(run)
             if out_dir is not None:
                 run = _move_output(impl, run, command, Path(out_dir))
-            group = _Group(run, on_event)
+            group = _Group(run, on_event, force)
             try:
                 _drive(impl, group, command, deadline)
             finally:
@@ -196,6 +210,12 @@ def _drive(impl: backends.Backend, group: _Group, command: str, deadline: Deadli
 
 def _take(impl: backends.Backend, step: Step, member: Run, say) -> Run:
     if step == Step.PUSH:
+        if member.state.failed:  # resume: a new session for the rest, after saying why
+            why = member.failure.said() if member.failure else member.state.value
+            say(f"session {member.session} of run {member.run_id} ended {member.state.value} "
+                f"({why}); pushing a new session for what is not here yet")
+            member.failures.append(why)
+            runs.save(member)
         return impl.submit(member, say)
     if step == Step.RESOLVE:
         return impl.resolve(member, say)

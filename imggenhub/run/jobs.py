@@ -43,8 +43,8 @@ def start(job: JobSpec, backend: str, out_dir: Path | None, options, on_event: b
         # the folder is checked before anything reaches the network, and claimed below
         artifacts.prepare_destination(out, run_id, job.job_id, is_active, claim=False)
         impl.bound(timeout)
-        prepared = impl.prepare_job(job, options, on_event)  # once, whatever the group
         width = impl.width(job, shards_asked)
+        prepared = impl.prepare_job(job, options, on_event, width)  # once, whatever the group
         if width > 1:
             shards.start(job, run, impl, prepared, width, on_event)
         else:
@@ -116,9 +116,9 @@ def deploy(job: JobSpec, out_dir: Path | None, options, on_event,
 
 
 def command_on(run_id: str | None, command: str, on_event, timeout: float | None = None,
-               out_dir: Path | None = None) -> Run:
+               out_dir: Path | None = None, force: bool = False) -> Run:
     """poll, download or resume a recorded run."""
-    return advance(runs.load(run_id), command, on_event, timeout, out_dir)
+    return advance(runs.load(run_id), command, on_event, timeout, out_dir, force)
 
 
 def interrupted(run: Run) -> bool:

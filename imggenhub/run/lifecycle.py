@@ -78,6 +78,8 @@ class RunState(str, Enum):
 S = RunState
 TERMINAL = frozenset({S.COMPLETE, S.ERROR, S.CANCELLED, S.DOWNLOADED, S.PUSH_FAILED})
 FAILED = frozenset({S.ERROR, S.CANCELLED, S.PUSH_FAILED})
+# a push from these states makes only what is not here yet (the next session of the run)
+PUSH_REST = frozenset({S.PARTIAL, S.ERROR, S.CANCELLED})
 
 # Every move a run may make. A save that breaks this table is a bug, not a user error.
 TRANSITIONS: dict[RunState, frozenset[RunState]] = {
@@ -193,6 +195,13 @@ def plan(command: str, state: RunState) -> Plan:
                 f"'imggenhub {NEXT_COMMAND[need]} {{run}}' takes it on")
 
 
+def pushes_again(command: str, state: RunState) -> bool:
+    """A failed run (or shard), what it finished brought home: ``resume`` pushes a new
+    session for the rest (Kaggle's refusal of the push itself excepted: the same push is
+    refused again). The driver stops a run that failed the same way twice (--force)."""
+    return command == "resume" and state in (S.ERROR, S.CANCELLED)
+
+
 def table_markdown() -> str:
     """The command x state table for docs/lifecycle.md, generated from the rules above."""
     states = list(RunState)
@@ -205,6 +214,8 @@ def table_markdown() -> str:
             p = plan(name, state)
             if p.step is None:
                 cells.append(f"exit {int(p.exit)}")
+            elif p.step == Step.KEEP and pushes_again(name, state):
+                cells.append("fetch what it kept, push the rest, go on")
             elif p.step == Step.KEEP:
                 cells.append("fetch what it kept, exit 1")
             elif p.step == Step.WAIT:

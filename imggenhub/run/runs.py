@@ -47,6 +47,12 @@ class Failure(BaseModel):
         what = f"{self.ename}: {self.evalue}" if self.ename else self.evalue
         return f"{where.strip() + ': ' if where else ''}{what or 'no reason given'}"
 
+    def said(self) -> str:
+        """The sentence and the last line of the log: two failures alike in this are the
+        same failure (Kaggle's own sentence is the same for every error)."""
+        tail = self.log_tail.strip().splitlines()
+        return self.sentence() + (f"; the log ends with: {tail[-1]}" if tail else "")
+
 
 class Run(BaseModel):
     model_config = ConfigDict(extra="ignore", validate_assignment=True)
@@ -69,6 +75,7 @@ class Run(BaseModel):
     session_timeout_seconds: int | None = None
     timings: dict = Field(default_factory=dict)
     session: int = 1  # Kaggle: which session of the job the latest push is (long jobs)
+    failures: list[str] = Field(default_factory=list)  # each failure resume pushed again after
     shards: list[str] = Field(default_factory=list)  # a sharded run: its shards' run ids
     shard: int | None = None  # a shard: its number (1..), the kernel <slug>-<shard>
     only: list[list[int]] | None = None  # a shard: the image indices it makes, as ranges

@@ -22,7 +22,7 @@ from ...errors import (
 )
 from ...job.notebook import CODE_FILE, read_job_document
 from ...run import runs
-from ...run.lifecycle import RunState
+from ...run.lifecycle import PUSH_REST, RunState
 from ...run.runs import Failure, Run
 from ..base import Backend, Fetched, OnEvent
 from . import api as kaggle_api
@@ -184,8 +184,8 @@ class KaggleBackend(Backend):
 
     # --- prepare and push -------------------------------------------------------------
 
-    def prepare_job(self, job, options, on_event: OnEvent) -> prepare.KaggleJob:
-        return prepare.prepare_job(self, job, options, on_event)
+    def prepare_job(self, job, options, on_event: OnEvent, width: int = 1) -> prepare.KaggleJob:
+        return prepare.prepare_job(self, job, options, on_event, width)
 
     def width(self, job, asked: int | None) -> int:
         return prepare.width(self, job, asked)
@@ -198,7 +198,7 @@ class KaggleBackend(Backend):
         return 60.0 if left is None else max(0.0, min(60.0, left))
 
     def submit(self, run: Run, on_event: OnEvent) -> Run:
-        if run.state in (RunState.PARTIAL, RunState.ERROR, RunState.CANCELLED):
+        if run.state in PUSH_REST:
             run = self.render_rest(run, on_event)
             if run.state == RunState.DOWNLOADED:
                 return run
@@ -376,7 +376,7 @@ class KaggleBackend(Backend):
                 or not doc:
             return
         run.engine_hours = estimate.engine_hours(manifest, run.run_id)
-        estimate.learn(state_dir(), doc, manifest)
+        estimate.learn(state_dir(), doc, manifest, estimate.endpoint(self.tunables.api_url))
 
     def quota(self, on_event: OnEvent) -> dict:
         """This week's GPU quota, as GetAcceleratorQuotaStatistics says (hours; refresh time).

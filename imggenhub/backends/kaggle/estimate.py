@@ -5,7 +5,8 @@ reference size, scaled by pixels and halved without classifier-free guidance), p
 VAE decode, the model's download and load, and the session's start; the images are shared
 by the two T4s. Every run downloaded from Kaggle teaches it: the manifest holds each
 image's seconds and the model's load time as measured there, and the ratio of measured to
-predicted, per model (else per family), corrects the next estimate.
+predicted, per model (else per family), corrects the next estimate. The history is kept per
+API endpoint: a test server's or emulator's runs never correct the real Kaggle's estimates.
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ GPUS = 2  # T4 x2: one engine process per GPU
 HISTORY = "gpu-history.jsonl"
 HISTORY_KEPT = 200
 TINY = {TINY_RANDOM, TINY_SDXL, TINY_KANDINSKY}
+KAGGLE = "https://www.kaggle.com"  # the endpoint of runs on the real Kaggle
+
+
+def endpoint(api_url: str | None) -> str:
+    """The endpoint a history entry belongs to: the real Kaggle, or the configured URL."""
+    return api_url.rstrip("/") if api_url else KAGGLE
 
 
 def family(model: dict) -> str:
@@ -64,15 +71,27 @@ class Estimate:
     seconds_per_image: float  # on one T4, corrected
     startup_seconds: float  # session start and model load
     basis: str  # "the T4 table" or "N of your runs of MODEL"
+    shares: tuple = ()  # a job split over sessions: each one's hours (they add up to hours)
+
+    def shares_text(self) -> str:
+        """" in 3 sessions: 0.41 + 0.41 + 0.40 h" for a split job; "" for one session."""
+        if len(self.shares) < 2:
+            return ""
+        return f" in {len(self.shares)} sessions: " + " + ".join(f"{h:.2f}" for h in self.shares) \
+            + " h"
 
     def sentence(self, left: float | None) -> str:
         tail = "" if left is None else f"; {left:.1f} h left this week"
-        return (f"estimate: about {self.hours:.2f} GPU h ({images_text(self.images)} at ~"
-                f"{self.seconds_per_image:.1f}s each over {GPUS} T4s, plus ~"
-                f"{self.startup_seconds / 60:.0f} min to start and load; from {self.basis}){tail}")
+        each = " each" if self.shares else ""
+        return (f"estimate: about {self.hours:.2f} GPU h{self.shares_text()} ("
+                f"{images_text(self.images)} at ~{self.seconds_per_image:.1f}s each over "
+                f"{GPUS} T4s, plus ~{self.startup_seconds / 60:.0f} min{each} to start and load; "
+                f"from {self.basis}){tail}")
 
 
-def read_history(folder: Path) -> list[dict]:
+def read_history(folder: Path, where: str | None = None) -> list[dict]:
+    """The history's entries (``where``: only that endpoint's; entries written before the
+    history was kept per endpoint name none and count for none)."""
     try:
         lines = (Path(folder) / HISTORY).read_text(encoding="utf-8").splitlines()
     except OSError:
@@ -83,12 +102,24 @@ def read_history(folder: Path) -> list[dict]:
             entry = json.loads(line)
         except ValueError:
             continue
-        if isinstance(entry, dict) and isinstance(entry.get("ratio"), (int, float)):
+        if isinstance(entry, dict) and isinstance(entry.get("ratio"), (int, float)) \
+                and (where is None or entry.get("endpoint") == where):
             out.append(entry)
     return out
 
 
-def estimate(doc: dict, history: list[dict]) -> Estimate:
+def estimate(doc: dict, history: list[dict], width: int = 1) -> Estimate:
+    """The job's GPU hours; split over ``width`` sessions (shards, as ``run.shards`` splits
+    it), the sum of theirs, each with its own start and model load."""
+    if width > 1:
+        plan = Plan.of(doc)
+        parts = [estimate(dict(doc, only=plan.split(k, width).ranges()), history)
+                 for k in range(width)]
+        hours = round(sum(p.hours for p in parts), 3)
+        images = sum(p.images for p in parts)
+        per_image = sum(p.seconds_per_image * p.images for p in parts) / max(1, images)
+        return Estimate(hours, images, per_image, parts[0].startup_seconds, parts[0].basis,
+                        tuple(p.hours for p in parts))
     fam = family(doc["model"])
     table, images = predicted_seconds(doc)
     same = [h for h in history if h.get("model") == doc["model"]["id"]]
@@ -106,8 +137,9 @@ def estimate(doc: dict, history: list[dict]) -> Estimate:
                     basis)
 
 
-def learn(folder: Path, doc: dict, manifest: dict) -> dict | None:
-    """Add what a finished Kaggle run measured (on T4s only) to the history; return it."""
+def learn(folder: Path, doc: dict, manifest: dict, where: str) -> dict | None:
+    """Add what a finished run at the endpoint ``where`` measured (on T4s only) to the
+    history; return it."""
     images = manifest.get("images") or []
     seconds = [i["seconds"] for i in images if isinstance(i.get("seconds"), (int, float))
                and "T4" in str(i.get("device", ""))]
@@ -119,7 +151,7 @@ def learn(folder: Path, doc: dict, manifest: dict) -> dict | None:
              if isinstance(p.get("model_load_seconds"), (int, float))]
     entry = {"model": doc["model"]["id"], "family": family(doc["model"]),
              "ratio": round(measured / table, 4), "load_seconds": max(loads) if loads else None,
-             "images": len(seconds), "at": int(time.time())}
+             "images": len(seconds), "at": int(time.time()), "endpoint": where}
     path = Path(folder) / HISTORY
     kept = read_history(folder)[-(HISTORY_KEPT - 1):] + [entry]
     tmp = path.with_name(f".{path.name}.tmp")

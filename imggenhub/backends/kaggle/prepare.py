@@ -55,7 +55,7 @@ def _token_from(variable: str) -> str:
     return token
 
 
-def prepare_job(backend, job, options, on_event: OnEvent) -> "KaggleJob":
+def prepare_job(backend, job, options, on_event: OnEvent, width: int = 1) -> "KaggleJob":
     """What every kernel of the job shares, done once: the flags and template checked,
     the owner, the local inputs hashed, the GPU hours against the quota, the Hub's word
     on the model and the token shipped, the bundle decision."""
@@ -83,7 +83,7 @@ def prepare_job(backend, job, options, on_event: OnEvent) -> "KaggleJob":
         on_event(f"inputs: {counted(n, 'file')} on this machine {'goes' if n == 1 else 'go'} to "
                  f"Kaggle as the private dataset {prepared.shipment.ref}")
     if meta.get("enable_gpu"):  # before anything is uploaded (the token below)
-        _check_quota(backend, doc, options, on_event)
+        _check_quota(backend, doc, options, on_event, width)
     token_env = options.hf_token_env or _token_wanted(backend, job, on_event)
     if token_env:  # only on the user's word: the token goes to a private dataset
         token = given_token or _token_from(token_env)
@@ -136,7 +136,8 @@ def prepare(backend, job, run: Run, prepared: "KaggleJob", on_event: OnEvent) ->
 
 def history(backend):
     if backend.estimates is None:
-        backend.estimates = estimate.read_history(state_dir())
+        backend.estimates = estimate.read_history(
+            state_dir(), estimate.endpoint(backend.tunables.api_url))
     return backend.estimates
 
 
@@ -164,9 +165,10 @@ def _token_wanted(backend, job, on_event: OnEvent) -> str | None:
     return None
 
 
-def _check_quota(backend, doc: dict, options, on_event: OnEvent) -> None:
-    """Say what the job will cost in GPU hours against what is left; stop if it is more."""
-    guess = estimate.estimate(doc, history(backend))
+def _check_quota(backend, doc: dict, options, on_event: OnEvent, width: int) -> None:
+    """Say what the job will cost in GPU hours (over ``width`` sessions: each starts and
+    loads the model) against what is left; stop if it is more."""
+    guess = estimate.estimate(doc, history(backend), width)
     try:
         left = backend.quota(on_event)["gpu_hours_left"]
     except (Unreachable, KaggleApiError) as exc:
@@ -178,7 +180,8 @@ def _check_quota(backend, doc: dict, options, on_event: OnEvent) -> None:
         return
     on_event(guess.sentence(left))
     if guess.hours > left and not options.force:
-        raise OverQuota(f"This job needs about {guess.hours:.2f} GPU h, more than the {left:.2f} "
+        raise OverQuota(f"This job needs about {guess.hours:.2f} GPU h{guess.shares_text()}, "
+                        f"more than the {left:.2f} "
                         "h left of this week's Kaggle quota; nothing was pushed. Make it "
                         "smaller, wait for the quota to refresh ('imggenhub quota'), or add "
                         "--force.")
