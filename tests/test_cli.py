@@ -86,3 +86,27 @@ def test_render_without_a_username_says_whose_name_to_put_in(tmp_path, cli, monk
     assert code == 0 and err == ""
     assert json.loads((tmp_path / "r2" / "kernel-metadata.json").read_text())["id"].startswith(
         "someone/")
+
+
+def test_render_answers_in_json_caps_the_session_and_takes_no_shards(tmp_path, cli, monkeypatch):
+    from imggenhub.job.notebook import read_job_document
+
+    monkeypatch.setenv("KAGGLE_USERNAME", "someone")
+    monkeypatch.setenv("KAGGLE_KEY", "k" * 32)
+    out_dir = tmp_path / "r"
+    code, out, err = cli("render", "--out", str(out_dir), "--model", "tiny-random", "-p", "x",
+                         "--timeout-hours", "2", "--json", cwd=tmp_path)
+    assert code == 0, err
+    data = json.loads(out)
+    assert data["kernel_id"].startswith("someone/") and data["images"] == 1
+    assert data["session_seconds"] == 7200 and data["push"].endswith(" -t 7200")
+    assert f"kaggle kernels push -p {out_dir} -t 7200" in err
+    doc = read_job_document(open(data["notebook"], encoding="utf-8").read())
+    assert doc["session_seconds"] == 7200  # the engine stops cleanly before the cap
+    code, out, err = cli("render", "--out", str(tmp_path / "r2"), "--model", "tiny-random",
+                         "-p", "x", "--shards", "3", cwd=tmp_path)
+    assert code == 2 and "No such option: --shards" in err and not (tmp_path / "r2").exists()
+    code, out, err = cli("version", "--json")
+    from imggenhub import __version__
+
+    assert code == 0 and json.loads(out) == {"version": __version__}

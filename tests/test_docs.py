@@ -81,3 +81,70 @@ def test_the_architecture_page_names_every_module_and_nothing_that_is_gone():
     missing = [p.name for p in parts if f"imggenhub/{p.name}" not in mentioned
                and f"`{p.name}`" not in text and f"{p.name}`" not in text]
     assert missing == []
+
+
+# --- the flags: the commands' own options are the one table; help and docs are checked ---
+
+def _commands() -> dict[str, set[str]]:
+    """Each command's flags, as click parses them (both halves of --x/--no-x)."""
+    import typer.main
+
+    from imggenhub.cli import app
+
+    group = typer.main.get_command(app)
+    return {name: {o for p in cmd.params for o in (*p.opts, *p.secondary_opts)
+                   if o.startswith("--")} | {"--help"}
+            for name, cmd in group.commands.items()}
+
+
+def _command_lines(text: str) -> list[str]:
+    """Every 'imggenhub CMD ...' the page shows: in code blocks, a line each; in prose, an
+    inline code span each."""
+    blocks = re.findall(r"^```[^\n]*\n(.*?)^```", text, flags=re.S | re.M)
+    lines = [line for block in blocks for line in block.splitlines()]
+    lines += re.findall(r"`([^`\n]*)`", re.sub(r"^```.*?^```", "", text, flags=re.S | re.M))
+    return [m for line in lines for m in re.findall(r"imggenhub ([a-z]+[^#|;&]*)", line)]
+
+
+def test_every_flag_the_docs_give_a_command_is_one_it_takes():
+    commands = _commands()
+    wrong = []
+    for page in PAGES:
+        for shown in _command_lines(page.read_text(encoding="utf-8")):
+            name, *words = shown.split()
+            if name not in commands:
+                continue  # 'imggenhub' as a word, or the package's folder
+            for word in words:
+                for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", word):
+                    if flag not in commands[name]:
+                        wrong.append(f"{page.name}: imggenhub {name} {flag}")
+    assert wrong == []
+
+
+def test_the_kernel_flags_named_for_commands_are_theirs():
+    text = (REPO / "docs" / "kaggle.md").read_text(encoding="utf-8")
+    said = re.search(r"Kernel flags \(on (.*?)\): (.*?)\. ", text, flags=re.S)
+    names = re.findall(r"`([a-z]+)`", said.group(1))
+    flags = [f for span in re.findall(r"`([^`]*)`", said.group(2)) for f in re.findall(r"--[a-z-]+", span)]
+    commands = _commands()
+    assert len(names) >= 3 and "--timeout-hours" in flags
+    assert [(n, f) for n in names for f in flags if f not in commands[n]] == []
+
+
+def test_every_command_answers_in_json():
+    assert [name for name, flags in _commands().items() if "--json" not in flags] == []
+
+
+def test_the_sweepable_parameters_are_one_list_in_the_help_and_the_docs():
+    import typer.main
+
+    from imggenhub.cli import app
+    from imggenhub.job.axes import SHOWN, SWEEPABLE
+
+    sweep = next(p for p in typer.main.get_command(app).commands["generate"].params
+                 if p.name == "sweep")
+    help_names = sweep.help.split("(")[-1].rstrip(").").split(", ")
+    assert help_names == [SHOWN.get(n, n) for n in SWEEPABLE]
+    usage = (REPO / "docs" / "usage.md").read_text(encoding="utf-8")
+    listed = re.search(r"repeatable, over (.*?), makes every prompt", usage, flags=re.S).group(1)
+    assert set(re.findall(r"`([a-z][a-z-]*)`", listed)) == set(SWEEPABLE)

@@ -27,8 +27,8 @@ from ..errors import ImggenhubError, Stopped, interruption
 from ..run.lifecycle import Exit
 from ..text import json_text
 from . import account, models, render, run, runs, score
-from .options import bare_refiner
-from .output import STATE, close_reporter, err
+from .options import Json, bare_refiner
+from .output import STATE, close_reporter, err, result
 
 app = typer.Typer(
     name="imggenhub", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
@@ -43,9 +43,9 @@ for _command in (run.generate, run.deploy, run.poll, run.download, run.resume, r
 
 
 @app.command()
-def version() -> None:
+def version(json: Json = False) -> None:
     """Print imggenhub's version."""
-    typer.echo(__version__)
+    result({"version": __version__}, __version__, json)
 
 
 def _version_flag(value: bool) -> None:

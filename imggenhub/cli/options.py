@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import SpecError
+from ..job.axes import sweepable_text
 
 TimeoutHours = Annotated[Optional[float], typer.Option(
     help="Cap the Kaggle session at H hours (Kaggle's own cap is 12).", min=0.1, max=12)]
@@ -75,7 +76,7 @@ _JOB_OPTIONS = {
     "sweep": (Optional[list[str]], typer.Option(
         "--sweep", metavar="NAME=V1,V2",
         help="Repeatable: make each prompt at every combination of these values, one seed "
-             "(steps, guidance, size WxH, strength, scheduler).")),
+             f"({sweepable_text()}).")),
     "score": (bool, typer.Option(
         "--score", help="Score each image with CLIP (100 x cosine of image and prompt; see --score-model).")),
     "score_model": (Optional[str], typer.Option(
@@ -124,23 +125,24 @@ def job_options(fn):
     """Add the job and kernel options, declared once, to a command. It receives them parsed:
     ``job`` (a validated JobSpec), ``kernel`` (the Kaggle KernelOptions) and ``shards`` (how
     many sessions the run is split over; None: auto)."""
+    sig = inspect.signature(fn, eval_str=True)
+    takes = [n for n in _JOB_OPTIONS if n != "shards" or "shards" in sig.parameters]
     extra = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
                                default=JOB_DEFAULTS.get(name),
-                               annotation=Annotated[kind, option])
-             for name, (kind, option) in _JOB_OPTIONS.items()]
-    sig = inspect.signature(fn, eval_str=True)
+                               annotation=Annotated[_JOB_OPTIONS[name][0], _JOB_OPTIONS[name][1]])
+             for name in takes]
     own = [p for p in sig.parameters.values() if p.name not in _GIVEN]
 
     @functools.wraps(fn)
     def wrapper(**kwargs):
-        flags = {name: kwargs.pop(name) for name in _JOB_OPTIONS}
+        flags = {name: kwargs.pop(name, JOB_DEFAULTS.get(name)) for name in _JOB_OPTIONS}
         if flags["seed"] is None and kwargs.get("name"):
             # a named run is one job: the same line run again must make the same spec
             from ..job.spec import seed_for_name
 
             flags["seed"] = seed_for_name(kwargs["name"])
         parsed = _parse_job(flags)
-        if "shards" not in sig.parameters:  # render: one notebook, whatever the split
+        if "shards" not in sig.parameters:  # render: one notebook; --shards is not its flag
             parsed.pop("shards")
         return fn(**parsed, **kwargs)
 

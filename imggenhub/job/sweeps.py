@@ -8,11 +8,10 @@ from pydantic import ValidationError
 
 from ..engine import SCHEDULERS
 from ..errors import SpecError
+from .axes import SWEEPABLE
 from .models import resolve_model
 from .spec import SEED_MAX, PromptItem, Settings
 
-SWEEPABLE = ("steps", "guidance", "size", "strength", "scheduler", "lora-scale", "refiner-start",
-             "model")
 MAX_SWEEP_CELLS = 100
 
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 MAX_ITEMS = 10_000  # images, bundles, owed items: a job's most images (job.spec.MAX_IMAGES)
 MAX_PROCESSES = 1_000  # engine processes over every session and shard of a run
-MAX_AXES = 8  # sweep axes: as many as there are sweepable parameters (job.sweeps.SWEEPABLE)
+MAX_AXES = 8  # sweep axes: as many as there are sweepable parameters (job.axes.SWEEPABLE)
 MAX_CELLS = 100  # a sweep's cells a prompt (job.sweeps.MAX_SWEEP_CELLS)
 MAX_NAME = 64  # characters of a sweep axis name
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ...errors import CredentialsError, SpecError
-from ...job.notebook import CODE_FILE, write_notebook
+from ...job.notebook import CODE_FILE, job_document, write_notebook
 
 METADATA_FILE = "kernel-metadata.json"
 PLACEHOLDER_OWNER = "your-kaggle-username"
@@ -128,9 +128,10 @@ def write_metadata(out_dir: Path, metadata: dict) -> Path:
     return path
 
 
-def render(job, options, out_dir: Path) -> tuple[Path, dict]:
+def render(job, options, out_dir: Path, session_seconds: int | None = None) -> tuple[Path, dict]:
     """The job's notebook and kernel-metadata.json in ``out_dir``, as deploy would push them;
-    nothing runs. The notebook's path and the metadata."""
+    nothing runs. The notebook's path and the metadata. ``session_seconds``: the session's
+    cap, which the engine stops cleanly before (deploy's --timeout-hours)."""
     from .credentials import find_credentials
 
     check_renderable(job)
@@ -139,6 +140,9 @@ def render(job, options, out_dir: Path) -> tuple[Path, dict]:
     except CredentialsError:  # render needs none: a broken one only leaves the placeholder
         creds = None
     meta = kernel_metadata(options, owner=creds.username if creds else None)
-    path = write_notebook(out_dir, job)
+    doc = job_document(job)
+    if session_seconds:
+        doc["session_seconds"] = session_seconds
+    path = write_notebook(out_dir, job, document=doc)
     write_metadata(out_dir, meta)
     return path, meta
