@@ -247,12 +247,31 @@ def test_doctor_names_the_credential_never_the_secret(emulator, cli, tmp_path, m
     monkeypatch.setenv("KAGGLE_API_TOKEN", emulator.token)
     code, out, err = cli("doctor")
     assert code == 0 and "KAGGLE_API_TOKEN (token)" in out and emulator.token not in out + err
-    emulator.stop()  # no answer: it still says which credential it tried
+    code, out, err = cli("doctor", "--json")  # fields, not free text
+    data = json.loads(out)
+    assert data["credential"] == {"source": "KAGGLE_API_TOKEN", "kind": "token", "username": None}
+    assert data["api_url"] == emulator.url and data["signed_in_as"] == "imggenhub"
+    assert data["quota"]["gpu_hours_total"] == 30.0 and emulator.token not in out + err
+    emulator.stop()  # no answer: it still says which credential it tried, and where
     code, out, err = cli("doctor", "--timeout", "1")
     assert code == 5 and "credential: KAGGLE_API_TOKEN (token)" in err
+    assert f"Could not reach Kaggle at {emulator.url} while" in err.splitlines()[-1]
+    code, out, err = cli("doctor", "--timeout", "1", "--json")
+    data = json.loads(out)
+    assert data["exit_code"] == 5 and data["api_url"] == emulator.url
+    assert data["credential"]["kind"] == "token" and data["signed_in_as"] is None
     monkeypatch.delenv("KAGGLE_API_TOKEN")
+    (tmp_path / "home" / ".kaggle").mkdir(parents=True)
+    (tmp_path / "home" / ".kaggle" / "kaggle.json").write_text('{"username": "u"}')
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
     code, out, err = cli("doctor")
-    assert code == 4 and "No Kaggle credentials found" in err
+    assert code == 4 and "No Kaggle credentials found" in err.splitlines()[-1]
+    assert "looked at KAGGLE_API_TOKEN: not set" in err
+    assert f"looked at {tmp_path}/home/.kaggle/kaggle.json: found, without key" in err
+    code, out, err = cli("doctor", "--json")
+    data = json.loads(out)
+    assert data["exit_code"] == 4 and data["credential"] is None
+    assert {"where": "KAGGLE_KEY", "found": "not set"} in data["looked_at"]
 
 
 def test_the_emulator_serves_get_kernel_list_kernels_and_quota(emulator, cli, tmp_path):

@@ -94,15 +94,16 @@ def test_finished_runs_correct_the_next_estimate(emulator, cli, tmp_path):
     assert float(line.split("at ~")[1].split("s each")[0]) >= 0.3
     # kept per endpoint: a test server's runs never correct the real Kaggle's estimates
     from imggenhub.backends.kaggle import estimate
+    from imggenhub.backends.kaggle.api import KAGGLE_URL
     from imggenhub.config import state_dir
 
     (entry,) = estimate.read_history(state_dir())
-    assert entry["endpoint"] == estimate.endpoint(emulator.url) != estimate.KAGGLE
-    assert estimate.read_history(state_dir(), estimate.KAGGLE) == []
+    assert entry["endpoint"] == emulator.url != KAGGLE_URL
+    assert estimate.read_history(state_dir(), KAGGLE_URL) == []
     # an entry from before the history was kept per endpoint counts for none
     with open(state_dir() / estimate.HISTORY, "a", encoding="utf-8") as f:
         f.write(json.dumps({k: v for k, v in entry.items() if k != "endpoint"}) + "\n")
-    assert len(estimate.read_history(state_dir(), estimate.endpoint(emulator.url))) == 1
+    assert len(estimate.read_history(state_dir(), emulator.url)) == 1
 
 
 # Answers a broken or hostile server might give to GetAcceleratorQuotaStatistics: each

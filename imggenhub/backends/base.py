@@ -99,9 +99,9 @@ class Backend:
         """One look at the run's state (the status command)."""
         return run
 
-    def health(self, on_event: OnEvent, timeout: float) -> list[str]:
-        """Lines for 'imggenhub doctor'."""
-        return []
+    def health(self, on_event: OnEvent, timeout: float) -> dict:
+        """What 'imggenhub doctor' finds, as fields, and ``lines`` for people."""
+        return {"lines": []}
 
     def bring(self, run: Run, out_dir: Path, here: dict | None, on_event: OnEvent) -> Fetched:
         """Transfer the run's outputs (manifest, images, log) into ``out_dir``, joining its

@@ -62,11 +62,14 @@ def _root(version: Annotated[bool, typer.Option(
 
 
 def _fail(exc_or_message, code: int, run_id: str | None = None) -> int:
+    """The error's sentence; with --json its object too, with any fields the error carries
+    (``data``: what doctor found before it)."""
     message = str(exc_or_message)
     close_reporter()
     err(f"Error: {message}")
     if STATE["json"]:
-        typer.echo(json_text({"ok": False, "exit_code": int(code), "error": message,
+        data = getattr(exc_or_message, "data", None) or {}
+        typer.echo(json_text({**data, "ok": False, "exit_code": int(code), "error": message,
                               "run_id": run_id}))
     return int(code)
 

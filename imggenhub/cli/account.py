@@ -7,12 +7,14 @@ from .output import STATE, reporter, result
 
 
 def doctor(timeout: ApiTimeout = 30.0, json: Json = False) -> None:
-    """Say which Kaggle credential is used and whether the API answers (never the secret)."""
+    """Say where Kaggle credentials were looked for, which one is used (never the secret), and
+    whether the API answers at its address."""
     from ..backends import get_backend
 
     STATE["json"] = json
-    lines = get_backend("kaggle").health(reporter(), timeout)
-    result({"ok": True, "lines": lines}, "\n".join(lines), json)
+    report = get_backend("kaggle").health(reporter(), timeout)
+    lines = report.pop("lines")
+    result({"ok": True, **report}, "\n".join(lines), json)
 
 
 def quota(timeout: ApiTimeout = 30.0, json: Json = False) -> None:

@@ -32,6 +32,7 @@ from ...config import Deadline, Tunables
 from ...errors import CredentialsError, KaggleApiError, TransferError, Unreachable
 from .credentials import HOW_TO, Credentials, find_credentials
 
+KAGGLE_URL = "https://www.kaggle.com"
 MAX_ATTEMPTS = 10
 
 
@@ -185,8 +186,9 @@ _SENTENCES = {
 }
 
 
-def explain(exc: BaseException, what: str) -> Exception:
-    """One sentence for a network or HTTP error that failed for good."""
+def explain(exc: BaseException, what: str, url: str = "") -> Exception:
+    """One sentence for a network or HTTP error that failed for good (``url``: the API's
+    address, named when it cannot be reached)."""
     status = status_of(exc)
     # never a signed URL's query (its signature) in a message
     detail = re.sub(r"(https?://[^\s?]+)\?\S*", r"\1", str(exc).split("\n")[0])[:200]
@@ -194,8 +196,9 @@ def explain(exc: BaseException, what: str) -> Exception:
         return TransferError(f"The transfer kept breaking off while {what} ({detail}); run the same "
                              "command again: files already downloaded and verified are kept.")
     if status is None:
-        return Unreachable(f"Could not reach Kaggle while {what} ({type(exc).__name__}); check "
-                           "the network and try again.")
+        at = f" at {url}" if url else ""
+        return Unreachable(f"Could not reach Kaggle{at} while {what} ({type(exc).__name__}); "
+                           "check the network and try again.")
     template = _SENTENCES.get(status, "Kaggle failed while {what} (HTTP {status}): {detail}.")
     return KaggleApiError(template.format(what=what, detail=detail, status=status), status)
 
@@ -211,7 +214,7 @@ def call(tunables: Tunables, deadline: Deadline | None, what: str, fn,
             with attempt:
                 return fn()
     except NETWORK_ERRORS as exc:
-        raise explain(exc, what) from None
+        raise explain(exc, what, endpoint(tunables)) from None
     except BadAnswer as exc:
         raise BadAnswer(exc.detail, what) from None
 
@@ -244,6 +247,10 @@ def make_client(tunables: Tunables, creds: Credentials | None = None,
     return client
 
 
+def endpoint(tunables: Tunables) -> str:
+    """Where the API is: the real Kaggle, or the configured URL (a test server)."""
+    return (tunables.api_url or KAGGLE_URL).rstrip("/")
+
+
 def web_url(tunables: Tunables, ref: str) -> str:
-    base = tunables.api_url
-    return f"{base.rstrip('/')}/code/{ref}" if base else f"https://www.kaggle.com/code/{ref}"
+    return f"{endpoint(tunables)}/code/{ref}"

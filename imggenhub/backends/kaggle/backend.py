@@ -15,6 +15,7 @@ import requests
 
 from ...config import state_dir
 from ...errors import (
+    ImggenhubError,
     KaggleApiError,
     NoFreeSlot,
     RunFailedError,
@@ -272,7 +273,8 @@ class KaggleBackend(Backend):
             # 401, 403, 404...: Kaggle answered and made nothing; fix the cause and resume
             run.state = RunState.RENDERED
             runs.save(run)
-            raise kaggle_api.explain(exc, "pushing the kernel") from None
+            raise kaggle_api.explain(exc, "pushing the kernel",
+                                     kaggle_api.endpoint(self.tunables)) from None
 
     # --- an interrupted push: did it land? ------------------------------------------
 
@@ -376,7 +378,7 @@ class KaggleBackend(Backend):
                 or not doc:
             return
         run.engine_hours = estimate.engine_hours(manifest, run.run_id)
-        estimate.learn(state_dir(), doc, manifest, estimate.endpoint(self.tunables.api_url))
+        estimate.learn(state_dir(), doc, manifest, kaggle_api.endpoint(self.tunables))
 
     def quota(self, on_event: OnEvent) -> dict:
         """This week's GPU quota, as GetAcceleratorQuotaStatistics says (hours; refresh time).
@@ -397,15 +399,36 @@ class KaggleBackend(Backend):
             on_event(f"Kaggle's GPU quota answer is unusable: {problem}; the quota is unknown")
         return figures
 
-    def health(self, on_event: OnEvent, timeout: float) -> list[str]:
-        creds = kaggle_api.credentials()
-        lines = [f"credential: {creds.source} ({'token' if creds.token else 'username/key'}"
-                 f"{', user ' + creds.username if creds.username else ''})"]
-        self.bound(timeout)
-        on_event(lines[0])  # said at once: if the API does not answer, which one was tried
-        user = self.owner()
-        q = self.quota(on_event)
+    def health(self, on_event: OnEvent, timeout: float) -> dict:
+        """What 'imggenhub doctor' finds, as fields: where credentials were looked for, the
+        one used (never the secret), the API's address, who it signs in as, the quota; and
+        ``lines`` for people. A problem raises its error carrying the fields found so far
+        (``data``), so that --json gives them too."""
+        from .credentials import looked_at
+
+        report = {"looked_at": looked_at(), "credential": None,
+                  "api_url": kaggle_api.endpoint(self.tunables), "signed_in_as": None,
+                  "quota": None}
+        try:
+            creds = kaggle_api.credentials()
+            report["credential"] = {"source": creds.source,
+                                    "kind": "token" if creds.token else "username/key",
+                                    "username": creds.username}
+            line = (f"credential: {creds.source} ({report['credential']['kind']}"
+                    f"{', user ' + creds.username if creds.username else ''})")
+            on_event(line)  # said at once: if the API does not answer, which one was tried
+            on_event(f"asking the Kaggle API at {report['api_url']}")
+            self.bound(timeout)
+            report["signed_in_as"] = self.owner()
+            report["quota"] = q = self.quota(on_event)
+        except ImggenhubError as exc:
+            if report["credential"] is None:  # where it looked, each place said
+                for place in report["looked_at"]:
+                    on_event(f"looked at {place['where']}: {place['found']}")
+            exc.data = report
+            raise
         used, total = (("?" if q[k] is None else f"{q[k]:{f}}")
                        for k, f in (("gpu_hours_used", ".1f"), ("gpu_hours_total", ".0f")))
-        lines.append(f"Kaggle API answers: signed in as {user}; GPU quota used {used} of {total} h")
-        return lines
+        report["lines"] = [line, f"Kaggle API at {report['api_url']} answers: signed in as "
+                           f"{report['signed_in_as']}; GPU quota used {used} of {total} h"]
+        return report

@@ -76,5 +76,40 @@ def find_credentials() -> Credentials | None:
     return None
 
 
+def looked_at() -> list[dict]:
+    """Every place find_credentials reads, in its order, and what is there (never a secret):
+    for 'imggenhub doctor'."""
+    def variable(name: str) -> str:
+        return "set" if os.environ.get(name, "").strip() else "not set"
+
+    def file(path: Path) -> str:
+        try:
+            if not path.exists():
+                return "no file"
+            if not path.is_file():
+                return "not a file"
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            return f"unreadable ({getattr(exc, 'strerror', None) or type(exc).__name__})"
+        if path.name != "kaggle.json":
+            return "found" if text.strip() else "empty"
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return "not valid JSON"
+        if not isinstance(data, dict):
+            return "not a JSON object"
+        missing = [k for k in ("username", "key") if not data.get(k)]
+        return f"found, without {' and '.join(missing)}" if missing else "found"
+
+    places = [{"where": "KAGGLE_API_TOKEN", "found": variable("KAGGLE_API_TOKEN")},
+              {"where": str(Path.home() / ".kaggle" / "access_token"),
+               "found": file(Path.home() / ".kaggle" / "access_token")}]
+    places += [{"where": str(d / "kaggle.json"), "found": file(d / "kaggle.json")}
+               for d in _config_dirs()]
+    places += [{"where": name, "found": variable(name)} for name in ("KAGGLE_USERNAME", "KAGGLE_KEY")]
+    return places
+
+
 HOW_TO = ("No Kaggle credentials found: set KAGGLE_API_TOKEN (or save ~/.kaggle/kaggle.json from "
           "your Kaggle account page), or run on this machine with --backend local.")

@@ -35,12 +35,6 @@ GPUS = 2  # T4 x2: one engine process per GPU
 HISTORY = "gpu-history.jsonl"
 HISTORY_KEPT = 200
 TINY = {TINY_RANDOM, TINY_SDXL, TINY_KANDINSKY}
-KAGGLE = "https://www.kaggle.com"  # the endpoint of runs on the real Kaggle
-
-
-def endpoint(api_url: str | None) -> str:
-    """The endpoint a history entry belongs to: the real Kaggle, or the configured URL."""
-    return api_url.rstrip("/") if api_url else KAGGLE
 
 
 def family(model: dict) -> str:

@@ -248,7 +248,8 @@ class Shipper:
                                 "run the same command again: it resumes, and nothing half-uploaded "
                                 "is used.") from None
         except requests.RequestException as exc:
-            raise kaggle_api.explain(exc, f"uploading {f.label}") from None
+            raise kaggle_api.explain(exc, f"uploading {f.label}",
+                                     kaggle_api.endpoint(self.backend.tunables)) from None
         raise AssertionError("unreachable")
 
     def _retry_note(self, text: str) -> None:

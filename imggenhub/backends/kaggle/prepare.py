@@ -18,6 +18,7 @@ from ...job.models import HUB_ID
 from ...job.notebook import job_document
 from ...run.runs import Run
 from ..base import OnEvent
+from . import api as kaggle_api
 from . import estimate
 from . import inputs as kaggle_inputs
 from .meta import (
@@ -137,7 +138,7 @@ def prepare(backend, job, run: Run, prepared: "KaggleJob", on_event: OnEvent) ->
 def history(backend):
     if backend.estimates is None:
         backend.estimates = estimate.read_history(
-            state_dir(), estimate.endpoint(backend.tunables.api_url))
+            state_dir(), kaggle_api.endpoint(backend.tunables))
     return backend.estimates
 
 
