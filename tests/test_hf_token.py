@@ -80,9 +80,11 @@ def test_a_missing_or_bad_token_variable_is_one_sentence(emulator, cli, tmp_path
     assert not [m for m, _ in emulator.calls if m in ("SaveKernel", "StartBlobUpload")]
 
 
-def test_hf_token_goes_when_the_hub_says_the_model_is_gated(emulator, cli, tmp_path, monkeypatch):
-    """HF_TOKEN set and the model gated on the Hub (a local stand-in answers /api/models):
-    that counts as the user's word; an open model, or no HF_TOKEN, sends nothing."""
+@pytest.fixture
+def hub(monkeypatch):
+    """A local stand-in for the Hub's /api/models/<id>: ids with 'missing' or 'trubo' in
+    them are unknown (404, as the Hub answers), 'gated' ones gated; HF_ENDPOINT names it
+    and the Hub is not offline. Yields the (path, Authorization) of each question."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -95,31 +97,64 @@ def test_hf_token_goes_when_the_hub_says_the_model_is_gated(emulator, cli, tmp_p
         def do_GET(self):
             asked.append((self.path, self.headers.get("Authorization")))
             gated = "manual" if "gated" in self.path else False
-            body = json.dumps({"id": self.path.split("/api/models/")[-1], "gated": gated,
+            unknown = "missing" in self.path or "trubo" in self.path
+            body = json.dumps({"error": "Repository not found"} if unknown else
+                              {"id": self.path.split("/api/models/")[-1], "gated": gated,
                                "private": False}).encode()
-            self.send_response(200)
+            self.send_response(404 if unknown else 200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 
-    hub = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
-    threading.Thread(target=hub.serve_forever, daemon=True).start()
-    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{hub.server_address[1]}")
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    yield asked
+    server.shutdown()
+    server.server_close()
+
+
+def test_hf_token_goes_when_the_hub_says_the_model_is_gated(emulator, cli, tmp_path, monkeypatch,
+                                                            hub):
+    """HF_TOKEN set and the model gated on the Hub: that counts as the user's word; an open
+    model, or no HF_TOKEN, sends nothing."""
     monkeypatch.setenv("HF_TOKEN", CANARY)
-    try:
-        code, out, err = cli("deploy", "--model", "owner/open-model", "-p", "x", cwd=tmp_path)
-        assert code == 0, err
-        assert TOKEN_REF not in emulator.datasets
-        code, out, err = cli("deploy", "--model", "owner/gated-model", "-p", "x", cwd=tmp_path)
-        assert code == 0, err
-        assert "owner/gated-model is gated on the Hub and HF_TOKEN is set" in err
-        assert emulator.datasets[TOKEN_REF]["versions"][-1] == {"token": CANARY.encode()}
-        assert asked[-1] == ("/api/models/owner/gated-model", f"Bearer {CANARY}")
-        assert everywhere_but_the_dataset(emulator, tmp_path, state_dir()) == []
-    finally:
-        hub.shutdown()
+    code, out, err = cli("deploy", "--model", "owner/open-model", "-p", "x", cwd=tmp_path)
+    assert code == 0, err
+    assert TOKEN_REF not in emulator.datasets
+    code, out, err = cli("deploy", "--model", "owner/gated-model", "-p", "x", cwd=tmp_path)
+    assert code == 0, err
+    assert "owner/gated-model is gated on the Hub and HF_TOKEN is set" in err
+    assert emulator.datasets[TOKEN_REF]["versions"][-1] == {"token": CANARY.encode()}
+    assert hub[-1] == ("/api/models/owner/gated-model", f"Bearer {CANARY}")
+    assert everywhere_but_the_dataset(emulator, tmp_path, state_dir()) == []
+
+
+def test_a_model_id_the_hub_does_not_know_is_refused_before_the_push(emulator, cli, tmp_path,
+                                                                     monkeypatch, hub):
+    saves = lambda: sum(1 for m, _ in emulator.calls if m == "SaveKernel")  # noqa: E731
+    code, out, err = cli("deploy", "--model", "stabilityai/sdxl-trubo", "-p", "x", cwd=tmp_path)
+    assert code == 2 and saves() == 0, err
+    assert err.strip().splitlines()[-1] == (
+        "Error: The Hub has no model stabilityai/sdxl-trubo (did you mean "
+        "'stabilityai/sdxl-turbo'?); nothing was pushed (a private one needs HF_TOKEN set here).")
+    assert hub[-1] == ("/api/models/stabilityai/sdxl-trubo", None)  # public: no token sent
+    # a model sweep's ids are asked too
+    code, out, err = cli("deploy", "--model", "owner/open-model", "-p", "x", "--sweep",
+                         "model=owner/open-model,owner/missing-model", cwd=tmp_path)
+    assert code == 2 and "no model owner/missing-model" in err and saves() == 0, err
+    code, out, err = cli("deploy", "--model", "owner/open-model", "-p", "x", cwd=tmp_path)
+    assert code == 0 and saves() == 1, err
+    # a near miss of a preset's name is said at once, Hub or not
+    code, out, err = cli("deploy", "--model", "sdxl-trubo", "-p", "x", cwd=tmp_path)
+    assert code == 2 and "did you mean 'sdxl-turbo'?" in err, err
+    # no answer from the Hub: a note, and the push goes on
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    code, out, err = cli("deploy", "--model", "owner/missing-model", "-p", "x", cwd=tmp_path)
+    assert code == 0 and saves() == 2, err
+    assert "could not ask the Hub about owner/missing-model" in err
 
 
 def test_a_kill_during_the_tokens_upload_leaves_no_copy_of_it_here(emulator, tmp_path):

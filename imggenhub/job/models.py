@@ -71,6 +71,15 @@ GENERIC = dict(pipeline="auto", width=None, height=None, steps=30, guidance=7.5,
                min_size=64)
 
 
+def did_you_mean(name: str) -> str:
+    """" (did you mean 'sdxl-turbo'?)" for a near miss of a preset's name or Hub id, else ""."""
+    import difflib
+
+    names = [*(p.name for p in PRESETS.values()), *(p.id for p in PRESETS.values())]
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.75)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
 def resolve_model(name: str) -> ModelPreset:
     """A preset by name (or by its Hub id), else a generic entry for any valid Hub id."""
     if name in PRESETS:
@@ -86,6 +95,6 @@ def resolve_model(name: str) -> ModelPreset:
     if not HUB_ID.match(name):
         known = ", ".join(PRESETS)
         raise ValueError(
-            f"'{name}' is neither a preset ({known}), a Hugging Face model id like 'owner/name', "
-            "nor a diffusers folder")
+            f"'{name}' is neither a preset{did_you_mean(name) or f' ({known})'}, a Hugging Face "
+            "model id like 'owner/name', nor a diffusers folder")
     return ModelPreset(name=name, id=name, note="any Hub id, loaded with AutoPipeline", **GENERIC)

@@ -34,6 +34,8 @@ BUNDLE_THRESHOLD = 200  # images; from benchmarks/kaggle_download.py (see docs/k
 GPU_SESSIONS = 2  # Kaggle runs at most 2 GPU sessions at once per account
 AUTO_SHARD_MINUTES = 10.0  # --shards auto: split when the job's generation is this long
 
+HUB_TIMEOUT = 15.0  # seconds to wait for the Hub's word on a model id before a push
+
 
 @dataclass
 class KaggleJob:
@@ -83,9 +85,10 @@ def prepare_job(backend, job, options, on_event: OnEvent, width: int = 1) -> "Ka
         n = len(prepared.shipment.files)
         on_event(f"inputs: {counted(n, 'file')} on this machine {'goes' if n == 1 else 'go'} to "
                  f"Kaggle as the private dataset {prepared.shipment.ref}")
+    hub = _ask_the_hub(backend, job, on_event)  # a mistyped id is found here, not on a GPU
     if meta.get("enable_gpu"):  # before anything is uploaded (the token below)
         _check_quota(backend, doc, options, on_event, width)
-    token_env = options.hf_token_env or _token_wanted(backend, job, on_event)
+    token_env = options.hf_token_env or _token_wanted(job, hub.get(job.model["id"]), on_event)
     if token_env:  # only on the user's word: the token goes to a private dataset
         token = given_token or _token_from(token_env)
         prepared.sources.append(kaggle_inputs.ship_token(
@@ -142,21 +145,57 @@ def history(backend):
     return backend.estimates
 
 
-def _token_wanted(backend, job, on_event: OnEvent) -> str | None:
+def _ask_the_hub(backend, job, on_event: OnEvent) -> dict[str, dict]:
+    """Ask the Hub about each Hub model id of the job (the model, the refiner, a model
+    sweep's) before anything is pushed, with HF_TOKEN when it is set (public models need
+    none). An id the Hub does not know is refused with a sentence and a "did you mean";
+    the Hub's word on each model it knows is returned (gated, private). No answer (offline,
+    HF_HUB_OFFLINE=1, a server error): a note, and the id is checked on Kaggle."""
+    from ...job.models import did_you_mean
+
+    ids = [job.model["id"], (job.refiner or {}).get("id"),
+           *((p.model or {}).get("id") for p in job.prompts)]
+    ids = [i for i in dict.fromkeys(ids) if i and HUB_ID.match(i)]
+    if not ids or os.environ.get("HF_HUB_OFFLINE") == "1":
+        return {}
+    token = os.environ.get("HF_TOKEN", "").strip()
+    base = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    known: dict[str, dict] = {}
+    for model in ids:
+        try:
+            resp = requests.get(f"{base}/api/models/{model}",
+                                timeout=min(HUB_TIMEOUT, backend.tunables.http_timeout),
+                                headers={"Authorization": f"Bearer {token}"} if token else {})
+        except requests.RequestException as exc:
+            on_event(f"could not ask the Hub about {model} ({type(exc).__name__}); Kaggle will "
+                     "find out whether it exists")
+            return known  # the Hub is not reachable from here: not once per id
+        if resp.status_code in (401, 404):  # the Hub answers 401 for an id it hides or lacks
+            seen = "HF_TOKEN was sent" if token else "a private one needs HF_TOKEN set here"
+            raise SpecError(f"The Hub has no model {model}{did_you_mean(model)}; nothing was "
+                            f"pushed ({seen}).")
+        try:
+            info = resp.json() if resp.status_code == 200 else None
+        except ValueError:
+            info = None
+        if not isinstance(info, dict):
+            on_event(f"the Hub gave no usable answer about {model} (HTTP {resp.status_code}); "
+                     "Kaggle will find out whether it exists")
+            continue
+        known[model] = info
+    return known
+
+
+def _token_wanted(job, info: dict | None, on_event: OnEvent) -> str | None:
     """HF_TOKEN is set and the Hub says the model is gated or private: that is the user's
     word too ("HF_TOKEN" then), said in a line. Anything else: no token is sent."""
-    token = os.environ.get("HF_TOKEN", "").strip()
     model = job.model["id"]
-    if not token or not HUB_ID.match(model) or os.environ.get("HF_HUB_OFFLINE") == "1":
+    if not os.environ.get("HF_TOKEN", "").strip():
         return None
-    base = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
-    try:
-        resp = requests.get(f"{base}/api/models/{model}", timeout=backend.tunables.http_timeout,
-                            headers={"Authorization": f"Bearer {token}"})
-        info = resp.json() if resp.status_code == 200 else {}
-    except (requests.RequestException, ValueError):
-        on_event(f"could not ask the Hub whether {model} is gated; to send your token, add "
-                 "--hf-token-env HF_TOKEN")
+    if info is None:
+        if HUB_ID.match(model) and os.environ.get("HF_HUB_OFFLINE") != "1":
+            on_event(f"could not ask the Hub whether {model} is gated; to send your token, add "
+                     "--hf-token-env HF_TOKEN")
         return None
     if info.get("gated") or info.get("private"):
         on_event(f"{model} is {'gated' if info.get('gated') else 'private'} on the Hub and "
