@@ -50,7 +50,8 @@ def run_folder(folder: Path, n: int, missing: int | None = None, not_made: int =
     if missing is not None:
         (folder / images[missing]["file"]).unlink()
     planned = n + not_made
-    manifest = {"job_id": "j", "model": "tiny-random", "images": images, "planned_images": planned,
+    manifest = {"job_id": "j", "run_id": "r-gallery", "model": "tiny-random", "images": images,
+                "planned_images": planned,
                 "remaining": [[n, planned]] if not_made else []}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     return artifacts.write_gallery(folder)
@@ -85,6 +86,10 @@ def test_the_gallery_works_in_a_browser_and_runs_nothing_of_the_prompts(browser,
     figures = page.locator("figure")
     assert figures.count() == 12  # 10 images and 2 never made
     assert page.locator("figure.not-made").count() == 2
+    # how far the run got, and the command that goes on
+    assert page.inner_text("#notice") == ("10 of 12 images made: the run ended before the other "
+                                          "2; 'imggenhub resume r-gallery' makes them.")
+    assert page.inner_text("#count") == "10 of 10 images made, 2 not made"
     page.wait_for_function("document.querySelectorAll('figure.missing').length === 1")
     # each card: its parameters, model, scheduler and LoRAs
     card = page.locator("figure", has_text="a red fox").first.inner_text()
@@ -97,7 +102,7 @@ def test_the_gallery_works_in_a_browser_and_runs_nothing_of_the_prompts(browser,
     # the filter
     page.fill("#filter", "red fox")
     assert page.locator("figure").count() == 2
-    assert page.inner_text("#count") == "2 of 10 images"
+    assert page.inner_text("#count") == "2 of 10 images made, 2 not made"
     page.fill("#filter", "")
     # sorting by seed puts the highest index first (seeds fall as the index grows)
     page.select_option("#sort", "seed")

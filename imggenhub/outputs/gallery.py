@@ -15,7 +15,7 @@ import json
 import shlex
 from pathlib import Path
 
-from ..engine.wire import IMAGE_PARAMS
+from ..engine.wire import IMAGE_PARAMS, images_text
 
 GALLERY = "gallery.html"
 SHOWN = ("prompt", *IMAGE_PARAMS, "model", "loras", "refiner", "score")
@@ -54,9 +54,16 @@ def _data(manifest: dict) -> dict:
                     command=command(record, header))
         cards.append(card)
     missing = [i for a, b in manifest.get("remaining") or [] for i in range(a, b)]
-    title = (f"imggenhub {manifest.get('run_id') or manifest.get('job_id', '')}: {len(cards)} "
-             f"images, {manifest.get('model', '')}")  # the run id: what every command takes
-    return {"title": title, "images": cards, "not_made": missing,
+    run_id = manifest.get("run_id")
+    title = (f"imggenhub {run_id or manifest.get('job_id', '')}: {images_text(len(cards))}, "
+             f"{manifest.get('model', '')}")  # the run id: what every command takes
+    notice = ""
+    if missing:  # an interrupted or failed run: how many, and the command that goes on
+        how = f"'imggenhub resume {run_id}' makes {'it' if len(missing) == 1 else 'them'}" \
+            if run_id else "resume the run to make them"
+        notice = (f"{len(cards)} of {images_text(len(cards) + len(missing))} made: the run "
+                  f"ended before the other {len(missing)}; {how}.")
+    return {"title": title, "images": cards, "not_made": missing, "notice": notice,
             "planned": manifest.get("planned_images")}
 
 
@@ -103,6 +110,7 @@ figcaption{padding:.4em;font-size:.8em;overflow-wrap:anywhere}
 figcaption small{color:#aaa;display:block}
 figure.missing,figure.not-made{outline:2px dashed #c55;cursor:default}
 figure.missing img,figure.not-made img{visibility:hidden}
+#notice{color:#fc6;margin:.2em 0 1em}#notice:empty{display:none}
 dialog{max-width:95vw;max-height:95vh;background:#222;color:#eee;border:0;border-radius:8px}
 dialog img{min-width:256px;max-width:90vw;max-height:70vh;display:block;margin:auto;image-rendering:pixelated}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:.2em 1em;font-size:.9em}
@@ -118,6 +126,7 @@ table.sweep td,table.sweep th{border:1px solid #444;padding:.2em .5em}
 <option value="index">order made</option><option value="prompt">prompt</option>
 <option value="seed">seed</option><option value="score">score</option></select></label>
 <span id="count"></span><span id="sheets"></span></header>
+<p id="notice"></p>
 <section id="sweeps"></section>
 <main id="grid"></main>
 <dialog id="view"><img id="full" alt=""><dl id="params"></dl>
@@ -130,6 +139,8 @@ const grid = document.getElementById("grid");
 const el = (tag, text, cls) => { const e = document.createElement(tag);
   if (text !== undefined) e.textContent = text; if (cls) e.className = cls; return e; };
 document.getElementById("title").textContent = data.title;
+document.getElementById("notice").textContent = data.notice || "";
+const images = n => n + (n === 1 ? " image" : " images");
 for (const name of data.sheets || []) { const a = el("a", name); a.href = name;
   a.style.color = "#9cf"; a.style.marginLeft = ".6em"; document.getElementById("sheets").append(a); }
 document.title = data.title;
@@ -188,7 +199,8 @@ function render() {
     if (key === "score") return y - x;
     return typeof x === "number" ? x - y : String(x).localeCompare(String(y)); });
   grid.replaceChildren(...shown, ...(q ? [] : gaps));
-  document.getElementById("count").textContent = shown.length + " of " + cards.length + " images";
+  document.getElementById("count").textContent = shown.length + " of " + images(cards.length) +
+    (gaps.length ? " made, " + gaps.length + " not made" : "");
 }
 const view = document.getElementById("view");
 function show(r) {
