@@ -162,3 +162,22 @@ def test_slugs_keep_only_safe_letters_and_stay_short():
         with pytest.raises(UnsafeOutputError, match="not a name imggenhub makes"):
             own_path(Path("/o"), name)
     assert own_path(Path("/o"), "grid-2.png") == Path("/o/grid-2.png")
+
+
+def test_an_image_the_manifest_lists_and_kaggle_never_lists_is_exit_1_not_5(emulator, cli,
+                                                                           tmp_path):
+    """Kaggle's output lacks a file its manifest names: fetching again cannot bring it, so
+    the download says so (exit 1, 'damaged on Kaggle'), not 'unreachable' (exit 5), which
+    tells a cron wrapper to try again forever. The rest is kept, verified."""
+    def ghost(manifest, work):
+        manifest["images"].append({**manifest["images"][0], "file": "9999-ghost.png",
+                                   "index": 8})
+
+    code, err, out_dir = download_crafted(cli, emulator, tmp_path, ghost)
+    line = err.strip().splitlines()[-1]
+    assert code == 1, err
+    assert "9999-ghost.png is missing, and Kaggle's output of run" in line, line
+    assert "fetching again cannot bring it" in line
+    assert len(list(out_dir.glob("0*.png"))) == 8  # what Kaggle has is here
+    run_id = runs.load().run_id
+    assert cli("download", run_id, cwd=tmp_path)[0] == 1  # the same answer again

@@ -38,6 +38,9 @@ class Fetched:
 
     manifest: dict | None
     unhashed: set[str] | None = field(default_factory=set)  # None: every file
+    # files the manifest lists that the remote's output does not hold: fetching again
+    # cannot bring them (one missing here is lost, not late)
+    unlisted: set[str] = field(default_factory=set)
 
 
 def session_plan(run: Run) -> Plan | None:
@@ -176,6 +179,13 @@ class Backend:
                                          f"{damaged[0]}: the file is damaged and fetching again "
                                          "does not change it, so the run counts as failed; the "
                                          "files that matched are kept.")
+            lost = [p for p in problems if p[:-len(artifacts.MISSING)].rstrip() in got.unlisted]
+            if lost:  # the manifest lists it, the remote's output does not hold it
+                raise DamagedOutputError(f"The outputs in {out_dir} failed verification: "
+                                         f"{lost[0]}, and {self.title}'s output of run "
+                                         f"{run.run_id} does not hold it, so fetching again cannot "
+                                         "bring it; the run counts as failed; the files that "
+                                         "matched are kept.")
             raise TransferError(f"The outputs in {out_dir} failed verification: {problems[0]}; run "
                                 f"'imggenhub download {run.run_id}' again.")
         if run.state == RunState.COMPLETE:

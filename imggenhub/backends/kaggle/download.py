@@ -271,7 +271,9 @@ def bring_outputs(backend, run: Run, out_dir: Path, here: dict | None, on_event)
         list(pool.map(one, todo))
     if (out_dir / BUNDLE_TMP).is_dir() and not any((out_dir / BUNDLE_TMP).iterdir()):
         (out_dir / BUNDLE_TMP).rmdir()
-    return Fetched(merged, unhashed)
+    listed = set(ours) | covered
+    unlisted = {str(r.get("file")) for r in (merged or {}).get("images") or []} - listed
+    return Fetched(merged, unhashed, unlisted)
 
 
 def _not_an_image(name: str) -> bool:
