@@ -182,3 +182,16 @@ def test_an_unreadable_answer_to_any_call_is_one_sentence_and_exit_5(method, bod
         from imggenhub.run import runs
 
         assert runs.load().state.value == "push-unknown" and "may or may not" in last
+
+
+def test_an_answer_larger_than_the_bound_is_never_read_whole(emulator, cli, tmp_path, monkeypatch):
+    """A server that answers a status call with megabytes (or endlessly) is cut off at the
+    bound, in pieces: one sentence, exit 5, the run goes on."""
+    from imggenhub.backends.kaggle import api
+
+    monkeypatch.setattr(api, "MAX_ANSWER", 1 << 20)
+    body = json.dumps({"status": "RUNNING", "failureMessage": "x" * (2 << 20)})
+    emulator.faults.set(api_body={"GetKernelSessionStatus": body})
+    code, out, err = cli("generate", "--model", "tiny-random", "-p", "x", cwd=tmp_path)
+    assert code == 5, err
+    assert "an answer of more than 1 MiB" in err.strip().splitlines()[-1]

@@ -34,10 +34,13 @@ from .credentials import HOW_TO, Credentials, find_credentials
 
 KAGGLE_URL = "https://www.kaggle.com"
 MAX_ATTEMPTS = 10
+MAX_ANSWER = 64 << 20  # bytes: the most an API answer (a status, a page, a log) may hold
 
 
 class _TimeoutAdapter(HTTPAdapter):
-    """Every request gets a timeout (kagglesdk sets none), never past the deadline."""
+    """Every request gets a timeout (kagglesdk sets none), never past the deadline; an
+    answer read whole (not a file streamed) is read in bounded pieces, at most
+    MAX_ANSWER bytes: a server's answer never takes all memory."""
 
     def __init__(self, timeout: Callable[[], float]):
         super().__init__()
@@ -46,7 +49,19 @@ class _TimeoutAdapter(HTTPAdapter):
     def send(self, request, **kwargs):
         if kwargs.get("timeout") is None:
             kwargs["timeout"] = self._timeout()
-        return super().send(request, **kwargs)
+        if kwargs.get("stream"):
+            return super().send(request, **kwargs)
+        resp = super().send(request, **{**kwargs, "stream": True})
+        body, size = [], 0
+        for piece in resp.iter_content(1 << 20):
+            size += len(piece)
+            if size > MAX_ANSWER:
+                resp.close()
+                raise BadAnswer(f"an answer of more than {MAX_ANSWER >> 20} MiB")
+            body.append(piece)
+        resp._content, resp._content_consumed = b"".join(body), True
+        resp.close()
+        return resp
 
 
 class TruncatedDownload(IOError):
