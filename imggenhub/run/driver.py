@@ -77,6 +77,8 @@ class _Group:
         self.members = runs.shards_of(run) if self.sharded else [run]
         self.kept: set[str] = set()  # failed members whose images came home this time
         self.again: set[str] = set()  # failed members pushed again this time (once at most)
+        # only a failure known before this command is pushed again: one seen now is said first
+        self.failed_before = {m.run_id for m in self.members if m.state.failed}
         self.stops: dict[str, Exception] = {}  # what ended a member's part this time
 
     def say(self, member: Run):
@@ -96,7 +98,8 @@ class _Group:
         if member.state.failed and member.run_id in self.kept:
             # its images are home: resume pushes the rest again (a shard alone), unless it
             # failed the same way as the session that resume pushed last time
-            if not pushes_again(command, member.state) or member.run_id in self.again:
+            if not pushes_again(command, member.state) or member.run_id in self.again \
+                    or member.run_id not in self.failed_before:
                 return None
             why = member.failure.said() if member.failure else member.state.value
             if member.failures[-1:] == [why] and not self.force:
