@@ -20,8 +20,11 @@ from __future__ import annotations
 import json
 import re
 
-# C0 but newline and tab, DEL, C1, and lone surrogates
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+# C0 but newline and tab, DEL, C1, lone surrogates; and what reorders or hides text on a
+# screen: the bidirectional controls ("Trojan Source"), the line and paragraph separators,
+# zero-width spaces and the BOM (the joiners U+200C/U+200D stay: scripts and emoji use them)
+_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\u061c\u200b\u200e\u200f"
+                     "\u2028-\u202e\u2060\u2066-\u2069\ufeff]")
 # what json.dumps(..., ensure_ascii=False) leaves raw: DEL, C1, lone surrogates, and the
 # line and paragraph separators (some JSON readers take them for line ends)
 _RAW_IN_JSON = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff]")
@@ -33,8 +36,9 @@ def _visible(match: re.Match) -> str:
 
 
 def printable(text: str) -> str:
-    """``text`` with every control character but newline and tab (C0, DEL, C1) and every
-    lone surrogate written as a visible escape (``\\x1b``, ``\\ud800``)."""
+    """``text`` with every control character but newline and tab (C0, DEL, C1), every lone
+    surrogate, bidirectional control and invisible space written as a visible escape
+    (``\\x1b``, ``\\ud800``, ``\\u202e``)."""
     text = str(text)
     return _UNSAFE.sub(_visible, text) if _UNSAFE.search(text) else text
 

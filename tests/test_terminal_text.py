@@ -60,8 +60,11 @@ def test_printable_shows_each_control_character_and_leaves_the_rest_alone():
     # a lone surrogate (from a JSON "\ud800") is shown, not a UnicodeEncodeError
     assert printable("a\ud800b") == r"a\ud800b"
     printable(everything + "\udfff").encode("utf-8")
-    # our own messages, and letters of any script, come back as they are
-    own = "Kaggle reports error for a/b v1: café, 東京 ✓\n\tnext line (exit 1)."
+    # text that reorders or hides itself on a screen is shown (bidi overrides, invisibles)
+    assert printable("run \u202egnp.exe\u202c ok") == r"run \u202egnp.exe\u202c ok"
+    assert printable("a\u2066b\u2069\u200bc\ufeffd\u2028e") == r"a\u2066b\u2069\u200bc\ufeffd\u2028e"
+    # our own messages, and letters of any script, come back as they are (joiners too)
+    own = "Kaggle reports error for a/b v1: café, 東京 ✓, می‌خواهم, 👨\u200d👩\n\tnext line (exit 1)."
     assert printable(own) == own
 
 
