@@ -34,10 +34,12 @@ def test_transitions_lead_somewhere_and_terminal_states_stay():
     for state, nexts in lifecycle.TRANSITIONS.items():
         assert state not in nexts
     assert lifecycle.TRANSITIONS[RunState.PUSH_FAILED] == frozenset()
-    # downloaded is the end, unless its folder lost files since: fetched again
-    assert lifecycle.TRANSITIONS[RunState.DOWNLOADED] == {RunState.COMPLETE}
+    # downloaded is the end, unless its folder lost files since: a remote run's fetched
+    # again, a local run's made again (the rest, or all of it without its manifest)
+    assert lifecycle.TRANSITIONS[RunState.DOWNLOADED] == {RunState.COMPLETE, RunState.PARTIAL,
+                                                          RunState.RENDERED}
     assert RunState.DOWNLOADED.terminal and RunState.PUSH_FAILED.terminal
-    # a failed kernel stays failed, except that resume pushes the rest of a failed shard
+    # a failed kernel stays failed, except that resume pushes the rest of a failed run
     for state in (RunState.ERROR, RunState.CANCELLED):
         assert lifecycle.TRANSITIONS[state] == {RunState.RENDERED, RunState.DOWNLOADED}
         assert state.terminal

@@ -109,6 +109,18 @@ def test_adversarial_prompts_come_back_exact_also_from_a_notebook_that_fails(tmp
     manifest = artifacts.read_manifest(tmp_path / "out")
     assert [i["prompt"] for i in manifest["images"]] == [*prompts, "never made"]
     assert artifacts.verify(tmp_path / "out") == [] and runs.load().state == runs.RunState.DOWNLOADED
+    # an image deleted since exists nowhere else: download says so, resume makes it again
+    first = manifest["images"][0]
+    (tmp_path / "out" / first["file"]).unlink()
+    code, out, err = cli("download", cwd=tmp_path)
+    assert code == 6, err
+    assert "1 of its files is missing or changed" in err and "makes them again" in err
+    assert runs.load().state == runs.RunState.PARTIAL
+    code, out, err = cli("resume", cwd=tmp_path)
+    assert code == 0, err
+    again = {r["file"]: r for r in artifacts.read_manifest(tmp_path / "out")["images"]}
+    assert again[first["file"]]["sha256"] == first["sha256"]  # the same seed, the same image
+    assert len(again) == len(prompts) + 1 and artifacts.verify(tmp_path / "out") == []
 
 
 def test_generate_without_credentials_or_backend_says_how(tmp_path, cli):

@@ -112,3 +112,23 @@ def _png() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (64, 64), (200, 10, 10)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_a_sharded_runs_lost_image_is_fetched_again_by_the_shard_that_made_it(emulator, cli,
+                                                                             tmp_path):
+    code, out, err = cli("generate", *JOB, "--shards", "2", "--json", "--out",
+                         str(tmp_path / "o"), cwd=tmp_path)
+    assert code == 0, err
+    run_id = json.loads(out)["run_id"]
+    records = artifacts.read_manifest(tmp_path / "o")["images"]
+    gone = next(r for r in records if r["index"] == 7)  # shard 2's share is 6..11
+    (tmp_path / "o" / gone["file"]).unlink()
+    served, calls = len(emulator.served), len(emulator.calls)
+    code, out, err = cli("download", run_id, "--json", cwd=tmp_path)
+    assert code == 0, err
+    assert "1 of its files is missing or changed" in err and "fetching them again" in err
+    assert artifacts.verify(tmp_path / "o") == [] and json.loads(out)["state"] == "downloaded"
+    assert emulator.served[served:] == ["output/manifest.json", f"output/{gone['file']}"]
+    assert [s.state for s in runs.shards_of(runs.load(run_id))] == [RunState.DOWNLOADED] * 2
+    listed = {b.get("kernelSlug") for m, b in emulator.calls[calls:] if m == "ListKernelSessionOutput"}
+    assert listed == {"imggenhub-batch-2"}  # only the shard that made it was asked

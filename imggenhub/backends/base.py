@@ -123,7 +123,9 @@ class Backend:
         only the images that are not here (same indices, seeds and file names), as the next
         session."""
         kind, doc = kinds.of(run.kind), runs.document(run)
-        rest = kind.plan(doc).minus(artifacts.read_manifest(Path(run.out_dir)))
+        # the run's whole share (a shard's, or the job), not the last session's: an image
+        # lost from the folder since is owed again too
+        rest = kind.plan({**doc, "only": run.only}).minus(artifacts.read_manifest(Path(run.out_dir)))
         if not rest:  # it failed after its last item: every one is here, nothing to push
             on_event(f"run {run.run_id}: all it was to make is here; nothing to push")
             run.state, run.failure = RunState.DOWNLOADED, None

@@ -273,21 +273,44 @@ def _title(run: Run) -> str:
 
 
 def _check_home(impl: backends.Backend, run: Run, on_event: backends.OnEvent) -> Run:
-    """A remote run downloaded before whose folder has lost or changed files since (sizes
-    checked, not hashes): fetched again, whatever its record says, so that the folder is
-    whole again."""
-    if run.state != RunState.DOWNLOADED or not impl.remote or run.shards:
+    """A run downloaded before whose folder has lost or changed files since (sizes checked,
+    not hashes), whatever its record says: a remote run's are fetched again (a sharded
+    run's by the shards that made them); a local run's, which exist nowhere else, are taken
+    out of the manifest and made again by resume (the same seeds), as a partial run's rest."""
+    if run.state != RunState.DOWNLOADED:
         return run
     out = Path(run.out_dir)
     try:
         manifest = artifacts.read_manifest(out) if out.is_dir() else None
     except ImggenhubError:  # a damaged manifest: the fetch writes it again
         manifest = None
-    problems = ["no manifest"] if manifest is None else artifacts.check(out, manifest, set())
-    if not problems:
+    records = (manifest or {}).get("images") or []
+    lost = [r for r in records if artifacts.verify_image(out, r, hashed=False) is not None]
+    if manifest is not None and not lost:
         return run
-    on_event(f"run {run.run_id}: {len(problems)} of its files are missing or changed in {out} "
-             "since it was downloaded; fetching them again")
+    count = (f"{len(lost)} of its files {'is' if len(lost) == 1 else 'are'}"
+             if manifest is not None else "its manifest is")
+    if not impl.remote:
+        if manifest is None:  # nothing says what is here: everything is made again
+            run.state, run.images_fetched = RunState.RENDERED, 0
+        else:
+            with artifacts.folder_lock(out):
+                kept = [r for r in records if r not in lost]
+                artifacts.write_manifest(out, {**manifest, "images": kept})
+            run.state, run.images_fetched = RunState.PARTIAL, len(kept)
+        on_event(f"run {run.run_id}: {count} missing or changed in {out} since it was made "
+                 f"here; 'imggenhub resume {run.run_id}' makes them again (the same seeds)")
+        return runs.save(run)
+    on_event(f"run {run.run_id}: {count} missing or changed in {out} since it was downloaded; "
+             "fetching them again")
+    if run.shards:  # the shards that made them fetch again
+        indices = {r.get("index") for r in lost}
+        for shard in runs.shards_of(run):
+            share = shard.only or []
+            if manifest is None or any(a <= i < b for i in indices if isinstance(i, int)
+                                       for a, b in share):
+                shard.state = RunState.COMPLETE
+                runs.save(shard)
     run.state = RunState.COMPLETE
     return runs.save(run)
 

@@ -99,7 +99,9 @@ TRANSITIONS: dict[RunState, frozenset[RunState]] = {
     # image before it failed, is done)
     S.ERROR: frozenset({S.RENDERED, S.DOWNLOADED}),
     S.CANCELLED: frozenset({S.RENDERED, S.DOWNLOADED}),
-    S.DOWNLOADED: frozenset({S.COMPLETE}),  # its folder lost files since: fetched again
+    # its folder lost files since: a remote run's are fetched again; a local run's made
+    # again (partial: the rest; rendered: all of it, its manifest lost too)
+    S.DOWNLOADED: frozenset({S.COMPLETE, S.PARTIAL, S.RENDERED}),
 }
 
 
