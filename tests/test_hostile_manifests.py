@@ -83,6 +83,8 @@ REFUSED = {
                                "images.0.score"),
     "a prompt that is a number": (lambda m, w: m["images"][0].__setitem__("prompt", 5),
                                   "images.0.prompt"),
+    "a parameter that is a list": (lambda m, w: m["images"][0].__setitem__("guidance", [7]),
+                                   "images.0.guidance"),
     "a cell that is a list": (lambda m, w: m["images"][0].__setitem__("cell", ["ddim"]),
                               "images.0.cell"),
     "LoRAs that are a text": (lambda m, w: m.__setitem__("loras", "lora"), "loras"),

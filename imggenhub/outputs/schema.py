@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
+
+from ..engine.wire import IMAGE_PARAMS
 
 MAX_ITEMS = 10_000  # images, bundles, owed items: a job's most images (job.spec.MAX_IMAGES)
 MAX_PROCESSES = 1_000  # engine processes over every session and shard of a run
@@ -46,24 +48,12 @@ class _Additions(BaseModel):
     refiner: Named | None = None
 
 
-class ImageRecord(_Additions):
-    """One manifest entry; other fields are kept as they are."""
-
+class _Image(_Additions):
     file: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     bytes: int = Field(ge=0)
     index: Index | None = None
     prompt: str | None = None
-    negative_prompt: Scalar = None
-    seed: Scalar = None
-    width: Scalar = None
-    height: Scalar = None
-    steps: Scalar = None
-    guidance: Scalar = None
-    init_image: Scalar = None
-    mask_image: Scalar = None
-    strength: Scalar = None
-    scheduler: Scalar = None
     model: Scalar = None
     device: Scalar = None
     bundle: Scalar = None
@@ -71,6 +61,12 @@ class ImageRecord(_Additions):
     seconds: float | None = None
     cell: dict[str, Scalar] | None = Field(None, max_length=MAX_AXES)
     sweep_of: Index | None = None
+
+
+# One manifest entry: the fields above, and each image parameter (engine.wire.IMAGE_PARAMS,
+# the one list of them) as a value shown or compared; other fields are kept as they are.
+ImageRecord = create_model("ImageRecord", __base__=_Image,
+                           **{name: (Scalar, None) for name in IMAGE_PARAMS})
 
 
 class Process(BaseModel):
