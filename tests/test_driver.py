@@ -56,6 +56,11 @@ class FakeBackend(backends.Backend):
         run.state = S.PUSHED
         return runs.save(run)
 
+    def rest(self, run):  # what a failed session owes: all of it, here
+        from imggenhub.engine import Plan
+
+        return Plan.whole(run.image_count)
+
     def wait(self, members, say_for):
         self.calls.append(("wait", ",".join(m.run_id for m in members)))
         clock = self.tunables.clock
@@ -163,6 +168,21 @@ def test_a_failed_run_is_pushed_again_by_resume_but_not_a_third_time_after_the_s
     assert ("submit", "bad") in backend.calls and "bang" in str(failed.value)
     run = driver.advance(runs.load("bad"), "resume", lambda m: None, force=True)
     assert run.state == S.DOWNLOADED and run.failures == ["boom", "boom", "bang", "bang"]
+
+
+def test_two_failures_are_the_same_whatever_numbers_they_carry():
+    def failure(seconds, error):
+        tail = (f"[imggenhub] image 1/3 in {seconds}s\nTraceback (most recent call last):\n"
+                f"{error}\n[imggenhub] done: 1 image in {seconds}s (failed, exit 1)\n")
+        return Failure(kind="kernel", ename="KernelError", evalue="Your notebook failed",
+                       log_tail=tail)
+
+    oom = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate {} MiB (GPU 0)"
+    first, again = failure(4.4, oom.format(512)), failure(4.5, oom.format(640))
+    assert first.signature() == again.signature() and first.said() != again.said()
+    assert "OutOfMemoryError" in first.said() and "done:" not in first.said()
+    other = failure(4.4, "ValueError: the prompt is too long")
+    assert other.signature() != first.signature()
 
 
 def test_a_push_without_a_free_slot_is_pushed_again_when_one_frees(fake):

@@ -87,8 +87,8 @@ def test_the_gallery_works_in_a_browser_and_runs_nothing_of_the_prompts(browser,
     assert figures.count() == 12  # 10 images and 2 never made
     assert page.locator("figure.not-made").count() == 2
     # how far the run got, and the command that goes on
-    assert page.inner_text("#notice") == ("10 of 12 images made: the run ended before the other "
-                                          "2; 'imggenhub resume r-gallery' makes them.")
+    assert page.inner_text("#notice") == ("10 of 12 images are here; 2 not made yet: 'imggenhub "
+                                          "resume r-gallery' goes on with the rest.")
     assert page.inner_text("#count") == "10 of 10 images made, 2 not made"
     page.wait_for_function("document.querySelectorAll('figure.missing').length === 1")
     # each card: its parameters, model, scheduler and LoRAs
@@ -152,3 +152,12 @@ def test_open_hands_the_gallery_to_the_browser(cli, tmp_path, monkeypatch):
     assert seen.read_text() == (tmp_path / "out" / "gallery.html").as_uri()
     code, out, err = cli("open", "nope")
     assert code == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_a_shards_gallery_gives_its_runs_command():
+    from imggenhub.outputs import gallery
+
+    data = gallery._data({"run_id": "20261202-x/shard-2", "images": [], "remaining": [[0, 2]]})
+    assert data["notice"] == ("0 of 2 images are here; 2 not made yet: 'imggenhub resume "
+                              "20261202-x' goes on with the rest.")
+    assert gallery._data({"run_id": "r", "images": [], "remaining": []})["notice"] == ""

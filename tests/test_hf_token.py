@@ -82,9 +82,11 @@ def test_a_missing_or_bad_token_variable_is_one_sentence(emulator, cli, tmp_path
 
 @pytest.fixture
 def hub(monkeypatch):
-    """A local stand-in for the Hub's /api/models/<id>: ids with 'missing' or 'trubo' in
-    them are unknown (404, as the Hub answers), 'gated' ones gated; HF_ENDPOINT names it
-    and the Hub is not offline. Yields the (path, Authorization) of each question."""
+    """A local stand-in for the Hub's /api/models/<id>, answering as the Hub does: ids with
+    'missing' in them are unknown (404), with 'trubo' too (401 and its RepoNotFound code, as
+    for an anonymous question), 'private' ones are seen only with the canary token, 'gated'
+    ones are gated, and the token 'hf_expired' is refused on any id (401, no code).
+    HF_ENDPOINT names it and the Hub is not offline. Yields each (path, Authorization)."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -95,13 +97,24 @@ def hub(monkeypatch):
             pass
 
         def do_GET(self):
-            asked.append((self.path, self.headers.get("Authorization")))
+            auth = self.headers.get("Authorization")
+            asked.append((self.path, auth))
             gated = "manual" if "gated" in self.path else False
-            unknown = "missing" in self.path or "trubo" in self.path
-            body = json.dumps({"error": "Repository not found"} if unknown else
+            private = "private" in self.path
+            if auth == "Bearer hf_expired":
+                status, code = 401, None
+            elif "missing" in self.path:
+                status, code = 404, "RepoNotFound"
+            elif "trubo" in self.path or (private and auth != f"Bearer {CANARY}"):
+                status, code = 401, "RepoNotFound"
+            else:
+                status, code = 200, None
+            body = json.dumps({"error": "no"} if status != 200 else
                               {"id": self.path.split("/api/models/")[-1], "gated": gated,
-                               "private": False}).encode()
-            self.send_response(404 if unknown else 200)
+                               "private": private}).encode()
+            self.send_response(status)
+            if code:
+                self.send_header("X-Error-Code", code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -150,10 +163,28 @@ def test_a_model_id_the_hub_does_not_know_is_refused_before_the_push(emulator, c
     # a near miss of a preset's name is said at once, Hub or not
     code, out, err = cli("deploy", "--model", "sdxl-trubo", "-p", "x", cwd=tmp_path)
     assert code == 2 and "did you mean 'sdxl-turbo'?" in err, err
+    # a token the Hub refuses is said, and the Hub asked without it (a public model goes on)
+    monkeypatch.setenv("HF_TOKEN", "hf_expired")
+    code, out, err = cli("deploy", "--model", "owner/open-model", "-p", "x", cwd=tmp_path)
+    assert code == 0 and saves() == 2, err
+    assert "did not accept your Hugging Face token" in err and hub[-1][1] is None
+    # a token with a character no header can carry: a note, never an internal error
+    monkeypatch.setenv("HF_TOKEN", "hf_abc\u200b")
+    code, out, err = cli("deploy", "--model", "owner/open-model", "-p", "x", cwd=tmp_path)
+    assert code == 0 and saves() == 3 and "could not ask the Hub" in err, err
+    monkeypatch.delenv("HF_TOKEN")
+    # a private model, the token in --hf-token-env's variable: the Hub is asked with it
+    monkeypatch.setenv("MY_HF", CANARY)
+    code, out, err = cli("deploy", "--model", "owner/private-model", "-p", "x",
+                         "--hf-token-env", "MY_HF", cwd=tmp_path)
+    assert code == 0 and saves() == 4, err
+    assert hub[-1] == ("/api/models/owner/private-model", f"Bearer {CANARY}")
+    code, out, err = cli("deploy", "--model", "owner/private-model", "-p", "x", cwd=tmp_path)
+    assert code == 2 and "a private one needs HF_TOKEN set here" in err, err
     # no answer from the Hub: a note, and the push goes on
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     code, out, err = cli("deploy", "--model", "owner/missing-model", "-p", "x", cwd=tmp_path)
-    assert code == 0 and saves() == 2, err
+    assert code == 0 and saves() == 5, err
     assert "could not ask the Hub about owner/missing-model" in err
 
 

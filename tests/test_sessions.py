@@ -40,6 +40,20 @@ def test_a_job_over_three_sessions_ends_whole(emulator, cli, tmp_path, monkeypat
     assert [(r["index"], r["seed"], r["file"], r["sha256"]) for r in whole["images"]] == \
         [(r["index"], r["seed"], r["file"], r["sha256"]) for r in reference["images"]]
     assert "the session's time is nearly up" in err and "of 20 images are here" in err
+    # an image of the first session lost here: Kaggle keeps only the latest session's
+    # outputs, so download says resume makes it again, and resume does (the same bytes)
+    first = whole["images"][0]
+    (tmp_path / "long" / first["file"]).unlink()
+    code, out, err = cli("download", run.run_id, cwd=tmp_path)
+    assert code == 6 and "made by an earlier session" in err, err
+    emulator.session_seconds = None
+    monkeypatch.delenv("IMGGENHUB_SESSION_SECONDS")
+    code, out, err = cli("resume", run.run_id, cwd=tmp_path)
+    assert code == 0, err
+    again = artifacts.read_manifest(tmp_path / "long")
+    assert [(r["index"], r["sha256"]) for r in again["images"]] == \
+        [(r["index"], r["sha256"]) for r in whole["images"]]
+    assert artifacts.verify(tmp_path / "long") == []
 
 
 def test_a_partial_run_waits_for_resume(emulator, cli, tmp_path, monkeypatch):

@@ -132,3 +132,8 @@ def test_a_sharded_runs_lost_image_is_fetched_again_by_the_shard_that_made_it(em
     assert [s.state for s in runs.shards_of(runs.load(run_id))] == [RunState.DOWNLOADED] * 2
     listed = {b.get("kernelSlug") for m, b in emulator.calls[calls:] if m == "ListKernelSessionOutput"}
     assert listed == {"imggenhub-batch-2"}  # only the shard that made it was asked
+    for index in (1, 7):  # one of each shard's: each shard brings its own
+        (tmp_path / "o" / next(r for r in records if r["index"] == index)["file"]).unlink()
+    code, out, err = cli("download", run_id, cwd=tmp_path)
+    assert code == 0 and "2 of its files are missing" in err, err
+    assert artifacts.verify(tmp_path / "o") == []

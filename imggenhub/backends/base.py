@@ -118,14 +118,20 @@ class Backend:
         write_notebook(run.notebook_dir, job, run.run_id, document)
         runs.keep_document(run, document)
 
+    def rest(self, run: Run) -> Plan:
+        """What the run still owes: its whole share (a shard's, or the job; not the last
+        session's, so that an item lost from the folder since is owed again) less what its
+        output folder holds."""
+        doc = runs.document(run)
+        return kinds.of(run.kind).plan({**doc, "only": run.only}).minus(
+            artifacts.read_manifest(Path(run.out_dir)))
+
     def render_rest(self, run: Run, on_event: OnEvent) -> Run:
         """A session (or a local run) ended before the job did: the notebook again, making
         only the images that are not here (same indices, seeds and file names), as the next
         session."""
         kind, doc = kinds.of(run.kind), runs.document(run)
-        # the run's whole share (a shard's, or the job), not the last session's: an image
-        # lost from the folder since is owed again too
-        rest = kind.plan({**doc, "only": run.only}).minus(artifacts.read_manifest(Path(run.out_dir)))
+        rest = self.rest(run)
         if not rest:  # it failed after its last item: every one is here, nothing to push
             on_event(f"run {run.run_id}: all it was to make is here; nothing to push")
             run.state, run.failure = RunState.DOWNLOADED, None
@@ -161,10 +167,13 @@ class Backend:
                                       f"another folder, then run 'imggenhub download "
                                       f"{run.run_id}' again.") from None
             manifest = got.manifest
-            problems = artifacts.check(out_dir, manifest, got.unhashed) if manifest else []
             planned = (manifest or {}).get("planned_images")
             share = Plan.whole(planned if isinstance(planned, int) else len(made(manifest)))
             share = share.only(run.only)  # a shard's share of the job
+            own = set(share.indices)
+            mine = manifest if run.only is None or not manifest else {  # a shard checks its own
+                **manifest, "images": [r for r in manifest["images"] if r.get("index") in own]}
+            problems = artifacts.check(out_dir, mine, got.unhashed) if manifest else []
             owed = share.minus(manifest)
             run.images_fetched = len(share) - len(owed) - len(problems)
             if manifest is not None and not problems and manifest.get("backend") != run.backend:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -25,7 +26,7 @@ def render(
     STATE["json"] = json
     seconds = int(timeout_hours * 3600) if timeout_hours else None
     path, meta = render_kernel(job, kernel, out, seconds)
-    push = f"kaggle kernels push -p {out}" + (f" -t {seconds}" if seconds else "")
+    push = f"kaggle kernels push -p {shlex.quote(str(out))}" + (f" -t {seconds}" if seconds else "")
     if meta["id"].startswith(PLACEHOLDER_OWNER + "/"):
         echo(f"note: kernel-metadata.json names the owner '{PLACEHOLDER_OWNER}' (no Kaggle "
              "username was found here without the network): put yours in its \"id\" "

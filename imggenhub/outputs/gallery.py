@@ -58,11 +58,12 @@ def _data(manifest: dict) -> dict:
     title = (f"imggenhub {run_id or manifest.get('job_id', '')}: {images_text(len(cards))}, "
              f"{manifest.get('model', '')}")  # the run id: what every command takes
     notice = ""
-    if missing:  # an interrupted or failed run: how many, and the command that goes on
-        how = f"'imggenhub resume {run_id}' makes {'it' if len(missing) == 1 else 'them'}" \
-            if run_id else "resume the run to make them"
-        notice = (f"{len(cards)} of {images_text(len(cards) + len(missing))} made: the run "
-                  f"ended before the other {len(missing)}; {how}.")
+    if missing:  # a run not whole yet (stopped, failed, or still going): the command that goes on
+        run = str(run_id).split("/shard-")[0] if run_id else ""  # a shard's: its run's
+        how = f"'imggenhub resume {run}' goes on with the rest" if run else \
+            "'imggenhub resume' goes on with the rest"
+        notice = (f"{len(cards)} of {images_text(len(cards) + len(missing))} are here; "
+                  f"{len(missing)} not made yet: {how}.")
     return {"title": title, "images": cards, "not_made": missing, "notice": notice,
             "planned": manifest.get("planned_images")}
 

@@ -26,6 +26,7 @@ from ..errors import (
     SpecError,
     StillRunning,
 )
+from ..backends.base import session_plan
 from ..outputs import artifacts
 from . import kinds, runs
 from .lifecycle import Exit, RunState, Step, plan, pushes_again, summary
@@ -102,7 +103,7 @@ class _Group:
                     or member.run_id not in self.failed_before:
                 return None
             why = member.failure.said() if member.failure else member.state.value
-            if member.failures[-1:] == [why] and not self.force:
+            if member.failures[-1:] == [_signature(member)] and not self.force:
                 self.stops[member.run_id] = RunFailedError(
                     f"Run {member.run_id} failed the same way twice ({why}); it is not pushed "
                     f"a third time: fix the cause, then 'imggenhub resume {self.run.run_id} "
@@ -214,11 +215,14 @@ def _drive(impl: backends.Backend, group: _Group, command: str, deadline: Deadli
 def _take(impl: backends.Backend, step: Step, member: Run, say) -> Run:
     if step == Step.PUSH:
         if member.state.failed:  # resume: a new session for the rest, after saying why
-            why = member.failure.said() if member.failure else member.state.value
-            say(f"session {member.session} of run {member.run_id} ended {member.state.value} "
-                f"({why}); pushing a new session for what is not here yet")
-            member.failures.append(why)
-            runs.save(member)
+            owed = impl.rest(member)
+            if owed:  # (none: it failed after its last item; submit says so and ends it)
+                why = member.failure.said() if member.failure else member.state.value
+                say(f"session {member.session} of run {member.run_id} ended "
+                    f"{member.state.value} ({why}); pushing a new session for the "
+                    f"{kinds.of(member.kind).count(len(owed))} not here yet")
+                member.failures.append(_signature(member))
+                runs.save(member)
         return impl.submit(member, say)
     if step == Step.RESOLVE:
         return impl.resolve(member, say)
@@ -229,6 +233,11 @@ def _take(impl: backends.Backend, step: Step, member: Run, say) -> Run:
         say(f"run {member.run_id} {member.state.value}; bringing home what it finished")
         raise failure_error(impl.fetch(member, say))
     raise AssertionError(step)
+
+
+def _signature(member: Run) -> str:
+    """What makes two failures of a run the same failure (numbers aside)."""
+    return member.failure.signature() if member.failure else member.state.value
 
 
 def _sum_up(parent: Run, shards: list[Run]) -> Run:
@@ -301,17 +310,36 @@ def _check_home(impl: backends.Backend, run: Run, on_event: backends.OnEvent) ->
         on_event(f"run {run.run_id}: {count} missing or changed in {out} since it was made "
                  f"here; 'imggenhub resume {run.run_id}' makes them again (the same seeds)")
         return runs.save(run)
+    # each session keeps its outputs on Kaggle until the next one: a file of the latest
+    # session of its run (or shard) is fetched again; an earlier session's is made again
+    members = runs.shards_of(run) if run.shards else [run]
+    lost_at = {r.get("index"): r for r in lost}
+    unplaced = manifest is None or any(not isinstance(i, int) for i in lost_at)
+    old = []
+    for member in members:
+        latest, share = session_plan(member), member.only
+        mine = [i for i in lost_at if isinstance(i, int)
+                and (share is None or any(a <= i < b for a, b in share))]
+        newest = set(latest.indices) if latest is not None else None
+        again = [i for i in mine if newest is not None and i not in newest]
+        old += [lost_at[i] for i in again]
+        if unplaced or len(mine) > len(again):
+            member.state = RunState.COMPLETE
+        elif again:
+            member.state = RunState.PARTIAL
+        if run.shards:
+            runs.save(member)
+    if old:
+        with artifacts.folder_lock(out):
+            artifacts.write_manifest(out, {**manifest, "images": [r for r in records
+                                                                  if r not in old]})
+    fetched = "fetching them again" if len(old) < len(lost) or unplaced else ""
+    remade = (f"{len(old)} of them {'was' if len(old) == 1 else 'were'} made by an earlier "
+              f"session, whose outputs Kaggle keeps no longer: 'imggenhub resume {run.run_id}' "
+              "makes them again (the same seeds)") if old else ""
     on_event(f"run {run.run_id}: {count} missing or changed in {out} since it was downloaded; "
-             "fetching them again")
-    if run.shards:  # the shards that made them fetch again
-        indices = {r.get("index") for r in lost}
-        for shard in runs.shards_of(run):
-            share = shard.only or []
-            if manifest is None or any(a <= i < b for i in indices if isinstance(i, int)
-                                       for a, b in share):
-                shard.state = RunState.COMPLETE
-                runs.save(shard)
-    run.state = RunState.COMPLETE
+             + "; ".join(p for p in (fetched, remade) if p))
+    run.state = summary([m.state for m in members]) if run.shards else members[0].state
     return runs.save(run)
 
 

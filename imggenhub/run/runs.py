@@ -27,6 +27,7 @@ from .lifecycle import RunState, allowed
 RUN_FILE = "run.json"
 JOB_FILE = "job.json"  # the job document the run's notebook carries, as the record keeps it
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+_ERROR_LINE = re.compile(r"\b[A-Z]\w*(?:Error|Exception|Interrupt|Exit)\b:")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
@@ -48,10 +49,15 @@ class Failure(BaseModel):
         return f"{where.strip() + ': ' if where else ''}{what or 'no reason given'}"
 
     def said(self) -> str:
-        """The sentence and the last line of the log: two failures alike in this are the
-        same failure (Kaggle's own sentence is the same for every error)."""
-        tail = self.log_tail.strip().splitlines()
-        return self.sentence() + (f"; the log ends with: {tail[-1]}" if tail else "")
+        """The sentence and the log's last error line (Kaggle's own sentence is the same for
+        every error; the error line says which)."""
+        errors = [line.strip() for line in self.log_tail.splitlines() if _ERROR_LINE.search(line)]
+        return self.sentence() + (f"; the log's last error: {errors[-1]}" if errors else "")
+
+    def signature(self) -> str:
+        """What two failures share when they are the same failure: ``said`` with every number
+        (a time, a size, a process id, a count) taken out."""
+        return re.sub(r"\d+(?:\.\d+)?", "#", self.said())
 
 
 class Run(BaseModel):

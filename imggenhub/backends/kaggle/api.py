@@ -34,7 +34,9 @@ from .credentials import HOW_TO, Credentials, find_credentials
 
 KAGGLE_URL = "https://www.kaggle.com"
 MAX_ATTEMPTS = 10
-MAX_ANSWER = 64 << 20  # bytes: the most an API answer (a status, a page, a log) may hold
+# bytes: the most an API answer may hold (a status, or an output listing, which carries the
+# kernel's whole log with every page)
+MAX_ANSWER = 256 << 20
 
 
 class _TimeoutAdapter(HTTPAdapter):

@@ -271,8 +271,9 @@ def bring_outputs(backend, run: Run, out_dir: Path, here: dict | None, on_event)
         list(pool.map(one, todo))
     if (out_dir / BUNDLE_TMP).is_dir() and not any((out_dir / BUNDLE_TMP).iterdir()):
         (out_dir / BUNDLE_TMP).rmdir()
-    listed = set(ours) | covered
-    unlisted = {str(r.get("file")) for r in (merged or {}).get("images") or []} - listed
+    # what this kernel's manifest lists and its output does not hold (another shard's or an
+    # earlier session's files are not this listing's to hold)
+    unlisted = set(records) - set(ours) - covered
     return Fetched(merged, unhashed, unlisted)
 
 

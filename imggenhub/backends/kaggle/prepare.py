@@ -85,7 +85,7 @@ def prepare_job(backend, job, options, on_event: OnEvent, width: int = 1) -> "Ka
         n = len(prepared.shipment.files)
         on_event(f"inputs: {counted(n, 'file')} on this machine {'goes' if n == 1 else 'go'} to "
                  f"Kaggle as the private dataset {prepared.shipment.ref}")
-    hub = _ask_the_hub(backend, job, on_event)  # a mistyped id is found here, not on a GPU
+    hub = _ask_the_hub(backend, job, given_token, on_event)  # a mistyped id: here, not on a GPU
     if meta.get("enable_gpu"):  # before anything is uploaded (the token below)
         _check_quota(backend, doc, options, on_event, width)
     token_env = options.hf_token_env or _token_wanted(job, hub.get(job.model["id"]), on_event)
@@ -145,12 +145,13 @@ def history(backend):
     return backend.estimates
 
 
-def _ask_the_hub(backend, job, on_event: OnEvent) -> dict[str, dict]:
+def _ask_the_hub(backend, job, given: str | None, on_event: OnEvent) -> dict[str, dict]:
     """Ask the Hub about each Hub model id of the job (the model, the refiner, a model
-    sweep's) before anything is pushed, with HF_TOKEN when it is set (public models need
-    none). An id the Hub does not know is refused with a sentence and a "did you mean";
-    the Hub's word on each model it knows is returned (gated, private). No answer (offline,
-    HF_HUB_OFFLINE=1, a server error): a note, and the id is checked on Kaggle."""
+    sweep's) before anything is pushed, with the user's token (``given``: --hf-token-env's,
+    else HF_TOKEN; public models need none). An id the Hub does not know is refused with a
+    sentence and a "did you mean"; the Hub's word on each model it knows is returned
+    (gated, private). A token the Hub refuses is said, and the Hub asked again without it.
+    No answer (offline, HF_HUB_OFFLINE=1, a server error): a note, and Kaggle finds out."""
     from ...job.models import did_you_mean
 
     ids = [job.model["id"], (job.refiner or {}).get("id"),
@@ -158,20 +159,29 @@ def _ask_the_hub(backend, job, on_event: OnEvent) -> dict[str, dict]:
     ids = [i for i in dict.fromkeys(ids) if i and HUB_ID.match(i)]
     if not ids or os.environ.get("HF_HUB_OFFLINE") == "1":
         return {}
-    token = os.environ.get("HF_TOKEN", "").strip()
+    token = given or os.environ.get("HF_TOKEN", "").strip()
     base = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
     known: dict[str, dict] = {}
+
+    def ask(model: str, token: str | None):
+        return requests.get(f"{base}/api/models/{model}",
+                            timeout=min(HUB_TIMEOUT, backend.tunables.http_timeout),
+                            headers={"Authorization": f"Bearer {token}"} if token else {})
+
     for model in ids:
         try:
-            resp = requests.get(f"{base}/api/models/{model}",
-                                timeout=min(HUB_TIMEOUT, backend.tunables.http_timeout),
-                                headers={"Authorization": f"Bearer {token}"} if token else {})
-        except requests.RequestException as exc:
+            resp = ask(model, token)
+            if resp.status_code == 401 and token and not _not_found(resp):
+                on_event("the Hub did not accept your Hugging Face token (expired or mistyped?); "
+                         f"asking about {model} without it")
+                token = None
+                resp = ask(model, None)
+        except (requests.RequestException, ValueError) as exc:  # ValueError: a header's text
             on_event(f"could not ask the Hub about {model} ({type(exc).__name__}); Kaggle will "
                      "find out whether it exists")
             return known  # the Hub is not reachable from here: not once per id
-        if resp.status_code in (401, 404):  # the Hub answers 401 for an id it hides or lacks
-            seen = "HF_TOKEN was sent" if token else "a private one needs HF_TOKEN set here"
+        if resp.status_code == 404 or (resp.status_code == 401 and _not_found(resp)):
+            seen = "your token was sent" if token else "a private one needs HF_TOKEN set here"
             raise SpecError(f"The Hub has no model {model}{did_you_mean(model)}; nothing was "
                             f"pushed ({seen}).")
         try:
@@ -184,6 +194,12 @@ def _ask_the_hub(backend, job, on_event: OnEvent) -> dict[str, dict]:
             continue
         known[model] = info
     return known
+
+
+def _not_found(resp) -> bool:
+    """The Hub's way of saying an id is unknown (or hidden from this token): 404, or 401 with
+    its RepoNotFound code; any other 401 is about the token itself."""
+    return resp.status_code == 404 or resp.headers.get("X-Error-Code") == "RepoNotFound"
 
 
 def _token_wanted(job, info: dict | None, on_event: OnEvent) -> str | None:
