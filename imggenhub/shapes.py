@@ -1,0 +1,164 @@
+"""tiny-shapes' world: simple shapes in named colours on plain backgrounds, drawn by code
+(seeded, nothing downloaded), each with its caption in one fixed grammar; and the checker
+that reads a picture back (its foreground's colour against the palette, its shape from the
+foreground mask), so that tests and benchmarks check what a picture shows, not only that
+one was made.
+
+The grammar: ``a [small|large] COLOUR SHAPE [at the top left|...] on a BACKGROUND
+background``. Some colour-shape pairs are held out of training (``HELD_OUT``): a model that
+draws them has composed what it learned. Pillow and numpy only; no torch."""
+
+from __future__ import annotations
+
+import colorsys
+import random
+from dataclasses import dataclass
+
+SIZE = 64  # pixels a side
+COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
+           "yellow": (235, 205, 40), "purple": (140, 60, 190), "orange": (245, 135, 30)}
+BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0)}
+SHAPES = ("circle", "square", "triangle")
+SIZES = {"small": 0.55, "": 1.0, "large": 1.4}  # the word (none: medium) -> scale
+RADIUS = 11  # a medium shape's half width, in pixels
+PLACES = {"": (0.5, 0.5), "top left": (0.28, 0.28), "top right": (0.72, 0.28),
+          "bottom left": (0.28, 0.72), "bottom right": (0.72, 0.72)}
+# one per colour, each shape twice: every colour and shape is still seen with the others
+HELD_OUT = frozenset({("red", "triangle"), ("orange", "triangle"), ("green", "square"),
+                      ("yellow", "square"), ("blue", "circle"), ("purple", "circle")})
+
+
+@dataclass(frozen=True)
+class Scene:
+    colour: str
+    shape: str
+    size: str = ""
+    place: str = ""
+    background: str = "white"
+
+    @property
+    def caption(self) -> str:
+        size = f"{self.size} " if self.size else ""
+        place = f" at the {self.place}" if self.place else ""
+        return f"a {size}{self.colour} {self.shape}{place} on a {self.background} background"
+
+
+def vocabulary() -> list[str]:
+    """Every word a caption uses, in a fixed order (the tokenizer's words)."""
+    words = ["a", "at", "the", "on", "background", *SIZES, *COLOURS, *SHAPES, *BACKGROUNDS]
+    words += [w for place in PLACES for w in place.split()]
+    return list(dict.fromkeys(w for w in words if w))
+
+
+def scenes(rng: random.Random, n: int, held_out: bool = False) -> list[Scene]:
+    """``n`` scenes at random: of the training pairs, or (``held_out``) of the held-out ones."""
+    pairs = [(c, s) for c in COLOURS for s in SHAPES if ((c, s) in HELD_OUT) == held_out]
+    out = []
+    for _ in range(n):
+        colour, shape = rng.choice(pairs)
+        out.append(Scene(colour, shape, rng.choice(list(SIZES)), rng.choice(list(PLACES)),
+                         rng.choice(list(BACKGROUNDS))))
+    return out
+
+
+def draw(scene: Scene, rng: random.Random | None = None, size: int = SIZE):
+    """The scene as a ``size`` x ``size`` RGB picture (drawn at 4x, then scaled down: smooth
+    edges); ``rng`` jitters its place and size a little."""
+    from PIL import Image, ImageDraw
+
+    k = 4
+    big = size * k
+    jitter = (lambda a: rng.uniform(-a, a)) if rng else (lambda a: 0.0)
+    cx, cy = PLACES[scene.place]
+    cx, cy = (cx + jitter(0.04)) * big, (cy + jitter(0.04)) * big
+    r = RADIUS * SIZES[scene.size] * (1 + jitter(0.1)) * k * size / SIZE
+    img = Image.new("RGB", (big, big), BACKGROUNDS[scene.background])
+    pen = ImageDraw.Draw(img)
+    fill = COLOURS[scene.colour]
+    if scene.shape == "circle":
+        pen.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    elif scene.shape == "square":
+        s = r * 0.9  # the same area as the circle, near enough to look the same size
+        pen.rectangle([cx - s, cy - s, cx + s, cy + s], fill=fill)
+    else:  # an upright triangle, its centroid at the centre
+        h = r * 2.1
+        pen.polygon([(cx, cy - h * 2 / 3), (cx - h / 3 ** 0.5, cy + h / 3),
+                     (cx + h / 3 ** 0.5, cy + h / 3)], fill=fill)
+    return img.resize((size, size), Image.LANCZOS)
+
+
+# --- reading a picture back -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reading:
+    colour: str | None  # the palette colour nearest the foreground's (None: no foreground)
+    shape: str | None
+    background: str | None
+    pixels: int  # foreground pixels found
+
+
+def _hue(rgb) -> float:
+    r, g, b = (c / 255 for c in rgb)
+    return colorsys.rgb_to_hsv(r, g, b)[0]
+
+
+def _features(mask):
+    """(fill of the bounding box, width near the top, width near the bottom) of a mask, the
+    widths as shares of the box's width: a square fills its box, a circle ~0.79, an upright
+    triangle half, narrow at the top."""
+    import numpy as np
+
+    ys, xs = np.nonzero(mask)
+    top, bottom, left, right = ys.min(), ys.max(), xs.min(), xs.max()
+    h, w = bottom - top + 1, right - left + 1
+    box = mask[top:bottom + 1, left:right + 1]
+    band = max(1, h // 5)
+    return np.array([box.sum() / (h * w), box[:band].any(axis=0).mean(),
+                     box[-band:].any(axis=0).mean()])
+
+
+_PROTOTYPES: dict | None = None
+
+
+def _prototypes() -> dict:
+    """Each shape's features, measured on drawn shapes of every size (the checker
+    calibrates itself on the data's own drawing)."""
+    global _PROTOTYPES
+    if _PROTOTYPES is None:
+        import numpy as np
+
+        found = {}
+        for shape in SHAPES:
+            feats = []
+            for size in SIZES:
+                pic = np.asarray(draw(Scene("red", shape, size)), dtype=float)
+                feats.append(_features(np.abs(pic - 255).sum(axis=2) > 120))
+            found[shape] = np.mean(feats, axis=0)
+        _PROTOTYPES = found
+    return _PROTOTYPES
+
+
+def read(picture) -> Reading:
+    """What a picture shows: its background (the corners' colour, nearest of the
+    backgrounds), the foreground's colour (the hue of its median pixel, nearest of the
+    palette's hues) and its shape (the mask's features, nearest of the drawn shapes')."""
+    import numpy as np
+
+    pic = np.asarray(picture.convert("RGB"), dtype=float)
+    n = pic.shape[0]
+    c = max(2, n // 16)
+    corners = np.concatenate([pic[:c, :c], pic[:c, -c:], pic[-c:, :c], pic[-c:, -c:]]).reshape(-1, 3)
+    bg = np.median(corners, axis=0)
+    background = min(BACKGROUNDS, key=lambda b: np.abs(np.array(BACKGROUNDS[b]) - bg).sum())
+    mask = np.abs(pic - bg).sum(axis=2) > 120
+    pixels = int(mask.sum())
+    if pixels < max(6, n * n // 400):
+        return Reading(None, None, background, pixels)
+    rgb = np.median(pic[mask], axis=0)
+    hue = _hue(rgb)
+    colour = min(COLOURS, key=lambda k: min(abs(_hue(COLOURS[k]) - hue),
+                                            1 - abs(_hue(COLOURS[k]) - hue)))
+    feats = _features(mask)
+    shape = min(SHAPES, key=lambda s: float(np.abs(_prototypes()[s] - feats).sum()))
+    return Reading(colour, shape, background, pixels)

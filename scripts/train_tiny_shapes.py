@@ -1,0 +1,306 @@
+"""Train tiny-shapes from nothing: a Stable-Diffusion-shaped pipeline (diffusers' own
+AutoencoderKL, UNet2DConditionModel, CLIPTextModel and a CLIP tokenizer whose words are
+whole tokens) on imggenhub.shapes' drawn scenes, seeded, on a CPU. It writes a diffusers
+folder (safetensors) that StableDiffusionPipeline.from_pretrained loads as it is, so
+img2img, inpainting, LoRA and textual inversion run on it unchanged.
+
+    .venv/bin/python scripts/train_tiny_shapes.py --out imggenhub/models/tiny-shapes
+
+The recipe is diffusers' text-to-image one: the VAE first (reconstruction + a small KL),
+then the UNet and the text encoder together on the VAE's scaled latents (DDPM noise
+schedule, epsilon prediction, 10 % of captions dropped for classifier-free guidance).
+It prints each phase's time and, at the end, what the checker reads in pictures made
+from held-out prompts (colour-shape pairs never seen in training)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import sys
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from imggenhub import shapes  # noqa: E402
+
+MAX_TOKENS = 20
+FOREGROUND_WEIGHT = 9.0  # the VAE's loss on a shape's pixels, over the background's  # the longest caption is 14 words, with its start and end tokens
+
+
+def bpe_merges(words: list[str]) -> list[tuple[str, str]]:
+    """BPE merges learned on the vocabulary itself, until every word is one token: applied
+    in this order, CLIP's tokenizer makes each word whole (unknown words fall back to
+    characters, so textual inversion can still add its own)."""
+    segs = {w: [*w[:-1], w[-1] + "</w>"] for w in words}
+    merges = []
+    while True:
+        counts = Counter(p for s in segs.values() for p in zip(s, s[1:]))
+        if not counts:
+            return merges
+        pair = min(counts, key=lambda p: (-counts[p], p))
+        merges.append(pair)
+        for w, s in segs.items():
+            out, i = [], 0
+            while i < len(s):
+                if i + 1 < len(s) and (s[i], s[i + 1]) == pair:
+                    out.append(s[i] + s[i + 1])
+                    i += 2
+                else:
+                    out.append(s[i])
+                    i += 1
+            segs[w] = out
+
+
+def word_tokenizer():
+    from transformers import CLIPTokenizer
+
+    from imggenhub.engine.tiny import _byte_level_chars
+
+    chars = _byte_level_chars()
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": i + 256 for i, c in enumerate(chars)})
+    merges = bpe_merges(shapes.vocabulary())
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    with tempfile.TemporaryDirectory(prefix="imggenhub-tok-") as folder:
+        Path(folder, "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+        Path(folder, "merges.txt").write_text(
+            "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+        tok = CLIPTokenizer.from_pretrained(folder, model_max_length=MAX_TOKENS)
+    for word in shapes.vocabulary():  # each word is one token
+        assert len(tok.tokenize(word)) == 1, (word, tok.tokenize(word))
+    return tok
+
+
+def pictures(scenes, seed: int):
+    """The scenes drawn (jittered), as a float tensor in [-1, 1], N x 3 x 64 x 64."""
+    import numpy as np
+    import torch
+
+    rng = random.Random(seed)
+    arr = np.stack([np.asarray(shapes.draw(s, rng)) for s in scenes])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def make_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4,
+                         down_block_types=("DownEncoderBlock2D",) * 3,
+                         up_block_types=("UpDecoderBlock2D",) * 3,
+                         block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=16,
+                         mid_block_add_attention=False, sample_size=shapes.SIZE)
+
+
+def train_vae(images, steps: int, batch: int, seed: int, log, fg_weight: float = FOREGROUND_WEIGHT):
+    import torch
+
+    torch.manual_seed(seed)
+    vae = make_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(  # a cosine down to a tenth
+        opt, lambda s: 0.1 + 0.45 * (1 + math.cos(math.pi * s / steps)))
+    gen = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        idx = torch.randint(0, len(images), (batch,), generator=gen)
+        x = images[idx]
+        post = vae.encode(x).latent_dist
+        recon = vae.decode(post.sample(generator=gen)).sample
+        # the shape is a small part of the picture: its pixels weigh more, or the colours
+        # come back muddy (a plain MSE is won by the background)
+        bg = x[:, :, :1, :1]
+        weight = 1.0 + fg_weight * ((x - bg).abs().sum(dim=1, keepdim=True) > 0.5).float()
+        loss = (weight * (recon - x) ** 2).mean() + 1e-6 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == steps - 1:
+            log(f"vae step {step + 1}/{steps}: loss {loss.item():.4f}")
+    vae.eval()
+    return vae
+
+
+def vae_check(vae, n: int, seed: int) -> tuple[float, float]:
+    """The shares of drawn scenes whose colour and shape the checker reads right after the
+    VAE's round trip: what the UNet can at best draw."""
+    import torch
+    from PIL import Image
+
+    scenes = shapes.scenes(random.Random(seed), n)
+    x = pictures(scenes, seed)
+    with torch.no_grad():
+        out = vae.decode(vae.encode(x).latent_dist.mean).sample
+    arr = ((out.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    reads = [(shapes.read(Image.fromarray(a)), s) for s, a in zip(scenes, arr)]
+    return (sum(r.colour == s.colour for r, s in reads) / n,
+            sum(r.shape == s.shape for r, s in reads) / n)
+
+
+def make_unet_and_encoder(tokenizer, width: int, text_width: int):
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    text = CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=text_width, intermediate_size=text_width * 2,
+        num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=MAX_TOKENS,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id))
+    # attention at 8x8 and 4x4 only: at 16x16 it costs most of a step on a CPU
+    unet = UNet2DConditionModel(
+        sample_size=shapes.SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
+        block_out_channels=(width, width * 2, width * 2), norm_num_groups=16,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=text_width, attention_head_dim=8)
+    return unet, text
+
+
+def train_unet(latents, ids, tokenizer, steps: int, batch: int, seed: int, width: int,
+               text_width: int, log, drop: float = 0.1, lr: float = 1e-3):
+    import torch
+    from diffusers import DDPMScheduler
+
+    torch.manual_seed(seed)
+    unet, text = make_unet_and_encoder(tokenizer, width, text_width)
+    noise_sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                beta_schedule="scaled_linear", clip_sample=False)
+    params = [*unet.parameters(), *text.parameters()]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    warm = max(1, steps // 20)  # a short warm-up, then a cosine down to nothing
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / steps)))
+    empty = tokenizer("", padding="max_length", max_length=MAX_TOKENS, truncation=True,
+                      return_tensors="pt").input_ids[0]
+    gen = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        idx = torch.randint(0, len(latents), (batch,), generator=gen)
+        x0 = latents[idx]
+        tokens = ids[idx].clone()
+        dropped = torch.rand(batch, generator=gen) < drop
+        tokens[dropped] = empty
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, 1000, (batch,), generator=gen)
+        noisy = noise_sched.add_noise(x0, noise, t)
+        context = text(tokens)[0]
+        pred = unet(noisy, t, encoder_hidden_states=context).sample
+        loss = torch.nn.functional.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if step % 200 == 0 or step == steps - 1:
+            log(f"unet step {step + 1}/{steps}: loss {loss.item():.4f}")
+    unet.eval()
+    text.eval()
+    return unet, text
+
+
+def pipeline(vae, unet, text, tokenizer):
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
+
+    sched = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_start=0.00085,
+                                        beta_end=0.012, beta_schedule="scaled_linear",
+                                        steps_offset=1)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
+                                   scheduler=sched, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def evaluate(pipe, n: int, seed: int, steps: int = 20, guidance: float = 4.0,
+             held_out: bool = True, batch: int = 25) -> dict:
+    """What the checker reads in ``n`` pictures made from held-out (or training) prompts."""
+    import torch
+
+    scenes = shapes.scenes(random.Random(seed), n, held_out=held_out)
+    colour = shape = 0
+    for i in range(0, n, batch):
+        part = scenes[i:i + batch]
+        gen = torch.Generator().manual_seed(seed + i)
+        out = pipe([s.caption for s in part], num_inference_steps=steps, guidance_scale=guidance,
+                   height=shapes.SIZE, width=shapes.SIZE, generator=gen).images
+        for s, img in zip(part, out):
+            r = shapes.read(img)
+            colour += r.colour == s.colour
+            shape += r.shape == s.shape
+    return {"colour": colour / n, "shape": shape / n, "n": n}
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, help="the diffusers folder to write (none: no save)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--images", type=int, default=6000, help="drawn training scenes")
+    ap.add_argument("--vae-steps", type=int, default=600)
+    ap.add_argument("--unet-steps", type=int, default=3000)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--fg-weight", type=float, default=FOREGROUND_WEIGHT,
+                    help="the VAE loss's extra weight on a shape's pixels")
+    ap.add_argument("--width", type=int, default=32, help="the UNet's first block's channels")
+    ap.add_argument("--text-width", type=int, default=64)
+    ap.add_argument("--eval", type=int, default=100, help="pictures checked (held-out prompts)")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t0 = time.monotonic()
+
+    def log(message: str) -> None:
+        print(f"[{time.monotonic() - t0:7.1f}s] {message}", flush=True)
+
+    tokenizer = word_tokenizer()
+    scenes = shapes.scenes(random.Random(args.seed), args.images)
+    images = pictures(scenes, args.seed + 1)
+    ids = tokenizer([s.caption for s in scenes], padding="max_length", max_length=MAX_TOKENS,
+                    truncation=True, return_tensors="pt").input_ids
+    log(f"{len(scenes)} scenes drawn; {len(tokenizer)} tokens")
+    vae = train_vae(images, args.vae_steps, args.batch, args.seed + 2, log, args.fg_weight)
+    t_vae = time.monotonic() - t0
+    colour, shape = vae_check(vae, 200, args.seed + 50)
+    log(f"VAE round trip: colour read right in {colour:.0%}, shape in {shape:.0%}")
+    if not args.unet_steps:
+        return
+    with torch.no_grad():
+        means = torch.cat([vae.encode(images[i:i + 256]).latent_dist.mean
+                           for i in range(0, len(images), 256)])
+    vae.register_to_config(scaling_factor=float(1.0 / means.std()))
+    latents = means * vae.config.scaling_factor
+    log(f"latents {tuple(latents.shape[1:])}, scaling factor {vae.config.scaling_factor:.3f}")
+    unet, text = train_unet(latents, ids, tokenizer, args.unet_steps, args.batch, args.seed + 3,
+                            args.width, args.text_width, log)
+    t_train = time.monotonic() - t0
+    pipe = pipeline(vae, unet, text, tokenizer)
+    pipe.set_progress_bar_config(disable=True)
+    log(f"trained: VAE {t_vae:.0f}s, all {t_train:.0f}s")
+    record = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+              "seconds": {"vae": round(t_vae), "all": round(t_train)},
+              "torch_threads": torch.get_num_threads(), "held_out": sorted(shapes.HELD_OUT)}
+    if args.out:
+        pipe.save_pretrained(args.out, safe_serialization=True)
+        size = sum(p.stat().st_size for p in Path(args.out).rglob("*") if p.is_file())
+        log(f"saved {args.out} ({size / 1e6:.1f} MB)")
+    if args.eval:
+        for held in (True, False):
+            got = evaluate(pipe, args.eval, args.seed + 100, held_out=held)
+            record["held-out" if held else "training"] = got
+            log(f"{'held-out' if held else 'training'} prompts, {got['n']} pictures: colour "
+                f"{got['colour']:.0%}, shape {got['shape']:.0%}")
+    if args.out:  # how it was made, beside it
+        (Path(args.out) / "training.json").write_text(json.dumps(record, indent=1) + "\n",
+                                                      encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
