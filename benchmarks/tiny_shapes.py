@@ -10,7 +10,6 @@ records. The goals: colour right >= 90 %, shape right >= 70 % on held-out prompt
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
@@ -18,14 +17,6 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-
-
-def _trainer():
-    spec = importlib.util.spec_from_file_location("train_tiny_shapes",
-                                                  REPO / "scripts" / "train_tiny_shapes.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def main(argv=None) -> None:
@@ -43,6 +34,8 @@ def main(argv=None) -> None:
     import torch
     from diffusers import StableDiffusionPipeline
 
+    from imggenhub.shapes import evaluate
+
     folder = Path(args.model)
     made = folder / "training.json"
     if made.is_file():
@@ -55,7 +48,6 @@ def main(argv=None) -> None:
     pipe.set_progress_bar_config(disable=True)
     print(f"loaded {folder.name} in {time.monotonic() - t0:.1f}s; {torch.get_num_threads()} "
           "torch threads")
-    evaluate = _trainer().evaluate
     for guidance in (float(g) for g in args.guidance.split(",")):
         t0 = time.monotonic()
         got = evaluate(pipe, args.n, 1000, steps=args.steps, guidance=guidance)

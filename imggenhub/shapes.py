@@ -4,17 +4,26 @@ that reads a picture back (its foreground's colour against the palette, its shap
 foreground mask), so that tests and benchmarks check what a picture shows, not only that
 one was made.
 
+``word_tokenizer`` is the CLIP tokenizer tiny-shapes reads captions with (each word one
+token), and ``evaluate`` what the checker reads in a pipeline's pictures.
+
 The grammar: ``a [small|large] COLOUR SHAPE [at the top left|...] on a BACKGROUND
 background``. Some colour-shape pairs are held out of training (``HELD_OUT``): a model that
-draws them has composed what it learned. Pillow and numpy only; no torch."""
+draws them has composed what it learned. Pillow and numpy; transformers and torch only
+inside the functions that need them."""
 
 from __future__ import annotations
 
 import colorsys
+import json
 import random
+import tempfile
+from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 SIZE = 64  # pixels a side
+MAX_TOKENS = 20  # the longest caption is 14 words, with its start and end tokens
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
            "yellow": (235, 205, 40), "purple": (140, 60, 190), "orange": (245, 135, 30)}
 BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0)}
@@ -162,3 +171,72 @@ def read(picture) -> Reading:
     feats = _features(mask)
     shape = min(SHAPES, key=lambda s: float(np.abs(_prototypes()[s] - feats).sum()))
     return Reading(colour, shape, background, pixels)
+
+
+# --- the tokenizer, and reading a pipeline's pictures ------------------------------
+
+
+def bpe_merges(words: list[str]) -> list[tuple[str, str]]:
+    """BPE merges learned on the vocabulary itself, until every word is one token: applied
+    in this order, CLIP's tokenizer makes each word whole (unknown words fall back to
+    characters, so textual inversion can still add its own)."""
+    segs = {w: [*w[:-1], w[-1] + "</w>"] for w in words}
+    merges = []
+    while True:
+        counts = Counter(p for s in segs.values() for p in zip(s, s[1:]))
+        if not counts:
+            return merges
+        pair = min(counts, key=lambda p: (-counts[p], p))
+        merges.append(pair)
+        for w, s in segs.items():
+            out, i = [], 0
+            while i < len(s):
+                if i + 1 < len(s) and (s[i], s[i + 1]) == pair:
+                    out.append(s[i] + s[i + 1])
+                    i += 2
+                else:
+                    out.append(s[i])
+                    i += 1
+            segs[w] = out
+
+
+def word_tokenizer():
+    from transformers import CLIPTokenizer
+
+    from .engine.tiny import _byte_level_chars
+
+    chars = _byte_level_chars()
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": i + 256 for i, c in enumerate(chars)})
+    merges = bpe_merges(vocabulary())
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    with tempfile.TemporaryDirectory(prefix="imggenhub-tok-") as folder:
+        Path(folder, "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+        Path(folder, "merges.txt").write_text(
+            "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
+        tok = CLIPTokenizer.from_pretrained(folder, model_max_length=MAX_TOKENS)
+    for word in vocabulary():  # each word is one token
+        assert len(tok.tokenize(word)) == 1, (word, tok.tokenize(word))
+    return tok
+
+
+def evaluate(pipe, n: int, seed: int, steps: int = 20, guidance: float = 4.0,
+             held_out: bool = True, batch: int = 25) -> dict:
+    """What the checker reads in ``n`` pictures made from held-out (or training) prompts."""
+    import torch
+
+    asked = scenes(random.Random(seed), n, held_out=held_out)
+    colour = shape = 0
+    for i in range(0, n, batch):
+        part = asked[i:i + batch]
+        gen = torch.Generator().manual_seed(seed + i)
+        out = pipe([s.caption for s in part], num_inference_steps=steps, guidance_scale=guidance,
+                   height=SIZE, width=SIZE, generator=gen).images
+        for s, img in zip(part, out):
+            r = read(img)
+            colour += r.colour == s.colour
+            shape += r.shape == s.shape
+    return {"colour": colour / n, "shape": shape / n, "n": n}

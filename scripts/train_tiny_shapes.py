@@ -19,65 +19,16 @@ import json
 import math
 import random
 import sys
-import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from imggenhub import shapes  # noqa: E402
+from imggenhub.shapes import MAX_TOKENS, evaluate, word_tokenizer  # noqa: E402
 
-MAX_TOKENS = 20
-FOREGROUND_WEIGHT = 9.0  # the VAE's loss on a shape's pixels, over the background's  # the longest caption is 14 words, with its start and end tokens
-
-
-def bpe_merges(words: list[str]) -> list[tuple[str, str]]:
-    """BPE merges learned on the vocabulary itself, until every word is one token: applied
-    in this order, CLIP's tokenizer makes each word whole (unknown words fall back to
-    characters, so textual inversion can still add its own)."""
-    segs = {w: [*w[:-1], w[-1] + "</w>"] for w in words}
-    merges = []
-    while True:
-        counts = Counter(p for s in segs.values() for p in zip(s, s[1:]))
-        if not counts:
-            return merges
-        pair = min(counts, key=lambda p: (-counts[p], p))
-        merges.append(pair)
-        for w, s in segs.items():
-            out, i = [], 0
-            while i < len(s):
-                if i + 1 < len(s) and (s[i], s[i + 1]) == pair:
-                    out.append(s[i] + s[i + 1])
-                    i += 2
-                else:
-                    out.append(s[i])
-                    i += 1
-            segs[w] = out
-
-
-def word_tokenizer():
-    from transformers import CLIPTokenizer
-
-    from imggenhub.engine.tiny import _byte_level_chars
-
-    chars = _byte_level_chars()
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": i + 256 for i, c in enumerate(chars)})
-    merges = bpe_merges(shapes.vocabulary())
-    for a, b in merges:
-        vocab.setdefault(a + b, len(vocab))
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    with tempfile.TemporaryDirectory(prefix="imggenhub-tok-") as folder:
-        Path(folder, "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
-        Path(folder, "merges.txt").write_text(
-            "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges), encoding="utf-8")
-        tok = CLIPTokenizer.from_pretrained(folder, model_max_length=MAX_TOKENS)
-    for word in shapes.vocabulary():  # each word is one token
-        assert len(tok.tokenize(word)) == 1, (word, tok.tokenize(word))
-    return tok
+FOREGROUND_WEIGHT = 9.0  # the VAE's loss on a shape's pixels, over the background's
 
 
 def pictures(scenes, seed: int):
@@ -214,25 +165,6 @@ def pipeline(vae, unet, text, tokenizer):
     return StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
                                    scheduler=sched, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
-
-
-def evaluate(pipe, n: int, seed: int, steps: int = 20, guidance: float = 4.0,
-             held_out: bool = True, batch: int = 25) -> dict:
-    """What the checker reads in ``n`` pictures made from held-out (or training) prompts."""
-    import torch
-
-    scenes = shapes.scenes(random.Random(seed), n, held_out=held_out)
-    colour = shape = 0
-    for i in range(0, n, batch):
-        part = scenes[i:i + batch]
-        gen = torch.Generator().manual_seed(seed + i)
-        out = pipe([s.caption for s in part], num_inference_steps=steps, guidance_scale=guidance,
-                   height=shapes.SIZE, width=shapes.SIZE, generator=gen).images
-        for s, img in zip(part, out):
-            r = shapes.read(img)
-            colour += r.colour == s.colour
-            shape += r.shape == s.shape
-    return {"colour": colour / n, "shape": shape / n, "n": n}
 
 
 def main(argv=None) -> None:

@@ -4,7 +4,6 @@ held-out pairs never reach training, and the tokenizer makes every word one toke
 
 from __future__ import annotations
 
-import importlib.util
 import random
 
 import numpy as np
@@ -12,16 +11,6 @@ import pytest
 from PIL import Image
 
 from imggenhub import shapes
-
-from .conftest import REPO
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("train_tiny_shapes",
-                                                  REPO / "scripts" / "train_tiny_shapes.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_the_checker_reads_every_drawn_scene_right():
@@ -65,18 +54,18 @@ def test_captions_keep_one_grammar_and_the_held_out_pairs_stay_out():
 
 
 def test_the_tokenizer_makes_each_word_one_token_and_spells_unknown_ones():
-    tok = _script().word_tokenizer()
+    tok = shapes.word_tokenizer()
     caption = "a small blue square at the top left on a black background"
     ids = tok(caption).input_ids
     assert len(ids) == len(caption.split()) + 2  # start, the words, end
     assert tok.convert_ids_to_tokens(ids[1:-1]) == [w + "</w>" for w in caption.split()]
     assert len(tok.tokenize("zq")) == 2  # an unknown word: its letters
-    assert tok.model_max_length == _script().MAX_TOKENS
+    assert tok.model_max_length == shapes.MAX_TOKENS
 
 
 @pytest.mark.parametrize("words", [["ab", "abc", "bc", "cab"], ["red", "green", "grey"]])
 def test_bpe_merges_make_every_training_word_whole(words):
-    merges = _script().bpe_merges(words)
+    merges = shapes.bpe_merges(words)
     ranks = {pair: i for i, pair in enumerate(merges)}
     for word in words:  # CLIP's BPE: the lowest-ranked adjacent pair first
         parts = [*word[:-1], word[-1] + "</w>"]
