@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 from imggenhub import shapes  # noqa: E402
 from imggenhub.shapes import MAX_TOKENS, evaluate, word_tokenizer  # noqa: E402
 
-FOREGROUND_WEIGHT = 9.0  # the VAE's loss on a shape's pixels, over the background's
+FOREGROUND_WEIGHT = 3.0  # the VAE's loss on a shape's pixels, over the background's
 
 
 def pictures(scenes, seed: int):
@@ -172,7 +172,8 @@ def main(argv=None) -> None:
     ap.add_argument("--out", type=Path, help="the diffusers folder to write (none: no save)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--images", type=int, default=6000, help="drawn training scenes")
-    ap.add_argument("--vae-steps", type=int, default=600)
+    ap.add_argument("--vae-steps", type=int, default=1500)
+    ap.add_argument("--vae-batch", type=int, default=16)
     ap.add_argument("--unet-steps", type=int, default=3000)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--fg-weight", type=float, default=FOREGROUND_WEIGHT,
@@ -198,7 +199,7 @@ def main(argv=None) -> None:
     ids = tokenizer([s.caption for s in scenes], padding="max_length", max_length=MAX_TOKENS,
                     truncation=True, return_tensors="pt").input_ids
     log(f"{len(scenes)} scenes drawn; {len(tokenizer)} tokens")
-    vae = train_vae(images, args.vae_steps, args.batch, args.seed + 2, log, args.fg_weight)
+    vae = train_vae(images, args.vae_steps, args.vae_batch, args.seed + 2, log, args.fg_weight)
     t_vae = time.monotonic() - t0
     colour, shape = vae_check(vae, 200, args.seed + 50)
     log(f"VAE round trip: colour read right in {colour:.0%}, shape in {shape:.0%}")
