@@ -303,10 +303,7 @@ def _check_home(impl: backends.Backend, run: Run, on_event: backends.OnEvent) ->
         if manifest is None:  # nothing says what is here: everything is made again
             run.state, run.images_fetched = RunState.RENDERED, 0
         else:
-            with artifacts.folder_lock(out):
-                kept = [r for r in records if r not in lost]
-                artifacts.write_manifest(out, {**manifest, "images": kept})
-            run.state, run.images_fetched = RunState.PARTIAL, len(kept)
+            run.state, run.images_fetched = RunState.PARTIAL, _forget(out, manifest, lost)
         on_event(f"run {run.run_id}: {count} missing or changed in {out} since it was made "
                  f"here; 'imggenhub resume {run.run_id}' makes them again (the same seeds)")
         return runs.save(run)
@@ -330,9 +327,7 @@ def _check_home(impl: backends.Backend, run: Run, on_event: backends.OnEvent) ->
         if run.shards:
             runs.save(member)
     if old:
-        with artifacts.folder_lock(out):
-            artifacts.write_manifest(out, {**manifest, "images": [r for r in records
-                                                                  if r not in old]})
+        _forget(out, manifest, old)
     fetched = "fetching them again" if len(old) < len(lost) or unplaced else ""
     remade = (f"{len(old)} of them {'was' if len(old) == 1 else 'were'} made by an earlier "
               f"session, whose outputs Kaggle keeps no longer: 'imggenhub resume {run.run_id}' "
@@ -341,6 +336,16 @@ def _check_home(impl: backends.Backend, run: Run, on_event: backends.OnEvent) ->
              + "; ".join(p for p in (fetched, remade) if p))
     run.state = summary([m.state for m in members]) if run.shards else members[0].state
     return runs.save(run)
+
+
+def _forget(out: Path, manifest: dict, gone: list[dict]) -> int:
+    """The folder's manifest without the records of ``gone`` (files to be made again);
+    how many records it keeps."""
+    names = {r["file"] for r in gone}
+    kept = [r for r in manifest["images"] if r["file"] not in names]
+    with artifacts.folder_lock(out):
+        artifacts.write_manifest(out, {**manifest, "images": kept})
+    return len(kept)
 
 
 def _interrupted(impl: backends.Backend, run: Run, stop: BaseException) -> Interrupted:
