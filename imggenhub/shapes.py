@@ -127,6 +127,36 @@ def _features(mask):
                      box[-band:].any(axis=0).mean()])
 
 
+def _largest_part(mask):
+    """The mask's largest 8-connected part: the shape, without specks elsewhere (a model's
+    stray blot in a corner would stretch the shape's box)."""
+    import numpy as np
+
+    seen = np.zeros_like(mask, dtype=bool)
+    best: list = []
+    h, w = mask.shape
+    for y0, x0 in zip(*np.nonzero(mask)):
+        if seen[y0, x0]:
+            continue
+        part, todo = [], [(y0, x0)]
+        seen[y0, x0] = True
+        while todo:
+            y, x = todo.pop()
+            part.append((y, x))
+            for ny in (y - 1, y, y + 1):
+                for nx in (x - 1, x, x + 1):
+                    if 0 <= ny < h and 0 <= nx < w and mask[ny, nx] and not seen[ny, nx]:
+                        seen[ny, nx] = True
+                        todo.append((ny, nx))
+        if len(part) > len(best):
+            best = part
+    out = np.zeros_like(mask, dtype=bool)
+    if best:
+        ys, xs = zip(*best)
+        out[list(ys), list(xs)] = True
+    return out
+
+
 _PROTOTYPES: dict | None = None
 
 
@@ -150,8 +180,9 @@ def _prototypes() -> dict:
 
 def read(picture) -> Reading:
     """What a picture shows: its background (the corners' colour, nearest of the
-    backgrounds), the foreground's colour (the hue of its median pixel, nearest of the
-    palette's hues) and its shape (the mask's features, nearest of the drawn shapes')."""
+    backgrounds), the foreground (the largest part that differs from it) and its colour (the
+    hue of its median pixel, nearest of the palette's hues) and shape (the mask's features,
+    nearest of the drawn shapes')."""
     import numpy as np
 
     pic = np.asarray(picture.convert("RGB"), dtype=float)
@@ -160,7 +191,7 @@ def read(picture) -> Reading:
     corners = np.concatenate([pic[:c, :c], pic[:c, -c:], pic[-c:, :c], pic[-c:, -c:]]).reshape(-1, 3)
     bg = np.median(corners, axis=0)
     background = min(BACKGROUNDS, key=lambda b: np.abs(np.array(BACKGROUNDS[b]) - bg).sum())
-    mask = np.abs(pic - bg).sum(axis=2) > 120
+    mask = _largest_part(np.abs(pic - bg).sum(axis=2) > 120)
     pixels = int(mask.sum())
     if pixels < max(6, n * n // 400):
         return Reading(None, None, background, pixels)
@@ -223,7 +254,7 @@ def word_tokenizer():
     return tok
 
 
-def evaluate(pipe, n: int, seed: int, steps: int = 20, guidance: float = 4.0,
+def evaluate(pipe, n: int, seed: int, steps: int = 20, guidance: float = 7.0,
              held_out: bool = True, batch: int = 25) -> dict:
     """What the checker reads in ``n`` pictures made from held-out (or training) prompts."""
     import torch

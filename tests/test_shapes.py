@@ -5,6 +5,7 @@ held-out pairs never reach training, and the tokenizer makes every word one toke
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -77,3 +78,48 @@ def test_bpe_merges_make_every_training_word_whole(words):
             parts[i:i + 2] = [parts[i] + parts[i + 1]]
         assert parts == [word + "</w>"], (word, parts)
 
+
+
+def test_a_speck_away_from_the_shape_does_not_change_what_is_read():
+    """Models leave stray blots; the checker reads the largest foreground part."""
+    for scene in (shapes.Scene("blue", "square", "", "bottom right"),
+                  shapes.Scene("orange", "circle", "large", "", "black")):
+        pic = np.asarray(shapes.draw(scene)).copy()
+        pic[2:5, 2:5] = (200, 60, 200) if scene.background == "white" else (250, 250, 250)
+        got = shapes.read(Image.fromarray(pic))
+        assert (got.colour, got.shape, got.background) == (scene.colour, scene.shape,
+                                                           scene.background), got
+
+
+def test_the_shipped_model_is_whole_and_installed_with_the_package():
+    """tiny-shapes' folder loads as a diffusers folder, and every file of it is package data
+    (a plain `pip install .` carries it); training.json says how it was made."""
+    import fnmatch
+    import json
+    import tomllib
+
+    from imggenhub.engine.tiny import shipped_folder
+
+    repo = Path(__file__).resolve().parents[1]
+    folder = Path(shipped_folder("tiny-shapes"))
+    assert folder == repo / "imggenhub" / "models" / "tiny-shapes"
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    for part in ("unet", "vae", "text_encoder"):
+        assert list((folder / part).glob("*.safetensors")), part
+    globs = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"]["imggenhub"]
+    files = [p.relative_to(repo / "imggenhub").as_posix() for p in folder.rglob("*") if p.is_file()]
+    assert [f for f in files if not any(fnmatch.fnmatch(f, g) for g in globs)] == []
+    made = json.loads((folder / "training.json").read_text())
+    assert made["held_out"] == sorted(map(list, shapes.HELD_OUT))
+    assert shipped_folder("owner/model") == "owner/model"
+
+
+def test_a_missing_shipped_model_is_one_sentence(monkeypatch, tmp_path):
+    from imggenhub.engine.tiny import shipped_folder
+
+    monkeypatch.setenv("IMGGENHUB_MODELS", str(tmp_path))
+    with pytest.raises(OSError, match=r"tiny-shapes: no model in .*; make it with "
+                                      r"scripts/train_tiny_shapes.py"):
+        shipped_folder("tiny-shapes")
