@@ -96,13 +96,13 @@ def vae_check(vae, n: int, seed: int) -> tuple[float, float]:
             sum(r.shape == s.shape for r, s in reads) / n)
 
 
-def make_unet_and_encoder(tokenizer, width: int, text_width: int):
+def make_unet_and_encoder(tokenizer, width: int, text_width: int, text_layers: int):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
     text = CLIPTextModel(CLIPTextConfig(
         vocab_size=len(tokenizer), hidden_size=text_width, intermediate_size=text_width * 2,
-        num_attention_heads=4, num_hidden_layers=2, max_position_embeddings=MAX_TOKENS,
+        num_attention_heads=4, num_hidden_layers=text_layers, max_position_embeddings=MAX_TOKENS,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id))
     # attention at 8x8 and 4x4 only: at 16x16 it costs most of a step on a CPU
@@ -115,16 +115,31 @@ def make_unet_and_encoder(tokenizer, width: int, text_width: int):
     return unet, text
 
 
-def train_unet(latents, ids, tokenizer, steps: int, batch: int, seed: int, width: int,
-               text_width: int, log, drop: float = 0.1, lr: float = 1e-3):
+def captions(scenes, tokenizer):
+    """Each scene's caption as token ids, N x 3 x MAX_TOKENS: whole, without its colour
+    word, without its shape word (what word dropout picks from)."""
+    def without(scene, word):
+        return " ".join(w for w in scene.caption.split() if w != word)
+
+    texts = [t for s in scenes for t in (s.caption, without(s, s.colour), without(s, s.shape))]
+    ids = tokenizer(texts, padding="max_length", max_length=MAX_TOKENS, truncation=True,
+                    return_tensors="pt").input_ids
+    return ids.view(len(scenes), 3, MAX_TOKENS)
+
+
+def train_unet(latents, spread, ids, tokenizer, steps: int, batch: int, seed: int, width: int,
+               text_width: int, text_layers: int, log, drop: float = 0.1, lr: float = 1e-3,
+               ema: float = 0.0, snr_gamma: float = 0.0, word_drop: float = 0.0):
     import torch
     from diffusers import DDPMScheduler
+    from diffusers.training_utils import EMAModel, compute_snr
 
     torch.manual_seed(seed)
-    unet, text = make_unet_and_encoder(tokenizer, width, text_width)
+    unet, text = make_unet_and_encoder(tokenizer, width, text_width, text_layers)
     noise_sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                                 beta_schedule="scaled_linear", clip_sample=False)
     params = [*unet.parameters(), *text.parameters()]
+    averaged = EMAModel(params, decay=ema) if ema else None
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     warm = max(1, steps // 20)  # a short warm-up, then a cosine down to nothing
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -135,7 +150,13 @@ def train_unet(latents, ids, tokenizer, steps: int, batch: int, seed: int, width
     for step in range(steps):
         idx = torch.randint(0, len(latents), (batch,), generator=gen)
         x0 = latents[idx]
-        tokens = ids[idx].clone()
+        if spread is not None:  # a fresh draw from the VAE's posterior, as diffusers trains
+            x0 = x0 + spread[idx] * torch.randn(x0.shape, generator=gen)
+        # word dropout: a caption without its colour (or shape) word still shows one, so
+        # each word has to carry its own part of the picture (what held-out pairs need)
+        pick = torch.rand(batch, generator=gen)
+        variant = (pick < 2 * word_drop).long() + (pick < word_drop).long()
+        tokens = ids[idx, variant].clone()
         dropped = torch.rand(batch, generator=gen) < drop
         tokens[dropped] = empty
         noise = torch.randn(x0.shape, generator=gen)
@@ -143,14 +164,23 @@ def train_unet(latents, ids, tokenizer, steps: int, batch: int, seed: int, width
         noisy = noise_sched.add_noise(x0, noise, t)
         context = text(tokens)[0]
         pred = unet(noisy, t, encoder_hidden_states=context).sample
-        loss = torch.nn.functional.mse_loss(pred, noise)
+        if snr_gamma:  # min-SNR weighting (diffusers' --snr_gamma): easy steps weigh less
+            snr = compute_snr(noise_sched, t)
+            weight = torch.clamp(snr, max=snr_gamma) / snr
+            loss = (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        else:
+            loss = torch.nn.functional.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
+        if averaged:
+            averaged.step(params)
         if step % 200 == 0 or step == steps - 1:
             log(f"unet step {step + 1}/{steps}: loss {loss.item():.4f}")
+    if averaged:
+        averaged.copy_to(params)
     unet.eval()
     text.eval()
     return unet, text
@@ -180,6 +210,17 @@ def main(argv=None) -> None:
                     help="the VAE loss's extra weight on a shape's pixels")
     ap.add_argument("--width", type=int, default=32, help="the UNet's first block's channels")
     ap.add_argument("--text-width", type=int, default=64)
+    ap.add_argument("--text-layers", type=int, default=0,
+                    help="the text encoder's transformer layers (0: word and place embeddings)")
+    ap.add_argument("--ema", type=float, default=0.999, help="EMA decay of the weights (0: none)")
+    ap.add_argument("--snr-gamma", type=float, default=5.0, help="min-SNR weighting (0: none)")
+    ap.add_argument("--latents", choices=("sample", "mean"), default="mean",
+                    help="train on draws from the VAE's posterior (diffusers' recipe) or its means")
+    ap.add_argument("--word-drop", type=float, default=0.0,
+                    help="share of captions trained without their colour word, and again "
+                         "without their shape word")
+    ap.add_argument("--vae-from", type=Path,
+                    help="a trained tiny-shapes folder whose VAE to reuse (skips that phase)")
     ap.add_argument("--eval", type=int, default=100, help="pictures checked (held-out prompts)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
     args = ap.parse_args(argv)
@@ -196,23 +237,35 @@ def main(argv=None) -> None:
     tokenizer = word_tokenizer()
     scenes = shapes.scenes(random.Random(args.seed), args.images)
     images = pictures(scenes, args.seed + 1)
-    ids = tokenizer([s.caption for s in scenes], padding="max_length", max_length=MAX_TOKENS,
-                    truncation=True, return_tensors="pt").input_ids
+    ids = captions(scenes, tokenizer)
     log(f"{len(scenes)} scenes drawn; {len(tokenizer)} tokens")
-    vae = train_vae(images, args.vae_steps, args.vae_batch, args.seed + 2, log, args.fg_weight)
+    if args.vae_from:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(args.vae_from, subfolder="vae").eval()
+    else:
+        vae = train_vae(images, args.vae_steps, args.vae_batch, args.seed + 2, log,
+                        args.fg_weight)
     t_vae = time.monotonic() - t0
     colour, shape = vae_check(vae, 200, args.seed + 50)
     log(f"VAE round trip: colour read right in {colour:.0%}, shape in {shape:.0%}")
     if not args.unet_steps:
         return
     with torch.no_grad():
-        means = torch.cat([vae.encode(images[i:i + 256]).latent_dist.mean
-                           for i in range(0, len(images), 256)])
-    vae.register_to_config(scaling_factor=float(1.0 / means.std()))
-    latents = means * vae.config.scaling_factor
-    log(f"latents {tuple(latents.shape[1:])}, scaling factor {vae.config.scaling_factor:.3f}")
-    unet, text = train_unet(latents, ids, tokenizer, args.unet_steps, args.batch, args.seed + 3,
-                            args.width, args.text_width, log)
+        dists = [vae.encode(images[i:i + 256]).latent_dist for i in range(0, len(images), 256)]
+    means = torch.cat([d.mean for d in dists])
+    # img2img and inpainting encode their picture with a draw from the posterior
+    # (diffusers' retrieve_latents): the UNet learns on such draws too, unless --latents mean
+    spread = torch.cat([d.std for d in dists]) if args.latents == "sample" else None
+    drawn = means if spread is None else means + spread * torch.randn(
+        means.shape, generator=torch.Generator().manual_seed(args.seed + 4))
+    vae.register_to_config(scaling_factor=float(1.0 / drawn.std()))
+    scale = vae.config.scaling_factor
+    latents, spread = means * scale, None if spread is None else spread * scale
+    log(f"latents {tuple(latents.shape[1:])} ({args.latents}), scaling factor {scale:.3f}")
+    unet, text = train_unet(latents, spread, ids, tokenizer, args.unet_steps, args.batch, args.seed + 3,
+                            args.width, args.text_width, args.text_layers, log,
+                            ema=args.ema, snr_gamma=args.snr_gamma, word_drop=args.word_drop)
     t_train = time.monotonic() - t0
     pipe = pipeline(vae, unet, text, tokenizer)
     pipe.set_progress_bar_config(disable=True)
