@@ -29,7 +29,7 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="a few pictures at one guidance")
     args = ap.parse_args(argv)
     if args.quick:
-        args.n, args.steps, args.guidance = 4, 4, "4"
+        args.n, args.steps, args.guidance = 4, 4, "7"
 
     import torch
     from diffusers import StableDiffusionPipeline
@@ -52,12 +52,12 @@ def main(argv=None) -> None:
         t0 = time.monotonic()
         got = evaluate(pipe, args.n, 1000, steps=args.steps, guidance=guidance)
         per = (time.monotonic() - t0) / args.n
-        print(f"held-out prompts, guidance {guidance:g}: colour {got['colour']:.0%}, shape "
-              f"{got['shape']:.0%} of {args.n} ({per:.2f}s a picture, {args.steps} steps)")
+        print(f"held-out prompts, guidance {guidance:g} ({args.n} pictures, {per:.2f}s each, "
+              f"{args.steps} steps): colour {got['colour']:.0%}, shape {got['shape']:.0%}")
     guidance = float(args.guidance.split(",")[-1])
     got = evaluate(pipe, args.n, 2000, steps=args.steps, guidance=guidance, held_out=False)
-    print(f"training prompts, guidance {guidance:g}: colour {got['colour']:.0%}, shape "
-          f"{got['shape']:.0%} of {args.n}")
+    print(f"training prompts, guidance {guidance:g} ({args.n} pictures): colour "
+          f"{got['colour']:.0%}, shape {got['shape']:.0%}")
 
 
 if __name__ == "__main__":

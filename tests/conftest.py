@@ -42,8 +42,8 @@ SHARED_WORKER = {
     "torch-a": (
         "test_kaggle_inputs.py::test_kaggle_with_local_inputs_makes_the_same_images_as_the_local_backend",
         "test_img2img.py::test_one_job_mixes_modes_per_prompt_over_one_loaded_model",
-        "test_img2img.py::test_the_init_image_matters_more_the_lower_the_strength",
-        "test_img2img.py::test_inpainting_redraws_inside_the_mask_and_follows_the_picture_outside",
+        "test_img2img.py::test_at_low_strength_the_picture_stays_at_full_strength_the_prompt_wins",
+        "test_img2img.py::test_inpainting_draws_the_prompt_inside_the_mask_and_keeps_the_picture_outside",
         "test_lora.py::test_scale_0_is_no_lora_scale_1_is_another_image_and_both_are_recorded",
         "test_embeddings.py::test_the_embedding_changes_only_prompts_with_its_token",
         "test_engine.py::test_tiny_pipeline_is_deterministic_per_seed",
@@ -56,6 +56,7 @@ SHARED_WORKER = {
         "test_benchmarks.py::test_benchmark_runs_quick[engine_overhead_sdxl.py]",
         "test_benchmarks.py::test_benchmark_runs_quick[engine_reuse.py]",
         "test_benchmarks.py::test_benchmark_runs_quick[engine_overhead.py]",
+        "test_benchmarks.py::test_benchmark_runs_quick[tiny_shapes.py]",
         "test_refiner.py::test_the_refiner_shares_the_base_components_and_takes_the_last_steps",
         "test_refiner.py::test_kandinsky_honours_negative_prompts_and_sizes",
         "test_sweeps.py::test_the_engine_switches_schedulers_between_cells",
@@ -70,6 +71,7 @@ SHARED_WORKER = {
         "test_local_backend.py::test_generate_leaves_verified_pngs_and_manifest",
         "test_local_backend.py::test_the_run_record_is_kept",
         "test_local_backend.py::test_the_gallery_shows_every_image_with_its_prompt_escaped",
+        "test_local_backend.py::test_the_quickstarts_pictures_show_what_their_prompts_ask",
     ),
 }
 _GROUP_OF = {f"tests/{test}": group for group, tests in SHARED_WORKER.items() for test in tests}

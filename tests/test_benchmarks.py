@@ -25,6 +25,7 @@ BENCHMARKS = {
     "kaggle_download.py": ["per-file latency  50 ms:", "  ratio kaggle/imggenhub: ",
                            "ratio loose/bundled "],
     "shards.py": ["1 kernel:", "2 shards:", "ratio 1 kernel / 2 shards: "],
+    "tiny_shapes.py": ["held-out prompts, guidance 7 (", "training prompts, guidance 7 ("],
 }
 
 
@@ -38,7 +39,8 @@ def bench_env(tmp_path: Path) -> dict:
 
 
 # these build a tiny diffusers pipeline
-SLOW = {"local_e2e.py", "engine_reuse.py", "engine_overhead.py", "engine_overhead_sdxl.py"}
+SLOW = {"local_e2e.py", "engine_reuse.py", "engine_overhead.py", "engine_overhead_sdxl.py",
+        "tiny_shapes.py"}
 
 
 @pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW else s

@@ -15,7 +15,7 @@ import pytest
 from imggenhub.outputs import artifacts
 from imggenhub.run import runs
 
-from .conftest import REPO, kaggle_cli, run_cli_subprocess
+from .conftest import REPO, kaggle_cli, run_cli_subprocess, write_json
 
 
 SPEC = ["--model", "tiny-random", "--seed", "7", "-p", "a lighthouse at dusk", "-p", "a red fox",
@@ -332,3 +332,21 @@ def test_download_fetches_again_what_was_deleted_since_whatever_the_record_says(
     code, out, err = cli("download", run_id, cwd=tmp_path)
     assert code == 0 and "missing or changed" not in err
     assert sum(1 for m, _ in emulator.calls if m == "ListKernelSessionOutput") == listed
+
+
+def test_models_a_kernel_cannot_load_are_refused_before_the_push(emulator, cli, tmp_path):
+    """tiny-shapes' weights ship with imggenhub and a folder on this machine is not on
+    Kaggle: both are one sentence and exit 2, and nothing is pushed."""
+    made = lambda: len(emulator.kernels.get("imggenhub/imggenhub-batch", []))  # noqa: E731
+    code, out, err = cli("deploy", "--model", "tiny-shapes", "-p", "a red circle", cwd=tmp_path)
+    assert code == 2 and made() == 0, err
+    assert err.strip().splitlines()[-1] == (
+        "Error: --model tiny-shapes ships with imggenhub and runs on this machine only for now "
+        "(--backend local); a Kaggle kernel cannot load it yet.")
+    folder = tmp_path / "my-model"
+    folder.mkdir()
+    write_json(folder / "model_index.json", {"_class_name": "StableDiffusionPipeline"})
+    code, out, err = cli("deploy", "--model", str(folder), "-p", "a red circle", cwd=tmp_path)
+    assert code == 2 and made() == 0 and "is a folder on this machine" in err, err
+    code, out, err = cli("deploy", *SPEC, "--sweep", "model=tiny-random,tiny-shapes", cwd=tmp_path)
+    assert code == 2 and made() == 0 and "--sweep model tiny-shapes ships" in err, err

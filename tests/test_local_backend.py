@@ -19,7 +19,8 @@ from .conftest import REPO, run_cli_subprocess, write_json
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
-    """One real run of the repo's example prompts.json, as the README's quickstart does it."""
+    """One real run of the repo's example prompts.json, as the README's quickstart does it
+    (tiny-shapes, the model trained here whose weights ship with imggenhub)."""
     import os
 
     work = tmp_path_factory.mktemp("quick")
@@ -27,9 +28,29 @@ def quick_run(tmp_path_factory):
     env = {"IMGGENHUB_HOME": str(work / "state"), "HOME": str(work), "HF_HUB_OFFLINE": "1"}
     for var in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY"):
         os.environ.pop(var, None)
-    proc = run_cli_subprocess("generate", "--backend", "local", "--model", "tiny-random",
+    proc = run_cli_subprocess("generate", "--backend", "local", "--model", "tiny-shapes",
                               "--seed", "42", cwd=work, env=env)
     return work, proc
+
+
+@pytest.mark.slow
+def test_the_quickstarts_pictures_show_what_their_prompts_ask(quick_run):
+    """Read back by the shapes checker: each picture's background, and the colour and shape
+    of what is on it, are the prompt's (prompts.json asks for pairs seen in training)."""
+    from imggenhub import shapes
+
+    work, proc = quick_run
+    assert proc.returncode == 0, proc.stderr
+    [out] = list((work / "outputs").iterdir())
+    asked, seen = [], []
+    for record in artifacts.read_manifest(out)["images"]:
+        words = record["prompt"].split()
+        asked.append((*[w for w in words if w in shapes.COLOURS or w in shapes.SHAPES],
+                      words[-2]))
+        with Image.open(out / record["file"]) as png:
+            got = shapes.read(png)
+        seen.append((got.colour, got.shape, got.background))
+    assert seen == asked
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .inputs import PictureTooLarge, open_picture
-from .tiny import TINY_MODELS, build_tiny, build_tiny_sdxl_refiner
+from .tiny import TINY_MODELS, build_tiny, build_tiny_sdxl_refiner, shipped_folder
 from .wire import SCHEDULERS, SDXL_VAE_FP16_FIX, TINY_SDXL_REFINER, log
 
 
@@ -39,12 +39,13 @@ def load_pipeline(model: dict, device: str, dtype):
             raise _not_loaded(SDXL_VAE_FP16_FIX, exc) from None
     variant = model.get("variant") if dtype == torch.float16 else None
     try:
+        where = shipped_folder(model["id"])
         try:
-            pipe = AutoPipelineForText2Image.from_pretrained(model["id"], variant=variant, **kwargs)
+            pipe = AutoPipelineForText2Image.from_pretrained(where, variant=variant, **kwargs)
         except (OSError, ValueError) as exc:
             if variant is None or "variant" not in str(exc):
                 raise
-            pipe = AutoPipelineForText2Image.from_pretrained(model["id"], **kwargs)
+            pipe = AutoPipelineForText2Image.from_pretrained(where, **kwargs)
     except OSError as exc:
         raise _not_loaded(model["id"], exc) from None
     return pipe.to(device)

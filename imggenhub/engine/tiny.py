@@ -10,10 +10,34 @@ import json
 import tempfile
 from pathlib import Path
 
-from .wire import TINY_KANDINSKY, TINY_RANDOM, TINY_SDXL, TINY_SDXL_REFINER
+from .wire import TINY_KANDINSKY, TINY_RANDOM, TINY_SDXL, TINY_SDXL_REFINER, TINY_SHAPES
 
 TINY_MODELS = (TINY_RANDOM, TINY_SDXL, TINY_KANDINSKY)
 TINY_REFINERS = (TINY_SDXL_REFINER,)
+SHIPPED = {TINY_SHAPES: "tiny-shapes"}  # models whose weights ship with imggenhub (models/)
+
+
+def shipped_folder(model_id: str) -> str:
+    """Where a model whose weights ship with imggenhub lies (IMGGENHUB_MODELS, else the
+    installed package's models/ folder: the local backend's kernel runs in imggenhub's own
+    environment); any other id as it is."""
+    import importlib.util
+    import os
+
+    if model_id not in SHIPPED:
+        return model_id
+    base = os.environ.get("IMGGENHUB_MODELS")
+    if not base:
+        spec = importlib.util.find_spec("imggenhub")
+        if spec is None or not spec.origin:
+            raise OSError(f"{model_id} ships with imggenhub, which is not installed where this "
+                          "engine runs; set IMGGENHUB_MODELS to its models folder")
+        base = str(Path(spec.origin).parent / "models")
+    folder = Path(base) / SHIPPED[model_id]
+    if not (folder / "model_index.json").is_file():
+        raise OSError(f"{model_id}: no model in {folder}; make it with "
+                      "scripts/train_tiny_shapes.py")
+    return str(folder)
 
 
 def _byte_level_chars() -> list[str]:

@@ -43,6 +43,7 @@ TINY_RANDOM = "tiny-random"  # the tiny offline pipelines' model ids (engine/tin
 TINY_SDXL = "tiny-random-sdxl"
 TINY_SDXL_REFINER = "tiny-random-sdxl-refiner"
 TINY_KANDINSKY = "tiny-random-kandinsky"
+TINY_SHAPES = "tiny-shapes"  # trained here on drawn shapes; its weights ship with imggenhub
 TINY_CLIP = "tiny-random-clip"  # a tiny random CLIP for --score in tests
 SDXL_VAE_FP16_FIX = "madebyollin/sdxl-vae-fp16-fix"
 

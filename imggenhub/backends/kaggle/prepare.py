@@ -13,6 +13,7 @@ import requests
 
 from ...config import state_dir
 from ...engine import KAGGLE_INPUT, counted
+from ...engine.tiny import SHIPPED
 from ...errors import KaggleApiError, OverQuota, SpecError, Unreachable
 from ...job.models import HUB_ID
 from ...job.notebook import job_document
@@ -67,6 +68,9 @@ def prepare_job(backend, job, options, on_event: OnEvent, width: int = 1) -> "Ka
     swept = [("--sweep model", p.model["id"]) for p in job.prompts if p.model]
     for flag, ref in (("--model", job.model["id"]), ("--refiner", (job.refiner or {}).get("id")),
                       *swept):
+        if ref in SHIPPED:
+            raise SpecError(f"{flag} {ref} ships with imggenhub and runs on this machine only "
+                            "for now (--backend local); a Kaggle kernel cannot load it yet.")
         if ref and ref.startswith("/") and not ref.startswith(KAGGLE_INPUT + "/"):
             raise SpecError(f"{flag} {ref} is a folder on this machine, which a Kaggle kernel "
                             "cannot read; upload it to Kaggle as a dataset or model and give "
