@@ -16,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.training
+@pytest.mark.timeout(1800)  # minutes of training; more on a busy machine
 def test_the_script_trains_a_model_that_draws_the_asked_colour(tmp_path, monkeypatch):
     out = tmp_path / "tiny-shapes"
     monkeypatch.setattr(sys, "argv", [
