@@ -49,11 +49,17 @@ def test_shard_covers_everything_once(n, world):
     assert max(map(len, parts)) - min(map(len, parts)) <= 1
 
 
-def test_batches_group_only_compatible_images():
+def test_batches_group_only_compatible_images_across_the_plan_each_model_together():
     tasks = [{"width": 64, "height": 64, "steps": 4, "guidance": 5.0, "i": i} for i in range(5)]
     tasks[3] = {**tasks[3], "steps": 2}
     got = [[t["i"] for t in b] for b in engine.batches(tasks, 2)]
-    assert got == [[0, 1], [2], [3], [4]]
+    assert got == [[0, 1], [2, 4], [3]]
+    # a sweep's cells interleaved prompt by prompt, over two models: a model's work is one
+    # run of batches, each cell's prompts batched together
+    sweep = [{"width": 64, "height": 64, "steps": 4, "guidance": g, "model": {"id": m}, "i": i}
+             for i, (m, g) in enumerate([("a", 1.0), ("b", 1.0), ("a", 7.0), ("b", 7.0)] * 3)]
+    got = [[t["i"] for t in b] for b in engine.batches(sweep, 8)]
+    assert got == [[0, 4, 8], [2, 6, 10], [1, 5, 9], [3, 7, 11]]
 
 
 @pytest.mark.slow

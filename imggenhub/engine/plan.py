@@ -134,18 +134,23 @@ class Plan:
 
 
 def batches(tasks: list[dict], batch_size: int) -> list[list[dict]]:
-    """Consecutive tasks that share size, steps and guidance, at most batch_size each."""
-    out: list[list[dict]] = []
+    """Tasks that share size, steps, guidance, mode, scheduler, LoRA scale and model, at
+    most batch_size each: grouped across the plan, not only when neighbours (a sweep
+    interleaves its cells prompt by prompt), each model's groups together so that a model
+    sweep loads each model once, and otherwise in the plan's order."""
+    groups: dict[tuple, list[dict]] = {}
+    models: list = []
     for task in tasks:
-        key = (task["width"], task["height"], task["steps"], task["guidance"],
+        model = (task.get("model") or {}).get("id")
+        key = (model, task["width"], task["height"], task["steps"], task["guidance"],
                task.get("init_image") is not None, task.get("mask_image") is not None,
                task.get("strength"), task.get("scheduler"), task.get("lora_scale"),
-               task.get("refiner_start"), (task.get("model") or {}).get("id"))
-        if out and len(out[-1]) < batch_size and out[-1][0]["_key"] == key:
-            out[-1].append({**task, "_key": key})
-        else:
-            out.append([{**task, "_key": key}])
-    return [[{k: v for k, v in t.items() if k != "_key"} for t in b] for b in out]
+               task.get("refiner_start"))
+        groups.setdefault(key, []).append(task)
+        if model not in models:
+            models.append(model)
+    ordered = sorted(groups.values(), key=lambda g: models.index((g[0].get("model") or {}).get("id")))
+    return [group[i:i + batch_size] for group in ordered for i in range(0, len(group), batch_size)]
 
 
 class SessionClock:
