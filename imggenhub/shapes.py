@@ -26,6 +26,8 @@ SIZE = 64  # pixels a side
 MAX_TOKENS = 20  # the longest caption is 14 words, with its start and end tokens
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
            "yellow": (235, 205, 40), "purple": (140, 60, 190), "orange": (245, 135, 30)}
+# colours no training caption names: what a fine-tuning test teaches the model under a new word
+NEW_COLOURS = {"cyan": (30, 200, 210)}
 BACKGROUNDS = {"white": (255, 255, 255), "black": (0, 0, 0)}
 SHAPES = ("circle", "square", "triangle")
 SIZES = {"small": 0.55, "": 1.0, "large": 1.4}  # the word (none: medium) -> scale
@@ -83,7 +85,7 @@ def draw(scene: Scene, rng: random.Random | None = None, size: int = SIZE):
     r = RADIUS * SIZES[scene.size] * (1 + jitter(0.1)) * k * size / SIZE
     img = Image.new("RGB", (big, big), BACKGROUNDS[scene.background])
     pen = ImageDraw.Draw(img)
-    fill = COLOURS[scene.colour]
+    fill = COLOURS[scene.colour] if scene.colour in COLOURS else NEW_COLOURS[scene.colour]
     if scene.shape == "circle":
         pen.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
     elif scene.shape == "square":
@@ -178,11 +180,12 @@ def _prototypes() -> dict:
     return _PROTOTYPES
 
 
-def read(picture) -> Reading:
+def read(picture, palette: dict | None = None) -> Reading:
     """What a picture shows: its background (the corners' colour, nearest of the
     backgrounds), the foreground (the largest part that differs from it) and its colour (the
-    hue of its median pixel, nearest of the palette's hues) and shape (the mask's features,
-    nearest of the drawn shapes')."""
+    hue of its median pixel, nearest of the palette's hues: ``palette``, else the trained
+    colours) and shape (the mask's features, nearest of the drawn shapes')."""
+    palette = palette or COLOURS
     import numpy as np
 
     pic = np.asarray(picture.convert("RGB"), dtype=float)
@@ -197,8 +200,8 @@ def read(picture) -> Reading:
         return Reading(None, None, background, pixels)
     rgb = np.median(pic[mask], axis=0)
     hue = _hue(rgb)
-    colour = min(COLOURS, key=lambda k: min(abs(_hue(COLOURS[k]) - hue),
-                                            1 - abs(_hue(COLOURS[k]) - hue)))
+    colour = min(palette, key=lambda k: min(abs(_hue(palette[k]) - hue),
+                                            1 - abs(_hue(palette[k]) - hue)))
     feats = _features(mask)
     shape = min(SHAPES, key=lambda s: float(np.abs(_prototypes()[s] - feats).sum()))
     return Reading(colour, shape, background, pixels)

@@ -177,13 +177,15 @@ def test_a_missing_model_fails_with_the_loaders_message(tmp_path, run_engine):
 
 
 def test_the_engine_imports_only_what_a_kaggle_image_has():
-    """stdlib, torch, diffusers, transformers, accelerate, Pillow and huggingface_hub (which
-    diffusers and transformers need); third-party ones lazily."""
+    """stdlib, torch, diffusers, transformers, accelerate, Pillow and what diffusers itself
+    needs (huggingface_hub, numpy, safetensors; peft for LoRAs, loading or training them);
+    third-party ones lazily."""
     import ast
 
     from pathlib import Path
 
-    allowed = {"torch", "diffusers", "transformers", "accelerate", "PIL", "huggingface_hub"}
+    allowed = {"torch", "diffusers", "transformers", "accelerate", "PIL", "huggingface_hub",
+               "numpy", "safetensors", "peft"}
     top_level, inside = set(), set()
     for module in Path(engine.__file__).parent.glob("*.py"):
         tree = ast.parse(module.read_text(encoding="utf-8"))

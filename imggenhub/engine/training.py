@@ -1,0 +1,314 @@
+"""Fine-tuning, the work of a training run: a LoRA on the UNet's attention (through peft, as
+diffusers' examples/text_to_image/train_text_to_image_lora.py makes one) or a textual-inversion
+embedding (examples/textual_inversion), on pictures with captions.
+
+The pictures are encoded once before the loop (each one's latent mean: for Stable Diffusion's
+VAE a draw differs from it by thousandths, while a small VAE's posterior is wide, and a model
+trained on means, as tiny-shapes is, never saw its spread); a LoRA's caption embeddings too,
+since its text encoder is frozen. One seeded generator draws every batch, noise and timestep, and is saved with each checkpoint with the trained
+weights and the optimizer's state: a run resumed from a checkpoint ends with the weights of
+a run that was never cut. Writes the weights as diffusers' loaders read them
+(``load_lora_weights``, ``load_textual_inversion``), ``loss.csv`` and ``training.json``.
+torch, diffusers and peft are imported inside the functions."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .inputs import open_picture, sha256_of
+from .wire import log
+
+METHODS = ("lora", "textual-inversion")
+LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the attention projections
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+CHECKPOINTS_DIR = "checkpoints"
+LOSS_FILE = "loss.csv"
+RECORD_FILE = "training.json"
+STATE_FILE = "state.pt"
+DEFAULTS = {"method": "lora", "steps": 500, "rank": 4, "learning_rate": 1e-4, "resolution": 512,
+            "batch_size": 1, "checkpoint_every": 0, "seed": 0, "name": "lora", "token": None,
+            "initializer": None}
+
+
+class TrainingDataError(ValueError):
+    """A training set that cannot be trained on; its message is one sentence for the user."""
+
+
+def read_examples(folder, instance_prompt: str | None = None) -> list[dict]:
+    """The pictures of ``folder`` with their captions: from its ``metadata.jsonl``
+    (``file_name``, ``text``: the Hugging Face image-folder convention), else a ``.txt``
+    beside each picture, else ``instance_prompt`` for all (it also fills any gap). Sorted
+    by file name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise TrainingDataError(f"The training folder {folder.name} is not a folder here.")
+    pictures = sorted(p for p in folder.iterdir()
+                      if p.is_file() and p.suffix.lower() in PICTURE_SUFFIXES)
+    if not pictures:
+        raise TrainingDataError(f"The training folder {folder.name} holds no pictures "
+                                f"({', '.join(PICTURE_SUFFIXES)}).")
+    captions: dict[str, str] = {}
+    meta = folder / "metadata.jsonl"
+    if meta.is_file():
+        for n, line in enumerate(meta.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                captions[str(row["file_name"])] = str(row["text"])
+            except (ValueError, KeyError, TypeError):
+                raise TrainingDataError(f"Line {n} of metadata.jsonl is not a JSON object with "
+                                        "file_name and text.") from None
+    out = []
+    for picture in pictures:
+        text = captions.get(picture.name)
+        side = picture.with_suffix(".txt")
+        if text is None and side.is_file():
+            text = side.read_text(encoding="utf-8").strip()
+        text = text if text else instance_prompt
+        if not text:
+            raise TrainingDataError(f"The picture {picture.name} has no caption (no line in "
+                                    "metadata.jsonl, no .txt beside it, no --instance-prompt).")
+        out.append({"file": picture, "text": text})
+    return out
+
+
+def load_pictures(examples: list[dict], resolution: int):
+    """The pictures as one float tensor in [-1, 1], N x 3 x resolution x resolution: each
+    scaled so that its short side is ``resolution``, then its centre cut out (the examples'
+    --center_crop)."""
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    out = []
+    for example in examples:
+        try:
+            with open_picture(example["file"]) as image:
+                image = image.convert("RGB")
+        except OSError:
+            raise TrainingDataError(f"The picture {Path(example['file']).name} cannot be read "
+                                    "as a picture.") from None
+        scale = resolution / min(image.size)
+        w, h = max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))
+        image = image.resize((w, h), Image.BICUBIC)
+        left, top = (w - resolution) // 2, (h - resolution) // 2
+        image = image.crop((left, top, left + resolution, top + resolution))
+        out.append(torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1))
+    return torch.stack(out)
+
+
+def _lora_state(unet) -> dict:
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+
+
+class Trainer:
+    """One training run over a loaded pipeline (Stable-Diffusion-shaped: ``vae``, ``unet``,
+    ``text_encoder``, ``tokenizer``, ``scheduler``) on ``device``."""
+
+    def __init__(self, pipe, examples: list[dict], settings: dict, out, device: str = "cpu"):
+        import torch
+
+        self.s = {**DEFAULTS, **settings}
+        if self.s["method"] not in METHODS:
+            raise TrainingDataError(f"Unknown training method '{self.s['method']}'; known: "
+                                    f"{', '.join(METHODS)}.")
+        self.pipe, self.examples, self.out, self.device = pipe, examples, Path(out), device
+        self.dtype = pipe.unet.dtype  # fp16 on a T4: the trained weights stay in fp32
+        for part in (pipe.vae, pipe.unet, pipe.text_encoder):
+            part.requires_grad_(False)
+        from diffusers import DDPMScheduler
+
+        self.noise = DDPMScheduler.from_config(pipe.scheduler.config)
+        self.texts = [e["text"] for e in examples]
+        if self.s["method"] == "lora":
+            self.params = self._add_lora()
+        else:
+            self.params = self._add_token()
+        self.opt = torch.optim.AdamW(self.params, lr=self.s["learning_rate"], weight_decay=1e-2)
+        self.gen = torch.Generator().manual_seed(int(self.s["seed"]))
+        self.step, self.losses = 0, []
+        self._encode()
+
+    # -- what is trained ----------------------------------------------------------------
+
+    def _add_lora(self) -> list:
+        import torch
+        from peft import LoraConfig
+
+        rank = int(self.s["rank"])
+        torch.manual_seed(int(self.s["seed"]))  # the adapter's initial weights
+        self.pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                              target_modules=list(LORA_TARGETS)))
+        params = [p for p in self.pipe.unet.parameters() if p.requires_grad]
+        for p in params:  # fp32 master weights under fp16 (cast_training_params)
+            p.data = p.data.float()
+        return params
+
+    def _add_token(self) -> list:
+        tok, text = self.pipe.tokenizer, self.pipe.text_encoder
+        token, init = self.s["token"], self.s["initializer"]
+        if not token or tok.add_tokens([token]) != 1:
+            raise TrainingDataError(f"The token '{token}' is already a word of this model's "
+                                    "tokenizer: pick a new one (such as <my-thing>).")
+        init_ids = tok.encode(init or "", add_special_tokens=False)
+        if len(init_ids) != 1:
+            raise TrainingDataError(f"The initializer '{init}' must be one token of this model's "
+                                    "tokenizer (a word such as 'dog').")
+        text.resize_token_embeddings(len(tok))
+        self.token_id = tok.convert_tokens_to_ids(token)
+        table = text.get_input_embeddings().weight
+        table.data[self.token_id] = table.data[init_ids[0]].clone()
+        self.frozen_rows = table.data.clone()
+        table.requires_grad_(True)
+        return [table]
+
+    def _ids(self, texts: list[str]):
+        tok = self.pipe.tokenizer
+        return tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                   return_tensors="pt").input_ids
+
+    def _encode(self) -> None:
+        """The pictures' latent means; for a LoRA the captions' embeddings."""
+        import torch
+
+        pictures = load_pictures(self.examples, int(self.s["resolution"]))
+        vae = self.pipe.vae
+        with torch.no_grad():
+            dists = [vae.encode(pictures[i:i + 8].to(self.device, vae.dtype)).latent_dist
+                     for i in range(0, len(pictures), 8)]
+        self.latents = torch.cat([d.mean for d in dists]).float().cpu() * vae.config.scaling_factor
+        self.ids = self._ids(self.texts)
+        if self.s["method"] == "lora":
+            with torch.no_grad():
+                self.embeds = torch.cat([self.pipe.text_encoder(self.ids[i:i + 8].to(self.device))[0]
+                                         for i in range(0, len(self.ids), 8)])
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self, resume_from=None, stop_after: int | None = None) -> dict:
+        """Train to ``steps`` (from the checkpoint ``resume_from`` if given); ``stop_after``
+        ends early after that many steps (a test's cut). Returns the run's record."""
+        import torch
+        import torch.nn.functional as F
+
+        if resume_from:
+            self._load(Path(resume_from))
+        s, unet, n = self.s, self.pipe.unet, len(self.examples)
+        steps, every = int(s["steps"]), int(s["checkpoint_every"] or 0)
+        prediction = self.noise.config.prediction_type
+        self.out.mkdir(parents=True, exist_ok=True)
+        unet.train()
+        t0, first = time.monotonic(), self.step
+        while self.step < steps and (stop_after is None or self.step - first < stop_after):
+            g = self.gen
+            idx = torch.randint(0, n, (int(s["batch_size"]),), generator=g)
+            latents = self.latents[idx]
+            noise = torch.randn(latents.shape, generator=g)
+            t = torch.randint(0, self.noise.config.num_train_timesteps, (len(idx),), generator=g)
+            noisy = self.noise.add_noise(latents, noise, t)
+            target = noise if prediction == "epsilon" else self.noise.get_velocity(latents, noise, t)
+            if s["method"] == "lora":
+                cond = self.embeds[idx.to(self.embeds.device)]
+            else:
+                cond = self.pipe.text_encoder(self.ids[idx].to(self.device))[0]
+            with torch.autocast(self.device.split(":")[0], enabled=self.dtype == torch.float16):
+                pred = unet(noisy.to(self.device, self.dtype), t.to(self.device),
+                            cond.to(self.dtype)).sample
+            loss = F.mse_loss(pred.float(), target.to(self.device).float())
+            loss.backward()
+            self.opt.step()
+            self.opt.zero_grad(set_to_none=True)
+            if s["method"] == "textual-inversion":  # only the new token's row learns
+                with torch.no_grad():
+                    table = self.params[0]
+                    keep = torch.ones(len(table), dtype=torch.bool)
+                    keep[self.token_id] = False
+                    table.data[keep] = self.frozen_rows[keep].to(table.dtype)
+            self.step += 1
+            self.losses.append(float(loss.detach()))
+            if self.step % 50 == 0 or self.step == steps:
+                rate = (self.step - first) / max(1e-9, time.monotonic() - t0)
+                left = (steps - self.step) / rate if rate else 0
+                recent = self.losses[-50:]
+                log(f"step {self.step}/{steps}: loss {sum(recent) / len(recent):.4f} "
+                    f"({rate:.2f} steps/s, ETA {left:.0f}s)")
+            if every and self.step % every == 0 and self.step < steps:
+                self.checkpoint()
+        unet.eval()
+        self._write_losses()
+        if self.step < steps:
+            return {"step": self.step, "steps": steps, "complete": False}
+        return self.finish(time.monotonic() - t0)
+
+    # -- what it writes ------------------------------------------------------------------
+
+    def weights(self) -> dict:
+        """The trained weights as their file holds them."""
+        if self.s["method"] == "lora":
+            return {k: v.detach().float().cpu().contiguous() for k, v in _lora_state(self.pipe.unet).items()}
+        return {self.s["token"]: self.params[0].data[self.token_id].detach().float().cpu()[None].clone()}
+
+    def save_weights(self, folder: Path) -> Path:
+        from safetensors.torch import save_file
+
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{self.s['name']}.safetensors"
+        if self.s["method"] == "lora":  # diffusers' own writer: its keys, its metadata
+            from diffusers import StableDiffusionPipeline
+
+            StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=self.weights(),
+                                                      weight_name=path.name)
+        else:  # what examples/textual_inversion writes: {token: its vector}
+            save_file(self.weights(), str(path), metadata={"format": "pt"})
+        return path
+
+    def checkpoint(self) -> Path:
+        """The weights, the optimizer, the generator and the losses at this step, written
+        whole into a new folder before it takes its final name (a cut leaves no half one)."""
+        import torch
+
+        folder = self.out / CHECKPOINTS_DIR / f"step-{self.step:06d}"
+        tmp = folder.with_name(folder.name + ".partial")
+        self.save_weights(tmp)
+        torch.save({"step": self.step, "optimizer": self.opt.state_dict(), "generator": self.gen.get_state(),
+                    "losses": self.losses, "trained": [p.detach().cpu() for p in self.params]},
+                   tmp / STATE_FILE)
+        tmp.rename(folder)
+        log(f"checkpoint at step {self.step}: {CHECKPOINTS_DIR}/{folder.name}")
+        return folder
+
+    def _load(self, folder: Path) -> None:
+        import torch
+
+        state = torch.load(folder / STATE_FILE, weights_only=True)
+        with torch.no_grad():
+            for p, saved in zip(self.params, state["trained"]):
+                p.copy_(saved.to(p.device, p.dtype))
+        self.opt.load_state_dict(state["optimizer"])
+        self.gen.set_state(state["generator"])
+        self.step, self.losses = int(state["step"]), list(state["losses"])
+        log(f"resumed from {folder.name} at step {self.step}")
+
+    def _write_losses(self) -> None:
+        rows = "".join(f"{i},{loss:.6f}\n" for i, loss in enumerate(self.losses, 1))
+        (self.out / LOSS_FILE).write_text("step,loss\n" + rows, encoding="utf-8")
+
+    def finish(self, seconds: float) -> dict:
+        path = self.save_weights(self.out)
+        head, tail = self.losses[:50], self.losses[-50:]
+        record = {"method": self.s["method"], "settings": self.s, "steps": self.step,
+                  "weights": path.name, "sha256": sha256_of(path),
+                  "loss_first": sum(head) / len(head), "loss_last": sum(tail) / len(tail),
+                  "seconds": round(seconds, 1),
+                  "examples": [{"file": Path(e["file"]).name, "text": e["text"],
+                                "sha256": sha256_of(e["file"])} for e in self.examples]}
+        (self.out / RECORD_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        log(f"trained {self.step} steps: loss {record['loss_first']:.4f} -> "
+            f"{record['loss_last']:.4f}; weights {path.name}")
+        return record
