@@ -59,6 +59,7 @@ SHARED_WORKER = {
         "test_benchmarks.py::test_benchmark_runs_quick[engine_reuse.py]",
         "test_benchmarks.py::test_benchmark_runs_quick[engine_overhead.py]",
         "test_benchmarks.py::test_benchmark_runs_quick[tiny_shapes.py]",
+        "test_benchmarks.py::test_benchmark_runs_quick[train_tiny.py]",
         "test_refiner.py::test_the_refiner_shares_the_base_components_and_takes_the_last_steps",
         "test_refiner.py::test_kandinsky_honours_negative_prompts_and_sizes",
         "test_sweeps.py::test_the_engine_switches_schedulers_between_cells",

@@ -26,6 +26,7 @@ BENCHMARKS = {
                            "ratio loose/bundled "],
     "shards.py": ["1 kernel:", "2 shards:", "ratio 1 kernel / 2 shards: "],
     "tiny_shapes.py": ["held-out prompts, guidance 7 (", "training prompts, guidance 7 ("],
+    "train_tiny.py": ["1 process: ", "; share outside forward, backward and gradient averaging: "],
 }
 
 
@@ -40,7 +41,7 @@ def bench_env(tmp_path: Path) -> dict:
 
 # these build a tiny diffusers pipeline
 SLOW = {"local_e2e.py", "engine_reuse.py", "engine_overhead.py", "engine_overhead_sdxl.py",
-        "tiny_shapes.py"}
+        "tiny_shapes.py", "train_tiny.py"}
 
 
 @pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW else s

@@ -70,11 +70,23 @@ def test_bad_training_sets_are_one_sentence(tmp_path, make, words):
         training.read_examples(tmp_path)
 
 
-def test_a_picture_that_is_not_one_is_named(tmp_path):
-    (tmp_path / "bad.png").write_bytes(b"not a png")
+@pytest.mark.parametrize("sizes,words", [
+    ([(64, 64)] * 2, "2 pictures to train on; give at least 3"),
+    ([(64, 64), (64, 64), (20, 200)], "c.png is 20x200, far below the training resolution 64"),
+    ([(64, 64), (64, 64), None], "c.png cannot be read as a picture"),
+])
+def test_a_training_set_is_checked_before_anything_is_uploaded(tmp_path, sizes, words):
+    for name, size in zip("abc", sizes):
+        if size:
+            Image.new("RGB", size).save(tmp_path / f"{name}.png")
+        else:
+            (tmp_path / f"{name}.png").write_bytes(b"not a png")
     examples = training.read_examples(tmp_path, instance_prompt="x")
-    with pytest.raises(training.TrainingDataError, match="bad.png cannot be read"):
-        training.load_pictures(examples, 64)
+    with pytest.raises(training.TrainingDataError, match=words):
+        training.check_examples(examples, 64)
+    if size is None:  # and the engine, handed it anyway, says the same
+        with pytest.raises(training.TrainingDataError, match="c.png cannot be read"):
+            training.load_pictures(examples, 64)
 
 
 SETTINGS = {"lora": {"method": "lora", "rank": 4, "learning_rate": 1e-3},
@@ -94,7 +106,8 @@ def test_a_run_cut_after_a_checkpoint_resumes_to_the_weights_of_an_uncut_run(tmp
     cyan_set(tmp_path / "data", n=3, word=word)
     examples = training.read_examples(tmp_path / "data")
     settings = {**SETTINGS[method], "steps": 12, "batch_size": 2, "resolution": 64,
-                "checkpoint_every": 5, "seed": 3, "name": "zq"}
+                "checkpoint_every": 5, "seed": 3, "name": "zq", "validation_steps": 2,
+                "validation_prompts": [f"a {word} circle on a white background", "a red square"]}
     whole = training.Trainer(tiny_shapes(), examples, settings, tmp_path / "whole")
     record = whole.run()
     assert record["steps"] == 12 and record["weights"] == "zq.safetensors"
@@ -112,6 +125,11 @@ def test_a_run_cut_after_a_checkpoint_resumes_to_the_weights_of_an_uncut_run(tmp
         rows = (tmp_path / folder / "loss.csv").read_text().splitlines()
         assert rows[0] == "step,loss" and len(rows) == 13
     assert (tmp_path / "whole" / "loss.csv").read_text() == (tmp_path / "cut" / "loss.csv").read_text()
+    # validation pictures at each checkpoint and at the end, one per prompt, side by side
+    shown = sorted(p.name for p in (tmp_path / "whole" / "validation").iterdir())
+    assert shown == ["step-000005.png", "step-000010.png", "step-000012.png"]
+    assert Image.open(tmp_path / "whole" / "validation" / shown[-1]).size == (128, 64)
+    assert Image.open(tmp_path / "whole" / "loss.png").size == (480, 240)
     made = json.loads((tmp_path / "whole" / "training.json").read_text())
     assert [e["file"] for e in made["examples"]] == ["00.png", "01.png", "02.png"]
     assert made["sha256"] == engine.sha256_of(tmp_path / "whole" / "zq.safetensors")
@@ -193,3 +211,41 @@ def test_a_lora_teaches_tiny_shapes_a_colour_it_never_saw(tmp_path):
     shape_after = sum(r.shape == shape for r, shape in after)
     assert cyan_before <= 4 and cyan_after >= 18 and shape_after >= 18, (cyan_before, cyan_after,
                                                                           shape_after)
+
+
+@pytest.mark.training
+@pytest.mark.timeout(600)
+def test_two_processes_train_the_weights_of_one_with_the_same_global_batch(tmp_path):
+    """`python -m imggenhub.engine.training` alone, and as two processes under
+    torch.distributed.run (gloo on a CPU), on the same pictures, seed and global batch of 4:
+    the LoRA files agree to 1e-5 (the shares' gradients are averaged in another order of
+    float sums), and both moved from where they started."""
+    import os
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from .test_benchmarks import REPO
+
+    cyan_set(tmp_path / "data", n=6)
+    settings = json.dumps({"method": "lora", "rank": 4, "learning_rate": 1e-3, "steps": 10,
+                           "batch_size": 4, "resolution": 64, "name": "zq"})
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    records = {}
+    for n in (1, 2):
+        launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] if n == 2 else []
+        done = subprocess.run([sys.executable, *launcher, "-m", "imggenhub.engine.training",
+                               "--data", str(tmp_path / "data"), "--out", str(tmp_path / f"p{n}"),
+                               "--model", "tiny-shapes", "--settings", settings],
+                              env=env, cwd=REPO, capture_output=True, text=True, timeout=500)
+        assert done.returncode == 0, done.stderr[-3000:]
+        records[n] = json.loads(done.stdout.strip().splitlines()[-1])
+        assert records[n]["processes"] == n and records[n]["steps"] == 10
+        assert "zq" not in done.stdout.replace("zq.safetensors", "")  # no caption in the log
+    one, two = (load_file(str(tmp_path / f"p{n}" / "zq.safetensors")) for n in (1, 2))
+    assert one.keys() == two.keys() and len(one) > 0
+    assert max(float((one[k] - two[k]).abs().max()) for k in one) < 1e-5
+    ups = [k for k in one if "lora_B" in k or "lora.up" in k]
+    assert ups and all(float(one[k].abs().max()) > 0 for k in ups)  # B starts at zero
+    assert abs(records[1]["loss_last"] - records[2]["loss_last"]) < 1e-5

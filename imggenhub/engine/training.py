@@ -27,9 +27,14 @@ CHECKPOINTS_DIR = "checkpoints"
 LOSS_FILE = "loss.csv"
 RECORD_FILE = "training.json"
 STATE_FILE = "state.pt"
+LOSS_PLOT = "loss.png"
+VALIDATION_DIR = "validation"
+MIN_EXAMPLES = 3  # fewer pictures teach a LoRA nothing it can generalise
+MIN_SIDE_SHARE = 0.5  # a picture's short side at least this share of the resolution
 DEFAULTS = {"method": "lora", "steps": 500, "rank": 4, "learning_rate": 1e-4, "resolution": 512,
             "batch_size": 1, "checkpoint_every": 0, "seed": 0, "name": "lora", "token": None,
-            "initializer": None}
+            "initializer": None, "validation_prompts": [], "validation_steps": 20,
+            "validation_guidance": 7.0}
 
 
 class TrainingDataError(ValueError):
@@ -75,6 +80,26 @@ def read_examples(folder, instance_prompt: str | None = None) -> list[dict]:
     return out
 
 
+def check_examples(examples: list[dict], resolution: int) -> None:
+    """Before anything is uploaded: enough pictures, each readable (its header), none far
+    below the training resolution. One sentence for the first problem."""
+    if len(examples) < MIN_EXAMPLES:
+        raise TrainingDataError(f"{len(examples)} picture{'s' if len(examples) != 1 else ''} "
+                                f"to train on; give at least {MIN_EXAMPLES}.")
+    for example in examples:
+        name = Path(example["file"]).name
+        try:
+            with open_picture(example["file"]) as image:
+                width, height = image.size
+        except OSError:
+            raise TrainingDataError(f"The picture {name} cannot be read as a picture.") from None
+        if min(width, height) < MIN_SIDE_SHARE * resolution:
+            raise TrainingDataError(
+                f"The picture {name} is {width}x{height}, far below the training resolution "
+                f"{resolution} (its short side should be at least {int(MIN_SIDE_SHARE * resolution)}"
+                " pixels); use larger pictures or a lower --resolution.")
+
+
 def load_pictures(examples: list[dict], resolution: int):
     """The pictures as one float tensor in [-1, 1], N x 3 x resolution x resolution: each
     scaled so that its short side is ``resolution``, then its centre cut out (the examples'
@@ -98,6 +123,15 @@ def load_pictures(examples: list[dict], resolution: int):
         image = image.crop((left, top, left + resolution, top + resolution))
         out.append(torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1))
     return torch.stack(out)
+
+
+def _world() -> tuple[int, int]:
+    """(this process's rank, the number of processes): (0, 1) unless torch.distributed runs."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
 
 
 def _lora_state(unet) -> dict:
@@ -133,6 +167,11 @@ class Trainer:
         self.opt = torch.optim.AdamW(self.params, lr=self.s["learning_rate"], weight_decay=1e-2)
         self.gen = torch.Generator().manual_seed(int(self.s["seed"]))
         self.step, self.losses = 0, []
+        self.rank, self.world = _world()
+        if int(self.s["batch_size"]) % self.world:
+            raise TrainingDataError(f"The batch size {self.s['batch_size']} does not split evenly "
+                                    f"over {self.world} processes; use a multiple of {self.world}.")
+        self.model_seconds = 0.0  # in forward and backward passes (the benchmark's share)
         self._encode()
 
     # -- what is trained ----------------------------------------------------------------
@@ -193,7 +232,12 @@ class Trainer:
 
     def run(self, resume_from=None, stop_after: int | None = None) -> dict:
         """Train to ``steps`` (from the checkpoint ``resume_from`` if given); ``stop_after``
-        ends early after that many steps (a test's cut). Returns the run's record."""
+        ends early after that many steps (a test's cut). Returns the run's record.
+
+        Launched as several processes (one per GPU, torch.distributed initialised), every
+        process draws the whole batch from the same generator and trains on its own equal
+        share; the gradients are averaged across them before each step, so that the trained
+        weights are those of one process with the same batch. The first process writes."""
         import torch
         import torch.nn.functional as F
 
@@ -211,17 +255,30 @@ class Trainer:
             latents = self.latents[idx]
             noise = torch.randn(latents.shape, generator=g)
             t = torch.randint(0, self.noise.config.num_train_timesteps, (len(idx),), generator=g)
+            mine = slice(self.rank * len(idx) // self.world, (self.rank + 1) * len(idx) // self.world)
+            idx, latents, noise, t = idx[mine], latents[mine], noise[mine], t[mine]
             noisy = self.noise.add_noise(latents, noise, t)
             target = noise if prediction == "epsilon" else self.noise.get_velocity(latents, noise, t)
             if s["method"] == "lora":
                 cond = self.embeds[idx.to(self.embeds.device)]
             else:
                 cond = self.pipe.text_encoder(self.ids[idx].to(self.device))[0]
+            started = time.monotonic()
             with torch.autocast(self.device.split(":")[0], enabled=self.dtype == torch.float16):
                 pred = unet(noisy.to(self.device, self.dtype), t.to(self.device),
                             cond.to(self.dtype)).sample
             loss = F.mse_loss(pred.float(), target.to(self.device).float())
             loss.backward()
+            loss = loss.detach()
+            if self.world > 1:  # the mean of equal shares' means: the whole batch's mean
+                import torch.distributed as dist
+
+                for p in self.params:
+                    dist.all_reduce(p.grad)
+                    p.grad /= self.world
+                dist.all_reduce(loss)
+                loss /= self.world
+            self.model_seconds += time.monotonic() - started
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
             if s["method"] == "textual-inversion":  # only the new token's row learns
@@ -231,20 +288,25 @@ class Trainer:
                     keep[self.token_id] = False
                     table.data[keep] = self.frozen_rows[keep].to(table.dtype)
             self.step += 1
-            self.losses.append(float(loss.detach()))
-            if self.step % 50 == 0 or self.step == steps:
+            self.losses.append(float(loss))
+            if self.rank == 0 and (self.step % 50 == 0 or self.step == steps):
                 rate = (self.step - first) / max(1e-9, time.monotonic() - t0)
                 left = (steps - self.step) / rate if rate else 0
                 recent = self.losses[-50:]
                 log(f"step {self.step}/{steps}: loss {sum(recent) / len(recent):.4f} "
                     f"({rate:.2f} steps/s, ETA {left:.0f}s)")
-            if every and self.step % every == 0 and self.step < steps:
+            if every and self.step % every == 0 and self.step < steps and self.rank == 0:
                 self.checkpoint()
+                self.validate()
+                unet.train()
         unet.eval()
+        self.seconds = time.monotonic() - t0
+        if self.step < steps or self.rank != 0:
+            if self.rank == 0:
+                self._write_losses()
+            return {"step": self.step, "steps": steps, "complete": self.step >= steps}
         self._write_losses()
-        if self.step < steps:
-            return {"step": self.step, "steps": steps, "complete": False}
-        return self.finish(time.monotonic() - t0)
+        return self.finish(self.seconds)
 
     # -- what it writes ------------------------------------------------------------------
 
@@ -295,12 +357,42 @@ class Trainer:
         self.step, self.losses = int(state["step"]), list(state["losses"])
         log(f"resumed from {folder.name} at step {self.step}")
 
+    def validate(self) -> Path | None:
+        """One picture per validation prompt (seed 0 each, the model as trained so far), side
+        by side in ``validation/step-NNNNNN.png``."""
+        import torch
+        from PIL import Image
+
+        prompts = list(self.s["validation_prompts"] or [])
+        if not prompts:
+            return None
+        size = int(self.s["resolution"])
+        self.pipe.unet.eval()
+        with torch.no_grad():
+            images = [self.pipe(p, num_inference_steps=int(self.s["validation_steps"]),
+                                guidance_scale=float(self.s["validation_guidance"]),
+                                height=size, width=size,
+                                generator=torch.Generator().manual_seed(0)).images[0]
+                      for p in prompts]
+        strip = Image.new("RGB", (size * len(images), size), "white")
+        for i, image in enumerate(images):
+            strip.paste(image.convert("RGB"), (i * size, 0))
+        folder = self.out / VALIDATION_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"step-{self.step:06d}.png"
+        strip.save(path)
+        log(f"validation pictures at step {self.step}: {VALIDATION_DIR}/{path.name}")
+        return path
+
     def _write_losses(self) -> None:
         rows = "".join(f"{i},{loss:.6f}\n" for i, loss in enumerate(self.losses, 1))
         (self.out / LOSS_FILE).write_text("step,loss\n" + rows, encoding="utf-8")
+        if self.losses:
+            plot_losses(self.losses).save(self.out / LOSS_PLOT)
 
     def finish(self, seconds: float) -> dict:
         path = self.save_weights(self.out)
+        self.validate()
         head, tail = self.losses[:50], self.losses[-50:]
         record = {"method": self.s["method"], "settings": self.s, "steps": self.step,
                   "weights": path.name, "sha256": sha256_of(path),
@@ -312,3 +404,80 @@ class Trainer:
         log(f"trained {self.step} steps: loss {record['loss_first']:.4f} -> "
             f"{record['loss_last']:.4f}; weights {path.name}")
         return record
+
+
+def plot_losses(losses: list[float], width: int = 480, height: int = 240):
+    """The loss curve as a picture: each step's loss in grey, its running mean over a
+    twentieth of the steps in black, the first and last step and the range labelled."""
+    from PIL import Image, ImageDraw
+
+    image = Image.new("RGB", (width, height), "white")
+    pen = ImageDraw.Draw(image)
+    left, right, top, bottom = 48, width - 8, 8, height - 20
+    low, high = min(losses), max(losses)
+    span = (high - low) or 1.0
+
+    def point(i: int, value: float) -> tuple[float, float]:
+        x = left + (right - left) * (i / max(1, len(losses) - 1))
+        return x, bottom - (bottom - top) * (value - low) / span
+
+    window = max(1, len(losses) // 20)
+    mean, total = [], 0.0
+    for i, value in enumerate(losses):
+        total += value - (losses[i - window] if i >= window else 0.0)
+        mean.append(total / min(i + 1, window))
+    pen.rectangle([left, top, right, bottom], outline=(160, 160, 160))
+    if len(losses) > 1:
+        pen.line([point(i, v) for i, v in enumerate(losses)], fill=(190, 190, 190))
+        pen.line([point(i, v) for i, v in enumerate(mean)], fill=(0, 0, 0), width=2)
+    pen.text((2, top), f"{high:.3g}", fill=(0, 0, 0))
+    pen.text((2, bottom - 10), f"{low:.3g}", fill=(0, 0, 0))
+    pen.text((left, bottom + 4), "step 1", fill=(0, 0, 0))
+    pen.text((right - 70, bottom + 4), f"step {len(losses)}", fill=(0, 0, 0))
+    return image
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m imggenhub.engine.training --data DIR --out DIR --model ID [--settings
+    JSON] [--resume CHECKPOINT]``: one training run; under torchrun or accelerate launch,
+    one process per device. The first process prints the run's record as its last line."""
+    import argparse
+    import os
+
+    import torch
+
+    from .pipelines import load_pipeline
+
+    parser = argparse.ArgumentParser(description="imggenhub engine: train a LoRA or an embedding")
+    parser.add_argument("--data", required=True, type=Path)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--settings", default="{}", help="JSON: the training settings")
+    parser.add_argument("--instance-prompt", default=None)
+    parser.add_argument("--resume", type=Path, default=None, help="a checkpoint folder")
+    args = parser.parse_args(argv)
+    settings = {**DEFAULTS, **json.loads(args.settings)}
+    if "RANK" in os.environ and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    examples = read_examples(args.data, args.instance_prompt)
+    check_examples(examples, int(settings["resolution"]))
+    pipe = load_pipeline({"id": args.model, "pipeline": "auto", "variant": None}, device, dtype)
+    pipe.set_progress_bar_config(disable=True)
+    trainer = Trainer(pipe, examples, settings, args.out, device)
+    record = trainer.run(resume_from=args.resume)
+    if trainer.rank == 0:
+        # the figures, not the captions or the settings (those are in training.json)
+        shown = {k: v for k, v in record.items() if k not in ("settings", "examples")}
+        print(json.dumps({**shown, "model_seconds": round(trainer.model_seconds, 3),
+                          "loop_seconds": round(trainer.seconds, 3), "processes": trainer.world}),
+              flush=True)
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
