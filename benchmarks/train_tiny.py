@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -24,16 +23,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from imggenhub import shapes  # noqa: E402
-
-
-def pictures(folder: Path, n: int = 9) -> None:
-    folder.mkdir(parents=True)
-    rng = random.Random(7)
-    for i in range(n):
-        scene = shapes.Scene("cyan", shapes.SHAPES[i % 3], rng.choice(list(shapes.SIZES)),
-                             rng.choice(list(shapes.PLACES)))
-        shapes.draw(scene, rng).save(folder / f"{i:02d}.png")
-        (folder / f"{i:02d}.txt").write_text(scene.caption.replace("cyan", "zq"), encoding="utf-8")
 
 
 def run(processes: int, data: Path, out: Path, settings: dict) -> dict:
@@ -63,7 +52,7 @@ def main() -> None:
                 "batch_size": args.batch, "resolution": 64, "name": "zq"}
     with tempfile.TemporaryDirectory(prefix="imggenhub-bench-") as tmp:
         work = Path(tmp)
-        pictures(work / "data")
+        shapes.write_training_set(work / "data", "cyan", "zq")
         print(f"tiny-shapes LoRA (rank 8), 9 pictures at 64 px, global batch {args.batch}, "
               f"{args.steps} steps, CPU, one torch thread a process")
         if args.quick:

@@ -98,6 +98,22 @@ def draw(scene: Scene, rng: random.Random | None = None, size: int = SIZE):
     return img.resize((size, size), Image.LANCZOS)
 
 
+def write_training_set(folder, colour: str, word: str, n: int = 9, seed: int = 7) -> list[Scene]:
+    """A fine-tuning set: ``n`` pictures of ``colour`` shapes (each shape in turn, sizes and
+    places at random) on white, each with its caption in a .txt beside it, the colour named
+    ``word`` (a word the model never saw, to be taught it)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    made = []
+    for i in range(n):
+        scene = Scene(colour, SHAPES[i % len(SHAPES)], rng.choice(list(SIZES)), rng.choice(list(PLACES)))
+        draw(scene, rng).save(folder / f"{i:02d}.png")
+        (folder / f"{i:02d}.txt").write_text(scene.caption.replace(colour, word), encoding="utf-8")
+        made.append(scene)
+    return made
+
+
 # --- reading a picture back -----------------------------------------------------------
 
 
