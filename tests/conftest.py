@@ -53,6 +53,7 @@ SHARED_WORKER = {
         "test_engine.py::test_a_missing_model_fails_with_the_loaders_message",
         "test_training.py::test_a_run_cut_after_a_checkpoint_resumes_to_the_weights_of_an_uncut_run",
         "test_training.py::test_the_weights_load_in_plain_diffusers_and_through_the_engine_alike",
+        "test_training.py::test_textual_inversion_refuses_a_missing_or_known_token",
     ),
     "torch-b": (
         "test_benchmarks.py::test_benchmark_runs_quick[engine_overhead_sdxl.py]",

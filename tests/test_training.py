@@ -77,6 +77,20 @@ def test_a_training_set_is_checked_before_anything_is_uploaded(tmp_path, sizes, 
             training.load_pictures(examples, 64)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("token,initializer,words", [
+    (None, "blue", "needs the new token it learns"),
+    ("red", "blue", "'red' is already a word of this model's tokenizer"),
+    ("<zq>", "light blue", "must be one token"),
+])
+def test_textual_inversion_refuses_a_missing_or_known_token(tmp_path, token, initializer, words):
+    cyan_set(tmp_path / "data", n=3)
+    with pytest.raises(training.TrainingDataError, match=words):
+        training.Trainer(tiny_shapes(), training.read_examples(tmp_path / "data"),
+                         {"method": "textual-inversion", "token": token, "initializer": initializer,
+                          "resolution": 64}, tmp_path / "run")
+
+
 SETTINGS = {"lora": {"method": "lora", "rank": 4, "learning_rate": 1e-3},
             "textual-inversion": {"method": "textual-inversion", "learning_rate": 5e-2,
                                   "token": "<zq>", "initializer": "blue"}}
@@ -148,12 +162,12 @@ def test_the_weights_load_in_plain_diffusers_and_through_the_engine_alike(tmp_pa
             pipe.load_lora_weights(str(made[method].parent), weight_name=made[method].name)
         else:
             pipe.load_textual_inversion(str(made[method]), token="<zq>")
-        return np.asarray(pipe(prompt, num_inference_steps=20, guidance_scale=7.0, height=64, width=64,
+        return np.asarray(pipe(prompt, num_inference_steps=8, guidance_scale=7.0, height=64, width=64,
                                generator=torch.Generator().manual_seed(11)).images[0]).astype(float)
 
     base = plain(None)
     for method, flag in (("lora", "lora"), ("textual-inversion", "embedding")):
-        job = build_job(parse_settings(model="tiny-shapes", seed=11, gpu=False,
+        job = build_job(parse_settings(model="tiny-shapes", seed=11, gpu=False, steps=8,
                                        **{flag: [f"{made[method]}" + (":<zq>" if flag == "embedding" else "")]}),
                         prompts_from_flags([prompt])).document()
         engine.run_worker(job, tmp_path / f"out-{method}")

@@ -190,9 +190,17 @@ class Trainer:
         return params
 
     def _add_token(self) -> list:
+        import torch
+
         tok, text = self.pipe.tokenizer, self.pipe.text_encoder
         token, init = self.s["token"], self.s["initializer"]
-        if not token or tok.add_tokens([token]) != 1:
+        if not token:
+            raise TrainingDataError("Textual inversion needs the new token it learns (such as "
+                                    "<my-thing>).")
+        text.to(torch.float32)  # the trained table in fp32, as the examples keep it
+        # a word the tokenizer has as one token already ("dog", as "dog</w>"): adding it would
+        # take that word's meaning from every prompt
+        if len(tok.tokenize(token)) == 1 or tok.add_tokens([token]) != 1:
             raise TrainingDataError(f"The token '{token}' is already a word of this model's "
                                     "tokenizer: pick a new one (such as <my-thing>).")
         init_ids = tok.encode(init or "", add_special_tokens=False)
@@ -262,7 +270,8 @@ class Trainer:
             if s["method"] == "lora":
                 cond = self.embeds[idx.to(self.embeds.device)]
             else:
-                cond = self.pipe.text_encoder(self.ids[idx].to(self.device))[0]
+                with torch.autocast(self.device.split(":")[0], enabled=self.dtype == torch.float16):
+                    cond = self.pipe.text_encoder(self.ids[idx].to(self.device))[0]
             started = time.monotonic()
             with torch.autocast(self.device.split(":")[0], enabled=self.dtype == torch.float16):
                 pred = unet(noisy.to(self.device, self.dtype), t.to(self.device),
@@ -368,7 +377,8 @@ class Trainer:
             return None
         size = int(self.s["resolution"])
         self.pipe.unet.eval()
-        with torch.no_grad():
+        fp16 = self.dtype == torch.float16  # an fp32 text encoder (textual inversion) beside it
+        with torch.no_grad(), torch.autocast(self.device.split(":")[0], enabled=fp16):
             images = [self.pipe(p, num_inference_steps=int(self.s["validation_steps"]),
                                 guidance_scale=float(self.s["validation_guidance"]),
                                 height=size, width=size,
