@@ -217,11 +217,12 @@ def test_a_lora_teaches_tiny_shapes_a_colour_it_never_saw(tmp_path):
 
 @pytest.mark.training
 @pytest.mark.timeout(600)
-def test_two_processes_train_the_weights_of_one_with_the_same_global_batch(tmp_path):
+@pytest.mark.parametrize("method", ["lora", "textual-inversion"])
+def test_two_processes_train_the_weights_of_one_with_the_same_global_batch(tmp_path, method):
     """`python -m imggenhub.engine.training` alone, and as two processes under
     torch.distributed.run (gloo on a CPU), on the same pictures, seed and global batch of 4:
-    the LoRA files agree to 1e-5 (the shares' gradients are averaged in another order of
-    float sums), and both moved from where they started."""
+    the weight files agree to 1e-5 (the shares' gradients are averaged in another order of
+    float sums), and they moved from where they started."""
     import os
     import subprocess
     import sys
@@ -230,9 +231,9 @@ def test_two_processes_train_the_weights_of_one_with_the_same_global_batch(tmp_p
 
     from .test_benchmarks import REPO
 
-    cyan_set(tmp_path / "data", n=6)
-    settings = json.dumps({"method": "lora", "rank": 4, "learning_rate": 1e-3, "steps": 10,
-                           "batch_size": 4, "resolution": 64, "name": "zq"})
+    cyan_set(tmp_path / "data", n=6, word=CYAN_WORD if method == "lora" else "<zq>")
+    settings = json.dumps({**SETTINGS[method], "steps": 10, "batch_size": 4, "resolution": 64,
+                           "name": "zq"})
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     records = {}
     for n in (1, 2):
@@ -248,8 +249,14 @@ def test_two_processes_train_the_weights_of_one_with_the_same_global_batch(tmp_p
     one, two = (load_file(str(tmp_path / f"p{n}" / "zq.safetensors")) for n in (1, 2))
     assert one.keys() == two.keys() and len(one) > 0
     assert max(float((one[k] - two[k]).abs().max()) for k in one) < 1e-5
-    ups = [k for k in one if "lora_B" in k or "lora.up" in k]
-    assert ups and all(float(one[k].abs().max()) > 0 for k in ups)  # B starts at zero
+    if method == "lora":
+        ups = [k for k in one if "lora_B" in k or "lora.up" in k]
+        assert ups and all(float(one[k].abs().max()) > 0 for k in ups)  # B starts at zero
+    else:  # the row left the initializer's ("blue") embedding
+        pipe = tiny_shapes()
+        blue = pipe.text_encoder.get_input_embeddings().weight.detach()[
+            pipe.tokenizer.convert_tokens_to_ids("blue</w>")]
+        assert float((one["<zq>"][0] - blue).abs().max()) > 1e-3
     assert abs(records[1]["loss_last"] - records[2]["loss_last"]) < 1e-5
 
 

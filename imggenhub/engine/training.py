@@ -282,11 +282,19 @@ class Trainer:
             if self.world > 1:  # the mean of equal shares' means: the whole batch's mean
                 import torch.distributed as dist
 
-                for p in self.params:
-                    dist.all_reduce(p.grad)
-                    p.grad /= self.world
-                dist.all_reduce(loss)
-                loss /= self.world
+                # one exchange a step, not one a tensor (a LoRA has a hundred small ones):
+                # the gradients and the loss in one flat buffer, as DDP's buckets do
+                # (textual inversion: only the new token's row; the others are put back)
+                grads = ([p.grad for p in self.params] if s["method"] == "lora"
+                         else [self.params[0].grad[self.token_id]])
+                flat = torch.cat([*(g.reshape(-1) for g in grads), loss.reshape(1)])
+                dist.all_reduce(flat)
+                flat /= self.world
+                at = 0
+                for g in grads:
+                    g.copy_(flat[at:at + g.numel()].view_as(g))
+                    at += g.numel()
+                loss = flat[-1]
             self.model_seconds += time.monotonic() - started
             self.opt.step()
             self.opt.zero_grad(set_to_none=True)
