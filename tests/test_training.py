@@ -138,6 +138,25 @@ def test_a_run_cut_after_a_checkpoint_resumes_to_the_weights_of_an_uncut_run(tmp
 
 
 @pytest.mark.slow
+def test_gradient_checkpointing_trains_the_same_weights(tmp_path):
+    """Activations recomputed in the backward pass (memory for time, for large models on a
+    T4) give the weights of a run that keeps them."""
+    import torch
+
+    cyan_set(tmp_path / "data", n=3)
+    got = []
+    for checkpointing in (False, True):
+        trainer = training.Trainer(tiny_shapes(), training.read_examples(tmp_path / "data"),
+                                   {**SETTINGS["lora"], "steps": 3, "batch_size": 2, "resolution": 64,
+                                    "gradient_checkpointing": checkpointing}, tmp_path / str(checkpointing))
+        trainer.run()
+        assert trainer.pipe.unet.is_gradient_checkpointing == checkpointing
+        got.append(trainer.weights())
+    assert all(torch.allclose(got[0][k], got[1][k], atol=1e-6) for k in got[0])
+    assert any(not torch.equal(got[0][k], torch.zeros_like(got[0][k])) for k in got[0])
+
+
+@pytest.mark.slow
 def test_the_weights_load_in_plain_diffusers_and_through_the_engine_alike(tmp_path):
     """A LoRA and an embedding, each trained a few steps: diffusers' load_lora_weights and
     load_textual_inversion read the files, and a picture made so is the picture the engine

@@ -34,7 +34,7 @@ MIN_SIDE_SHARE = 0.5  # a picture's short side at least this share of the resolu
 DEFAULTS = {"method": "lora", "steps": 500, "rank": 4, "learning_rate": 1e-4, "resolution": 512,
             "batch_size": 1, "checkpoint_every": 0, "seed": 0, "name": "lora", "token": None,
             "initializer": None, "validation_prompts": [], "validation_steps": 20,
-            "validation_guidance": 7.0}
+            "validation_guidance": 7.0, "gradient_checkpointing": False}
 
 
 class TrainingDataError(ValueError):
@@ -160,6 +160,8 @@ class Trainer:
 
         self.noise = DDPMScheduler.from_config(pipe.scheduler.config)
         self.texts = [e["text"] for e in examples]
+        if self.s["gradient_checkpointing"]:  # activations recomputed: memory for time
+            pipe.unet.enable_gradient_checkpointing()
         if self.s["method"] == "lora":
             self.params = self._add_lora()
         else:
