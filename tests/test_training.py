@@ -35,22 +35,31 @@ def tiny_shapes():
 
 
 def test_captions_come_from_metadata_then_txt_then_the_instance_prompt(tmp_path):
-    for name in ("a.png", "b.png", "c.jpg"):
-        Image.new("RGB", (8, 8)).save(tmp_path / name)
+    (tmp_path / "sub").mkdir()
+    (tmp_path / ".hidden").mkdir()
+    for name in ("a.png", "b.png", "c.jpg", "d.PNG", "sub/e.png", ".hidden/f.png"):
+        Image.new("RGB", (8, 8)).save(tmp_path / name, format="PNG")
     (tmp_path / "notes.md").write_text("not a picture")
-    (tmp_path / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "text": "from meta"})
-                                             + "\n\n", encoding="utf-8")
+    rows = [{"file_name": "a.png", "text": " from meta "}, {"file_name": "./sub/e.png", "text": "in sub"},
+            {"file_name": "d.PNG", "text": "   "}]
+    (tmp_path / "metadata.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n\n",
+                                             encoding="utf-8")
     (tmp_path / "b.txt").write_text("  from txt\n", encoding="utf-8")
+    (tmp_path / "d.txt").write_text("blank in meta, so the txt", encoding="utf-8")
     got = training.read_examples(tmp_path, instance_prompt="a photo of sks dog")
-    assert [(e["file"].name, e["text"]) for e in got] == [
-        ("a.png", "from meta"), ("b.png", "from txt"), ("c.jpg", "a photo of sks dog")]
+    assert [(e["name"], e["text"]) for e in got] == [
+        ("a.png", "from meta"), ("b.png", "from txt"), ("c.jpg", "a photo of sks dog"),
+        ("d.PNG", "blank in meta, so the txt"), ("sub/e.png", "in sub")]
 
 
 @pytest.mark.parametrize("make,words", [
     (lambda d: None, "holds no pictures"),
     (lambda d: Image.new("RGB", (8, 8)).save(d / "x.png"), "x.png has no caption"),
     (lambda d: ((d / "metadata.jsonl").write_text("[1]\n"), Image.new("RGB", (8, 8)).save(d / "x.png")),
-     "Line 1 of metadata.jsonl"),
+     "Line 1 of metadata.jsonl is not"),
+    (lambda d: ((d / "metadata.jsonl").write_text('{"file_name": "../y.png", "text": "t"}\n'),
+                Image.new("RGB", (8, 8)).save(d / "x.png")),
+     "Line 1 of metadata.jsonl names '../y.png', which is not a picture in the training folder"),
 ])
 def test_bad_training_sets_are_one_sentence(tmp_path, make, words):
     make(tmp_path)
@@ -82,13 +91,38 @@ def test_a_training_set_is_checked_before_anything_is_uploaded(tmp_path, sizes, 
     (None, "blue", "needs the new token it learns"),
     ("red", "blue", "'red' is already a word of this model's tokenizer"),
     ("<zq>", "light blue", "must be one token"),
+    ("<qq>", "blue", "No caption uses the token '<qq>'"),
 ])
 def test_textual_inversion_refuses_a_missing_or_known_token(tmp_path, token, initializer, words):
-    cyan_set(tmp_path / "data", n=3)
+    """Refused before the tokenizer or the model is touched: the pipeline still works."""
+    cyan_set(tmp_path / "data", n=3, word="<zq>")
+    pipe = tiny_shapes()
     with pytest.raises(training.TrainingDataError, match=words):
-        training.Trainer(tiny_shapes(), training.read_examples(tmp_path / "data"),
+        training.Trainer(pipe, training.read_examples(tmp_path / "data"),
                          {"method": "textual-inversion", "token": token, "initializer": initializer,
                           "resolution": 64}, tmp_path / "run")
+    assert len(pipe.tokenizer) == pipe.text_encoder.get_input_embeddings().weight.shape[0]
+    pipe("a <zq> circle", num_inference_steps=1, height=64, width=64)
+
+
+@pytest.mark.slow
+def test_a_v_prediction_model_trains_and_an_unknown_objective_is_refused(tmp_path):
+    from diffusers import DPMSolverMultistepScheduler
+
+    cyan_set(tmp_path / "data", n=3)
+    examples = training.read_examples(tmp_path / "data")
+    pipe = tiny_shapes()
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config,
+                                                             prediction_type="v_prediction")
+    trainer = training.Trainer(pipe, examples, {**SETTINGS["lora"], "steps": 2, "batch_size": 2,
+                                                "resolution": 64}, tmp_path / "v")
+    assert trainer.noise.config.prediction_type == "v_prediction"
+    assert trainer.run()["steps"] == 2
+    pipe = tiny_shapes()
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config,
+                                                             prediction_type="sample")
+    with pytest.raises(training.TrainingDataError, match="predicts 'sample'"):
+        training.Trainer(pipe, examples, {**SETTINGS["lora"], "resolution": 64}, tmp_path / "s")
 
 
 SETTINGS = {"lora": {"method": "lora", "rank": 4, "learning_rate": 1e-3},
@@ -111,18 +145,23 @@ def test_a_run_cut_after_a_checkpoint_resumes_to_the_weights_of_an_uncut_run(tmp
                 "checkpoint_every": 5, "seed": 3, "name": "zq", "validation_steps": 2,
                 "validation_prompts": [f"a {word} circle on a white background", "a red square"]}
     whole = training.Trainer(tiny_shapes(), examples, settings, tmp_path / "whole")
+    start = whole.weights()
     record = whole.run()
     assert record["steps"] == 12 and record["weights"] == "zq.safetensors"
     assert sorted(p.name for p in (tmp_path / "whole" / "checkpoints").iterdir()) == [
         "step-000005", "step-000010"]
 
+    # cut after its checkpoint at 10, resumed from the one at 5: it reaches 10 again and
+    # replaces that folder
     cut = training.Trainer(tiny_shapes(), examples, settings, tmp_path / "cut")
-    assert cut.run(stop_after=7) == {"step": 7, "steps": 12, "complete": False}
+    assert cut.run(stop_after=11) == {"step": 11, "steps": 12, "complete": False}
     again = training.Trainer(tiny_shapes(), examples, settings, tmp_path / "cut")
     again.run(resume_from=tmp_path / "cut" / "checkpoints" / "step-000005")
     a, b = whole.weights(), again.weights()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert any(float(v.abs().sum()) > 0 for v in a.values())
+    assert any(not torch.equal(a[k], start[k]) for k in a)  # and training moved them
+    assert sorted(p.name for p in (tmp_path / "cut" / "checkpoints").iterdir()) == [
+        "step-000005", "step-000010"]
     for folder in ("whole", "cut"):
         rows = (tmp_path / folder / "loss.csv").read_text().splitlines()
         assert rows[0] == "step,loss" and len(rows) == 13
@@ -163,7 +202,7 @@ def test_the_weights_load_in_plain_diffusers_and_through_the_engine_alike(tmp_pa
     makes with --lora / --embedding and the same seed."""
     import torch
 
-    cyan_set(tmp_path / "data", n=3)
+    cyan_set(tmp_path / "data", n=3, word="<zq>")
     made = {}
     for method in ("lora", "textual-inversion"):
         settings = {**SETTINGS[method], "steps": 4, "batch_size": 2, "resolution": 64, "name": method,
@@ -264,6 +303,7 @@ def test_two_processes_train_the_weights_of_one_with_the_same_global_batch(tmp_p
         assert done.returncode == 0, done.stderr[-3000:]
         records[n] = json.loads(done.stdout.strip().splitlines()[-1])
         assert records[n]["processes"] == n and records[n]["steps"] == 10
+        assert records[n]["share"] == 4 // n  # each process trains on its half of the batch
         assert "zq" not in done.stdout.replace("zq.safetensors", "")  # no caption in the log
     one, two = (load_file(str(tmp_path / f"p{n}" / "zq.safetensors")) for n in (1, 2))
     assert one.keys() == two.keys() and len(one) > 0

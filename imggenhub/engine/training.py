@@ -17,7 +17,7 @@ import json
 import time
 from pathlib import Path
 
-from .inputs import open_picture, sha256_of
+from .inputs import PictureTooLarge, open_picture, sha256_of
 from .wire import log
 
 METHODS = ("lora", "textual-inversion")
@@ -34,7 +34,7 @@ MIN_SIDE_SHARE = 0.5  # a picture's short side at least this share of the resolu
 DEFAULTS = {"method": "lora", "steps": 500, "rank": 4, "learning_rate": 1e-4, "resolution": 512,
             "batch_size": 1, "checkpoint_every": 0, "seed": 0, "name": "lora", "token": None,
             "initializer": None, "validation_prompts": [], "validation_steps": 20,
-            "validation_guidance": 7.0, "gradient_checkpointing": False}
+            "validation_guidance": 7.0, "gradient_checkpointing": False, "keep_checkpoints": 3}
 
 
 class TrainingDataError(ValueError):
@@ -42,15 +42,18 @@ class TrainingDataError(ValueError):
 
 
 def read_examples(folder, instance_prompt: str | None = None) -> list[dict]:
-    """The pictures of ``folder`` with their captions: from its ``metadata.jsonl``
-    (``file_name``, ``text``: the Hugging Face image-folder convention), else a ``.txt``
-    beside each picture, else ``instance_prompt`` for all (it also fills any gap). Sorted
-    by file name."""
+    """The pictures under ``folder`` (its subfolders too) with their captions: from its
+    ``metadata.jsonl`` (``file_name`` relative to the folder, ``text``: the Hugging Face
+    image-folder convention), else a ``.txt`` beside each picture, else ``instance_prompt``
+    for all (it also fills any gap). Sorted by their paths in the folder."""
+    import posixpath
+
     folder = Path(folder)
     if not folder.is_dir():
         raise TrainingDataError(f"The training folder {folder.name} is not a folder here.")
-    pictures = sorted(p for p in folder.iterdir()
-                      if p.is_file() and p.suffix.lower() in PICTURE_SUFFIXES)
+    pictures = {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*"))
+                if p.is_file() and p.suffix.lower() in PICTURE_SUFFIXES
+                and not any(part.startswith(".") for part in p.relative_to(folder).parts)}
     if not pictures:
         raise TrainingDataError(f"The training folder {folder.name} holds no pictures "
                                 f"({', '.join(PICTURE_SUFFIXES)}).")
@@ -62,21 +65,28 @@ def read_examples(folder, instance_prompt: str | None = None) -> list[dict]:
                 continue
             try:
                 row = json.loads(line)
-                captions[str(row["file_name"])] = str(row["text"])
+                name, text = row["file_name"], row["text"]
+                if not isinstance(name, str) or not isinstance(text, str):
+                    raise TypeError
             except (ValueError, KeyError, TypeError):
                 raise TrainingDataError(f"Line {n} of metadata.jsonl is not a JSON object with "
                                         "file_name and text.") from None
+            key = posixpath.normpath(name.replace("\\", "/"))
+            if key not in pictures:
+                raise TrainingDataError(f"Line {n} of metadata.jsonl names {name[:80]!r}, which is "
+                                        "not a picture in the training folder.")
+            captions[key] = text.strip()
     out = []
-    for picture in pictures:
-        text = captions.get(picture.name)
+    for key, picture in pictures.items():
+        text = captions.get(key)
         side = picture.with_suffix(".txt")
-        if text is None and side.is_file():
+        if not text and side.is_file():
             text = side.read_text(encoding="utf-8").strip()
-        text = text if text else instance_prompt
+        text = text if text else (instance_prompt or "").strip()
         if not text:
-            raise TrainingDataError(f"The picture {picture.name} has no caption (no line in "
+            raise TrainingDataError(f"The picture {key} has no caption (no line in "
                                     "metadata.jsonl, no .txt beside it, no --instance-prompt).")
-        out.append({"file": picture, "text": text})
+        out.append({"file": picture, "text": text, "name": key})
     return out
 
 
@@ -87,10 +97,12 @@ def check_examples(examples: list[dict], resolution: int) -> None:
         raise TrainingDataError(f"{len(examples)} picture{'s' if len(examples) != 1 else ''} "
                                 f"to train on; give at least {MIN_EXAMPLES}.")
     for example in examples:
-        name = Path(example["file"]).name
+        name = example.get("name") or Path(example["file"]).name
         try:
             with open_picture(example["file"]) as image:
                 width, height = image.size
+        except PictureTooLarge as exc:
+            raise TrainingDataError(str(exc)) from None
         except OSError:
             raise TrainingDataError(f"The picture {name} cannot be read as a picture.") from None
         if min(width, height) < MIN_SIDE_SHARE * resolution:
@@ -102,20 +114,22 @@ def check_examples(examples: list[dict], resolution: int) -> None:
 
 def load_pictures(examples: list[dict], resolution: int):
     """The pictures as one float tensor in [-1, 1], N x 3 x resolution x resolution: each
-    scaled so that its short side is ``resolution``, then its centre cut out (the examples'
-    --center_crop)."""
+    turned as its EXIF says, scaled so that its short side is ``resolution``, then its centre
+    cut out (the examples' --center_crop)."""
     import numpy as np
     import torch
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     out = []
     for example in examples:
+        name = example.get("name") or Path(example["file"]).name
         try:
             with open_picture(example["file"]) as image:
-                image = image.convert("RGB")
+                image = ImageOps.exif_transpose(image).convert("RGB")
+        except PictureTooLarge as exc:
+            raise TrainingDataError(str(exc)) from None
         except OSError:
-            raise TrainingDataError(f"The picture {Path(example['file']).name} cannot be read "
-                                    "as a picture.") from None
+            raise TrainingDataError(f"The picture {name} cannot be read as a picture.") from None
         scale = resolution / min(image.size)
         w, h = max(resolution, round(image.width * scale)), max(resolution, round(image.height * scale))
         image = image.resize((w, h), Image.BICUBIC)
@@ -158,7 +172,13 @@ class Trainer:
             part.requires_grad_(False)
         from diffusers import DDPMScheduler
 
+        if getattr(pipe, "text_encoder_2", None) is not None or pipe.unet.config.addition_embed_type:
+            raise TrainingDataError("Fine-tuning takes Stable Diffusion 1.x and 2.x models for now "
+                                    "(one text encoder); this model is another kind.")
         self.noise = DDPMScheduler.from_config(pipe.scheduler.config)
+        if self.noise.config.prediction_type not in ("epsilon", "v_prediction"):
+            raise TrainingDataError(f"This model predicts '{self.noise.config.prediction_type}'; "
+                                    "fine-tuning knows epsilon and v_prediction.")
         self.texts = [e["text"] for e in examples]
         if self.s["gradient_checkpointing"]:  # activations recomputed: memory for time
             pipe.unet.enable_gradient_checkpointing()
@@ -167,6 +187,8 @@ class Trainer:
         else:
             self.params = self._add_token()
         self.opt = torch.optim.AdamW(self.params, lr=self.s["learning_rate"], weight_decay=1e-2)
+        # fp16 on a GPU: the loss scaled against gradients that underflow (accelerate's way)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         self.gen = torch.Generator().manual_seed(int(self.s["seed"]))
         self.step, self.losses = 0, []
         self.rank, self.world = _world()
@@ -174,6 +196,7 @@ class Trainer:
             raise TrainingDataError(f"The batch size {self.s['batch_size']} does not split evenly "
                                     f"over {self.world} processes; use a multiple of {self.world}.")
         self.model_seconds = 0.0  # in forward and backward passes (the benchmark's share)
+        self.share = 0  # this process's share of the last batch
         self._encode()
 
     # -- what is trained ----------------------------------------------------------------
@@ -196,19 +219,24 @@ class Trainer:
 
         tok, text = self.pipe.tokenizer, self.pipe.text_encoder
         token, init = self.s["token"], self.s["initializer"]
+        # every check before the tokenizer or the model is touched: a refusal leaves them whole
         if not token:
             raise TrainingDataError("Textual inversion needs the new token it learns (such as "
                                     "<my-thing>).")
-        text.to(torch.float32)  # the trained table in fp32, as the examples keep it
         # a word the tokenizer has as one token already ("dog", as "dog</w>"): adding it would
         # take that word's meaning from every prompt
-        if len(tok.tokenize(token)) == 1 or tok.add_tokens([token]) != 1:
+        if len(tok.tokenize(token)) == 1 or token in tok.get_vocab():
             raise TrainingDataError(f"The token '{token}' is already a word of this model's "
                                     "tokenizer: pick a new one (such as <my-thing>).")
+        if not any(token in text_ for text_ in self.texts):
+            raise TrainingDataError(f"No caption uses the token '{token}': the embedding would "
+                                    "learn nothing (write it where the thing is named).")
         init_ids = tok.encode(init or "", add_special_tokens=False)
         if len(init_ids) != 1:
             raise TrainingDataError(f"The initializer '{init}' must be one token of this model's "
                                     "tokenizer (a word such as 'dog').")
+        tok.add_tokens([token])
+        text.to(torch.float32)  # the trained table in fp32, as the examples keep it
         text.resize_token_embeddings(len(tok))
         self.token_id = tok.convert_tokens_to_ids(token)
         table = text.get_input_embeddings().weight
@@ -226,11 +254,10 @@ class Trainer:
         """The pictures' latent means; for a LoRA the captions' embeddings."""
         import torch
 
-        pictures = load_pictures(self.examples, int(self.s["resolution"]))
-        vae = self.pipe.vae
-        with torch.no_grad():
-            dists = [vae.encode(pictures[i:i + 8].to(self.device, vae.dtype)).latent_dist
-                     for i in range(0, len(pictures), 8)]
+        vae, size = self.pipe.vae, int(self.s["resolution"])
+        with torch.no_grad():  # eight pictures in memory at a time, not all of them
+            dists = [vae.encode(load_pictures(self.examples[i:i + 8], size).to(self.device, vae.dtype)).latent_dist
+                     for i in range(0, len(self.examples), 8)]
         self.latents = torch.cat([d.mean for d in dists]).float().cpu() * vae.config.scaling_factor
         self.ids = self._ids(self.texts)
         if self.s["method"] == "lora":
@@ -267,19 +294,22 @@ class Trainer:
             t = torch.randint(0, self.noise.config.num_train_timesteps, (len(idx),), generator=g)
             mine = slice(self.rank * len(idx) // self.world, (self.rank + 1) * len(idx) // self.world)
             idx, latents, noise, t = idx[mine], latents[mine], noise[mine], t[mine]
+            self.share = len(idx)
             noisy = self.noise.add_noise(latents, noise, t)
             target = noise if prediction == "epsilon" else self.noise.get_velocity(latents, noise, t)
             if s["method"] == "lora":
                 cond = self.embeds[idx.to(self.embeds.device)]
             else:
-                with torch.autocast(self.device.split(":")[0], enabled=self.dtype == torch.float16):
+                with torch.autocast(self.device.split(":")[0], dtype=self.dtype,
+                                    enabled=self.dtype == torch.float16):
                     cond = self.pipe.text_encoder(self.ids[idx].to(self.device))[0]
             started = time.monotonic()
-            with torch.autocast(self.device.split(":")[0], enabled=self.dtype == torch.float16):
+            with torch.autocast(self.device.split(":")[0], dtype=self.dtype,
+                                enabled=self.dtype == torch.float16):
                 pred = unet(noisy.to(self.device, self.dtype), t.to(self.device),
                             cond.to(self.dtype)).sample
             loss = F.mse_loss(pred.float(), target.to(self.device).float())
-            loss.backward()
+            self.scaler.scale(loss).backward()
             loss = loss.detach()
             if self.world > 1:  # the mean of equal shares' means: the whole batch's mean
                 import torch.distributed as dist
@@ -298,7 +328,11 @@ class Trainer:
                     at += g.numel()
                 loss = flat[-1]
             self.model_seconds += time.monotonic() - started
-            self.opt.step()
+            if s["method"] == "lora":  # the LoRA example's --max_grad_norm 1.0
+                self.scaler.unscale_(self.opt)
+                torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+            self.scaler.step(self.opt)
+            self.scaler.update()
             self.opt.zero_grad(set_to_none=True)
             if s["method"] == "textual-inversion":  # only the new token's row learns
                 with torch.no_grad():
@@ -332,7 +366,7 @@ class Trainer:
     def weights(self) -> dict:
         """The trained weights as their file holds them."""
         if self.s["method"] == "lora":
-            return {k: v.detach().float().cpu().contiguous() for k, v in _lora_state(self.pipe.unet).items()}
+            return {k: v.detach().float().cpu().clone() for k, v in _lora_state(self.pipe.unet).items()}
         return {self.s["token"]: self.params[0].data[self.token_id].detach().float().cpu()[None].clone()}
 
     def save_weights(self, folder: Path) -> Path:
@@ -349,18 +383,46 @@ class Trainer:
             save_file(self.weights(), str(path), metadata={"format": "pt"})
         return path
 
+    def _trained_state(self) -> tuple[list, dict]:
+        """What is trained and the optimizer's state, as a checkpoint keeps them: for an
+        embedding only the new token's row and its moments (the other rows are put back
+        after each step; a whole table and its two moments are hundreds of MB)."""
+        state = self.opt.state_dict()
+        if self.s["method"] == "lora":
+            return [p.detach().cpu() for p in self.params], state
+        row = self.token_id
+        moments = {k: {n: (v[row].clone() if getattr(v, "dim", lambda: 0)() == 2 else v)
+                       for n, v in st.items()} for k, st in state["state"].items()}
+        return [self.params[0].detach()[row].cpu().clone()], {**state, "state": moments}
+
     def checkpoint(self) -> Path:
-        """The weights, the optimizer, the generator and the losses at this step, written
-        whole into a new folder before it takes its final name (a cut leaves no half one)."""
+        """The weights, the optimizer, the loss scaler, the generator and the losses at this
+        step, written whole into a new folder before it takes its final name (a cut leaves no
+        half one; a resumed run that reaches a step again replaces its folder). Keeps the
+        newest ``keep_checkpoints``."""
+        import shutil
+
         import torch
 
         folder = self.out / CHECKPOINTS_DIR / f"step-{self.step:06d}"
         tmp = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
         self.save_weights(tmp)
-        torch.save({"step": self.step, "optimizer": self.opt.state_dict(), "generator": self.gen.get_state(),
-                    "losses": self.losses, "trained": [p.detach().cpu() for p in self.params]},
-                   tmp / STATE_FILE)
-        tmp.rename(folder)
+        trained, optimizer = self._trained_state()
+        torch.save({"step": self.step, "optimizer": optimizer, "generator": self.gen.get_state(),
+                    "scaler": self.scaler.state_dict(), "losses": self.losses, "trained": trained,
+                    "method": self.s["method"]}, tmp / STATE_FILE)
+        if folder.exists():
+            old = folder.with_name(folder.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            folder.rename(old)
+            tmp.rename(folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            tmp.rename(folder)
+        kept = sorted(p for p in folder.parent.glob("step-*") if p.is_dir() and p.name[5:].isdigit())
+        for stale in kept[:-max(1, int(self.s["keep_checkpoints"]))]:
+            shutil.rmtree(stale, ignore_errors=True)
         log(f"checkpoint at step {self.step}: {CHECKPOINTS_DIR}/{folder.name}")
         return folder
 
@@ -368,10 +430,32 @@ class Trainer:
         import torch
 
         state = torch.load(folder / STATE_FILE, weights_only=True)
+        if state.get("method", self.s["method"]) != self.s["method"]:
+            raise TrainingDataError(f"The checkpoint {folder.name} is of a {state['method']} run, "
+                                    f"not {self.s['method']}.")
         with torch.no_grad():
-            for p, saved in zip(self.params, state["trained"]):
-                p.copy_(saved.to(p.device, p.dtype))
-        self.opt.load_state_dict(state["optimizer"])
+            if self.s["method"] == "lora":
+                for p, saved in zip(self.params, state["trained"]):
+                    p.copy_(saved.to(p.device, p.dtype))
+            else:
+                self.params[0][self.token_id] = state["trained"][0].to(self.params[0].device,
+                                                                       self.params[0].dtype)
+        optimizer = state["optimizer"]
+        if self.s["method"] != "lora":  # the row's moments back into whole tables
+            table = self.params[0]
+            full = {}
+            for k, st in optimizer["state"].items():
+                full[k] = {}
+                for n, v in st.items():
+                    if getattr(v, "dim", lambda: 0)() == 1 and v.numel() == table.shape[1]:
+                        whole = torch.zeros_like(table)
+                        whole[self.token_id] = v.to(table.device, whole.dtype)
+                        full[k][n] = whole
+                    else:
+                        full[k][n] = v
+            optimizer = {**optimizer, "state": full}
+        self.opt.load_state_dict(optimizer)
+        self.scaler.load_state_dict(state["scaler"])
         self.gen.set_state(state["generator"])
         self.step, self.losses = int(state["step"]), list(state["losses"])
         log(f"resumed from {folder.name} at step {self.step}")
@@ -418,7 +502,7 @@ class Trainer:
                   "weights": path.name, "sha256": sha256_of(path),
                   "loss_first": sum(head) / len(head), "loss_last": sum(tail) / len(tail),
                   "seconds": round(seconds, 1),
-                  "examples": [{"file": Path(e["file"]).name, "text": e["text"],
+                  "examples": [{"file": e.get("name") or Path(e["file"]).name, "text": e["text"],
                                 "sha256": sha256_of(e["file"])} for e in self.examples]}
         (self.out / RECORD_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
         log(f"trained {self.step} steps: loss {record['loss_first']:.4f} -> "
@@ -477,10 +561,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", type=Path, default=None, help="a checkpoint folder")
     args = parser.parse_args(argv)
     settings = {**DEFAULTS, **json.loads(args.settings)}
-    if "RANK" in os.environ and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     local = int(os.environ.get("LOCAL_RANK", 0))
     device = f"cuda:{local}" if torch.cuda.is_available() else "cpu"
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)  # before the process group: NCCL on this rank's GPU
+    if "RANK" in os.environ and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     examples = read_examples(args.data, args.instance_prompt)
     check_examples(examples, int(settings["resolution"]))
@@ -491,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
     if trainer.rank == 0:
         # the figures, not the captions or the settings (those are in training.json)
         shown = {k: v for k, v in record.items() if k not in ("settings", "examples")}
-        print(json.dumps({**shown, "model_seconds": round(trainer.model_seconds, 3),
+        print(json.dumps({**shown, "share": trainer.share, "model_seconds": round(trainer.model_seconds, 3),
                           "loop_seconds": round(trainer.seconds, 3), "processes": trainer.world}),
               flush=True)
     if torch.distributed.is_initialized():
