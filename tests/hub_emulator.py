@@ -59,6 +59,7 @@ MAX_LFS_BODY = 1 << 30  # one LFS object PUT (kept in memory)
 LFS_THRESHOLD = 10 << 20  # larger files must go through LFS, as on the Hub
 CONNECTION_TIMEOUT = 30.0  # a client that stalls mid-request frees its thread after this
 UPLOAD_URL_SECONDS = 3600.0  # how long a signed LFS upload href stays valid
+MAX_PENDING_UPLOADS = 10_000  # signed hrefs handed out and not used yet
 REPO_TYPES = ("model", "dataset", "space")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 # The .gitattributes the Hub writes in a new model repo (the LFS part of it).
@@ -196,14 +197,6 @@ class Emulator:
             self.server.server_close()
             self.server = None
 
-    def __enter__(self) -> "Emulator":
-        if self.server is None:
-            self.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
-
     # --- state -------------------------------------------------------------------
 
     def add_user(self, username: str, token: str, role: str = "write") -> None:
@@ -309,6 +302,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for key, value in (headers or {}).items():
             self.send_header(key, value)
+        if self.close_connection:  # the request body was left unread: this connection ends
+            self.send_header("Connection", "close")
         self.end_headers()
         if not head_only:
             self.wfile.write(body)
@@ -365,7 +360,7 @@ class _Handler(BaseHTTPRequestHandler):
         return data
 
     def _base(self) -> str:
-        host = self.headers.get("Host") or "%s:%s" % self.server.server_address[:2]
+        host = self.headers.get("Host") or "{}:{}".format(*self.server.server_address[:2])
         return f"http://{host}"
 
     def _user(self) -> tuple[str, str] | None:
@@ -632,6 +627,11 @@ class _Handler(BaseHTTPRequestHandler):
         base = self._base()
         auth = self.headers.get("Authorization", "")
         with self.emulator.lock:
+            now = time.monotonic()
+            for secret in [s for s, t in self.emulator.upload_urls.items() if t[3] < now]:
+                del self.emulator.upload_urls[secret]
+            if len(self.emulator.upload_urls) + len(objects) > MAX_PENDING_UPLOADS:
+                raise HubError(429, "Too many LFS uploads announced and not done")
             for obj in objects:
                 oid, size = (obj or {}).get("oid"), (obj or {}).get("size")
                 if not (isinstance(oid, str) and re.fullmatch(r"[0-9a-f]{64}", oid)
@@ -800,7 +800,7 @@ def main(argv=None) -> int:
         stopping.set()
 
     previous = signal.signal(signal.SIGTERM, on_signal)
-    print(f"Ready at {url} (user {args.username}; set HF_ENDPOINT={url} "
+    print(f"Hub emulator ready at {url} (user {args.username}; set HF_ENDPOINT={url} "
           "HF_HUB_DISABLE_XET=1)", flush=True)
     try:
         while not stopping.wait(0.5):

@@ -11,7 +11,7 @@ import importlib
 import os
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 
 import pytest
@@ -102,7 +102,8 @@ def test_a_published_model_arrives_byte_exact_with_binaries_through_lfs(hub, tmp
     assert set(repo.lfs) == binaries and repo.commits[-1].lfs == binaries
     assert {(u.oid, u.size) for u in hub.lfs_uploads} == {
         (hashlib.sha256(files[p]).hexdigest(), len(files[p])) for p in binaries}
-    assert [c for c in hub.calls if c[0] == "PUT"] and ("POST", f"/{REPO_ID}.git/info/lfs/objects/batch") in hub.calls
+    assert ("POST", f"/{REPO_ID}.git/info/lfs/objects/batch") in hub.calls
+    assert sum(method == "PUT" for method, _ in hub.calls) == 2
     assert not any("xet" in path for _, path in hub.calls)
     # the files read back through the client's own download path match too
     from huggingface_hub import hf_hub_download
@@ -221,8 +222,12 @@ def test_the_command_line_serves_whoami_and_stops_cleanly(hf):
     proc = subprocess.Popen([sys.executable, "-m", "tests.hub_emulator", "--port", "0"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        line = proc.stdout.readline()
-        assert line.startswith("Hub emulator ready at http://127.0.0.1:"), line + proc.stderr.read()
+        reader = threading.Thread(target=lambda: lines.append(proc.stdout.readline()), daemon=True)
+        lines: list[str] = []
+        reader.start()
+        reader.join(timeout=15)  # the first line, or give up (the child is killed below)
+        line = lines[0] if lines else ""
+        assert line.startswith("Hub emulator ready at http://127.0.0.1:"), repr(line)
         url = line.split()[4]
         from huggingface_hub import HfApi
 
