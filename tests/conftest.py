@@ -198,11 +198,14 @@ def kaggle_cli(args, env, cwd):
 
 
 def sigint_default() -> None:
-    """For a child that must see Ctrl-C: a shell that starts a job in the background (as CI
-    may) hands its children SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    """For a child that must see Ctrl-C, SIGTERM and SIGHUP: a shell that starts a job in the
+    background (as CI may) hands its children SIGINT ignored, and Python then never raises
+    KeyboardInterrupt; under nohup SIGHUP comes ignored, and imggenhub keeps a signal that
+    was ignored at its start ignored (by design: `nohup imggenhub ...` must not stop)."""
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
 
 
 def release_when(em, condition, timeout: float = 60) -> threading.Thread:
