@@ -36,20 +36,20 @@ from __future__ import annotations
 
 import argparse
 import base64
-import errno
 import fnmatch
 import hashlib
 import json
 import re
 import secrets
-import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from .emulator_main import Served, serve
 
 DEFAULT_USER = "imggenhub"
 DEFAULT_TOKEN = "hf_emulator_write_token"
@@ -149,7 +149,7 @@ class HubError(Exception):
         self.status, self.message, self.code = status, message, code
 
 
-class Emulator:
+class Emulator(Served):
     """The emulator. ``tokens`` maps each token it knows to ``(user, role)``, role "write"
     or "read"; ``add_user`` adds more (e.g. another owner). ``calls`` lists
     ``(method, path)`` of every request, in order."""
@@ -167,35 +167,16 @@ class Emulator:
         self.upload_urls: dict[str, tuple[str, str, int, float]] = {}  # secret -> repo, oid, size, expiry
         self.calls: list[tuple[str, str]] = []
         self.lock = threading.RLock()
-        self.server: ThreadingHTTPServer | None = None
-        self._url: str | None = None
 
     # --- lifecycle ---------------------------------------------------------------
 
-    def start(self, port: int = 0, host: str = "127.0.0.1") -> str:
-        class Handler(_Handler):
-            pass
+    thread_name = "hub-emulator"
 
-        Handler.emulator = self
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True, name="hub-emulator").start()
-        host, port = self.server.server_address[:2]
-        self._url = f"http://{host}:{port}"
-        return self._url
-
-    @property
-    def url(self) -> str:
-        if self._url is None:
-            raise RuntimeError("the emulator has not been started")
-        return self._url
+    def handler(self) -> type:
+        return _Handler
 
     def stop(self) -> None:
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
+        self.close_server()
 
     # --- state -------------------------------------------------------------------
 
@@ -783,34 +764,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     em = Emulator(args.username, args.token, args.read_token or None,
                   max_lfs_body=args.max_body_mb << 20)
-    try:
-        url = em.start(args.port, args.host)
-    except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
-            print(f"Port {args.port} on {args.host} is in use; pick another --port.",
-                  file=sys.stderr, flush=True)
-        else:
-            print(f"Cannot listen on {args.host}:{args.port}: {exc.strerror or exc}; pick another "
-                  "--host or --port.", file=sys.stderr, flush=True)
-        return 2
-
-    stopping = threading.Event()
-
-    def on_signal(signum, frame):
-        stopping.set()
-
-    previous = signal.signal(signal.SIGTERM, on_signal)
-    print(f"Hub emulator ready at {url} (user {args.username}; set HF_ENDPOINT={url} "
-          "HF_HUB_DISABLE_XET=1)", flush=True)
-    try:
-        while not stopping.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        em.stop()
-    return 0
+    return serve(em.start, em.stop, args.host, args.port,
+                 lambda url: f"Hub emulator ready at {url} (user {args.username}; set "
+                             f"HF_ENDPOINT={url} HF_HUB_DISABLE_XET=1)")
 
 
 if __name__ == "__main__":

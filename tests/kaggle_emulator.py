@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import ast
 import base64
-import errno
 import hashlib
 import json
 import re
@@ -34,7 +33,6 @@ import os
 import random
 import secrets
 import shutil
-import signal
 import sys
 import tempfile
 import threading
@@ -42,9 +40,11 @@ import time
 import zlib
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from .emulator_main import Served, serve
 
 # Counter faults the command line exposes as --NAME N.
 FAULTS = ("rate_limit", "server_error", "drop", "drop_after", "truncate", "oversize", "corrupt",
@@ -240,7 +240,7 @@ class Version:
     thread: threading.Thread | None = None
 
 
-class Emulator:
+class Emulator(Served):
     """The emulator. ``runner``: "stub" (fast, default) or "notebook" (real Jupyter kernel).
     ``queue_seconds`` (time spent QUEUED) and ``image_seconds`` (stub: time per image) can be
     changed at any time: a queued version leaves the queue once it has been queued for
@@ -287,32 +287,13 @@ class Emulator:
         self.served: list[str] = []  # the names of the output files served, in order
         self.lock = threading.RLock()
         self.threads: list[threading.Thread] = []
-        self.server: ThreadingHTTPServer | None = None
-        self._url: str | None = None
 
     # --- lifecycle ---------------------------------------------------------------
 
-    def start(self, port: int = 0, host: str = "127.0.0.1") -> str:
-        emulator = self
+    thread_name = "kaggle-emulator"
 
-        class Handler(_Handler):
-            pass
-
-        Handler.emulator = emulator
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                         daemon=True).start()
-        host, port = self.server.server_address[:2]
-        self._url = f"http://{host}:{port}"
-        return self._url
-
-    @property
-    def url(self) -> str:
-        """Where it listens; kept after stop, so a test can aim at the now-closed port."""
-        if self._url is None:
-            raise RuntimeError("the emulator has not been started")
-        return self._url
+    def handler(self) -> type:
+        return _Handler
 
     def stop(self, timeout: float = 300) -> None:
         """Stop: stub runs end after their current image, notebook runs are waited for (at most
@@ -323,10 +304,7 @@ class Emulator:
         deadline = time.monotonic() + timeout
         for thread in list(self.threads):
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        if self.server:
-            self.server.shutdown()
-            self.server.server_close()
-            self.server = None
+        self.close_server()
         shutil.rmtree(self.root, ignore_errors=True)
 
     def wait_idle(self, timeout: float = 300) -> None:
@@ -1248,35 +1226,9 @@ def main(argv=None) -> int:
                   fail_rate=args.fail_rate, truncate_rate=args.truncate_rate, seed=args.seed,
                   failure_message=args.failure_message, log_text=args.log_text,
                   long_stream_line=args.long_stream_line)
-    try:
-        url = em.start(args.port, args.host)
-    except OSError as exc:
-        em.stop()
-        if exc.errno == errno.EADDRINUSE:
-            print(f"Port {args.port} on {args.host} is in use; pick another --port.",
-                  file=sys.stderr, flush=True)
-        else:
-            print(f"Cannot listen on {args.host}:{args.port}: {exc.strerror or exc}; pick another "
-                  "--host or --port.", file=sys.stderr, flush=True)
-        return 2
-
-    stopping = threading.Event()
-
-    def on_signal(signum, frame):
-        stopping.set()
-
-    previous = signal.signal(signal.SIGTERM, on_signal)
-    print(f"Kaggle emulator ready at {url} (user {args.username}, runner {args.runner}, "
-          f"files in {em.root})", flush=True)
-    try:
-        while not stopping.wait(0.5):
-            pass
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        em.stop(timeout=10)
-    return 0
+    return serve(em.start, lambda: em.stop(timeout=10), args.host, args.port,
+                 lambda url: f"Kaggle emulator ready at {url} (user {args.username}, runner "
+                             f"{args.runner}, files in {em.root})")
 
 
 if __name__ == "__main__":
