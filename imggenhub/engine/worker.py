@@ -62,10 +62,8 @@ class Session:
         job = self.job
         state, self.device, self.dtype = _select_device(job)
         rank, world = state.process_index, state.num_processes
-        tasks = Plan.of(job).split(rank, world).tasks(job)
-        # a model sweep: each model's images together, so that each model loads once
-        order = list(dict.fromkeys(t["model"]["id"] for t in tasks))
-        self.tasks = sorted(tasks, key=lambda t: order.index(t["model"]["id"]))
+        # a model sweep's models each load once: ``batches`` keeps each model's work together
+        self.tasks = Plan.of(job).split(rank, world).tasks(job)
         self.model = self.tasks[0]["model"] if self.tasks else job["model"]
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / PARTS_DIR).mkdir(exist_ok=True)
