@@ -204,8 +204,8 @@ def main(argv=None) -> None:
     ap.add_argument("--images", type=int, default=6000, help="drawn training scenes")
     ap.add_argument("--vae-steps", type=int, default=1500)
     ap.add_argument("--vae-batch", type=int, default=16)
-    ap.add_argument("--unet-steps", type=int, default=3000)
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--unet-steps", type=int, default=6000)
+    ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--fg-weight", type=float, default=FOREGROUND_WEIGHT,
                     help="the VAE loss's extra weight on a shape's pixels")
     ap.add_argument("--width", type=int, default=32, help="the UNet's first block's channels")

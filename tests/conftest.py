@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import contextlib
+import importlib
 import subprocess
 import sys
 import threading
@@ -73,6 +74,7 @@ SHARED_WORKER = {
         "test_scores.py::test_score_records_each_image_and_the_mean",
         "test_scores.py::test_score_command_reads_our_pngs_and_a1111s",
         "test_scores.py::test_score_offline_without_the_model_is_one_sentence_and_an_empty_folder_loads_nothing",
+        "test_train_runs.py::test_train_resume_generate_with_the_weights_and_publish_them",
     ),
     "quick_run": (
         "test_local_backend.py::test_generate_leaves_verified_pngs_and_manifest",
@@ -286,5 +288,40 @@ def emulator(monkeypatch):
 def real_emulator(monkeypatch):
     """The emulator running each pushed notebook in a real Jupyter kernel (end to end)."""
     em = start_emulator(monkeypatch, runner="notebook")
+    yield em
+    em.stop()
+
+
+@pytest.fixture
+def hf(tmp_path, monkeypatch):
+    """huggingface_hub online, without Xet, with a fresh HF_HOME and no token of the user's:
+    constants read at import are patched too, as another test may have imported it first."""
+    home = tmp_path / "hf-home"
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_ENDPOINT",
+                "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "HF_HOME", str(home))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
+    monkeypatch.setattr(importlib.import_module("huggingface_hub.utils.tqdm"),
+                        "HF_HUB_DISABLE_PROGRESS_BARS", True)
+    return huggingface_hub
+
+
+@pytest.fixture
+def hub(hf):
+    from .hub_emulator import Emulator as HubEmulator
+
+    em = HubEmulator()
+    em.start()
     yield em
     em.stop()

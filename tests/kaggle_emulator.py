@@ -106,7 +106,9 @@ class Faults:
     checks the rest against; ``manifest_body`` is the manifest's own knob). Others: slow and slow_files (seconds), trickle
     (seconds between bytes of every file download, at most 120 bytes sent), endless_pages
     (bool), manifest_body (bytes served for every listed ``*manifest.json``), fail_notebook
-    (bool), extra_names (names listed besides the real ones), retry_after (header value);
+    (bool), session_steps (each training session a notebook runs stops after this many
+    steps, as when its time is nearly up: IMGGENHUB_ENGINE_STOP_AFTER in its environment),
+    extra_names (names listed besides the real ones), retry_after (header value);
     hostile text: log_text (written to each stub run's log before its first image),
     failure_message (what a failed version reports instead of Kaggle's sentence),
     long_stream_line (each live log stream first sends one ``data:`` line this many bytes
@@ -139,6 +141,7 @@ class Faults:
     endless_pages: bool = False  # ListKernelSessionOutput always answers a nextPageToken
     manifest_body: bytes | None = None  # served for every listed name ending in manifest.json
     fail_notebook: bool = False
+    session_steps: int = 0  # each training session ends after this many steps, as at its time limit
     fail_rate: float = 0.0  # each matching API call fails with this chance (429, 503 or drop)
     truncate_rate: float = 0.0  # each file download is cut short with this chance
     seed: int | None = None  # seeds the chances above (set it to replay a run of faults)
@@ -338,6 +341,11 @@ class Emulator(Served):
         bad = [s for s in body.get("datasetDataSources", []) if s not in self.datasets]
         if bad:
             return {"invalidDatasetSources": bad}
+        # a kernel source: the output of that kernel's latest complete version
+        sources = {s: self._complete_output(s) for s in body.get("kernelDataSources", [])}
+        bad = [s for s, files in sources.items() if files is None]
+        if bad:
+            return {"invalidKernelSources": bad}
         with self.lock:
             if body.get("enableGpu") and (self.faults.take("gpu_cap")
                                           or self._active_gpu() >= self.gpu_sessions):
@@ -348,8 +356,11 @@ class Emulator(Served):
             # as on Kaggle, the kernel reads the dataset versions current at its push
             version.inputs = {s.split("/", 1)[1]: dict(self.datasets[s]["versions"][-1])
                               for s in body.get("datasetDataSources", [])}
+            version.inputs.update({s.split("/", 1)[1]: files for s, files in sources.items()})
             if self.faults.fail_notebook:
                 version.env["IMGGENHUB_ENGINE_FAIL_AFTER"] = "1"
+            if self.faults.session_steps:
+                version.env["IMGGENHUB_ENGINE_STOP_AFTER"] = str(self.faults.session_steps)
             versions.append(version)
             thread = threading.Thread(target=self._execute, args=(ref, version), daemon=True,
                                       name=f"kernel {ref} v{version.number}")
@@ -554,6 +565,14 @@ class Emulator(Served):
             if version.cancel.is_set() or time.monotonic() > deadline:
                 return
 
+    def _complete_output(self, ref: str) -> dict | None:
+        """The files of ``ref``'s latest complete version, {name: bytes}, as a kernel source
+        mounts them (None: no such kernel, or no version of it completed)."""
+        done = [v for v in self.kernels.get(ref, []) if v.status == "COMPLETE"]
+        if not done:
+            return None
+        return {name: path.read_bytes() for name, path in self.output_files(done[-1])}
+
     def output_files(self, version: Version) -> list[tuple[str, Path]]:
         """The version's output files once its run is over (nothing while it runs)."""
         if version.status not in TERMINAL or version.finished is None:
@@ -582,9 +601,12 @@ def _mount(root: Path, inputs: dict) -> Path:
         folder = root / slug
         folder.mkdir(parents=True)
         for name, data in files.items():
-            path = folder / name
+            path = folder / name  # a kernel's output has folders
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
             path.chmod(0o444)
+        for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
+            sub.chmod(0o555)
         folder.chmod(0o555)
     root.chmod(0o555)
     return root

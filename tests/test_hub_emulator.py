@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import importlib
 import os
 import subprocess
 import sys
@@ -16,44 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from .hub_emulator import DEFAULT_READ_TOKEN, DEFAULT_TOKEN, Emulator
+from .hub_emulator import DEFAULT_READ_TOKEN, DEFAULT_TOKEN
 
 REPO = Path(__file__).resolve().parents[1]
 REPO_ID = "imggenhub/tiny-lora"
 PNG_HEAD = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"
-
-
-@pytest.fixture
-def hf(tmp_path, monkeypatch):
-    """huggingface_hub online, without Xet, with a fresh HF_HOME and no token of the user's:
-    constants read at import are patched too, as another test may have imported it first."""
-    home = tmp_path / "hf-home"
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_TOKEN_PATH", "HF_ENDPOINT",
-                "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    import huggingface_hub
-    from huggingface_hub import constants
-
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(constants, "HF_HOME", str(home))
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
-    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
-    monkeypatch.setattr(importlib.import_module("huggingface_hub.utils.tqdm"),
-                        "HF_HUB_DISABLE_PROGRESS_BARS", True)
-    return huggingface_hub
-
-
-@pytest.fixture
-def hub(hf):
-    em = Emulator()
-    em.start()
-    yield em
-    em.stop()
 
 
 def api(hub, token=DEFAULT_TOKEN):

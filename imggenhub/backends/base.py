@@ -98,6 +98,12 @@ class Backend:
     def close(self) -> None:
         """The command is over: let go of what the waits kept open."""
 
+    def attach_previous(self, run: Run) -> str | None:
+        """Let the next session of ``run`` see the output of the sessions before it (a
+        training run continues from their newest checkpoint); return where it will find it
+        (None: it cannot)."""
+        return None
+
     def refresh(self, run: Run, on_event: OnEvent) -> Run:
         """One look at the run's state (the status command)."""
         return run
@@ -137,6 +143,8 @@ class Backend:
             run.state, run.failure = RunState.DOWNLOADED, None
             return runs.save(run)
         run.session += 1
+        if kind.continues:  # it goes on from what the sessions before it left
+            doc = kind.continue_from(doc, self.attach_previous(run))
         doc.update(only=rest.ranges(), session=run.session)
         path = run.notebook_dir / CODE_FILE
         path.write_text(with_document(path.read_text(encoding="utf-8"), doc), encoding="utf-8")

@@ -150,6 +150,9 @@ class LocalBackend(Backend):
         if missing:
             raise MissingDependencyError(missing[0], why="The local backend")
 
+    def attach_previous(self, run: Run) -> str | None:
+        return run.out_dir  # the folder every session's outputs were brought home to
+
     def submit(self, run: Run, on_event: OnEvent) -> Run:
         if run.state in PUSH_REST:  # interrupted or failed before: only the images not here
             run = self.render_rest(run, on_event)

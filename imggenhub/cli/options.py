@@ -160,7 +160,6 @@ def _shards(value: str) -> int | None:
 
 
 def _parse_job(flags: dict) -> dict:
-    from ..backends.kaggle.meta import KernelOptions
     from ..job.resolve import job_from_inputs
     from ..job.spec import parse_settings
 
@@ -169,13 +168,19 @@ def _parse_job(flags: dict) -> dict:
     settings = parse_settings(**{k: v for k, v in flags.items() if k not in ("prompt", "prompts_file")})
     return {
         "job": job_from_inputs(settings, flags["prompt"], flags["prompts_file"]),
-        "kernel": KernelOptions(kernel_id=kernel["kernel_id"], title=kernel["title"],
-                                gpu=flags["gpu"], internet=kernel["internet"],
-                                template=kernel["metadata_template"],
-                                hf_token_env=kernel["hf_token_env"], force=kernel["force"],
-                                bundle=kernel["bundle"]),
+        "kernel": kernel_options(flags["gpu"], kernel_id=kernel["kernel_id"], title=kernel["title"],
+                                 internet=kernel["internet"], template=kernel["metadata_template"],
+                                 hf_token_env=kernel["hf_token_env"], force=kernel["force"],
+                                 bundle=kernel["bundle"]),
         "shards": shards,
     }
+
+
+def kernel_options(gpu: bool, **flags):
+    """The Kaggle kernel's options from its flags (a command's own, or the job options')."""
+    from ..backends.kaggle.meta import KernelOptions
+
+    return KernelOptions(gpu=gpu, **flags)
 
 
 def kernel_flags_given(kernel) -> list[str]:

@@ -81,9 +81,10 @@ def run_data(run) -> dict:
 def done(run, as_json: bool) -> None:
     """A run's result: where its images are, or else its state."""
     if run.state.value == "downloaded" or run.images_fetched:
-        from ..engine import images_text
+        from ..run import kinds
 
-        human = f"{images_text(run.images_fetched)} in {run.out_dir} (manifest.json; run {run.run_id})"
+        human = (f"{kinds.of(run.kind).count(run.images_fetched)} in {run.out_dir} "
+                 f"(manifest.json; run {run.run_id})")
     else:
         human = f"{run.run_id} {run.state.value} {run.url or ''}".rstrip()
     result(run_data(run), human, as_json)

@@ -26,9 +26,10 @@ from .wire import (  # noqa: F401
     BUNDLES_DIR, ENGINE_PACKAGE, ENGINE_VERSION, ERROR_PREFIX, JOB_FILE, KAGGLE_INPUT, LOG_FILE, MANIFEST, OUTPUT_DIR,
     PARTS_DIR, PROGRESS_PREFIX, SCHEDULERS, SDXL_VAE_FP16_FIX, SEED_MODULUS, TINY_CLIP,
     TINY_KANDINSKY,
-    TINY_RANDOM, TINY_SDXL, TINY_SDXL_REFINER, TINY_SHAPES, counted, images_text, log,
+    TINY_RANDOM, TINY_SDXL, TINY_SDXL_REFINER, TINY_SHAPES, WEIGHTS, counted, images_text, log,
     progress_message)
-from .worker import count_processes, launch, main, notebook_main, run_worker  # noqa: F401
+from .worker import (  # noqa: F401
+    count_processes, launch, main, notebook_main, run_training, run_worker)
 
 MODULES = ("__init__", "wire", "plan", "inputs", "manifest", "outputs", "tiny", "pipelines",
-           "scoring", "worker", "__main__")
+           "scoring", "training", "worker", "__main__")

@@ -62,6 +62,15 @@ def open_picture(path):
             raise bomb(exc) from None
 
 
+def mounted(path: str | None) -> str | None:
+    """A /kaggle/input/... path where this kernel's sources are mounted (IMGGENHUB_KAGGLE_INPUT,
+    which the tests' emulator sets; unset, as on Kaggle: the path itself)."""
+    root = os.environ.get("IMGGENHUB_KAGGLE_INPUT")
+    if path and root and (path == KAGGLE_INPUT or path.startswith(KAGGLE_INPUT + "/")):
+        return root + path[len(KAGGLE_INPUT):]
+    return path
+
+
 def _locate(path: str, root: str) -> Path:
     """Where a shipped input ``/kaggle/input/<dataset>/<file>`` is mounted under ``root``:
     right there, or one or two folders deeper (a layout that names the owner)."""
@@ -106,16 +115,35 @@ def resolve_inputs(job: dict, root: str | None = None) -> dict:
         found[path] = str(where)
         names[str(where)] = about["name"]
 
-    def moved(value):
-        return found.get(value, value) if isinstance(value, str) else value
+    job = move_paths(job, found)
+    for key in ("loras", "embeddings"):  # the user's names, which the manifest records
+        job[key] = [{**r, "name": Path(inputs[p]["name"]).stem, "file": inputs[p]["name"]}
+                    if (p := _origin(found, r["ref"])) else r for r in job.get(key) or []]
+    return {**job, "input_names": names}
 
-    prompts = [{**p, "init_image": moved(p.get("init_image")), "mask_image": moved(p.get("mask_image"))}
-               for p in job["prompts"]]
-    refs = {key: [{**r, "ref": moved(r["ref"]),
-                   **({"name": Path(inputs[r["ref"]]["name"]).stem,
-                       "file": inputs[r["ref"]]["name"]} if r["ref"] in inputs else {})}
-                  for r in job.get(key) or []] for key in ("loras", "embeddings")}
-    return {**job, "prompts": prompts, **refs, "input_names": names}
+
+def _origin(found: dict, where: str):
+    """The shipped path that was found at ``where`` (None: not a shipped input)."""
+    return next((path for path, here in found.items() if here == where), None)
+
+
+def move_paths(job: dict, where: dict) -> dict:
+    """The job with each file path it names (init images, masks, local LoRAs and embeddings,
+    training pictures) replaced as ``where`` maps it (paths it does not map stay): the one
+    list of a job's file fields, for the host that ships them and the engine that finds them."""
+    def moved(value):
+        return where.get(value, value) if isinstance(value, str) else value
+
+    job = dict(job)
+    if "prompts" in job:
+        job["prompts"] = [{**p, "init_image": moved(p.get("init_image")),
+                           "mask_image": moved(p.get("mask_image"))} for p in job["prompts"]]
+    for key in ("loras", "embeddings"):
+        if key in job:
+            job[key] = [{**r, "ref": moved(r["ref"])} for r in job[key] or []]
+    if "examples" in job:
+        job["examples"] = [{**e, "file": moved(e["file"])} for e in job["examples"]]
+    return job
 
 
 def use_hf_token(job: dict, root: str | None = None) -> bool:

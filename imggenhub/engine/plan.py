@@ -1,6 +1,7 @@
 """The plan: a job's work items, planned once, in a fixed order (pure, stdlib).
 
-Today an item is an image: its index, seed, prompt, settings and file name. A shard, a
+An item is an image (its index, seed, prompt, settings and file name), or for a training
+job its one product, the trained weights. A shard, a
 session and a resume each make a share of the plan (a subset of its indices, as
 [start, end) ranges in the job document's ``only``); what is still owed is the share
 minus what a manifest lists (``Plan.minus``), reckoned here and nowhere else, for the
@@ -15,7 +16,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from .wire import IMAGE_PARAMS, SEED_MODULUS, SWEEP_PARAMS
+from .wire import IMAGE_PARAMS, SEED_MODULUS, SWEEP_PARAMS, WEIGHTS
 
 
 def slugify(text: str, max_len: int = 40) -> str:
@@ -58,6 +59,14 @@ def plan_images(job: dict) -> list[dict]:
     return tasks
 
 
+def planned(job: dict) -> int:
+    """How many items a job plans: a generation job's images; a training job one, its
+    trained weights (a session that ends before them leaves a checkpoint, not an item)."""
+    if job.get("kind") == WEIGHTS:
+        return 1
+    return sum(int(p["num_images"]) for p in job["prompts"])
+
+
 def ranges_of(indices) -> list[list[int]]:
     """Sorted indices as [start, end) ranges: [0, 1, 2, 5] -> [[0, 3], [5, 6]]."""
     out: list[list[int]] = []
@@ -98,8 +107,7 @@ class Plan:
     @classmethod
     def of(cls, job: dict) -> "Plan":
         """The share a job document makes: all of it, or its ``only`` ranges."""
-        total = sum(int(p["num_images"]) for p in job["prompts"])
-        return cls.whole(total).only(job.get("only"))
+        return cls.whole(planned(job)).only(job.get("only"))
 
     def only(self, ranges) -> "Plan":
         """The items whose index lies in ``ranges`` ([start, end) pairs; None: all)."""

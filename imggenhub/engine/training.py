@@ -17,8 +17,8 @@ import json
 import time
 from pathlib import Path
 
-from .inputs import PictureTooLarge, open_picture, sha256_of
-from .wire import log
+from .inputs import PictureTooLarge, mounted, open_picture, sha256_of
+from .wire import ENGINE_VERSION, PARTS_DIR, WEIGHTS, log
 
 METHODS = ("lora", "textual-inversion")
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the attention projections
@@ -196,6 +196,7 @@ class Trainer:
             raise TrainingDataError(f"The batch size {self.s['batch_size']} does not split evenly "
                                     f"over {self.world} processes; use a multiple of {self.world}.")
         self.model_seconds = 0.0  # in forward and backward passes (the benchmark's share)
+        self.last_step = 0.0  # the last step's seconds (a session clock's lap)
         self.share = 0  # this process's share of the last batch
         self._encode()
 
@@ -267,9 +268,12 @@ class Trainer:
 
     # -- the loop ------------------------------------------------------------------------
 
-    def run(self, resume_from=None, stop_after: int | None = None) -> dict:
+    def run(self, resume_from=None, stop_after: int | None = None, stop=None) -> dict:
         """Train to ``steps`` (from the checkpoint ``resume_from`` if given); ``stop_after``
-        ends early after that many steps (a test's cut). Returns the run's record.
+        ends early after that many steps (a test's cut); ``stop(seconds of the last step)``
+        True ends it early after a checkpoint (a session's time nearly up: every process
+        stops at the same step, the vote exchanged with the gradients). Returns the run's
+        record.
 
         Launched as several processes (one per GPU, torch.distributed initialised), every
         process draws the whole batch from the same generator and trains on its own equal
@@ -286,7 +290,8 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         unet.train()
         t0, first = time.monotonic(), self.step
-        while self.step < steps and (stop_after is None or self.step - first < stop_after):
+        stopping = False
+        while self.step < steps and not stopping and (stop_after is None or self.step - first < stop_after):
             g = self.gen
             idx = torch.randint(0, n, (int(s["batch_size"]),), generator=g)
             latents = self.latents[idx]
@@ -319,14 +324,18 @@ class Trainer:
                 # (textual inversion: only the new token's row; the others are put back)
                 grads = ([p.grad for p in self.params] if s["method"] == "lora"
                          else [self.params[0].grad[self.token_id]])
-                flat = torch.cat([*(g.reshape(-1) for g in grads), loss.reshape(1)])
+                # (and each process's vote to stop: one stops, all stop at this step)
+                vote = torch.tensor([float(stop is not None and stop(self.last_step))])
+                flat = torch.cat([*(g.reshape(-1) for g in grads), loss.reshape(1), vote])
                 dist.all_reduce(flat)
                 flat /= self.world
                 at = 0
                 for g in grads:
                     g.copy_(flat[at:at + g.numel()].view_as(g))
                     at += g.numel()
-                loss = flat[-1]
+                loss, stopping = flat[-2], bool(flat[-1] > 0)
+            else:
+                stopping = stop is not None and stop(self.last_step)
             self.model_seconds += time.monotonic() - started
             if s["method"] == "lora":  # the LoRA example's --max_grad_norm 1.0
                 self.scaler.unscale_(self.opt)
@@ -342,6 +351,7 @@ class Trainer:
                     table.data[keep] = self.frozen_rows[keep].to(table.dtype)
             self.step += 1
             self.losses.append(float(loss))
+            self.last_step = time.monotonic() - started
             if self.rank == 0 and (self.step % 50 == 0 or self.step == steps):
                 rate = (self.step - first) / max(1e-9, time.monotonic() - t0)
                 left = (steps - self.step) / rate if rate else 0
@@ -352,6 +362,11 @@ class Trainer:
                 self.checkpoint()
                 self.validate()
                 unet.train()
+            elif stopping and self.step < steps and self.rank == 0:
+                self.checkpoint()
+            if stopping and self.step < steps and self.rank == 0:
+                log(f"the session's time is nearly up: stopping at step {self.step} of {steps} "
+                    "(the next session continues from its checkpoint)")
         unet.eval()
         self.seconds = time.monotonic() - t0
         if self.step < steps or self.rank != 0:
@@ -539,6 +554,90 @@ def plot_losses(losses: list[float], width: int = 480, height: int = 240):
     pen.text((left, bottom + 4), "step 1", fill=(0, 0, 0))
     pen.text((right - 70, bottom + 4), f"step {len(losses)}", fill=(0, 0, 0))
     return image
+
+
+def processes_for(batch_size: int, devices: int) -> int:
+    """How many processes train a batch of ``batch_size`` on ``devices`` GPUs: the most that
+    split it evenly (a batch of 1 trains on one GPU; each process gets an equal share)."""
+    return max(d for d in range(1, max(1, devices) + 1) if batch_size % d == 0)
+
+
+def latest_checkpoint(folder) -> Path | None:
+    """The newest whole checkpoint (one with its state file) under ``folder``, a previous
+    session's output: its checkpoints/step-NNNNNN folders, there or one or two folders
+    deeper (as Kaggle mounts a kernel's output). None: it holds none."""
+    if not folder or not Path(folder).is_dir():
+        return None
+    root = Path(folder)
+    found = [p for depth in ("", "*/", "*/*/")
+             for p in root.glob(f"{depth}{CHECKPOINTS_DIR}/step-*")
+             if p.name[5:].isdigit() and (p / STATE_FILE).is_file()]
+    return max(found, key=lambda p: int(p.name[5:]), default=None)
+
+
+def run_job(job: dict, out_dir: Path, device: str, dtype, clock=None) -> dict:
+    """A training job's document, run in this process (one of the engine's processes): the
+    model loaded, the pictures the document names (found where they are, checked by the
+    host), the run continued from the newest checkpoint under ``resume_from`` if the
+    document names a previous session's output. ``clock`` (plan.SessionClock) ends it early,
+    after a checkpoint, when the session's time is nearly up. The first process records the
+    weights in its manifest part as the job's one item; a session that ends early records
+    none, and the next one continues."""
+    import os
+
+    from .manifest import PartLog
+    from .pipelines import load_pipeline
+
+    t0 = time.monotonic()
+    out_dir = Path(out_dir)
+    settings = {**DEFAULTS, **job["training"]}
+    examples = [{"file": e["file"], "text": e["text"], "name": e.get("name")}
+                for e in job["examples"]]
+    pipe = load_pipeline(job["model"], device, dtype)
+    pipe.set_progress_bar_config(disable=True)
+    trainer = Trainer(pipe, examples, settings, out_dir, device)
+    part = None
+    if trainer.rank == 0:
+        (out_dir / PARTS_DIR).mkdir(parents=True, exist_ok=True)
+        header = {"engine_version": ENGINE_VERSION, "kind": WEIGHTS, "job_id": job.get("job_id"),
+                  "run_id": job.get("run_id"), "model": job["model"]["id"],
+                  "method": settings["method"], "name": settings["name"],
+                  "processes_total": trainer.world}
+        part = PartLog(out_dir / PARTS_DIR / "rank-00.jsonl", header, {
+            "rank": 0, "run_id": job.get("run_id"), "session": job.get("session", 1),
+            "device": device, "dtype": str(dtype).replace("torch.", ""),
+            "model_load_seconds": round(time.monotonic() - t0, 4)})
+    start = latest_checkpoint(mounted(job.get("resume_from")))
+    # the tests' faults: the session fails after N steps (its checkpoints kept), as
+    # generation's does; or its time is up after N steps (the emulator's short session)
+    fail_after = int(os.environ.get("IMGGENHUB_ENGINE_FAIL_AFTER", "-1"))
+    up_after = int(os.environ.get("IMGGENHUB_ENGINE_STOP_AFTER", "-1"))
+    first = [None]
+
+    def stop(seconds: float) -> bool:
+        first[0] = trainer.step if first[0] is None else first[0]
+        if up_after >= 0 and trainer.step + 1 - first[0] >= up_after:
+            return True
+        if clock is None:
+            return False
+        clock.lap(seconds)
+        return clock.time_up()
+
+    record = trainer.run(resume_from=start, stop=stop,
+                         stop_after=fail_after if fail_after >= 0 else None)
+    if part is not None:
+        if record.get("weights"):
+            path = out_dir / record["weights"]
+            part.image({"index": 0, "file": path.name, "sha256": record["sha256"],
+                        "bytes": path.stat().st_size, "model": job["model"]["id"],
+                        "method": settings["method"], "steps": record["steps"],
+                        "token": settings.get("token"), "loss_first": record["loss_first"],
+                        "loss_last": record["loss_last"], "seconds": record["seconds"]})
+        part.update_process(seconds=round(time.monotonic() - t0, 4),
+                            training_seconds=round(trainer.seconds, 4), steps=trainer.step)
+    if fail_after >= 0 and not record.get("weights"):
+        raise RuntimeError(f"injected failure at step {trainer.step} (IMGGENHUB_ENGINE_FAIL_AFTER)")
+    return record
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ BUNDLES_DIR = "bundles"  # big jobs: the images again, packed in tar bundles
 OUTPUT_DIR = "output"  # under the notebook's working folder (/kaggle/working on Kaggle)
 ENGINE_PACKAGE = "imggenhub_engine"  # what the notebook writes its modules into
 JOB_FILE = "imggenhub_job.json"
+WEIGHTS = "weights"  # a training job's kind (its document's "kind"; generation has none)
 KAGGLE_INPUT = "/kaggle/input"  # where Kaggle mounts the datasets a kernel lists
 LOG_FILE = "kernel.log"  # the kernel's stdout/stderr, as the host saves it
 ERROR_PREFIX = PROGRESS_PREFIX + " error: "

@@ -21,7 +21,7 @@ from .pipelines import (apply_embeddings, apply_loras, derived_pipeline, enable_
 from .scoring import Scorer
 from .plan import Plan, SessionClock, batches
 from .wire import (ENGINE_PACKAGE, ENGINE_VERSION, ERROR_PREFIX, JOB_FILE, OUTPUT_DIR, PARTS_DIR,
-                   images_text, log)
+                   WEIGHTS, images_text, log)
 
 
 def _select_device(job: dict):
@@ -233,6 +233,16 @@ def run_worker(job: dict, out_dir: Path) -> None:
         session.close()
 
 
+def run_training(job: dict, out_dir: Path) -> None:
+    """A training job in this process (one per GPU): the weights, or, when the session's
+    time is nearly up, a checkpoint the next session continues from."""
+    from .training import run_job
+
+    job = resolve_inputs(job)  # the pictures: found where mounted, checked by sha256
+    _, device, dtype = _select_device(job)
+    run_job(job, out_dir, str(device), dtype, SessionClock(job))
+
+
 def _with_faults(session: Session) -> Session:
     """The tests' fault: IMGGENHUB_ENGINE_FAIL_AFTER=N makes the session fail before a batch
     once N images are made (a crash mid-job, as a real engine crashes). Unset: unchanged."""
@@ -331,20 +341,27 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if use_hf_token(job) and not args.worker:  # the workers inherit it
         log("a Hugging Face token from the private dataset is set for the engine's processes")
+    work = run_training if job.get("kind") == WEIGHTS else run_worker
     if args.worker:
-        run_worker(job, args.out)
+        work(job, args.out)
         return 0
     t0 = time.monotonic()
     os.environ.setdefault("IMGGENHUB_ENGINE_STARTED", str(time.time()))  # the session clock
     processes = count_processes(job)
-    log(f"job {job.get('job_id')}: {images_text(len(Plan.of(job)))} with {job['model']['id']} "
+    if work is run_training:  # equal shares of each batch: as many as split it evenly
+        from .training import processes_for
+
+        processes = processes_for(int(job["training"].get("batch_size") or 1), processes)
+    what = (f"training a {job['training'].get('method', 'lora')} on {len(job['examples'])} pictures"
+            if work is run_training else images_text(len(Plan.of(job))))
+    log(f"job {job.get('job_id')}: {what} with {job['model']['id']} "
         f"in {processes} process{'es' if processes > 1 else ''}")
     code = 0
     try:
         if processes > 1:
             code = launch(args.job, args.out, processes)
         else:
-            run_worker(job, args.out)
+            work(job, args.out)
     except Exception as exc:
         traceback.print_exc()
         print(f"{ERROR_PREFIX}{type(exc).__name__}: {exc}", flush=True)
@@ -352,7 +369,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         manifest = merge_manifest(args.out, job)
     n = len(manifest["images"]) if manifest else 0
-    log(f"done: {images_text(n)} in {time.monotonic() - t0:.1f}s" + ("" if code == 0 else f" (failed, exit {code})"))
+    made = (f"{'the weights' if n else 'no weights yet'}" if work is run_training else images_text(n))
+    log(f"done: {made} in {time.monotonic() - t0:.1f}s" + ("" if code == 0 else f" (failed, exit {code})"))
     return code
 
 

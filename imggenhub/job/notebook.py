@@ -91,7 +91,7 @@ def render_notebook(job: JobSpec, run_id: str | None = None, document: dict | No
     """The notebook's JSON text for this job (and run)."""
     nb = _template()
     about = {"{{job_id}}": job.job_id, "{{version}}": __version__, "{{run_id}}": run_id or "-",
-             "{{image_count}}": str(job.image_count), "{{model_id}}": job.model["id"]}
+             "{{summary}}": job.summary()}
     cells = []
     for cell in nb["cells"]:
         source = "".join(cell["source"])

@@ -104,8 +104,25 @@ def parse_lora(value: str) -> LoraRef:
         return LoraRef(ref=ref, scale=scale, local=False)
     if ref.endswith(".safetensors") and (ref.startswith((".", "/", "~")) or path.parent.is_dir()):
         raise SpecError(f"--lora {value!r}: the file {ref} is not found here.")
-    raise SpecError(f"--lora {value!r} is neither a .safetensors file here nor a Hub repo "
-                    "(owner/name or owner/name/file.safetensors); add :SCALE for a weight.")
+    trained = _trained(ref, "lora", f"--lora {value!r}")
+    if trained is not None:
+        return LoraRef(ref=trained["file"], scale=scale, local=True)
+    raise SpecError(f"--lora {value!r} is neither a .safetensors file here, a Hub repo "
+                    "(owner/name or owner/name/file.safetensors) nor a name 'imggenhub train' "
+                    "gave a LoRA; add :SCALE for a weight.")
+
+
+def _trained(name: str, method: str, flag: str) -> dict | None:
+    """The weights 'imggenhub train' registered under ``name`` (None: no such name)."""
+    from ..run import trained
+
+    entry = trained.find(name)
+    if entry is None:
+        return None
+    if entry.get("method") != method:
+        raise SpecError(f"{flag}: '{name}' names a {entry.get('method')} trained here, not a "
+                        f"{method}; use --{'lora' if entry.get('method') == 'lora' else 'embedding'}.")
+    return entry
 
 
 EMBEDDING_SUFFIXES = (".safetensors", ".bin", ".pt")
@@ -132,9 +149,12 @@ def parse_embedding(value: str) -> EmbeddingRef:
         return EmbeddingRef(ref=str(path.resolve()), token=token or f"<{path.stem}>", local=True)
     if _hub_ref(ref, EMBEDDING_SUFFIXES):
         return EmbeddingRef(ref=ref, token=token, local=False)
+    trained = _trained(ref, "textual-inversion", f"--embedding {value!r}")
+    if trained is not None:
+        return EmbeddingRef(ref=trained["file"], token=token or trained.get("token"), local=True)
     raise SpecError(f"--embedding {value!r} is neither an embedding file here (.safetensors, .bin, "
-                    ".pt) nor a Hub repo (owner/name or owner/name/file); add :TOKEN to name its "
-                    "token.")
+                    ".pt), a Hub repo (owner/name or owner/name/file) nor a name 'imggenhub "
+                    "train' gave an embedding; add :TOKEN to name its token.")
 
 
 def _score_model(settings: Settings) -> str | None:

@@ -181,6 +181,25 @@ class JobSpec(BaseModel):
     def image_count(self) -> int:
         return sum(p.num_images for p in self.prompts)
 
+    @property
+    def kind(self) -> str:
+        return "images"  # what a run of it produces (run.kinds)
+
+    def local_files(self) -> list[str]:
+        """The distinct files on this machine the job names, in the order it names them
+        (what a remote backend ships)."""
+        paths = [p for item in self.prompts for p in (item.init_image, item.mask_image)]
+        paths += [ref.ref for ref in (*self.loras, *self.embeddings) if ref.local]
+        return list(dict.fromkeys(p for p in paths if p))
+
+    def summary(self) -> str:
+        """What a run of it makes, as its first line says: the images, and the model (each
+        model of a model sweep)."""
+        from ..engine import images_text
+
+        ids = dict.fromkeys((p.model or self.model)["id"] for p in self.prompts)
+        return f"{images_text(self.image_count)} with {', '.join(ids)}"
+
 
 # ---------------------------------------------------------------------------
 # Turning pydantic's findings into one sentence

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from .. import backends
-from ..engine import images_text
 from ..errors import SpecError
 from ..job.notebook import job_document
 from ..job.spec import JobSpec
@@ -32,6 +31,7 @@ def start(job: JobSpec, backend: str, out_dir: Path | None, options, on_event: b
     run_id = runs.new_run_id(job.job_id)
     out = Path(out_dir) if out_dir else DEFAULT_OUTPUTS / run_id
     run = Run(run_id=run_id, backend=backend, job_id=job.job_id, image_count=job.image_count,
+              kind=job.kind,
               out_dir=str(out.resolve()), name=name,
               session_timeout_seconds=int(timeout_hours * 3600) if timeout_hours else None)
     made_out = not out.exists()
@@ -58,14 +58,8 @@ def start(job: JobSpec, backend: str, out_dir: Path | None, options, on_event: b
         if made_out and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # nor an empty folder made for it
         raise
-    on_event(f"run {run_id}: {images_text(job.image_count)} with {_models(job)} on the {backend} backend")
+    on_event(f"run {run_id}: {job.summary()} on the {backend} backend")
     return run
-
-
-def _models(job: JobSpec) -> str:
-    """The model the job uses, or each model of a model sweep."""
-    ids = dict.fromkeys((p.model or job.model)["id"] for p in job.prompts)
-    return ", ".join(ids)
 
 
 def generate(job: JobSpec, backend: str, out_dir: Path | None, options, on_event,

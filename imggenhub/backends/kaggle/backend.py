@@ -21,6 +21,7 @@ from ...errors import (
     RunFailedError,
     Unreachable,
 )
+from ...engine import KAGGLE_INPUT
 from ...job.notebook import CODE_FILE, read_job_document
 from ...run import runs
 from ...run.lifecycle import PUSH_REST, RunState
@@ -33,6 +34,7 @@ from .download import bring_outputs
 from .meta import (
     METADATA_FILE,
     split_kernel_id,
+    write_metadata,
 )
 
 GPU_CAP_TEXT = "Maximum batch GPU session count"
@@ -197,6 +199,17 @@ class KaggleBackend(Backend):
     def _lock_wait(self) -> float:
         left = self.deadline.left()
         return 60.0 if left is None else max(0.0, min(60.0, left))
+
+    def attach_previous(self, run: Run) -> str | None:
+        """The kernel's own output as a kernel source of its next version: Kaggle mounts the
+        output of its latest complete version under /kaggle/input/<slug>/."""
+        if not run.kernel_ref:
+            return None
+        meta = json.loads((run.notebook_dir / METADATA_FILE).read_text(encoding="utf-8"))
+        meta["kernel_sources"] = list(dict.fromkeys([*(meta.get("kernel_sources") or []),
+                                                     run.kernel_ref]))
+        write_metadata(run.notebook_dir, meta)
+        return f"{KAGGLE_INPUT}/{run.kernel_ref.split('/', 1)[1]}"
 
     def submit(self, run: Run, on_event: OnEvent) -> Run:
         if run.state in PUSH_REST:

@@ -17,7 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...engine import TINY_KANDINSKY, TINY_RANDOM, TINY_SDXL, Plan, images_text
+from ...engine import TINY_KANDINSKY, TINY_RANDOM, TINY_SDXL, WEIGHTS, Plan, counted
+from ...engine.training import processes_for
 
 # family: (reference pixels, seconds per UNet step with guidance on a T4 in fp16)
 T4_STEP = {
@@ -32,6 +33,13 @@ NO_GUIDANCE = 0.55  # a step without classifier-free guidance runs a batch of 1,
 LOAD = {"sd": 60.0, "sdxl": 150.0, "kandinsky": 120.0, "auto": 150.0, "tiny": 10.0}  # Hub + GPU
 SESSION_START = 90.0  # Kaggle's container start and the notebook's first cells
 GPUS = 2  # T4 x2: one engine process per GPU
+# Training: T4 seconds a training step of one picture at the reference size, fp16 with fp32
+# trained weights. SDXL: a DreamBooth LoRA at 1024 px with gradient checkpointing and 8-bit
+# Adam is reported at 1.5-3 h for 500 steps on a T4 (about 16 s a step, the middle); SD 1.5
+# LoRA at 512 px is reported several times faster (taken as 1 s a step). Not measured here:
+# each of the user's own training runs corrects it, as generation's are.
+T4_TRAIN_STEP = {"sd": (512 * 512, 1.0), "sdxl": (1024 * 1024, 16.0), "kandinsky": (512 * 512, 1.0),
+                 "auto": (1024 * 1024, 16.0), "tiny": (64 * 64, 0.05)}
 HISTORY = "gpu-history.jsonl"
 HISTORY_KEPT = 200
 TINY = {TINY_RANDOM, TINY_SDXL, TINY_KANDINSKY}
@@ -43,7 +51,13 @@ def family(model: dict) -> str:
 
 def predicted_seconds(doc: dict) -> tuple[float, int]:
     """(T4 seconds of generation for the images this document makes, by the table; their
-    number) -- on one GPU."""
+    number) -- on one GPU. A training document: its steps' seconds and their number."""
+    if doc.get("kind") == WEIGHTS:
+        settings = doc["training"]
+        ref_pixels, step = T4_TRAIN_STEP[family(doc["model"])]
+        steps = int(settings["steps"])
+        scale = int(settings["resolution"]) ** 2 / ref_pixels * int(settings.get("batch_size") or 1)
+        return step * scale * steps, steps
     total, images = 0.0, 0
     for t in Plan.of(doc).tasks(doc):
         fam = family(t.get("model") or doc["model"])  # a model sweep: each cell's own
@@ -66,6 +80,8 @@ class Estimate:
     startup_seconds: float  # session start and model load
     basis: str  # "the T4 table" or "N of your runs of MODEL"
     shares: tuple = ()  # a job split over sessions: each one's hours (they add up to hours)
+    noun: str = "image"  # what ``images`` counts (a training job's: its steps)
+    gpus: int = GPUS  # the T4s that share the work
 
     def shares_text(self) -> str:
         """" in 3 sessions: 0.41 + 0.41 + 0.40 h" for a split job; "" for one session."""
@@ -78,8 +94,8 @@ class Estimate:
         tail = "" if left is None else f"; {left:.1f} h left this week"
         each = " each" if self.shares else ""
         return (f"estimate: about {self.hours:.2f} GPU h{self.shares_text()} ("
-                f"{images_text(self.images)} at ~{self.seconds_per_image:.1f}s each over "
-                f"{GPUS} T4s, plus ~{self.startup_seconds / 60:.0f} min{each} to start and load; "
+                f"{counted(self.images, self.noun)} at ~{self.seconds_per_image:.1f}s each over "
+                f"{counted(self.gpus, 'T4')}, plus ~{self.startup_seconds / 60:.0f} min{each} to start and load; "
                 f"from {self.basis}){tail}")
 
 
@@ -116,6 +132,11 @@ def estimate(doc: dict, history: list[dict], width: int = 1) -> Estimate:
                         tuple(p.hours for p in parts))
     fam = family(doc["model"])
     table, images = predicted_seconds(doc)
+    training = doc.get("kind") == WEIGHTS
+    gpus = GPUS
+    if training:  # data-parallel over the GPUs that split the batch evenly; no history yet
+        history = []
+        gpus = processes_for(int(doc["training"].get("batch_size") or 1), GPUS)
     same = [h for h in history if h.get("model") == doc["model"]["id"]]
     kin = same or [h for h in history if h.get("family") == fam]
     ratio = statistics.median(h["ratio"] for h in kin) if kin else 1.0
@@ -124,11 +145,11 @@ def estimate(doc: dict, history: list[dict], width: int = 1) -> Estimate:
     if doc.get("refiner"):
         load += LOAD["sdxl"]
     generation = table * ratio
-    hours = (SESSION_START + load + generation / GPUS) / 3600
+    hours = (SESSION_START + load + generation / gpus) / 3600
     basis = (f"{len(kin)} of your runs of {doc['model']['id'] if same else 'this model family'}"
              if kin else "the T4 table")
     return Estimate(round(hours, 3), images, generation / max(1, images), SESSION_START + load,
-                    basis)
+                    basis, noun="training step" if training else "image", gpus=gpus)
 
 
 def learn(folder: Path, doc: dict, manifest: dict, where: str) -> dict | None:

@@ -27,6 +27,7 @@ import requests
 
 from ...config import Deadline
 from ...engine import KAGGLE_INPUT, counted, sha256_of
+from ...engine.inputs import move_paths
 from ...errors import KaggleApiError, NothingYet, SpecError, TransferError
 from ...run import runs
 from . import api as kaggle_api
@@ -72,13 +73,6 @@ class Shipment:
         return f"{KAGGLE_INPUT}/{self.slug}/{f.name}"
 
 
-def local_paths(job) -> list[str]:
-    """The distinct files on this machine the job names, in the order it names them."""
-    paths = [p for item in job.prompts for p in (item.init_image, item.mask_image)]
-    paths += [ref.ref for ref in (*job.loras, *job.embeddings) if ref.local]
-    return list(dict.fromkeys(p for p in paths if p))
-
-
 def _sha256(path: str) -> tuple[str, int]:
     try:
         return sha256_of(path), Path(path).stat().st_size
@@ -94,7 +88,7 @@ def _ext(path: str) -> str:
 def plan(job, owner: str) -> Shipment | None:
     """The dataset that carries the job's local files to Kaggle (None: the job has none)."""
     files = []
-    for path in local_paths(job):
+    for path in job.local_files():
         sha, size = _sha256(path)
         files.append(InputFile(path, sha, size, _ext(path)))
     if not files:
@@ -108,17 +102,7 @@ def kernel_document(document: dict, shipment: Shipment) -> dict:
     """The job document as the kernel reads it: each local path replaced by the file's path
     under /kaggle/input, and ``inputs`` saying each one's sha256 and its name here. The
     job id stays the spec's: the run's records and its manifest name that job."""
-    where = {f.path: shipment.kernel_path(f) for f in shipment.files}
-
-    def moved(value):
-        return where.get(value, value) if isinstance(value, str) else value
-
-    doc = dict(document)
-    doc["prompts"] = [{**p, "init_image": moved(p.get("init_image")),
-                       "mask_image": moved(p.get("mask_image"))} for p in document["prompts"]]
-    for key in ("loras", "embeddings"):
-        doc[key] = [{**r, "ref": moved(r["ref"])} if r.get("local") else r
-                    for r in document.get(key) or []]
+    doc = move_paths(document, {f.path: shipment.kernel_path(f) for f in shipment.files})
     doc["inputs"] = {shipment.kernel_path(f): {"name": f.label, "sha256": f.sha256}
                      for f in shipment.files}
     return doc
