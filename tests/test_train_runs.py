@@ -66,6 +66,8 @@ def test_train_resume_generate_with_the_weights_and_publish_them(cli, tmp_path, 
     entry = trained.find("zq")
     assert entry["file"] == str(weights.resolve()) and entry["method"] == "lora"
     assert entry["model"] == "tiny-shapes" and entry["run_id"] == said["run_id"]
+    code, out, err = cli("show", "zq")
+    assert code == 0 and "zq.safetensors (lora, 6 steps, loss " in out and "images" not in out
 
     monkeypatch.setenv("IMGGENHUB_ENGINE_FAIL_AFTER", "4")
     code, out, err = cli(*TRAIN, "--images", str(data), "--name", "cut", "--out", str(tmp_path / "cut"),

@@ -133,16 +133,20 @@ SETTINGS = {"lora": {"method": "lora", "rank": 4, "learning_rate": 1e-3},
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["lora", "textual-inversion"])
 def test_a_run_cut_after_a_checkpoint_resumes_to_the_weights_of_an_uncut_run(tmp_path, method):
-    """12 steps with a checkpoint every 5, against a run stopped after 7 steps (a cut after
-    its checkpoint at 5) and a new process's worth of state resumed from that checkpoint:
+    """12 steps (of two batches each, the rate on a cosine after a warm-up) with a checkpoint
+    every 5, against a run stopped after 11 steps (a cut after its checkpoint at 10) and a new
+    process's worth of state resumed from the checkpoint at 5:
     the same final weights, bit for bit on a CPU, and a loss.csv of 12 rows either way."""
     import torch
 
     word = CYAN_WORD if method == "lora" else "<zq>"
     cyan_set(tmp_path / "data", n=3, word=word)
     examples = training.read_examples(tmp_path / "data")
+    # two batches a step and a cosine schedule after a warm-up: the schedule's place is kept
+    # with the checkpoint too (restarted, the resumed run's rates would differ)
     settings = {**SETTINGS[method], "steps": 12, "batch_size": 2, "resolution": 64,
                 "checkpoint_every": 5, "seed": 3, "name": "zq", "validation_steps": 2,
+                "gradient_accumulation": 2, "lr_scheduler": "cosine", "lr_warmup_steps": 3,
                 "validation_prompts": [f"a {word} circle on a white background", "a red square"]}
     whole = training.Trainer(tiny_shapes(), examples, settings, tmp_path / "whole")
     start = whole.weights()

@@ -43,7 +43,13 @@ def train(
     learning_rate: Annotated[Optional[float], typer.Option(help="Learning rate (default 1e-4).")] = None,
     resolution: Annotated[Optional[int], typer.Option(
         help="Training resolution in pixels (default: the model's size).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Pictures a step (default 1).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Pictures a batch (default 1).")] = None,
+    gradient_accumulation: Annotated[Optional[int], typer.Option(
+        help="Batches a step, their gradients added up (default 1): a larger batch in the same memory.")] = None,
+    lr_scheduler: Annotated[Optional[str], typer.Option(
+        help="constant (default), constant_with_warmup, linear or cosine.")] = None,
+    lr_warmup_steps: Annotated[Optional[int], typer.Option(
+        help="Steps the learning rate rises from 0 (default 0).")] = None,
     checkpoint_every: Annotated[Optional[int], typer.Option(
         help="Write a checkpoint (and validation pictures) every N steps (0: none).")] = None,
     validation_prompt: Annotated[Optional[list[str]], typer.Option(
@@ -83,6 +89,8 @@ def train(
         images, model, instance_prompt, precision, gpu, method=method, steps=steps, rank=rank,
         learning_rate=learning_rate, resolution=resolution, batch_size=batch_size,
         checkpoint_every=checkpoint_every, seed=seed, name=name, token=token,
+        gradient_accumulation=gradient_accumulation, lr_scheduler=lr_scheduler,
+        lr_warmup_steps=lr_warmup_steps,
         initializer=initializer, validation_prompts=tuple(validation_prompt or ()),
         gradient_checkpointing=gradient_checkpointing)
     backend = backend or _default_backend()

@@ -34,7 +34,9 @@ MIN_SIDE_SHARE = 0.5  # a picture's short side at least this share of the resolu
 DEFAULTS = {"method": "lora", "steps": 500, "rank": 4, "learning_rate": 1e-4, "resolution": 512,
             "batch_size": 1, "checkpoint_every": 0, "seed": 0, "name": "lora", "token": None,
             "initializer": None, "validation_prompts": [], "validation_steps": 20,
-            "validation_guidance": 7.0, "gradient_checkpointing": False, "keep_checkpoints": 3}
+            "validation_guidance": 7.0, "gradient_checkpointing": False, "keep_checkpoints": 3,
+            "gradient_accumulation": 1, "lr_scheduler": "constant", "lr_warmup_steps": 0}
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 
 
 class TrainingDataError(ValueError):
@@ -163,6 +165,9 @@ class Trainer:
         import torch
 
         self.s = {**DEFAULTS, **settings}
+        if self.s["lr_scheduler"] not in LR_SCHEDULERS:
+            raise TrainingDataError(f"Unknown learning-rate schedule '{self.s['lr_scheduler']}'; "
+                                    f"known: {', '.join(LR_SCHEDULERS)}.")
         if self.s["method"] not in METHODS:
             raise TrainingDataError(f"Unknown training method '{self.s['method']}'; known: "
                                     f"{', '.join(METHODS)}.")
@@ -187,6 +192,12 @@ class Trainer:
         else:
             self.params = self._add_token()
         self.opt = torch.optim.AdamW(self.params, lr=self.s["learning_rate"], weight_decay=1e-2)
+        from diffusers.optimization import get_scheduler
+
+        # diffusers' schedules (--lr_scheduler, --lr_warmup_steps), stepped once an update
+        self.lr = get_scheduler(self.s["lr_scheduler"], optimizer=self.opt,
+                                num_warmup_steps=int(self.s["lr_warmup_steps"]),
+                                num_training_steps=int(self.s["steps"]))
         # fp16 on a GPU: the loss scaled against gradients that underflow (accelerate's way)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         self.gen = torch.Generator().manual_seed(int(self.s["seed"]))
@@ -280,11 +291,10 @@ class Trainer:
         share; the gradients are averaged across them before each step, so that the trained
         weights are those of one process with the same batch. The first process writes."""
         import torch
-        import torch.nn.functional as F
 
         if resume_from:
             self._load(Path(resume_from))
-        s, unet, n = self.s, self.pipe.unet, len(self.examples)
+        s, unet = self.s, self.pipe.unet
         steps, every = int(s["steps"]), int(s["checkpoint_every"] or 0)
         prediction = self.noise.config.prediction_type
         self.out.mkdir(parents=True, exist_ok=True)
@@ -292,30 +302,10 @@ class Trainer:
         t0, first = time.monotonic(), self.step
         stopping = False
         while self.step < steps and not stopping and (stop_after is None or self.step - first < stop_after):
-            g = self.gen
-            idx = torch.randint(0, n, (int(s["batch_size"]),), generator=g)
-            latents = self.latents[idx]
-            noise = torch.randn(latents.shape, generator=g)
-            t = torch.randint(0, self.noise.config.num_train_timesteps, (len(idx),), generator=g)
-            mine = slice(self.rank * len(idx) // self.world, (self.rank + 1) * len(idx) // self.world)
-            idx, latents, noise, t = idx[mine], latents[mine], noise[mine], t[mine]
-            self.share = len(idx)
-            noisy = self.noise.add_noise(latents, noise, t)
-            target = noise if prediction == "epsilon" else self.noise.get_velocity(latents, noise, t)
-            if s["method"] == "lora":
-                cond = self.embeds[idx.to(self.embeds.device)]
-            else:
-                with torch.autocast(self.device.split(":")[0], dtype=self.dtype,
-                                    enabled=self.dtype == torch.float16):
-                    cond = self.pipe.text_encoder(self.ids[idx].to(self.device))[0]
             started = time.monotonic()
-            with torch.autocast(self.device.split(":")[0], dtype=self.dtype,
-                                enabled=self.dtype == torch.float16):
-                pred = unet(noisy.to(self.device, self.dtype), t.to(self.device),
-                            cond.to(self.dtype)).sample
-            loss = F.mse_loss(pred.float(), target.to(self.device).float())
-            self.scaler.scale(loss).backward()
-            loss = loss.detach()
+            accumulate = int(s["gradient_accumulation"])
+            # a step of ``accumulate`` batches: each one's gradients added up, then one update
+            loss = sum(self._micro(prediction, accumulate) for _ in range(accumulate))
             if self.world > 1:  # the mean of equal shares' means: the whole batch's mean
                 import torch.distributed as dist
 
@@ -342,6 +332,7 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.params, 1.0)
             self.scaler.step(self.opt)
             self.scaler.update()
+            self.lr.step()
             self.opt.zero_grad(set_to_none=True)
             if s["method"] == "textual-inversion":  # only the new token's row learns
                 with torch.no_grad():
@@ -375,6 +366,38 @@ class Trainer:
             return {"step": self.step, "steps": steps, "complete": self.step >= steps}
         self._write_losses()
         return self.finish(self.seconds)
+
+    def _micro(self, prediction: str, accumulate: int):
+        """One batch drawn from the generator, this process's share of it forward and
+        backward (its loss divided by ``accumulate``); returns that loss, detached."""
+        import torch
+        import torch.nn.functional as F
+
+        s, g = self.s, self.gen
+        idx = torch.randint(0, len(self.examples), (int(s["batch_size"]),), generator=g)
+        latents = self.latents[idx]
+        noise = torch.randn(latents.shape, generator=g)
+        t = torch.randint(0, self.noise.config.num_train_timesteps, (len(idx),), generator=g)
+        mine = slice(self.rank * len(idx) // self.world, (self.rank + 1) * len(idx) // self.world)
+        idx, latents, noise, t = idx[mine], latents[mine], noise[mine], t[mine]
+        self.share = len(idx)
+        noisy = self.noise.add_noise(latents, noise, t)
+        target = noise if prediction == "epsilon" else self.noise.get_velocity(latents, noise, t)
+        kind = self.device.split(":")[0]
+        fp16 = self.dtype == torch.float16
+        if s["method"] == "lora":
+            cond = self.embeds[idx.to(self.embeds.device)]
+        else:
+            with torch.autocast(kind, dtype=self.dtype, enabled=fp16):
+                cond = self.pipe.text_encoder(self.ids[idx].to(self.device))[0]
+        with torch.autocast(kind, dtype=self.dtype, enabled=fp16):
+            pred = self.pipe.unet(noisy.to(self.device, self.dtype), t.to(self.device),
+                                  cond.to(self.dtype)).sample
+        loss = F.mse_loss(pred.float(), target.to(self.device).float())
+        if accumulate > 1:
+            loss = loss / accumulate
+        self.scaler.scale(loss).backward()
+        return loss.detach()
 
     # -- what it writes ------------------------------------------------------------------
 
@@ -426,6 +449,7 @@ class Trainer:
         trained, optimizer = self._trained_state()
         torch.save({"step": self.step, "optimizer": optimizer, "generator": self.gen.get_state(),
                     "scaler": self.scaler.state_dict(), "losses": self.losses, "trained": trained,
+                    "lr_scheduler": self.lr.state_dict(),
                     "method": self.s["method"]}, tmp / STATE_FILE)
         if folder.exists():
             old = folder.with_name(folder.name + ".old")
@@ -471,6 +495,8 @@ class Trainer:
             optimizer = {**optimizer, "state": full}
         self.opt.load_state_dict(optimizer)
         self.scaler.load_state_dict(state["scaler"])
+        if "lr_scheduler" in state:
+            self.lr.load_state_dict(state["lr_scheduler"])
         self.gen.set_state(state["generator"])
         self.step, self.losses = int(state["step"]), list(state["losses"])
         log(f"resumed from {folder.name} at step {self.step}")

@@ -53,6 +53,9 @@ class TrainSettings(BaseModel):
     initializer: str | None = Field(None, min_length=1, max_length=64)
     validation_prompts: tuple[str, ...] = Field((), max_length=16)
     gradient_checkpointing: bool = False
+    gradient_accumulation: int = Field(1, ge=1, le=1024)
+    lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
+    lr_warmup_steps: int = Field(0, ge=0, le=MAX_STEPS)
 
 
 class TrainSpec(BaseModel):

@@ -39,7 +39,19 @@ def summary(run) -> dict:
         "shards": [f"shard {s.shard}: {s.state.value} {s.images_fetched}/{s.image_count}"
                    for s in shards_of(run)] if run.shards else [],
         "failure": run.failure.sentence() if run.failure else None,
+        "kind": run.kind, "weights": _weights(images) if run.kind == "weights" else None,
     }
+
+
+def _weights(images: list) -> str | None:
+    """A training run's product in a line: its file, method, steps and losses."""
+    record = next((r for r in images if r.get("index") == 0), None)
+    if record is None:
+        return None
+    first, last = record.get("loss_first"), record.get("loss_last")
+    loss = (f", loss {first:.4f} to {last:.4f}" if isinstance(first, (int, float))
+            and isinstance(last, (int, float)) else "")
+    return f"{record.get('file')} ({record.get('method')}, {record.get('steps')} steps{loss})"
 
 
 def lines(info: dict) -> list[str]:
@@ -48,9 +60,12 @@ def lines(info: dict) -> list[str]:
 
     out = [row("run", info["run_id"] + (f" ({info['name']})" if info["name"] else "")),
            row("state", f"{info['state']} on the {info['backend']} backend"),
-           row("model", info["model"] or "-"),
-           row("images", f"{info['images_here']} of {info['images_planned']} here")]
-    if info["seconds_per_image"] is not None:
+           row("model", info["model"] or "-")]
+    if info.get("kind") == "weights":
+        out.append(row("weights", info["weights"] or "not here yet"))
+    else:
+        out.append(row("images", f"{info['images_here']} of {info['images_planned']} here"))
+    if info["seconds_per_image"] is not None and info.get("kind") != "weights":
         out.append(row("seconds an image", f"{info['seconds_per_image']:.2f} (median)"))
     if info["score_mean"] is not None:
         out.append(row("CLIP score", f"{info['score_mean']:.2f} (mean)"))

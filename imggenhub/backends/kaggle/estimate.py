@@ -56,7 +56,8 @@ def predicted_seconds(doc: dict) -> tuple[float, int]:
         settings = doc["training"]
         ref_pixels, step = T4_TRAIN_STEP[family(doc["model"])]
         steps = int(settings["steps"])
-        scale = int(settings["resolution"]) ** 2 / ref_pixels * int(settings.get("batch_size") or 1)
+        scale = (int(settings["resolution"]) ** 2 / ref_pixels * int(settings.get("batch_size") or 1)
+                 * int(settings.get("gradient_accumulation") or 1))
         return step * scale * steps, steps
     total, images = 0.0, 0
     for t in Plan.of(doc).tasks(doc):
