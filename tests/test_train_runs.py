@@ -155,6 +155,11 @@ def test_train_resume_generate_with_the_weights_and_publish_them(cli, tmp_path, 
     (["--model", "tiny-random-sdxl"], 4, "fine-tuning takes Stable Diffusion 1.x and 2.x models"),
     (["--name", "a b"], 4, "--name 'a b' must be 1 to 64 letters"),
     (["--resolution", "256"], 4, "far below the training resolution 256"),
+    (["--class-prompt", "a circle"], 4, "--class-prompt and --num-class-images are for --method dreambooth-lora"),
+    (["--method", "dreambooth-lora"], 4, "--method dreambooth-lora needs --instance-prompt"),
+    (["--method", "dreambooth-lora", "--instance-prompt", "a zq", "--num-class-images", "5"], 4,
+     "--num-class-images needs --class-prompt"),
+    (["--lr-scheduler", "sometimes"], 4, "--lr-scheduler: input should be 'constant'"),
 ])
 def test_bad_training_input_is_one_sentence_and_exit_2_before_anything_runs(cli, tmp_path, flags, n, words):
     data = cyan_set(tmp_path / "data", n)

@@ -126,20 +126,24 @@ def test_a_v_prediction_model_trains_and_an_unknown_objective_is_refused(tmp_pat
 
 
 SETTINGS = {"lora": {"method": "lora", "rank": 4, "learning_rate": 1e-3},
+            # prior preservation: four class pictures drawn first (two steps each, at 64 px)
+            "dreambooth-lora": {"method": "dreambooth-lora", "rank": 4, "learning_rate": 1e-3,
+                                "class_prompt": "a circle on a white background",
+                                "class_images": 4, "class_steps": 2},
             "textual-inversion": {"method": "textual-inversion", "learning_rate": 5e-2,
                                   "token": "<zq>", "initializer": "blue"}}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", ["lora", "textual-inversion"])
-def test_a_run_cut_after_a_checkpoint_resumes_to_the_weights_of_an_uncut_run(tmp_path, method):
+@pytest.mark.parametrize("method", ["lora", "dreambooth-lora", "textual-inversion"])
+def test_a_run_cut_after_a_checkpoint_resumes_to_the_weights_of_an_uncut_run(tmp_path, method, capsys):
     """12 steps (of two batches each, the rate on a cosine after a warm-up) with a checkpoint
     every 5, against a run stopped after 11 steps (a cut after its checkpoint at 10) and a new
     process's worth of state resumed from the checkpoint at 5:
     the same final weights, bit for bit on a CPU, and a loss.csv of 12 rows either way."""
     import torch
 
-    word = CYAN_WORD if method == "lora" else "<zq>"
+    word = "<zq>" if method == "textual-inversion" else CYAN_WORD
     cyan_set(tmp_path / "data", n=3, word=word)
     examples = training.read_examples(tmp_path / "data")
     # two batches a step and a cosine schedule after a warm-up: the schedule's place is kept
@@ -178,6 +182,16 @@ def test_a_run_cut_after_a_checkpoint_resumes_to_the_weights_of_an_uncut_run(tmp
     made = json.loads((tmp_path / "whole" / "training.json").read_text())
     assert [e["file"] for e in made["examples"]] == ["00.png", "01.png", "02.png"]
     assert made["sha256"] == engine.sha256_of(tmp_path / "whole" / "zq.safetensors")
+    if method == "dreambooth-lora":  # the class pictures, drawn once, found by the next session
+        drawn = sorted((tmp_path / "whole" / "class_images").iterdir())
+        assert [p.name for p in drawn] == ["0000.png", "0001.png", "0002.png", "0003.png"]
+        assert Image.open(drawn[0]).size == (64, 64)
+        capsys.readouterr()
+        training.Trainer(tiny_shapes(), examples, settings, tmp_path / "next",
+                         previous=tmp_path / "whole")
+        assert "4 class pictures from the previous session" in capsys.readouterr().out
+        assert [(tmp_path / "next" / "class_images" / p.name).read_bytes() for p in drawn] == [
+            p.read_bytes() for p in drawn]
 
 
 @pytest.mark.slow

@@ -31,9 +31,18 @@ def train(
     model: Annotated[str, typer.Option(
         "--model", "-m", help="A Stable Diffusion 1.x/2.x preset, Hub id or diffusers folder.")] = "sd15",
     method: Annotated[str, typer.Option(
-        help="lora (LoRA on the UNet's attention) or textual-inversion (a new token's embedding).")] = "lora",
+        help="lora (LoRA on the UNet's attention), dreambooth-lora (a LoRA on an instance "
+        "prompt, with prior preservation given --class-prompt) or textual-inversion (a new "
+        "token's embedding).")] = "lora",
     instance_prompt: Annotated[Optional[str], typer.Option(
         help="The caption of every picture that has none (DreamBooth's 'a photo of sks dog').")] = None,
+    class_prompt: Annotated[Optional[str], typer.Option(
+        help="dreambooth-lora: prior preservation, with class pictures drawn first from this "
+        "prompt ('a photo of a dog').")] = None,
+    num_class_images: Annotated[Optional[int], typer.Option(
+        help="dreambooth-lora: how many class pictures (default 100 with --class-prompt).")] = None,
+    prior_loss_weight: Annotated[Optional[float], typer.Option(
+        help="dreambooth-lora: the class pictures' weight in the loss (default 1.0).")] = None,
     token: Annotated[Optional[str], typer.Option(
         help="textual-inversion: the new word it learns, as the captions write it (<my-thing>).")] = None,
     initializer: Annotated[Optional[str], typer.Option(
@@ -90,7 +99,8 @@ def train(
         learning_rate=learning_rate, resolution=resolution, batch_size=batch_size,
         checkpoint_every=checkpoint_every, seed=seed, name=name, token=token,
         gradient_accumulation=gradient_accumulation, lr_scheduler=lr_scheduler,
-        lr_warmup_steps=lr_warmup_steps,
+        lr_warmup_steps=lr_warmup_steps, class_prompt=class_prompt, class_images=num_class_images,
+        prior_loss_weight=prior_loss_weight,
         initializer=initializer, validation_prompts=tuple(validation_prompt or ()),
         gradient_checkpointing=gradient_checkpointing)
     backend = backend or _default_backend()

@@ -20,7 +20,8 @@ from pathlib import Path
 from .inputs import PictureTooLarge, mounted, open_picture, sha256_of
 from .wire import ENGINE_VERSION, PARTS_DIR, WEIGHTS, log
 
-METHODS = ("lora", "textual-inversion")
+METHODS = ("lora", "dreambooth-lora", "textual-inversion")
+LORAS = ("lora", "dreambooth-lora")  # the methods whose product is a LoRA
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the attention projections
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CHECKPOINTS_DIR = "checkpoints"
@@ -35,7 +36,10 @@ DEFAULTS = {"method": "lora", "steps": 500, "rank": 4, "learning_rate": 1e-4, "r
             "batch_size": 1, "checkpoint_every": 0, "seed": 0, "name": "lora", "token": None,
             "initializer": None, "validation_prompts": [], "validation_steps": 20,
             "validation_guidance": 7.0, "gradient_checkpointing": False, "keep_checkpoints": 3,
-            "gradient_accumulation": 1, "lr_scheduler": "constant", "lr_warmup_steps": 0}
+            "gradient_accumulation": 1, "lr_scheduler": "constant", "lr_warmup_steps": 0,
+            "class_prompt": None, "class_images": 0, "prior_loss_weight": 1.0,
+            "class_steps": 25}
+CLASS_DIR = "class_images"
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 
 
@@ -159,9 +163,11 @@ def _lora_state(unet) -> dict:
 
 class Trainer:
     """One training run over a loaded pipeline (Stable-Diffusion-shaped: ``vae``, ``unet``,
-    ``text_encoder``, ``tokenizer``, ``scheduler``) on ``device``."""
+    ``text_encoder``, ``tokenizer``, ``scheduler``) on ``device``. ``previous``: a previous
+    session's output, whose class pictures (DreamBooth's prior) are used again."""
 
-    def __init__(self, pipe, examples: list[dict], settings: dict, out, device: str = "cpu"):
+    def __init__(self, pipe, examples: list[dict], settings: dict, out, device: str = "cpu",
+                 previous=None):
         import torch
 
         self.s = {**DEFAULTS, **settings}
@@ -187,7 +193,14 @@ class Trainer:
         self.texts = [e["text"] for e in examples]
         if self.s["gradient_checkpointing"]:  # activations recomputed: memory for time
             pipe.unet.enable_gradient_checkpointing()
-        if self.s["method"] == "lora":
+        self.lora = self.s["method"] in LORAS
+        # prior preservation (DreamBooth): pictures of the class drawn by the model as it is,
+        # before anything is trained, learned beside the instance's so it keeps what it knew
+        self.prior = self.s["method"] == "dreambooth-lora" and bool(self.s["class_prompt"]) \
+            and int(self.s["class_images"]) > 0
+        self.rank, self.world = _world()
+        self.class_examples = self._class_pictures(previous) if self.prior else []
+        if self.lora:
             self.params = self._add_lora()
         else:
             self.params = self._add_token()
@@ -202,7 +215,6 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         self.gen = torch.Generator().manual_seed(int(self.s["seed"]))
         self.step, self.losses = 0, []
-        self.rank, self.world = _world()
         if int(self.s["batch_size"]) % self.world:
             raise TrainingDataError(f"The batch size {self.s['batch_size']} does not split evenly "
                                     f"over {self.world} processes; use a multiple of {self.world}.")
@@ -272,10 +284,60 @@ class Trainer:
                      for i in range(0, len(self.examples), 8)]
         self.latents = torch.cat([d.mean for d in dists]).float().cpu() * vae.config.scaling_factor
         self.ids = self._ids(self.texts)
-        if self.s["method"] == "lora":
+        if self.lora:
             with torch.no_grad():
                 self.embeds = torch.cat([self.pipe.text_encoder(self.ids[i:i + 8].to(self.device))[0]
                                          for i in range(0, len(self.ids), 8)])
+        if self.prior:  # the class's pictures and its one caption
+            with torch.no_grad():
+                dists = [vae.encode(load_pictures(self.class_examples[i:i + 8], size)
+                                    .to(self.device, vae.dtype)).latent_dist
+                         for i in range(0, len(self.class_examples), 8)]
+                self.class_latents = torch.cat([d.mean for d in dists]).float().cpu() \
+                    * vae.config.scaling_factor
+                ids = self._ids([self.s["class_prompt"]])
+                self.class_embed = self.pipe.text_encoder(ids.to(self.device))[0]
+
+    def _class_pictures(self, previous) -> list[dict]:
+        """DreamBooth's class pictures: ``class_images`` of them, each drawn from the class
+        prompt with its own seed by the model before training (each process draws its share,
+        into ``class_images/``), or found whole in a previous session's output."""
+        import shutil
+
+        import torch
+
+        n, prompt = int(self.s["class_images"]), self.s["class_prompt"]
+        names = [f"{i:04d}.png" for i in range(n)]
+        folder = self.out / CLASS_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        for root in ([Path(previous)] if previous else []):
+            found = [f for depth in ("", "*/", "*/*/") for f in root.glob(f"{depth}{CLASS_DIR}")
+                     if all((f / name).is_file() for name in names)]
+            if found and self.rank == 0 and found[0].resolve() != folder.resolve():
+                for name in names:
+                    shutil.copyfile(found[0] / name, folder / name)
+                log(f"{n} class pictures from the previous session")
+            if found:
+                break
+        else:
+            size = int(self.s["resolution"])
+            mine = names[self.rank * n // self.world:(self.rank + 1) * n // self.world]
+            for name in mine:
+                if (folder / name).is_file():
+                    continue
+                with torch.no_grad():
+                    image = self.pipe(prompt, num_inference_steps=int(self.s["class_steps"]),
+                                      guidance_scale=float(self.s["validation_guidance"]),
+                                      height=size, width=size,
+                                      generator=torch.Generator().manual_seed(int(name[:4]))).images[0]
+                image.save(folder / name)
+            if self.rank == 0:
+                log(f"{n} class pictures of {prompt!r} drawn by the model as it is")
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()  # every process's share written before any reads them all
+        return [{"file": folder / name, "text": prompt, "name": f"{CLASS_DIR}/{name}"} for name in names]
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -312,7 +374,7 @@ class Trainer:
                 # one exchange a step, not one a tensor (a LoRA has a hundred small ones):
                 # the gradients and the loss in one flat buffer, as DDP's buckets do
                 # (textual inversion: only the new token's row; the others are put back)
-                grads = ([p.grad for p in self.params] if s["method"] == "lora"
+                grads = ([p.grad for p in self.params] if self.lora
                          else [self.params[0].grad[self.token_id]])
                 # (and each process's vote to stop: one stops, all stop at this step)
                 vote = torch.tensor([float(stop is not None and stop(self.last_step))])
@@ -327,7 +389,7 @@ class Trainer:
             else:
                 stopping = stop is not None and stop(self.last_step)
             self.model_seconds += time.monotonic() - started
-            if s["method"] == "lora":  # the LoRA example's --max_grad_norm 1.0
+            if self.lora:  # the LoRA example's --max_grad_norm 1.0
                 self.scaler.unscale_(self.opt)
                 torch.nn.utils.clip_grad_norm_(self.params, 1.0)
             self.scaler.step(self.opt)
@@ -374,26 +436,43 @@ class Trainer:
         import torch.nn.functional as F
 
         s, g = self.s, self.gen
-        idx = torch.randint(0, len(self.examples), (int(s["batch_size"]),), generator=g)
+        batch = int(s["batch_size"])
+        idx = torch.randint(0, len(self.examples), (batch,), generator=g)
         latents = self.latents[idx]
         noise = torch.randn(latents.shape, generator=g)
         t = torch.randint(0, self.noise.config.num_train_timesteps, (len(idx),), generator=g)
-        mine = slice(self.rank * len(idx) // self.world, (self.rank + 1) * len(idx) // self.world)
+        mine = slice(self.rank * batch // self.world, (self.rank + 1) * batch // self.world)
         idx, latents, noise, t = idx[mine], latents[mine], noise[mine], t[mine]
         self.share = len(idx)
+        if self.lora:
+            cond = self.embeds[idx.to(self.embeds.device)]
+        else:
+            cond = None
+        if self.prior:  # as many class pictures beside them, in the same forward pass
+            cidx = torch.randint(0, len(self.class_latents), (batch,), generator=g)
+            clat = self.class_latents[cidx]
+            cnoise = torch.randn(clat.shape, generator=g)
+            ct = torch.randint(0, self.noise.config.num_train_timesteps, (batch,), generator=g)
+            clat, cnoise, ct = clat[mine], cnoise[mine], ct[mine]
+            latents, noise, t = torch.cat([latents, clat]), torch.cat([noise, cnoise]), torch.cat([t, ct])
+            cond = torch.cat([cond, self.class_embed.expand(len(clat), *self.class_embed.shape[1:])])
         noisy = self.noise.add_noise(latents, noise, t)
         target = noise if prediction == "epsilon" else self.noise.get_velocity(latents, noise, t)
         kind = self.device.split(":")[0]
         fp16 = self.dtype == torch.float16
-        if s["method"] == "lora":
-            cond = self.embeds[idx.to(self.embeds.device)]
-        else:
+        if cond is None:
             with torch.autocast(kind, dtype=self.dtype, enabled=fp16):
                 cond = self.pipe.text_encoder(self.ids[idx].to(self.device))[0]
         with torch.autocast(kind, dtype=self.dtype, enabled=fp16):
             pred = self.pipe.unet(noisy.to(self.device, self.dtype), t.to(self.device),
                                   cond.to(self.dtype)).sample
-        loss = F.mse_loss(pred.float(), target.to(self.device).float())
+        pred, target = pred.float(), target.to(self.device).float()
+        if self.prior:  # the instance's loss, plus the class's weighted (train_dreambooth_lora)
+            (pred, prior_pred), (target, prior_target) = pred.chunk(2), target.chunk(2)
+            loss = F.mse_loss(pred, target) + float(s["prior_loss_weight"]) * F.mse_loss(
+                prior_pred, prior_target)
+        else:
+            loss = F.mse_loss(pred, target)
         if accumulate > 1:
             loss = loss / accumulate
         self.scaler.scale(loss).backward()
@@ -403,7 +482,7 @@ class Trainer:
 
     def weights(self) -> dict:
         """The trained weights as their file holds them."""
-        if self.s["method"] == "lora":
+        if self.lora:
             return {k: v.detach().float().cpu().clone() for k, v in _lora_state(self.pipe.unet).items()}
         return {self.s["token"]: self.params[0].data[self.token_id].detach().float().cpu()[None].clone()}
 
@@ -412,7 +491,7 @@ class Trainer:
 
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{self.s['name']}.safetensors"
-        if self.s["method"] == "lora":  # diffusers' own writer: its keys, its metadata
+        if self.lora:  # diffusers' own writer: its keys, its metadata
             from diffusers import StableDiffusionPipeline
 
             StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=self.weights(),
@@ -426,7 +505,7 @@ class Trainer:
         embedding only the new token's row and its moments (the other rows are put back
         after each step; a whole table and its two moments are hundreds of MB)."""
         state = self.opt.state_dict()
-        if self.s["method"] == "lora":
+        if self.lora:
             return [p.detach().cpu() for p in self.params], state
         row = self.token_id
         moments = {k: {n: (v[row].clone() if getattr(v, "dim", lambda: 0)() == 2 else v)
@@ -473,14 +552,14 @@ class Trainer:
             raise TrainingDataError(f"The checkpoint {folder.name} is of a {state['method']} run, "
                                     f"not {self.s['method']}.")
         with torch.no_grad():
-            if self.s["method"] == "lora":
+            if self.lora:
                 for p, saved in zip(self.params, state["trained"]):
                     p.copy_(saved.to(p.device, p.dtype))
             else:
                 self.params[0][self.token_id] = state["trained"][0].to(self.params[0].device,
                                                                        self.params[0].dtype)
         optimizer = state["optimizer"]
-        if self.s["method"] != "lora":  # the row's moments back into whole tables
+        if not self.lora:  # the row's moments back into whole tables
             table = self.params[0]
             full = {}
             for k, st in optimizer["state"].items():
@@ -621,7 +700,8 @@ def run_job(job: dict, out_dir: Path, device: str, dtype, clock=None) -> dict:
                 for e in job["examples"]]
     pipe = load_pipeline(job["model"], device, dtype)
     pipe.set_progress_bar_config(disable=True)
-    trainer = Trainer(pipe, examples, settings, out_dir, device)
+    previous = mounted(job.get("resume_from"))
+    trainer = Trainer(pipe, examples, settings, out_dir, device, previous)
     part = None
     if trainer.rank == 0:
         (out_dir / PARTS_DIR).mkdir(parents=True, exist_ok=True)
@@ -633,7 +713,7 @@ def run_job(job: dict, out_dir: Path, device: str, dtype, clock=None) -> dict:
             "rank": 0, "run_id": job.get("run_id"), "session": job.get("session", 1),
             "device": device, "dtype": str(dtype).replace("torch.", ""),
             "model_load_seconds": round(time.monotonic() - t0, 4)})
-    start = latest_checkpoint(mounted(job.get("resume_from")))
+    start = latest_checkpoint(previous)
     # the tests' faults: the session fails after N steps (its checkpoints kept), as
     # generation's does; or its time is up after N steps (the emulator's short session)
     fail_after = int(os.environ.get("IMGGENHUB_ENGINE_FAIL_AFTER", "-1"))

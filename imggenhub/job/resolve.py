@@ -116,10 +116,13 @@ def _trained(name: str, method: str, flag: str) -> dict | None:
     """The weights 'imggenhub train' registered under ``name`` (None: no such name)."""
     from ..run import trained
 
+    from ..engine.training import LORAS
+
     entry = trained.find(name)
     if entry is None:
         return None
-    if entry.get("method") != method:
+    made = "lora" if entry.get("method") in LORAS else entry.get("method")
+    if made != method:
         raise SpecError(f"{flag}: '{name}' names a {entry.get('method')} trained here, not a "
                         f"{method}; use --{'lora' if entry.get('method') == 'lora' else 'embedding'}.")
     return entry

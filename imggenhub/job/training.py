@@ -20,6 +20,8 @@ from .spec import SEED_MAX, Precision
 
 MAX_EXAMPLES = 10_000
 MAX_STEPS = 1_000_000
+MAX_CLASS_IMAGES = 1_000
+CLASS_IMAGES = 100  # DreamBooth's class pictures when --class-prompt is given (diffusers' default)
 NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
@@ -40,7 +42,7 @@ class TrainSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    method: Literal["lora", "textual-inversion"] = "lora"
+    method: Literal["lora", "dreambooth-lora", "textual-inversion"] = "lora"
     steps: int = Field(DEFAULTS["steps"], ge=1, le=MAX_STEPS)
     rank: int = Field(DEFAULTS["rank"], ge=1, le=256)
     learning_rate: float = Field(DEFAULTS["learning_rate"], gt=0, le=1.0)
@@ -56,6 +58,9 @@ class TrainSettings(BaseModel):
     gradient_accumulation: int = Field(1, ge=1, le=1024)
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
     lr_warmup_steps: int = Field(0, ge=0, le=MAX_STEPS)
+    class_prompt: str | None = Field(None, min_length=1, max_length=1000)
+    class_images: int = Field(0, ge=0, le=MAX_CLASS_IMAGES)
+    prior_loss_weight: float = Field(1.0, ge=0.0, le=100.0)
 
 
 class TrainSpec(BaseModel):
@@ -132,9 +137,20 @@ def build_train_spec(images: Path, model: str, instance_prompt: str | None = Non
     if train.method == "textual-inversion" and not train.token:
         raise SpecError("--method textual-inversion needs --token, the new word it learns "
                         "(such as <my-thing>), and --initializer, a word to start from.")
-    if train.method == "lora" and (train.token or train.initializer):
+    if train.method != "textual-inversion" and (train.token or train.initializer):
         raise SpecError("--token and --initializer are for --method textual-inversion; a LoRA "
                         "learns from the captions as they are.")
+    if train.method != "dreambooth-lora" and (train.class_prompt or train.class_images):
+        raise SpecError("--class-prompt and --num-class-images are for --method dreambooth-lora "
+                        "(prior preservation).")
+    if train.class_images and not train.class_prompt:
+        raise SpecError("--num-class-images needs --class-prompt, the prompt the class pictures "
+                        "are drawn from (such as 'a photo of a dog').")
+    if train.class_prompt and not train.class_images:
+        train = train.model_copy(update={"class_images": CLASS_IMAGES})
+    if train.method == "dreambooth-lora" and not instance_prompt:
+        raise SpecError("--method dreambooth-lora needs --instance-prompt, the prompt with the "
+                        "new word that names what the pictures show ('a photo of sks dog').")
     try:
         found = read_examples(images, instance_prompt)
         check_examples(found, train.resolution)

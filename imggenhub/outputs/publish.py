@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 from ..engine import MANIFEST, sha256_of
+from ..engine.training import METHODS
 from ..errors import CredentialsError, ImggenhubError, SpecError, Unreachable
 from ..job.models import HUB_ID
 from . import artifacts
@@ -64,7 +65,8 @@ def model_card(repo: str, record: dict, training: dict, manifest: dict, samples:
     from huggingface_hub import ModelCard, ModelCardData
 
     settings = training.get("settings") or {}
-    method = "textual-inversion" if settings.get("method") == "textual-inversion" else "lora"
+    method = settings.get("method") if settings.get("method") in METHODS else "lora"
+    lora = method != "textual-inversion"
     # what a manifest says is data: a name that is not a plain model id or file name is not
     # written into the card's code
     base = str(manifest.get("model") or "")
@@ -74,9 +76,10 @@ def model_card(repo: str, record: dict, training: dict, manifest: dict, samples:
     data = ModelCardData(
         base_model=base if HUB_ID.match(base) else None, library_name="diffusers",
         license="other" if not HUB_ID.match(base) else None,
-        tags=TAGS + (["lora"] if method == "lora" else ["textual_inversion"]),
+        tags=TAGS + (["lora"] + (["dreambooth"] if method == "dreambooth-lora" else [])
+                     if lora else ["textual_inversion"]),
         instance_prompt=trigger, ignore_metadata_errors=True)
-    if method == "lora":
+    if lora:
         load = f"pipe.load_lora_weights({json.dumps(repo)}, weight_name={json.dumps(weights)})"
     else:
         load = (f"pipe.load_textual_inversion({json.dumps(repo)}, weight_name={json.dumps(weights)}, "
@@ -91,7 +94,7 @@ def model_card(repo: str, record: dict, training: dict, manifest: dict, samples:
     training = {**training, **{k: num(training.get(k)) or 0 for k in
                                ("steps", "loss_first", "loss_last", "seconds")}}
     rows = [("method", method), ("base model", _md(base)), ("steps", training.get("steps")),
-            ("rank", settings.get("rank") if method == "lora" else None),
+            ("rank", settings.get("rank") if lora else None),
             ("learning rate", settings.get("learning_rate")),
             ("resolution", settings.get("resolution")), ("batch size", settings.get("batch_size")),
             ("seed", settings.get("seed")), ("pictures", len(training.get("examples") or [])),
@@ -104,7 +107,7 @@ def model_card(repo: str, record: dict, training: dict, manifest: dict, samples:
                       ("--resolution", "resolution"), ("--batch-size", "batch_size"),
                       ("--seed", "seed")):
         value = training.get("steps") if key is None else settings.get(key)
-        if value is not None and (key != "rank" or method == "lora"):
+        if value is not None and (key != "rank" or lora):
             flags.append(f"{flag} {value}")
     if method == "textual-inversion":
         word = re.compile(r"[^\s`'\"\\]{1,64}")
@@ -116,7 +119,7 @@ def model_card(repo: str, record: dict, training: dict, manifest: dict, samples:
     body = f"""
 # {_md(repo.split('/')[-1])}
 
-A {'LoRA' if method == 'lora' else 'textual-inversion embedding'} for `{base}`, trained with
+A {'LoRA' if lora else 'textual-inversion embedding'} for `{base}`, trained with
 imggenhub (`imggenhub train`).{f'''
 
 Trigger: {_md(trigger)}''' if trigger else ''}
@@ -132,7 +135,7 @@ pipe = AutoPipelineForText2Image.from_pretrained({json.dumps(base)}, torch_dtype
 image = pipe({json.dumps(prompt)}).images[0]
 ```
 
-or `imggenhub generate --{'lora' if method == 'lora' else 'embedding'} {weights}` with the file
+or `imggenhub generate --{'lora' if lora else 'embedding'} {weights}` with the file
 downloaded.
 
 ## Training

@@ -56,8 +56,15 @@ def predicted_seconds(doc: dict) -> tuple[float, int]:
         settings = doc["training"]
         ref_pixels, step = T4_TRAIN_STEP[family(doc["model"])]
         steps = int(settings["steps"])
-        scale = (int(settings["resolution"]) ** 2 / ref_pixels * int(settings.get("batch_size") or 1)
+        pixels = int(settings["resolution"]) ** 2
+        scale = (pixels / ref_pixels * int(settings.get("batch_size") or 1)
                  * int(settings.get("gradient_accumulation") or 1))
+        prior = int(settings.get("class_images") or 0) if settings.get("class_prompt") else 0
+        if prior:  # the class pictures drawn first, then learned beside the instance's
+            gen_pixels, gen_step = T4_STEP[family(doc["model"])]
+            drawn = prior * (gen_step * pixels / gen_pixels * int(settings.get("class_steps") or 25)
+                             + DECODE[family(doc["model"])] * pixels / gen_pixels)
+            return step * scale * 2 * steps + drawn, steps
         return step * scale * steps, steps
     total, images = 0.0, 0
     for t in Plan.of(doc).tasks(doc):
