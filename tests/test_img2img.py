@@ -101,15 +101,17 @@ def shapes_job(tmp_path, name: str, prompt: str, **flags) -> list:
 @pytest.mark.slow
 def test_at_low_strength_the_picture_stays_at_full_strength_the_prompt_wins(tmp_path):
     """tiny-shapes, from a drawn red triangle on white, asked for a blue square: at strength
-    0.1 every picture is still a red triangle (read back by the shapes checker) and near the
-    init picture pixel by pixel; at 1.0, where the start is noise, they show a blue square.
-    (From a circle the read drifts to a square even at 0.05 when the prompt asks for one:
-    at 64 px the two differ by a few corner pixels, and one denoising step fills them.)"""
+    0.05 (one denoising step) every picture is still a red triangle (read back by the shapes
+    checker) and near the init picture pixel by pixel; at 1.0, where the start is noise, they
+    show a blue square. (At 0.1 the triangle holds but turns orange: a red triangle is one of
+    the pairs held out of training, never drawn. From a circle the read drifts to a square
+    even at 0.05 when the prompt asks for one: at 64 px the two differ by a few corner
+    pixels, and one denoising step fills them.)"""
     init = shapes.draw(shapes.Scene("red", "triangle"))
     init.save(tmp_path / "init.png")
     before = np.asarray(init).astype(float)
     seen = {}
-    for strength in (0.1, 1.0):
+    for strength in (0.05, 1.0):
         seen[strength] = shapes_job(tmp_path, f"s{strength}", "a blue square on a white background",
                                     num_images=4, guidance=2.0, strength=strength,
                                     init_image=str(tmp_path / "init.png"))
@@ -118,8 +120,8 @@ def test_at_low_strength_the_picture_stays_at_full_strength_the_prompt_wins(tmp_
             assert record["denoising_steps"] == int(20 * strength)
             assert f"Denoising strength: {strength}" in record["png_text"]["parameters"]
             assert json.loads(record["png_text"]["imggenhub"])["strength"] == strength
-    assert [(r["read"].colour, r["read"].shape) for r in seen[0.1]] == [("red", "triangle")] * 4
-    near = max(np.abs(r["pixels"] - before).mean() for r in seen[0.1])
+    assert [(r["read"].colour, r["read"].shape) for r in seen[0.05]] == [("red", "triangle")] * 4
+    near = max(np.abs(r["pixels"] - before).mean() for r in seen[0.05])
     far = min(np.abs(r["pixels"] - before).mean() for r in seen[1.0])
     assert far > 2 * near, (near, far)
     high = [(r["read"].colour, r["read"].shape) for r in seen[1.0]]

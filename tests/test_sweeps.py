@@ -172,20 +172,21 @@ def test_the_first_line_names_each_model_of_a_model_sweep(emulator, cli, tmp_pat
 @pytest.mark.slow
 def test_a_guidance_sweep_on_tiny_shapes_draws_held_out_pairs_better_at_higher_guidance(tmp_path):
     """tiny-shapes, the six colour-shape pairs it never saw in training (large, on white),
-    four pictures each, swept over guidance 1 (no classifier-free guidance) and 7: the shapes
-    checker reads the asked colour in all of them and the asked shape in more of the
-    guidance-7 pictures (measured: 15 -> 22 of 24; without guidance the held-out circles come
-    out as the shape the model saw with that colour. The benchmark's 100 random held-out
-    prompts: shape 56 % -> 73 %)."""
+    eight pictures each, swept over guidance 1 (no classifier-free guidance) and 7: the
+    shapes checker reads the asked colour in nearly all of them and the asked shape in more
+    of the guidance-7 pictures (measured: colour 48 and 47 of 48, shape 32 -> 40 of 48;
+    without guidance the held-out circles
+    come out as the shape the model saw with that colour. The benchmark's 400 random
+    held-out prompts: shape 58 % -> 79 %)."""
     from imggenhub import engine, shapes
 
     asked = [shapes.Scene(colour, shape, size="large") for colour, shape in sorted(shapes.HELD_OUT)]
-    doc = build_job(parse_settings(model="tiny-shapes", seed=1000, gpu=False, num_images=4,
+    doc = build_job(parse_settings(model="tiny-shapes", seed=1000, gpu=False, num_images=8,
                                    batch_size=24, sweep=["guidance=1,7"]),
                     prompts_from_flags([s.caption for s in asked])).document()
     engine.run_worker(doc, tmp_path / "o")
     records = engine.merge_manifest(tmp_path / "o", doc)["images"]
-    assert artifacts.verify(tmp_path / "o") == [] and len(records) == 48
+    assert artifacts.verify(tmp_path / "o") == [] and len(records) == 96
     right = {1.0: {"colour": 0, "shape": 0}, 7.0: {"colour": 0, "shape": 0}}
     for record in records:
         scene = asked[record["sweep_of"]]
@@ -194,5 +195,5 @@ def test_a_guidance_sweep_on_tiny_shapes_draws_held_out_pairs_better_at_higher_g
             read = shapes.read(png)
         right[record["guidance"]]["colour"] += read.colour == scene.colour
         right[record["guidance"]]["shape"] += read.shape == scene.shape
-    assert right[1.0]["colour"] >= 23 and right[7.0]["colour"] >= 23, right
-    assert right[7.0]["shape"] >= 20 and right[7.0]["shape"] >= right[1.0]["shape"] + 4, right
+    assert right[1.0]["colour"] >= 45 and right[7.0]["colour"] >= 45, right
+    assert right[7.0]["shape"] >= 36 and right[7.0]["shape"] >= right[1.0]["shape"] + 6, right
