@@ -43,7 +43,8 @@ def main(argv=None) -> None:
     if made.is_file():
         record = json.loads(made.read_text(encoding="utf-8"))
         print(f"training: {record['seconds']['all']} s ({record['seconds']['vae']} s of it the "
-              f"VAE) on {record['torch_threads']} torch threads")
+              f"VAE) on {record['torch_threads']} torch threads"
+              + (f"; {record['note']}" if record.get("note") else ""))
     t0 = time.monotonic()
     pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None,
                                                    requires_safety_checker=False)
