@@ -42,10 +42,16 @@ def bench_env(tmp_path: Path) -> dict:
 # these build a tiny diffusers pipeline
 SLOW = {"local_e2e.py", "engine_reuse.py", "engine_overhead.py", "engine_overhead_sdxl.py",
         "tiny_shapes.py", "train_tiny.py"}
+# these take tens of seconds even in their quick mode (many processes, pipelines saved and
+# loaded again): CI runs them after the suite (`-m "training or long"`)
+LONG = {"local_e2e.py", "engine_reuse.py", "engine_overhead_sdxl.py", "kaggle_download.py"}
 
 
-@pytest.mark.parametrize("script", [pytest.param(s, marks=pytest.mark.slow) if s in SLOW else s
-                                    for s in BENCHMARKS])
+def _marks(script: str) -> list:
+    return [m for m, among in ((pytest.mark.slow, SLOW), (pytest.mark.long, LONG)) if script in among]
+
+
+@pytest.mark.parametrize("script", [pytest.param(s, marks=_marks(s)) for s in BENCHMARKS])
 def test_benchmark_runs_quick(script, tmp_path, monkeypatch, capsys):
     """Run from its own file as ``python benchmarks/SCRIPT --quick`` runs it, but in this
     test process: torch and diffusers, which this process has imported already, are not

@@ -44,7 +44,7 @@ def lora_file(tmp_path_factory):
     ("nothing-here.safetensors", "the file nothing-here.safetensors is not found here"),
     ("./loras/gone.safetensors", "is not found here"),
     ("owner/name/../x.safetensors", "neither"),
-    ("just a name", "neither a .safetensors file here nor a Hub repo"),
+    ("just a name", "neither a .safetensors file here, a Hub repo"),
     ("owner/name:99", "outside -10..10"),
 ])
 def test_bad_lora_refs_are_one_sentence(cli, tmp_path, value, words):

@@ -170,6 +170,7 @@ def test_the_first_line_names_each_model_of_a_model_sweep(emulator, cli, tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_a_guidance_sweep_on_tiny_shapes_draws_held_out_pairs_better_at_higher_guidance(tmp_path):
     """tiny-shapes, the six colour-shape pairs it never saw in training (large, on white),
     eight pictures each, swept over guidance 1 (no classifier-free guidance) and 7: the

@@ -34,6 +34,7 @@ def _weights(out: Path) -> tuple[dict, Path]:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_train_resume_generate_with_the_weights_and_publish_them(cli, tmp_path, hub, monkeypatch):
     """Train (6 steps, checkpoints at 3): the weights come home verified and registered.
     The same training crashing at step 4 (its checkpoint at 3 brought home), then `resume`:
@@ -193,6 +194,7 @@ def test_a_name_from_a_server_manifest_is_checked_before_it_is_registered(tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_on_kaggle_the_pictures_ship_and_a_short_session_continues_from_its_checkpoint(
         cli, tmp_path, real_emulator):
     """Through the emulator, a real notebook training tiny-random: the pictures go as a
