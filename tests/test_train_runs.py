@@ -201,7 +201,8 @@ def test_on_kaggle_the_pictures_ship_and_a_short_session_continues_from_its_chec
     private dataset (content-addressed), each session ends after 4 steps as if its time were
     up (a complete version holding a checkpoint), the next version is pushed with the
     kernel's own output as a kernel source, and it continues from that checkpoint (that a
-    continued run ends with an uncut run's weights: the local test above)."""
+    continued run ends with an uncut run's weights: the local test above). Then `generate
+    --lora NAME` on Kaggle (the weights shipped as an input) and here: the same picture."""
     data = cyan_set(tmp_path / "data")
     flags = ["--model", "tiny-random", "--steps", "6", "--rank", "4", "--learning-rate", "2e-2",
              "--batch-size", "2", "--checkpoint-every", "3", "--seed", "5", "--images", str(data)]
@@ -224,6 +225,20 @@ def test_on_kaggle_the_pictures_ship_and_a_short_session_continues_from_its_chec
     assert len((tmp_path / "there" / "loss.csv").read_text().splitlines()) == 7
     assert (tmp_path / "there" / "checkpoints" / "step-000004" / "state.pt").is_file()
     assert trained.find("there")["file"] == str(there.resolve())
+
+    # the weights by name, on Kaggle (shipped as an input) and here: the same picture
+    pictures, said = {}, {}
+    for backend in ("kaggle", "local"):
+        code, out, err = cli("generate", "--backend", backend, "--no-gpu", "--model", "tiny-random",
+                             "--prompt", "a zq circle on a white background", "--lora", "there",
+                             "--seed", "3", "--out", str(tmp_path / f"g-{backend}"),
+                             "--kernel-id", "imggenhub/gen-there", "--json")
+        assert code == 0, err
+        [record] = json.loads((tmp_path / f"g-{backend}" / engine.MANIFEST).read_text())["images"]
+        assert record["loras"][0]["name"] == "there"
+        pictures[backend], said[backend] = record["sha256"], err
+    assert "inputs: 1 file on this machine goes to Kaggle as the private dataset" in said["kaggle"]
+    assert pictures["kaggle"] == pictures["local"]
 
 
 def test_a_training_job_over_the_quota_left_is_refused_before_anything_is_uploaded(emulator, cli, tmp_path):
