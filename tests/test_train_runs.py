@@ -272,3 +272,33 @@ def test_the_model_card_writes_what_a_run_says_as_text_never_as_code():
     assert 'token="<a`b>"' in card  # a JSON string in the snippet, quotes escaped
     assert "--token 'TOKEN' --initializer WORD" in card and "`7`" not in card
     assert r"a \*bold\* \[link\]\(http://x\) \<b\>" in card
+
+
+def test_finished_training_runs_correct_the_next_training_estimate(tmp_path):
+    """A training run's sessions on T4s measured 2 s a step where the table says 1: the
+    next training estimate of that model doubles its steps' time and says it learned from
+    that run; a generation run's history does not touch a training estimate, nor the
+    other way round; a CPU's seconds teach nothing."""
+    from imggenhub.backends.kaggle import estimate
+    from imggenhub.job.training import build_train_spec
+
+    data = cyan_set(tmp_path / "data")
+    doc = build_train_spec(data, "sd15", resolution=64, steps=100).document()
+    table = estimate.estimate(doc, [])
+    assert table.basis == "the T4 table" and table.images == 100 and table.gpus == 1
+    session = {"rank": 0, "device_name": "Tesla T4", "training_seconds": 100.0,
+               "session_steps": 50, "model_load_seconds": 40.0}
+    manifest = {"processes": [session, {**session, "session_steps": 50}],
+                "images": [{"index": 0, "file": "w.safetensors"}]}
+    per_step = estimate.predicted_seconds(doc)[0] / 100
+    entry = estimate.learn(tmp_path, doc, manifest, "http://emulator")
+    assert entry["kind"] == "weights" and entry["ratio"] == pytest.approx(2.0 / per_step, rel=1e-3)
+    history = estimate.read_history(tmp_path, "http://emulator")
+    learned = estimate.estimate(doc, history)
+    assert learned.basis.startswith("1 of your runs of") and learned.seconds_per_image == pytest.approx(2.0)
+    generation = {"job_id": "x", "model": doc["model"], "seed": 0,
+                  "prompts": [{"prompt": "p", "num_images": 1, "steps": 30, "guidance": 7.0,
+                               "width": 512, "height": 512}]}
+    assert estimate.estimate(generation, history).basis == "the T4 table"
+    on_cpu = {"processes": [{**session, "device_name": "cpu"}], "images": []}
+    assert estimate.learn(tmp_path / "other", doc, on_cpu, "http://emulator") is None

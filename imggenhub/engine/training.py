@@ -215,6 +215,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.dtype == torch.float16)
         self.gen = torch.Generator().manual_seed(int(self.s["seed"]))
         self.step, self.losses = 0, []
+        self.first_step = 0  # where this session's loop started (a resumed one: later)
         if int(self.s["batch_size"]) % self.world:
             raise TrainingDataError(f"The batch size {self.s['batch_size']} does not split evenly "
                                     f"over {self.world} processes; use a multiple of {self.world}.")
@@ -362,6 +363,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         unet.train()
         t0, first = time.monotonic(), self.step
+        self.first_step = first
         stopping = False
         while self.step < steps and not stopping and (stop_after is None or self.step - first < stop_after):
             started = time.monotonic()
@@ -661,6 +663,13 @@ def plot_losses(losses: list[float], width: int = 480, height: int = 240):
     return image
 
 
+def _device_name(device: str) -> str:
+    """The GPU's name ("Tesla T4"), which the host's estimate learns from; "cpu" else."""
+    import torch
+
+    return torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu"
+
+
 def processes_for(batch_size: int, devices: int) -> int:
     """How many processes train a batch of ``batch_size`` on ``devices`` GPUs: the most that
     split it evenly (a batch of 1 trains on one GPU; each process gets an equal share)."""
@@ -712,6 +721,7 @@ def run_job(job: dict, out_dir: Path, device: str, dtype, clock=None) -> dict:
         part = PartLog(out_dir / PARTS_DIR / "rank-00.jsonl", header, {
             "rank": 0, "run_id": job.get("run_id"), "session": job.get("session", 1),
             "device": device, "dtype": str(dtype).replace("torch.", ""),
+            "device_name": _device_name(device),
             "model_load_seconds": round(time.monotonic() - t0, 4)})
     start = latest_checkpoint(previous)
     # the tests' faults: the session fails after N steps (its checkpoints kept), as
@@ -740,7 +750,8 @@ def run_job(job: dict, out_dir: Path, device: str, dtype, clock=None) -> dict:
                         "token": settings.get("token"), "loss_first": record["loss_first"],
                         "loss_last": record["loss_last"], "seconds": record["seconds"]})
         part.update_process(seconds=round(time.monotonic() - t0, 4),
-                            training_seconds=round(trainer.seconds, 4), steps=trainer.step)
+                            training_seconds=round(trainer.seconds, 4), steps=trainer.step,
+                            session_steps=trainer.step - trainer.first_step)
     if fail_after >= 0 and not record.get("weights"):
         raise RuntimeError(f"injected failure at step {trainer.step} (IMGGENHUB_ENGINE_FAIL_AFTER)")
     return record

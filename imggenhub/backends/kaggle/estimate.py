@@ -142,8 +142,9 @@ def estimate(doc: dict, history: list[dict], width: int = 1) -> Estimate:
     table, images = predicted_seconds(doc)
     training = doc.get("kind") == WEIGHTS
     gpus = GPUS
-    if training:  # data-parallel over the GPUs that split the batch evenly; no history yet
-        history = []
+    # a training run's history corrects training estimates, a generation run's generation's
+    history = [h for h in history if (h.get("kind") == WEIGHTS) == training]
+    if training:  # data-parallel over the GPUs that split the batch evenly
         gpus = processes_for(int(doc["training"].get("batch_size") or 1), GPUS)
     same = [h for h in history if h.get("model") == doc["model"]["id"]]
     kin = same or [h for h in history if h.get("family") == fam]
@@ -167,12 +168,20 @@ def learn(folder: Path, doc: dict, manifest: dict, where: str) -> dict | None:
     seconds = [i["seconds"] for i in images if isinstance(i.get("seconds"), (int, float))
                and "T4" in str(i.get("device", ""))]
     table, planned = predicted_seconds(doc)
+    training = doc.get("kind") == WEIGHTS
+    if training:  # each session's first process: its loop's seconds and the steps it took
+        done = [(p["training_seconds"], p["session_steps"]) for p in manifest.get("processes") or []
+                if "T4" in str(p.get("device_name", "")) and p.get("rank", 0) == 0
+                and isinstance(p.get("training_seconds"), (int, float))
+                and isinstance(p.get("session_steps"), int) and p["session_steps"] > 0]
+        seconds = [sum(t for t, _ in done) / sum(n for _, n in done)] if done else []
     if not seconds or not table or not planned:
         return None
-    measured = statistics.mean(seconds) * planned  # the job's generation on one T4
+    measured = statistics.mean(seconds) * planned  # the job's generation (or steps) on one T4
     loads = [p.get("model_load_seconds") for p in manifest.get("processes") or []
              if isinstance(p.get("model_load_seconds"), (int, float))]
     entry = {"model": doc["model"]["id"], "family": family(doc["model"]),
+             **({"kind": WEIGHTS} if training else {}),
              "ratio": round(measured / table, 4), "load_seconds": max(loads) if loads else None,
              "images": len(seconds), "at": int(time.time()), "endpoint": where}
     path = Path(folder) / HISTORY
