@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from .inputs import PictureTooLarge, mounted, open_picture, sha256_of
+from .plan import split
 from .wire import ENGINE_VERSION, PARTS_DIR, WEIGHTS, log
 
 METHODS = ("lora", "dreambooth-lora", "textual-inversion")
@@ -322,8 +323,7 @@ class Trainer:
                 break
         else:
             size = int(self.s["resolution"])
-            mine = names[self.rank * n // self.world:(self.rank + 1) * n // self.world]
-            for name in mine:
+            for name in split(names, self.rank, self.world):  # this process's share
                 if (folder / name).is_file():
                     continue
                 with torch.no_grad():
@@ -728,11 +728,9 @@ def run_job(job: dict, out_dir: Path, device: str, dtype, clock=None) -> dict:
     # generation's does; or its time is up after N steps (the emulator's short session)
     fail_after = int(os.environ.get("IMGGENHUB_ENGINE_FAIL_AFTER", "-1"))
     up_after = int(os.environ.get("IMGGENHUB_ENGINE_STOP_AFTER", "-1"))
-    first = [None]
 
     def stop(seconds: float) -> bool:
-        first[0] = trainer.step if first[0] is None else first[0]
-        if up_after >= 0 and trainer.step + 1 - first[0] >= up_after:
+        if up_after >= 0 and trainer.step + 1 - trainer.first_step >= up_after:
             return True
         if clock is None:
             return False
