@@ -89,6 +89,7 @@ def test_the_run_record_is_kept(quick_run):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # several notebook sessions (30-40 s): CI's second step
 def test_adversarial_prompts_come_back_exact_also_from_a_notebook_that_fails(tmp_path, cli,
                                                                              monkeypatch):
     """Prompts that try to become code run as data through the real notebook and kernel and
@@ -179,6 +180,7 @@ def test_the_gallery_shows_every_image_with_its_prompt_escaped(quick_run, tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.long  # several notebook sessions (30-40 s): CI's second step
 def test_sigterm_under_timeout_keeps_the_finished_images_and_resume_makes_only_the_rest(tmp_path):
     """SIGTERM in the middle of a local run, as `timeout` sends it (to the command and its
     process group; the Jupyter kernel and its engine live in a session of their own), is

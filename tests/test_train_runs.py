@@ -69,6 +69,8 @@ def test_train_resume_generate_with_the_weights_and_publish_them(cli, tmp_path, 
     assert entry["model"] == "tiny-shapes" and entry["run_id"] == said["run_id"]
     code, out, err = cli("show", "zq")
     assert code == 0 and "zq.safetensors (lora, 6 steps, loss " in out and "images" not in out
+    code, out, _ = cli("runs")
+    assert code == 0 and "1/1 weights" in out  # what a training run made, in its own word
 
     monkeypatch.setenv("IMGGENHUB_ENGINE_FAIL_AFTER", "4")
     code, out, err = cli(*TRAIN, "--images", str(data), "--name", "cut", "--out", str(tmp_path / "cut"),
@@ -153,7 +155,9 @@ def test_train_resume_generate_with_the_weights_and_publish_them(cli, tmp_path, 
     (["--method", "textual-inversion"], 4, "--method textual-inversion needs --token"),
     (["--token", "<zq>"], 4, "--token and --initializer are for --method textual-inversion"),
     (["--steps", "0"], 4, "--steps: input should be greater than or equal to 1"),
-    (["--model", "tiny-random-sdxl"], 4, "fine-tuning takes Stable Diffusion 1.x and 2.x models"),
+    (["--model", "tiny-kandinsky"], 4, "fine-tuning takes Stable Diffusion 1.x, 2.x and SDXL models"),
+    (["--method", "textual-inversion", "--token", "<zq>", "--initializer", "red", "--use-8bit-adam"], 4,
+     "--use-8bit-adam is for a LoRA"),
     (["--name", "a b"], 4, "--name 'a b' must be 1 to 64 letters"),
     (["--resolution", "256"], 4, "far below the training resolution 256"),
     (["--class-prompt", "a circle"], 4, "--class-prompt and --num-class-images are for --method dreambooth-lora"),
@@ -170,6 +174,39 @@ def test_bad_training_input_is_one_sentence_and_exit_2_before_anything_runs(cli,
     assert words in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.long
+def test_sdxl_trains_an_embedding_and_an_8bit_lora_that_generate_uses_by_name(cli, tmp_path):
+    """On the tiny SDXL through the CLI and a real notebook: an embedding (a vector for each
+    of its two text encoders) and a LoRA trained with 8-bit Adam come home registered, and
+    generate --embedding NAME / --lora NAME on the same model draws something else than
+    without them, the same seed."""
+    data = tmp_path / "data"
+    shapes.write_training_set(data, "cyan", "<zq>", 4)
+    base = ["train", "--backend", "local", "--model", "tiny-sdxl", "--no-gpu", "--steps", "4",
+            "--batch-size", "2", "--seed", "5", "--images", str(data)]
+    code, _, err = cli(*base, "--method", "textual-inversion", "--token", "<zq>", "--initializer", "a",
+                       "--learning-rate", "1.0", "--name", "zq-xl", "--out", str(tmp_path / "ti"))
+    assert code == 0, err
+    code, _, err = cli(*base, "--rank", "4", "--learning-rate", "0.5", "--use-8bit-adam",
+                       "--name", "lora-xl", "--out", str(tmp_path / "lora"))
+    assert code == 0, err
+    made = json.loads((tmp_path / "lora" / "training.json").read_text())
+    assert made["settings"]["use_8bit_adam"] is True and made["text_encoders"] == 2
+    pictures = {}
+    for flags in ([], ["--embedding", "zq-xl"], ["--lora", "lora-xl"]):
+        out = tmp_path / ("g" + "".join(flags[:1]))
+        code, _, err = cli("generate", "--backend", "local", "--no-gpu", "--model", "tiny-sdxl",
+                           "--prompt", "a <zq> circle on a white background", "--seed", "3",
+                           "--steps", "4", "--out", str(out), *flags)
+        assert code == 0, err
+        [record] = json.loads((out / engine.MANIFEST).read_text())["images"]
+        pictures[tuple(flags)] = np.asarray(Image.open(out / record["file"])).astype(float)
+    plain = pictures[()]
+    for flags in (("--embedding", "zq-xl"), ("--lora", "lora-xl")):
+        assert np.abs(pictures[flags] - plain).mean() > 1.0, flags
 
 
 def test_generate_refuses_a_trained_name_of_the_other_method(cli, tmp_path):

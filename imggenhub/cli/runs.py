@@ -14,8 +14,8 @@ from .output import STATE, echo, interrupted_hint, result, run_data, shard_lines
 def list_runs(limit: Annotated[int, typer.Option(
         min=0, help="Show the newest N runs (0: all of them).")] = 20,
         json: Json = False) -> None:
-    """List the run records, newest first: id, name, backend, state, images, when, kernel,
-    output folder."""
+    """List the run records, newest first: id, name, backend, state, what it made (images or
+    weights), when, kernel, output folder."""
     import time
 
     from ..run.runs import all_runs
@@ -29,17 +29,29 @@ def list_runs(limit: Annotated[int, typer.Option(
     if not rows:
         echo("No runs yet.")
         return
-    echo(f"{'run':<28} {'name':<12} {'backend':<7} {'state':<12} {'images':>9}  "
+    echo(f"{'run':<28} {'name':<12} {'backend':<7} {'state':<12} {'made':<17}  "
          f"{'created':<16}  {'kernel':<28} output")
     for r in rows:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(r.created))
         kernel = f"{r.kernel_ref} v{r.version}" if r.kernel_ref and r.version else (r.kernel_ref or "-")
         echo(f"{r.run_id:<28} {(r.name or '-'):<12} {r.backend:<7} {shown_state(r):<12} "
-             f"{r.images_fetched:>4}/{r.image_count:<4}  {when:<16}  {kernel:<28} {r.out_dir}")
+             f"{made(r):<17}  {when:<16}  {kernel:<28} {r.out_dir}")
         for line in shard_lines(r):
             echo(line)
     if len(rows) < len(every):
         echo(f"({len(every) - len(rows)} older not shown: --limit 0 shows them all)")
+
+
+def made(run) -> str:
+    """What a run has brought home of what it makes: '3/4 images', '1/1 weights'."""
+    from ..errors import SpecError
+    from ..run import kinds
+
+    try:
+        unit = kinds.of(run.kind).name
+    except SpecError:  # a record of a kind this version does not know
+        unit = "items"
+    return f"{run.images_fetched}/{run.image_count} {unit}"
 
 
 def open_gallery(run_id: RunId = None, json: Json = False) -> None:

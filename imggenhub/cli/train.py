@@ -29,7 +29,7 @@ def train(
         "--images", help="The folder of training pictures, with captions in metadata.jsonl "
         "(file_name, text), in .txt files beside them, or from --instance-prompt.")],
     model: Annotated[str, typer.Option(
-        "--model", "-m", help="A Stable Diffusion 1.x/2.x preset, Hub id or diffusers folder.")] = "sd15",
+        "--model", "-m", help="A Stable Diffusion 1.x/2.x or SDXL preset, Hub id or diffusers folder.")] = "sd15",
     method: Annotated[str, typer.Option(
         help="lora (LoRA on the UNet's attention), dreambooth-lora (a LoRA on an instance "
         "prompt, with prior preservation given --class-prompt) or textual-inversion (a new "
@@ -66,6 +66,9 @@ def train(
     seed: Annotated[int, typer.Option(help="The seed of every random draw of the training.")] = 0,
     gradient_checkpointing: Annotated[bool, typer.Option(
         "--gradient-checkpointing", help="Recompute activations: less memory, slower steps.")] = False,
+    use_8bit_adam: Annotated[bool, typer.Option(
+        "--use-8bit-adam", help="lora, dreambooth-lora: bitsandbytes' 8-bit AdamW, a quarter "
+        "of the optimizer's memory (needs bitsandbytes where it runs).")] = False,
     precision: Annotated[str, typer.Option(help="auto, fp16 or fp32 (auto: fp16 on a GPU).")] = "auto",
     gpu: Gpu = True,
     backend: Annotated[Optional[str], typer.Option(
@@ -102,7 +105,7 @@ def train(
         lr_warmup_steps=lr_warmup_steps, class_prompt=class_prompt, class_images=num_class_images,
         prior_loss_weight=prior_loss_weight,
         initializer=initializer, validation_prompts=tuple(validation_prompt or ()),
-        gradient_checkpointing=gradient_checkpointing)
+        gradient_checkpointing=gradient_checkpointing, use_8bit_adam=use_8bit_adam)
     backend = backend or _default_backend()
     kernel = kernel_options(gpu, kernel_id=kernel_id, title=title, internet=internet,
                             template=metadata_template, hf_token_env=hf_token_env, force=force)

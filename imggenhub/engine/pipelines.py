@@ -147,12 +147,33 @@ def set_lora_scale(pipe, loras: list[dict], first: float) -> list[dict]:
     return weights
 
 
+def _load_xl_embedding(pipe, ref: str, token: str | None) -> bool:
+    """An SDXL embedding as the common UIs write it (and ``imggenhub train`` does): a
+    safetensors file of ``clip_l`` and ``clip_g``, one vector for each text encoder, loaded
+    into each (diffusers' documented way). False: not such a file, or not an SDXL pipeline."""
+    if getattr(pipe, "text_encoder_2", None) is None or not str(ref).endswith(".safetensors"):
+        return False
+    from safetensors.torch import load_file
+
+    state = load_file(str(ref))
+    if set(state) != {"clip_l", "clip_g"}:
+        return False
+    token = token or Path(ref).stem
+    pipe.load_textual_inversion(state["clip_l"], token=token, text_encoder=pipe.text_encoder,
+                                tokenizer=pipe.tokenizer)
+    pipe.load_textual_inversion(state["clip_g"], token=token, text_encoder=pipe.text_encoder_2,
+                                tokenizer=pipe.tokenizer_2)
+    return True
+
+
 def apply_embeddings(pipe, embeddings: list[dict]) -> list[dict]:
     """Load the job's textual-inversion embeddings; return what to record."""
     recorded = []
     for emb in embeddings:
         ref, kwargs = emb["ref"], {"token": emb.get("token")} if emb.get("token") else {}
-        if emb.get("local"):
+        if emb.get("local") and _load_xl_embedding(pipe, ref, emb.get("token")):
+            pass
+        elif emb.get("local"):
             pipe.load_textual_inversion(ref, **kwargs)
         elif ref.count("/") == 2:
             repo, _, weight = ref.rpartition("/")

@@ -24,6 +24,7 @@ from .wire import ENGINE_VERSION, PARTS_DIR, WEIGHTS, log
 METHODS = ("lora", "dreambooth-lora", "textual-inversion")
 LORAS = ("lora", "dreambooth-lora")  # the methods whose product is a LoRA
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the attention projections
+XL_TIME_IDS = 6  # SDXL base's added conditioning: original size, crop corner, target size
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CHECKPOINTS_DIR = "checkpoints"
 LOSS_FILE = "loss.csv"
@@ -39,7 +40,7 @@ DEFAULTS = {"method": "lora", "steps": 500, "rank": 4, "learning_rate": 1e-4, "r
             "validation_guidance": 7.0, "gradient_checkpointing": False, "keep_checkpoints": 3,
             "gradient_accumulation": 1, "lr_scheduler": "constant", "lr_warmup_steps": 0,
             "class_prompt": None, "class_images": 0, "prior_loss_weight": 1.0,
-            "class_steps": 25}
+            "class_steps": 25, "use_8bit_adam": False}
 CLASS_DIR = "class_images"
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 
@@ -155,6 +156,29 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
+def _time_ids(pipe) -> int:
+    """How many time ids an SDXL UNet's added conditioning takes (the base 6, the refiner 5)."""
+    config = pipe.unet.config
+    pooled = pipe.text_encoder_2.config.projection_dim
+    return (int(config.projection_class_embeddings_input_dim or 0) - pooled) // int(
+        config.addition_time_embed_dim or 1)
+
+
+def _optimizer(eight_bit: bool):
+    """AdamW, or bitsandbytes' 8-bit AdamW (diffusers' --use_8bit_adam: its two moments in a
+    byte each, a quarter of the memory)."""
+    import torch
+
+    if not eight_bit:
+        return torch.optim.AdamW
+    try:
+        import bitsandbytes
+    except ImportError:
+        raise TrainingDataError("--use-8bit-adam needs bitsandbytes, which this Python lacks "
+                                "(pip install bitsandbytes).") from None
+    return bitsandbytes.optim.AdamW8bit
+
+
 def _lora_state(unet) -> dict:
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
@@ -180,21 +204,31 @@ class Trainer:
                                     f"{', '.join(METHODS)}.")
         self.pipe, self.examples, self.out, self.device = pipe, examples, Path(out), device
         self.dtype = pipe.unet.dtype  # fp16 on a T4: the trained weights stay in fp32
-        for part in (pipe.vae, pipe.unet, pipe.text_encoder):
+        # SDXL: two text encoders, their hidden states side by side as the context, the
+        # second's pooled embedding and the time ids as added conditioning
+        self.xl = getattr(pipe, "text_encoder_2", None) is not None
+        self.encoders = [pipe.text_encoder, *([pipe.text_encoder_2] if self.xl else [])]
+        self.tokenizers = [pipe.tokenizer, *([pipe.tokenizer_2] if self.xl else [])]
+        added = pipe.unet.config.addition_embed_type
+        if (added or None) != ("text_time" if self.xl else None) or (self.xl and _time_ids(pipe) != XL_TIME_IDS):
+            raise TrainingDataError("Fine-tuning takes Stable Diffusion 1.x, 2.x and SDXL base "
+                                    "models; this model is another kind.")
+        for part in (pipe.vae, pipe.unet, *self.encoders):
             part.requires_grad_(False)
         from diffusers import DDPMScheduler
 
-        if getattr(pipe, "text_encoder_2", None) is not None or pipe.unet.config.addition_embed_type:
-            raise TrainingDataError("Fine-tuning takes Stable Diffusion 1.x and 2.x models for now "
-                                    "(one text encoder); this model is another kind.")
         self.noise = DDPMScheduler.from_config(pipe.scheduler.config)
         if self.noise.config.prediction_type not in ("epsilon", "v_prediction"):
             raise TrainingDataError(f"This model predicts '{self.noise.config.prediction_type}'; "
                                     "fine-tuning knows epsilon and v_prediction.")
         self.texts = [e["text"] for e in examples]
+        self.lora = self.s["method"] in LORAS
+        if self.s["use_8bit_adam"] and not self.lora:
+            raise TrainingDataError("--use-8bit-adam is for a LoRA's many weights: textual "
+                                    "inversion trains one embedding, whose state is small.")
+        optimizer = _optimizer(bool(self.s["use_8bit_adam"]))
         if self.s["gradient_checkpointing"]:  # activations recomputed: memory for time
             pipe.unet.enable_gradient_checkpointing()
-        self.lora = self.s["method"] in LORAS
         # prior preservation (DreamBooth): pictures of the class drawn by the model as it is,
         # before anything is trained, learned beside the instance's so it keeps what it knew
         self.prior = self.s["method"] == "dreambooth-lora" and bool(self.s["class_prompt"]) \
@@ -205,7 +239,7 @@ class Trainer:
             self.params = self._add_lora()
         else:
             self.params = self._add_token()
-        self.opt = torch.optim.AdamW(self.params, lr=self.s["learning_rate"], weight_decay=1e-2)
+        self.opt = optimizer(self.params, lr=self.s["learning_rate"], weight_decay=1e-2)
         from diffusers.optimization import get_scheduler
 
         # diffusers' schedules (--lr_scheduler, --lr_warmup_steps), stepped once an update
@@ -241,64 +275,102 @@ class Trainer:
         return params
 
     def _add_token(self) -> list:
+        """The new token in every tokenizer (SDXL: both), its row in each text encoder's
+        table started from the initializer's; the tables are what the optimizer holds, and
+        every row but the new one is put back after each step."""
         import torch
 
-        tok, text = self.pipe.tokenizer, self.pipe.text_encoder
         token, init = self.s["token"], self.s["initializer"]
         # every check before the tokenizer or the model is touched: a refusal leaves them whole
         if not token:
             raise TrainingDataError("Textual inversion needs the new token it learns (such as "
                                     "<my-thing>).")
-        # a word the tokenizer has as one token already ("dog", as "dog</w>"): adding it would
-        # take that word's meaning from every prompt
-        if len(tok.tokenize(token)) == 1 or token in tok.get_vocab():
-            raise TrainingDataError(f"The token '{token}' is already a word of this model's "
-                                    "tokenizer: pick a new one (such as <my-thing>).")
+        for tok in self.tokenizers:
+            # a word the tokenizer has as one token already ("dog", as "dog</w>"): adding it
+            # would take that word's meaning from every prompt
+            if len(tok.tokenize(token)) == 1 or token in tok.get_vocab():
+                raise TrainingDataError(f"The token '{token}' is already a word of this model's "
+                                        "tokenizer: pick a new one (such as <my-thing>).")
         if not any(token in text_ for text_ in self.texts):
             raise TrainingDataError(f"No caption uses the token '{token}': the embedding would "
                                     "learn nothing (write it where the thing is named).")
-        init_ids = tok.encode(init or "", add_special_tokens=False)
-        if len(init_ids) != 1:
-            raise TrainingDataError(f"The initializer '{init}' must be one token of this model's "
-                                    "tokenizer (a word such as 'dog').")
-        tok.add_tokens([token])
-        text.to(torch.float32)  # the trained table in fp32, as the examples keep it
-        text.resize_token_embeddings(len(tok))
-        self.token_id = tok.convert_tokens_to_ids(token)
-        table = text.get_input_embeddings().weight
-        table.data[self.token_id] = table.data[init_ids[0]].clone()
-        self.frozen_rows = table.data.clone()
-        table.requires_grad_(True)
-        return [table]
+        inits = []
+        for tok in self.tokenizers:
+            init_ids = tok.encode(init or "", add_special_tokens=False)
+            if len(init_ids) != 1:
+                raise TrainingDataError(f"The initializer '{init}' must be one token of this "
+                                        "model's tokenizer (a word such as 'dog').")
+            inits.append(init_ids[0])
+        self.token_ids, self.frozen_rows, tables = [], [], []
+        for tok, text, init_id in zip(self.tokenizers, self.encoders, inits):
+            tok.add_tokens([token])
+            text.to(torch.float32)  # the trained table in fp32, as the examples keep it
+            text.resize_token_embeddings(len(tok))
+            row = tok.convert_tokens_to_ids(token)
+            table = text.get_input_embeddings().weight
+            table.data[row] = table.data[init_id].clone()
+            self.token_ids.append(row)
+            self.frozen_rows.append(table.data.clone())
+            table.requires_grad_(True)
+            tables.append(table)
+        return tables
 
-    def _ids(self, texts: list[str]):
-        tok = self.pipe.tokenizer
-        return tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-                   return_tensors="pt").input_ids
+    def _ids(self, texts: list[str]) -> list:
+        """The texts' token ids by each tokenizer (SDXL: two)."""
+        return [tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+                    return_tensors="pt").input_ids for tok in self.tokenizers]
 
-    def _encode(self) -> None:
-        """The pictures' latent means; for a LoRA the captions' embeddings."""
+    def _embed(self, ids: list) -> tuple:
+        """The UNet's context for token ids (one tensor per tokenizer) and, for SDXL, the
+        pooled embedding: as the pipelines encode a prompt (SDXL: each encoder's
+        second-to-last hidden states side by side, the second encoder's projection)."""
+        import torch
+
+        if not self.xl:
+            return self.encoders[0](ids[0].to(self.device))[0], None
+        hidden, pooled = [], None
+        for encoder, some in zip(self.encoders, ids):
+            out = encoder(some.to(self.device), output_hidden_states=True)
+            hidden.append(out.hidden_states[-2])
+            pooled = out[0]
+        return torch.cat(hidden, dim=-1), pooled
+
+    def _latents(self, examples: list[dict]):
+        """The pictures' latent means, eight in memory at a time (an fp16 VAE that asks for
+        it, as SDXL's own does, encodes in fp32: in fp16 it overflows)."""
         import torch
 
         vae, size = self.pipe.vae, int(self.s["resolution"])
-        with torch.no_grad():  # eight pictures in memory at a time, not all of them
-            dists = [vae.encode(load_pictures(self.examples[i:i + 8], size).to(self.device, vae.dtype)).latent_dist
-                     for i in range(0, len(self.examples), 8)]
-        self.latents = torch.cat([d.mean for d in dists]).float().cpu() * vae.config.scaling_factor
+        upcast = vae.dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+        dtype = torch.float32 if upcast else vae.dtype
+        if upcast:
+            vae.to(torch.float32)
+        with torch.no_grad():
+            dists = [vae.encode(load_pictures(examples[i:i + 8], size).to(self.device, dtype)).latent_dist
+                     for i in range(0, len(examples), 8)]
+        if upcast:
+            vae.to(torch.float16)
+        return torch.cat([d.mean for d in dists]).float().cpu() * vae.config.scaling_factor
+
+    def _encode(self) -> None:
+        """The pictures' latent means; for a LoRA (its text encoders frozen) the captions'
+        embeddings too."""
+        import torch
+
+        self.latents = self._latents(self.examples)
         self.ids = self._ids(self.texts)
-        if self.lora:
+        self.cached = self.lora
+        if self.cached:
             with torch.no_grad():
-                self.embeds = torch.cat([self.pipe.text_encoder(self.ids[i:i + 8].to(self.device))[0]
-                                         for i in range(0, len(self.ids), 8)])
+                got = [self._embed([i[at:at + 8] for i in self.ids]) for at in range(0, len(self.texts), 8)]
+            self.embeds = torch.cat([g[0] for g in got])
+            self.pooled = torch.cat([g[1] for g in got]) if self.xl else None
         if self.prior:  # the class's pictures and its one caption
-            with torch.no_grad():
-                dists = [vae.encode(load_pictures(self.class_examples[i:i + 8], size)
-                                    .to(self.device, vae.dtype)).latent_dist
-                         for i in range(0, len(self.class_examples), 8)]
-                self.class_latents = torch.cat([d.mean for d in dists]).float().cpu() \
-                    * vae.config.scaling_factor
-                ids = self._ids([self.s["class_prompt"]])
-                self.class_embed = self.pipe.text_encoder(ids.to(self.device))[0]
+            self.class_latents = self._latents(self.class_examples)
+            self.class_ids = self._ids([self.s["class_prompt"]])
+            if self.cached:
+                with torch.no_grad():
+                    self.class_embed = self._embed(self.class_ids)
 
     def _class_pictures(self, previous) -> list[dict]:
         """DreamBooth's class pictures: ``class_images`` of them, each drawn from the class
@@ -377,7 +449,7 @@ class Trainer:
                 # the gradients and the loss in one flat buffer, as DDP's buckets do
                 # (textual inversion: only the new token's row; the others are put back)
                 grads = ([p.grad for p in self.params] if self.lora
-                         else [self.params[0].grad[self.token_id]])
+                         else [t.grad[row] for t, row in zip(self.params, self.token_ids)])
                 # (and each process's vote to stop: one stops, all stop at this step)
                 vote = torch.tensor([float(stop is not None and stop(self.last_step))])
                 flat = torch.cat([*(g.reshape(-1) for g in grads), loss.reshape(1), vote])
@@ -400,10 +472,10 @@ class Trainer:
             self.opt.zero_grad(set_to_none=True)
             if s["method"] == "textual-inversion":  # only the new token's row learns
                 with torch.no_grad():
-                    table = self.params[0]
-                    keep = torch.ones(len(table), dtype=torch.bool)
-                    keep[self.token_id] = False
-                    table.data[keep] = self.frozen_rows[keep].to(table.dtype)
+                    for table, row, frozen in zip(self.params, self.token_ids, self.frozen_rows):
+                        keep = torch.ones(len(table), dtype=torch.bool)
+                        keep[row] = False
+                        table.data[keep] = frozen[keep].to(table.dtype)
             self.step += 1
             self.losses.append(float(loss))
             self.last_step = time.monotonic() - started
@@ -446,10 +518,14 @@ class Trainer:
         mine = slice(self.rank * batch // self.world, (self.rank + 1) * batch // self.world)
         idx, latents, noise, t = idx[mine], latents[mine], noise[mine], t[mine]
         self.share = len(idx)
-        if self.lora:
+        kind = self.device.split(":")[0]
+        fp16 = self.dtype == torch.float16
+        if self.cached:
             cond = self.embeds[idx.to(self.embeds.device)]
-        else:
-            cond = None
+            pooled = self.pooled[idx.to(self.pooled.device)] if self.xl else None
+        else:  # a new token's embedding learns: through the text encoders
+            with torch.autocast(kind, dtype=self.dtype, enabled=fp16):
+                cond, pooled = self._embed([i[idx] for i in self.ids])
         if self.prior:  # as many class pictures beside them, in the same forward pass
             cidx = torch.randint(0, len(self.class_latents), (batch,), generator=g)
             clat = self.class_latents[cidx]
@@ -457,17 +533,25 @@ class Trainer:
             ct = torch.randint(0, self.noise.config.num_train_timesteps, (batch,), generator=g)
             clat, cnoise, ct = clat[mine], cnoise[mine], ct[mine]
             latents, noise, t = torch.cat([latents, clat]), torch.cat([noise, cnoise]), torch.cat([t, ct])
-            cond = torch.cat([cond, self.class_embed.expand(len(clat), *self.class_embed.shape[1:])])
+            if self.cached:
+                class_cond, class_pooled = self.class_embed
+            else:
+                with torch.autocast(kind, dtype=self.dtype, enabled=fp16):
+                    class_cond, class_pooled = self._embed(self.class_ids)
+            cond = torch.cat([cond, class_cond.expand(len(clat), *class_cond.shape[1:])])
+            if self.xl:
+                pooled = torch.cat([pooled, class_pooled.expand(len(clat), *class_pooled.shape[1:])])
         noisy = self.noise.add_noise(latents, noise, t)
         target = noise if prediction == "epsilon" else self.noise.get_velocity(latents, noise, t)
-        kind = self.device.split(":")[0]
-        fp16 = self.dtype == torch.float16
-        if cond is None:
-            with torch.autocast(kind, dtype=self.dtype, enabled=fp16):
-                cond = self.pipe.text_encoder(self.ids[idx].to(self.device))[0]
+        added = None
+        if self.xl:  # the pictures are resized and centre-cropped to the resolution: no crop
+            size = float(self.s["resolution"])
+            time_ids = torch.tensor([[size, size, 0.0, 0.0, size, size]], device=self.device)
+            added = {"text_embeds": pooled.to(self.device, self.dtype),
+                     "time_ids": time_ids.expand(len(latents), -1).to(self.dtype)}
         with torch.autocast(kind, dtype=self.dtype, enabled=fp16):
             pred = self.pipe.unet(noisy.to(self.device, self.dtype), t.to(self.device),
-                                  cond.to(self.dtype)).sample
+                                  cond.to(self.device, self.dtype), added_cond_kwargs=added).sample
         pred, target = pred.float(), target.to(self.device).float()
         if self.prior:  # the instance's loss, plus the class's weighted (train_dreambooth_lora)
             (pred, prior_pred), (target, prior_target) = pred.chunk(2), target.chunk(2)
@@ -482,11 +566,27 @@ class Trainer:
 
     # -- what it writes ------------------------------------------------------------------
 
+    def _lora_parts(self) -> dict:
+        """Each LoRA's layers by the part it adapts, as save_lora_weights takes them: the
+        UNet's (a LoRA on the text encoders waits for peft 0.22, which transformers 5 loads
+        text encoders' adapters with and this machine's package index does not have yet)."""
+        parts = {"unet_lora_layers": _lora_state(self.pipe.unet)}
+        return {name: {k: v.detach().float().cpu().clone() for k, v in layers.items()}
+                for name, layers in parts.items()}
+
     def weights(self) -> dict:
-        """The trained weights as their file holds them."""
+        """The trained weights as their file holds them: a LoRA's layers under their part's
+        prefix (``unet.``); an embedding as
+        examples/textual_inversion writes it ({token: its vector}), or for SDXL as the
+        common UIs do (``clip_l`` and ``clip_g``, one vector for each text encoder)."""
         if self.lora:
-            return {k: v.detach().float().cpu().clone() for k, v in _lora_state(self.pipe.unet).items()}
-        return {self.s["token"]: self.params[0].data[self.token_id].detach().float().cpu()[None].clone()}
+            return {f"{name.removesuffix('_lora_layers')}.{k}": v
+                    for name, layers in self._lora_parts().items() for k, v in layers.items()}
+        rows = [t.data[row].detach().float().cpu()[None].clone()
+                for t, row in zip(self.params, self.token_ids)]
+        if self.xl:
+            return {"clip_l": rows[0], "clip_g": rows[1]}
+        return {self.s["token"]: rows[0]}
 
     def save_weights(self, folder: Path) -> Path:
         from safetensors.torch import save_file
@@ -494,10 +594,10 @@ class Trainer:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{self.s['name']}.safetensors"
         if self.lora:  # diffusers' own writer: its keys, its metadata
-            from diffusers import StableDiffusionPipeline
+            from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-            StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=self.weights(),
-                                                      weight_name=path.name)
+            writer = StableDiffusionXLPipeline if self.xl else StableDiffusionPipeline
+            writer.save_lora_weights(folder, weight_name=path.name, **self._lora_parts())
         else:  # what examples/textual_inversion writes: {token: its vector}
             save_file(self.weights(), str(path), metadata={"format": "pt"})
         return path
@@ -509,10 +609,11 @@ class Trainer:
         state = self.opt.state_dict()
         if self.lora:
             return [p.detach().cpu() for p in self.params], state
-        row = self.token_id
-        moments = {k: {n: (v[row].clone() if getattr(v, "dim", lambda: 0)() == 2 else v)
+        rows = self.token_ids  # the optimizer's state is keyed by the table's place
+        moments = {k: {n: (v[rows[k]].clone() if getattr(v, "dim", lambda: 0)() == 2 else v)
                        for n, v in st.items()} for k, st in state["state"].items()}
-        return [self.params[0].detach()[row].cpu().clone()], {**state, "state": moments}
+        return ([t.detach()[row].cpu().clone() for t, row in zip(self.params, rows)],
+                {**state, "state": moments})
 
     def checkpoint(self) -> Path:
         """The weights, the optimizer, the loss scaler, the generator and the losses at this
@@ -558,18 +659,18 @@ class Trainer:
                 for p, saved in zip(self.params, state["trained"]):
                     p.copy_(saved.to(p.device, p.dtype))
             else:
-                self.params[0][self.token_id] = state["trained"][0].to(self.params[0].device,
-                                                                       self.params[0].dtype)
+                for table, row, saved in zip(self.params, self.token_ids, state["trained"]):
+                    table[row] = saved.to(table.device, table.dtype)
         optimizer = state["optimizer"]
         if not self.lora:  # the row's moments back into whole tables
-            table = self.params[0]
             full = {}
             for k, st in optimizer["state"].items():
+                table, row = self.params[int(k)], self.token_ids[int(k)]
                 full[k] = {}
                 for n, v in st.items():
                     if getattr(v, "dim", lambda: 0)() == 1 and v.numel() == table.shape[1]:
                         whole = torch.zeros_like(table)
-                        whole[self.token_id] = v.to(table.device, whole.dtype)
+                        whole[row] = v.to(table.device, whole.dtype)
                         full[k][n] = whole
                     else:
                         full[k][n] = v
@@ -623,7 +724,7 @@ class Trainer:
         record = {"method": self.s["method"], "settings": self.s, "steps": self.step,
                   "weights": path.name, "sha256": sha256_of(path),
                   "loss_first": sum(head) / len(head), "loss_last": sum(tail) / len(tail),
-                  "seconds": round(seconds, 1),
+                  "seconds": round(seconds, 1), "text_encoders": len(self.encoders),
                   "examples": [{"file": e.get("name") or Path(e["file"]).name, "text": e["text"],
                                 "sha256": sha256_of(e["file"])} for e in self.examples]}
         (self.out / RECORD_FILE).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
@@ -707,6 +808,7 @@ def run_job(job: dict, out_dir: Path, device: str, dtype, clock=None) -> dict:
     settings = {**DEFAULTS, **job["training"]}
     examples = [{"file": e["file"], "text": e["text"], "name": e.get("name")}
                 for e in job["examples"]]
+    _optimizer(bool(settings["use_8bit_adam"]))  # bitsandbytes missing: said before the model loads
     pipe = load_pipeline(job["model"], device, dtype)
     pipe.set_progress_bar_config(disable=True)
     previous = mounted(job.get("resume_from"))

@@ -61,6 +61,7 @@ class TrainSettings(BaseModel):
     class_prompt: str | None = Field(None, min_length=1, max_length=1000)
     class_images: int = Field(0, ge=0, le=MAX_CLASS_IMAGES)
     prior_loss_weight: float = Field(1.0, ge=0.0, le=100.0)
+    use_8bit_adam: bool = False
 
 
 class TrainSpec(BaseModel):
@@ -118,9 +119,9 @@ def build_train_spec(images: Path, model: str, instance_prompt: str | None = Non
         preset = resolve_model(model)
     except ValueError as exc:
         raise SpecError(f"--model: {exc}.") from None
-    if preset.pipeline not in ("sd", "auto"):
-        raise SpecError(f"--model {model}: fine-tuning takes Stable Diffusion 1.x and 2.x models "
-                        f"for now, not {preset.pipeline} ones.")
+    if preset.pipeline not in ("sd", "sdxl", "auto"):
+        raise SpecError(f"--model {model}: fine-tuning takes Stable Diffusion 1.x, 2.x and SDXL "
+                        f"models, not {preset.pipeline} ones.")
     given = {k: v for k, v in settings.items() if v is not None}
     if given.get("resolution") is None and preset.width:
         given["resolution"] = preset.width  # the model's own size (512 for SD 1.5)
@@ -143,6 +144,9 @@ def build_train_spec(images: Path, model: str, instance_prompt: str | None = Non
     if train.method != "dreambooth-lora" and (train.class_prompt or train.class_images):
         raise SpecError("--class-prompt and --num-class-images are for --method dreambooth-lora "
                         "(prior preservation).")
+    if train.method == "textual-inversion" and train.use_8bit_adam:
+        raise SpecError("--use-8bit-adam is for a LoRA (--method lora or dreambooth-lora): "
+                        "textual inversion trains one embedding, whose optimizer state is small.")
     if train.class_images and not train.class_prompt:
         raise SpecError("--num-class-images needs --class-prompt, the prompt the class pictures "
                         "are drawn from (such as 'a photo of a dog').")

@@ -64,7 +64,7 @@ def model_card(repo: str, record: dict, training: dict, manifest: dict, samples:
     """The README.md: YAML metadata, then what was trained, how, and how to use it."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    settings = training.get("settings") or {}
+    settings = settings_all = training.get("settings") or {}
     method = settings.get("method") if settings.get("method") in METHODS else "lora"
     lora = method != "textual-inversion"
     # what a manifest says is data: a name that is not a plain model id or file name is not
@@ -81,6 +81,13 @@ def model_card(repo: str, record: dict, training: dict, manifest: dict, samples:
         instance_prompt=trigger, ignore_metadata_errors=True)
     if lora:
         load = f"pipe.load_lora_weights({json.dumps(repo)}, weight_name={json.dumps(weights)})"
+    elif training.get("text_encoders") == 2:  # SDXL: a vector for each text encoder
+        load = (f"from huggingface_hub import hf_hub_download\nfrom safetensors.torch import load_file\n\n"
+                f"state = load_file(hf_hub_download({json.dumps(repo)}, {json.dumps(weights)}))\n"
+                f"pipe.load_textual_inversion(state[\"clip_l\"], token={json.dumps(trigger)}, "
+                f"text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)\n"
+                f"pipe.load_textual_inversion(state[\"clip_g\"], token={json.dumps(trigger)}, "
+                f"text_encoder=pipe.text_encoder_2, tokenizer=pipe.tokenizer_2)")
     else:
         load = (f"pipe.load_textual_inversion({json.dumps(repo)}, weight_name={json.dumps(weights)}, "
                 f"token={json.dumps(trigger)})")
@@ -109,6 +116,8 @@ def model_card(repo: str, record: dict, training: dict, manifest: dict, samples:
         value = training.get("steps") if key is None else settings.get(key)
         if value is not None and (key != "rank" or lora):
             flags.append(f"{flag} {value}")
+    if settings_all.get("use_8bit_adam") is True:
+        flags.append("--use-8bit-adam")
     if method == "textual-inversion":
         word = re.compile(r"[^\s`'\"\\]{1,64}")
         token, init = str(settings.get("token")), str(settings.get("initializer"))
