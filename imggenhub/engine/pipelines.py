@@ -171,10 +171,9 @@ def apply_embeddings(pipe, embeddings: list[dict]) -> list[dict]:
     recorded = []
     for emb in embeddings:
         ref, kwargs = emb["ref"], {"token": emb.get("token")} if emb.get("token") else {}
-        if emb.get("local") and _load_xl_embedding(pipe, ref, emb.get("token")):
-            pass
-        elif emb.get("local"):
-            pipe.load_textual_inversion(ref, **kwargs)
+        if emb.get("local"):
+            if not _load_xl_embedding(pipe, ref, emb.get("token")):
+                pipe.load_textual_inversion(ref, **kwargs)
         elif ref.count("/") == 2:
             repo, _, weight = ref.rpartition("/")
             pipe.load_textual_inversion(repo, weight_name=weight, **kwargs)

@@ -359,8 +359,7 @@ class Trainer:
 
         self.latents = self._latents(self.examples)
         self.ids = self._ids(self.texts)
-        self.cached = self.lora
-        if self.cached:
+        if self.lora:
             with torch.no_grad():
                 got = [self._embed([i[at:at + 8] for i in self.ids]) for at in range(0, len(self.texts), 8)]
             self.embeds = torch.cat([g[0] for g in got])
@@ -368,9 +367,12 @@ class Trainer:
         if self.prior:  # the class's pictures and its one caption
             self.class_latents = self._latents(self.class_examples)
             self.class_ids = self._ids([self.s["class_prompt"]])
-            if self.cached:
+            if self.lora:
                 with torch.no_grad():
                     self.class_embed = self._embed(self.class_ids)
+        # SDXL's time ids: the pictures are resized and centre-cropped to the resolution
+        size = float(self.s["resolution"])
+        self.time_ids = torch.tensor([[size, size, 0.0, 0.0, size, size]]) if self.xl else None
 
     def _class_pictures(self, previous) -> list[dict]:
         """DreamBooth's class pictures: ``class_images`` of them, each drawn from the class
@@ -520,7 +522,7 @@ class Trainer:
         self.share = len(idx)
         kind = self.device.split(":")[0]
         fp16 = self.dtype == torch.float16
-        if self.cached:
+        if self.lora:  # the text encoders frozen: the captions' embeddings computed once
             cond = self.embeds[idx.to(self.embeds.device)]
             pooled = self.pooled[idx.to(self.pooled.device)] if self.xl else None
         else:  # a new token's embedding learns: through the text encoders
@@ -533,7 +535,7 @@ class Trainer:
             ct = torch.randint(0, self.noise.config.num_train_timesteps, (batch,), generator=g)
             clat, cnoise, ct = clat[mine], cnoise[mine], ct[mine]
             latents, noise, t = torch.cat([latents, clat]), torch.cat([noise, cnoise]), torch.cat([t, ct])
-            if self.cached:
+            if self.lora:
                 class_cond, class_pooled = self.class_embed
             else:
                 with torch.autocast(kind, dtype=self.dtype, enabled=fp16):
@@ -544,11 +546,9 @@ class Trainer:
         noisy = self.noise.add_noise(latents, noise, t)
         target = noise if prediction == "epsilon" else self.noise.get_velocity(latents, noise, t)
         added = None
-        if self.xl:  # the pictures are resized and centre-cropped to the resolution: no crop
-            size = float(self.s["resolution"])
-            time_ids = torch.tensor([[size, size, 0.0, 0.0, size, size]], device=self.device)
+        if self.xl:
             added = {"text_embeds": pooled.to(self.device, self.dtype),
-                     "time_ids": time_ids.expand(len(latents), -1).to(self.dtype)}
+                     "time_ids": self.time_ids.expand(len(latents), -1).to(self.device, self.dtype)}
         with torch.autocast(kind, dtype=self.dtype, enabled=fp16):
             pred = self.pipe.unet(noisy.to(self.device, self.dtype), t.to(self.device),
                                   cond.to(self.device, self.dtype), added_cond_kwargs=added).sample
@@ -566,13 +566,11 @@ class Trainer:
 
     # -- what it writes ------------------------------------------------------------------
 
-    def _lora_parts(self) -> dict:
-        """Each LoRA's layers by the part it adapts, as save_lora_weights takes them: the
-        UNet's (a LoRA on the text encoders waits for peft 0.22, which transformers 5 loads
-        text encoders' adapters with and this machine's package index does not have yet)."""
-        parts = {"unet_lora_layers": _lora_state(self.pipe.unet)}
-        return {name: {k: v.detach().float().cpu().clone() for k, v in layers.items()}
-                for name, layers in parts.items()}
+    def _unet_lora(self) -> dict:
+        """The UNet's LoRA layers, as save_lora_weights takes them (a LoRA on the text
+        encoders waits for peft 0.22, which transformers 5 adds and loads their adapters
+        with and this machine's package index does not have yet)."""
+        return {k: v.detach().float().cpu().clone() for k, v in _lora_state(self.pipe.unet).items()}
 
     def weights(self) -> dict:
         """The trained weights as their file holds them: a LoRA's layers under their part's
@@ -580,8 +578,7 @@ class Trainer:
         examples/textual_inversion writes it ({token: its vector}), or for SDXL as the
         common UIs do (``clip_l`` and ``clip_g``, one vector for each text encoder)."""
         if self.lora:
-            return {f"{name.removesuffix('_lora_layers')}.{k}": v
-                    for name, layers in self._lora_parts().items() for k, v in layers.items()}
+            return {f"unet.{k}": v for k, v in self._unet_lora().items()}
         rows = [t.data[row].detach().float().cpu()[None].clone()
                 for t, row in zip(self.params, self.token_ids)]
         if self.xl:
@@ -597,7 +594,7 @@ class Trainer:
             from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
             writer = StableDiffusionXLPipeline if self.xl else StableDiffusionPipeline
-            writer.save_lora_weights(folder, weight_name=path.name, **self._lora_parts())
+            writer.save_lora_weights(folder, weight_name=path.name, unet_lora_layers=self._unet_lora())
         else:  # what examples/textual_inversion writes: {token: its vector}
             save_file(self.weights(), str(path), metadata={"format": "pt"})
         return path

@@ -64,7 +64,8 @@ def model_card(repo: str, record: dict, training: dict, manifest: dict, samples:
     """The README.md: YAML metadata, then what was trained, how, and how to use it."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    settings = settings_all = training.get("settings") or {}
+    settings = training.get("settings") or {}
+    eight_bit = settings.get("use_8bit_adam") is True
     method = settings.get("method") if settings.get("method") in METHODS else "lora"
     lora = method != "textual-inversion"
     # what a manifest says is data: a name that is not a plain model id or file name is not
@@ -116,7 +117,7 @@ def model_card(repo: str, record: dict, training: dict, manifest: dict, samples:
         value = training.get("steps") if key is None else settings.get(key)
         if value is not None and (key != "rank" or lora):
             flags.append(f"{flag} {value}")
-    if settings_all.get("use_8bit_adam") is True:
+    if eight_bit:
         flags.append("--use-8bit-adam")
     if method == "textual-inversion":
         word = re.compile(r"[^\s`'\"\\]{1,64}")
