@@ -158,6 +158,8 @@ def test_train_resume_generate_with_the_weights_and_publish_them(cli, tmp_path, 
     (["--model", "tiny-kandinsky"], 4, "fine-tuning takes Stable Diffusion 1.x, 2.x and SDXL models"),
     (["--method", "textual-inversion", "--token", "<zq>", "--initializer", "red", "--use-8bit-adam"], 4,
      "--use-8bit-adam is for a LoRA"),
+    (["--method", "textual-inversion", "--token", "<zq>", "--initializer", "red", "--train-text-encoder"],
+     4, "--train-text-encoder is for a LoRA"),
     (["--name", "a b"], 4, "--name 'a b' must be 1 to 64 letters"),
     (["--resolution", "256"], 4, "far below the training resolution 256"),
     (["--class-prompt", "a circle"], 4, "--class-prompt and --num-class-images are for --method dreambooth-lora"),
@@ -180,7 +182,8 @@ def test_bad_training_input_is_one_sentence_and_exit_2_before_anything_runs(cli,
 @pytest.mark.long
 def test_sdxl_trains_an_embedding_and_an_8bit_lora_that_generate_uses_by_name(cli, tmp_path):
     """On the tiny SDXL through the CLI and a real notebook: an embedding (a vector for each
-    of its two text encoders) and a LoRA trained with 8-bit Adam come home registered, and
+    of its two text encoders) and a LoRA trained with 8-bit Adam on the UNet and both text
+    encoders (--train-text-encoder) come home registered, and
     generate --embedding NAME / --lora NAME on the same model draws something else than
     without them, the same seed."""
     data = tmp_path / "data"
@@ -191,10 +194,15 @@ def test_sdxl_trains_an_embedding_and_an_8bit_lora_that_generate_uses_by_name(cl
                        "--learning-rate", "1.0", "--name", "zq-xl", "--out", str(tmp_path / "ti"))
     assert code == 0, err
     code, _, err = cli(*base, "--rank", "4", "--learning-rate", "0.5", "--use-8bit-adam",
-                       "--name", "lora-xl", "--out", str(tmp_path / "lora"))
+                       "--train-text-encoder", "--name", "lora-xl", "--out", str(tmp_path / "lora"))
     assert code == 0, err
     made = json.loads((tmp_path / "lora" / "training.json").read_text())
     assert made["settings"]["use_8bit_adam"] is True and made["text_encoders"] == 2
+    assert made["settings"]["train_text_encoder"] is True
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "lora" / "lora-xl.safetensors"), "pt") as weights:
+        assert {k.split(".")[0] for k in weights.keys()} == {"unet", "text_encoder", "text_encoder_2"}
     pictures = {}
     for flags in ([], ["--embedding", "zq-xl"], ["--lora", "lora-xl"]):
         out = tmp_path / ("g" + "".join(flags[:1]))
@@ -309,6 +317,26 @@ def test_the_model_card_writes_what_a_run_says_as_text_never_as_code():
     assert 'token="<a`b>"' in card  # a JSON string in the snippet, quotes escaped
     assert "--token 'TOKEN' --initializer WORD" in card and "`7`" not in card
     assert r"a \*bold\* \[link\]\(http://x\) \<b\>" in card
+
+
+def test_the_model_card_says_what_a_lora_was_trained_on_and_the_flags_that_remake_it():
+    """A LoRA on the UNet and the text encoders says so in its table, and its remake command
+    has --train-text-encoder (and --use-8bit-adam); a setting that is not exactly true (the
+    kernel's data) adds neither."""
+    from imggenhub.outputs.publish import model_card
+
+    def card(**settings):
+        return model_card("you/thing", {"file": "thing.safetensors"},
+                          {"settings": {"method": "lora", "rank": 4, **settings}, "steps": 10,
+                           "examples": [{"text": "a zq"}] * 3}, {"model": "tiny-sdxl"}, [])
+
+    both = card(train_text_encoder=True, use_8bit_adam=True)
+    assert "| LoRA on | the UNet and the text encoders |" in both
+    assert "--rank 4 --use-8bit-adam --train-text-encoder" in both
+    for settings in ({}, {"train_text_encoder": "yes", "use_8bit_adam": 1}):
+        unet = card(**settings)
+        assert "| LoRA on | the UNet |" in unet
+        assert "--train-text-encoder" not in unet and "--use-8bit-adam" not in unet
 
 
 def test_finished_training_runs_correct_the_next_training_estimate(tmp_path):

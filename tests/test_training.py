@@ -140,22 +140,31 @@ SETTINGS["lora-8bit"] = {**SETTINGS["lora"], "use_8bit_adam": True, "rank": 64}
 SETTINGS["sdxl-lora"] = SETTINGS["lora"]
 SETTINGS["sdxl-dreambooth-lora"] = SETTINGS["dreambooth-lora"]
 SETTINGS["sdxl-textual-inversion"] = {**SETTINGS["textual-inversion"], "initializer": "a"}
+# a LoRA on the text encoders too (tiny-shapes' encoder has no attention layers: tiny-random's
+# two-layer one; the tiny SDXL's two)
+SETTINGS["text-lora"] = {**SETTINGS["lora"], "train_text_encoder": True}
+SETTINGS["sdxl-text-lora"] = SETTINGS["text-lora"]
 
 
 def pipe_for(method: str):
-    """tiny-shapes, or for an sdxl-… method the tiny SDXL (two text encoders, time ids)."""
-    if not method.startswith("sdxl-"):
-        return tiny_shapes()
-    from imggenhub.engine.tiny import build_tiny_sdxl_pipeline
+    """tiny-shapes, or for an sdxl-… method the tiny SDXL (two text encoders, time ids), or
+    for text-lora tiny-random (a text encoder with attention layers)."""
+    from imggenhub.engine.tiny import build_tiny_random_pipeline, build_tiny_sdxl_pipeline
 
-    pipe = build_tiny_sdxl_pipeline()
+    if method == "text-lora":
+        pipe = build_tiny_random_pipeline()
+    elif not method.startswith("sdxl-"):
+        return tiny_shapes()
+    else:
+        pipe = build_tiny_sdxl_pipeline()
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("method", [
-    "lora", "dreambooth-lora", "textual-inversion", "lora-8bit", "sdxl-lora",
+    "lora", "dreambooth-lora", "textual-inversion", "lora-8bit", "sdxl-lora", "text-lora",
+    "sdxl-text-lora",
     # the second tier (CI's second step): the suite keeps to its two minutes
     pytest.param("sdxl-dreambooth-lora", marks=pytest.mark.long),
     pytest.param("sdxl-textual-inversion", marks=pytest.mark.long)])
@@ -184,6 +193,10 @@ def test_a_run_cut_after_a_checkpoint_resumes_to_the_weights_of_an_uncut_run(tmp
                                if isinstance(v, torch.Tensor)}
     if method == "sdxl-textual-inversion":  # a vector for each text encoder, as the UIs write it
         assert sorted(whole.weights()) == ["clip_g", "clip_l"]
+    parts = {k.split(".")[0] for k in start} if "lora" in method else set()
+    assert parts == {"text-lora": {"unet", "text_encoder"},
+                     "sdxl-text-lora": {"unet", "text_encoder", "text_encoder_2"}}.get(
+        method, {"unet"} if parts else set())
     assert sorted(p.name for p in (tmp_path / "whole" / "checkpoints").iterdir()) == [
         "step-000005", "step-000010"]
 
@@ -327,6 +340,73 @@ def test_sdxl_weights_load_in_plain_diffusers_and_through_the_engine_alike(tmp_p
         print(method, np.abs(ours - theirs).mean(), np.abs(ours - base).mean())
         assert np.abs(ours - theirs).mean() < 1.0, (method, np.abs(ours - theirs).mean())
         assert np.abs(ours - base).mean() > 1.0, (method, np.abs(ours - base).mean())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method,model", [("text-lora", "tiny-random"), ("sdxl-text-lora", "tiny-sdxl")])
+def test_a_lora_on_the_text_encoders_loads_in_plain_diffusers_and_through_the_engine_alike(
+        tmp_path, method, model):
+    """--train-text-encoder: the file holds each text encoder's LoRA beside the UNet's, plain
+    diffusers' load_lora_weights reads them all, and the engine's --lora draws that picture
+    (the same seed); without the text encoders' part the picture is another one, so the
+    encoders' LoRA is trained and used, not dropped on the way."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+    from safetensors.torch import load_file
+
+    cyan_set(tmp_path / "data", n=3)
+    settings = {**SETTINGS[method], "steps": 4, "batch_size": 2, "resolution": 64, "name": "te",
+                "learning_rate": 5e-2}
+    training.Trainer(pipe_for(method), training.read_examples(tmp_path / "data"), settings,
+                     tmp_path / "run").run()
+    made = tmp_path / "run" / "te.safetensors"
+    state = load_file(str(made))
+    parts = {k.split(".")[0] for k in state}
+    assert parts == ({"unet", "text_encoder", "text_encoder_2"} if model == "tiny-sdxl"
+                     else {"unet", "text_encoder"})
+    # the UNet's part alone, written by diffusers' own writer
+    StableDiffusionPipeline.save_lora_weights(
+        tmp_path / "unet-only", weight_name="u.safetensors",
+        unet_lora_layers={k[5:]: v for k, v in state.items() if k.startswith("unet.")})
+    prompt, steps, guidance = f"a {CYAN_WORD} circle on a white background", 4, 5.0
+
+    def plain(folder, name):
+        pipe = pipe_for(method)
+        pipe.load_lora_weights(str(folder), weight_name=name)
+        return np.asarray(pipe(prompt, num_inference_steps=steps, guidance_scale=guidance,
+                               height=64, width=64,
+                               generator=torch.Generator().manual_seed(11)).images[0]).astype(float)
+
+    job = build_job(parse_settings(model=model, seed=11, gpu=False, steps=steps, guidance=guidance,
+                                   lora=[str(made)]), prompts_from_flags([prompt])).document()
+    engine.run_worker(job, tmp_path / "out")
+    record = engine.merge_manifest(tmp_path / "out", job)["images"][0]
+    ours = np.asarray(Image.open(tmp_path / "out" / record["file"])).astype(float)
+    theirs, unet_only = plain(made.parent, made.name), plain(tmp_path / "unet-only", "u.safetensors")
+    assert np.abs(ours - theirs).mean() < 1.0, np.abs(ours - theirs).mean()
+    assert np.abs(ours - unet_only).mean() > 1.0, np.abs(ours - unet_only).mean()
+
+
+@pytest.mark.slow
+def test_a_lora_on_the_text_encoders_is_refused_in_one_sentence_where_it_cannot_be(tmp_path, monkeypatch):
+    """Textual inversion (it trains the encoders' table already), a text encoder with no
+    attention layers (tiny-shapes'), and a transformers that needs a newer peft than the
+    installed one to add the adapter: each one sentence."""
+    import transformers.integrations.peft as hf_peft
+
+    cyan_set(tmp_path / "data", n=3, word="<zq>")
+    examples = training.read_examples(tmp_path / "data")
+    for method, pipe, words in (
+            ("textual-inversion", tiny_shapes(), "textual inversion trains their embedding table"),
+            ("lora", tiny_shapes(), "text encoder has no attention layers to put a LoRA on")):
+        with pytest.raises(training.TrainingDataError, match=words):
+            training.Trainer(pipe, examples, {**SETTINGS[method], "train_text_encoder": True,
+                                              "resolution": 64}, tmp_path / "out")
+    monkeypatch.setattr(hf_peft, "MIN_PEFT_VERSION", "99.0")  # what transformers 5.24 asks of peft 0.21
+    with pytest.raises(training.TrainingDataError,
+                       match=r"adds a text encoder's LoRA only with a newer peft than .*pip install -U peft"):
+        training.Trainer(pipe_for("text-lora"), examples, {**SETTINGS["text-lora"], "resolution": 64},
+                         tmp_path / "out")
 
 
 def test_eight_bit_adam_without_bitsandbytes_is_one_sentence(tmp_path, monkeypatch):

@@ -69,6 +69,9 @@ def train(
     use_8bit_adam: Annotated[bool, typer.Option(
         "--use-8bit-adam", help="lora, dreambooth-lora: bitsandbytes' 8-bit AdamW, a quarter "
         "of the optimizer's memory (needs bitsandbytes where it runs).")] = False,
+    train_text_encoder: Annotated[bool, typer.Option(
+        "--train-text-encoder", help="lora, dreambooth-lora: a LoRA on the text encoders' "
+        "attention too (SDXL: both), at the same rank.")] = False,
     precision: Annotated[str, typer.Option(help="auto, fp16 or fp32 (auto: fp16 on a GPU).")] = "auto",
     gpu: Gpu = True,
     backend: Annotated[Optional[str], typer.Option(
@@ -105,7 +108,8 @@ def train(
         lr_warmup_steps=lr_warmup_steps, class_prompt=class_prompt, class_images=num_class_images,
         prior_loss_weight=prior_loss_weight,
         initializer=initializer, validation_prompts=tuple(validation_prompt or ()),
-        gradient_checkpointing=gradient_checkpointing, use_8bit_adam=use_8bit_adam)
+        gradient_checkpointing=gradient_checkpointing, use_8bit_adam=use_8bit_adam,
+        train_text_encoder=train_text_encoder)
     backend = backend or _default_backend()
     kernel = kernel_options(gpu, kernel_id=kernel_id, title=title, internet=internet,
                             template=metadata_template, hf_token_env=hf_token_env, force=force)

@@ -1,11 +1,12 @@
-"""Fine-tuning, the work of a training run: a LoRA on the UNet's attention (through peft, as
-diffusers' examples/text_to_image/train_text_to_image_lora.py makes one) or a textual-inversion
+"""Fine-tuning, the work of a training run: a LoRA on the UNet's attention, and on the text
+encoders' too if asked (through peft, as diffusers' examples/text_to_image/
+train_text_to_image_lora.py and examples/dreambooth/train_dreambooth_lora.py make one) or a textual-inversion
 embedding (examples/textual_inversion), on pictures with captions.
 
 The pictures are encoded once before the loop (each one's latent mean: for Stable Diffusion's
 VAE a draw differs from it by thousandths, while a small VAE's posterior is wide, and a model
 trained on means, as tiny-shapes is, never saw its spread); a LoRA's caption embeddings too,
-since its text encoder is frozen. One seeded generator draws every batch, noise and timestep, and is saved with each checkpoint with the trained
+when its text encoders are frozen. One seeded generator draws every batch, noise and timestep, and is saved with each checkpoint with the trained
 weights and the optimizer's state: a run resumed from a checkpoint ends with the weights of
 a run that was never cut. Writes the weights as diffusers' loaders read them
 (``load_lora_weights``, ``load_textual_inversion``), ``loss.csv`` and ``training.json``.
@@ -24,6 +25,7 @@ from .wire import ENGINE_VERSION, PARTS_DIR, WEIGHTS, log
 METHODS = ("lora", "dreambooth-lora", "textual-inversion")
 LORAS = ("lora", "dreambooth-lora")  # the methods whose product is a LoRA
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the attention projections
+TEXT_LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj")  # a CLIP text encoder's
 XL_TIME_IDS = 6  # SDXL base's added conditioning: original size, crop corner, target size
 PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 CHECKPOINTS_DIR = "checkpoints"
@@ -40,7 +42,7 @@ DEFAULTS = {"method": "lora", "steps": 500, "rank": 4, "learning_rate": 1e-4, "r
             "validation_guidance": 7.0, "gradient_checkpointing": False, "keep_checkpoints": 3,
             "gradient_accumulation": 1, "lr_scheduler": "constant", "lr_warmup_steps": 0,
             "class_prompt": None, "class_images": 0, "prior_loss_weight": 1.0,
-            "class_steps": 25, "use_8bit_adam": False}
+            "class_steps": 25, "use_8bit_adam": False, "train_text_encoder": False}
 CLASS_DIR = "class_images"
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
 
@@ -179,11 +181,13 @@ def _optimizer(eight_bit: bool):
     return bitsandbytes.optim.AdamW8bit
 
 
-def _lora_state(unet) -> dict:
+def _lora_state(model) -> dict:
+    """A UNet's or a text encoder's LoRA layers, keyed as diffusers' writer takes them."""
     from diffusers.utils import convert_state_dict_to_diffusers
     from peft.utils import get_peft_model_state_dict
 
-    return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    return {k: v.detach().float().cpu().clone()
+            for k, v in convert_state_dict_to_diffusers(get_peft_model_state_dict(model)).items()}
 
 
 class Trainer:
@@ -226,9 +230,20 @@ class Trainer:
         if self.s["use_8bit_adam"] and not self.lora:
             raise TrainingDataError("--use-8bit-adam is for a LoRA's many weights: textual "
                                     "inversion trains one embedding, whose state is small.")
+        # a LoRA on the text encoders too (diffusers' --train_text_encoder): the captions'
+        # embeddings then change as it learns, and are computed every step
+        self.text_lora = bool(self.s["train_text_encoder"])
+        if self.text_lora and not self.lora:
+            raise TrainingDataError("--train-text-encoder adds a LoRA to the text encoders (--method "
+                                    "lora or dreambooth-lora); textual inversion trains their "
+                                    "embedding table already.")
+        self.cached = self.lora and not self.text_lora  # the captions' embeddings computed once
         optimizer = _optimizer(bool(self.s["use_8bit_adam"]))
         if self.s["gradient_checkpointing"]:  # activations recomputed: memory for time
             pipe.unet.enable_gradient_checkpointing()
+            if self.text_lora:
+                for encoder in self.encoders:
+                    encoder.gradient_checkpointing_enable()
         # prior preservation (DreamBooth): pictures of the class drawn by the model as it is,
         # before anything is trained, learned beside the instance's so it keeps what it knew
         self.prior = self.s["method"] == "dreambooth-lora" and bool(self.s["class_prompt"]) \
@@ -262,17 +277,46 @@ class Trainer:
     # -- what is trained ----------------------------------------------------------------
 
     def _add_lora(self) -> list:
+        """A LoRA on the UNet's attention and, with ``train_text_encoder``, on each text
+        encoder's (the recipe of diffusers' DreamBooth LoRA script: q, k, v and out
+        projections, the same rank). Checked before any adapter is added."""
         import torch
         from peft import LoraConfig
 
         rank = int(self.s["rank"])
-        torch.manual_seed(int(self.s["seed"]))  # the adapter's initial weights
+        models = [self.pipe.unet]
+        if self.text_lora:
+            for encoder in self.encoders:
+                if not any(name.endswith(TEXT_LORA_TARGETS) for name, _ in encoder.named_modules()):
+                    raise TrainingDataError("This model's text encoder has no attention layers to "
+                                            "put a LoRA on; train without --train-text-encoder.")
+            models += self.encoders
+        torch.manual_seed(int(self.s["seed"]))  # the adapters' initial weights
         self.pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                                               target_modules=list(LORA_TARGETS)))
-        params = [p for p in self.pipe.unet.parameters() if p.requires_grad]
+        for encoder in models[1:]:
+            try:
+                encoder.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
+                                               target_modules=list(TEXT_LORA_TARGETS)))
+            except ValueError as exc:  # transformers' own check of the installed peft
+                if "peft" not in str(exc).lower():
+                    raise
+                import peft
+                import transformers
+
+                raise TrainingDataError(
+                    f"--train-text-encoder: transformers {transformers.__version__} adds a text "
+                    f"encoder's LoRA only with a newer peft than {peft.__version__} "
+                    "(pip install -U peft).") from None
+        params = [p for m in models for p in m.parameters() if p.requires_grad]
         for p in params:  # fp32 master weights under fp16 (cast_training_params)
             p.data = p.data.float()
         return params
+
+    def _train_mode(self, on: bool = True) -> None:
+        """The trained models in training mode (or back to inference)."""
+        for model in [self.pipe.unet, *(self.encoders if self.text_lora else [])]:
+            model.train(on)
 
     def _add_token(self) -> list:
         """The new token in every tokenizer (SDXL: both), its row in each text encoder's
@@ -353,13 +397,13 @@ class Trainer:
         return torch.cat([d.mean for d in dists]).float().cpu() * vae.config.scaling_factor
 
     def _encode(self) -> None:
-        """The pictures' latent means; for a LoRA (its text encoders frozen) the captions'
-        embeddings too."""
+        """The pictures' latent means; for a LoRA whose text encoders are frozen, the
+        captions' embeddings too."""
         import torch
 
         self.latents = self._latents(self.examples)
         self.ids = self._ids(self.texts)
-        if self.lora:
+        if self.cached:
             with torch.no_grad():
                 got = [self._embed([i[at:at + 8] for i in self.ids]) for at in range(0, len(self.texts), 8)]
             self.embeds = torch.cat([g[0] for g in got])
@@ -367,7 +411,7 @@ class Trainer:
         if self.prior:  # the class's pictures and its one caption
             self.class_latents = self._latents(self.class_examples)
             self.class_ids = self._ids([self.s["class_prompt"]])
-            if self.lora:
+            if self.cached:
                 with torch.no_grad():
                     self.class_embed = self._embed(self.class_ids)
         # SDXL's time ids: the pictures are resized and centre-cropped to the resolution
@@ -431,11 +475,11 @@ class Trainer:
 
         if resume_from:
             self._load(Path(resume_from))
-        s, unet = self.s, self.pipe.unet
+        s = self.s
         steps, every = int(s["steps"]), int(s["checkpoint_every"] or 0)
         prediction = self.noise.config.prediction_type
         self.out.mkdir(parents=True, exist_ok=True)
-        unet.train()
+        self._train_mode()
         t0, first = time.monotonic(), self.step
         self.first_step = first
         stopping = False
@@ -490,13 +534,13 @@ class Trainer:
             if every and self.step % every == 0 and self.step < steps and self.rank == 0:
                 self.checkpoint()
                 self.validate()
-                unet.train()
+                self._train_mode()
             elif stopping and self.step < steps and self.rank == 0:
                 self.checkpoint()
             if stopping and self.step < steps and self.rank == 0:
                 log(f"the session's time is nearly up: stopping at step {self.step} of {steps} "
                     "(the next session continues from its checkpoint)")
-        unet.eval()
+        self._train_mode(False)
         self.seconds = time.monotonic() - t0
         if self.step < steps or self.rank != 0:
             if self.rank == 0:
@@ -522,10 +566,10 @@ class Trainer:
         self.share = len(idx)
         kind = self.device.split(":")[0]
         fp16 = self.dtype == torch.float16
-        if self.lora:  # the text encoders frozen: the captions' embeddings computed once
+        if self.cached:  # the text encoders frozen: the captions' embeddings computed once
             cond = self.embeds[idx.to(self.embeds.device)]
             pooled = self.pooled[idx.to(self.pooled.device)] if self.xl else None
-        else:  # a new token's embedding learns: through the text encoders
+        else:  # a new token's embedding or the encoders' LoRA learns: through the encoders
             with torch.autocast(kind, dtype=self.dtype, enabled=fp16):
                 cond, pooled = self._embed([i[idx] for i in self.ids])
         if self.prior:  # as many class pictures beside them, in the same forward pass
@@ -535,7 +579,7 @@ class Trainer:
             ct = torch.randint(0, self.noise.config.num_train_timesteps, (batch,), generator=g)
             clat, cnoise, ct = clat[mine], cnoise[mine], ct[mine]
             latents, noise, t = torch.cat([latents, clat]), torch.cat([noise, cnoise]), torch.cat([t, ct])
-            if self.lora:
+            if self.cached:
                 class_cond, class_pooled = self.class_embed
             else:
                 with torch.autocast(kind, dtype=self.dtype, enabled=fp16):
@@ -566,19 +610,22 @@ class Trainer:
 
     # -- what it writes ------------------------------------------------------------------
 
-    def _unet_lora(self) -> dict:
-        """The UNet's LoRA layers, as save_lora_weights takes them (a LoRA on the text
-        encoders waits for peft 0.22, which transformers 5 adds and loads their adapters
-        with and this machine's package index does not have yet)."""
-        return {k: v.detach().float().cpu().clone() for k, v in _lora_state(self.pipe.unet).items()}
+    def _lora_layers(self) -> dict:
+        """Each trained part's LoRA layers by the name save_lora_weights takes them under
+        (``unet``, ``text_encoder``, SDXL's ``text_encoder_2``)."""
+        parts = {"unet": self.pipe.unet}
+        if self.text_lora:
+            parts.update(zip(("text_encoder", "text_encoder_2"), self.encoders))
+        return {name: _lora_state(model) for name, model in parts.items()}
 
     def weights(self) -> dict:
         """The trained weights as their file holds them: a LoRA's layers under their part's
-        prefix (``unet.``); an embedding as
+        prefix (``unet.``, ``text_encoder.``, ``text_encoder_2.``); an embedding as
         examples/textual_inversion writes it ({token: its vector}), or for SDXL as the
         common UIs do (``clip_l`` and ``clip_g``, one vector for each text encoder)."""
         if self.lora:
-            return {f"unet.{k}": v for k, v in self._unet_lora().items()}
+            return {f"{part}.{k}": v for part, layers in self._lora_layers().items()
+                    for k, v in layers.items()}
         rows = [t.data[row].detach().float().cpu()[None].clone()
                 for t, row in zip(self.params, self.token_ids)]
         if self.xl:
@@ -594,7 +641,8 @@ class Trainer:
             from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
             writer = StableDiffusionXLPipeline if self.xl else StableDiffusionPipeline
-            writer.save_lora_weights(folder, weight_name=path.name, unet_lora_layers=self._unet_lora())
+            writer.save_lora_weights(folder, weight_name=path.name, **{
+                f"{part}_lora_layers": layers for part, layers in self._lora_layers().items()})
         else:  # what examples/textual_inversion writes: {token: its vector}
             save_file(self.weights(), str(path), metadata={"format": "pt"})
         return path
@@ -690,7 +738,7 @@ class Trainer:
         if not prompts:
             return None
         size = int(self.s["resolution"])
-        self.pipe.unet.eval()
+        self._train_mode(False)
         fp16 = self.dtype == torch.float16  # an fp32 text encoder (textual inversion) beside it
         with torch.no_grad(), torch.autocast(self.device.split(":")[0], enabled=fp16):
             images = [self.pipe(p, num_inference_steps=int(self.s["validation_steps"]),

@@ -62,6 +62,7 @@ class TrainSettings(BaseModel):
     class_images: int = Field(0, ge=0, le=MAX_CLASS_IMAGES)
     prior_loss_weight: float = Field(1.0, ge=0.0, le=100.0)
     use_8bit_adam: bool = False
+    train_text_encoder: bool = False
 
 
 class TrainSpec(BaseModel):
@@ -147,6 +148,9 @@ def build_train_spec(images: Path, model: str, instance_prompt: str | None = Non
     if train.method == "textual-inversion" and train.use_8bit_adam:
         raise SpecError("--use-8bit-adam is for a LoRA (--method lora or dreambooth-lora): "
                         "textual inversion trains one embedding, whose optimizer state is small.")
+    if train.method == "textual-inversion" and train.train_text_encoder:
+        raise SpecError("--train-text-encoder is for a LoRA (--method lora or dreambooth-lora): "
+                        "textual inversion trains the text encoders' embedding of one token.")
     if train.class_images and not train.class_prompt:
         raise SpecError("--num-class-images needs --class-prompt, the prompt the class pictures "
                         "are drawn from (such as 'a photo of a dog').")

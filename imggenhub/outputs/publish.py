@@ -66,6 +66,7 @@ def model_card(repo: str, record: dict, training: dict, manifest: dict, samples:
 
     settings = training.get("settings") or {}
     eight_bit = settings.get("use_8bit_adam") is True
+    text_encoders = settings.get("train_text_encoder") is True  # a LoRA on them too
     method = settings.get("method") if settings.get("method") in METHODS else "lora"
     lora = method != "textual-inversion"
     # what a manifest says is data: a name that is not a plain model id or file name is not
@@ -103,6 +104,8 @@ def model_card(repo: str, record: dict, training: dict, manifest: dict, samples:
                                ("steps", "loss_first", "loss_last", "seconds")}}
     rows = [("method", method), ("base model", _md(base)), ("steps", training.get("steps")),
             ("rank", settings.get("rank") if lora else None),
+            ("LoRA on", ("the UNet and the text encoders" if text_encoders else "the UNet")
+             if lora else None),
             ("learning rate", settings.get("learning_rate")),
             ("resolution", settings.get("resolution")), ("batch size", settings.get("batch_size")),
             ("seed", settings.get("seed")), ("pictures", len(training.get("examples") or [])),
@@ -119,6 +122,8 @@ def model_card(repo: str, record: dict, training: dict, manifest: dict, samples:
             flags.append(f"{flag} {value}")
     if eight_bit:
         flags.append("--use-8bit-adam")
+    if text_encoders:
+        flags.append("--train-text-encoder")
     if method == "textual-inversion":
         word = re.compile(r"[^\s`'\"\\]{1,64}")
         token, init = str(settings.get("token")), str(settings.get("initializer"))
