@@ -461,7 +461,7 @@ def test_a_lora_teaches_tiny_shapes_a_colour_it_never_saw(tmp_path):
 
 @pytest.mark.training
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("method", ["lora", "textual-inversion"])
+@pytest.mark.parametrize("method", ["lora", "textual-inversion", "text-lora"])
 def test_two_processes_train_the_weights_of_one_with_the_same_global_batch(tmp_path, method):
     """`python -m imggenhub.engine.training` alone, and as two processes under
     torch.distributed.run (gloo on a CPU), on the same pictures, seed and global batch of 4:
@@ -475,7 +475,8 @@ def test_two_processes_train_the_weights_of_one_with_the_same_global_batch(tmp_p
 
     from .test_benchmarks import REPO
 
-    cyan_set(tmp_path / "data", n=6, word=CYAN_WORD if method == "lora" else "<zq>")
+    cyan_set(tmp_path / "data", n=6, word="<zq>" if method == "textual-inversion" else CYAN_WORD)
+    model = "tiny-random" if method == "text-lora" else "tiny-shapes"  # its encoder has layers
     settings = json.dumps({**SETTINGS[method], "steps": 10, "batch_size": 4, "resolution": 64,
                            "name": "zq"})
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
@@ -484,7 +485,7 @@ def test_two_processes_train_the_weights_of_one_with_the_same_global_batch(tmp_p
         launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"] if n == 2 else []
         done = subprocess.run([sys.executable, *launcher, "-m", "imggenhub.engine.training",
                                "--data", str(tmp_path / "data"), "--out", str(tmp_path / f"p{n}"),
-                               "--model", "tiny-shapes", "--settings", settings],
+                               "--model", model, "--settings", settings],
                               env=env, cwd=REPO, capture_output=True, text=True, timeout=500)
         assert done.returncode == 0, done.stderr[-3000:]
         records[n] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -494,9 +495,11 @@ def test_two_processes_train_the_weights_of_one_with_the_same_global_batch(tmp_p
     one, two = (load_file(str(tmp_path / f"p{n}" / "zq.safetensors")) for n in (1, 2))
     assert one.keys() == two.keys() and len(one) > 0
     assert max(float((one[k] - two[k]).abs().max()) for k in one) < 1e-5
-    if method == "lora":
-        ups = [k for k in one if "lora_B" in k or "lora.up" in k]
+    if method != "textual-inversion":
+        ups = [k for k in one if "lora_B" in k or ".up." in k]  # (the encoders': lora_linear_layer.up)
         assert ups and all(float(one[k].abs().max()) > 0 for k in ups)  # B starts at zero
+        assert {k.split(".")[0] for k in ups} == (
+            {"unet", "text_encoder"} if method == "text-lora" else {"unet"})
     else:  # the row left the initializer's ("blue") embedding
         pipe = tiny_shapes()
         blue = pipe.text_encoder.get_input_embeddings().weight.detach()[
