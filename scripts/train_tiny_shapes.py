@@ -96,7 +96,8 @@ def vae_check(vae, n: int, seed: int) -> tuple[float, float]:
             sum(r.shape == s.shape for r, s in reads) / n)
 
 
-def make_unet_and_encoder(tokenizer, width: int, text_width: int, text_layers: int):
+def make_unet_and_encoder(tokenizer, width: int, text_width: int, text_layers: int,
+                          attention: str = "8,4", only_cross: bool = False):
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -105,13 +106,15 @@ def make_unet_and_encoder(tokenizer, width: int, text_width: int, text_layers: i
         num_attention_heads=4, num_hidden_layers=text_layers, max_position_embeddings=MAX_TOKENS,
         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id))
-    # attention at 8x8 and 4x4 only: at 16x16 it costs most of a step on a CPU
+    # attention at 8x8 and 4x4 only (or 4x4 only): at 16x16 it costs most of a step on a CPU
+    sizes = [int(a) for a in attention.split(",")]
+    attn = [size in sizes for size in (16, 8, 4)]
     unet = UNet2DConditionModel(
         sample_size=shapes.SIZE // 4, in_channels=4, out_channels=4, layers_per_block=1,
         block_out_channels=(width, width * 2, width * 2), norm_num_groups=16,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=text_width, attention_head_dim=8)
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+        cross_attention_dim=text_width, attention_head_dim=8, only_cross_attention=only_cross)
     return unet, text
 
 
@@ -129,18 +132,22 @@ def captions(scenes, tokenizer):
 
 def train_unet(latents, spread, ids, tokenizer, steps: int, batch: int, seed: int, width: int,
                text_width: int, text_layers: int, log, drop: float = 0.1, lr: float = 1e-3,
-               ema: float = 0.0, snr_gamma: float = 0.0, word_drop: float = 0.0):
+               ema: float = 0.0, snr_gamma: float = 0.0, word_drop: float = 0.0,
+               attention: str = "8,4", only_cross: bool = False, fused: bool = False):
     import torch
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel, compute_snr
 
     torch.manual_seed(seed)
-    unet, text = make_unet_and_encoder(tokenizer, width, text_width, text_layers)
+    unet, text = make_unet_and_encoder(tokenizer, width, text_width, text_layers, attention,
+                                       only_cross)
     noise_sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                                 beta_schedule="scaled_linear", clip_sample=False)
     params = [*unet.parameters(), *text.parameters()]
-    averaged = EMAModel(params, decay=ema) if ema else None
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+    # fused: AdamW's update, the EMA and the gradients' norm each in a few calls, not a few
+    # per tensor (a step here is mostly per-call cost, not arithmetic)
+    averaged = EMAModel(params, decay=ema, foreach=fused) if ema else None
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2, fused=fused or None)
     warm = max(1, steps // 20)  # a short warm-up, then a cosine down to nothing
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * s / steps)))
@@ -172,7 +179,7 @@ def train_unet(latents, spread, ids, tokenizer, steps: int, batch: int, seed: in
             loss = torch.nn.functional.mse_loss(pred, noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=fused or None)
         opt.step()
         sched.step()
         if averaged:
@@ -223,6 +230,12 @@ def main(argv=None) -> None:
                     help="a trained tiny-shapes folder whose VAE to reuse (skips that phase)")
     ap.add_argument("--eval", type=int, default=100, help="pictures checked (held-out prompts)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's choice)")
+    ap.add_argument("--attention", default="8,4",
+                    help="the latent sizes whose UNet blocks have attention (16, 8, 4)")
+    ap.add_argument("--only-cross", action="store_true",
+                    help="the UNet's attention blocks attend to the caption only (no self-attention)")
+    ap.add_argument("--fused", action="store_true",
+                    help="fused AdamW, foreach EMA and gradient norm (fewer calls a step)")
     args = ap.parse_args(argv)
 
     import torch
@@ -267,7 +280,8 @@ def main(argv=None) -> None:
     log(f"latents {tuple(latents.shape[1:])} ({args.latents}), scaling factor {scale:.3f}")
     unet, text = train_unet(latents, spread, ids, tokenizer, args.unet_steps, args.batch, args.seed + 3,
                             args.width, args.text_width, args.text_layers, log,
-                            ema=args.ema, snr_gamma=args.snr_gamma, word_drop=args.word_drop)
+                            ema=args.ema, snr_gamma=args.snr_gamma, word_drop=args.word_drop,
+                            attention=args.attention, only_cross=args.only_cross, fused=args.fused)
     t_train = time.monotonic() - t0
     pipe = pipeline(vae, unet, text, tokenizer)
     pipe.set_progress_bar_config(disable=True)
