@@ -119,12 +119,13 @@ def test_train_resume_generate_with_the_weights_and_publish_them(cli, tmp_path, 
     done = json.loads(out)
     assert done["changed"] and done["files"] == [
         "README.md", "loss.csv", "loss.png", "validation/step-000003.png",
-        "validation/step-000006.png", "zq.safetensors"]
+        "validation/step-000006.png", "zq.safetensors", "zq_kohya.safetensors"]
     repo = hub.repos["imggenhub/zq-lora"]
     assert repo.private
     for name in done["files"][1:]:
         assert repo.files[name] == (tmp_path / "t" / name).read_bytes(), name
-    assert "zq.safetensors" in repo.lfs
+    assert "zq.safetensors" in repo.lfs and "zq_kohya.safetensors" in repo.lfs
+    assert "`zq_kohya.safetensors` is the same LoRA in kohya's keys" in repo.files["README.md"].decode()
     card = repo.files["README.md"].decode()
     assert card.startswith("---\n") and "library_name: diffusers" in card and "- lora" in card
     assert 'pipe.load_lora_weights("imggenhub/zq-lora", weight_name="zq.safetensors")' in card

@@ -385,6 +385,29 @@ def test_a_lora_on_the_text_encoders_loads_in_plain_diffusers_and_through_the_en
     theirs, unet_only = plain(made.parent, made.name), plain(tmp_path / "unet-only", "u.safetensors")
     assert np.abs(ours - theirs).mean() < 1.0, np.abs(ours - theirs).mean()
     assert np.abs(ours - unet_only).mean() > 1.0, np.abs(ours - unet_only).mean()
+    # the copy in kohya's keys: each names a layer of the model as the UIs map them
+    # ("lora_unet_" or the encoder's prefix, then the layer's diffusers path with "_" for
+    # "."), the rank as alpha; and diffusers reads it to the same picture
+    kohya = load_file(str(tmp_path / "run" / "te_kohya.safetensors"))
+    pipe = pipe_for(method)
+    prefixes = {"lora_unet_": pipe.unet}
+    if model == "tiny-sdxl":
+        prefixes.update({"lora_te1_": pipe.text_encoder, "lora_te2_": pipe.text_encoder_2})
+    else:
+        prefixes["lora_te_"] = pipe.text_encoder
+    def path(prefix, name):  # the UIs name an encoder's layers from its text_model
+        text = prefix != "lora_unet_" and not name.startswith("text_model.")
+        return prefix + ("text_model." if text else "") + name
+
+    layers = {path(prefix, name).replace(".", "_") for prefix, part in prefixes.items()
+              for name, module in part.named_modules() if isinstance(module, torch.nn.Linear)}
+    named = {k.split(".")[0] for k in kohya}
+    assert named <= layers and {k.split("_", 2)[1] for k in named} == {
+        "unet", *(["te1", "te2"] if model == "tiny-sdxl" else ["te"])}
+    assert {k.split(".", 1)[1] for k in kohya} == {"lora_down.weight", "lora_up.weight", "alpha"}
+    assert len(kohya) == len(state) // 2 * 3 and all(
+        float(kohya[k]) == 4 for k in kohya if k.endswith("alpha"))
+    assert np.abs(ours - plain(tmp_path / "run", "te_kohya.safetensors")).mean() < 1.0
 
 
 @pytest.mark.slow

@@ -32,6 +32,7 @@ CHECKPOINTS_DIR = "checkpoints"
 LOSS_FILE = "loss.csv"
 RECORD_FILE = "training.json"
 STATE_FILE = "state.pt"
+KOHYA_SUFFIX = "_kohya"  # NAME_kohya.safetensors: the LoRA as the UIs' loaders key it
 LOSS_PLOT = "loss.png"
 VALIDATION_DIR = "validation"
 MIN_EXAMPLES = 3  # fewer pictures teach a LoRA nothing it can generalise
@@ -647,6 +648,34 @@ class Trainer:
             save_file(self.weights(), str(path), metadata={"format": "pt"})
         return path
 
+    def save_kohya(self, path: Path) -> Path:
+        """The LoRA beside ``path`` again, in kohya's keys (``lora_unet_…``,
+        ``lora_te_text_model_…``; SDXL ``lora_te1_…``, ``lora_te2_…``; ``lora_down``,
+        ``lora_up`` and ``alpha``), which AUTOMATIC1111, ComfyUI and the other UIs read (and
+        diffusers too): what diffusers' SDXL DreamBooth script writes under
+        ``--output_kohya_format``, from each part's peft state."""
+        from diffusers.utils import convert_state_dict_to_kohya
+        from peft.utils import get_peft_model_state_dict
+        from safetensors.torch import save_file
+
+        parts = {"unet": self.pipe.unet}
+        if self.text_lora:
+            parts.update(zip(("text_encoder", "text_encoder_2"), self.encoders))
+        peft = {f"{name}.{k}": v.detach().float().cpu().contiguous() for name, model in parts.items()
+                for k, v in get_peft_model_state_dict(model).items()}
+        kohya = {}
+        for key, value in convert_state_dict_to_kohya(peft).items():
+            if key.startswith("lora_te"):
+                # the UIs name an encoder's layers from its text_model (transformers 5's CLIP
+                # has no such level); one text encoder is lora_te_, SDXL's two lora_te1_/2_
+                encoder, _, rest = key[len("lora_"):].partition("_")
+                rest = rest if rest.startswith("text_model_") else "text_model_" + rest
+                key = f"lora_{encoder if self.xl else 'te'}_{rest}"
+            kohya[key] = value
+        out = path.with_name(path.stem + KOHYA_SUFFIX + path.suffix)
+        save_file(kohya, str(out))
+        return out
+
     def _trained_state(self) -> tuple[list, dict]:
         """What is trained and the optimizer's state, as a checkpoint keeps them: for an
         embedding only the new token's row and its moments (the other rows are put back
@@ -764,10 +793,12 @@ class Trainer:
 
     def finish(self, seconds: float) -> dict:
         path = self.save_weights(self.out)
+        kohya = self.save_kohya(path) if self.lora else None
         self.validate()
         head, tail = self.losses[:50], self.losses[-50:]
         record = {"method": self.s["method"], "settings": self.s, "steps": self.step,
                   "weights": path.name, "sha256": sha256_of(path),
+                  **({"kohya": kohya.name, "kohya_sha256": sha256_of(kohya)} if kohya else {}),
                   "loss_first": sum(head) / len(head), "loss_last": sum(tail) / len(tail),
                   "seconds": round(seconds, 1), "text_encoders": len(self.encoders),
                   "examples": [{"file": e.get("name") or Path(e["file"]).name, "text": e["text"],
@@ -889,7 +920,9 @@ def run_job(job: dict, out_dir: Path, device: str, dtype, clock=None) -> dict:
     if part is not None:
         if record.get("weights"):
             path = out_dir / record["weights"]
-            part.image({"index": 0, "file": path.name, "sha256": record["sha256"],
+            kohya = {"kohya": {"file": record["kohya"], "sha256": record["kohya_sha256"]}} \
+                if record.get("kohya") else {}
+            part.image({"index": 0, "file": path.name, "sha256": record["sha256"], **kohya,
                         "bytes": path.stat().st_size, "model": job["model"]["id"],
                         "method": settings["method"], "steps": record["steps"],
                         "token": settings.get("token"), "loss_first": record["loss_first"],

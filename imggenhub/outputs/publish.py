@@ -60,8 +60,10 @@ def _trigger(training: dict) -> str | None:
     return captions.pop() if len(captions) == 1 else None
 
 
-def model_card(repo: str, record: dict, training: dict, manifest: dict, samples: list[str]) -> str:
-    """The README.md: YAML metadata, then what was trained, how, and how to use it."""
+def model_card(repo: str, record: dict, training: dict, manifest: dict, samples: list[str],
+               kohya: str | None = None) -> str:
+    """The README.md: YAML metadata, then what was trained, how, and how to use it
+    (``kohya``: the name of the LoRA's copy in the UIs' keys, uploaded beside it)."""
     from huggingface_hub import ModelCard, ModelCardData
 
     settings = training.get("settings") or {}
@@ -129,6 +131,8 @@ def model_card(repo: str, record: dict, training: dict, manifest: dict, samples:
         token, init = str(settings.get("token")), str(settings.get("initializer"))
         flags += [f"--token '{token if word.fullmatch(token) else 'TOKEN'}'",
                   f"--initializer {init if word.fullmatch(init) else 'WORD'}"]
+    kohya_note = (f"\n\n`{kohya}` is the same LoRA in kohya's keys, for AUTOMATIC1111, ComfyUI "
+                  "and the other UIs." if kohya and SAFE.fullmatch(kohya) else "")
     shown = "\n".join(f"![{_md(Path(s).stem)}]({s})" for s in samples)
     prompts = "\n".join(f"- {_md(p)}" for p in settings.get("validation_prompts") or [])
     body = f"""
@@ -151,7 +155,7 @@ image = pipe({json.dumps(prompt)}).images[0]
 ```
 
 or `imggenhub generate --{'lora' if lora else 'embedding'} {weights}` with the file
-downloaded.
+downloaded.{kohya_note}
 
 ## Training
 
@@ -182,6 +186,15 @@ def stage(folder: Path, repo: str, into: Path) -> list[str]:
     training = training if isinstance(training, dict) else {}
     names = [record["file"]]
     shutil.copyfile(weights, into / record["file"])
+    kohya = record.get("kohya")  # the same LoRA in the UIs' keys (checked by the schema)
+    if kohya:
+        path = folder / artifacts.safe_relative(kohya["file"])
+        if not SAFE.fullmatch(kohya["file"]) or "/" in kohya["file"] or not path.is_file() \
+                or sha256_of(path) != kohya["sha256"]:
+            raise SpecError(f"The weights {kohya['file'][:80]!r} in {folder} are missing or differ "
+                            "from their manifest; download the run again.")
+        shutil.copyfile(path, into / kohya["file"])
+        names.append(kohya["file"])
     for name in ("loss.png", "loss.csv"):
         if (folder / name).is_file():
             shutil.copyfile(folder / name, into / name)
@@ -192,7 +205,8 @@ def stage(folder: Path, repo: str, into: Path) -> list[str]:
         for picture in sorted((folder / "validation").glob("step-*.png")):
             shutil.copyfile(picture, into / "validation" / picture.name)
             samples.append(f"validation/{picture.name}")
-    (into / "README.md").write_text(model_card(repo, record, training, manifest, samples[-1:]),
+    (into / "README.md").write_text(model_card(repo, record, training, manifest, samples[-1:],
+                                               kohya["file"] if kohya else None),
                                     encoding="utf-8")
     return sorted(names + samples + ["README.md"])
 

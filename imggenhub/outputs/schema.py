@@ -48,6 +48,15 @@ class _Additions(BaseModel):
     refiner: Named | None = None
 
 
+class Companion(BaseModel):
+    """A file that goes with an item: a trained LoRA's copy in kohya's keys."""
+
+    model_config = STRICT
+
+    file: str = Field(max_length=255)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
 class _Image(_Additions):
     file: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
@@ -61,6 +70,7 @@ class _Image(_Additions):
     seconds: float | None = None
     cell: dict[str, Scalar] | None = Field(None, max_length=MAX_AXES)
     sweep_of: Index | None = None
+    kohya: Companion | None = None
 
 
 # One manifest entry: the fields above, and each image parameter (engine.wire.IMAGE_PARAMS,
