@@ -285,13 +285,11 @@ class Trainer:
         from peft import LoraConfig
 
         rank = int(self.s["rank"])
-        models = [self.pipe.unet]
-        if self.text_lora:
-            for encoder in self.encoders:
-                if not any(name.endswith(TEXT_LORA_TARGETS) for name, _ in encoder.named_modules()):
-                    raise TrainingDataError("This model's text encoder has no attention layers to "
-                                            "put a LoRA on; train without --train-text-encoder.")
-            models += self.encoders
+        models = list(self._lora_models().values())
+        for encoder in models[1:]:
+            if not any(name.endswith(TEXT_LORA_TARGETS) for name, _ in encoder.named_modules()):
+                raise TrainingDataError("This model's text encoder has no attention layers to "
+                                        "put a LoRA on; train without --train-text-encoder.")
         torch.manual_seed(int(self.s["seed"]))  # the adapters' initial weights
         self.pipe.unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian",
                                               target_modules=list(LORA_TARGETS)))
@@ -314,9 +312,17 @@ class Trainer:
             p.data = p.data.float()
         return params
 
+    def _lora_models(self) -> dict:
+        """The models a LoRA adapts, by the name diffusers' writer keys them under: the UNet
+        and, with ``train_text_encoder``, the text encoders (SDXL's second as text_encoder_2)."""
+        models = {"unet": self.pipe.unet}
+        if self.text_lora:
+            models.update(zip(("text_encoder", "text_encoder_2"), self.encoders))
+        return models
+
     def _train_mode(self, on: bool = True) -> None:
         """The trained models in training mode (or back to inference)."""
-        for model in [self.pipe.unet, *(self.encoders if self.text_lora else [])]:
+        for model in self._lora_models().values():
             model.train(on)
 
     def _add_token(self) -> list:
@@ -614,10 +620,7 @@ class Trainer:
     def _lora_layers(self) -> dict:
         """Each trained part's LoRA layers by the name save_lora_weights takes them under
         (``unet``, ``text_encoder``, SDXL's ``text_encoder_2``)."""
-        parts = {"unet": self.pipe.unet}
-        if self.text_lora:
-            parts.update(zip(("text_encoder", "text_encoder_2"), self.encoders))
-        return {name: _lora_state(model) for name, model in parts.items()}
+        return {name: _lora_state(model) for name, model in self._lora_models().items()}
 
     def weights(self) -> dict:
         """The trained weights as their file holds them: a LoRA's layers under their part's
@@ -658,10 +661,8 @@ class Trainer:
         from peft.utils import get_peft_model_state_dict
         from safetensors.torch import save_file
 
-        parts = {"unet": self.pipe.unet}
-        if self.text_lora:
-            parts.update(zip(("text_encoder", "text_encoder_2"), self.encoders))
-        peft = {f"{name}.{k}": v.detach().float().cpu().contiguous() for name, model in parts.items()
+        peft = {f"{name}.{k}": v.detach().float().cpu().contiguous()
+                for name, model in self._lora_models().items()
                 for k, v in get_peft_model_state_dict(model).items()}
         kohya = {}
         for key, value in convert_state_dict_to_kohya(peft).items():

@@ -37,11 +37,16 @@ def trained_folder(manifest: dict, folder: Path) -> tuple[dict, Path]:
     if not manifest.get("complete") or record is None:
         raise SpecError(f"The training run in {folder} has not finished; 'imggenhub resume' it "
                         "first.")
-    path = folder / artifacts.safe_relative(record["file"])
-    if not path.is_file() or sha256_of(path) != record["sha256"]:
-        raise SpecError(f"The weights {record['file']} in {folder} are missing or differ from "
+    return record, _checked(folder, record)
+
+
+def _checked(folder: Path, entry: dict) -> Path:
+    """A weights file a manifest entry names (``file``, ``sha256``), there and unchanged."""
+    path = folder / artifacts.safe_relative(entry["file"])
+    if not path.is_file() or sha256_of(path) != entry["sha256"]:
+        raise SpecError(f"The weights {entry['file']} in {folder} are missing or differ from "
                         "their manifest; download the run again.")
-    return record, path
+    return path
 
 
 def _md(text: str) -> str:
@@ -187,13 +192,11 @@ def stage(folder: Path, repo: str, into: Path) -> list[str]:
     names = [record["file"]]
     shutil.copyfile(weights, into / record["file"])
     kohya = record.get("kohya")  # the same LoRA in the UIs' keys (checked by the schema)
-    if kohya:
-        path = folder / artifacts.safe_relative(kohya["file"])
-        if not SAFE.fullmatch(kohya["file"]) or "/" in kohya["file"] or not path.is_file() \
-                or sha256_of(path) != kohya["sha256"]:
-            raise SpecError(f"The weights {kohya['file'][:80]!r} in {folder} are missing or differ "
-                            "from their manifest; download the run again.")
-        shutil.copyfile(path, into / kohya["file"])
+    if kohya:  # uploaded under its own name: a plain file name, not a path
+        if not SAFE.fullmatch(kohya["file"]) or "/" in kohya["file"]:
+            raise SpecError(f"The weights {kohya['file']} in {folder} are missing or differ from "
+                            "their manifest; download the run again.")
+        shutil.copyfile(_checked(folder, kohya), into / kohya["file"])
         names.append(kohya["file"])
     for name in ("loss.png", "loss.csv"):
         if (folder / name).is_file():
