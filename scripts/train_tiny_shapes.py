@@ -133,7 +133,8 @@ def captions(scenes, tokenizer):
 def train_unet(latents, spread, ids, tokenizer, steps: int, batch: int, seed: int, width: int,
                text_width: int, text_layers: int, log, drop: float = 0.1, lr: float = 1e-3,
                ema: float = 0.0, snr_gamma: float = 0.0, word_drop: float = 0.0,
-               attention: str = "8,4", only_cross: bool = False, fused: bool = False):
+               attention: str = "8,4", only_cross: bool = False, fused: bool = False,
+               t_power: float = 1.0):
     import torch
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel, compute_snr
@@ -167,7 +168,10 @@ def train_unet(latents, spread, ids, tokenizer, steps: int, batch: int, seed: in
         dropped = torch.rand(batch, generator=gen) < drop
         tokens[dropped] = empty
         noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, 1000, (batch,), generator=gen)
+        if t_power == 1.0:
+            t = torch.randint(0, 1000, (batch,), generator=gen)
+        else:  # more of the noisy steps, where a picture's shape is decided (density ~ t^(p-1))
+            t = (1000 * torch.rand(batch, generator=gen) ** (1 / t_power)).long().clamp(max=999)
         noisy = noise_sched.add_noise(x0, noise, t)
         context = text(tokens)[0]
         pred = unet(noisy, t, encoder_hidden_states=context).sample
@@ -236,6 +240,8 @@ def main(argv=None) -> None:
                     help="the UNet's attention blocks attend to the caption only (no self-attention)")
     ap.add_argument("--fused", action="store_true",
                     help="fused AdamW, foreach EMA and gradient norm (fewer calls a step)")
+    ap.add_argument("--t-power", type=float, default=1.0,
+                    help="timesteps drawn with density ~ t^(p-1) (1: uniform, diffusers' recipe)")
     args = ap.parse_args(argv)
 
     import torch
@@ -281,7 +287,8 @@ def main(argv=None) -> None:
     unet, text = train_unet(latents, spread, ids, tokenizer, args.unet_steps, args.batch, args.seed + 3,
                             args.width, args.text_width, args.text_layers, log,
                             ema=args.ema, snr_gamma=args.snr_gamma, word_drop=args.word_drop,
-                            attention=args.attention, only_cross=args.only_cross, fused=args.fused)
+                            attention=args.attention, only_cross=args.only_cross, fused=args.fused,
+                            t_power=args.t_power)
     t_train = time.monotonic() - t0
     pipe = pipeline(vae, unet, text, tokenizer)
     pipe.set_progress_bar_config(disable=True)

@@ -179,13 +179,16 @@ def test_a_missing_model_fails_with_the_loaders_message(tmp_path, run_engine):
 def test_the_engine_imports_only_what_a_kaggle_image_has():
     """stdlib, torch, diffusers, transformers, accelerate, Pillow and what diffusers itself
     needs (huggingface_hub, numpy, safetensors; peft for LoRAs, loading or training them;
-    bitsandbytes when a training asks for 8-bit Adam); third-party ones lazily."""
+    bitsandbytes when a training asks for 8-bit Adam or a plan quantizes; tokenizers, which
+    transformers brings); third-party ones lazily."""
     import ast
 
     from pathlib import Path
 
     allowed = {"torch", "diffusers", "transformers", "accelerate", "PIL", "huggingface_hub",
                "numpy", "safetensors", "peft",
+               # transformers' own tokenizers: the tiny FLUX's and SD3's T5 tokenizer
+               "tokenizers",
                # only under --use-8bit-adam, its absence one sentence (test_training)
                "bitsandbytes"}
     top_level, inside = set(), set()

@@ -13,10 +13,13 @@ def models(json: Json = False) -> None:
     if json:
         result([p.as_dict() for p in PRESETS.values()], "", True)
         return
-    echo(f"{'preset':<15} {'size':>9} {'steps':>5} {'cfg':>5}  model id / note")
+    echo(f"{'preset':<17} {'size':>9} {'steps':>5} {'cfg':>5}  model id / note")
     for p in PRESETS.values():
         size = f"{p.width}x{p.height}" if p.width else "model's"
-        echo(f"{p.name:<15} {size:>9} {p.steps:>5} {p.guidance:>5}  {p.id}")
-        if p.note:
-            echo(f"{'':<39}{p.note}")
+        echo(f"{p.name:<17} {size:>9} {p.steps:>5} {p.guidance:>5}  {p.id}")
+        terms = (f"licence {p.licence}" if p.licence else "") + (
+            "; gated: accept its terms on the Hub, then --hf-token-env VAR" if p.gated else "")
+        for line in (p.note, terms):
+            if line:
+                echo(f"{'':<41}{line}")
     echo("Any other Hugging Face id (owner/name) loads with diffusers' AutoPipeline.")

@@ -61,6 +61,10 @@ _JOB_OPTIONS = {
     "scheduler": (Optional[str], typer.Option(
         help="dpm++, dpm++-karras, euler, euler-a, ddim, ... (default: the model's own).")),
     "precision": (str, typer.Option(help="auto, fp16 or fp32 (auto: fp16 on a GPU).")),
+    "quantize": (str, typer.Option(
+        metavar="auto|nf4|int8|none",
+        help="FLUX and SD 3.5: quantize the transformer and T5 (auto: the least that fits the "
+             "cards; the memory plan is logged).")),
     "init_image": (Optional[str], typer.Option(
         "--init-image", metavar="PATH", help="Image-to-image: start from this picture.")),
     "mask_image": (Optional[str], typer.Option(
@@ -113,7 +117,7 @@ _JOB_OPTIONS = {
              "variable to the kernel, through a private Kaggle dataset.")),
 }
 JOB_DEFAULTS = {"prompt": None, "prompts_file": Path("prompts.json"), "model": "sdxl-turbo",
-                 "num_images": 1, "batch_size": 1, "precision": "auto", "gpu": True,
+                 "num_images": 1, "batch_size": 1, "precision": "auto", "quantize": "auto", "gpu": True,
                  "metadata_template": Path("kernel-metadata.json"), "force": False, "score": False,
                  "shards": "auto"}
 _KERNEL_FLAGS = ("metadata_template", "kernel_id", "title", "internet", "hf_token_env", "force",

@@ -20,16 +20,18 @@ from .scoring import DEFAULT_SCORE_MODEL, Scorer, build_tiny_clip  # noqa: F401
 from .tiny import (  # noqa: F401
     build_tiny, build_tiny_kandinsky_pipeline, build_tiny_random_pipeline, build_tiny_sdxl_pipeline,
     build_tiny_sdxl_refiner)
+from .memory import (  # noqa: F401
+    FAMILIES, KAGGLE_T4X2, DoesNotFit, Machine, MemoryPlan, for_job, plan_memory)
 from .plan import (  # noqa: F401
     Plan, SessionClock, batches, made, plan_images, ranges_of, slugify, split)
 from .wire import (  # noqa: F401
     BUNDLES_DIR, ENGINE_PACKAGE, ENGINE_VERSION, ERROR_PREFIX, JOB_FILE, KAGGLE_INPUT, LOG_FILE, MANIFEST, OUTPUT_DIR,
     PARTS_DIR, PROGRESS_PREFIX, SCHEDULERS, SDXL_VAE_FP16_FIX, SEED_MODULUS, TINY_CLIP,
-    TINY_KANDINSKY,
+    TINY_FLUX, TINY_KANDINSKY, TINY_SD3,
     TINY_RANDOM, TINY_SDXL, TINY_SDXL_REFINER, TINY_SHAPES, WEIGHTS, counted, images_text, log,
     progress_message)
 from .worker import (  # noqa: F401
     count_processes, launch, main, notebook_main, run_training, run_worker)
 
-MODULES = ("__init__", "wire", "plan", "inputs", "manifest", "outputs", "tiny", "pipelines",
+MODULES = ("__init__", "wire", "plan", "memory", "versions", "inputs", "manifest", "outputs", "tiny", "pipelines",
            "scoring", "training", "worker", "__main__")

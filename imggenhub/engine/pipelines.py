@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .inputs import PictureTooLarge, open_picture
-from .tiny import TINY_MODELS, build_tiny, build_tiny_sdxl_refiner, shipped_folder
+from .tiny import TINY_MODELS, build_tiny, build_tiny_sdxl_refiner, shipped_folder, tiny_folder
 from .wire import SCHEDULERS, SDXL_VAE_FP16_FIX, TINY_SDXL_REFINER, log
 
 
@@ -19,10 +19,13 @@ def _dtype_kwarg(dtype) -> dict:
     return {"dtype": dtype} if (major, minor) >= (0, 42) else {"torch_dtype": dtype}
 
 
-def load_pipeline(model: dict, device: str, dtype):
-    """Load the job's pipeline once; the caller reuses it for every prompt."""
+def load_pipeline(model: dict, device: str, dtype, plan=None):
+    """Load the job's pipeline once; the caller reuses it for every prompt. A model with a
+    memory plan (FLUX, SD 3.5: engine/memory.py) loads as the plan says."""
     import torch
 
+    if plan is not None:
+        return load_planned(model, plan, device)
     if model["id"] in TINY_MODELS:
         pipe = build_tiny(model["id"])
         return pipe.to(device) if dtype == torch.float32 else pipe.to(device=device, dtype=dtype)
@@ -49,6 +52,91 @@ def load_pipeline(model: dict, device: str, dtype):
     except OSError as exc:
         raise _not_loaded(model["id"], exc) from None
     return pipe.to(device)
+
+
+DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
+
+
+def quantization_config(plan, compute: str):
+    """diffusers' PipelineQuantizationConfig for what the plan quantizes (None: nothing):
+    bitsandbytes NF4 (double quantization) or LLM.int8, computing in ``compute``."""
+    quantized = plan.quantized()
+    if not quantized:
+        return None
+    import torch
+    from diffusers.quantizers import PipelineQuantizationConfig
+
+    (kind,) = set(quantized.values())
+    if kind == "nf4":
+        backend, kwargs = "bitsandbytes_4bit", {
+            "load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+            "bnb_4bit_compute_dtype": getattr(torch, DTYPES[compute])}
+    else:
+        backend, kwargs = "bitsandbytes_8bit", {"load_in_8bit": True}
+    return PipelineQuantizationConfig(quant_backend=backend, quant_kwargs=kwargs,
+                                      components_to_quantize=sorted(quantized))
+
+
+def load_planned(model: dict, plan, device: str):
+    """FLUX and SD 3.5 (and their tiny ones): each component quantized, typed and placed as
+    the memory plan says; the VAE in fp32 where the plan keeps it out of fp16 (its input cast
+    on the way in), tiled for large pictures."""
+    import torch
+    from diffusers import AutoPipelineForText2Image
+
+    if plan.mode == "staged":
+        raise ValueError(f"the memory plan for {model['id']} spreads the denoiser over the cards "
+                         "after encoding the prompts (staged), which this engine does not run "
+                         "yet; use --quantize nf4")
+    compute = next(p.dtype for p in plan.parts if p.name in ("transformer", "unet"))
+    dtype = getattr(torch, DTYPES[compute])
+    kwargs = dict(_dtype_kwarg(dtype))
+    quantized = quantization_config(plan, compute)
+    if quantized is not None:
+        kwargs["quantization_config"] = quantized
+    if plan.mode == "split":  # whole components over the cards, diffusers' "balanced" map
+        kwargs["device_map"] = "balanced"
+    where = tiny_folder(model["id"]) if model["id"] in TINY_MODELS else shipped_folder(model["id"])
+    try:
+        pipe = AutoPipelineForText2Image.from_pretrained(where, **kwargs)
+    except OSError as exc:
+        raise _not_loaded(model["id"], exc) from None
+    vae = plan.part("vae")
+    if vae.dtype != compute:
+        pipe.vae.to(getattr(torch, DTYPES[vae.dtype]))
+        cast_inputs(pipe.vae, getattr(torch, DTYPES[vae.dtype]))
+    if plan.vae_tiling:
+        pipe.vae.enable_tiling()
+    if plan.mode == "offload":
+        pipe.enable_model_cpu_offload(gpu_id=torch.device(device).index or 0)
+    elif plan.mode in ("replicate", "cpu"):
+        _to_device(pipe, device)
+    return pipe
+
+
+def _to_device(pipe, device: str) -> None:
+    """Every component on ``device``; bitsandbytes' quantized ones are placed when loaded
+    and refuse ``.to`` in older versions, so they stay where they are."""
+    for name, component in pipe.components.items():
+        quantized = getattr(component, "hf_quantizer", None) is not None or any(
+            getattr(component, flag, False) for flag in ("is_loaded_in_4bit", "is_loaded_in_8bit"))
+        if hasattr(component, "to") and not quantized:
+            component.to(device)
+
+
+def cast_inputs(module, dtype) -> None:
+    """The VAE kept in ``dtype`` while the pipeline runs in another: each part that takes a
+    tensor casts it on the way in (the pipelines hand it latents in their own dtype)."""
+    import torch
+
+    def cast(_module, args):
+        return tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a
+                     for a in args)
+
+    for part in ("encoder", "decoder", "quant_conv", "post_quant_conv"):
+        sub = getattr(module, part, None)
+        if sub is not None:
+            sub.register_forward_pre_hook(cast)
 
 
 def _not_loaded(model_id: str, exc: OSError) -> OSError:

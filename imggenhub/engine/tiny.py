@@ -10,9 +10,10 @@ import json
 import tempfile
 from pathlib import Path
 
-from .wire import TINY_KANDINSKY, TINY_RANDOM, TINY_SDXL, TINY_SDXL_REFINER, TINY_SHAPES
+from .wire import (TINY_FLUX, TINY_KANDINSKY, TINY_RANDOM, TINY_SD3, TINY_SDXL, TINY_SDXL_REFINER,
+                   TINY_SHAPES)
 
-TINY_MODELS = (TINY_RANDOM, TINY_SDXL, TINY_KANDINSKY)
+TINY_MODELS = (TINY_RANDOM, TINY_SDXL, TINY_KANDINSKY, TINY_FLUX, TINY_SD3)
 TINY_REFINERS = (TINY_SDXL_REFINER,)
 SHIPPED = {TINY_SHAPES: "tiny-shapes"}  # models whose weights ship with imggenhub (models/)
 
@@ -231,6 +232,131 @@ def build_tiny_kandinsky_pipeline(seed: int = 0):
         prior_image_processor=image_processor)
 
 
+def tiny_t5_tokenizer():
+    """A T5 tokenizer built offline: a unigram model over lower-case letters, digits and
+    punctuation (each a piece, word-initial letters their own), T5's special tokens (pad 0,
+    eos 1, unk 2), saved and loaded as the real ones are (tokenizer.json)."""
+    import string
+
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from transformers import T5TokenizerFast
+
+    space = "\u2581"
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), (space, -2.0)]
+    pieces += [(c, -3.0) for c in string.ascii_lowercase + string.digits + string.punctuation]
+    pieces += [(space + c, -2.5) for c in string.ascii_lowercase]
+    tok = Tokenizer(models.Unigram(pieces, unk_id=2))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement=space, prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement=space, prepend_scheme="always")
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)])
+    with tempfile.TemporaryDirectory(prefix="imggenhub-t5-") as folder:
+        tok.save(str(Path(folder, "tokenizer.json")))
+        Path(folder, "tokenizer_config.json").write_text(json.dumps({
+            "model_max_length": 512, "pad_token": "<pad>", "eos_token": "</s>",
+            "unk_token": "<unk>", "extra_ids": 0}), encoding="utf-8")
+        return T5TokenizerFast.from_pretrained(folder)
+
+
+def _t5(tokenizer, width: int, seed: int):
+    import torch
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    return T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer), d_model=width, d_ff=37, d_kv=8, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, pad_token_id=0, eos_token_id=1,
+        decoder_start_token_id=0))
+
+
+def _flow_vae(seed: int):
+    """FLUX's and SD3's kind of VAE: no quant convs, a shift and a scale (two blocks here:
+    scale factor 2)."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        block_out_channels=[32, 64], in_channels=3, out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
+        latent_channels=4, use_quant_conv=False, use_post_quant_conv=False,
+        shift_factor=0.0609, scaling_factor=1.5035)
+
+
+def build_tiny_flux_pipeline(seed: int = 0):
+    """A tiny FLUX.1-dev: a CLIP text encoder (pooled) and a T5 encoder (its tokens), a
+    transformer of one double and one single block with guidance embedding, a flow-matching
+    scheduler with FLUX's dynamic shift."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextModel
+
+    tokenizer, tokenizer_2 = tiny_tokenizer(), tiny_t5_tokenizer()
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+        guidance_embeds=True, axes_dims_rope=[4, 4, 8])
+    torch.manual_seed(seed + 1)
+    text_encoder = CLIPTextModel(_text_config(tokenizer))
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
+        base_image_seq_len=256, max_image_seq_len=4096)
+    return FluxPipeline(
+        scheduler=scheduler, vae=_flow_vae(seed + 2), text_encoder=text_encoder,
+        tokenizer=tokenizer, text_encoder_2=_t5(tokenizer_2, 32, seed + 3),
+        tokenizer_2=tokenizer_2, transformer=transformer)
+
+
+def build_tiny_sd3_pipeline(seed: int = 0):
+    """A tiny SD 3.5: two CLIP text encoders with projections (pooled side by side: 64), a
+    T5 encoder as wide as their hidden states side by side, an MMDiT of one layer."""
+    import torch
+    from diffusers import (FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
+                           StableDiffusion3Pipeline)
+    from transformers import CLIPTextModelWithProjection
+
+    tokenizer, tokenizer_2, tokenizer_3 = tiny_tokenizer(), tiny_tokenizer(), tiny_t5_tokenizer()
+    torch.manual_seed(seed)
+    transformer = SD3Transformer2DModel(
+        sample_size=32, patch_size=2, in_channels=4, out_channels=4, num_layers=1,
+        attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
+        joint_attention_dim=64, pooled_projection_dim=64)
+    torch.manual_seed(seed + 1)
+    text_encoder = CLIPTextModelWithProjection(_text_config(tokenizer, projection=32))
+    torch.manual_seed(seed + 2)
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer_2, projection=32))
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_flow_vae(seed + 3), text_encoder=text_encoder, tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+        text_encoder_3=_t5(tokenizer_3, 64, seed + 4), tokenizer_3=tokenizer_3)
+
+
 def build_tiny(model_id: str, seed: int = 0):
     return {TINY_RANDOM: build_tiny_random_pipeline, TINY_SDXL: build_tiny_sdxl_pipeline,
-            TINY_KANDINSKY: build_tiny_kandinsky_pipeline}[model_id](seed)
+            TINY_KANDINSKY: build_tiny_kandinsky_pipeline, TINY_FLUX: build_tiny_flux_pipeline,
+            TINY_SD3: build_tiny_sd3_pipeline}[model_id](seed)
+
+
+def tiny_folder(model_id: str) -> str:
+    """A tiny pipeline saved as a diffusers folder (once per machine and version), so that it
+    loads through ``from_pretrained`` as a Hub model does: quantization, dtypes, placement."""
+    import diffusers
+    import transformers
+
+    base = Path(tempfile.gettempdir()) / "imggenhub-tiny"
+    folder = base / f"{model_id}-{diffusers.__version__}-{transformers.__version__}"
+    if (folder / "model_index.json").is_file():
+        return str(folder)
+    base.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{model_id}-", dir=base))
+    build_tiny(model_id).save_pretrained(staging, safe_serialization=True)
+    try:
+        staging.rename(folder)  # whole or not at all: another process may have won the race
+    except OSError:
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(folder)

@@ -18,7 +18,10 @@ from .outputs import Bundler, ImageWriter
 from .pipelines import (apply_embeddings, apply_loras, derived_pipeline, enable_memory_savers,
                         load_init_image, load_pipeline, load_refiner, set_lora_scale,
                         set_scheduler)
+from .memory import DoesNotFit, for_job, machine_here
 from .scoring import Scorer
+from .versions import VersionProblem
+from .versions import ensure as ensure_versions
 from .plan import Plan, SessionClock, batches
 from .wire import (ENGINE_PACKAGE, ENGINE_VERSION, ERROR_PREFIX, JOB_FILE, OUTPUT_DIR, PARTS_DIR,
                    WEIGHTS, images_text, log)
@@ -148,7 +151,7 @@ class Session:
             spec = {**job["refiner"], "start": first.get("refiner_start") or job["refiner"]["start"]}
             images, handover = _refined(self.pipe, self.refiner, spec, kwargs, batch)
         else:
-            images = run(**kwargs).images
+            images = checked_call(run, kwargs, batch)
         scores = self.scorer.scores(images, [t["prompt"] for t in batch]) if self.scorer else None
         per_image = (time.monotonic() - t_gen) / len(batch)
         self.clock.lap(time.monotonic() - t_gen)
@@ -171,6 +174,8 @@ class Session:
         }
         if any(t["negative_prompt"] for t in batch):
             kwargs["negative_prompt"] = [t["negative_prompt"] or "" for t in batch]
+        if self.model.get("max_sequence_length"):  # T5's tokens: FLUX, SD 3.5
+            kwargs["max_sequence_length"] = self.model["max_sequence_length"]
         run = self.pipe
         if first.get("init_image"):
             mode = "inpaint" if first.get("mask_image") else "img2img"
@@ -264,7 +269,10 @@ def _with_faults(session: Session) -> Session:
 def _ready(model: dict, device: str, dtype, job: dict):
     """A model loaded and set up as the job asks: (pipeline, its own scheduler, the name of
     the one in use). Every scheduler swap starts from the model's own."""
-    pipe = load_pipeline(model, device, dtype)
+    plan = for_job(job, model, machine_here(device != "cpu")) if model.get("memory") else None
+    if plan is not None:
+        log(plan.line())
+    pipe = load_pipeline(model, device, dtype, plan)
     enable_memory_savers(pipe)
     pipe.set_progress_bar_config(disable=True)
     base_scheduler = pipe.scheduler
@@ -305,6 +313,60 @@ def _refined(pipe, refiner, spec: dict, kwargs: dict, batch: list[dict]):
                     "refiner_steps": counts[1]}
 
 
+class Overflow(RuntimeError):
+    """A picture came out NaN or black: which part of the pipeline overflowed, and where."""
+
+
+def checked_call(run, kwargs: dict, batch: list[dict]):
+    """The pipeline's images, each checked before it may be saved: the prompt embeddings and
+    the latents at every step must stay finite (else the text encoder or the denoiser
+    overflowed: fp16 on a card without bf16), and no picture may be all black (else the VAE
+    decoded NaN, which becomes 0). Raises Overflow naming the part, the step and the image."""
+    import inspect
+
+    import numpy as np
+    import torch
+
+    seen: dict = {}
+    names = getattr(run, "_callback_tensor_inputs", ())
+
+    def watch(_pipe, step, _timestep, tensors):
+        if not seen:
+            embeds = tensors.get("prompt_embeds")
+            latents = tensors.get("latents")
+            if embeds is not None and not bool(torch.isfinite(embeds).all()):
+                seen.update(part="the text encoder", step=step)
+            elif latents is not None and not bool(torch.isfinite(latents).all()):
+                denoiser = "transformer" if getattr(run, "transformer", None) is not None else "UNet"
+                seen.update(part=f"the {denoiser}", step=step)
+        return tensors
+
+    if "callback_on_step_end" in inspect.signature(run.__call__).parameters and "latents" in names:
+        kwargs = {**kwargs, "callback_on_step_end": watch,
+                  "callback_on_step_end_tensor_inputs": [n for n in ("latents", "prompt_embeds")
+                                                         if n in names]}
+    images = run(**kwargs).images
+    for task, image in zip(batch, images):
+        black = not np.asarray(image).any()
+        if seen or black:
+            part = (f"{seen['part']} (non-finite values from step {seen['step'] + 1} of "
+                    f"{kwargs['num_inference_steps']})" if seen else "the VAE (every pixel 0)")
+            raise Overflow(f"image {task['index'] + 1} (prompt {task['prompt_index'] + 1}, seed "
+                           f"{task['seed']}) came out NaN or black: {part} overflowed; it is not "
+                           "saved (fp16 on a card without bf16 is the usual cause)")
+    return images
+
+
+def _quantized(job: dict) -> bool:
+    """Whether any of the job's models loads quantized on this machine (its memory plan)."""
+    models = [job["model"], *(p["model"] for p in job.get("prompts") or () if p.get("model"))]
+    planned = [m for m in models if m.get("memory")]
+    if not planned:
+        return False
+    machine = machine_here(job.get("gpu", True))
+    return any(for_job(job, m, machine).quantized() for m in planned)
+
+
 def count_processes(job: dict) -> int:
     """One process per visible GPU (one on the CPU); IMGGENHUB_PROCESSES overrides."""
     forced = os.environ.get("IMGGENHUB_PROCESSES")
@@ -315,9 +377,12 @@ def count_processes(job: dict) -> int:
     try:
         import torch
 
-        return max(1, torch.cuda.device_count())
+        cards = torch.cuda.device_count()
     except ImportError:
         return 1
+    if cards and job["model"].get("memory") and job.get("kind") != WEIGHTS:
+        return for_job(job, job["model"], machine_here()).processes  # one pipeline, or one a card
+    return max(1, cards)
 
 
 def launch(job_path: Path, out_dir: Path, processes: int) -> int:
@@ -347,6 +412,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     t0 = time.monotonic()
     os.environ.setdefault("IMGGENHUB_ENGINE_STARTED", str(time.time()))  # the session clock
+    try:  # the versions the job's features need: here, or installed, or one sentence
+        ensure_versions(job, quantized=work is run_worker and _quantized(job))
+    except (VersionProblem, DoesNotFit) as exc:
+        print(f"{ERROR_PREFIX}{type(exc).__name__}: {exc}", flush=True)
+        merge_manifest(args.out, job)
+        return 1
     processes = count_processes(job)
     if work is run_training:  # equal shares of each batch: as many as split it evenly
         from .training import processes_for

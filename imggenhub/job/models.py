@@ -6,7 +6,8 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..engine import TINY_KANDINSKY, TINY_RANDOM, TINY_SDXL, TINY_SDXL_REFINER, TINY_SHAPES
+from ..engine import (TINY_FLUX, TINY_KANDINSKY, TINY_RANDOM, TINY_SD3, TINY_SDXL, TINY_SDXL_REFINER,
+                      TINY_SHAPES)
 
 DEFAULT_REFINER = "stabilityai/stable-diffusion-xl-refiner-1.0"
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -28,11 +29,17 @@ class ModelPreset:
     vae_fp16_fix: bool = False
     note: str = ""
     refiner: str | None = None  # what a bare --refiner means for this model
+    memory: str | None = None  # its family in the memory plan's table (engine/memory.py)
+    max_sequence_length: int | None = None  # T5's tokens (FLUX, SD 3.5)
+    licence: str = ""  # the Hub's licence tag, where it restricts use
+    gated: bool = False  # the Hub asks to accept its terms: a token is needed
 
-    def engine_dict(self) -> dict:
+    def engine_dict(self, quantize: str = "auto") -> dict:
         """What the engine needs to load the model (travels in the notebook)."""
+        planned = {"memory": self.memory, "max_sequence_length": self.max_sequence_length,
+                   **({"quantize": quantize} if quantize != "auto" else {})} if self.memory else {}
         return {"id": self.id, "pipeline": self.pipeline, "variant": self.variant,
-                "vae_fp16_fix": self.vae_fp16_fix}
+                "vae_fp16_fix": self.vae_fp16_fix, **planned}
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -46,6 +53,24 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
     ModelPreset("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", "sdxl", 1024, 1024, 30, 5.0,
                 vae_fp16_fix=True, refiner=DEFAULT_REFINER,
                 note="SDXL base 1.0; ~26 s an image on a T4; --refiner adds the refiner"),
+    ModelPreset("flux-schnell", "black-forest-labs/FLUX.1-schnell", "flux", 1024, 1024, 4, 0.0,
+                variant=None, size_multiple=16, memory="flux", max_sequence_length=256,
+                licence="apache-2.0",
+                note="FLUX.1 schnell (12B), 4 steps; NF4 on a T4 by default"),
+    ModelPreset("flux-dev", "black-forest-labs/FLUX.1-dev", "flux", 1024, 1024, 28, 3.5,
+                variant=None, size_multiple=16, memory="flux", max_sequence_length=512,
+                licence="flux-1-dev-non-commercial-license", gated=True,
+                note="FLUX.1 dev (12B), guidance-distilled; NF4 on a T4 by default"),
+    ModelPreset("sd35-medium", "stabilityai/stable-diffusion-3.5-medium", "sd3", 1024, 1024, 40,
+                4.5, variant=None, size_multiple=16, memory="sd3-medium", max_sequence_length=256,
+                licence="stabilityai-ai-community", gated=True, note="SD 3.5 medium (2.5B)"),
+    ModelPreset("sd35-large", "stabilityai/stable-diffusion-3.5-large", "sd3", 1024, 1024, 28, 3.5,
+                variant=None, size_multiple=16, memory="sd3-large", max_sequence_length=256,
+                licence="stabilityai-ai-community", gated=True, note="SD 3.5 large (8B)"),
+    ModelPreset("sd35-large-turbo", "stabilityai/stable-diffusion-3.5-large-turbo", "sd3", 1024,
+                1024, 4, 0.0, variant=None, size_multiple=16, memory="sd3-large",
+                max_sequence_length=256, licence="stabilityai-ai-community", gated=True,
+                note="SD 3.5 large turbo (8B), 4 steps, no guidance"),
     ModelPreset("sd15", "stable-diffusion-v1-5/stable-diffusion-v1-5", "sd", 512, 512, 30, 7.5,
                 note="Stable Diffusion 1.5"),
     ModelPreset("sd14", "CompVis/stable-diffusion-v1-4", "sd", 512, 512, 50, 7.5,
@@ -65,6 +90,12 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
     ModelPreset("tiny-sdxl", TINY_SDXL, "sdxl", 64, 64, 10, 5.0, min_size=16, max_size=256,
                 variant=None, refiner=TINY_SDXL_REFINER,
                 note="tiny random SDXL base (two text encoders) with a tiny refiner; noise"),
+    ModelPreset("tiny-flux", TINY_FLUX, "flux", 64, 64, 4, 3.5, min_size=16, max_size=256,
+                size_multiple=16, variant=None, memory="tiny-flux", max_sequence_length=64,
+                note="tiny random FLUX.1 (CLIP, T5, one double and one single block); noise"),
+    ModelPreset("tiny-sd3", TINY_SD3, "sd3", 64, 64, 4, 5.0, min_size=16, max_size=256,
+                size_multiple=16, variant=None, memory="tiny-sd3", max_sequence_length=64,
+                note="tiny random SD 3.5 (two CLIPs, T5, one MMDiT layer); noise"),
     ModelPreset("tiny-kandinsky", TINY_KANDINSKY, "kandinsky", 64, 64, 4, 4.0, min_size=16,
                 max_size=256, variant=None,
                 note="tiny random Kandinsky 2.2, prior and decoder; noise"),
@@ -73,6 +104,11 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
 # Any other Hub id: AutoPipeline with generic defaults; the size is the model's own.
 GENERIC = dict(pipeline="auto", width=None, height=None, steps=30, guidance=7.5, variant="fp16",
                min_size=64)
+# Other Hub ids of the planned families (fine-tunes, repacks): their family's defaults
+FAMILY_IDS = [(re.compile(r"flux\.?1", re.I), "flux-dev"),
+              (re.compile(r"stable-diffusion-3(\.5)?-large", re.I), "sd35-large"),
+              (re.compile(r"stable-diffusion-3(\.5)?-medium|sd3(\.5)?[-_]medium", re.I),
+               "sd35-medium")]
 
 
 def did_you_mean(name: str) -> str:
@@ -101,4 +137,11 @@ def resolve_model(name: str) -> ModelPreset:
         raise ValueError(
             f"'{name}' is neither a preset{did_you_mean(name) or f' ({known})'}, a Hugging Face "
             "model id like 'owner/name', nor a diffusers folder")
+    for pattern, like in FAMILY_IDS:
+        if pattern.search(name):
+            from dataclasses import replace
+
+            return replace(PRESETS[like], name=name, id=name, licence="", gated=False,
+                           note=f"a Hub id of {PRESETS[like].note.split(' (')[0]}'s family, "
+                                f"with {like}'s defaults")
     return ModelPreset(name=name, id=name, note="any Hub id, loaded with AutoPipeline", **GENERIC)

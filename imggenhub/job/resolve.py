@@ -231,6 +231,12 @@ def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
         items, cells = expand_sweeps(items, axes, base_seed)
     if preset.pipeline == "kandinsky" and (settings.lora or settings.embedding):
         raise SpecError(f"LoRAs and embeddings apply to SD and SDXL models, not to {preset.name}.")
+    if preset.pipeline in ("flux", "sd3") and settings.embedding:
+        raise SpecError(f"textual-inversion embeddings apply to SD and SDXL models, not to "
+                        f"{preset.name}; a LoRA (--lora) does.")
+    if settings.quantize != "auto" and not preset.memory:
+        raise SpecError(f"--quantize applies to FLUX and SD 3.5 models (flux-schnell, flux-dev, "
+                        f"sd35-medium, sd35-large, sd35-large-turbo), not to {preset.name}.")
     resolved = [_resolve(i, item, cells[i], settings, preset, refiner)
                 for i, item in enumerate(items)]
     total = sum(p.num_images for p in resolved)
@@ -238,7 +244,7 @@ def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
         raise SpecError(f"The job asks for {total} images, more than the {MAX_IMAGES} a job may hold; "
                         "split it into several jobs.")
     job = JobSpec(
-        model_name=preset.name, model=preset.engine_dict(), prompts=tuple(resolved),
+        model_name=preset.name, model=preset.engine_dict(settings.quantize), prompts=tuple(resolved),
         seed=base_seed, sweep=tuple((n, tuple(v)) for n, v in axes) or None,
         batch_size=settings.batch_size, scheduler=settings.scheduler,
         precision=settings.precision, gpu=settings.gpu,
@@ -264,7 +270,7 @@ def _resolve(i: int, item: PromptItem, cell_of: tuple, settings: Settings, job_p
         f"prompt {sweep_of + 1} at " + ", ".join(f"{k}={v}" for k, v in cell.items())
     preset = resolve_model(extra["model"]) if "model" in extra else job_preset
     if "model" in extra:  # a model sweep's cell: that model, with its own defaults
-        extra = {**extra, "model": preset.engine_dict()}
+        extra = {**extra, "model": preset.engine_dict(settings.quantize)}
     width = item.width or settings.width or preset.width
     height = item.height or settings.height or preset.height
     if (width is None) != (height is None):
@@ -285,6 +291,10 @@ def _resolve(i: int, item: PromptItem, cell_of: tuple, settings: Settings, job_p
     if init is not None and refiner is not None:
         raise SpecError(f"{where}: --refiner applies to text-to-image prompts; run the "
                         "image-to-image ones as another job.")
+    negative = item.negative_prompt if item.negative_prompt is not None else settings.negative_prompt
+    if negative and preset.pipeline == "flux":
+        raise SpecError(f"{where}: FLUX is guidance-distilled and takes no negative prompt; "
+                        "say it in the prompt instead.")
     if init is not None and preset.pipeline == "kandinsky":
         raise SpecError(f"{where}: image-to-image and inpainting are offered for SD and SDXL "
                         f"models, not for {preset.name}.")
@@ -303,8 +313,7 @@ def _resolve(i: int, item: PromptItem, cell_of: tuple, settings: Settings, job_p
                             "a higher --strength.")
     return ResolvedPrompt(
         prompt=item.prompt,
-        negative_prompt=item.negative_prompt if item.negative_prompt is not None
-        else settings.negative_prompt,
+        negative_prompt=negative,
         seed=item.seed,
         num_images=item.num_images or settings.num_images,
         width=width, height=height,

@@ -25,6 +25,7 @@ SEED_MAX = 2**32 - 1
 MAX_PROMPTS_BYTES = 16 << 20
 
 Precision = Literal["auto", "fp16", "fp32"]
+Quantize = Literal["auto", "none", "int8", "nf4"]
 
 
 def _check_text(value: str | None, what: str) -> str | None:
@@ -100,6 +101,7 @@ class Settings(ImageParams):
     num_images: Count = 1
     batch_size: int = Field(1, ge=1, le=MAX_BATCH)
     precision: Precision = "auto"
+    quantize: Quantize = "auto"
     gpu: bool = True
     lora: list[str] | None = None
     embedding: list[str] | None = None

@@ -17,9 +17,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...engine import TINY_KANDINSKY, TINY_RANDOM, TINY_SDXL, WEIGHTS, Plan, counted
+from ...engine import (KAGGLE_T4X2, TINY_FLUX, TINY_KANDINSKY, TINY_RANDOM, TINY_SD3, TINY_SDXL,
+                       WEIGHTS, DoesNotFit, Plan, counted, for_job)
 from ...engine.training import processes_for
 
+NO_GUIDANCE = 0.55  # a step without classifier-free guidance runs a batch of 1, not 2
 # family: (reference pixels, seconds per UNet step with guidance on a T4 in fp16)
 T4_STEP = {
     "sd": (512 * 512, 1 / 6.9),  # SD 1.5: 6.9 it/s at 512x512 (ENGINE_NOTES)
@@ -27,10 +29,20 @@ T4_STEP = {
     "kandinsky": (512 * 512, 1 / 6.9),  # its decoder UNet is SD-sized (assumed, not published)
     "auto": (1024 * 1024, 1 / 1.15),  # an unknown Hub model: the SDXL figure, the safe side
     "tiny": (64 * 64, 0.01),
+    # FLUX.1 in NF4: a first guess, not measured on a T4: 15-17 s for 4 steps at 1024 px on an
+    # RTX 3060 (ENGINE_NOTES), about 1.7 T4s in fp16: ~6 s a step (no CFG: guidance-distilled)
+    "flux": (1024 * 1024, 6.0),
+    # SD 3.5 scaled from it by the transformer's parameters (8.1 B, 2.5 B of 11.9 B), doubled
+    # for classifier-free guidance as the table's figures are
+    "sd3-large": (1024 * 1024, 6.0 * 8.06 / 11.9 / NO_GUIDANCE),
+    "sd3-medium": (1024 * 1024, 6.0 * 2.47 / 11.9 / NO_GUIDANCE),
 }
-DECODE = {"sd": 0.15, "sdxl": 0.6, "kandinsky": 0.15, "auto": 0.6, "tiny": 0.01}  # at reference
-NO_GUIDANCE = 0.55  # a step without classifier-free guidance runs a batch of 1, not 2
-LOAD = {"sd": 60.0, "sdxl": 150.0, "kandinsky": 120.0, "auto": 150.0, "tiny": 10.0}  # Hub + GPU
+NO_CFG = {"flux"}  # families whose guidance is an input of the model, not a second batch
+DECODE = {"sd": 0.15, "sdxl": 0.6, "kandinsky": 0.15, "auto": 0.6, "tiny": 0.01,
+          "flux": 2.0, "sd3-large": 2.0, "sd3-medium": 2.0}  # at reference; fp32 VAEs on T4s
+LOAD = {"sd": 60.0, "sdxl": 150.0, "kandinsky": 120.0, "auto": 150.0, "tiny": 10.0,  # Hub + GPU
+        # FLUX.1: ~33 GB from the Hub, quantized as it loads; SD 3.5 large ~27 GB, medium ~16
+        "flux": 300.0, "sd3-large": 250.0, "sd3-medium": 150.0}
 SESSION_START = 90.0  # Kaggle's container start and the notebook's first cells
 GPUS = 2  # T4 x2: one engine process per GPU
 # Training: T4 seconds a training step of one picture at the reference size, fp16 with fp32
@@ -42,11 +54,15 @@ T4_TRAIN_STEP = {"sd": (512 * 512, 1.0), "sdxl": (1024 * 1024, 16.0), "kandinsky
                  "auto": (1024 * 1024, 16.0), "tiny": (64 * 64, 0.05)}
 HISTORY = "gpu-history.jsonl"
 HISTORY_KEPT = 200
-TINY = {TINY_RANDOM, TINY_SDXL, TINY_KANDINSKY}
+TINY = {TINY_RANDOM, TINY_SDXL, TINY_KANDINSKY, TINY_FLUX, TINY_SD3}
 
 
 def family(model: dict) -> str:
-    return "tiny" if model["id"] in TINY else model.get("pipeline") or "auto"
+    if model["id"] in TINY:
+        return "tiny"
+    if model.get("memory") in T4_STEP:  # FLUX, SD 3.5 large or medium
+        return model["memory"]
+    return "auto" if model.get("pipeline") in (None, "flux", "sd3") else model["pipeline"]
 
 
 def predicted_seconds(doc: dict) -> tuple[float, int]:
@@ -74,7 +90,7 @@ def predicted_seconds(doc: dict) -> tuple[float, int]:
         steps = t["steps"]
         if t.get("init_image"):
             steps = max(1, int(steps * (t.get("strength") or 1.0)))
-        guided = 1.0 if t["guidance"] > 1.0 else NO_GUIDANCE
+        guided = 1.0 if t["guidance"] > 1.0 or fam in NO_CFG else NO_GUIDANCE
         total += step * scale * steps * guided + DECODE[fam] * scale
         images += 1
     return total, images
@@ -146,6 +162,11 @@ def estimate(doc: dict, history: list[dict], width: int = 1) -> Estimate:
     history = [h for h in history if (h.get("kind") == WEIGHTS) == training]
     if training:  # data-parallel over the GPUs that split the batch evenly
         gpus = processes_for(int(doc["training"].get("batch_size") or 1), GPUS)
+    elif doc["model"].get("memory"):  # one pipeline a card, or one over both (memory plan)
+        try:
+            gpus = for_job(doc, doc["model"], KAGGLE_T4X2).processes
+        except DoesNotFit:  # refused before any push (prepare's check says why)
+            gpus = 1
     same = [h for h in history if h.get("model") == doc["model"]["id"]]
     kin = same or [h for h in history if h.get("family") == fam]
     ratio = statistics.median(h["ratio"] for h in kin) if kin else 1.0

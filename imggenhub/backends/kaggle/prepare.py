@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import requests
 
 from ...config import state_dir
-from ...engine import KAGGLE_INPUT, counted
+from ...engine import KAGGLE_INPUT, KAGGLE_T4X2, DoesNotFit, Machine, counted, for_job
 from ...engine.tiny import SHIPPED
 from ...errors import KaggleApiError, OverQuota, SpecError, Unreachable
 from ...job.models import HUB_ID
@@ -59,6 +59,26 @@ def _token_from(variable: str) -> str:
     return token
 
 
+def _check_memory(job, machine, on_event: OnEvent) -> None:
+    """FLUX and SD 3.5 planned for Kaggle's machine before anything is pushed: a job that
+    cannot fit is one sentence here, not an out-of-memory error an hour later."""
+    doc = job_document(job)
+    models = {m["id"]: m for m in [job.model, *(p.model for p in job.prompts if p.model)]}
+    for model in models.values():
+        if not model.get("memory"):
+            continue
+        try:
+            plan = for_job(doc, model, machine)
+        except DoesNotFit as exc:
+            raise SpecError(f"{exc} (planned for Kaggle's {'2 x T4' if machine.cards else 'CPU'}).") \
+                from None
+        if plan.mode == "staged":
+            raise SpecError(f"{model['id']} fits Kaggle's 2 x T4 only with its transformer spread "
+                            "over both cards after the prompts are encoded, which this version "
+                            "does not run yet; use --quantize nf4 (the default).")
+        on_event(f"{plan.line()} (on Kaggle's {'2 x T4' if machine.cards else 'CPU'})")
+
+
 def prepare_job(backend, job, options, on_event: OnEvent, width: int = 1) -> "KaggleJob":
     """What every kernel of the job shares, done once: the flags and template checked,
     the owner, the local inputs hashed, the GPU hours against the quota, the Hub's word
@@ -77,6 +97,8 @@ def prepare_job(backend, job, options, on_event: OnEvent, width: int = 1) -> "Ka
                             "its /kaggle/input/... path, or use --backend local.")
     template = load_metadata_template(options.template)
     meta = kernel_metadata(options, template=template)  # checked before any network
+    _check_memory(job, KAGGLE_T4X2 if meta.get("enable_gpu") else
+                  Machine(cards=0, host_gib=KAGGLE_T4X2.host_gib), on_event)
     if meta["id"].startswith(PLACEHOLDER_OWNER + "/"):
         meta = kernel_metadata(options, backend.owner(), template)  # "your-kaggle-username"
     owner, _ = split_kernel_id(meta["id"])
@@ -131,6 +153,8 @@ def prepare(backend, job, run: Run, prepared: "KaggleJob", on_event: OnEvent) ->
         doc["hf_token_file"] = prepared.token_file
     if prepared.bundle:  # many images: a few tar downloads instead of thousands of GETs
         doc["bundle"] = True
+    if meta.get("enable_internet"):  # packages older than the job needs: pip-installed there
+        doc["install_missing"] = True
     # the engine stops cleanly before the session's end; 'resume' pushes the rest
     doc["session_seconds"] = min(backend.tunables.session_seconds,
                                  run.session_timeout_seconds or backend.tunables.session_seconds)

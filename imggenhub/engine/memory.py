@@ -1,0 +1,260 @@
+"""The memory plan: which components are quantized how, in which dtype, and where each
+lives, decided before anything loads, from the model's sizes and the machine's cards.
+
+A pure function of (family, quantization asked, cards, card memory, host memory, compute
+capability, picture size, batch): the host runs it for the target machine (Kaggle's 2 x
+T4) to refuse a job that cannot fit before anything is pushed; the engine runs it again on
+the machine it finds and logs its one line. The placements, best first:
+- ``replicate``: each card holds the whole pipeline; one process a card, the images shared;
+- ``split``: one pipeline, its components spread whole over the cards (the denoiser on one,
+  the text encoders on another);
+- ``staged``: the prompts encoded first, the text encoders freed, then the denoiser spread
+  over all the cards (diffusers' recipe for two 16 GB cards);
+- ``offload``: each component moved to one card when used (model CPU offload);
+- ``cpu``: no card: everything in the host's memory, fp32.
+The figures are first guesses from the public parameter counts (bytes per parameter by
+quantization, plus a working margin per megapixel), not measurements: benchmarks/flux_t4.py
+measures them on a GPU. Standard library only (the engine's rule).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GIB = 1024 ** 3
+QUANTIZATIONS = ("none", "int8", "nf4")
+# bytes a parameter: nf4 keeps norms, embeddings and its block scales at 16 bits (FLUX.1's
+# transformer in NF4 is reported near 6.7 GB for 11.9 B parameters), int8 its outliers
+BYTES = {"none": 2.0, "int8": 1.1, "nf4": 0.56, "fp32": 4.0}
+CONTEXT_GIB = 0.5  # a card's CUDA context and allocator slack
+HEADROOM = 0.95  # what of a card's memory a plan may fill
+
+
+@dataclass(frozen=True)
+class Part:
+    """A component of a family: its parameters (billions) and its role."""
+    name: str
+    billions: float
+    role: str  # "denoiser", "text" (a text encoder), "vae"
+    quantizable: bool = False  # the large ones: the denoiser and T5
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    parts: tuple
+    work_gib: float  # the denoiser's working memory at 1 megapixel, batch 1
+    vae_unsafe_fp16: bool = False  # its VAE overflows in fp16: fp32 on fp16-only cards
+
+
+T5 = Part("text_encoder_2", 4.76, "text", True)  # T5-XXL's encoder
+CLIP_L = Part("text_encoder", 0.123, "text")
+CLIP_G = Part("text_encoder_2", 0.695, "text")
+VAE = Part("vae", 0.084, "vae")
+FAMILIES = {f.name: f for f in [
+    Family("flux", (Part("transformer", 11.9, "denoiser", True), T5, CLIP_L, VAE), 2.0, True),
+    Family("sd3-large", (Part("transformer", 8.06, "denoiser", True), CLIP_L, CLIP_G,
+                         Part("text_encoder_3", 4.76, "text", True), VAE), 2.0, True),
+    Family("sd3-medium", (Part("transformer", 2.47, "denoiser", True), CLIP_L, CLIP_G,
+                          Part("text_encoder_3", 4.76, "text", True), VAE), 2.0, True),
+    # the tiny offline pipelines of the same shapes (engine/tiny.py), for tests
+    Family("tiny-flux", tuple(Part(p.name, 1e-4, p.role, p.quantizable) for p in (
+        Part("transformer", 0, "denoiser", True), T5, CLIP_L, VAE)), 0.01, True),
+    Family("tiny-sd3", tuple(Part(p.name, 1e-4, p.role, p.quantizable) for p in (
+        Part("transformer", 0, "denoiser", True), CLIP_L, CLIP_G,
+        Part("text_encoder_3", 0, "text", True), VAE)), 0.01, True),
+    Family("sdxl", (Part("unet", 2.57, "denoiser", True), CLIP_L, CLIP_G, VAE), 1.5),
+    Family("sd", (Part("unet", 0.86, "denoiser", True), CLIP_L, VAE), 1.0),
+]}
+
+
+@dataclass(frozen=True)
+class Machine:
+    cards: int  # 0: no GPU
+    card_gib: float = 0.0
+    host_gib: float = 29.0
+    capability: tuple = (7, 5)  # a T4: Turing, fp16 only
+
+    @property
+    def bf16(self) -> bool:
+        # a T4 says torch.cuda.is_bf16_supported() by emulation: decide by the hardware
+        return self.cards > 0 and tuple(self.capability) >= (8, 0)
+
+
+KAGGLE_T4X2 = Machine(cards=2, card_gib=15.0, host_gib=29.0, capability=(7, 5))
+
+
+@dataclass(frozen=True)
+class Placed:
+    name: str
+    quant: str  # "none", "int8", "nf4"
+    dtype: str  # "fp16", "bf16", "fp32"
+    where: str  # "each card", "cuda:N", "all cards", "offload", "cpu"
+    gib: float
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    family: str
+    mode: str  # replicate, split, staged, offload, cpu
+    quantize: str  # what the denoiser and T5 are quantized to
+    parts: tuple
+    processes: int  # engine processes (replicate: one a card)
+    peak_gib: float  # the fullest card's planned memory (the host's, on the CPU)
+    vae_tiling: bool = False
+
+    def line(self) -> str:
+        """The plan in one log line."""
+        parts = ", ".join(f"{p.name} {p.quant + ' ' if p.quant != 'none' else ''}{p.dtype} "
+                          f"{p.gib:.1f} GiB on {p.where}" for p in self.parts)
+        tiling = "; VAE tiled" if self.vae_tiling else ""
+        return (f"memory plan ({self.family}): {self.mode}, {self.processes} process"
+                f"{'es' if self.processes > 1 else ''}, fullest {self.peak_gib:.1f} GiB; "
+                f"{parts}{tiling}")
+
+    def part(self, name: str) -> Placed:
+        return next(p for p in self.parts if p.name == name)
+
+    def quantized(self) -> dict:
+        """{component: "nf4" | "int8"} for what loads quantized."""
+        return {p.name: p.quant for p in self.parts if p.quant != "none"}
+
+
+class DoesNotFit(ValueError):
+    """No placement holds the model on this machine: the message is one sentence."""
+
+
+def plan_memory(family: str, machine: Machine, quantize: str = "auto", width: int = 1024,
+                height: int = 1024, batch: int = 1) -> MemoryPlan:
+    """The plan for ``family`` on ``machine``; ``quantize`` "auto" takes the least
+    quantization that gives the best placement (replicate before split before staged before
+    offload), a named one is kept. Raises DoesNotFit with one sentence when nothing fits."""
+    fam = FAMILIES[family]
+    if quantize not in ("auto", *QUANTIZATIONS):
+        raise ValueError(f"unknown quantization {quantize!r} (auto, {', '.join(QUANTIZATIONS)})")
+    megapixels = width * height / 1e6
+    tiling = megapixels > 1.1
+    work = fam.work_gib * max(megapixels, 0.05) * max(1, batch) + (1.0 if tiling else
+                                                                     0.5 * megapixels * batch)
+    if machine.cards == 0:
+        q = "none" if quantize == "auto" else quantize
+        # diffusers' bitsandbytes quantizer asks for a GPU, transformers' does not: on the
+        # CPU only the text encoders load quantized
+        parts = tuple(p if part.role != "denoiser" else Placed(p.name, "none", p.dtype, p.where,
+                                                                round(part.billions * 1e9 * 4 / GIB, 2))
+                      for p, part in zip(_parts(fam, q, machine, "cpu"), fam.parts))
+        need = sum(p.gib for p in parts) + work
+        if need > machine.host_gib * HEADROOM:
+            raise DoesNotFit(f"{family} needs about {need:.0f} GiB of memory here, and this "
+                             f"machine has {machine.host_gib:.0f} GiB")
+        return MemoryPlan(family, "cpu", q, parts, 1, round(need, 1), tiling)
+    tried = QUANTIZATIONS if quantize == "auto" else (quantize,)
+    for mode in ("replicate", "split", "staged", "offload"):
+        for q in tried:
+            plan = _place(fam, q, machine, mode, work, tiling)
+            if plan is not None:
+                return plan
+    weights = sum(p.gib for p in _parts(fam, tried[-1], machine, ""))
+    card = f"{machine.cards} x {machine.card_gib:.0f} GiB card{'s' if machine.cards > 1 else ''}"
+    hint = "; try --quantize nf4" if tried[-1] != "nf4" else \
+        "; try a smaller size or batch" if work > 3 else ""
+    asked = "unquantized" if tried[-1] == "none" else f"in {tried[-1]}"
+    raise DoesNotFit(f"{family} {asked} does not fit {card} in any placement: its weights take "
+                     f"about {weights:.1f} GiB and it needs about {work:.1f} GiB more to work at "
+                     f"{width}x{height}, batch {batch}{hint}")
+
+
+def _dtype(part: Part, fam: Family, machine: Machine) -> str:
+    if machine.cards == 0:
+        return "fp32"
+    if part.role == "vae" and fam.vae_unsafe_fp16 and not machine.bf16:
+        return "fp32"
+    return "bf16" if machine.bf16 else "fp16"
+
+
+def _parts(fam: Family, quantize: str, machine: Machine, where: str) -> tuple:
+    out = []
+    for part in fam.parts:
+        q = quantize if part.quantizable else "none"
+        dtype = _dtype(part, fam, machine)
+        per = BYTES[q] if q != "none" else BYTES["fp32" if dtype == "fp32" else "none"]
+        out.append(Placed(part.name, q, dtype, where, round(part.billions * 1e9 * per / GIB, 2)))
+    return tuple(out)
+
+
+def _place(fam: Family, q: str, machine: Machine, mode: str, work: float,
+           tiling: bool) -> MemoryPlan | None:
+    card = machine.card_gib * HEADROOM - CONTEXT_GIB
+    parts = _parts(fam, q, machine, "")
+    total = sum(p.gib for p in parts)
+    denoiser = parts[next(i for i, part in enumerate(fam.parts) if part.role == "denoiser")]
+
+    def plan(where: dict, processes: int, peak: float) -> MemoryPlan:
+        placed = tuple(Placed(p.name, p.quant, p.dtype, where[p.name], p.gib) for p in parts)
+        return MemoryPlan(fam.name, mode, q, placed, processes,
+                          round(peak + CONTEXT_GIB, 1), tiling)
+
+    if mode == "replicate":
+        if total + work <= card:
+            return plan({p.name: "each card" for p in parts}, machine.cards, total + work)
+        return None
+    if mode == "split":  # whole components over the cards: the denoiser's card does the work
+        if machine.cards < 2:
+            return None
+        loads = [0.0] * machine.cards
+        where = {denoiser.name: "cuda:0"}
+        loads[0] = denoiser.gib + work
+        for p in sorted((p for p in parts if p is not denoiser), key=lambda p: -p.gib):
+            k = min(range(machine.cards), key=lambda i: loads[i])
+            loads[k] += p.gib
+            where[p.name] = f"cuda:{k}"
+        if max(loads) <= card:
+            return plan(where, 1, max(loads))
+        return None
+    if mode == "staged":  # encoders first (then freed), the denoiser over every card
+        if machine.cards < 2:
+            return None
+        encoders = total - denoiser.gib
+        spread = (denoiser.gib + work) / machine.cards
+        if encoders <= card * machine.cards and spread <= card * 0.97:  # layers split unevenly
+            where = {p.name: "all cards" for p in parts}
+            return plan(where, 1, max(spread, encoders / machine.cards))
+        return None
+    # offload: each component on one card only while it works; all of them in host memory
+    largest = max(p.gib for p in parts)
+    if largest + work <= card and total <= machine.host_gib * HEADROOM:
+        return plan({p.name: "offload" for p in parts}, 1, largest + work)
+    return None
+
+
+def machine_here(gpu: bool = True) -> Machine:
+    """This machine, as the plan sees it: its CUDA cards (the smallest one's memory), its
+    memory, the first card's compute capability."""
+    import os
+
+    try:
+        host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+    except (ValueError, OSError, AttributeError):
+        host = 16.0
+    if not gpu:
+        return Machine(cards=0, host_gib=host)
+    import torch
+
+    cards = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if not cards:
+        return Machine(cards=0, host_gib=host)
+    props = [torch.cuda.get_device_properties(i) for i in range(cards)]
+    return Machine(cards=cards, card_gib=min(p.total_memory for p in props) / GIB,
+                   host_gib=host, capability=(props[0].major, props[0].minor))
+
+
+def for_job(job: dict, model: dict, machine: Machine) -> MemoryPlan | None:
+    """The plan for a job's model (None: a model with no sizes in the table), sized for its
+    largest picture and its batch."""
+    family = model.get("memory")
+    if not family:
+        return None
+    sizes = [(p.get("width") or 1024, p.get("height") or 1024) for p in job.get("prompts") or ()]
+    width, height = max(sizes or [(1024, 1024)], key=lambda s: s[0] * s[1])
+    return plan_memory(family, machine, model.get("quantize") or "auto", width, height,
+                       int(job.get("batch_size") or 1))

@@ -1,0 +1,419 @@
+"""FLUX.1 and SD 3.5: the memory plan (a pure function of the model's sizes and the
+machine), the presets, the checks before a push, tiny FLUX and SD3 pipelines through the
+notebook, quantized loading through diffusers' own path, and the NaN/black detector."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from imggenhub.engine.memory import (KAGGLE_T4X2, DoesNotFit, Machine, for_job, plan_memory)
+from imggenhub.errors import SpecError
+from imggenhub.job.models import resolve_model
+from imggenhub.job.resolve import build_job
+from imggenhub.job.spec import parse_settings, prompts_from_flags
+
+ONE_T4 = Machine(cards=1, card_gib=15.0, host_gib=29.0, capability=(7, 5))
+A100 = Machine(cards=1, card_gib=80.0, host_gib=200.0, capability=(8, 0))
+
+
+@pytest.mark.parametrize("family, quantize, machine, mode, quantized, processes", [
+    # Kaggle's 2 x T4: FLUX in NF4 fits one card whole, so each card runs its own copy
+    ("flux", "auto", KAGGLE_T4X2, "replicate", "nf4", 2),
+    ("flux", "nf4", KAGGLE_T4X2, "replicate", "nf4", 2),
+    # int8 or none: too big for one card; the transformer spread over both after encoding
+    ("flux", "int8", KAGGLE_T4X2, "staged", "int8", 1),
+    ("flux", "none", KAGGLE_T4X2, "staged", "none", 1),
+    ("sd3-large", "auto", KAGGLE_T4X2, "replicate", "nf4", 2),
+    # SD 3.5 large in int8: the transformer on one card, the text encoders on the other
+    ("sd3-large", "int8", KAGGLE_T4X2, "split", "int8", 1),
+    ("sd3-large", "none", KAGGLE_T4X2, "staged", "none", 1),
+    ("sd3-medium", "auto", KAGGLE_T4X2, "replicate", "int8", 2),
+    ("sd3-medium", "none", KAGGLE_T4X2, "split", "none", 1),
+    ("flux", "nf4", ONE_T4, "replicate", "nf4", 1),
+    # a card with bf16 and room: nothing quantized
+    ("flux", "auto", A100, "replicate", "none", 1),
+    ("sdxl", "auto", KAGGLE_T4X2, "replicate", "none", 2),
+])
+def test_the_memory_plan_places_each_family(family, quantize, machine, mode, quantized, processes):
+    plan = plan_memory(family, machine, quantize)
+    assert (plan.mode, plan.quantize, plan.processes) == (mode, quantized, processes)
+    assert plan.peak_gib <= machine.card_gib  # the fullest card holds what it is given
+    big = {"transformer", "unet", "text_encoder_3"} | ({"text_encoder_2"} if family == "flux" else set())
+    for part in plan.parts:
+        assert part.quant == (quantized if part.name in big else "none"), part
+    line = plan.line()
+    assert "\n" not in line and all(p.name in line for p in plan.parts) and mode in line
+
+
+def test_the_plan_keeps_fp16_unsafe_vaes_in_fp32_and_uses_bf16_where_the_card_has_it():
+    t4 = plan_memory("flux", KAGGLE_T4X2)
+    assert t4.part("vae").dtype == "fp32" and t4.part("transformer").dtype == "fp16"
+    a100 = plan_memory("flux", A100)
+    assert {p.dtype for p in a100.parts} == {"bf16"}
+    assert plan_memory("sdxl", KAGGLE_T4X2).part("vae").dtype == "fp16"  # its fp16-fix VAE
+    # a T4 says is_bf16_supported() by emulation: the compute capability decides
+    assert not KAGGLE_T4X2.bf16 and A100.bf16 and not Machine(cards=0).bf16
+
+
+def test_the_plan_tiles_the_vae_for_large_pictures_and_counts_their_work():
+    small, large = plan_memory("flux", KAGGLE_T4X2), plan_memory("flux", KAGGLE_T4X2, width=1536,
+                                                                 height=1536)
+    assert not small.vae_tiling and large.vae_tiling
+    # 2.4 megapixels' work no longer fits beside the whole pipeline: one copy over both cards
+    assert (small.mode, large.mode, large.processes) == ("replicate", "split", 1)
+
+
+@pytest.mark.parametrize("family, quantize, machine, size, batch, words", [
+    ("flux", "none", ONE_T4, 1024, 1, "flux unquantized does not fit 1 x 15 GiB card in any "
+     "placement: its weights take about 31.6 GiB"),
+    ("flux", "int8", ONE_T4, 1024, 1, "try --quantize nf4"),
+    ("flux", "nf4", KAGGLE_T4X2, 2048, 4, "try a smaller size or batch"),
+    ("sd3-large", "none", ONE_T4, 1024, 1, "does not fit 1 x 15 GiB card"),
+    ("flux", "auto", Machine(cards=0, host_gib=24.0), 1024, 1, "this machine has 24 GiB"),
+])
+def test_what_cannot_fit_is_refused_in_one_sentence(family, quantize, machine, size, batch, words):
+    with pytest.raises(DoesNotFit) as info:
+        plan_memory(family, machine, quantize, size, size, batch)
+    message = str(info.value)
+    assert words in message and "\n" not in message and message.count(". ") == 0
+
+
+def test_an_unknown_quantization_is_a_value_error():
+    with pytest.raises(ValueError, match="unknown quantization 'fp8'"):
+        plan_memory("flux", KAGGLE_T4X2, "fp8")
+
+
+def test_on_the_cpu_only_the_text_encoders_load_quantized():
+    # diffusers' bitsandbytes quantizer asks for a GPU; transformers' does not
+    plan = plan_memory("sd3-large", Machine(cards=0, host_gib=128.0), "nf4")
+    assert plan.mode == "cpu" and plan.quantized() == {"text_encoder_3": "nf4"}
+    assert {p.dtype for p in plan.parts} == {"fp32"}
+
+
+def test_presets_say_their_defaults_licence_and_gating(cli):
+    schnell, dev = resolve_model("flux-schnell"), resolve_model("flux-dev")
+    assert (schnell.steps, schnell.guidance, schnell.max_sequence_length) == (4, 0.0, 256)
+    assert (dev.steps, dev.guidance, dev.max_sequence_length, dev.gated) == (28, 3.5, 512, True)
+    assert not schnell.gated and schnell.licence == "apache-2.0"
+    for name in ("sd35-medium", "sd35-large", "sd35-large-turbo"):
+        preset = resolve_model(name)
+        assert preset.pipeline == "sd3" and preset.gated and preset.memory.startswith("sd3-")
+    assert resolve_model("sd35-large-turbo").steps == 4
+    code, out, err = cli("models")
+    assert code == 0
+    block = out[out.index("flux-dev"):out.index("sd35-medium")]
+    assert "licence flux-1-dev-non-commercial-license" in block and "gated" in block
+    assert "--hf-token-env" in block
+
+
+@pytest.mark.parametrize("hub_id, like", [
+    ("black-forest-labs/FLUX.1-Krea-dev", "flux-dev"),
+    ("someone/flux.1-dev-finetune", "flux-dev"),
+    ("stabilityai/stable-diffusion-3-medium-diffusers", "sd35-medium"),
+    ("stabilityai/stable-diffusion-3.5-large", "sd35-large"),
+])
+def test_other_hub_ids_of_the_families_take_their_familys_pipeline_and_plan(hub_id, like):
+    preset, family = resolve_model(hub_id), resolve_model(like)
+    assert preset.id == hub_id and preset.pipeline == family.pipeline
+    assert preset.memory == family.memory and preset.steps == family.steps
+
+
+def _job(**flags):
+    prompts = flags.pop("prompts", ["a lighthouse at dusk"])
+    return build_job(parse_settings(seed=1, **flags), prompts_from_flags(prompts))
+
+
+def test_the_job_carries_the_plan_inputs_only_for_planned_models():
+    flux = _job(model="flux-schnell", quantize="int8").document()["model"]
+    assert (flux["memory"], flux["quantize"], flux["max_sequence_length"]) == ("flux", "int8", 256)
+    assert "quantize" not in _job(model="flux-schnell").document()["model"]
+    assert "memory" not in _job(model="sdxl-turbo").document()["model"]  # job ids unchanged
+
+
+@pytest.mark.parametrize("flags, words", [
+    (dict(model="sdxl-turbo", quantize="nf4"), "--quantize applies to FLUX and SD 3.5 models"),
+    (dict(model="flux-dev", negative_prompt="blurry"), "takes no negative prompt"),
+    (dict(model="sd35-large", embedding=["owner/emb"]), "embeddings apply to SD and SDXL"),
+    (dict(model="flux-dev", quantize="fp8"), "Invalid option"),
+])
+def test_flags_that_do_not_apply_are_one_sentence(flags, words):
+    with pytest.raises(SpecError) as info:
+        _job(**flags)
+    assert words in str(info.value)
+
+
+def test_an_sd3_negative_prompt_is_kept():
+    assert _job(model="sd35-large", negative_prompt="blurry").prompts[0].negative_prompt == "blurry"
+
+
+def test_the_estimate_counts_the_cards_the_plan_uses():
+    from imggenhub.backends.kaggle import estimate
+
+    replicated = estimate.estimate(_job(model="sd35-large").document(), [])
+    split = estimate.estimate(_job(model="sd35-large", quantize="int8").document(), [])
+    assert (replicated.gpus, split.gpus) == (2, 1)
+    assert split.hours > replicated.hours
+    # FLUX's guidance is an input of the model: no second batch, whatever its value
+    dev = estimate.estimate(_job(model="flux-dev", steps=4).document(), [])
+    schnell = estimate.estimate(_job(model="flux-schnell").document(), [])
+    assert dev.seconds_per_image == pytest.approx(schnell.seconds_per_image)
+    assert 20 < schnell.seconds_per_image < 30  # 4 steps of ~6 s and the decode: a first guess
+
+
+def test_kaggle_refuses_what_cannot_fit_two_t4s_before_anything_is_pushed(emulator, cli, tmp_path):
+    from imggenhub.run import runs
+
+    code, out, err = cli("deploy", "--model", "flux-schnell", "-p", "x", "--width", "2048",
+                         "--height", "2048", "--batch-size", "4", "--num-images", "4", cwd=tmp_path)
+    assert code == 2 and "does not fit 2 x 15 GiB cards" in err and "Kaggle's 2 x T4" in err
+    assert len(err.strip().splitlines()) == 1
+    code, out, err = cli("deploy", "--model", "flux-schnell", "-p", "x", "--quantize", "none",
+                         cwd=tmp_path)
+    assert code == 2 and "does not run yet" in err and "--quantize nf4" in err
+    assert not [m for m, _ in emulator.calls if m == "SaveKernel"] and runs.all_runs() == []
+
+
+def test_kaggle_logs_the_plan_it_pushes(emulator, cli, tmp_path):
+    code, out, err = cli("deploy", "--model", "flux-schnell", "-p", "x", "--json", cwd=tmp_path)
+    assert code == 0, err
+    assert "memory plan (flux): replicate, 2 processes" in err and "on Kaggle's 2 x T4" in err
+
+
+def test_for_job_sizes_the_plan_by_the_largest_picture_and_the_batch():
+    doc = _job(model="flux-schnell", prompts=["a", "b"]).document()
+    doc["prompts"][1] = {**doc["prompts"][1], "width": 1536, "height": 1536}
+    assert for_job(doc, doc["model"], KAGGLE_T4X2).vae_tiling
+    assert for_job({"prompts": []}, {"id": "x"}, KAGGLE_T4X2) is None
+
+
+# --- the engine, on this machine's CPU ---
+
+@pytest.mark.slow
+def test_tiny_flux_and_sd3_run_through_the_engine_each_loaded_once(tmp_path, capsys):
+    from imggenhub import engine
+
+    doc = build_job(parse_settings(model="tiny-flux", seed=2, gpu=False,
+                                   sweep=["model=tiny-flux,tiny-sd3"]),
+                    prompts_from_flags(["a red circle", "a blue square"])).document()
+    engine.run_worker(doc, tmp_path / "o")
+    records = engine.merge_manifest(tmp_path / "o", doc)["images"]
+    assert [r["model"] for r in records] == ["tiny-random-flux", "tiny-random-sd3"] * 2
+    assert all((r["width"], r["height"], r["steps"]) == (64, 64, 4) for r in records)
+    assert len({r["sha256"] for r in records}) == 4
+    out = capsys.readouterr().out
+    assert "memory plan (tiny-flux): cpu" in out and "memory plan (tiny-sd3): cpu" in out
+
+
+def test_t5_loads_in_nf4_through_diffusers_quantization_config_and_draws(tmp_path):
+    """The real path: the tiny SD3 saved as a diffusers folder, loaded by from_pretrained with
+    the planned PipelineQuantizationConfig. On a CPU only transformers' T5 can load in 4 bits
+    (diffusers' quantizer asks for a GPU): the plan says so, and the T5 does."""
+    import torch
+    from bitsandbytes.nn import Linear4bit
+
+    from imggenhub.engine.pipelines import load_planned, quantization_config
+
+    model = resolve_model("tiny-sd3").engine_dict("nf4")
+    plan = plan_memory("tiny-sd3", Machine(cards=0, host_gib=24.0), "nf4", 64, 64)
+    pipe = load_planned(model, plan, "cpu")
+    t5 = pipe.text_encoder_3
+    assert isinstance(t5.encoder.block[0].layer[0].SelfAttention.q, Linear4bit)
+    assert not any(isinstance(m, Linear4bit) for m in pipe.transformer.modules())
+    image = pipe(prompt="a red circle", num_inference_steps=2, guidance_scale=5.0, width=64,
+                 height=64, generator=torch.Generator().manual_seed(0),
+                 max_sequence_length=32).images[0]
+    assert image.size == (64, 64)
+    # on Kaggle's T4s the same call quantizes the transformer and T5, computing in fp16
+    gpu = quantization_config(plan_memory("sd3-large", KAGGLE_T4X2), "fp16")
+    assert gpu.quant_backend == "bitsandbytes_4bit"
+    assert sorted(gpu.components_to_quantize) == ["text_encoder_3", "transformer"]
+    assert gpu.quant_kwargs["bnb_4bit_quant_type"] == "nf4"
+    assert gpu.quant_kwargs["bnb_4bit_compute_dtype"] == torch.float16
+    int8 = quantization_config(plan_memory("flux", KAGGLE_T4X2, "int8"), "fp16")
+    assert int8.quant_backend == "bitsandbytes_8bit"
+    assert quantization_config(plan_memory("flux", A100), "bf16") is None
+
+
+@pytest.mark.skipif("not __import__('torch').cuda.is_available()",
+                    reason="diffusers' bitsandbytes quantizer needs a GPU for the transformer")
+def test_the_tiny_flux_transformer_loads_in_nf4_on_a_gpu():
+    from bitsandbytes.nn import Linear4bit
+
+    from imggenhub.engine.pipelines import load_planned
+
+    model = resolve_model("tiny-flux").engine_dict("nf4")
+    plan = plan_memory("tiny-flux", Machine(cards=1, card_gib=15.0), "nf4", 64, 64)
+    pipe = load_planned(model, plan, "cuda:0")
+    assert any(isinstance(m, Linear4bit) for m in pipe.transformer.modules())
+    assert pipe(prompt="x", num_inference_steps=2, width=64, height=64).images[0].size == (64, 64)
+
+
+def test_a_vae_kept_in_fp32_decodes_a_pipeline_running_in_bf16():
+    """The plan keeps FLUX's VAE out of fp16 on a T4; the pipeline hands it latents in its
+    own dtype, which the VAE casts on the way in (bf16 stands in for fp16 on this CPU)."""
+    import torch
+
+    from imggenhub.engine.pipelines import cast_inputs
+    from imggenhub.engine.tiny import build_tiny
+
+    pipe = build_tiny("tiny-random-flux").to(torch.bfloat16)
+    pipe.vae.to(torch.float32)
+    with pytest.raises(RuntimeError):  # without the cast: a dtype mismatch
+        pipe(prompt="x", num_inference_steps=1, width=32, height=32, max_sequence_length=16)
+    cast_inputs(pipe.vae, torch.float32)
+    image = pipe(prompt="x", num_inference_steps=1, width=32, height=32,
+                 max_sequence_length=16).images[0]
+    assert image.size == (32, 32)
+
+
+# --- the NaN/black detector ---
+
+def _overflowing(model_id: str, part: str):
+    import torch
+
+    from imggenhub.engine.tiny import build_tiny
+
+    pipe = build_tiny(model_id)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():
+        if part == "denoiser":
+            denoiser = getattr(pipe, "transformer", None) or pipe.unet
+            next(p for n, p in denoiser.named_parameters() if n.endswith("weight")).fill_(float("inf"))
+        elif part == "vae":
+            pipe.vae.decoder.conv_out.weight.fill_(float("nan"))
+        elif part == "text":
+            pipe.text_encoder.get_input_embeddings().weight.fill_(float("inf"))
+    return pipe
+
+
+@pytest.mark.parametrize("model_id, part, words", [
+    ("tiny-random-flux", "denoiser", "the transformer (non-finite values from step 1 of 2)"),
+    ("tiny-random", "denoiser", "the UNet (non-finite values from step 1 of 2)"),
+    ("tiny-random", "text", "the text encoder"),
+    ("tiny-random-sd3", "vae", "the VAE (every pixel 0)"),
+])
+def test_a_pipeline_made_to_overflow_is_reported_with_its_part_and_nothing_is_saved(
+        model_id, part, words):
+    import torch
+
+    from imggenhub.engine.worker import Overflow, checked_call
+
+    pipe = _overflowing(model_id, part)
+    kwargs = {"prompt": ["a", "b"], "num_inference_steps": 2, "guidance_scale": 2.0,
+              "width": 32, "height": 32,
+              "generator": [torch.Generator().manual_seed(s) for s in (7, 8)]}
+    batch = [{"index": 4, "prompt_index": 1, "seed": 7}, {"index": 5, "prompt_index": 1, "seed": 8}]
+    with pytest.raises(Overflow) as info:
+        checked_call(pipe, kwargs, batch)
+    message = str(info.value)
+    assert words in message and "image 5 (prompt 2, seed 7)" in message
+    assert "not saved" in message and "\n" not in message
+
+
+def test_a_healthy_pipeline_passes_the_detector_unchanged():
+    import numpy as np
+    import torch
+
+    from imggenhub.engine.tiny import build_tiny
+    from imggenhub.engine.worker import checked_call
+
+    pipe = build_tiny("tiny-random-flux")
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = {"prompt": ["a"], "num_inference_steps": 2, "guidance_scale": 3.5, "width": 32,
+              "height": 32, "generator": [torch.Generator().manual_seed(3)]}
+    plain = pipe(**{**kwargs, "generator": [torch.Generator().manual_seed(3)]}).images
+    checked = checked_call(pipe, dict(kwargs), [{"index": 0, "prompt_index": 0, "seed": 3}])
+    # the same picture (this CPU's kernels may round a first call apart by one level)
+    difference = np.abs(np.asarray(checked[0], int) - np.asarray(plain[0], int))
+    assert difference.max() <= 1
+
+
+def test_the_detector_is_in_the_notebooks_run(tmp_path):
+    """A job whose images come out black fails with the detector's sentence, through the
+    engine's own loop (IMGGENHUB_ENGINE_FAIL_AFTER is not involved)."""
+    from imggenhub import engine
+
+    doc = build_job(parse_settings(model="tiny-random", seed=2, gpu=False, guidance=0.0),
+                    prompts_from_flags(["x"])).document()
+    json.dumps(doc)
+    session = engine.worker.Session(doc, tmp_path / "o").setup()
+    import torch
+    with torch.no_grad():
+        session.pipe.vae.decoder.conv_out.weight.fill_(float("nan"))
+    with pytest.raises(engine.worker.Overflow, match="the VAE"):
+        session.make(session.batches()[0])
+    session.close()
+    assert not list((tmp_path / "o").glob("*.png"))
+
+
+# --- the versions a job's features need ---
+
+def _have(**versions):
+    return lambda package: versions.get(package.replace("-", "_"))
+
+
+def test_the_versions_each_feature_needs_are_checked_once_a_package_at_its_highest_need():
+    from imggenhub.engine.versions import features, lacking
+
+    flux = _job(model="flux-schnell").document()
+    assert features(flux) == {"flux"} and features(flux, quantized=True) == {"flux", "quantized"}
+    assert lacking({"flux"}, _have(diffusers="0.30.0")) == []
+    assert lacking({"flux"}, _have(diffusers="0.29.2")) == [
+        ("diffusers", "0.29.2", "0.30.0", "FluxPipeline")]
+    assert lacking({"sd3", "quantized"}, _have(diffusers="0.32.1", bitsandbytes=None)) == [
+        ("bitsandbytes", None, "0.45.0", "4- and 8-bit weights"),
+        ("diffusers", "0.32.1", "0.34.0", "PipelineQuantizationConfig")]
+    assert lacking({"lora"}, _have(peft="0.21.2")) == []
+    assert lacking({"flux"}, _have(diffusers="0.35.0.dev0")) == []
+    assert features(_job(model="tiny-random").document()) == set()
+
+
+def test_a_machine_without_them_is_one_sentence_or_one_logged_pip_install(capsys):
+    from imggenhub.engine.versions import VersionProblem, ensure
+
+    doc = _job(model="flux-dev").document()
+    old = _have(diffusers="0.32.1", bitsandbytes="0.42.0")
+    with pytest.raises(VersionProblem) as info:
+        ensure(doc, quantized=True, have=old)
+    message = str(info.value)
+    assert "bitsandbytes >= 0.45.0 for 4- and 8-bit weights (here: 0.42.0)" in message
+    assert "diffusers >= 0.34.0 for PipelineQuantizationConfig (here: 0.32.1)" in message
+    assert "give the kernel internet" in message and "\n" not in message
+    ran = []
+    pins = ensure({**doc, "install_missing": True}, quantized=True, have=old,
+                  install=lambda command: ran.append(command) or 0)
+    assert pins == ["bitsandbytes==0.45.0", "diffusers==0.34.0"]
+    assert len(ran) == 1 and ran[0][1:] == ["-m", "pip", "install", "-q", *pins]
+    assert "installing bitsandbytes==0.45.0 diffusers==0.34.0: this job needs" in capsys.readouterr().out
+    with pytest.raises(VersionProblem, match="failed"):
+        ensure({**doc, "install_missing": True}, quantized=True, have=old, install=lambda c: 1)
+    assert ensure(doc, quantized=True, have=_have(diffusers="0.42.1", bitsandbytes="0.50.2")) == []
+
+
+def test_the_engine_stops_before_loading_when_a_package_is_too_old(tmp_path, capsys, monkeypatch):
+    """Through the engine's own start: the real check against this machine's packages, with
+    the table asking for a diffusers that does not exist yet."""
+    from imggenhub import engine
+    from imggenhub.engine import versions
+
+    monkeypatch.setitem(versions.NEEDS, "flux", (("diffusers", "99.0.0", "a future FLUX"),))
+    doc = build_job(parse_settings(model="tiny-flux", seed=1, gpu=False),
+                    prompts_from_flags(["x"])).document()
+    job_file = tmp_path / "job.json"
+    job_file.write_text(json.dumps(doc), encoding="utf-8")
+    assert engine.main(["--job", str(job_file), "--out", str(tmp_path / "o")]) == 1
+    out = capsys.readouterr().out
+    assert "VersionProblem: this job needs diffusers >= 99.0.0 for a future FLUX (here: " in out
+    assert "ready on" not in out  # nothing loaded
+
+
+def test_a_kaggle_kernel_with_internet_may_install_what_is_missing(emulator, cli, tmp_path):
+    from imggenhub.job.notebook import read_job_document
+
+    for flag, wanted in (("--internet", True), ("--no-internet", None)):
+        code, out, err = cli("deploy", "--model", "tiny-random", "-p", "x", flag, cwd=tmp_path)
+        assert code == 0, err
+        pushed = [b for m, b in emulator.calls if m == "SaveKernel"][-1]["text"]
+        assert read_job_document(pushed).get("install_missing") is wanted
