@@ -273,6 +273,28 @@ def word_tokenizer():
     return tok
 
 
+def write_for_transformers_4(folder) -> None:
+    """A saved pipeline that transformers 4 loads as transformers 5 does: the tokenizer's
+    vocab.json and merges.txt beside tokenizer.json (transformers 5 writes only the latter;
+    4's CLIPTokenizer reads these), and the text encoder's weights under the "text_model."
+    names that 4 expects (5 writes them without and reads both)."""
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(folder)
+    tokenizer = folder / "tokenizer"
+    model = json.loads((tokenizer / "tokenizer.json").read_text(encoding="utf-8"))["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    (tokenizer / "vocab.json").write_text(json.dumps(model["vocab"], ensure_ascii=False),
+                                          encoding="utf-8")
+    (tokenizer / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges),
+                                          encoding="utf-8")
+    weights = folder / "text_encoder" / "model.safetensors"
+    state = load_file(str(weights))
+    if not all(k.startswith("text_model.") for k in state):
+        save_file({k if k.startswith("text_model.") else f"text_model.{k}": v
+                   for k, v in state.items()}, str(weights), metadata={"format": "pt"})
+
+
 def evaluate(pipe, n: int, seed: int, steps: int = 20, guidance: float = 7.0,
              held_out: bool = True, batch: int = 25) -> dict:
     """What the checker reads in ``n`` pictures made from held-out (or training) prompts."""

@@ -14,7 +14,8 @@ fi
 # PYTHONDONTWRITEBYTECODE is set): ~60 ms off each CLI start. Only changed files are redone.
 "$VENV/bin/python" -m compileall -q imggenhub >/dev/null || true
 stamp="$VENV/.imggenhub-setup"
-want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16) $extras"
+# PIP_CONSTRAINT (pip reads it): the versions a test environment is held to (scripts/oldest.txt)
+want="$(cat pyproject.toml scripts/setup.sh ${PIP_CONSTRAINT:-} | sha256sum | cut -c1-16) $extras"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi

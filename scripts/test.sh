@@ -9,4 +9,4 @@ export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # not the CPU (measured: 128 s against 163 s with two). `--dist loadgroup` takes
 # tests/conftest.py's scheduler: the heaviest tests first, whichever worker is free next,
 # and the tests that import torch into the test process on two workers, not four.
-exec .venv/bin/python -m pytest -n 4 --dist loadgroup "$@"
+exec "${IMGGENHUB_VENV:-.venv}/bin/python" -m pytest -n 4 --dist loadgroup "$@"

@@ -299,6 +299,7 @@ def main(argv=None) -> None:
               "vae_round_trip": round_trip}
     if args.out:
         pipe.save_pretrained(args.out, safe_serialization=True)
+        shapes.write_for_transformers_4(args.out)
         size = sum(p.stat().st_size for p in Path(args.out).rglob("*") if p.is_file())
         log(f"saved {args.out} ({size / 1e6:.1f} MB)")
     if args.eval:

@@ -314,14 +314,29 @@ def hf(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
     monkeypatch.setattr(importlib.import_module("huggingface_hub.utils.tqdm"),
                         "HF_HUB_DISABLE_PROGRESS_BARS", True)
-    return huggingface_hub
+    # huggingface_hub < 1.0 keeps one requests session a thread, made offline when the
+    # process was: a fresh one now, and again after the test (offline once more)
+    reset = getattr(importlib.import_module("huggingface_hub.utils._http"), "reset_sessions", None)
+    if reset is not None:
+        reset()
+    yield huggingface_hub
+    if reset is not None:
+        monkeypatch.undo()
+        reset()
 
 
 @pytest.fixture
-def hub(hf):
+def hub(hf, monkeypatch):
     from .hub_emulator import Emulator as HubEmulator
 
     em = HubEmulator()
     em.start()
+    # huggingface_hub < 1.0 reads the repo of a commit's URL against its own ENDPOINT (and
+    # builds download URLs from a template made of it)
+    monkeypatch.setattr(hf.constants, "ENDPOINT", em.url)
+    template = em.url + "/{repo_id}/resolve/{revision}/{filename}"
+    for module in (hf.constants, importlib.import_module("huggingface_hub.file_download")):
+        if hasattr(module, "HUGGINGFACE_CO_URL_TEMPLATE"):
+            monkeypatch.setattr(module, "HUGGINGFACE_CO_URL_TEMPLATE", template)
     yield em
     em.stop()

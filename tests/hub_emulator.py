@@ -207,6 +207,8 @@ class Emulator(Served):
     def _commit(self, repo: Repo, message: str, description: str, author: str, files: dict,
                 lfs: set, deleted: list, lfs_oids: dict | None = None) -> Commit:
         parent = repo.commits[-1].oid if repo.commits else None
+        # what the commit changes, as git records it: a file sent again unchanged is no change
+        files = {path: data for path, data in files.items() if repo.files.get(path) != data}
         for path in deleted:
             repo.files.pop(path, None)
             repo.lfs.pop(path, None)

@@ -26,6 +26,8 @@ BENCHMARKS = {
                            "ratio loose/bundled "],
     "shards.py": ["1 kernel:", "2 shards:", "ratio 1 kernel / 2 shards: "],
     "tiny_shapes.py": ["held-out prompts, guidance 7 (", "training prompts, guidance 7 ("],
+    "flux_t4.py": ["plan for this CPU: memory plan (tiny-flux): cpu", "4 steps at 64 px: ",
+                   "ratio measured/planned weights: "],
     "train_tiny.py": ["1 process: ", "; share outside forward, backward and gradient averaging: "],
 }
 
@@ -41,10 +43,11 @@ def bench_env(tmp_path: Path) -> dict:
 
 # these build a tiny diffusers pipeline
 SLOW = {"local_e2e.py", "engine_reuse.py", "engine_overhead.py", "engine_overhead_sdxl.py",
-        "tiny_shapes.py", "train_tiny.py"}
+        "tiny_shapes.py", "train_tiny.py", "flux_t4.py"}
 # these take tens of seconds even in their quick mode (many processes, pipelines saved and
 # loaded again): CI runs them after the suite (`-m "training or long"`)
-LONG = {"local_e2e.py", "engine_reuse.py", "engine_overhead_sdxl.py", "kaggle_download.py"}
+LONG = {"local_e2e.py", "engine_reuse.py", "engine_overhead_sdxl.py", "kaggle_download.py",
+        "flux_t4.py"}
 
 
 def _marks(script: str) -> list:

@@ -214,8 +214,13 @@ def test_t5_loads_in_nf4_through_diffusers_quantization_config_and_draws(tmp_pat
     from bitsandbytes.nn import Linear4bit
 
     from imggenhub.engine.pipelines import load_planned, quantization_config
+    from imggenhub.engine.versions import VersionProblem, ensure, lacking
 
     model = resolve_model("tiny-sd3").engine_dict("nf4")
+    if lacking({"quantized"}):  # the oldest diffusers allowed: the engine says what it needs
+        with pytest.raises(VersionProblem, match="PipelineQuantizationConfig"):
+            ensure({"model": model, "prompts": []}, quantized=True)
+        return
     plan = plan_memory("tiny-sd3", Machine(cards=0, host_gib=24.0), "nf4", 64, 64)
     pipe = load_planned(model, plan, "cpu")
     t5 = pipe.text_encoder_3

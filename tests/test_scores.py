@@ -40,7 +40,10 @@ def test_the_score_is_the_floored_cosine_times_100():
             input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]))
     cos = torch.nn.functional.cosine_similarity(a, b).tolist()
     assert got == pytest.approx([max(0.0, 100 * c) for c in cos], abs=1e-3)
-    assert all(0 <= s <= 100 for s in got) and any(c < 0 for c in cos) and any(s > 0 for s in got)
+    # the floor is exercised (the tiny random CLIP's cosines: some negative under transformers
+    # 5, all of them under 4, whose random initialisation differs)
+    assert all(0 <= s <= 100 for s in got) and any(c < 0 for c in cos)
+    assert [s > 0 for s in got] == [c > 0 for c in cos]
 
 
 @pytest.mark.slow

@@ -57,12 +57,17 @@ FAMILIES = {f.name: f for f in [
                          Part("text_encoder_3", 4.76, "text", True), VAE), 2.0, True),
     Family("sd3-medium", (Part("transformer", 2.47, "denoiser", True), CLIP_L, CLIP_G,
                           Part("text_encoder_3", 4.76, "text", True), VAE), 2.0, True),
-    # the tiny offline pipelines of the same shapes (engine/tiny.py), for tests
-    Family("tiny-flux", tuple(Part(p.name, 1e-4, p.role, p.quantizable) for p in (
-        Part("transformer", 0, "denoiser", True), T5, CLIP_L, VAE)), 0.01, True),
-    Family("tiny-sd3", tuple(Part(p.name, 1e-4, p.role, p.quantizable) for p in (
-        Part("transformer", 0, "denoiser", True), CLIP_L, CLIP_G,
-        Part("text_encoder_3", 0, "text", True), VAE)), 0.01, True),
+    # the tiny offline pipelines of the same shapes (engine/tiny.py), for tests: their own
+    # parameter counts
+    Family("tiny-flux", (Part("transformer", 78544e-9, "denoiser", True),
+                         Part("text_encoder_2", 16256e-9, "text", True),
+                         Part("text_encoder", 32554e-9, "text"), Part("vae", 658283e-9, "vae")),
+           0.01, True),
+    Family("tiny-sd3", (Part("transformer", 41872e-9, "denoiser", True),
+                        Part("text_encoder", 33578e-9, "text"),
+                        Part("text_encoder_2", 33578e-9, "text"),
+                        Part("text_encoder_3", 32480e-9, "text", True), Part("vae", 658283e-9, "vae")),
+           0.01, True),
     Family("sdxl", (Part("unet", 2.57, "denoiser", True), CLIP_L, CLIP_G, VAE), 1.5),
     Family("sd", (Part("unet", 0.86, "denoiser", True), CLIP_L, VAE), 1.0),
 ]}
@@ -141,7 +146,7 @@ def plan_memory(family: str, machine: Machine, quantize: str = "auto", width: in
         # diffusers' bitsandbytes quantizer asks for a GPU, transformers' does not: on the
         # CPU only the text encoders load quantized
         parts = tuple(p if part.role != "denoiser" else Placed(p.name, "none", p.dtype, p.where,
-                                                                round(part.billions * 1e9 * 4 / GIB, 2))
+                                                                round(part.billions * 1e9 * 4 / GIB, 6))
                       for p, part in zip(_parts(fam, q, machine, "cpu"), fam.parts))
         need = sum(p.gib for p in parts) + work
         if need > machine.host_gib * HEADROOM:
@@ -178,7 +183,7 @@ def _parts(fam: Family, quantize: str, machine: Machine, where: str) -> tuple:
         q = quantize if part.quantizable else "none"
         dtype = _dtype(part, fam, machine)
         per = BYTES[q] if q != "none" else BYTES["fp32" if dtype == "fp32" else "none"]
-        out.append(Placed(part.name, q, dtype, where, round(part.billions * 1e9 * per / GIB, 2)))
+        out.append(Placed(part.name, q, dtype, where, round(part.billions * 1e9 * per / GIB, 6)))
     return tuple(out)
 
 
