@@ -422,3 +422,82 @@ def test_a_kaggle_kernel_with_internet_may_install_what_is_missing(emulator, cli
         assert code == 0, err
         pushed = [b for m, b in emulator.calls if m == "SaveKernel"][-1]["text"]
         assert read_job_document(pushed).get("install_missing") is wanted
+
+
+# --- LoRAs, image-to-image, inpainting and sweeps on the families (the tiny ones) ---
+
+def _flow_lora(folder, model_id: str):
+    """A LoRA on the tiny transformer's attention, made with peft and saved with the
+    family's own writer (FluxPipeline / StableDiffusion3Pipeline.save_lora_weights)."""
+    import torch
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    from imggenhub.engine.tiny import build_tiny
+
+    pipe = build_tiny(model_id)
+    torch.manual_seed(5)  # non-zero LoRA weights, so that it changes the images
+    pipe.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                            target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    with torch.no_grad():  # large enough to show in the tiny SD3's pictures too
+        for name, weight in pipe.transformer.named_parameters():
+            if "lora_B" in name:
+                weight.mul_(8)
+    type(pipe).save_lora_weights(folder, weight_name="style.safetensors",
+                                 transformer_lora_layers=get_peft_model_state_dict(pipe.transformer))
+    return folder / "style.safetensors"
+
+
+def _made(tmp_path, name: str, **flags) -> tuple:
+    """One image through the engine's own loop: (its pixels, its record)."""
+    import numpy as np
+    from PIL import Image
+
+    from imggenhub import engine
+
+    prompts = flags.pop("prompts", ["a red circle"])
+    doc = build_job(parse_settings(seed=3, gpu=False, **flags), prompts_from_flags(prompts)).document()
+    engine.run_worker(doc, tmp_path / name)
+    records = engine.merge_manifest(tmp_path / name, doc)["images"]
+    return [np.asarray(Image.open(tmp_path / name / r["file"]), dtype=float) for r in records], records
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset, model_id", [("tiny-flux", "tiny-random-flux"),
+                                              ("tiny-sd3", "tiny-random-sd3")])
+def test_a_lora_of_the_family_loads_scale_0_is_none_and_scale_1_another_image(
+        tmp_path, preset, model_id):
+    lora = _flow_lora(tmp_path, model_id)
+    (none,), _ = _made(tmp_path, "none", model=preset)
+    (zero,), _ = _made(tmp_path, "zero", model=preset, lora=[f"{lora}:0"])
+    (one,), (record,) = _made(tmp_path, "one", model=preset, lora=[f"{lora}:1"])
+    assert abs(none - zero).max() <= 1  # fused at 0: the base weights (to a rounding level)
+    assert abs(none - one).mean() > 0.5
+    assert record["loras"] == [{"name": "style", "scale": 1.0, "file": "style.safetensors"}]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["tiny-flux", "tiny-sd3"])
+def test_image_to_image_and_inpainting_run_on_the_familys_own_pipelines(tmp_path, preset, capsys):
+    import numpy as np
+    from PIL import Image
+
+    init, mask = tmp_path / "init.png", tmp_path / "mask.png"
+    Image.fromarray(np.full((64, 64, 3), (200, 30, 30), dtype=np.uint8)).save(init)
+    Image.fromarray(np.tile(np.arange(64, dtype=np.uint8)[None, :] >= 32, (64, 1)).astype(np.uint8)
+                    * 255).save(mask)
+    (low, high), records = _made(tmp_path, "i2i", model=preset, steps=10, init_image=str(init),
+                                 sweep=["strength=0.3,1.0"])
+    assert [(r["strength"], r["denoising_steps"]) for r in records] == [(0.3, 3), (1.0, 10)]
+    assert abs(low - high).mean() > 0.5
+    (painted,), (record,) = _made(tmp_path, "inpaint", model=preset, steps=4,
+                                  init_image=str(init), mask_image=str(mask))
+    assert record["mask_image"] == "mask.png" and painted.shape == (64, 64, 3)
+    assert np.isfinite(painted).all()
+
+
+@pytest.mark.slow
+def test_a_guidance_sweep_on_flux_feeds_its_guidance_embedding(tmp_path):
+    (low, high), records = _made(tmp_path, "sweep", model="tiny-flux", sweep=["guidance=1,6"])
+    assert [r["guidance"] for r in records] == [1.0, 6.0]
+    assert abs(low - high).mean() > 0.1  # guidance is an input of FLUX's transformer

@@ -219,3 +219,22 @@ def test_a_kill_during_the_tokens_upload_leaves_no_copy_of_it_here(emulator, tmp
     proc.wait(30)
     assert emulator.datasets[TOKEN_REF]["versions"][-1] == {"token": CANARY.encode()}
     assert everywhere_but_the_dataset(emulator, tmp_path, state_dir()) == []
+
+
+@pytest.mark.parametrize("preset, repo", [("flux-dev", "black-forest-labs/FLUX.1-dev"),
+                                          ("sd35-large", "stabilityai/stable-diffusion-3.5-large")])
+def test_gated_presets_take_the_token_path(emulator, cli, tmp_path, monkeypatch, preset, repo):
+    """FLUX.1-dev and SD 3.5 are gated: without a token the job is refused before the push
+    (it would fail in the kernel, its GPU time spent); with HF_TOKEN set the preset's word
+    sends it (the Hub is not asked here: offline), only to the private dataset."""
+    code, out, err = cli("deploy", "--model", preset, "-p", "x", cwd=tmp_path)
+    assert code == 4 and "--hf-token-env" in err, err
+    assert err.strip().splitlines()[-1].startswith(f"Error: {repo} is gated on the Hub: accept")
+    assert not [m for m, _ in emulator.calls if m in ("SaveKernel", "StartBlobUpload")]
+    monkeypatch.setenv("HF_TOKEN", CANARY)
+    code, out, err = cli("deploy", "--model", preset, "-p", "x", cwd=tmp_path)
+    assert code == 0, err
+    assert f"{repo} is gated on the Hub and HF_TOKEN is set" in err
+    assert emulator.datasets[TOKEN_REF]["versions"][-1] == {"token": CANARY.encode()}
+    assert CANARY not in out + err
+    assert everywhere_but_the_dataset(emulator, tmp_path, state_dir()) == []

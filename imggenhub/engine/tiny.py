@@ -15,7 +15,8 @@ from .wire import (TINY_FLUX, TINY_KANDINSKY, TINY_RANDOM, TINY_SD3, TINY_SDXL, 
 
 TINY_MODELS = (TINY_RANDOM, TINY_SDXL, TINY_KANDINSKY, TINY_FLUX, TINY_SD3)
 TINY_REFINERS = (TINY_SDXL_REFINER,)
-SHIPPED = {TINY_SHAPES: "tiny-shapes"}  # models whose weights ship with imggenhub (models/)
+SHIPPED = {TINY_SHAPES: "tiny-shapes"}
+TINY_LAYOUT = 2  # the tiny builders' version: a saved folder of another is built again  # models whose weights ship with imggenhub (models/)
 
 
 def shipped_folder(model_id: str) -> str:
@@ -270,9 +271,9 @@ def _t5(tokenizer, width: int, seed: int):
         decoder_start_token_id=0))
 
 
-def _flow_vae(seed: int):
+def _flow_vae(seed: int, channels: int = 4):
     """FLUX's and SD3's kind of VAE: no quant convs, a shift and a scale (two blocks here:
-    scale factor 2)."""
+    scale factor 2); SD3's pipelines ask for its 16 latent channels."""
     import torch
     from diffusers import AutoencoderKL
 
@@ -280,7 +281,7 @@ def _flow_vae(seed: int):
     return AutoencoderKL(
         block_out_channels=[32, 64], in_channels=3, out_channels=3,
         down_block_types=["DownEncoderBlock2D"] * 2, up_block_types=["UpDecoderBlock2D"] * 2,
-        latent_channels=4, use_quant_conv=False, use_post_quant_conv=False,
+        latent_channels=channels, use_quant_conv=False, use_post_quant_conv=False,
         shift_factor=0.0609, scaling_factor=1.5035)
 
 
@@ -311,7 +312,8 @@ def build_tiny_flux_pipeline(seed: int = 0):
 
 def build_tiny_sd3_pipeline(seed: int = 0):
     """A tiny SD 3.5: two CLIP text encoders with projections (pooled side by side: 64), a
-    T5 encoder as wide as their hidden states side by side, an MMDiT of one layer."""
+    T5 encoder as wide as their hidden states side by side, an MMDiT of one layer, 16
+    latent channels as SD3's."""
     import torch
     from diffusers import (FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel,
                            StableDiffusion3Pipeline)
@@ -320,7 +322,7 @@ def build_tiny_sd3_pipeline(seed: int = 0):
     tokenizer, tokenizer_2, tokenizer_3 = tiny_tokenizer(), tiny_tokenizer(), tiny_t5_tokenizer()
     torch.manual_seed(seed)
     transformer = SD3Transformer2DModel(
-        sample_size=32, patch_size=2, in_channels=4, out_channels=4, num_layers=1,
+        sample_size=32, patch_size=2, in_channels=16, out_channels=16, num_layers=1,
         attention_head_dim=8, num_attention_heads=4, caption_projection_dim=32,
         joint_attention_dim=64, pooled_projection_dim=64)
     torch.manual_seed(seed + 1)
@@ -329,7 +331,7 @@ def build_tiny_sd3_pipeline(seed: int = 0):
     text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer_2, projection=32))
     return StableDiffusion3Pipeline(
         transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-        vae=_flow_vae(seed + 3), text_encoder=text_encoder, tokenizer=tokenizer,
+        vae=_flow_vae(seed + 3, 16), text_encoder=text_encoder, tokenizer=tokenizer,
         text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
         text_encoder_3=_t5(tokenizer_3, 64, seed + 4), tokenizer_3=tokenizer_3)
 
@@ -347,7 +349,7 @@ def tiny_folder(model_id: str) -> str:
     import transformers
 
     base = Path(tempfile.gettempdir()) / "imggenhub-tiny"
-    folder = base / f"{model_id}-{diffusers.__version__}-{transformers.__version__}"
+    folder = base / f"{model_id}-{TINY_LAYOUT}-{diffusers.__version__}-{transformers.__version__}"
     if (folder / "model_index.json").is_file():
         return str(folder)
     base.mkdir(parents=True, exist_ok=True)

@@ -183,6 +183,8 @@ class Session:
                 mode, derived_pipeline(self.pipe, mode))
             kwargs.update(image=[load_init_image(t["init_image"], t["width"], t["height"])
                                  for t in batch], strength=first["strength"])
+            if first["width"] and first["height"] and _takes(run, "width"):  # FLUX's, SD3's:
+                kwargs.update(width=first["width"], height=first["height"])  # else 1024 or so
             if mode == "inpaint":
                 kwargs["mask_image"] = [load_init_image(t["mask_image"], t["width"],
                                                         t["height"], "L") for t in batch]
@@ -311,6 +313,12 @@ def _refined(pipe, refiner, spec: dict, kwargs: dict, batch: list[dict]):
                      callback_on_step_end=counter(1)).images
     return images, {"model": spec["id"], "start": spec["start"], "base_steps": counts[0],
                     "refiner_steps": counts[1]}
+
+
+def _takes(pipe, name: str) -> bool:
+    import inspect
+
+    return name in inspect.signature(pipe.__call__).parameters
 
 
 class Overflow(RuntimeError):

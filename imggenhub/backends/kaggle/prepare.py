@@ -14,7 +14,7 @@ import requests
 from ...config import state_dir
 from ...engine import KAGGLE_INPUT, KAGGLE_T4X2, DoesNotFit, Machine, counted, for_job
 from ...engine.tiny import SHIPPED
-from ...errors import KaggleApiError, OverQuota, SpecError, Unreachable
+from ...errors import CredentialsError, KaggleApiError, OverQuota, SpecError, Unreachable
 from ...job.models import HUB_ID
 from ...job.notebook import job_document
 from ...run.runs import Run
@@ -114,7 +114,12 @@ def prepare_job(backend, job, options, on_event: OnEvent, width: int = 1) -> "Ka
     hub = _ask_the_hub(backend, job, given_token, on_event)  # a mistyped id: here, not on a GPU
     if meta.get("enable_gpu"):  # before anything is uploaded (the token below)
         _check_quota(backend, doc, options, on_event, width)
-    token_env = options.hf_token_env or _token_wanted(job, hub.get(job.model["id"]), on_event)
+    info = hub.get(job.model["id"]) or ({"gated": True} if _preset_gated(job) else None)
+    token_env = options.hf_token_env or _token_wanted(job, info, on_event)
+    if not token_env and info and info.get("gated"):  # it would fail in the kernel, GPU spent
+        raise CredentialsError(
+            f"{job.model['id']} is gated on the Hub: accept its terms there, then give a token "
+            "that may read it with --hf-token-env VAR (or set HF_TOKEN); nothing was pushed.")
     if token_env:  # only on the user's word: the token goes to a private dataset
         token = given_token or _token_from(token_env)
         prepared.sources.append(kaggle_inputs.ship_token(
@@ -228,6 +233,15 @@ def _not_found(resp) -> bool:
     """The Hub's way of saying an id is unknown (or hidden from this token): 404, or 401 with
     its RepoNotFound code; any other 401 is about the token itself."""
     return resp.status_code == 404 or resp.headers.get("X-Error-Code") == "RepoNotFound"
+
+
+def _preset_gated(job) -> bool:
+    """The preset says its model is gated (FLUX.1-dev, SD 3.5): its word where the Hub's is
+    not heard (offline, no answer)."""
+    from ...job.models import PRESETS
+
+    preset = PRESETS.get(job.model_name)
+    return bool(preset and preset.gated and preset.id == job.model["id"])
 
 
 def _token_wanted(job, info: dict | None, on_event: OnEvent) -> str | None:
