@@ -3,7 +3,7 @@ full-size random weights (the transformer's 11.9 billion, T5-XXL's encoder, CLIP
 16-channel VAE, built from their published configs: nothing is downloaded), saved as a
 diffusers folder in fp16, then loaded by the engine's own planned loader
 (``load_planned``: diffusers' PipelineQuantizationConfig, NF4 for the transformer and T5,
-the VAE in fp32 as on a T4) with the card's memory capped at 15 GiB
+the VAE in fp32 as on a T4) with the card's memory capped at a T4's 14.74 GiB
 (``torch.cuda.set_per_process_memory_fraction``), so that a larger card answers for a T4.
 
 Prints the memory plan it chose (what imggenhub plans for one of Kaggle's T4s), each
@@ -30,14 +30,15 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from imggenhub.engine.memory import GIB, Machine, plan_memory  # noqa: E402
+from imggenhub.engine.memory import CONTEXT_GIB, GIB, KAGGLE_T4X2, Machine, plan_memory  # noqa: E402
 from imggenhub.engine.pipelines import load_planned  # noqa: E402
 from imggenhub.engine.tiny import (build_tiny_flux_pipeline, tiny_t5_tokenizer,  # noqa: E402
                                    tiny_tokenizer)
 from imggenhub.job.models import resolve_model  # noqa: E402
 
 PROMPT = "a lighthouse at dusk, volumetric light, detailed"
-T4 = Machine(cards=1, card_gib=15.0, host_gib=29.0, capability=(7, 5))  # one of Kaggle's two
+T4 = Machine(cards=1, card_gib=KAGGLE_T4X2.card_gib, host_gib=KAGGLE_T4X2.host_gib,
+             capability=KAGGLE_T4X2.capability)  # one of Kaggle's two
 
 
 def full_flux(device: str):
@@ -123,9 +124,11 @@ def main() -> None:
             torch.cuda.empty_cache()
         print(f"FLUX-shaped, {'full' if full else 'tiny'} size ({params / 1e9:.2f} billion "
               f"weights, random), built and saved in {time.monotonic() - t:.0f}s")
-        if full:  # from here on the card is a T4: 15 GiB, whatever it really has
+        if full:  # from here on the card is a T4 (14.74 GiB, less CUDA's context, which the
+            # cap does not count), whatever it really has
             total = torch.cuda.get_device_properties(0).total_memory
-            torch.cuda.set_per_process_memory_fraction(min(1.0, 15 * GIB / total))
+            usable = (T4.card_gib - CONTEXT_GIB) * GIB
+            torch.cuda.set_per_process_memory_fraction(min(1.0, usable / total))
             torch.cuda.reset_peak_memory_stats()
         # the saved folder, loaded as a Hub id of the family would be
         model = {**resolve_model("flux-dev" if full else "tiny-flux").engine_dict(),
@@ -160,11 +163,11 @@ def main() -> None:
                 if i:
                     times.append(time.monotonic() - t)
             per = sum(times) / len(times)
-            peak = f", peak {torch.cuda.max_memory_allocated() / GIB:.2f} GiB on the card " \
-                   f"(loaded {loaded:.2f})" if full else ""
+            peak = f", peak {torch.cuda.max_memory_reserved() / GIB:.2f} GiB reserved on the " \
+                   f"card (loaded {loaded:.2f})" if full else ""
             print(f"{n} steps at {size} px: {per:.2f} s an image{peak}")
         if full:
-            peak = torch.cuda.max_memory_allocated() / GIB
+            peak = torch.cuda.max_memory_reserved() / GIB + CONTEXT_GIB  # as the plan counts
             print(f"ratio measured/planned peak: {peak / plan.peak_gib:.2f}x")
         else:
             weights = sum(on_card(getattr(pipe, p.name)) for p in plan.parts)

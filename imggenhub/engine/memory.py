@@ -6,12 +6,13 @@ capability, picture size, batch): the host runs it for the target machine (Kaggl
 T4) to refuse a job that cannot fit before anything is pushed; the engine runs it again on
 the machine it finds and logs its one line. The placements, best first:
 - ``replicate``: each card holds the whole pipeline; one process a card, the images shared;
-- ``split``: one pipeline, its components spread whole over the cards (the denoiser on one,
-  the text encoders on another);
-- ``staged``: the prompts encoded first, the text encoders freed, then the denoiser spread
-  over all the cards (diffusers' recipe for two 16 GB cards);
-- ``offload``: each component moved to one card when used (model CPU offload);
+- ``offload``: each component moved to its card only while it works (model CPU offload),
+  the others in the host's memory; one process a card while the host holds a copy for each;
 - ``cpu``: no card: everything in the host's memory, fp32.
+Two placements over both cards (the components whole on different cards; the transformer
+spread over both after the prompts are encoded, diffusers' recipe for unquantized FLUX on
+two 16 GB cards) are not built yet: with their loads untested on two GPUs, a job that needs
+one is refused in one sentence rather than planned and failed.
 The figures are first guesses from the public parameter counts (bytes per parameter by
 quantization, plus a working margin per megapixel), not measurements: benchmarks/flux_t4.py
 measures them on a GPU. Standard library only (the engine's rule).
@@ -37,6 +38,9 @@ class Part:
     billions: float
     role: str  # "denoiser", "text" (a text encoder), "vae"
     quantizable: bool = False  # the large ones: the denoiser and T5
+    # of them, kept in fp32 under fp16 and never quantized: T5's feed-forward outputs ("wo",
+    # 24 x 10240 x 4096), which transformers keeps out of fp16 and of bitsandbytes
+    fp32_billions: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,7 @@ class Family:
     vae_unsafe_fp16: bool = False  # its VAE overflows in fp16: fp32 on fp16-only cards
 
 
-T5 = Part("text_encoder_2", 4.76, "text", True)  # T5-XXL's encoder
+T5 = Part("text_encoder_2", 4.76, "text", True, 1.007)  # T5-XXL's encoder
 CLIP_L = Part("text_encoder", 0.123, "text")
 CLIP_G = Part("text_encoder_2", 0.695, "text")
 VAE = Part("vae", 0.084, "vae")
@@ -56,7 +60,7 @@ FAMILIES = {f.name: f for f in [
     Family("sd3-large", (Part("transformer", 8.06, "denoiser", True), CLIP_L, CLIP_G,
                          Part("text_encoder_3", 4.76, "text", True), VAE), 2.0, True),
     Family("sd3-medium", (Part("transformer", 2.47, "denoiser", True), CLIP_L, CLIP_G,
-                          Part("text_encoder_3", 4.76, "text", True), VAE), 2.0, True),
+                          Part("text_encoder_3", 4.76, "text", True, 1.007), VAE), 2.0, True),
     # the tiny offline pipelines of the same shapes (engine/tiny.py), for tests: their own
     # parameter counts
     Family("tiny-flux", (Part("transformer", 78544e-9, "denoiser", True),
@@ -86,7 +90,8 @@ class Machine:
         return self.cards > 0 and tuple(self.capability) >= (8, 0)
 
 
-KAGGLE_T4X2 = Machine(cards=2, card_gib=15.0, host_gib=29.0, capability=(7, 5))
+# a T4 reports 14.74 GiB (15,095 MiB) to torch
+KAGGLE_T4X2 = Machine(cards=2, card_gib=14.74, host_gib=29.0, capability=(7, 5))
 
 
 @dataclass(frozen=True)
@@ -94,14 +99,14 @@ class Placed:
     name: str
     quant: str  # "none", "int8", "nf4"
     dtype: str  # "fp16", "bf16", "fp32"
-    where: str  # "each card", "cuda:N", "all cards", "offload", "cpu"
+    where: str  # "each card", "its card while it works", "cpu"
     gib: float
 
 
 @dataclass(frozen=True)
 class MemoryPlan:
     family: str
-    mode: str  # replicate, split, staged, offload, cpu
+    mode: str  # replicate, offload, cpu
     quantize: str  # what the denoiser and T5 are quantized to
     parts: tuple
     processes: int  # engine processes (replicate: one a card)
@@ -132,8 +137,8 @@ class DoesNotFit(ValueError):
 def plan_memory(family: str, machine: Machine, quantize: str = "auto", width: int = 1024,
                 height: int = 1024, batch: int = 1) -> MemoryPlan:
     """The plan for ``family`` on ``machine``; ``quantize`` "auto" takes the least
-    quantization that gives the best placement (replicate before split before staged before
-    offload), a named one is kept. Raises DoesNotFit with one sentence when nothing fits."""
+    quantization that gives the best placement (replicate before offload), a named one is
+    kept. Raises DoesNotFit with one sentence when nothing fits."""
     fam = FAMILIES[family]
     if quantize not in ("auto", *QUANTIZATIONS):
         raise ValueError(f"unknown quantization {quantize!r} (auto, {', '.join(QUANTIZATIONS)})")
@@ -154,17 +159,18 @@ def plan_memory(family: str, machine: Machine, quantize: str = "auto", width: in
                              f"machine has {machine.host_gib:.0f} GiB")
         return MemoryPlan(family, "cpu", q, parts, 1, round(need, 1), tiling)
     tried = QUANTIZATIONS if quantize == "auto" else (quantize,)
-    for mode in ("replicate", "split", "staged", "offload"):
+    for mode in ("replicate", "offload"):
         for q in tried:
             plan = _place(fam, q, machine, mode, work, tiling)
             if plan is not None:
                 return plan
     weights = sum(p.gib for p in _parts(fam, tried[-1], machine, ""))
-    card = f"{machine.cards} x {machine.card_gib:.0f} GiB card{'s' if machine.cards > 1 else ''}"
+    card = f"{machine.cards} x {machine.card_gib:.1f} GiB card{'s' if machine.cards > 1 else ''}"
     hint = "; try --quantize nf4" if tried[-1] != "nf4" else \
         "; try a smaller size or batch" if work > 3 else ""
     asked = "unquantized" if tried[-1] == "none" else f"in {tried[-1]}"
-    raise DoesNotFit(f"{family} {asked} does not fit {card} in any placement: its weights take "
+    raise DoesNotFit(f"{family} {asked} does not fit {card} as this version places it (a whole "
+                     "pipeline a card, or each part on a card while it works): its weights take "
                      f"about {weights:.1f} GiB and it needs about {work:.1f} GiB more to work at "
                      f"{width}x{height}, batch {batch}{hint}")
 
@@ -183,7 +189,9 @@ def _parts(fam: Family, quantize: str, machine: Machine, where: str) -> tuple:
         q = quantize if part.quantizable else "none"
         dtype = _dtype(part, fam, machine)
         per = BYTES[q] if q != "none" else BYTES["fp32" if dtype == "fp32" else "none"]
-        out.append(Placed(part.name, q, dtype, where, round(part.billions * 1e9 * per / GIB, 6)))
+        kept = part.fp32_billions if dtype == "fp16" or q != "none" else 0.0
+        gib = ((part.billions - kept) * per + kept * BYTES["fp32"]) * 1e9 / GIB
+        out.append(Placed(part.name, q, dtype, where, round(gib, 6)))
     return tuple(out)
 
 
@@ -192,43 +200,24 @@ def _place(fam: Family, q: str, machine: Machine, mode: str, work: float,
     card = machine.card_gib * HEADROOM - CONTEXT_GIB
     parts = _parts(fam, q, machine, "")
     total = sum(p.gib for p in parts)
-    denoiser = parts[next(i for i, part in enumerate(fam.parts) if part.role == "denoiser")]
 
-    def plan(where: dict, processes: int, peak: float) -> MemoryPlan:
-        placed = tuple(Placed(p.name, p.quant, p.dtype, where[p.name], p.gib) for p in parts)
+    def plan(where: str, processes: int, peak: float) -> MemoryPlan:
+        placed = tuple(Placed(p.name, p.quant, p.dtype, where, p.gib) for p in parts)
         return MemoryPlan(fam.name, mode, q, placed, processes,
                           round(peak + CONTEXT_GIB, 1), tiling)
 
     if mode == "replicate":
         if total + work <= card:
-            return plan({p.name: "each card" for p in parts}, machine.cards, total + work)
+            return plan("each card", machine.cards, total + work)
         return None
-    if mode == "split":  # whole components over the cards: the denoiser's card does the work
-        if machine.cards < 2:
-            return None
-        loads = [0.0] * machine.cards
-        where = {denoiser.name: "cuda:0"}
-        loads[0] = denoiser.gib + work
-        for p in sorted((p for p in parts if p is not denoiser), key=lambda p: -p.gib):
-            k = min(range(machine.cards), key=lambda i: loads[i])
-            loads[k] += p.gib
-            where[p.name] = f"cuda:{k}"
-        if max(loads) <= card:
-            return plan(where, 1, max(loads))
-        return None
-    if mode == "staged":  # encoders first (then freed), the denoiser over every card
-        if machine.cards < 2:
-            return None
-        encoders = total - denoiser.gib
-        spread = (denoiser.gib + work) / machine.cards
-        if encoders <= card * machine.cards and spread <= card * 0.97:  # layers split unevenly
-            where = {p.name: "all cards" for p in parts}
-            return plan(where, 1, max(spread, encoders / machine.cards))
-        return None
-    # offload: each component on one card only while it works; all of them in host memory
+    # offload: a part on its card while it works, all of them in the host's memory (one copy
+    # a process); bitsandbytes places its quantized parts on the card as they load, before
+    # the offload begins, so those must fit together
     largest = max(p.gib for p in parts)
-    if largest + work <= card and total <= machine.host_gib * HEADROOM:
-        return plan({p.name: "offload" for p in parts}, 1, largest + work)
+    loaded = sum(p.gib for p in parts if p.quant != "none")
+    copies = min(machine.cards, int(machine.host_gib * HEADROOM // max(total, 1e-9)))
+    if largest + work <= card and loaded <= card and copies >= 1:
+        return plan("its card while it works", copies, max(largest + work, loaded))
     return None
 
 

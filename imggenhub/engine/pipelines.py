@@ -84,18 +84,12 @@ def load_planned(model: dict, plan, device: str):
     import torch
     from diffusers import AutoPipelineForText2Image
 
-    if plan.mode == "staged":
-        raise ValueError(f"the memory plan for {model['id']} spreads the denoiser over the cards "
-                         "after encoding the prompts (staged), which this engine does not run "
-                         "yet; use --quantize nf4")
     compute = next(p.dtype for p in plan.parts if p.name in ("transformer", "unet"))
     dtype = getattr(torch, DTYPES[compute])
     kwargs = dict(_dtype_kwarg(dtype))
     quantized = quantization_config(plan, compute)
     if quantized is not None:
         kwargs["quantization_config"] = quantized
-    if plan.mode == "split":  # whole components over the cards, diffusers' "balanced" map
-        kwargs["device_map"] = "balanced"
     where = tiny_folder(model["id"]) if model["id"] in TINY_MODELS else shipped_folder(model["id"])
     try:
         pipe = AutoPipelineForText2Image.from_pretrained(where, **kwargs)
@@ -104,7 +98,7 @@ def load_planned(model: dict, plan, device: str):
     vae = plan.part("vae")
     if vae.dtype != compute:
         pipe.vae.to(getattr(torch, DTYPES[vae.dtype]))
-        cast_inputs(pipe.vae, getattr(torch, DTYPES[vae.dtype]))
+        cast_inputs(pipe.vae, getattr(torch, DTYPES[vae.dtype]), dtype)
     if plan.vae_tiling:
         pipe.vae.enable_tiling()
     if plan.mode == "offload":
@@ -124,19 +118,27 @@ def _to_device(pipe, device: str) -> None:
             component.to(device)
 
 
-def cast_inputs(module, dtype) -> None:
-    """The VAE kept in ``dtype`` while the pipeline runs in another: each part that takes a
-    tensor casts it on the way in (the pipelines hand it latents in their own dtype)."""
+def cast_inputs(vae, dtype, compute=None) -> None:
+    """The VAE kept in ``dtype`` while the pipeline runs in ``compute``: each of its parts
+    casts what it is handed on the way in (the pipelines hand it latents in their own
+    dtype), and what the encoder makes goes back in ``compute`` (FLUX's image-to-image and
+    inpainting hand the encoded picture to the transformer as it comes)."""
     import torch
 
     def cast(_module, args):
         return tuple(a.to(dtype) if torch.is_tensor(a) and a.is_floating_point() else a
                      for a in args)
 
+    def back(_module, _args, output):
+        return output.to(compute) if torch.is_tensor(output) else output
+
     for part in ("encoder", "decoder", "quant_conv", "post_quant_conv"):
-        sub = getattr(module, part, None)
+        sub = getattr(vae, part, None)
         if sub is not None:
             sub.register_forward_pre_hook(cast)
+    last = getattr(vae, "quant_conv", None) or getattr(vae, "encoder", None)
+    if compute is not None and last is not None:
+        last.register_forward_hook(back)
 
 
 def _not_loaded(model_id: str, exc: OSError) -> OSError:

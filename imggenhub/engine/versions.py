@@ -32,8 +32,9 @@ class VersionProblem(RuntimeError):
 
 
 def parse(version: str) -> tuple:
-    """'0.34.0.dev0' -> (0, 34, 0); the release numbers only."""
-    return tuple(int(n) for n in re.findall(r"\d+", version.split("+")[0])[:3])
+    """'0.34.0.dev0' -> (0, 34, 0); the release numbers only, three of them ('1.0' is 1.0.0)."""
+    numbers = [int(n) for n in re.findall(r"\d+", version.split("+")[0])[:3]]
+    return tuple(numbers + [0] * (3 - len(numbers)))
 
 
 def installed(package: str) -> str | None:

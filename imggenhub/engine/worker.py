@@ -326,49 +326,63 @@ class Overflow(RuntimeError):
 
 
 def checked_call(run, kwargs: dict, batch: list[dict]):
-    """The pipeline's images, each checked before it may be saved: the prompt embeddings and
-    the latents at every step must stay finite (else the text encoder or the denoiser
+    """The pipeline's images, each checked before it may be saved: its prompt embeddings and
+    its latents at every step must stay finite (else the text encoder or the denoiser
     overflowed: fp16 on a card without bf16), and no picture may be all black (else the VAE
-    decoded NaN, which becomes 0). Raises Overflow naming the part, the step and the image."""
+    decoded NaN, which becomes 0; a picture a safety checker blacked out is not counted).
+    Raises Overflow naming the image, the part and the step; the images before it are kept
+    and the job stops there (an overflow in fp16 comes back with every seed)."""
     import inspect
 
     import numpy as np
     import torch
 
-    seen: dict = {}
+    seen: dict = {}  # the batch's image number -> (the part, the step)
     names = getattr(run, "_callback_tensor_inputs", ())
+    denoiser = "transformer" if getattr(run, "transformer", None) is not None else "UNet"
+
+    def bad(tensor, rows: int):
+        """Which of ``rows`` images a tensor (their rows, or rows of theirs) is not finite in."""
+        if tensor is None or not tensor.shape or tensor.shape[0] % rows:
+            return []
+        finite = torch.isfinite(tensor.reshape(rows, -1)).all(dim=1).tolist()
+        return [k for k, ok in enumerate(finite) if not ok]
 
     def watch(_pipe, step, _timestep, tensors):
-        if not seen:
-            embeds = tensors.get("prompt_embeds")
-            latents = tensors.get("latents")
-            if embeds is not None and not bool(torch.isfinite(embeds).all()):
-                seen.update(part="the text encoder", step=step)
-            elif latents is not None and not bool(torch.isfinite(latents).all()):
-                denoiser = "transformer" if getattr(run, "transformer", None) is not None else "UNet"
-                seen.update(part=f"the {denoiser}", step=step)
+        rows = len(batch)
+        for part, key in (("the text encoder", "prompt_embeds"), (f"the {denoiser}", "latents")):
+            tensor = tensors.get(key)
+            if tensor is not None and tensor.shape[0] == 2 * rows:  # guidance: their half
+                tensor = tensor[rows:]
+            for k in bad(tensor, rows):
+                seen.setdefault(k, (part, step))
         return tensors
 
     if "callback_on_step_end" in inspect.signature(run.__call__).parameters and "latents" in names:
         kwargs = {**kwargs, "callback_on_step_end": watch,
                   "callback_on_step_end_tensor_inputs": [n for n in ("latents", "prompt_embeds")
                                                          if n in names]}
-    images = run(**kwargs).images
-    for task, image in zip(batch, images):
-        black = not np.asarray(image).any()
-        if seen or black:
-            part = (f"{seen['part']} (non-finite values from step {seen['step'] + 1} of "
-                    f"{kwargs['num_inference_steps']})" if seen else "the VAE (every pixel 0)")
+    output = run(**kwargs)
+    flagged = getattr(output, "nsfw_content_detected", None) or [False] * len(batch)
+    for k, (task, image) in enumerate(zip(batch, output.images)):
+        black = not np.asarray(image).any() and not flagged[k]
+        if k in seen or black:
+            part = (f"{seen[k][0]} (non-finite values from step {seen[k][1] + 1} of "
+                    f"{kwargs['num_inference_steps']})" if k in seen else "the VAE (every pixel 0)")
             raise Overflow(f"image {task['index'] + 1} (prompt {task['prompt_index'] + 1}, seed "
                            f"{task['seed']}) came out NaN or black: {part} overflowed; it is not "
                            "saved (fp16 on a card without bf16 is the usual cause)")
-    return images
+    return output.images
+
+
+def _models(job: dict) -> list[dict]:
+    """The job's model and a model sweep's others."""
+    return [job["model"], *(p["model"] for p in job.get("prompts") or () if p.get("model"))]
 
 
 def _quantized(job: dict) -> bool:
     """Whether any of the job's models loads quantized on this machine (its memory plan)."""
-    models = [job["model"], *(p["model"] for p in job.get("prompts") or () if p.get("model"))]
-    planned = [m for m in models if m.get("memory")]
+    planned = [m for m in _models(job) if m.get("memory")]
     if not planned:
         return False
     machine = machine_here(job.get("gpu", True))
@@ -388,8 +402,10 @@ def count_processes(job: dict) -> int:
         cards = torch.cuda.device_count()
     except ImportError:
         return 1
-    if cards and job["model"].get("memory") and job.get("kind") != WEIGHTS:
-        return for_job(job, job["model"], machine_here()).processes  # one pipeline, or one a card
+    planned = [m for m in _models(job) if m.get("memory")]
+    if cards and planned and job.get("kind") != WEIGHTS:  # each model's plan: the fewest
+        machine = machine_here()
+        return min(for_job(job, m, machine).processes for m in planned)
     return max(1, cards)
 
 

@@ -105,7 +105,8 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
 GENERIC = dict(pipeline="auto", width=None, height=None, steps=30, guidance=7.5, variant="fp16",
                min_size=64)
 # Other Hub ids of the planned families (fine-tunes, repacks): their family's defaults
-FAMILY_IDS = [(re.compile(r"flux\.?1", re.I), "flux-dev"),
+# (FLUX.1's Fill, Canny, Depth, Redux and Kontext need other pipelines and inputs: not these)
+FAMILY_IDS = [(re.compile(r"^(?!.*(fill|canny|depth|redux|kontext)).*flux\.?1", re.I), "flux-dev"),
               (re.compile(r"stable-diffusion-3(\.5)?-large", re.I), "sd35-large"),
               (re.compile(r"stable-diffusion-3(\.5)?-medium|sd3(\.5)?[-_]medium", re.I),
                "sd35-medium")]

@@ -72,10 +72,6 @@ def _check_memory(job, machine, on_event: OnEvent) -> None:
         except DoesNotFit as exc:
             raise SpecError(f"{exc} (planned for Kaggle's {'2 x T4' if machine.cards else 'CPU'}).") \
                 from None
-        if plan.mode == "staged":
-            raise SpecError(f"{model['id']} fits Kaggle's 2 x T4 only with its transformer spread "
-                            "over both cards after the prompts are encoded, which this version "
-                            "does not run yet; use --quantize nf4 (the default).")
         on_event(f"{plan.line()} (on Kaggle's {'2 x T4' if machine.cards else 'CPU'})")
 
 
