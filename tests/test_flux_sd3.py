@@ -114,6 +114,7 @@ def test_presets_say_their_defaults_licence_and_gating(cli):
     block = out[out.index("flux-dev"):out.index("sd35-medium")]
     assert "licence flux-1-dev-non-commercial-license" in block and "gated" in block
     assert "--hf-token-env" in block
+    assert "on Kaggle's 2 x T4: nf4, offload, 2 processes (memory plan)" in block
 
 
 @pytest.mark.parametrize("hub_id, like", [

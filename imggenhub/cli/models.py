@@ -8,6 +8,7 @@ from .output import echo, result
 
 def models(json: Json = False) -> None:
     """List the model presets and their defaults."""
+    from ..engine.memory import FAMILIES, KAGGLE_T4X2, DoesNotFit, plan_memory
     from ..job.models import PRESETS
 
     if json:
@@ -19,7 +20,15 @@ def models(json: Json = False) -> None:
         echo(f"{p.name:<17} {size:>9} {p.steps:>5} {p.guidance:>5}  {p.id}")
         terms = (f"licence {p.licence}" if p.licence else "") + (
             "; gated: accept its terms on the Hub, then --hf-token-env VAR" if p.gated else "")
-        for line in (p.note, terms):
+        plan = ""
+        if p.memory and not p.memory.startswith("tiny-") and p.memory in FAMILIES:
+            try:
+                got = plan_memory(p.memory, KAGGLE_T4X2, "auto", p.width, p.height)
+                plan = (f"on Kaggle's 2 x T4: {got.quantize}, {got.mode}, {got.processes} "
+                        f"process{'es' if got.processes > 1 else ''} (memory plan)")
+            except DoesNotFit:
+                plan = "does not fit Kaggle's 2 x T4"
+        for line in (p.note, terms, plan):
             if line:
                 echo(f"{'':<41}{line}")
     echo("Any other Hugging Face id (owner/name) loads with diffusers' AutoPipeline.")
