@@ -21,6 +21,7 @@ from .wire import log
 NEEDS = {
     "flux": (("diffusers", "0.30.0", "FluxPipeline"),),
     "sd3": (("diffusers", "0.31.0", "SD 3.5's transformer"),),
+    "flux-img2img": (("diffusers", "0.31.0", "FLUX's image-to-image and inpainting"),),
     "quantized": (("diffusers", "0.34.0", "PipelineQuantizationConfig"),
                   ("bitsandbytes", "0.45.0", "4- and 8-bit weights")),
     "lora": (("peft", "0.10.0", "diffusers' LoRA loader"),),
@@ -48,6 +49,8 @@ def features(job: dict, quantized: bool = False) -> set:
     """The features of a job that need particular versions."""
     models = [job["model"], *(p["model"] for p in job.get("prompts") or () if p.get("model"))]
     found = {m.get("pipeline") for m in models} & {"flux", "sd3"}
+    if "flux" in found and any(p.get("init_image") for p in job.get("prompts") or ()):
+        found.add("flux-img2img")
     if quantized:
         found.add("quantized")
     if job.get("loras"):
