@@ -148,6 +148,7 @@ def test_the_job_carries_the_plan_inputs_only_for_planned_models():
     (dict(model="flux-dev", negative_prompt="blurry"), "takes no negative prompt"),
     (dict(model="sd35-large", embedding=["owner/emb"]), "embeddings apply to SD and SDXL"),
     (dict(model="flux-dev", quantize="fp8"), "Invalid option"),
+    (dict(model="sd35-large", precision="fp32"), "takes its dtypes from its memory plan"),
 ])
 def test_flags_that_do_not_apply_are_one_sentence(flags, words):
     with pytest.raises(SpecError) as info:

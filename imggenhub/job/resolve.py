@@ -234,6 +234,10 @@ def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
     if preset.pipeline in ("flux", "sd3") and settings.embedding:
         raise SpecError(f"textual-inversion embeddings apply to SD and SDXL models, not to "
                         f"{preset.name}; a LoRA (--lora) does.")
+    if settings.precision != "auto" and preset.memory:
+        raise SpecError(f"{preset.name} takes its dtypes from its memory plan (fp16 on a T4, bf16 "
+                        "where the card has it, its VAE in fp32 where fp16 is unsafe); leave "
+                        "--precision out.")
     if settings.quantize != "auto" and not preset.memory:
         raise SpecError(f"--quantize applies to FLUX and SD 3.5 models (flux-schnell, flux-dev, "
                         f"sd35-medium, sd35-large, sd35-large-turbo), not to {preset.name}.")
