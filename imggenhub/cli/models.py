@@ -8,7 +8,7 @@ from .output import echo, result
 
 def models(json: Json = False) -> None:
     """List the model presets and their defaults."""
-    from ..engine.memory import FAMILIES, KAGGLE_T4X2, DoesNotFit, plan_memory
+    from ..engine.memory import KAGGLE_T4X2, DoesNotFit, plan_memory
     from ..job.models import PRESETS
 
     if json:
@@ -21,7 +21,7 @@ def models(json: Json = False) -> None:
         terms = (f"licence {p.licence}" if p.licence else "") + (
             "; gated: accept its terms on the Hub, then --hf-token-env VAR" if p.gated else "")
         plan = ""
-        if p.memory and not p.memory.startswith("tiny-") and p.memory in FAMILIES:
+        if p.memory and not p.memory.startswith("tiny-"):
             try:
                 got = plan_memory(p.memory, KAGGLE_T4X2, "auto", p.width, p.height)
                 plan = (f"on Kaggle's 2 x T4: {got.quantize}, {got.mode}, {got.processes} "

@@ -23,7 +23,7 @@ from .tiny import (  # noqa: F401
 from .memory import (  # noqa: F401
     FAMILIES, KAGGLE_T4X2, DoesNotFit, Machine, MemoryPlan, for_job, plan_memory)
 from .plan import (  # noqa: F401
-    Plan, SessionClock, batches, made, plan_images, ranges_of, slugify, split)
+    Plan, SessionClock, batches, made, models_of, plan_images, ranges_of, slugify, split)
 from .wire import (  # noqa: F401
     BUNDLES_DIR, ENGINE_PACKAGE, ENGINE_VERSION, ERROR_PREFIX, JOB_FILE, KAGGLE_INPUT, LOG_FILE, MANIFEST, OUTPUT_DIR,
     PARTS_DIR, PROGRESS_PREFIX, SCHEDULERS, SDXL_VAE_FP16_FIX, SEED_MODULUS, TINY_CLIP,

@@ -32,6 +32,11 @@ def slugify(text: str, max_len: int = 40) -> str:
     return slug or "image"
 
 
+def models_of(job: dict) -> list[dict]:
+    """A job document's model and a model sweep's others (each cell's)."""
+    return [job["model"], *(p["model"] for p in job.get("prompts") or () if p.get("model"))]
+
+
 def plan_images(job: dict) -> list[dict]:
     """Expand a job into one task per image, in a fixed order.
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 from importlib import metadata
 
+from .plan import models_of
 from .wire import log
 
 # feature: ((package, the oldest version that has it, what of it the feature uses), ...)
@@ -47,8 +48,7 @@ def installed(package: str) -> str | None:
 
 def features(job: dict, quantized: bool = False) -> set:
     """The features of a job that need particular versions."""
-    models = [job["model"], *(p["model"] for p in job.get("prompts") or () if p.get("model"))]
-    found = {m.get("pipeline") for m in models} & {"flux", "sd3"}
+    found = {m.get("pipeline") for m in models_of(job)} & {"flux", "sd3"}
     if "flux" in found and any(p.get("init_image") for p in job.get("prompts") or ()):
         found.add("flux-img2img")
     if quantized:

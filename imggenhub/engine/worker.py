@@ -22,7 +22,7 @@ from .memory import DoesNotFit, for_job, machine_here
 from .scoring import Scorer
 from .versions import VersionProblem
 from .versions import ensure as ensure_versions
-from .plan import Plan, SessionClock, batches
+from .plan import Plan, SessionClock, batches, models_of
 from .wire import (ENGINE_PACKAGE, ENGINE_VERSION, ERROR_PREFIX, JOB_FILE, OUTPUT_DIR, PARTS_DIR,
                    WEIGHTS, images_text, log)
 
@@ -332,8 +332,6 @@ def checked_call(run, kwargs: dict, batch: list[dict]):
     decoded NaN, which becomes 0; a picture a safety checker blacked out is not counted).
     Raises Overflow naming the image, the part and the step; the images before it are kept
     and the job stops there (an overflow in fp16 comes back with every seed)."""
-    import inspect
-
     import numpy as np
     import torch
 
@@ -358,7 +356,7 @@ def checked_call(run, kwargs: dict, batch: list[dict]):
                 seen.setdefault(k, (part, step))
         return tensors
 
-    if "callback_on_step_end" in inspect.signature(run.__call__).parameters and "latents" in names:
+    if _takes(run, "callback_on_step_end") and "latents" in names:
         kwargs = {**kwargs, "callback_on_step_end": watch,
                   "callback_on_step_end_tensor_inputs": [n for n in ("latents", "prompt_embeds")
                                                          if n in names]}
@@ -375,14 +373,9 @@ def checked_call(run, kwargs: dict, batch: list[dict]):
     return output.images
 
 
-def _models(job: dict) -> list[dict]:
-    """The job's model and a model sweep's others."""
-    return [job["model"], *(p["model"] for p in job.get("prompts") or () if p.get("model"))]
-
-
 def _quantized(job: dict) -> bool:
     """Whether any of the job's models loads quantized on this machine (its memory plan)."""
-    planned = [m for m in _models(job) if m.get("memory")]
+    planned = [m for m in models_of(job) if m.get("memory")]
     if not planned:
         return False
     machine = machine_here(job.get("gpu", True))
@@ -402,7 +395,7 @@ def count_processes(job: dict) -> int:
         cards = torch.cuda.device_count()
     except ImportError:
         return 1
-    planned = [m for m in _models(job) if m.get("memory")]
+    planned = [m for m in models_of(job) if m.get("memory")]
     if cards and planned and job.get("kind") != WEIGHTS:  # each model's plan: the fewest
         machine = machine_here()
         return min(for_job(job, m, machine).processes for m in planned)

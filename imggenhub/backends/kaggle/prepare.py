@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import requests
 
 from ...config import state_dir
-from ...engine import KAGGLE_INPUT, KAGGLE_T4X2, DoesNotFit, Machine, counted, for_job
+from ...engine import KAGGLE_INPUT, KAGGLE_T4X2, DoesNotFit, Machine, counted, for_job, models_of
 from ...engine.tiny import SHIPPED
 from ...errors import CredentialsError, KaggleApiError, OverQuota, SpecError, Unreachable
 from ...job.models import HUB_ID
@@ -59,12 +59,10 @@ def _token_from(variable: str) -> str:
     return token
 
 
-def _check_memory(job, machine, on_event: OnEvent) -> None:
+def _check_memory(doc: dict, machine, on_event: OnEvent) -> None:
     """FLUX and SD 3.5 planned for Kaggle's machine before anything is pushed: a job that
     cannot fit is one sentence here, not an out-of-memory error an hour later."""
-    doc = job_document(job)
-    models = {m["id"]: m for m in [job.model, *(p.model for p in job.prompts if p.model)]}
-    for model in models.values():
+    for model in {m["id"]: m for m in models_of(doc)}.values():
         if not model.get("memory"):
             continue
         try:
@@ -93,13 +91,13 @@ def prepare_job(backend, job, options, on_event: OnEvent, width: int = 1) -> "Ka
                             "its /kaggle/input/... path, or use --backend local.")
     template = load_metadata_template(options.template)
     meta = kernel_metadata(options, template=template)  # checked before any network
-    _check_memory(job, KAGGLE_T4X2 if meta.get("enable_gpu") else
+    doc = job_document(job)
+    _check_memory(doc, KAGGLE_T4X2 if meta.get("enable_gpu") else
                   Machine(cards=0, host_gib=KAGGLE_T4X2.host_gib), on_event)
     if meta["id"].startswith(PLACEHOLDER_OWNER + "/"):
         meta = kernel_metadata(options, backend.owner(), template)  # "your-kaggle-username"
     owner, _ = split_kernel_id(meta["id"])
     prepared = KaggleJob(meta=meta, sources=list(meta.get("dataset_sources") or []))
-    doc = job_document(job)
     prepared.shipment = kaggle_inputs.plan(job, owner)
     if prepared.shipment is not None:  # files here: the kernel reads them from a dataset
         doc = kaggle_inputs.kernel_document(doc, prepared.shipment)
