@@ -26,12 +26,19 @@ A100 = Machine(cards=1, card_gib=80.0, host_gib=200.0, capability=(8, 0))
     ("flux", "auto", KAGGLE_T4X2, "offload", "nf4", 2),
     ("flux", "nf4", KAGGLE_T4X2, "offload", "nf4", 2),
     ("sd3-large", "auto", KAGGLE_T4X2, "replicate", "nf4", 2),
-    # int8: the host holds one copy only
-    ("sd3-large", "int8", KAGGLE_T4X2, "offload", "int8", 1),
+    # int8 fits no card whole and the host holds one offloaded copy only: one process
+    # either way, and split moves no weights between images
+    ("sd3-large", "int8", KAGGLE_T4X2, "split", "int8", 1),
     ("sd3-medium", "auto", KAGGLE_T4X2, "replicate", "nf4", 2),
     ("sd3-medium", "int8", KAGGLE_T4X2, "offload", "int8", 2),
-    ("sd3-medium", "none", KAGGLE_T4X2, "offload", "none", 1),
+    ("sd3-medium", "none", KAGGLE_T4X2, "split", "none", 1),
     ("flux", "nf4", ONE_T4, "offload", "nf4", 1),
+    # int8 FLUX and unquantized SD 3.5 large fit no card whole: the transformer spread over
+    # both once the prompts are encoded, one process
+    ("flux", "int8", KAGGLE_T4X2, "split", "int8", 1),
+    ("sd3-large", "none", KAGGLE_T4X2, "split", "none", 1),
+    # two 16 GiB cards: unquantized FLUX split, diffusers' recipe
+    ("flux", "none", Machine(cards=2, card_gib=16.0), "split", "none", 1),
     # a card with bf16 and room: nothing quantized
     ("flux", "auto", A100, "replicate", "none", 1),
     ("sdxl", "auto", KAGGLE_T4X2, "replicate", "none", 2),
@@ -77,7 +84,7 @@ def test_t5s_fp32_feed_forward_outputs_are_counted_as_transformers_loads_them():
 @pytest.mark.parametrize("family, quantize, machine, size, batch, words", [
     ("flux", "none", ONE_T4, 1024, 1, "flux unquantized does not fit 1 x 14.7 GiB card as this "
      "version places it"),
-    ("flux", "int8", KAGGLE_T4X2, 1024, 1, "try --quantize nf4"),
+    ("flux", "int8", ONE_T4, 1024, 1, "try --quantize nf4"),
     ("flux", "none", KAGGLE_T4X2, 1024, 1, "its weights take about 33.4 GiB"),
     ("flux", "nf4", KAGGLE_T4X2, 2048, 4, "try a smaller size or batch"),
     ("sd3-large", "none", ONE_T4, 1024, 1, "does not fit 1 x 14.7 GiB card"),
@@ -88,6 +95,20 @@ def test_what_cannot_fit_is_refused_in_one_sentence(family, quantize, machine, s
         plan_memory(family, machine, quantize, size, size, batch)
     message = str(info.value)
     assert words in message and "\n" not in message and message.count(". ") == 0
+
+
+def test_a_split_plan_caps_each_cards_share_so_the_transformer_and_its_work_fit():
+    plan = plan_memory("sd3-large", KAGGLE_T4X2, "none")
+    assert plan.staged and plan.processes == 1
+    shares = [float(v.removesuffix("GiB")) for v in plan.max_memory().values()]
+    assert list(plan.max_memory()) == [0, 1] and sum(shares) >= plan.part("transformer").gib
+    # the first card keeps room for the VAE and its decoding beside its share
+    assert shares[0] < shares[1] < KAGGLE_T4X2.card_gib
+    text = [p for p in plan.parts if p.name.startswith("text_encoder")]
+    assert all(p.where == "card 0 until the prompts are encoded" for p in text)
+    assert plan.part("transformer").where == "cards 0-1" and plan.part("vae").where == "card 0"
+    # replicate and offload come first: FLUX on T4s stays NF4 with a process a card
+    assert not plan_memory("flux", KAGGLE_T4X2).staged
 
 
 def test_an_unknown_quantization_is_a_value_error():
@@ -113,7 +134,7 @@ def test_presets_say_their_defaults_licence_and_gating(cli):
     assert resolve_model("sd35-large-turbo").steps == 4
     code, out, err = cli("models")
     assert code == 0
-    block = out[out.index("flux-dev"):out.index("sd35-medium")]
+    block = out[out.index("flux-dev"):out.index("flux-fill")]
     assert "licence flux-1-dev-non-commercial-license" in block and "gated" in block
     assert "--hf-token-env" in block
     assert "on Kaggle's 2 x T4: nf4, offload, 2 processes (memory plan)" in block
@@ -124,11 +145,14 @@ def test_presets_say_their_defaults_licence_and_gating(cli):
     ("someone/flux.1-dev-finetune", "flux-dev"),
     ("stabilityai/stable-diffusion-3-medium-diffusers", "sd35-medium"),
     ("stabilityai/stable-diffusion-3.5-large", "sd35-large"),
+    ("black-forest-labs/FLUX.1-Fill-dev", "flux-fill"),  # the preset itself
+    ("someone/FLUX.1-Fill-dev-finetune", "flux-fill"),
 ])
 def test_other_hub_ids_of_the_families_take_their_familys_pipeline_and_plan(hub_id, like):
     preset, family = resolve_model(hub_id), resolve_model(like)
     assert preset.id == hub_id and preset.pipeline == family.pipeline
     assert preset.memory == family.memory and preset.steps == family.steps
+    assert preset.fill == family.fill
 
 
 def _job(**flags):
@@ -154,6 +178,22 @@ def test_flags_that_do_not_apply_are_one_sentence(flags, words):
     with pytest.raises(SpecError) as info:
         _job(**flags)
     assert words in str(info.value)
+
+
+def test_flux_fill_asks_for_a_picture_and_its_mask():
+    fill = resolve_model("flux-fill")
+    assert (fill.steps, fill.guidance, fill.memory, fill.gated, fill.fill) == (50, 30.0, "flux",
+                                                                               True, True)
+    shapes = str(REPO / "docs" / "tiny-shapes.png")
+    for flags in ({}, {"init_image": shapes}):
+        with pytest.raises(SpecError, match="flux-fill redraws the masked part of a picture; "
+                                            "give it --init-image and --mask-image"):
+            _job(model="flux-fill", **flags)
+    doc = _job(model="flux-fill", init_image=shapes, mask_image=shapes).document()
+    assert doc["model"]["fill"] is True and doc["prompts"][0]["strength"] == 1.0
+    assert "fill" not in _job(model="flux-dev").document()["model"]
+    # planned as FLUX.1: NF4, a process a card on Kaggle's T4s
+    assert for_job(doc, doc["model"], KAGGLE_T4X2).mode == "offload"
 
 
 def test_an_sd3_negative_prompt_is_kept():
@@ -420,6 +460,11 @@ def test_the_versions_each_feature_needs_are_checked_once_a_package_at_its_highe
     assert lacking({"lora"}, _have(peft="0.21.2")) == []
     assert lacking({"flux"}, _have(diffusers="0.35.0.dev0")) == []
     assert features(_job(model="tiny-random").document()) == set()
+    shapes = REPO / "docs" / "tiny-shapes.png"
+    fill = _job(model="flux-fill", init_image=str(shapes), mask_image=str(shapes)).document()
+    assert features(fill) == {"flux", "flux-img2img", "flux-fill"}
+    assert lacking({"flux-fill"}, _have(diffusers="0.31.0")) == [
+        ("diffusers", "0.31.0", "0.32.0", "FluxFillPipeline")]
 
 
 def test_a_machine_without_them_is_one_sentence_or_one_logged_pip_install(capsys):
@@ -473,9 +518,10 @@ def test_a_kaggle_kernel_with_internet_may_install_what_is_missing(emulator, cli
 
 # --- LoRAs, image-to-image, inpainting and sweeps on the families (the tiny ones) ---
 
-def _flow_lora(folder, model_id: str):
-    """A LoRA on the tiny transformer's attention, made with peft and saved with the
-    family's own writer (FluxPipeline / StableDiffusion3Pipeline.save_lora_weights)."""
+def _flow_lora(folder, model_id: str, text_encoder: bool = False):
+    """A LoRA on the tiny transformer's attention (and the CLIP text encoder's, when asked),
+    made with peft and saved with the family's own writer (FluxPipeline /
+    StableDiffusion3Pipeline.save_lora_weights)."""
     import torch
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
@@ -490,8 +536,14 @@ def _flow_lora(folder, model_id: str):
         for name, weight in pipe.transformer.named_parameters():
             if "lora_B" in name:
                 weight.mul_(8)
+    extra = {}
+    if text_encoder:
+        pipe.text_encoder.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                                 target_modules=["q_proj"]))
+        extra["text_encoder_lora_layers"] = get_peft_model_state_dict(pipe.text_encoder)
     type(pipe).save_lora_weights(folder, weight_name="style.safetensors",
-                                 transformer_lora_layers=get_peft_model_state_dict(pipe.transformer))
+                                 transformer_lora_layers=get_peft_model_state_dict(pipe.transformer),
+                                 **extra)
     return folder / "style.safetensors"
 
 
@@ -555,3 +607,94 @@ def test_a_guidance_sweep_on_flux_feeds_its_guidance_embedding(tmp_path):
     (low, high), records = _made(tmp_path, "sweep", model="tiny-flux", sweep=["guidance=1,6"])
     assert [r["guidance"] for r in records] == [1.0, 6.0]
     assert abs(low - high).mean() > 0.1  # guidance is an input of FLUX's transformer
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset, flags", [
+    ("tiny-flux", {"guidance": 3.5}),
+    ("tiny-sd3", {"negative_prompt": "blurry", "sweep": ["guidance=1,5"]}),
+])
+def test_the_split_placements_stages_draw_what_the_whole_pipeline_draws(
+        tmp_path, monkeypatch, capsys, preset, flags):
+    """A split plan encodes every prompt first, frees the text encoders, then loads the
+    denoiser (on two cards, spread over both; here, IMGGENHUB_STAGED runs the same stages on
+    the CPU): the same seeds draw the same pictures as the whole pipeline, LoRA included."""
+    import gc
+
+    lora = _flow_lora(tmp_path, resolve_model(preset).id)
+    prompts = ["a red circle", "a blue square", "a red circle"]
+    whole, _ = _made(tmp_path, "whole", model=preset, prompts=prompts, lora=[f"{lora}:1"], **flags)
+    capsys.readouterr()
+    monkeypatch.setenv("IMGGENHUB_STAGED", "1")
+    staged, records = _made(tmp_path, "staged", model=preset, prompts=prompts,
+                            lora=[f"{lora}:1"], **flags)
+    out = capsys.readouterr().out
+    assert ": split, 1 process" in out and "2 prompts encoded; the text encoders freed" in out
+    assert len(staged) == len(whole) == len(records)
+    for a, b in zip(whole, staged):  # the prompts encoded two at a time: rounding apart
+        assert abs(a - b).max() <= 1
+    assert abs(staged[0] - staged[1]).mean() > 0.5  # each picture its own prompt and seed
+    from transformers import T5EncoderModel  # freed: no text encoder is left alive
+
+    gc.collect()
+    assert not [o for o in gc.get_objects() if isinstance(o, T5EncoderModel)]
+
+
+@pytest.mark.slow
+def test_image_to_image_runs_in_the_split_placements_stages(tmp_path, monkeypatch):
+    import numpy as np
+    from PIL import Image
+
+    from imggenhub.engine.versions import lacking
+
+    if lacking({"flux-img2img"}):
+        pytest.skip("diffusers 0.30 has no FLUX image-to-image (its refusal is tested above)")
+    init = tmp_path / "init.png"
+    Image.fromarray(np.full((64, 64, 3), (200, 30, 30), dtype=np.uint8)).save(init)
+    whole, _ = _made(tmp_path, "whole", model="tiny-flux", init_image=str(init), steps=10)
+    monkeypatch.setenv("IMGGENHUB_STAGED", "1")
+    staged, (record,) = _made(tmp_path, "staged", model="tiny-flux", init_image=str(init),
+                              steps=10)
+    assert abs(whole[0] - staged[0]).max() <= 1 and record["strength"] == 0.8
+
+
+def test_the_split_placement_refuses_a_lora_that_changes_the_text_encoders(tmp_path, monkeypatch):
+    lora = _flow_lora(tmp_path, "tiny-random-flux", text_encoder=True)
+    monkeypatch.setenv("IMGGENHUB_STAGED", "1")
+    with pytest.raises(ValueError, match="the LoRA style also changes the text encoders"):
+        _made(tmp_path, "staged", model="tiny-flux", lora=[f"{lora}:1"])
+    monkeypatch.delenv("IMGGENHUB_STAGED")
+    (image,), (record,) = _made(tmp_path, "whole", model="tiny-flux", lora=[f"{lora}:1"])
+    assert record["loras"][0]["name"] == "style"  # the whole pipeline takes all of it
+
+
+@pytest.mark.slow
+def test_flux_fill_redraws_with_its_own_pipeline_reading_the_mask(tmp_path, monkeypatch):
+    """FLUX.1 Fill's transformer takes the masked picture and the mask as inputs: another
+    mask draws another picture; in the split placement's stages the same one."""
+    import numpy as np
+    from PIL import Image
+
+    from imggenhub.engine.versions import VersionProblem, ensure, lacking
+
+    init, left, right = (tmp_path / f"{n}.png" for n in ("init", "left", "right"))
+    Image.fromarray(np.full((64, 64, 3), (200, 30, 30), dtype=np.uint8)).save(init)
+    half = np.zeros((64, 64), dtype=np.uint8)
+    half[:, 32:] = 255
+    Image.fromarray(half).save(right)
+    Image.fromarray(half[:, ::-1].copy()).save(left)
+    if lacking({"flux-fill"}):  # diffusers before 0.32: the engine says so
+        doc = _job(model="tiny-flux-fill", init_image=str(init), mask_image=str(right)).document()
+        with pytest.raises(VersionProblem, match="FluxFillPipeline"):
+            ensure(doc)
+        return
+    (a,), (record,) = _made(tmp_path, "a", model="tiny-flux-fill", init_image=str(init),
+                            mask_image=str(right))
+    (b,), _ = _made(tmp_path, "b", model="tiny-flux-fill", init_image=str(init),
+                    mask_image=str(left))
+    assert record["mask_image"] == "right.png" and record["model"] == "tiny-random-flux-fill"
+    assert abs(a - b).mean() > 0.5
+    monkeypatch.setenv("IMGGENHUB_STAGED", "1")
+    (staged,), _ = _made(tmp_path, "staged", model="tiny-flux-fill", init_image=str(init),
+                         mask_image=str(right))
+    assert abs(a - staged).max() <= 1

@@ -8,11 +8,13 @@ the machine it finds and logs its one line. The placements, best first:
 - ``replicate``: each card holds the whole pipeline; one process a card, the images shared;
 - ``offload``: each component moved to its card only while it works (model CPU offload),
   the others in the host's memory; one process a card while the host holds a copy for each;
+- ``split``: one process over all the cards, in stages (diffusers' recipe for unquantized
+  FLUX on two 16 GB cards): the text encoders on the first card encode every prompt the
+  process will draw and are freed; then the denoiser loads spread over the cards (accelerate's
+  device map, each card's share capped by the plan) beside the VAE on the first card;
 - ``cpu``: no card: everything in the host's memory, fp32.
-Two placements over both cards (the components whole on different cards; the transformer
-spread over both after the prompts are encoded, diffusers' recipe for unquantized FLUX on
-two 16 GB cards) are not built yet: with their loads untested on two GPUs, a job that needs
-one is refused in one sentence rather than planned and failed.
+Where offload would run one process only (the host holds one copy), split is taken if it
+fits: one process either way, and it moves no weights between images.
 The figures are first guesses from the public parameter counts (bytes per parameter by
 quantization, plus a working margin per megapixel), not measurements: benchmarks/flux_t4.py
 measures them on a GPU. Standard library only (the engine's rule).
@@ -99,19 +101,31 @@ class Placed:
     name: str
     quant: str  # "none", "int8", "nf4"
     dtype: str  # "fp16", "bf16", "fp32"
-    where: str  # "each card", "its card while it works", "cpu"
+    where: str  # "each card", "its card while it works", "cards 0-1", "card 0 ...", "cpu"
     gib: float
 
 
 @dataclass(frozen=True)
 class MemoryPlan:
     family: str
-    mode: str  # replicate, offload, cpu
+    mode: str  # replicate, offload, split, cpu
     quantize: str  # what the denoiser and T5 are quantized to
     parts: tuple
     processes: int  # engine processes (replicate: one a card)
     peak_gib: float  # the fullest card's planned memory (the host's, on the CPU)
     vae_tiling: bool = False
+    # split: each card's cap for the denoiser's share (GiB), the first card's first
+    shares: tuple = ()
+
+    @property
+    def staged(self) -> bool:
+        """The prompts are encoded first and the text encoders freed before the denoiser
+        loads (split)."""
+        return self.mode == "split"
+
+    def max_memory(self) -> dict:
+        """accelerate's ``max_memory`` for the denoiser of a split plan: {card: "N GiB"}."""
+        return {card: f"{gib:.2f}GiB" for card, gib in enumerate(self.shares)}
 
     def line(self) -> str:
         """The plan in one log line."""
@@ -144,8 +158,9 @@ def plan_memory(family: str, machine: Machine, quantize: str = "auto", width: in
         raise ValueError(f"unknown quantization {quantize!r} (auto, {', '.join(QUANTIZATIONS)})")
     megapixels = width * height / 1e6
     tiling = megapixels > 1.1
-    work = fam.work_gib * max(megapixels, 0.05) * max(1, batch) + (1.0 if tiling else
-                                                                     0.5 * megapixels * batch)
+    # the denoiser's working memory, and the VAE's decoding (bounded by its tiles)
+    decode = 1.0 if tiling else 0.5 * megapixels * max(1, batch)
+    work = fam.work_gib * max(megapixels, 0.05) * max(1, batch) + decode
     if machine.cards == 0:
         q = "none" if quantize == "auto" else quantize
         # diffusers' bitsandbytes quantizer asks for a GPU, transformers' does not: on the
@@ -159,9 +174,12 @@ def plan_memory(family: str, machine: Machine, quantize: str = "auto", width: in
                              f"machine has {machine.host_gib:.0f} GiB")
         return MemoryPlan(family, "cpu", q, parts, 1, round(need, 1), tiling)
     tried = QUANTIZATIONS if quantize == "auto" else (quantize,)
-    for mode in ("replicate", "offload"):
+    for mode in ("replicate", "offload", "split"):
         for q in tried:
-            plan = _place(fam, q, machine, mode, work, tiling)
+            plan = _place(fam, q, machine, mode, work, tiling, decode)
+            if plan is not None and mode == "offload" and plan.processes < machine.cards:
+                # one process either way: the split moves no weights between images
+                plan = _place(fam, q, machine, "split", work, tiling, decode) or plan
             if plan is not None:
                 return plan
     weights = sum(p.gib for p in _parts(fam, tried[-1], machine, ""))
@@ -170,7 +188,8 @@ def plan_memory(family: str, machine: Machine, quantize: str = "auto", width: in
         "; try a smaller size or batch" if work > 3 else ""
     asked = "unquantized" if tried[-1] == "none" else f"in {tried[-1]}"
     raise DoesNotFit(f"{family} {asked} does not fit {card} as this version places it (a whole "
-                     "pipeline a card, or each part on a card while it works): its weights take "
+                     "pipeline a card, each part on a card while it works, or the "
+                     "denoiser spread over the cards after the prompts are encoded): its weights take "
                      f"about {weights:.1f} GiB and it needs about {work:.1f} GiB more to work at "
                      f"{width}x{height}, batch {batch}{hint}")
 
@@ -196,7 +215,7 @@ def _parts(fam: Family, quantize: str, machine: Machine, where: str) -> tuple:
 
 
 def _place(fam: Family, q: str, machine: Machine, mode: str, work: float,
-           tiling: bool) -> MemoryPlan | None:
+           tiling: bool, decode: float) -> MemoryPlan | None:
     card = machine.card_gib * HEADROOM - CONTEXT_GIB
     parts = _parts(fam, q, machine, "")
     total = sum(p.gib for p in parts)
@@ -210,6 +229,8 @@ def _place(fam: Family, q: str, machine: Machine, mode: str, work: float,
         if total + work <= card:
             return plan("each card", machine.cards, total + work)
         return None
+    if mode == "split":
+        return _split(fam, q, machine, parts, card, work - decode, decode, tiling)
     # offload: a part on its card while it works, all of them in the host's memory (one copy
     # a process); bitsandbytes places its quantized parts on the card as they load, before
     # the offload begins, so those must fit together
@@ -219,6 +240,37 @@ def _place(fam: Family, q: str, machine: Machine, mode: str, work: float,
     if largest + work <= card and loaded <= card and copies >= 1:
         return plan("its card while it works", copies, max(largest + work, loaded))
     return None
+
+
+def _split(fam: Family, q: str, machine: Machine, parts: tuple, card: float, work: float,
+           decode: float, tiling: bool) -> MemoryPlan | None:
+    """The denoiser spread over the cards (each keeps the denoiser's working memory), the
+    VAE and its decoding beside it on the first card; before it loads, the text encoders
+    together on the first card."""
+    if machine.cards < 2:
+        return None
+    text = sum(p.gib for p in parts if _role(fam, p.name) == "text")
+    denoiser = next(p for p in parts if _role(fam, p.name) == "denoiser")
+    vae = sum(p.gib for p in parts if _role(fam, p.name) == "vae")
+    shares = [card - work - vae - decode] + [card - work] * (machine.cards - 1)
+    if text + 0.5 > card or min(shares) <= 0 or denoiser.gib > sum(shares):
+        return None
+    # accelerate fills the cards in order: the first full, the rest what is left
+    used, left = [], denoiser.gib
+    for share in shares:
+        used.append(min(share, left))
+        left -= used[-1]
+    spread = f"cards 0-{machine.cards - 1}"
+    placed = tuple(Placed(p.name, p.quant, p.dtype, {
+        "text": "card 0 until the prompts are encoded", "vae": "card 0",
+        "denoiser": spread}[_role(fam, p.name)], p.gib) for p in parts)
+    peak = max(text + 0.5, used[0] + vae + decode + work, *(u + work for u in used[1:]))
+    return MemoryPlan(fam.name, "split", q, placed, 1, round(peak + CONTEXT_GIB, 1), tiling,
+                      tuple(round(s, 2) for s in shares))
+
+
+def _role(fam: Family, name: str) -> str:
+    return next(part.role for part in fam.parts if part.name == name)
 
 
 def machine_here(gpu: bool = True) -> Machine:

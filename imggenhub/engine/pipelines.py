@@ -57,44 +57,160 @@ def load_pipeline(model: dict, device: str, dtype, plan=None):
 DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 
 
-def quantization_config(plan, compute: str):
-    """diffusers' PipelineQuantizationConfig for what the plan quantizes (None: nothing):
-    bitsandbytes NF4 (double quantization) or LLM.int8, computing in ``compute``."""
-    quantized = plan.quantized()
+def _bnb(kind: str, compute: str) -> tuple[str, dict]:
+    """bitsandbytes' backend and arguments: NF4 (double quantization) or LLM.int8."""
+    import torch
+
+    if kind == "nf4":
+        return "bitsandbytes_4bit", {
+            "load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
+            "bnb_4bit_compute_dtype": getattr(torch, DTYPES[compute])}
+    return "bitsandbytes_8bit", {"load_in_8bit": True}
+
+
+def quantization_config(plan, compute: str, among=None):
+    """diffusers' PipelineQuantizationConfig for what the plan quantizes (of the components
+    ``among``, when given; None: nothing), computing in ``compute``."""
+    quantized = {name: kind for name, kind in plan.quantized().items()
+                 if among is None or name in among}
     if not quantized:
         return None
-    import torch
     from diffusers.quantizers import PipelineQuantizationConfig
 
     (kind,) = set(quantized.values())
-    if kind == "nf4":
-        backend, kwargs = "bitsandbytes_4bit", {
-            "load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True,
-            "bnb_4bit_compute_dtype": getattr(torch, DTYPES[compute])}
-    else:
-        backend, kwargs = "bitsandbytes_8bit", {"load_in_8bit": True}
+    backend, kwargs = _bnb(kind, compute)
     return PipelineQuantizationConfig(quant_backend=backend, quant_kwargs=kwargs,
                                       components_to_quantize=sorted(quantized))
+
+
+def _compute(plan) -> str:
+    return next(p.dtype for p in plan.parts if p.name in ("transformer", "unet"))
+
+
+def _where(model: dict) -> str:
+    return tiny_folder(model["id"]) if model["id"] in TINY_MODELS else shipped_folder(model["id"])
+
+
+# a split plan's stages: what each family's text encoders give (FLUX: no negative prompt)
+ENCODED = {"flux": ("prompt_embeds", "pooled_prompt_embeds"),
+           "sd3": ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds",
+                   "negative_pooled_prompt_embeds")}
+TEXT_PARTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "text_encoder_3",
+              "tokenizer_3")
+
+
+def encode_prompts(model: dict, plan, device: str, texts: list, chunk: int = 8) -> dict:
+    """A split plan's first stage: the text encoders alone (on ``device``, quantized as the
+    plan says) encode each (prompt, negative prompt) the process will draw; then they are
+    freed. Returns {(prompt, negative): {the pipeline's embedding argument: a tensor of one
+    row, in the host's memory}}."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    compute = _compute(plan)
+    kwargs = dict(_dtype_kwarg(getattr(torch, DTYPES[compute])), transformer=None, vae=None)
+    quantized = quantization_config(plan, compute, among=TEXT_PARTS)
+    if quantized is not None:
+        kwargs["quantization_config"] = quantized
+    try:
+        pipe = DiffusionPipeline.from_pretrained(_where(model), **kwargs)
+    except OSError as exc:
+        raise _not_loaded(model["id"], exc) from None
+    _to_device(pipe, device)
+    family, length = model["pipeline"], model.get("max_sequence_length") or 256
+    encoded, texts = {}, list(dict.fromkeys(texts))
+    with torch.no_grad():
+        for start in range(0, len(texts), chunk):
+            part = texts[start:start + chunk]
+            prompts = [p for p, _ in part]
+            if family == "flux":
+                out = pipe.encode_prompt(prompt=prompts, prompt_2=None, device=device,
+                                         max_sequence_length=length)[:2]
+            else:
+                out = pipe.encode_prompt(prompt=prompts, prompt_2=None, prompt_3=None,
+                                         negative_prompt=[n or "" for _, n in part],
+                                         do_classifier_free_guidance=True, device=device,
+                                         max_sequence_length=length)
+            for row, text in enumerate(part):
+                encoded[text] = {key: tensor[row:row + 1].to("cpu")
+                                 for key, tensor in zip(ENCODED[family], out)}
+    del pipe
+    free_memory()
+    log(f"{len(texts)} prompt{'s' if len(texts) != 1 else ''} encoded; the text encoders freed")
+    return encoded
+
+
+def free_memory() -> None:
+    """Give back the memory of components no longer used (before the next ones load)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _load_denoiser(model: dict, plan, device: str, dtype):
+    """A split plan's second stage: the denoiser spread over the cards as the plan caps
+    each (accelerate's device map), quantized as planned, and the pipeline around it
+    without its text encoders."""
+    import diffusers
+    from diffusers import DiffusionPipeline
+
+    where = _where(model)
+    cls = {"flux": diffusers.FluxTransformer2DModel,
+           "sd3": diffusers.SD3Transformer2DModel}[model["pipeline"]]
+    kwargs = dict(_dtype_kwarg(dtype), subfolder="transformer")
+    if plan.shares:
+        kwargs.update(device_map="auto", max_memory=plan.max_memory())
+    else:  # staged on one device (IMGGENHUB_STAGED)
+        kwargs["device_map"] = {"": device}
+    kind = plan.part("transformer").quant
+    if kind != "none":
+        _, quant = _bnb(kind, _compute(plan))
+        kwargs["quantization_config"] = diffusers.BitsAndBytesConfig(**quant)
+    try:
+        transformer = cls.from_pretrained(where, **kwargs)
+        pipe = DiffusionPipeline.from_pretrained(
+            where, transformer=transformer, **{name: None for name in TEXT_PARTS
+                                               if name in _components(where)},
+            **_dtype_kwarg(dtype))
+    except OSError as exc:
+        raise _not_loaded(model["id"], exc) from None
+    pipe.vae.to(device)
+    return pipe
+
+
+def _components(where: str) -> set:
+    """The component names a diffusers folder (or a Hub model) lists in its model_index.json."""
+    from diffusers import DiffusionPipeline
+
+    return set(DiffusionPipeline.load_config(where))
 
 
 def load_planned(model: dict, plan, device: str):
     """FLUX and SD 3.5 (and their tiny ones): each component quantized, typed and placed as
     the memory plan says; the VAE in fp32 where the plan keeps it out of fp16 (its input cast
-    on the way in), tiled for large pictures."""
+    on the way in), tiled for large pictures. A split plan's pipeline has no text encoders:
+    its prompts come encoded (encode_prompts). Each loads as its folder's own pipeline class
+    (FLUX.1 Fill's has no AutoPipeline)."""
     import torch
-    from diffusers import AutoPipelineForText2Image
+    from diffusers import DiffusionPipeline
 
-    compute = next(p.dtype for p in plan.parts if p.name in ("transformer", "unet"))
+    compute = _compute(plan)
     dtype = getattr(torch, DTYPES[compute])
-    kwargs = dict(_dtype_kwarg(dtype))
-    quantized = quantization_config(plan, compute)
-    if quantized is not None:
-        kwargs["quantization_config"] = quantized
-    where = tiny_folder(model["id"]) if model["id"] in TINY_MODELS else shipped_folder(model["id"])
-    try:
-        pipe = AutoPipelineForText2Image.from_pretrained(where, **kwargs)
-    except OSError as exc:
-        raise _not_loaded(model["id"], exc) from None
+    if plan.staged:  # the prompts are encoded already (encode_prompts)
+        pipe = _load_denoiser(model, plan, device, dtype)
+    else:
+        kwargs = dict(_dtype_kwarg(dtype))
+        quantized = quantization_config(plan, compute)
+        if quantized is not None:
+            kwargs["quantization_config"] = quantized
+        try:
+            pipe = DiffusionPipeline.from_pretrained(_where(model), **kwargs)
+        except OSError as exc:
+            raise _not_loaded(model["id"], exc) from None
     vae = plan.part("vae")
     if vae.dtype != compute:
         pipe.vae.to(getattr(torch, DTYPES[vae.dtype]))
@@ -204,22 +320,39 @@ def apply_loras(pipe, loras: list[dict], fuse: bool = True) -> list[dict]:
         name = f"lora{i}"
         ref = lora["ref"]
         if lora.get("local"):
-            pipe.load_lora_weights(str(Path(ref).parent), weight_name=Path(ref).name,
-                                   adapter_name=name)
+            where = (str(Path(ref).parent), {"weight_name": Path(ref).name})
         elif ref.count("/") == 2:  # owner/name/file.safetensors
             repo, _, weight = ref.rpartition("/")
-            pipe.load_lora_weights(repo, weight_name=weight, adapter_name=name)
+            where = (repo, {"weight_name": weight})
         else:
-            pipe.load_lora_weights(ref, adapter_name=name)
+            where = (ref, {})
+        if getattr(pipe, "text_encoder", False) is None:  # staged: the prompts are encoded
+            _transformer_only(pipe, where, lora)
+        pipe.load_lora_weights(where[0], adapter_name=name, **where[1])
         names.append(name)
     pipe.set_adapters(names, adapter_weights=[float(l["scale"]) for l in loras])
     if fuse:
         pipe.fuse_lora(adapter_names=names)
-    recorded = [{"name": l.get("name") or (Path(l["ref"]).stem if l.get("local") else l["ref"]),
-                 "scale": l["scale"], **_file_of(l)} for l in loras]
+    recorded = [{"name": _name_of(l), "scale": l["scale"], **_file_of(l)} for l in loras]
     log("LoRA " + ", ".join(f"{r['name']} x{r['scale']}" for r in recorded)
         + (" fused" if fuse else " loaded (its scale is swept)"))
     return recorded
+
+
+def _transformer_only(pipe, where: tuple, lora: dict) -> None:
+    """A split plan encodes the prompts before its denoiser loads, without the LoRAs: one
+    that also changes the text encoders is refused in one sentence rather than half applied."""
+    state = pipe.lora_state_dict(where[0], **where[1])
+    state = state[0] if isinstance(state, tuple) else state
+    if any(key.startswith("text_encoder") for key in state):
+        raise ValueError(f"the LoRA {_name_of(lora)} also changes the text encoders, which the split "
+                         "placement (the prompts encoded before the transformer loads) does not "
+                         "apply; use a quantization that fits a card (--quantize nf4)")
+
+
+def _name_of(ref: dict) -> str:
+    """A LoRA's or embedding's name as the manifest records it."""
+    return ref.get("name") or (Path(ref["ref"]).stem if ref.get("local") else ref["ref"])
 
 
 def _file_of(ref: dict) -> dict:
@@ -269,7 +402,7 @@ def apply_embeddings(pipe, embeddings: list[dict]) -> list[dict]:
             pipe.load_textual_inversion(repo, weight_name=weight, **kwargs)
         else:
             pipe.load_textual_inversion(ref, **kwargs)
-        recorded.append({"name": emb.get("name") or (Path(ref).stem if emb.get("local") else ref),
+        recorded.append({"name": _name_of(emb),
                          "token": emb.get("token"), **_file_of(emb)})
     if recorded:
         log("embeddings " + ", ".join(f"{r['name']} as {r['token']}" for r in recorded) + " loaded")

@@ -10,10 +10,10 @@ import json
 import tempfile
 from pathlib import Path
 
-from .wire import (TINY_FLUX, TINY_KANDINSKY, TINY_RANDOM, TINY_SD3, TINY_SDXL, TINY_SDXL_REFINER,
+from .wire import (TINY_FLUX, TINY_FLUX_FILL, TINY_KANDINSKY, TINY_RANDOM, TINY_SD3, TINY_SDXL, TINY_SDXL_REFINER,
                    TINY_SHAPES)
 
-TINY_MODELS = (TINY_RANDOM, TINY_SDXL, TINY_KANDINSKY, TINY_FLUX, TINY_SD3)
+TINY_MODELS = (TINY_RANDOM, TINY_SDXL, TINY_KANDINSKY, TINY_FLUX, TINY_SD3, TINY_FLUX_FILL)
 TINY_REFINERS = (TINY_SDXL_REFINER,)
 SHIPPED = {TINY_SHAPES: "tiny-shapes"}
 TINY_LAYOUT = 2  # the tiny builders' version: a saved folder of another is built again  # models whose weights ship with imggenhub (models/)
@@ -285,26 +285,30 @@ def _flow_vae(seed: int, channels: int = 4):
         shift_factor=0.0609, scaling_factor=1.5035)
 
 
-def build_tiny_flux_pipeline(seed: int = 0):
+def build_tiny_flux_pipeline(seed: int = 0, fill: bool = False):
     """A tiny FLUX.1-dev: a CLIP text encoder (pooled) and a T5 encoder (its tokens), a
     transformer of one double and one single block with guidance embedding, a flow-matching
-    scheduler with FLUX's dynamic shift."""
+    scheduler with FLUX's dynamic shift. ``fill``: FLUX.1 Fill's shape, whose transformer
+    also takes the masked picture's latents and the mask (16 + 16 + 4 x 2 x 2 packed
+    channels here, as 64 + 64 + 256 in FLUX.1-Fill-dev)."""
     import torch
-    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import (FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxPipeline,
+                           FluxTransformer2DModel)
     from transformers import CLIPTextModel
 
     tokenizer, tokenizer_2 = tiny_tokenizer(), tiny_t5_tokenizer()
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
-        guidance_embeds=True, axes_dims_rope=[4, 4, 8])
+        patch_size=1, in_channels=48 if fill else 16, out_channels=16, num_layers=1,
+        num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
+        axes_dims_rope=[4, 4, 8])
     torch.manual_seed(seed + 1)
     text_encoder = CLIPTextModel(_text_config(tokenizer))
     scheduler = FlowMatchEulerDiscreteScheduler(
         shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
         base_image_seq_len=256, max_image_seq_len=4096)
-    return FluxPipeline(
+    return (FluxFillPipeline if fill else FluxPipeline)(
         scheduler=scheduler, vae=_flow_vae(seed + 2), text_encoder=text_encoder,
         tokenizer=tokenizer, text_encoder_2=_t5(tokenizer_2, 32, seed + 3),
         tokenizer_2=tokenizer_2, transformer=transformer)
@@ -339,7 +343,8 @@ def build_tiny_sd3_pipeline(seed: int = 0):
 def build_tiny(model_id: str, seed: int = 0):
     return {TINY_RANDOM: build_tiny_random_pipeline, TINY_SDXL: build_tiny_sdxl_pipeline,
             TINY_KANDINSKY: build_tiny_kandinsky_pipeline, TINY_FLUX: build_tiny_flux_pipeline,
-            TINY_SD3: build_tiny_sd3_pipeline}[model_id](seed)
+            TINY_SD3: build_tiny_sd3_pipeline,
+            TINY_FLUX_FILL: lambda s: build_tiny_flux_pipeline(s, fill=True)}[model_id](seed)
 
 
 def tiny_folder(model_id: str) -> str:

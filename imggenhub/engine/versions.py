@@ -23,6 +23,7 @@ NEEDS = {
     "flux": (("diffusers", "0.30.0", "FluxPipeline"),),
     "sd3": (("diffusers", "0.31.0", "SD 3.5's transformer"),),
     "flux-img2img": (("diffusers", "0.31.0", "FLUX's image-to-image and inpainting"),),
+    "flux-fill": (("diffusers", "0.32.0", "FluxFillPipeline"),),
     "quantized": (("diffusers", "0.34.0", "PipelineQuantizationConfig"),
                   ("bitsandbytes", "0.45.0", "4- and 8-bit weights")),
     "lora": (("peft", "0.10.0", "diffusers' LoRA loader"),),
@@ -51,6 +52,8 @@ def features(job: dict, quantized: bool = False) -> set:
     found = {m.get("pipeline") for m in models_of(job)} & {"flux", "sd3"}
     if "flux" in found and any(p.get("init_image") for p in job.get("prompts") or ()):
         found.add("flux-img2img")
+    if any(m.get("fill") for m in models_of(job)):
+        found.add("flux-fill")
     if quantized:
         found.add("quantized")
     if job.get("loras"):

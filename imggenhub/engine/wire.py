@@ -46,6 +46,7 @@ TINY_SDXL_REFINER = "tiny-random-sdxl-refiner"
 TINY_KANDINSKY = "tiny-random-kandinsky"
 TINY_FLUX = "tiny-random-flux"
 TINY_SD3 = "tiny-random-sd3"
+TINY_FLUX_FILL = "tiny-random-flux-fill"
 TINY_SHAPES = "tiny-shapes"  # trained here on drawn shapes; its weights ship with imggenhub
 TINY_CLIP = "tiny-random-clip"  # a tiny random CLIP for --score in tests
 SDXL_VAE_FP16_FIX = "madebyollin/sdxl-vae-fp16-fix"

@@ -10,14 +10,15 @@ import subprocess
 import sys
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 from .inputs import resolve_inputs, use_hf_token
 from .manifest import PartLog, merge_manifest
 from .outputs import Bundler, ImageWriter
 from .pipelines import (apply_embeddings, apply_loras, derived_pipeline, enable_memory_savers,
-                        load_init_image, load_pipeline, load_refiner, set_lora_scale,
-                        set_scheduler)
+                        encode_prompts, free_memory, load_init_image, load_pipeline, load_refiner,
+                        set_lora_scale, set_scheduler)
 from .memory import DoesNotFit, for_job, machine_here
 from .scoring import Scorer
 from .versions import VersionProblem
@@ -112,8 +113,10 @@ class Session:
         return self
 
     def _load(self, model: dict) -> None:
-        self.pipe, self.base_scheduler, self.scheduler = _ready(model, str(self.device),
-                                                                self.dtype, self.job)
+        texts = [(t["prompt"], t["negative_prompt"] or "") for t in self.tasks
+                 if t["model"]["id"] == model["id"]]
+        self.pipe, self.base_scheduler, self.scheduler, self.encoded = _ready(
+            model, str(self.device), self.dtype, self.job, texts)
         self.current = self.job.get("scheduler")
         self.model = model
 
@@ -123,13 +126,11 @@ class Session:
     def make(self, batch: list[dict]) -> None:
         """One batch: the pipeline as its tasks ask (model, LoRA scale, scheduler, mode),
         then each image to ``on_image``."""
-        import torch
-
         job, first = self.job, batch[0]
         if first["model"]["id"] != self.model["id"]:  # the next model of a model sweep
             del self.pipe
             self.derived = {}
-            _free(torch)
+            free_memory()
             t_swap = time.monotonic()
             self._load(first["model"])
             log(f"{self.tag}model {self.model['id']} ready in {time.monotonic() - t_swap:.2f}s")
@@ -176,11 +177,17 @@ class Session:
             kwargs["negative_prompt"] = [t["negative_prompt"] or "" for t in batch]
         if self.model.get("max_sequence_length"):  # T5's tokens: FLUX, SD 3.5
             kwargs["max_sequence_length"] = self.model["max_sequence_length"]
+        if self.encoded is not None:  # a split plan: the prompts were encoded before it loaded
+            rows = [self.encoded[(t["prompt"], t["negative_prompt"] or "")] for t in batch]
+            for key in ("prompt", "negative_prompt", "max_sequence_length"):
+                kwargs.pop(key, None)
+            kwargs.update({key: torch.cat([row[key] for row in rows]) for key in rows[0]})
         run = self.pipe
         if first.get("init_image"):
             mode = "inpaint" if first.get("mask_image") else "img2img"
-            run = self.derived.get(mode) or self.derived.setdefault(
-                mode, derived_pipeline(self.pipe, mode))
+            if not self.model.get("fill"):  # FLUX.1 Fill's own pipeline inpaints
+                run = self.derived.get(mode) or self.derived.setdefault(
+                    mode, derived_pipeline(self.pipe, mode))
             kwargs.update(image=[load_init_image(t["init_image"], t["width"], t["height"])
                                  for t in batch], strength=first["strength"])
             if first["width"] and first["height"] and _takes(run, "width"):  # FLUX's, SD3's:
@@ -268,26 +275,32 @@ def _with_faults(session: Session) -> Session:
     return session
 
 
-def _ready(model: dict, device: str, dtype, job: dict):
+def _ready(model: dict, device: str, dtype, job: dict, texts: list):
     """A model loaded and set up as the job asks: (pipeline, its own scheduler, the name of
-    the one in use). Every scheduler swap starts from the model's own."""
-    plan = for_job(job, model, machine_here(device != "cpu")) if model.get("memory") else None
+    the one in use, and for a split plan its ``texts`` encoded, else None). Every scheduler
+    swap starts from the model's own."""
+    plan = _planned(job, model, device)
     if plan is not None:
         log(plan.line())
+    encoded = encode_prompts(model, plan, device, texts) if plan and plan.staged else None
     pipe = load_pipeline(model, device, dtype, plan)
     enable_memory_savers(pipe)
     pipe.set_progress_bar_config(disable=True)
     base_scheduler = pipe.scheduler
-    return pipe, base_scheduler, set_scheduler(pipe, job.get("scheduler"))
+    return pipe, base_scheduler, set_scheduler(pipe, job.get("scheduler")), encoded
 
 
-def _free(torch) -> None:
-    """Give back the memory of a model no longer used (before the next one loads)."""
-    import gc
-
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+def _planned(job: dict, model: dict, device: str):
+    """The model's memory plan on this machine (None: not a planned model).
+    IMGGENHUB_STAGED=1 runs a plan in the split placement's stages on any machine (the
+    prompts encoded first, the text encoders freed, then the denoiser): how they are tested
+    without two cards, and a way to draw with less memory at once."""
+    if not model.get("memory"):
+        return None
+    plan = for_job(job, model, machine_here(device != "cpu"))
+    if os.environ.get("IMGGENHUB_STAGED") == "1" and plan.mode in ("replicate", "cpu"):
+        plan = replace(plan, mode="split", shares=())  # the denoiser whole on this device
+    return plan
 
 
 def _refined(pipe, refiner, spec: dict, kwargs: dict, batch: list[dict]):

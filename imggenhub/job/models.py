@@ -6,7 +6,7 @@ import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from ..engine import (TINY_FLUX, TINY_KANDINSKY, TINY_RANDOM, TINY_SD3, TINY_SDXL, TINY_SDXL_REFINER,
+from ..engine import (TINY_FLUX, TINY_FLUX_FILL, TINY_KANDINSKY, TINY_RANDOM, TINY_SD3, TINY_SDXL, TINY_SDXL_REFINER,
                       TINY_SHAPES)
 
 DEFAULT_REFINER = "stabilityai/stable-diffusion-xl-refiner-1.0"
@@ -33,11 +33,13 @@ class ModelPreset:
     max_sequence_length: int | None = None  # T5's tokens (FLUX, SD 3.5)
     licence: str = ""  # the Hub's licence tag, where it restricts use
     gated: bool = False  # the Hub asks to accept its terms: a token is needed
+    fill: bool = False  # it redraws the masked part of a picture only (FLUX.1 Fill)
 
     def engine_dict(self, quantize: str = "auto") -> dict:
         """What the engine needs to load the model (travels in the notebook)."""
         planned = {"memory": self.memory, "max_sequence_length": self.max_sequence_length,
-                   **({"quantize": quantize} if quantize != "auto" else {})} if self.memory else {}
+                   **({"quantize": quantize} if quantize != "auto" else {}),
+                   **({"fill": True} if self.fill else {})} if self.memory else {}
         return {"id": self.id, "pipeline": self.pipeline, "variant": self.variant,
                 "vae_fp16_fix": self.vae_fp16_fix, **planned}
 
@@ -61,6 +63,11 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
                 variant=None, size_multiple=16, memory="flux", max_sequence_length=512,
                 licence="flux-1-dev-non-commercial-license", gated=True,
                 note="FLUX.1 dev (12B), guidance-distilled; NF4 on a T4 by default"),
+    ModelPreset("flux-fill", "black-forest-labs/FLUX.1-Fill-dev", "flux", 1024, 1024, 50, 30.0,
+                variant=None, size_multiple=16, memory="flux", max_sequence_length=512,
+                licence="flux-1-dev-non-commercial-license", gated=True, fill=True,
+                note="FLUX.1 Fill dev (12B): redraws a masked region (--init-image and "
+                     "--mask-image); planned as FLUX.1"),
     ModelPreset("sd35-medium", "stabilityai/stable-diffusion-3.5-medium", "sd3", 1024, 1024, 40,
                 4.5, variant=None, size_multiple=16, memory="sd3-medium", max_sequence_length=256,
                 licence="stabilityai-ai-community", gated=True, note="SD 3.5 medium (2.5B)"),
@@ -93,6 +100,10 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
     ModelPreset("tiny-flux", TINY_FLUX, "flux", 64, 64, 4, 3.5, min_size=16, max_size=256,
                 size_multiple=16, variant=None, memory="tiny-flux", max_sequence_length=64,
                 note="tiny random FLUX.1 (CLIP, T5, one double and one single block); noise"),
+    ModelPreset("tiny-flux-fill", TINY_FLUX_FILL, "flux", 64, 64, 4, 30.0, min_size=16,
+                max_size=256, size_multiple=16, variant=None, memory="tiny-flux",
+                max_sequence_length=64, fill=True,
+                note="tiny random FLUX.1 Fill (the mask and masked picture as inputs); noise"),
     ModelPreset("tiny-sd3", TINY_SD3, "sd3", 64, 64, 4, 5.0, min_size=16, max_size=256,
                 size_multiple=16, variant=None, memory="tiny-sd3", max_sequence_length=64,
                 note="tiny random SD 3.5 (two CLIPs, T5, one MMDiT layer); noise"),
@@ -105,8 +116,9 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
 GENERIC = dict(pipeline="auto", width=None, height=None, steps=30, guidance=7.5, variant="fp16",
                min_size=64)
 # Other Hub ids of the planned families (fine-tunes, repacks): their family's defaults
-# (FLUX.1's Fill, Canny, Depth, Redux and Kontext need other pipelines and inputs: not these)
-FAMILY_IDS = [(re.compile(r"^(?!.*(fill|canny|depth|redux|kontext)).*flux\.?1", re.I), "flux-dev"),
+# (FLUX.1's Canny, Depth, Redux and Kontext need other pipelines and inputs: not these)
+FAMILY_IDS = [(re.compile(r"flux\.?1.*fill", re.I), "flux-fill"),
+              (re.compile(r"^(?!.*(fill|canny|depth|redux|kontext)).*flux\.?1", re.I), "flux-dev"),
               (re.compile(r"stable-diffusion-3(\.5)?-large", re.I), "sd35-large"),
               (re.compile(r"stable-diffusion-3(\.5)?-medium|sd3(\.5)?[-_]medium", re.I),
                "sd35-medium")]

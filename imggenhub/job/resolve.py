@@ -299,6 +299,9 @@ def _resolve(i: int, item: PromptItem, cell_of: tuple, settings: Settings, job_p
     if negative and preset.pipeline == "flux":
         raise SpecError(f"{where}: FLUX is guidance-distilled and takes no negative prompt; "
                         "say it in the prompt instead.")
+    if preset.fill and mask is None:
+        raise SpecError(f"{where}: {preset.name} redraws the masked part of a picture; give "
+                        "it --init-image and --mask-image (white is redrawn).")
     if init is not None and preset.pipeline == "kandinsky":
         raise SpecError(f"{where}: image-to-image and inpainting are offered for SD and SDXL "
                         f"models, not for {preset.name}.")

@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ...engine import (KAGGLE_T4X2, TINY_FLUX, TINY_KANDINSKY, TINY_RANDOM, TINY_SD3, TINY_SDXL,
+from ...engine import (KAGGLE_T4X2, TINY_FLUX, TINY_FLUX_FILL, TINY_KANDINSKY, TINY_RANDOM, TINY_SD3, TINY_SDXL,
                        WEIGHTS, DoesNotFit, Plan, counted, for_job)
 from ...engine.training import processes_for
 
@@ -54,7 +54,7 @@ T4_TRAIN_STEP = {"sd": (512 * 512, 1.0), "sdxl": (1024 * 1024, 16.0), "kandinsky
                  "auto": (1024 * 1024, 16.0), "tiny": (64 * 64, 0.05)}
 HISTORY = "gpu-history.jsonl"
 HISTORY_KEPT = 200
-TINY = {TINY_RANDOM, TINY_SDXL, TINY_KANDINSKY, TINY_FLUX, TINY_SD3}
+TINY = {TINY_RANDOM, TINY_SDXL, TINY_KANDINSKY, TINY_FLUX, TINY_SD3, TINY_FLUX_FILL}
 
 
 def family(model: dict) -> str:
