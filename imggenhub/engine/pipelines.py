@@ -4,6 +4,7 @@ torch and friends are imported inside the functions."""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 from .inputs import PictureTooLarge, open_picture
@@ -328,7 +329,8 @@ def apply_loras(pipe, loras: list[dict], fuse: bool = True) -> list[dict]:
             where = (ref, {})
         if getattr(pipe, "text_encoder", False) is None:  # staged: the prompts are encoded
             _transformer_only(pipe, where, lora)
-        pipe.load_lora_weights(where[0], adapter_name=name, **where[1])
+        with _mapped_in_place(pipe):
+            pipe.load_lora_weights(where[0], adapter_name=name, **where[1])
         names.append(name)
     pipe.set_adapters(names, adapter_weights=[float(l["scale"]) for l in loras])
     if fuse:
@@ -337,6 +339,23 @@ def apply_loras(pipe, loras: list[dict], fuse: bool = True) -> list[dict]:
     log("LoRA " + ", ".join(f"{r['name']} x{r['scale']}" for r in recorded)
         + (" fused" if fuse else " loaded (its scale is swept)"))
     return recorded
+
+
+@contextmanager
+def _mapped_in_place(pipe):
+    """A split plan's transformer is spread over the cards by accelerate's hooks, which
+    diffusers' LoRA loader takes for sequential CPU offload: it would strip them and offload
+    the whole transformer (diffusers issues 7539, 10914). Marked as device-mapped for the
+    load, the LoRA layers are injected in place, each beside its base layer."""
+    mapped = getattr(getattr(pipe, "transformer", None), "hf_device_map", None)
+    if not mapped or getattr(pipe, "hf_device_map", None) is not None:
+        yield
+        return
+    pipe.hf_device_map = {"transformer": "spread over its cards"}
+    try:
+        yield
+    finally:
+        pipe.hf_device_map = None
 
 
 def _transformer_only(pipe, where: tuple, lora: dict) -> None:

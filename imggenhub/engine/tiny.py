@@ -292,23 +292,23 @@ def build_tiny_flux_pipeline(seed: int = 0, fill: bool = False):
     also takes the masked picture's latents and the mask (16 + 16 + 4 x 2 x 2 packed
     channels here, as 64 + 64 + 256 in FLUX.1-Fill-dev)."""
     import torch
-    from diffusers import (FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxPipeline,
-                           FluxTransformer2DModel)
+    import diffusers
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import CLIPTextModel
 
     tokenizer, tokenizer_2 = tiny_tokenizer(), tiny_t5_tokenizer()
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=48 if fill else 16, out_channels=16, num_layers=1,
+        patch_size=1, in_channels=48 if fill else 16, num_layers=1,
         num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
         joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,
-        axes_dims_rope=[4, 4, 8])
+        axes_dims_rope=[4, 4, 8], **({"out_channels": 16} if fill else {}))
     torch.manual_seed(seed + 1)
     text_encoder = CLIPTextModel(_text_config(tokenizer))
     scheduler = FlowMatchEulerDiscreteScheduler(
         shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
         base_image_seq_len=256, max_image_seq_len=4096)
-    return (FluxFillPipeline if fill else FluxPipeline)(
+    return getattr(diffusers, "FluxFillPipeline" if fill else "FluxPipeline")(
         scheduler=scheduler, vae=_flow_vae(seed + 2), text_encoder=text_encoder,
         tokenizer=tokenizer, text_encoder_2=_t5(tokenizer_2, 32, seed + 3),
         tokenizer_2=tokenizer_2, transformer=transformer)
