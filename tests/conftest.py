@@ -340,3 +340,19 @@ def hub(hf, monkeypatch):
             monkeypatch.setattr(module, "HUGGINGFACE_CO_URL_TEMPLATE", template)
     yield em
     em.stop()
+
+
+@pytest.fixture
+def hf_jobs(hub, monkeypatch):
+    """The Hub emulator with its jobs (stub engine), a token, and quick polls: the
+    hf-jobs backend's protocol tests."""
+    from .hub_emulator import DEFAULT_TOKEN
+
+    monkeypatch.setenv("HF_TOKEN", DEFAULT_TOKEN)
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    for name, value in (("IMGGENHUB_POLL_INTERVAL", "0.1"), ("IMGGENHUB_POLL_MAX_INTERVAL", "0.3"),
+                        ("IMGGENHUB_RETRY_MAX_WAIT", "0.2"), ("IMGGENHUB_HTTP_TIMEOUT", "10")):
+        monkeypatch.setenv(name, value)
+    yield hub
+    for job in list(hub.jobs.jobs.values()):
+        hub.jobs.cancel(job)

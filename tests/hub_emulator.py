@@ -110,6 +110,7 @@ class Repo:
     objects: dict = field(default_factory=dict)  # sha256 -> bytes: LFS storage of this repo
     commits: list = field(default_factory=list)
     created: str = field(default_factory=_now)
+    trees: dict = field(default_factory=dict)  # commit oid -> (files, lfs) as they stood then
 
     @property
     def key(self) -> str:
@@ -167,6 +168,9 @@ class Emulator(Served):
         self.upload_urls: dict[str, tuple[str, str, int, float]] = {}  # secret -> repo, oid, size, expiry
         self.calls: list[tuple[str, str]] = []
         self.lock = threading.RLock()
+        from .jobs_emulator import Jobs
+
+        self.jobs = Jobs(lambda: self.url)  # Hugging Face Jobs (tests/jobs_emulator.py)
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -225,6 +229,7 @@ class Emulator(Served):
         commit = Commit(hashlib.sha1(seed.encode()).hexdigest(), message, description, parent,
                         dict(files), list(deleted), set(lfs), author)
         repo.commits.append(commit)
+        repo.trees[commit.oid] = (dict(repo.files), dict(repo.lfs))  # readable at its commit
         return commit
 
 
@@ -384,8 +389,23 @@ class _Handler(BaseHTTPRequestHandler):
 
     @staticmethod
     def _revision(repo: Repo, revision: str) -> None:
+        """A write goes to the branch: main (or its head, by oid)."""
         if unquote(revision) not in ("main", repo.head):
             raise HubError(404, f"Invalid rev id: {unquote(revision)}", "RevisionNotFound")
+
+    def _at(self, repo: Repo, revision: str) -> tuple[Repo, str]:
+        """A read: the repo as it stood at ``revision`` (main, or any commit's oid, as on the
+        Hub: a client that resolved main to an oid reads there while others commit), and
+        that oid."""
+        from dataclasses import replace
+
+        rev = unquote(revision)
+        with self.emulator.lock:
+            oid = repo.head if rev == "main" else rev
+            if oid not in repo.trees:
+                raise HubError(404, f"Invalid rev id: {rev}", "RevisionNotFound")
+            files, lfs = repo.trees[oid]
+            return replace(repo, files=files, lfs=lfs), oid
 
     # --- verbs -------------------------------------------------------------------
 
@@ -426,6 +446,10 @@ class _Handler(BaseHTTPRequestHandler):
         self._dispatch("DELETE")
 
     def _route(self, method: str, path: str, query: dict) -> None:
+        from .jobs_emulator import route as jobs_route
+
+        if jobs_route(self, method, path, query):
+            return None
         if path == "/api/whoami-v2" and method == "GET":
             return self._whoami()
         if path == "/api/repos/create" and method == "POST":
@@ -520,8 +544,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(200, b"", "text/plain")
 
     def _info(self, key: str, revision: str, query: dict):
-        repo = self._readable(key)
-        self._revision(repo, revision)
+        repo, oid = self._at(self._readable(key), revision)
         with self.emulator.lock:
             blobs = query.get("blobs", [""])[0].lower() == "true"
             siblings = []
@@ -536,13 +559,12 @@ class _Handler(BaseHTTPRequestHandler):
                 siblings.append(sibling)
             self._json(200, {
                 "_id": hashlib.sha1(key.encode()).hexdigest()[:24], "id": repo.repo_id,
-                "author": repo.owner, "sha": repo.head, "private": repo.private, "disabled": False,
+                "author": repo.owner, "sha": oid, "private": repo.private, "disabled": False,
                 "gated": False, "lastModified": repo.commits[-1].date, "createdAt": repo.created,
                 "tags": [], "downloads": 0, "likes": 0, "siblings": siblings})
 
     def _tree(self, key: str, revision: str, sub: str, query: dict):
-        repo = self._readable(key)
-        self._revision(repo, revision)
+        repo, _ = self._at(self._readable(key), revision)
         recursive = query.get("recursive", [""])[0].lower() == "true"
         prefix = sub.strip("/") + "/" if sub.strip("/") else ""
         entries, folders = [], set()
@@ -739,14 +761,13 @@ class _Handler(BaseHTTPRequestHandler):
                          "hookOutput": ""})
 
     def _resolve(self, key: str, revision: str, path: str, head_only: bool):
-        repo = self._readable(key)
-        self._revision(repo, revision)
+        repo, oid = self._at(self._readable(key), revision)
         with self.emulator.lock:
             if path not in repo.files:
                 raise HubError(404, "Entry not found", "EntryNotFound")
             data = repo.files[path]
             entry = repo.entry(path)
-            headers = {"X-Repo-Commit": repo.head, "ETag": f'"{entry["oid"]}"',
+            headers = {"X-Repo-Commit": oid, "ETag": f'"{entry["oid"]}"',
                        "Accept-Ranges": "none"}
             if "lfs" in entry:
                 headers["X-Linked-Etag"] = f'"{entry["lfs"]["oid"]}"'

@@ -476,18 +476,9 @@ class Emulator(Served):
             self._finish(version, "ERROR", KAGGLE_FAILURE)
             return
         out = work / "output"
-        parts = out / engine.PARTS_DIR
-        parts.mkdir(parents=True, exist_ok=True)
         model_id = (doc.get("model") or {}).get("id")
         say(f"job {doc.get('job_id')}: {len(tasks)} images with {model_id} in 1 process")
-        part = engine.PartLog(parts / "rank-00.jsonl", {
-            "engine_version": engine.ENGINE_VERSION, "job_id": doc.get("job_id"),
-            "run_id": doc.get("run_id"), "model": model_id, "processes_total": 1,
-            "scheduler_flag": doc.get("scheduler"),
-            **({"sweep": doc["sweep"]} if doc.get("sweep") else {})}, {
-            "rank": 0, "run_id": doc.get("run_id"), "session": doc.get("session", 1),
-            "device": STUB_DEVICE, "dtype": "stub", "model_load_seconds": 0.0,
-            "scheduler": "stub"})
+        part = stub_part(out, doc)
         say(f"model {model_id} ready on stub (stub) in 0.00s; {len(tasks)} images for this process")
         if self.faults.log_text:
             stream("stdout", self.faults.log_text)
@@ -517,20 +508,8 @@ class Emulator(Served):
                 self._hold(version)
             if self.image_seconds:
                 version.cancel.wait(self.image_seconds)  # a cancel ends the wait, not the image
-            image = _stub_image(task["seed"])
-            record = {
-                "index": task["index"], "prompt_index": task["prompt_index"],
-                "prompt": task["prompt"], "negative_prompt": task["negative_prompt"],
-                "seed": task["seed"], "model": task["model"]["id"], "steps": task["steps"],
-                "guidance": task["guidance"], "width": task["width"] or 8,
-                "height": task["height"] or 8, "scheduler": "stub", "device": STUB_DEVICE,
-                **({"cell": task["cell"], "sweep_of": task["sweep_of"]}
-                   if task.get("cell") is not None else {}),
-            }
-            data = engine.save_png(image, out / task["file"], record)
-            seconds = time.monotonic() - t_img
-            record.update(file=task["file"], sha256=hashlib.sha256(data).hexdigest(),
-                          bytes=len(data), seconds=round(seconds, 4))
+            record, data = stub_image(out, task, t_img)
+            seconds = record["seconds"]
             if bundler is not None:
                 record["bundle"] = bundler.add(task["file"], data)
             part.image(record)
@@ -672,6 +651,43 @@ def _stub_image(seed: int):
     from PIL import Image
 
     return Image.new("RGB", (8, 8), (seed & 255, (seed >> 8) & 255, (seed >> 16) & 255))
+
+
+def stub_part(out: Path, doc: dict):
+    """A stub run's manifest part (one process), as the engine starts one in ``out``."""
+    from imggenhub import engine
+
+    parts = out / engine.PARTS_DIR
+    parts.mkdir(parents=True, exist_ok=True)
+    return engine.PartLog(parts / "rank-00.jsonl", {
+        "engine_version": engine.ENGINE_VERSION, "job_id": doc.get("job_id"),
+        "run_id": doc.get("run_id"), "model": (doc.get("model") or {}).get("id"),
+        "processes_total": 1, "scheduler_flag": doc.get("scheduler"),
+        **({"sweep": doc["sweep"]} if doc.get("sweep") else {})}, {
+        "rank": 0, "run_id": doc.get("run_id"), "session": doc.get("session", 1),
+        "device": STUB_DEVICE, "dtype": "stub", "model_load_seconds": 0.0,
+        "scheduler": "stub"})
+
+
+def stub_image(out: Path, task: dict, started: float) -> tuple[dict, bytes]:
+    """A stub run's picture of ``task`` (8 x 8, coloured by its seed) written into ``out`` as
+    the engine writes one, and its record as the engine makes it (``started``: when the
+    image began, on the monotonic clock)."""
+    from imggenhub import engine
+
+    record = {
+        "index": task["index"], "prompt_index": task["prompt_index"],
+        "prompt": task["prompt"], "negative_prompt": task["negative_prompt"],
+        "seed": task["seed"], "model": task["model"]["id"], "steps": task["steps"],
+        "guidance": task["guidance"], "width": task["width"] or 8,
+        "height": task["height"] or 8, "scheduler": "stub", "device": STUB_DEVICE,
+        **({"cell": task["cell"], "sweep_of": task["sweep_of"]}
+           if task.get("cell") is not None else {}),
+    }
+    data = engine.save_png(_stub_image(task["seed"]), out / task["file"], record)
+    record.update(file=task["file"], sha256=hashlib.sha256(data).hexdigest(), bytes=len(data),
+                  seconds=round(time.monotonic() - started, 4))
+    return record, data
 
 
 def _version_of(versions: list[Version], label: str | None) -> Version | None:

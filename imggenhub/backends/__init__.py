@@ -37,5 +37,12 @@ def _kaggle() -> Backend:
     return KaggleBackend()
 
 
+def _hf_jobs() -> Backend:
+    from .hfjobs.backend import HfJobsBackend
+
+    return HfJobsBackend()
+
+
 register("local", _local)
 register("kaggle", _kaggle)
+register("hf-jobs", _hf_jobs)

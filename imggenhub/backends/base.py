@@ -43,6 +43,33 @@ class Fetched:
     unlisted: set[str] = field(default_factory=set)
 
 
+def take_output(run: Run, src: Path, out_dir: Path, here: dict | None, log: Path | None = None,
+                shared: bool = False) -> dict | None:
+    """An engine's output folder on this disk (``src``) into ``out_dir``: its images moved,
+    then its records (its parts merged, if the engine was cut off) joined to ``here`` and
+    written whole in one rename (a kill at any point leaves every listed image in place, and
+    the source's manifest until its records are in), its log beside them. ``shared``: the
+    folder is shared with other sessions or shards of the job, whose records ``here`` keeps;
+    else only this run's own records there are kept. Returns the folder's manifest."""
+    import shutil
+
+    from ..engine import LOG_FILE, MANIFEST, merge_manifest
+
+    new = merge_manifest(src) if src.is_dir() else None  # parts an engine left unmerged
+    if new is not None and new.get("job_id") not in (None, run.job_id):
+        raise UnsafeOutputError(f"The outputs of run {run.run_id} carry another job's manifest "
+                                f"({str(new.get('job_id'))[:40]}); nothing was kept.")
+    if new is not None and here is not None and (shared or here.get("run_id") == run.run_id):
+        new = artifacts.combine(here, new)
+    artifacts.collect(src, out_dir, skip=frozenset({MANIFEST, *([log.name] if log else [])}))
+    if new is not None:
+        artifacts.write_manifest(out_dir, new)
+        (src / MANIFEST).unlink(missing_ok=True)
+    if log is not None and log.exists():
+        shutil.copyfile(log, out_dir / LOG_FILE)
+    return new if new is not None else here
+
+
 def session_plan(run: Run) -> Plan | None:
     """The share of the job the run's latest notebook makes (None: no document kept)."""
     doc = runs.document(run)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..engine import LOG_FILE, MANIFEST, OUTPUT_DIR, made, progress_message
+from ..engine import LOG_FILE, OUTPUT_DIR, made, progress_message
 from ..errors import ImggenhubError, MissingDependencyError, UnsafeOutputError
 from ..job.notebook import CODE_FILE
 from ..outputs import artifacts
@@ -19,7 +19,7 @@ from ..run import kinds, runs
 from ..run.lifecycle import PUSH_REST, RunState
 from ..run.runs import Failure, Run
 from ..text import MAX_LINE, Dropped, Lines
-from .base import Backend, Fetched, OnEvent, session_plan
+from .base import Backend, Fetched, OnEvent, session_plan, take_output
 
 
 def _streaming_client_class():
@@ -238,20 +238,7 @@ class LocalBackend(Backend):
         an earlier session (or interrupted run) there and written whole, in one rename: a
         kill at any point leaves every listed image in place, and the work folder's manifest
         until its records are in."""
-        from ..engine import merge_manifest
-
         src = run.folder / "work" / OUTPUT_DIR
-        new = merge_manifest(src) if src.is_dir() else None  # parts an engine left unmerged
-        before = here
-        if new is not None and before is not None and before.get("run_id") == run.run_id:
-            new = artifacts.combine(before, new)
-        artifacts.collect(src, out_dir, skip=frozenset({MANIFEST}))
-        if new is not None:
-            artifacts.write_manifest(out_dir, new)
-            (src / MANIFEST).unlink(missing_ok=True)
-        log = run.folder / LOG_FILE
-        if log.exists():
-            shutil.copyfile(log, out_dir / LOG_FILE)
         # files that moved on this disk, perhaps in an earlier (interrupted) command: every
         # one is hashed against the manifest here, where that costs no download
-        return Fetched(new if new is not None else before, None)
+        return Fetched(take_output(run, src, out_dir, here, run.folder / LOG_FILE), None)

@@ -111,6 +111,13 @@ _JOB_OPTIONS = {
              "(default: for jobs of 200 images or more).")),
     "force": (bool, typer.Option(
         "--force", help="Push even when the GPU-hour estimate exceeds the quota left.")),
+    "flavor": (Optional[str], typer.Option(
+        "--flavor", metavar="NAME",
+        help="hf-jobs: the GPU flavor of each job (default t4-small; 'imggenhub doctor --backend "
+             "hf-jobs' lists them).")),
+    "max_cost": (Optional[float], typer.Option(
+        "--max-cost", metavar="USD", min=0,
+        help="hf-jobs: refuse to start when the estimated cost is over this (exit 7).")),
     "hf_token_env": (Optional[str], typer.Option(
         "--hf-token-env", metavar="VAR",
         help="Gated or private Hub models: ship the Hugging Face token in this environment "
@@ -121,7 +128,7 @@ JOB_DEFAULTS = {"prompt": None, "prompts_file": Path("prompts.json"), "model": "
                  "metadata_template": Path("kernel-metadata.json"), "force": False, "score": False,
                  "shards": "auto"}
 _KERNEL_FLAGS = ("metadata_template", "kernel_id", "title", "internet", "hf_token_env", "force",
-                 "bundle")
+                 "bundle", "flavor", "max_cost")
 _GIVEN = ("job", "kernel", "shards")
 
 
@@ -175,7 +182,8 @@ def _parse_job(flags: dict) -> dict:
         "kernel": kernel_options(flags["gpu"], kernel_id=kernel["kernel_id"], title=kernel["title"],
                                  internet=kernel["internet"], template=kernel["metadata_template"],
                                  hf_token_env=kernel["hf_token_env"], force=kernel["force"],
-                                 bundle=kernel["bundle"]),
+                                 bundle=kernel["bundle"], flavor=kernel["flavor"],
+                                 max_cost=kernel["max_cost"]),
         "shards": shards,
     }
 

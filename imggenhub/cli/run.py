@@ -26,7 +26,8 @@ def _default_backend() -> str:
 def generate(
     job, kernel, shards,
     backend: Annotated[Optional[str], typer.Option(
-        help="Where to run: 'kaggle' (the default when credentials are found) or 'local'.")] = None,
+        help="Where to run: 'kaggle' (the default when credentials are found), 'hf-jobs' "
+             "(Hugging Face Jobs, paid by the minute) or 'local'.")] = None,
     out: Out = None, name: Name = None, timeout_hours: TimeoutHours = None, timeout: Timeout = None,
     json: Json = False,
 ) -> None:
@@ -48,6 +49,8 @@ def generate(
 @job_options
 def deploy(
     job, kernel, shards,
+    backend: Annotated[str, typer.Option(
+        help="Where to run: 'kaggle' or 'hf-jobs' (Hugging Face Jobs).")] = "kaggle",
     out: Annotated[Optional[Path], typer.Option(
         help="Where 'download' will put the images (default: outputs/<run id>/).")] = None,
     name: Name = None, timeout_hours: TimeoutHours = None,
@@ -59,7 +62,7 @@ def deploy(
     from ..run import jobs
 
     STATE["json"] = json
-    run = jobs.deploy(job, out, kernel, reporter(), timeout_hours, timeout, name, shards)
+    run = jobs.deploy(job, out, kernel, reporter(), timeout_hours, timeout, name, shards, backend)
     result(run_data(run), f"{run.run_id} {run.url}", json)
 
 

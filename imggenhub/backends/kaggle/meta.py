@@ -48,6 +48,9 @@ class KernelOptions:
     hf_token_env: str | None = None  # ship the token in this variable (gated/private models)
     force: bool = False  # push even when the estimate exceeds the quota left
     bundle: bool | None = None  # pack the images in tar bundles too (None: by the image count)
+    # the remote's options that are not Kaggle's (hf-jobs): the GPU flavor, the cost cap (USD)
+    flavor: str | None = None
+    max_cost: float | None = None
 
 
 def check_renderable(job) -> None:

@@ -1,0 +1,1 @@
+"""Hugging Face Jobs: a second remote, GPUs rented by the minute (``--backend hf-jobs``)."""

@@ -1,0 +1,351 @@
+"""The Hugging Face Jobs backend: each session of a run is a job on a rented GPU flavor.
+
+Where a job's files go: a private dataset repo of the user's, ``<user>/imggenhub-runs``,
+one folder a session (``<run>/s<session>/in``: the engine and the job document;
+``.../out``: what the engine makes, uploaded as it is made). The job itself runs fixed code
+(``bootstrap.py``) in a pinned image, the token reaching it as a job secret only; its
+labels name the run and session, so an interrupted start is found again, never doubled.
+Prices and speeds: ``flavors.py``. Everything Hugging Face-specific lives in this package."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+from ...engine import ENGINE_PACKAGE, LOG_FILE, MODULES
+from ...engine.tiny import SHIPPED
+from ...errors import (CredentialsError, ImggenhubError, OverQuota, SpecError, StillRunning,
+                       Unreachable)
+from ...job.notebook import job_document
+from ...run import runs
+from ...run.lifecycle import PUSH_REST, RunState
+from ...run.runs import Failure, Run
+from ..base import Backend, Fetched, OnEvent, take_output
+from . import flavors
+
+REPO_NAME = "imggenhub-runs"  # the private dataset repo that carries every run's files
+IMAGE = "pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime"  # pinned: torch and CUDA come with it
+PINNED = ("diffusers", "transformers", "accelerate", "huggingface_hub", "safetensors", "peft",
+          "pillow")
+RUN_LABEL, SESSION_LABEL = "imggenhub-run", "imggenhub-session"
+JOB_FILE = "hfjob.json"  # in the run's notebook folder: its repo, folder, flavor, timeout
+MIN_TIMEOUT = 30 * 60  # a job's time limit: at least this, else twice the estimate
+STATES = {"SCHEDULING": RunState.QUEUED, "RUNNING": RunState.RUNNING,
+          "COMPLETED": RunState.COMPLETE, "ERROR": RunState.ERROR,
+          "CANCELED": RunState.CANCELLED, "DELETED": RunState.CANCELLED}
+ATTEMPTS = 4
+
+
+def label(run_id: str) -> str:
+    """A run id as a label value (a shard's id has a slash)."""
+    return run_id.replace("/", "-")
+
+
+def pins() -> list[str]:
+    """The packages the job installs where its image lacks them: this machine's versions,
+    the ones the engine was tested with here."""
+    out = []
+    for package in PINNED:
+        try:
+            out.append(f"{package}=={metadata.version(package)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+@dataclass
+class Prepared:
+    user: str
+    flavor: flavors.Flavor
+    timeout: int  # seconds, each job
+    cost: flavors.Cost
+
+
+class HfJobsBackend(Backend):
+    name = "hf-jobs"
+    title = "Hugging Face Jobs"
+
+    def __init__(self, settings=None):
+        super().__init__(settings)
+        self._api = None
+
+    # --- the client -------------------------------------------------------------------
+
+    @property
+    def token(self) -> str:
+        from huggingface_hub import get_token
+
+        token = get_token()
+        if not token:
+            raise CredentialsError("Hugging Face Jobs needs a token: set HF_TOKEN or run 'hf auth "
+                                   "login' (a token with write access, on an account with "
+                                   "credit).")
+        return token
+
+    @property
+    def api(self):
+        if self._api is None:
+            from huggingface_hub import HfApi
+            from huggingface_hub.utils import disable_progress_bars
+
+            disable_progress_bars()  # the command says what happens, in its own lines
+            self._api = HfApi(token=self.token)
+        return self._api
+
+    def _call(self, what: str, fn, on_event: OnEvent | None = None, attempts: int = ATTEMPTS):
+        """``fn()``, again after a pause on a refused rate (429), a server error or a broken
+        connection; the Hub's other answers in one sentence each."""
+        from huggingface_hub.errors import HfHubHTTPError
+
+        wait = 1.0
+        for attempt in range(1, attempts + 1):
+            try:
+                return fn()
+            except HfHubHTTPError as exc:
+                status = getattr(exc.response, "status_code", None)
+                if status == 401:
+                    raise CredentialsError(f"The Hub refused the token while {what} (HTTP 401); "
+                                           "set HF_TOKEN to a valid one.") from None
+                if status == 402:
+                    raise OverQuota(f"The Hub says the account cannot pay for this ({what}: HTTP "
+                                    "402); add credit, then resume.") from None
+                if status is not None and status < 500 and status != 429:
+                    first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+                    raise ImggenhubError(f"The Hub refused {what} (HTTP {status}): {first}.") \
+                        from None
+                problem = f"HTTP {status}"
+            except (OSError, ConnectionError) as exc:  # httpx's and requests' transport errors
+                problem = type(exc).__name__
+            except Exception as exc:  # httpx's transport errors are not OSErrors
+                if not type(exc).__module__.startswith(("httpx", "httpcore", "requests", "urllib3")):
+                    raise
+                problem = type(exc).__name__
+            if attempt == attempts or self.deadline.passed(wait):
+                raise Unreachable(f"Could not reach the Hugging Face Hub while {what} ({problem}, "
+                                  f"{attempts} tries).")
+            if on_event:
+                on_event(f"the Hub did not answer {what} ({problem}); trying again in {wait:.0f}s")
+            self.tunables.clock.sleep(wait)
+            wait = min(wait * 2, self.tunables.retry_max_wait)
+
+    # --- prepare ----------------------------------------------------------------------
+
+    def width(self, job, asked: int | None) -> int:
+        return min(asked or 1, job.image_count)
+
+    def flavors(self, on_event: OnEvent) -> dict:
+        try:
+            known = flavors.from_hardware(self._call("listing the hardware",
+                                                     self.api.list_jobs_hardware, attempts=2))
+        except (Unreachable, ImggenhubError) as exc:
+            on_event(f"note: the hardware list is unavailable ({exc}); using the published prices")
+            known = {}
+        return known or dict(flavors.TABLE)
+
+    def prepare_job(self, job, options, on_event: OnEvent, width: int = 1) -> Prepared:
+        from ..kaggle import estimate
+
+        local = any(p.init_image or p.mask_image for p in job.prompts) or any(
+            x.local for x in (*job.loras, *job.embeddings))
+        if local:
+            raise SpecError("This job names files on this machine (--init-image, --mask-image, a "
+                            "local --lora or --embedding); the hf-jobs backend does not ship them "
+                            "yet: use --backend kaggle or local.")
+        for ref in {job.model["id"], *((p.model or {}).get("id") for p in job.prompts)}:
+            if ref in SHIPPED or (ref and ref.startswith("/")):
+                raise SpecError(f"{ref} is on this machine only; a Hugging Face job loads models "
+                                "from the Hub (give a Hub id), or use --backend local.")
+        user = self._call("checking the token", lambda: self.api.whoami())["name"]
+        flavor = flavors.choose(getattr(options, "flavor", None), self.flavors(on_event))
+        guess = estimate.estimate(job.document(), [])  # T4 seconds, the table's
+        t4_seconds = guess.seconds_per_image * guess.images
+        cost = flavors.cost(t4_seconds, guess.startup_seconds - estimate.SESSION_START, flavor,
+                            width)
+        on_event(cost.sentence())
+        limit = getattr(options, "max_cost", None)
+        if limit is not None and cost.usd > limit:
+            raise OverQuota(f"The estimate (about ${cost.usd:.2f}) is over --max-cost "
+                            f"${limit:.2f}; nothing was started (a cheaper --flavor, fewer "
+                            "images, or a higher --max-cost).")
+        timeout = max(MIN_TIMEOUT, math.ceil(cost.minutes * 2 * 60))
+        return Prepared(user, flavor, timeout, cost)
+
+    def prepare(self, job, run: Run, prepared: Prepared, on_event: OnEvent) -> None:
+        doc = job_document(job, run.run_id)
+        if run.only is not None:
+            doc["only"] = run.only
+        timeout = min(prepared.timeout, run.session_timeout_seconds or prepared.timeout)
+        doc["install_missing"] = True  # a job has the internet: the engine may pip-install
+        doc["session_seconds"] = timeout  # it stops cleanly before the limit; resume goes on
+        self.render(run, job, doc)
+        (run.notebook_dir / JOB_FILE).write_text(json.dumps({
+            "repo": f"{prepared.user}/{REPO_NAME}", "flavor": prepared.flavor.name,
+            "timeout": timeout, "usd_per_hour": prepared.flavor.usd_per_hour,
+            "estimate_usd": round(prepared.cost.usd / max(1, prepared.cost.jobs), 2)}),
+            encoding="utf-8")
+        run.kernel_ref = label(run.run_id)
+
+    def _job_file(self, run: Run) -> dict:
+        return json.loads((run.notebook_dir / JOB_FILE).read_text(encoding="utf-8"))
+
+    @staticmethod
+    def prefix(run: Run, session: int | None = None) -> str:
+        return f"{label(run.run_id)}/s{session or run.session}"
+
+    # --- start ------------------------------------------------------------------------
+
+    def _upload_inputs(self, run: Run, repo: str, on_event: OnEvent) -> None:
+        """The engine package and the job document into the session's ``in`` folder."""
+        from ... import engine
+
+        self._call("making the private dataset for the run's files", lambda: self.api.create_repo(
+            repo, repo_type="dataset", private=True, exist_ok=True), on_event)
+        with tempfile.TemporaryDirectory(prefix="imggenhub-hfjob-") as folder:
+            package = Path(folder, ENGINE_PACKAGE)
+            package.mkdir()
+            for name in MODULES:
+                shutil.copyfile(Path(engine.__file__).parent / f"{name}.py", package / f"{name}.py")
+            Path(folder, "job.json").write_text(json.dumps(runs.document(run)), encoding="utf-8")
+            self._call("uploading the job", lambda: self.api.upload_folder(
+                repo_id=repo, repo_type="dataset", folder_path=folder,
+                path_in_repo=f"{self.prefix(run)}/in",
+                commit_message=f"imggenhub run {run.run_id} session {run.session}: the job"),
+                on_event)
+
+    def submit(self, run: Run, on_event: OnEvent) -> Run:
+        from . import bootstrap
+
+        if run.state in PUSH_REST:
+            run = self.render_rest(run, on_event)
+            if run.state == RunState.DOWNLOADED:
+                return run
+        spec = self._job_file(run)
+        token = self.token  # without it nothing is sent, the run stays as it is
+        self._upload_inputs(run, spec["repo"], on_event)
+        run.state = RunState.PUSHING
+        runs.save(run)
+        env = {"IMGGENHUB_REPO": spec["repo"], "IMGGENHUB_PREFIX": self.prefix(run),
+               "IMGGENHUB_PINS": " ".join(pins()), "IMGGENHUB_LOG": LOG_FILE,
+               "IMGGENHUB_UPLOAD_SECONDS": str(self.tunables.poll_max_interval * 2)}
+        labels = {RUN_LABEL: label(run.run_id), SESSION_LABEL: str(run.session)}
+        source = Path(bootstrap.__file__).read_text(encoding="utf-8")
+        try:
+            job = self._call("starting the job", lambda: self.api.run_job(
+                image=IMAGE, command=["python", "-c", source], env=env,
+                secrets={"HF_TOKEN": token}, flavor=spec["flavor"], timeout=spec["timeout"],
+                labels=labels, name=f"imggenhub-{label(run.run_id)}"), on_event, attempts=1)
+        except Unreachable:  # it may have started: the labels tell ('resume' looks)
+            run.state = RunState.PUSH_UNKNOWN
+            runs.save(run)
+            raise Unreachable(f"The start of run {run.run_id}'s job broke off, so it may or may "
+                              f"not have started; 'imggenhub resume {run.run_id}' finds out and "
+                              "starts it only if it did not.") from None
+        except ImggenhubError:
+            run.state = RunState.RENDERED
+            runs.save(run)
+            raise
+        return self._started(run, job.id, job.url, on_event)
+
+    def _started(self, run: Run, job_id: str, url: str, on_event: OnEvent) -> Run:
+        run.kernel_ref, run.version, run.url = job_id, run.session, url
+        run.state = RunState.PUSHED
+        run.timings["pushed_at"] = self.tunables.clock.monotonic()
+        on_event(f"started job {job_id} on {self._job_file(run)['flavor']}: {url}")
+        return runs.save(run)
+
+    def resolve(self, run: Run, on_event: OnEvent) -> Run:
+        labels = {RUN_LABEL: label(run.run_id), SESSION_LABEL: str(run.session)}
+        found = list(self._call("looking for the run's job", lambda: list(
+            self.api.list_jobs(labels=labels)), on_event))
+        if found:
+            on_event(f"the interrupted start of run {run.run_id} had started job {found[0].id}; "
+                     "following it")
+            return self._started(run, found[0].id, found[0].url, on_event)
+        on_event(f"the interrupted start of run {run.run_id} never started a job; it can be "
+                 "started again")
+        run.state = RunState.RENDERED
+        return runs.save(run)
+
+    # --- follow -----------------------------------------------------------------------
+
+    def _state(self, run: Run, on_event: OnEvent | None = None) -> tuple[RunState, str | None]:
+        info = self._call("reading the job's status",
+                          lambda: self.api.inspect_job(job_id=run.kernel_ref), on_event)
+        stage = str(getattr(info.status, "stage", "") or "").upper()
+        return STATES.get(stage, RunState.RUNNING), info.status.message
+
+    def refresh(self, run: Run, on_event: OnEvent) -> Run:
+        if run.state in (RunState.PUSHED, RunState.QUEUED, RunState.RUNNING):
+            self.bound(3 * self.tunables.http_timeout)
+            state, _ = self._state(run, on_event)
+            return run.model_copy(update={"state": state})
+        return run
+
+    def wait(self, members: list[Run], say_for) -> list[Run]:
+        """Poll the jobs until one of them ends (or the deadline: StillRunning)."""
+        clock, start = self.tunables.clock, self.tunables.clock.monotonic()
+        while True:
+            for k, run in enumerate(members):
+                if run.state.terminal:
+                    continue
+                state, message = self._state(run, say_for(run))
+                if state != run.state:
+                    say_for(run)(f"job {run.kernel_ref}: {state.value}")
+                    run.state = state
+                    if state == RunState.ERROR:
+                        run.failure = Failure(kind="kernel", ename="JobError",
+                                              evalue=message or "the job failed")
+                    elif state == RunState.CANCELLED:
+                        run.failure = Failure(kind="cancelled", ename="Cancelled",
+                                              evalue=message or "the job was cancelled")
+                    members[k] = runs.save(run)
+            if any(m.state.terminal for m in members):
+                return members
+            elapsed = clock.monotonic() - start
+            pause = min(self.tunables.poll_max_interval,
+                        max(self.tunables.poll_interval, elapsed / 5))
+            if self.deadline.passed(pause):
+                raise StillRunning("still running")
+            clock.sleep(pause)
+
+    def cancel(self, run: Run, on_event: OnEvent) -> Run:
+        """Cancel the run's job (what it uploaded stays)."""
+        if run.kernel_ref and run.state in (RunState.PUSHED, RunState.QUEUED, RunState.RUNNING):
+            self._call("cancelling the job", lambda: self.api.cancel_job(job_id=run.kernel_ref),
+                       on_event)
+            on_event(f"cancelled job {run.kernel_ref}")
+        return run
+
+    # --- outputs ----------------------------------------------------------------------
+
+    def bring(self, run: Run, out_dir: Path, here: dict | None, on_event: OnEvent) -> Fetched:
+        """Each session's uploaded output folder, in order, joined into ``out_dir``."""
+        from huggingface_hub import snapshot_download
+
+        repo = self._job_file(run)["repo"]
+        manifest = here
+        staging = run.folder / "remote"
+        for session in range(1, run.session + 1):
+            prefix = self.prefix(run, session)
+            self._call("downloading the outputs", lambda: snapshot_download(
+                repo, repo_type="dataset", allow_patterns=[f"{prefix}/out/*"],
+                local_dir=staging, token=self.token), on_event)
+            src = staging / prefix / "out"
+            if src.is_dir():
+                manifest = take_output(run, src, out_dir, manifest, src / LOG_FILE, shared=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        return Fetched(manifest, None)
+
+    def health(self, on_event: OnEvent, timeout: float) -> dict:
+        self.bound(timeout)
+        user = self._call("checking the token", lambda: self.api.whoami(), on_event)
+        known = self.flavors(on_event)
+        gpus = sorted(n for n, f in known.items() if f.gpu)
+        line = (f"Hugging Face Hub answers: signed in as {user.get('name')}; {len(gpus)} GPU "
+                f"flavors for jobs ({', '.join(gpus[:6])}{'...' if len(gpus) > 6 else ''})")
+        return {"signed_in_as": user.get("name"), "flavors": gpus, "lines": [line]}

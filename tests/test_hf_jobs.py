@@ -1,0 +1,103 @@
+"""Hugging Face Jobs as a second remote (--backend hf-jobs), against the Hub emulator's jobs
+(tests/jobs_emulator.py) through the real huggingface_hub client: jobs started with their
+labels and secret, outputs uploaded by each job and brought home verified, the cost
+refused before anything starts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .hub_emulator import DEFAULT_TOKEN, DEFAULT_USER
+
+
+def _generate(cli, tmp_path, *extra):
+    return cli("generate", "--backend", "hf-jobs", "--model", "tiny-random", "-p", "a red circle",
+               "-p", "a blue square", "--num-images", "2", "--seed", "3", "--out",
+               str(tmp_path / "out"), "--json", *extra, cwd=tmp_path)
+
+
+def test_shards_run_as_jobs_and_their_images_come_home_verified(hf_jobs, cli, tmp_path):
+    code, out, err = _generate(cli, tmp_path, "--shards", "2", "--flavor", "a10g-small")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["state"] == "downloaded" and result["images_fetched"] == 4
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert sorted(r["file"] for r in manifest["images"]) == [
+        "0001-a-red-circle.png", "0002-a-red-circle.png", "0003-a-blue-square.png",
+        "0004-a-blue-square.png"]
+    jobs = list(hf_jobs.jobs.jobs.values())
+    assert len(jobs) == 2 and {j.spec["flavor"] for j in jobs} == {"a10g-small"}
+    assert {j.stage for j in jobs} == {"COMPLETED"}
+    # each job named by its run and session, so that an interrupted start is found again
+    labels = sorted(j.spec["labels"]["imggenhub-run"] for j in jobs)
+    assert labels == [f"{result['run_id']}-shard-1", f"{result['run_id']}-shard-2"]
+    assert all(j.spec["labels"]["imggenhub-session"] == "1" for j in jobs)
+    # the time limit is set, never the Hub's 30-minute default by omission
+    assert all(j.spec["timeoutSeconds"] >= 1800 for j in jobs)
+    assert "estimate: 2 jobs on a10g-small ($1.00/h)" in err
+
+
+def test_the_token_reaches_the_job_as_a_secret_and_nowhere_else(hf_jobs, cli, tmp_path):
+    code, out, err = _generate(cli, tmp_path)
+    assert code == 0, err
+    (job,) = hf_jobs.jobs.jobs.values()
+    assert job.spec["secrets"] == {"HF_TOKEN": DEFAULT_TOKEN}
+    seen = json.dumps({k: v for k, v in job.spec.items() if k != "secrets"})
+    assert DEFAULT_TOKEN not in seen  # not in the command, the environment or the labels
+    assert DEFAULT_TOKEN not in json.dumps(job.info())  # inspect shows the secret's name only
+    assert DEFAULT_TOKEN not in out + err + "\n".join(job.logs)
+    home = Path(__import__("os").environ["IMGGENHUB_HOME"])
+    assert not [p for p in home.rglob("*") if p.is_file() and DEFAULT_TOKEN.encode() in p.read_bytes()]
+    assert not [p for p in (tmp_path / "out").rglob("*") if DEFAULT_TOKEN.encode() in p.read_bytes()]
+    # the run's files went to a private dataset of the user's
+    repo = hf_jobs.repo(f"{DEFAULT_USER}/imggenhub-runs", "dataset")
+    assert repo.private and any(p.endswith("/out/manifest.json") for p in repo.files)
+
+
+def test_over_max_cost_is_refused_before_anything_starts(hf_jobs, cli, tmp_path):
+    code, out, err = _generate(cli, tmp_path, "--flavor", "h200", "--max-cost", "0.01")
+    assert code == 7 and "is over --max-cost $0.01; nothing was started" in err
+    assert not hf_jobs.jobs.jobs and not [k for k in hf_jobs.repos if "imggenhub-runs" in k]
+
+
+def test_an_unknown_flavor_is_one_sentence(hf_jobs, cli, tmp_path):
+    code, out, err = _generate(cli, tmp_path, "--flavor", "t4-huge")
+    assert code == 2 and "--flavor 't4-huge' is not a Hugging Face Jobs flavor; choose one of" in err
+    assert "a10g-small" in err and "cpu-basic" not in err.split("choose one of")[1]
+    assert not hf_jobs.jobs.jobs
+
+
+
+def test_an_interrupted_start_is_found_by_its_labels_and_never_started_twice(hf_jobs, cli, tmp_path):
+    hf_jobs.jobs.faults = ["500-after"]  # the job was made, the answer lost
+    code, out, err = _generate(cli, tmp_path)
+    assert code == 5 and "may or may not have started" in err
+    run_id = json.loads(out)["run_id"] if out.strip() else None
+    code, out, err = cli("resume", *([run_id] if run_id else []), "--json", cwd=tmp_path)
+    assert code == 0, err
+    assert "had started job" in err and len(hf_jobs.jobs.jobs) == 1
+    assert json.loads(out)["images_fetched"] == 4
+
+
+def test_a_start_that_never_reached_the_hub_is_started_on_resume(hf_jobs, cli, tmp_path):
+    hf_jobs.jobs.faults = ["500"]  # nothing was made
+    code, out, err = _generate(cli, tmp_path)
+    assert code == 5
+    code, out, err = cli("resume", "--json", cwd=tmp_path)
+    assert code == 0, err
+    assert "never started a job" in err and len(hf_jobs.jobs.jobs) == 1
+
+
+def test_a_job_that_fails_keeps_its_images_and_resume_makes_only_the_rest(hf_jobs, cli, tmp_path):
+    hf_jobs.jobs.job_env = [{"IMGGENHUB_ENGINE_FAIL_AFTER": "2"}]
+    code, out, err = _generate(cli, tmp_path)
+    assert code == 1 and "Job failed with exit code: 1" in err
+    assert len(list((tmp_path / "out").glob("*.png"))) == 2 + 1  # and the contact sheet
+    code, out, err = cli("resume", "--json", cwd=tmp_path)
+    assert code == 0, err
+    first, second = sorted(hf_jobs.jobs.jobs.values(), key=lambda j: j.created)
+    assert second.spec["labels"]["imggenhub-session"] == "2"
+    assert any("2 images with tiny-random" in line for line in second.logs)  # the rest only
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert len(manifest["images"]) == 4
