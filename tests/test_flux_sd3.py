@@ -25,7 +25,8 @@ A100 = Machine(cards=1, card_gib=80.0, host_gib=200.0, capability=(8, 0))
     # card whole; each part goes to its card while it works, a copy a card in host memory
     ("flux", "auto", KAGGLE_T4X2, "offload", "nf4", 2),
     ("flux", "nf4", KAGGLE_T4X2, "offload", "nf4", 2),
-    ("sd3-large", "auto", KAGGLE_T4X2, "replicate", "nf4", 2),
+    # SD 3.5 large in NF4 with T5's fp32 layers: no card holds it whole beside its work
+    ("sd3-large", "auto", KAGGLE_T4X2, "offload", "nf4", 2),
     # int8 fits no card whole and the host holds one offloaded copy only: one process
     # either way, and split moves no weights between images
     ("sd3-large", "int8", KAGGLE_T4X2, "split", "int8", 1),
@@ -65,8 +66,8 @@ def test_the_plan_keeps_fp16_unsafe_vaes_in_fp32_and_uses_bf16_where_the_card_ha
 
 
 def test_the_plan_tiles_the_vae_for_large_pictures_and_counts_their_work():
-    small = plan_memory("sd3-large", KAGGLE_T4X2)
-    large = plan_memory("sd3-large", KAGGLE_T4X2, width=1536, height=1536)
+    small = plan_memory("sd3-medium", KAGGLE_T4X2)
+    large = plan_memory("sd3-medium", KAGGLE_T4X2, width=1536, height=1536)
     assert not small.vae_tiling and large.vae_tiling
     # 2.4 megapixels' work no longer fits beside the whole pipeline: a part at a time
     assert (small.mode, large.mode) == ("replicate", "offload")
@@ -464,7 +465,9 @@ def test_the_versions_each_feature_needs_are_checked_once_a_package_at_its_highe
     fill = _job(model="flux-fill", init_image=str(shapes), mask_image=str(shapes)).document()
     assert features(fill) == {"flux", "flux-img2img", "flux-fill"}
     assert lacking({"flux-fill"}, _have(diffusers="0.31.0")) == [
-        ("diffusers", "0.31.0", "0.32.0", "FluxFillPipeline")]
+        ("diffusers", "0.31.0", "0.33.0", "FluxFillPipeline with a strength")]
+    assert lacking({"split"}, _have(diffusers="0.30.3")) == [
+        ("diffusers", "0.30.3", "0.32.0", "a device map of FLUX's and SD 3's transformers")]
 
 
 def test_a_machine_without_them_is_one_sentence_or_one_logged_pip_install(capsys):
@@ -612,7 +615,7 @@ def test_a_guidance_sweep_on_flux_feeds_its_guidance_embedding(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("preset, flags", [
     ("tiny-flux", {"guidance": 3.5}),
-    ("tiny-sd3", {"negative_prompt": "blurry", "sweep": ["guidance=1,5"]}),
+    ("tiny-sd3", {"negative_prompt": "blurry", "sweep": ["guidance=1,5"], "batch_size": 2}),
 ])
 def test_the_split_placements_stages_draw_what_the_whole_pipeline_draws(
         tmp_path, monkeypatch, capsys, preset, flags):
@@ -698,3 +701,64 @@ def test_flux_fill_redraws_with_its_own_pipeline_reading_the_mask(tmp_path, monk
     (staged,), _ = _made(tmp_path, "staged", model="tiny-flux-fill", init_image=str(init),
                          mask_image=str(right))
     assert abs(a - staged).max() <= 1
+
+
+def _meta_transformer(family: str):
+    """The family's full-size transformer on the meta device (no memory): its configs as
+    published (FLUX.1-dev; SD 3.5 large and medium)."""
+    from accelerate import init_empty_weights
+    from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
+
+    with init_empty_weights(include_buffers=True):  # SD3's position table too (0.9 GB)
+        if family == "flux":
+            return FluxTransformer2DModel(
+                patch_size=1, in_channels=64, num_layers=19, num_single_layers=38,
+                attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
+                pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=[16, 56, 56])
+        large = family == "sd3-large"
+        return SD3Transformer2DModel(
+            sample_size=128, patch_size=2, in_channels=16, num_layers=38 if large else 24,
+            attention_head_dim=64, num_attention_heads=38 if large else 24,
+            joint_attention_dim=4096, caption_projection_dim=2432 if large else 1536,
+            pooled_projection_dim=2048, out_channels=16, pos_embed_max_size=192 if large else 384,
+            qk_norm="rms_norm", **({} if large else {"dual_attention_layers": tuple(range(13))}))
+
+
+@pytest.mark.slow
+def test_every_split_plan_is_a_device_map_that_stays_on_the_cards(monkeypatch):
+    """The plan's caps handed to diffusers' own device-map logic (accelerate's balanced map,
+    bitsandbytes' margin) for the full-size transformers on the meta device, as two T4s
+    would see them: every layer lands on a card, none on the CPU or the disk."""
+    import torch
+
+    from imggenhub.engine.versions import lacking
+
+    if lacking({"split"}):  # an older diffusers cannot map these transformers: refused there
+        return
+    from diffusers import BitsAndBytesConfig
+    from diffusers.models.model_loading_utils import _determine_device_map
+    from diffusers.quantizers import DiffusersAutoQuantizer
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    checked = 0
+    for family in ("flux", "sd3-large", "sd3-medium"):
+        model = _meta_transformer(family)
+        for quantize in ("auto", "none", "int8", "nf4"):
+            for size, batch in ((512, 3), (1024, 1), (1024, 2), (1280, 2)):
+                try:
+                    plan = plan_memory(family, KAGGLE_T4X2, quantize, size, size, batch)
+                except DoesNotFit:
+                    continue
+                if not plan.staged:
+                    continue
+                kind = plan.part("transformer").quant
+                quantizer = None if kind == "none" else DiffusersAutoQuantizer.from_config(
+                    BitsAndBytesConfig(**({"load_in_8bit": True} if kind == "int8" else
+                                          {"load_in_4bit": True})), pre_quantized=False)
+                device_map = _determine_device_map(model, "auto", plan.max_memory(),
+                                                   torch.float16, hf_quantizer=quantizer)
+                assert {str(d) for d in device_map.values()} <= {"0", "1"}, (family, quantize,
+                                                                             size, batch)
+                checked += 1
+    assert checked >= 10

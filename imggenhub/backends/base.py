@@ -135,6 +135,12 @@ class Backend:
         """One look at the run's state (the status command)."""
         return run
 
+    def cancel(self, run: Run, on_event: OnEvent) -> Run:
+        """Ask the remote to stop the run; its end is then waited for as any other."""
+        raise SpecError(f"{self.title} cannot cancel a run from here"
+                        + (f"; stop it on its page ({run.url}), and imggenhub sees it cancelled"
+                           if run.url else "") + ".")
+
     def health(self, on_event: OnEvent, timeout: float) -> dict:
         """What 'imggenhub doctor' finds, as fields, and ``lines`` for people."""
         return {"lines": []}

@@ -96,6 +96,16 @@ def resume(run_id: RunId = None, timeout: Timeout = None, json: Json = False,
     done(jobs.command_on(run_id, "resume", reporter(), timeout, force=force), json)
 
 
+def cancel(run_id: RunId = None, timeout: Timeout = None, json: Json = False) -> None:
+    """Stop a running run (Hugging Face Jobs: every job of it); what it made comes home, and
+    'resume' makes the rest. Exit 0 also when there was nothing left to stop."""
+    from ..run import jobs
+
+    STATE["json"] = json
+    run = jobs.command_on(run_id, "cancel", reporter(), timeout)
+    result(run_data(run), f"{run.run_id} {shown_state(run)}", json)
+
+
 def status(run_id: RunId = None, json: Json = False) -> None:
     """One look at a run's state (asks Kaggle when the run is still going)."""
     from ..run import jobs

@@ -43,6 +43,7 @@ class Part:
     # of them, kept in fp32 under fp16 and never quantized: T5's feed-forward outputs ("wo",
     # 24 x 10240 x 4096), which transformers keeps out of fp16 and of bitsandbytes
     fp32_billions: float = 0.0
+    block: float = 0.0  # a denoiser's largest block, as a share of it (a device map's unit)
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,12 @@ CLIP_L = Part("text_encoder", 0.123, "text")
 CLIP_G = Part("text_encoder_2", 0.695, "text")
 VAE = Part("vae", 0.084, "vae")
 FAMILIES = {f.name: f for f in [
-    Family("flux", (Part("transformer", 11.9, "denoiser", True), T5, CLIP_L, VAE), 2.0, True),
-    Family("sd3-large", (Part("transformer", 8.06, "denoiser", True), CLIP_L, CLIP_G,
-                         Part("text_encoder_3", 4.76, "text", True), VAE), 2.0, True),
-    Family("sd3-medium", (Part("transformer", 2.47, "denoiser", True), CLIP_L, CLIP_G,
+    # (the largest blocks measured on the full-size transformers built on the meta device)
+    Family("flux", (Part("transformer", 11.9, "denoiser", True, block=0.0286), T5, CLIP_L, VAE),
+           2.0, True),
+    Family("sd3-large", (Part("transformer", 8.06, "denoiser", True, block=0.0261), CLIP_L, CLIP_G,
+                         Part("text_encoder_3", 4.76, "text", True, 1.007), VAE), 2.0, True),
+    Family("sd3-medium", (Part("transformer", 2.47, "denoiser", True, block=0.045), CLIP_L, CLIP_G,
                           Part("text_encoder_3", 4.76, "text", True, 1.007), VAE), 2.0, True),
     # the tiny offline pipelines of the same shapes (engine/tiny.py), for tests: their own
     # parameter counts
@@ -175,11 +178,13 @@ def plan_memory(family: str, machine: Machine, quantize: str = "auto", width: in
         return MemoryPlan(family, "cpu", q, parts, 1, round(need, 1), tiling)
     tried = QUANTIZATIONS if quantize == "auto" else (quantize,)
     for mode in ("replicate", "offload", "split"):
-        for q in tried:
+        for i, q in enumerate(tried):
             plan = _place(fam, q, machine, mode, work, tiling, decode)
             if plan is not None and mode == "offload" and plan.processes < machine.cards:
-                # one process either way: the split moves no weights between images
-                plan = _place(fam, q, machine, "split", work, tiling, decode) or plan
+                # one process either way: the split moves no weights between images, and may
+                # need less quantization
+                plan = next(filter(None, (_place(fam, lighter, machine, "split", work, tiling,
+                                                 decode) for lighter in tried[:i + 1])), plan)
             if plan is not None:
                 return plan
     weights = sum(p.gib for p in _parts(fam, tried[-1], machine, ""))
@@ -253,18 +258,19 @@ def _split(fam: Family, q: str, machine: Machine, parts: tuple, card: float, wor
     denoiser = next(p for p in parts if _role(fam, p.name) == "denoiser")
     vae = sum(p.gib for p in parts if _role(fam, p.name) == "vae")
     shares = [card - work - vae - decode] + [card - work] * (machine.cards - 1)
-    if text + 0.5 > card or min(shares) <= 0 or denoiser.gib > sum(shares):
+    # accelerate's map (diffusers' "auto": balanced over the cards) keeps a largest block free
+    # on each card, and bitsandbytes takes a tenth off each cap: what the caps must hold
+    part = next(p for p in fam.parts if p.role == "denoiser")
+    need = denoiser.gib / (0.9 if denoiser.quant != "none" else 1.0) \
+        + machine.cards * part.block * denoiser.gib
+    if text + 0.5 > card or min(shares) <= 0 or need > sum(shares):
         return None
-    # accelerate fills the cards in order: the first full, the rest what is left
-    used, left = [], denoiser.gib
-    for share in shares:
-        used.append(min(share, left))
-        left -= used[-1]
     spread = f"cards 0-{machine.cards - 1}"
     placed = tuple(Placed(p.name, p.quant, p.dtype, {
         "text": "card 0 until the prompts are encoded", "vae": "card 0",
         "denoiser": spread}[_role(fam, p.name)], p.gib) for p in parts)
-    peak = max(text + 0.5, used[0] + vae + decode + work, *(u + work for u in used[1:]))
+    # at most each card's cap and what works beside it
+    peak = max(text + 0.5, shares[0] + vae + decode + work, *(s + work for s in shares[1:]))
     return MemoryPlan(fam.name, "split", q, placed, 1, round(peak + CONTEXT_GIB, 1), tiling,
                       tuple(round(s, 2) for s in shares))
 

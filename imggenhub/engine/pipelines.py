@@ -105,20 +105,22 @@ def encode_prompts(model: dict, plan, device: str, texts: list, chunk: int = 8) 
     plan says) encode each (prompt, negative prompt) the process will draw; then they are
     freed. Returns {(prompt, negative): {the pipeline's embedding argument: a tensor of one
     row, in the host's memory}}."""
+    import diffusers
     import torch
-    from diffusers import DiffusionPipeline
 
     compute = _compute(plan)
     kwargs = dict(_dtype_kwarg(getattr(torch, DTYPES[compute])), transformer=None, vae=None)
     quantized = quantization_config(plan, compute, among=TEXT_PARTS)
     if quantized is not None:
         kwargs["quantization_config"] = quantized
-    try:
-        pipe = DiffusionPipeline.from_pretrained(_where(model), **kwargs)
+    family = model["pipeline"]  # the family's text-to-image class: its encoders are the same
+    cls = {"flux": diffusers.FluxPipeline, "sd3": diffusers.StableDiffusion3Pipeline}[family]
+    try:  # (FLUX.1 Fill's own class needs its VAE to be built in older diffusers)
+        pipe = cls.from_pretrained(_where(model), **kwargs)
     except OSError as exc:
         raise _not_loaded(model["id"], exc) from None
     _to_device(pipe, device)
-    family, length = model["pipeline"], model.get("max_sequence_length") or 256
+    length = model.get("max_sequence_length") or 256
     encoded, texts = {}, list(dict.fromkeys(texts))
     with torch.no_grad():
         for start in range(0, len(texts), chunk):
@@ -319,18 +321,9 @@ def apply_loras(pipe, loras: list[dict], fuse: bool = True) -> list[dict]:
     names = []
     for i, lora in enumerate(loras):
         name = f"lora{i}"
-        ref = lora["ref"]
-        if lora.get("local"):
-            where = (str(Path(ref).parent), {"weight_name": Path(ref).name})
-        elif ref.count("/") == 2:  # owner/name/file.safetensors
-            repo, _, weight = ref.rpartition("/")
-            where = (repo, {"weight_name": weight})
-        else:
-            where = (ref, {})
-        if getattr(pipe, "text_encoder", False) is None:  # staged: the prompts are encoded
-            _transformer_only(pipe, where, lora)
+        where, weight = _lora_source(lora)
         with _mapped_in_place(pipe):
-            pipe.load_lora_weights(where[0], adapter_name=name, **where[1])
+            pipe.load_lora_weights(where, adapter_name=name, **weight)
         names.append(name)
     pipe.set_adapters(names, adapter_weights=[float(l["scale"]) for l in loras])
     if fuse:
@@ -358,15 +351,34 @@ def _mapped_in_place(pipe):
         pipe.hf_device_map = None
 
 
-def _transformer_only(pipe, where: tuple, lora: dict) -> None:
+def _lora_source(lora: dict) -> tuple[str, dict]:
+    """Where diffusers' loader finds a LoRA: (a folder or repo, its weight_name if named)."""
+    ref = lora["ref"]
+    if lora.get("local"):
+        return str(Path(ref).parent), {"weight_name": Path(ref).name}
+    if ref.count("/") == 2:  # owner/name/file.safetensors
+        repo, _, weight = ref.rpartition("/")
+        return repo, {"weight_name": weight}
+    return ref, {}
+
+
+def refuse_text_encoder_loras(model: dict, loras: list[dict]) -> None:
     """A split plan encodes the prompts before its denoiser loads, without the LoRAs: one
-    that also changes the text encoders is refused in one sentence rather than half applied."""
-    state = pipe.lora_state_dict(where[0], **where[1])
-    state = state[0] if isinstance(state, tuple) else state
-    if any(key.startswith("text_encoder") for key in state):
-        raise ValueError(f"the LoRA {_name_of(lora)} also changes the text encoders, which the split "
-                         "placement (the prompts encoded before the transformer loads) does not "
-                         "apply; use a quantization that fits a card (--quantize nf4)")
+    that also changes the text encoders is refused in one sentence, before anything loads,
+    rather than half applied."""
+    import diffusers
+
+    cls = {"flux": diffusers.FluxPipeline, "sd3": diffusers.StableDiffusion3Pipeline}[
+        model["pipeline"]]
+    for lora in loras:
+        where, weight = _lora_source(lora)
+        state = cls.lora_state_dict(where, **weight)
+        state = state[0] if isinstance(state, tuple) else state
+        if any(key.startswith("text_encoder") for key in state):
+            raise ValueError(f"the LoRA {_name_of(lora)} also changes the text encoders, which "
+                             "the split placement (the prompts encoded before the transformer "
+                             "loads) does not apply; use a quantization that fits a card "
+                             "(--quantize nf4)")
 
 
 def _name_of(ref: dict) -> str:

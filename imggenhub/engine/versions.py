@@ -23,7 +23,9 @@ NEEDS = {
     "flux": (("diffusers", "0.30.0", "FluxPipeline"),),
     "sd3": (("diffusers", "0.31.0", "SD 3.5's transformer"),),
     "flux-img2img": (("diffusers", "0.31.0", "FLUX's image-to-image and inpainting"),),
-    "flux-fill": (("diffusers", "0.32.0", "FluxFillPipeline"),),
+    "flux-fill": (("diffusers", "0.33.0", "FluxFillPipeline with a strength"),),
+    # the transformers spread over the cards by a device map (the split placement)
+    "split": (("diffusers", "0.32.0", "a device map of FLUX's and SD 3's transformers"),),
     "quantized": (("diffusers", "0.34.0", "PipelineQuantizationConfig"),
                   ("bitsandbytes", "0.45.0", "4- and 8-bit weights")),
     "lora": (("peft", "0.10.0", "diffusers' LoRA loader"),),
@@ -47,8 +49,9 @@ def installed(package: str) -> str | None:
         return None
 
 
-def features(job: dict, quantized: bool = False) -> set:
-    """The features of a job that need particular versions."""
+def features(job: dict, quantized: bool = False, planned: set = frozenset()) -> set:
+    """The features of a job that need particular versions (``planned``: what its memory
+    plans ask for here, "quantized" and "split")."""
     found = {m.get("pipeline") for m in models_of(job)} & {"flux", "sd3"}
     if "flux" in found and any(p.get("init_image") for p in job.get("prompts") or ()):
         found.add("flux-img2img")
@@ -56,6 +59,7 @@ def features(job: dict, quantized: bool = False) -> set:
         found.add("flux-fill")
     if quantized:
         found.add("quantized")
+    found |= set(planned) & {"quantized", "split"}
     if job.get("loras"):
         found.add("lora")
     return found
@@ -77,11 +81,12 @@ def lacking(wanted: set, have=installed) -> list[tuple]:
     return out
 
 
-def ensure(job: dict, quantized: bool = False, have=installed, install=None) -> list[str]:
+def ensure(job: dict, quantized: bool = False, have=installed, install=None,
+           planned: set = frozenset()) -> list[str]:
     """Make sure this machine has what the job needs: nothing to do, or one ``pip install``
     of exact pins when ``job["install_missing"]``, or VersionProblem. Returns the pins
     installed."""
-    missing = lacking(features(job, quantized), have)
+    missing = lacking(features(job, quantized, planned), have)
     if not missing:
         return []
     said = "; ".join(f"{p} >= {need} for {why} (here: {v or 'not installed'})"

@@ -18,7 +18,7 @@ from .manifest import PartLog, merge_manifest
 from .outputs import Bundler, ImageWriter
 from .pipelines import (apply_embeddings, apply_loras, derived_pipeline, enable_memory_savers,
                         encode_prompts, free_memory, load_init_image, load_pipeline, load_refiner,
-                        set_lora_scale, set_scheduler)
+                        refuse_text_encoder_loras, set_lora_scale, set_scheduler)
 from .memory import DoesNotFit, for_job, machine_here
 from .scoring import Scorer
 from .versions import VersionProblem
@@ -181,7 +181,9 @@ class Session:
             rows = [self.encoded[(t["prompt"], t["negative_prompt"] or "")] for t in batch]
             for key in ("prompt", "negative_prompt", "max_sequence_length"):
                 kwargs.pop(key, None)
-            kwargs.update({key: torch.cat([row[key] for row in rows]) for key in rows[0]})
+            device = self.pipe._execution_device  # a transformer whole on one device has
+            kwargs.update({key: torch.cat([row[key] for row in rows]).to(device)  # no hooks
+                           for key in rows[0]})
         run = self.pipe
         if first.get("init_image"):
             mode = "inpaint" if first.get("mask_image") else "img2img"
@@ -282,7 +284,10 @@ def _ready(model: dict, device: str, dtype, job: dict, texts: list):
     plan = _planned(job, model, device)
     if plan is not None:
         log(plan.line())
-    encoded = encode_prompts(model, plan, device, texts) if plan and plan.staged else None
+    encoded = None
+    if plan is not None and plan.staged:  # the prompts first, then the text encoders go
+        refuse_text_encoder_loras(model, job.get("loras") or [])
+        encoded = encode_prompts(model, plan, device, texts)
     pipe = load_pipeline(model, device, dtype, plan)
     enable_memory_savers(pipe)
     pipe.set_progress_bar_config(disable=True)
@@ -292,7 +297,7 @@ def _ready(model: dict, device: str, dtype, job: dict, texts: list):
 
 def _planned(job: dict, model: dict, device: str):
     """The model's memory plan on this machine (None: not a planned model).
-    IMGGENHUB_STAGED=1 runs a plan in the split placement's stages on any machine (the
+    IMGGENHUB_STAGED=1 runs a replicate or cpu plan in the split placement's stages (the
     prompts encoded first, the text encoders freed, then the denoiser): how they are tested
     without two cards, and a way to draw with less memory at once."""
     if not model.get("memory"):
@@ -386,13 +391,16 @@ def checked_call(run, kwargs: dict, batch: list[dict]):
     return output.images
 
 
-def _quantized(job: dict) -> bool:
-    """Whether any of the job's models loads quantized on this machine (its memory plan)."""
+def _planned_features(job: dict) -> set:
+    """What the job's models' memory plans on this machine ask of the packages: weights
+    loaded quantized ("quantized"), a transformer spread over the cards ("split")."""
     planned = [m for m in models_of(job) if m.get("memory")]
     if not planned:
-        return False
+        return set()
     machine = machine_here(job.get("gpu", True))
-    return any(for_job(job, m, machine).quantized() for m in planned)
+    plans = [for_job(job, m, machine) for m in planned]
+    return ({"quantized"} if any(p.quantized() for p in plans) else set()) | \
+        ({"split"} if any(p.staged and p.shares for p in plans) else set())
 
 
 def count_processes(job: dict) -> int:
@@ -443,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     os.environ.setdefault("IMGGENHUB_ENGINE_STARTED", str(time.time()))  # the session clock
     try:  # the versions the job's features need: here, or installed, or one sentence
-        ensure_versions(job, quantized=work is run_worker and _quantized(job))
+        ensure_versions(job, planned=_planned_features(job) if work is run_worker else set())
     except (VersionProblem, DoesNotFit) as exc:
         print(f"{ERROR_PREFIX}{type(exc).__name__}: {exc}", flush=True)
         merge_manifest(args.out, job)

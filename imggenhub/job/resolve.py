@@ -240,7 +240,8 @@ def build_job(settings: Settings, items: list[PromptItem]) -> JobSpec:
                         "--precision out.")
     if settings.quantize != "auto" and not preset.memory:
         raise SpecError(f"--quantize applies to FLUX and SD 3.5 models (flux-schnell, flux-dev, "
-                        f"sd35-medium, sd35-large, sd35-large-turbo), not to {preset.name}.")
+                        f"flux-fill, sd35-medium, sd35-large, sd35-large-turbo), not to "
+                        f"{preset.name}.")
     resolved = [_resolve(i, item, cells[i], settings, preset, refiner)
                 for i, item in enumerate(items)]
     total = sum(p.num_images for p in resolved)

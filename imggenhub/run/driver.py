@@ -81,6 +81,7 @@ class _Group:
         # only a failure known before this command is pushed again: one seen now is said first
         self.failed_before = {m.run_id for m in self.members if m.state.failed}
         self.stops: dict[str, Exception] = {}  # what ended a member's part this time
+        self.cancelled: set[str] = set()  # members whose remote run was asked to stop
 
     def say(self, member: Run):
         if not self.sharded:
@@ -113,6 +114,8 @@ class _Group:
             self.again.add(member.run_id)
             return Step.PUSH
         p = plan(command, member.state)
+        if p.step == Step.CANCEL and member.run_id in self.cancelled:
+            return Step.WAIT  # asked once: its end is waited for
         return p.step if p.step not in (None, Step.DONE, Step.FAIL) else None
 
 
@@ -167,6 +170,8 @@ def _drive(impl: backends.Backend, group: _Group, command: str, deadline: Deadli
             try:
                 with group.lock(member):
                     members[i] = _take(impl, step, runs.reload(member), say)
+                if step == Step.CANCEL:
+                    group.cancelled.add(member.run_id)
                 moved = True
             except NoFreeSlot as exc:
                 members[i] = runs.reload(member)
@@ -226,6 +231,8 @@ def _take(impl: backends.Backend, step: Step, member: Run, say) -> Run:
         return impl.submit(member, say)
     if step == Step.RESOLVE:
         return impl.resolve(member, say)
+    if step == Step.CANCEL:
+        return impl.cancel(member, say)
     if step == Step.FETCH:
         say(f"bringing the outputs of run {member.run_id} into {member.out_dir}")
         return impl.fetch(member, say)
@@ -256,6 +263,10 @@ def _verdict(run: Run, group: _Group, command: str) -> Run:
     then a state with nothing to do yet, else done."""
     for exc in group.stops.values():
         raise exc
+    if command == "cancel" and all(
+            s.state in (RunState.CANCELLED, RunState.DOWNLOADED, RunState.COMPLETE)
+            for s in group.members):
+        return run  # stopped as asked (or done before it could be): what it made is here
     failed = [s for s in group.members if s.state.failed]
     if failed and group.sharded:
         names = ", ".join(f"shard {s.shard} ({s.state.value})" for s in failed)

@@ -135,6 +135,7 @@ class Step(str, Enum):
     WAIT = "wait"          # follow the remote run to its end
     FETCH = "fetch"        # bring the images home, verified
     KEEP = "keep"          # a failed run: bring home what it finished, then report the failure
+    CANCEL = "cancel"      # stop the remote run (Hugging Face Jobs); what it made is kept
     DONE = "done"          # nothing left to do
     FAIL = "fail"          # the run failed and nothing is left to bring home
 
@@ -158,12 +159,19 @@ class Command:
 
 
 _PUSHED = frozenset({S.PUSHED, S.QUEUED, S.RUNNING, S.COMPLETE, S.DOWNLOADED})
+# what a command does where it differs from what the state needs next
+ACTS: dict[str, dict[RunState, Step]] = {
+    "cancel": {S.PUSHED: Step.CANCEL, S.QUEUED: Step.CANCEL, S.RUNNING: Step.CANCEL},
+}
 COMMANDS: dict[str, Command] = {c.name: c for c in [
     Command("deploy", frozenset({Step.PUSH, Step.RESOLVE}), _PUSHED),
     Command("poll", frozenset({Step.RESOLVE, Step.WAIT}), frozenset({S.COMPLETE, S.DOWNLOADED})),
     Command("download", frozenset({Step.FETCH, Step.KEEP}), frozenset({S.DOWNLOADED})),
-    Command("resume", frozenset(Step), frozenset({S.DOWNLOADED})),
-    Command("generate", frozenset(Step), frozenset({S.DOWNLOADED})),
+    Command("resume", frozenset(Step) - {Step.CANCEL}, frozenset({S.DOWNLOADED})),
+    Command("generate", frozenset(Step) - {Step.CANCEL}, frozenset({S.DOWNLOADED})),
+    # a run that is not running has nothing to cancel; a cancelled one's images come home
+    Command("cancel", frozenset({Step.RESOLVE, Step.CANCEL, Step.WAIT, Step.KEEP}),
+            frozenset({S.RENDERED, S.PARTIAL, S.COMPLETE, S.DOWNLOADED, S.PUSH_FAILED})),
 ]}
 
 # What to run next, by the step a state needs (for the sentences).
@@ -183,7 +191,7 @@ class Plan:
 def plan(command: str, state: RunState) -> Plan:
     """The one place that decides what ``command`` does with a run in ``state``."""
     cmd = COMMANDS[command]
-    need = NEXT_STEP[state]
+    need = ACTS.get(command, {}).get(state, NEXT_STEP[state])
     if state in cmd.goal:
         return Plan(None, Exit.OK, "is already {state}; nothing to do")
     if need == Step.FAIL:
@@ -222,6 +230,10 @@ def table_markdown() -> str:
                 cells.append("fetch what it kept, exit 1")
             elif p.step == Step.WAIT:
                 cells.append("wait: 0, 1, 3 or 5")
+            elif p.step == Step.CANCEL:
+                cells.append("cancel, wait, fetch what it kept, exit 0")
+            elif p.step == Step.KEEP and name == "cancel" and state == S.CANCELLED:
+                cells.append("fetch what it kept, exit 0")
             else:
                 cells.append(f"{p.step.value}, go on")
         rows.append(f"| `{state.value}` | " + " | ".join(cells) + " | show, exit 0 (5: unreachable) |")

@@ -90,7 +90,17 @@ class HfJobsBackend(Backend):
     @property
     def api(self):
         if self._api is None:
+            import inspect
+
+            import huggingface_hub
             from huggingface_hub import HfApi
+
+            if not hasattr(HfApi, "list_jobs_hardware") or "labels" not in \
+                    inspect.signature(HfApi.run_job).parameters:
+                raise SpecError(
+                    "The hf-jobs backend needs a huggingface_hub whose jobs take labels and list "
+                    f"their hardware (it is tested with 2.4; here: {huggingface_hub.__version__}); "
+                    "pip install -U huggingface_hub.")
             from huggingface_hub.utils import disable_progress_bars
 
             disable_progress_bars()  # the command says what happens, in its own lines
@@ -184,7 +194,8 @@ class HfJobsBackend(Backend):
         doc["session_seconds"] = timeout  # it stops cleanly before the limit; resume goes on
         self.render(run, job, doc)
         (run.notebook_dir / JOB_FILE).write_text(json.dumps({
-            "repo": f"{prepared.user}/{REPO_NAME}", "flavor": prepared.flavor.name,
+            "repo": f"{prepared.user}/{REPO_NAME}", "namespace": prepared.user,
+            "flavor": prepared.flavor.name,
             "timeout": timeout, "usd_per_hour": prepared.flavor.usd_per_hour,
             "estimate_usd": round(prepared.cost.usd / max(1, prepared.cost.jobs), 2)}),
             encoding="utf-8")
@@ -238,7 +249,8 @@ class HfJobsBackend(Backend):
             job = self._call("starting the job", lambda: self.api.run_job(
                 image=IMAGE, command=["python", "-c", source], env=env,
                 secrets={"HF_TOKEN": token}, flavor=spec["flavor"], timeout=spec["timeout"],
-                labels=labels, name=f"imggenhub-{label(run.run_id)}"), on_event, attempts=1)
+                labels=labels, name=f"imggenhub-{label(run.run_id)}",
+                namespace=spec["namespace"]), on_event, attempts=1)
         except Unreachable:  # it may have started: the labels tell ('resume' looks)
             run.state = RunState.PUSH_UNKNOWN
             runs.save(run)
@@ -260,8 +272,10 @@ class HfJobsBackend(Backend):
 
     def resolve(self, run: Run, on_event: OnEvent) -> Run:
         labels = {RUN_LABEL: label(run.run_id), SESSION_LABEL: str(run.session)}
+        namespace = self._job_file(run)["namespace"]  # (huggingface_hub's own look-up of it
+        # goes to the endpoint its module saw first)
         found = list(self._call("looking for the run's job", lambda: list(
-            self.api.list_jobs(labels=labels)), on_event))
+            self.api.list_jobs(labels=labels, namespace=namespace)), on_event))
         if found:
             on_event(f"the interrupted start of run {run.run_id} had started job {found[0].id}; "
                      "following it")
@@ -275,7 +289,9 @@ class HfJobsBackend(Backend):
 
     def _state(self, run: Run, on_event: OnEvent | None = None) -> tuple[RunState, str | None]:
         info = self._call("reading the job's status",
-                          lambda: self.api.inspect_job(job_id=run.kernel_ref), on_event)
+                          lambda: self.api.inspect_job(
+                              job_id=run.kernel_ref, namespace=self._job_file(run)["namespace"]),
+                          on_event)
         stage = str(getattr(info.status, "stage", "") or "").upper()
         return STATES.get(stage, RunState.RUNNING), info.status.message
 
@@ -316,8 +332,8 @@ class HfJobsBackend(Backend):
     def cancel(self, run: Run, on_event: OnEvent) -> Run:
         """Cancel the run's job (what it uploaded stays)."""
         if run.kernel_ref and run.state in (RunState.PUSHED, RunState.QUEUED, RunState.RUNNING):
-            self._call("cancelling the job", lambda: self.api.cancel_job(job_id=run.kernel_ref),
-                       on_event)
+            self._call("cancelling the job", lambda: self.api.cancel_job(
+                job_id=run.kernel_ref, namespace=self._job_file(run)["namespace"]), on_event)
             on_event(f"cancelled job {run.kernel_ref}")
         return run
 
