@@ -25,7 +25,7 @@ NEEDS = {
     "flux-img2img": (("diffusers", "0.31.0", "FLUX's image-to-image and inpainting"),),
     "flux-fill": (("diffusers", "0.33.0", "FluxFillPipeline with a strength"),),
     # the transformers spread over the cards by a device map (the split placement)
-    "split": (("diffusers", "0.32.0", "a device map of FLUX's and SD 3's transformers"),),
+    "split": (("diffusers", "0.33.0", "a device map of FLUX's and SD 3's transformers"),),
     "quantized": (("diffusers", "0.34.0", "PipelineQuantizationConfig"),
                   ("bitsandbytes", "0.45.0", "4- and 8-bit weights")),
     "lora": (("peft", "0.10.0", "diffusers' LoRA loader"),),
