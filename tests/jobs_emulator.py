@@ -12,6 +12,11 @@ on this machine as a process.
 - ``GET /api/jobs/{namespace}/{id}``: inspect. Secrets are never echoed: their names only.
 - ``GET /api/jobs/{namespace}?label=k=v&stage=S``: list, filtered (all labels must match).
 - ``POST /api/jobs/{namespace}/{id}/cancel``.
+- ``GET /api/jobs/{namespace}/{id}/logs``: server-sent events, one a log line
+  (``data: {"timestamp": ..., "data": line}``), all of them from the first, then each new one
+  as the job writes it; the stream ends when the job has. ``log_drops``: a list consumed one
+  per stream, each the number of events after which that stream is cut (the client
+  reconnects and skips what it saw).
 - ``GET /api/jobs/hardware``: the flavors (``HARDWARE``), prices per minute.
 
 Two runners: ``stub`` (the default: the job's command runs as sent, but the engine it
@@ -78,6 +83,7 @@ class Job:
     started: str | None = None
     finished: str | None = None
     logs: list = field(default_factory=list)  # the job's output lines, in order
+    stamps: list = field(default_factory=list)  # when each was written
     process: subprocess.Popen | None = None
     folder: str = ""
     exit_code: int | None = None
@@ -104,6 +110,7 @@ class Jobs:
         self.jobs: dict[str, Job] = {}
         self.faults: list[str] = []
         self.job_env: list[dict] = []
+        self.log_drops: list[int] = []
         self.lock = threading.RLock()
 
     def create(self, owner: str, spec: dict) -> tuple[Job | None, str | None]:
@@ -155,6 +162,7 @@ class Jobs:
         timer.daemon = True
         timer.start()
         for line in job.process.stdout:
+            job.stamps.append(_now())
             job.logs.append(line.rstrip("\n"))
         code = job.process.wait()
         timer.cancel()
@@ -234,8 +242,37 @@ def route(handler, method: str, path: str, query: dict) -> bool:
     if len(parts) == 4 and method == "GET":
         handler._json(200, job.info())
         return True
+    if parts[4:] == ["logs"] and method == "GET":
+        _stream_logs(handler, jobs, job)
+        return True
     if parts[4:] == ["cancel"] and method == "POST":
         jobs.cancel(job)
         handler._json(200, {})
         return True
     raise HubError(404, f"No such jobs endpoint: {method} {path}")
+
+
+def _stream_logs(handler, jobs: Jobs, job: Job) -> None:
+    """The job's log as server-sent events, from its first line, following it to its end."""
+    import json
+
+    with jobs.lock:
+        cut = jobs.log_drops.pop(0) if jobs.log_drops else None
+    handler.send_response(200)
+    handler.send_header("Content-Type", "text/event-stream")
+    handler.send_header("Connection", "close")
+    handler.end_headers()
+    handler.close_connection = True
+    sent = 0
+    while True:
+        finished = job.stage in TERMINAL and job.finished is not None
+        while sent < len(job.logs):
+            if cut is not None and sent >= cut:
+                return  # the stream drops here: the client comes back
+            event = {"timestamp": job.stamps[sent], "data": job.logs[sent]}
+            handler.wfile.write(f"data: {json.dumps(event)}\n\n".encode())
+            sent += 1
+        handler.wfile.flush()
+        if finished:
+            return
+        time.sleep(0.05)

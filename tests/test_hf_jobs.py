@@ -148,3 +148,21 @@ def test_kaggle_cannot_cancel_and_says_so(emulator, cli, tmp_path):
     assert code == 0, err
     code, out, err = cli("cancel", cwd=tmp_path)
     assert code == 2 and "Kaggle cannot cancel a run from here; stop it on its page" in err
+
+
+def test_progress_streams_in_from_each_jobs_live_log_even_when_the_stream_drops(hf_jobs, cli,
+                                                                                tmp_path):
+    hf_jobs.jobs.image_seconds = 0.8
+    hf_jobs.jobs.log_drops = [1]  # the first stream is cut after a line: none said twice
+    code, out, err = _generate(cli, tmp_path)
+    assert code == 0, err
+    for n in (1, 2, 3, 4):
+        assert err.count(f"image {n}/4 ") == 1, err
+    assert err.index("image 4/4") < err.index("bringing the outputs")  # said as it ran
+    assert "it/s]" not in err  # no progress bar of the job's downloads
+
+
+def test_a_failed_jobs_record_says_the_engines_own_error(hf_jobs, cli, tmp_path):
+    hf_jobs.jobs.job_env = [{"IMGGENHUB_ENGINE_FAIL_AFTER": "1"}]
+    code, out, err = _generate(cli, tmp_path)
+    assert code == 1 and "RuntimeError: injected failure after 1 image" in err

@@ -13,11 +13,13 @@ import json
 import math
 import shutil
 import tempfile
+import threading
+from collections import deque
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from ...engine import ENGINE_PACKAGE, LOG_FILE, MODULES
+from ...engine import ENGINE_PACKAGE, ERROR_PREFIX, LOG_FILE, MODULES, progress_message
 from ...engine.tiny import SHIPPED
 from ...errors import (CredentialsError, ImggenhubError, OverQuota, SpecError, StillRunning,
                        Unreachable)
@@ -58,6 +60,31 @@ def pins() -> list[str]:
     return out
 
 
+class Follower(threading.Thread):
+    """A job's live log (``fetch_job_logs(follow=True)``), read on a thread of its own: each
+    engine progress line said as it comes, the last lines kept for a failure's record. The
+    log is a view: the status polls decide, and a broken stream only ends the view."""
+
+    def __init__(self, backend: "HfJobsBackend", run: Run, say: OnEvent):
+        super().__init__(name=f"hf-job-log-{run.kernel_ref}", daemon=True)
+        self.api, self.job_id = backend.api, run.kernel_ref
+        self.namespace = backend._job_file(run)["namespace"]
+        self.say, self.tail, self.done = say, deque(maxlen=40), threading.Event()
+
+    def run(self) -> None:
+        try:
+            for line in self.api.fetch_job_logs(job_id=self.job_id, follow=True,
+                                                namespace=self.namespace):
+                if self.done.is_set():
+                    return
+                self.tail.append(line)
+                message = progress_message(line)
+                if message is not None:
+                    self.say(message)
+        except Exception:  # noqa: BLE001 - a view ends; the polls go on
+            return
+
+
 @dataclass
 class Prepared:
     user: str
@@ -73,6 +100,7 @@ class HfJobsBackend(Backend):
     def __init__(self, settings=None):
         super().__init__(settings)
         self._api = None
+        self._followers: dict[str, Follower] = {}  # by job: kept across waits (no replays)
 
     # --- the client -------------------------------------------------------------------
 
@@ -242,6 +270,7 @@ class HfJobsBackend(Backend):
         runs.save(run)
         env = {"IMGGENHUB_REPO": spec["repo"], "IMGGENHUB_PREFIX": self.prefix(run),
                "IMGGENHUB_PINS": " ".join(pins()), "IMGGENHUB_LOG": LOG_FILE,
+               "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # the log says what happens, in lines
                "IMGGENHUB_UPLOAD_SECONDS": str(self.tunables.poll_max_interval * 2)}
         labels = {RUN_LABEL: label(run.run_id), SESSION_LABEL: str(run.session)}
         source = Path(bootstrap.__file__).read_text(encoding="utf-8")
@@ -303,8 +332,13 @@ class HfJobsBackend(Backend):
         return run
 
     def wait(self, members: list[Run], say_for) -> list[Run]:
-        """Poll the jobs until one of them ends (or the deadline: StillRunning)."""
+        """Poll the jobs until one of them ends (or the deadline: StillRunning); meanwhile
+        each one's engine progress streams in from its live log."""
         clock, start = self.tunables.clock, self.tunables.clock.monotonic()
+        for run in members:
+            if not run.state.terminal and run.kernel_ref not in self._followers:
+                self._followers[run.kernel_ref] = follower = Follower(self, run, say_for(run))
+                follower.start()
         while True:
             for k, run in enumerate(members):
                 if run.state.terminal:
@@ -313,12 +347,8 @@ class HfJobsBackend(Backend):
                 if state != run.state:
                     say_for(run)(f"job {run.kernel_ref}: {state.value}")
                     run.state = state
-                    if state == RunState.ERROR:
-                        run.failure = Failure(kind="kernel", ename="JobError",
-                                              evalue=message or "the job failed")
-                    elif state == RunState.CANCELLED:
-                        run.failure = Failure(kind="cancelled", ename="Cancelled",
-                                              evalue=message or "the job was cancelled")
+                    if state.failed:
+                        run.failure = self._failure(run, state, message)
                     members[k] = runs.save(run)
             if any(m.state.terminal for m in members):
                 return members
@@ -328,6 +358,28 @@ class HfJobsBackend(Backend):
             if self.deadline.passed(pause):
                 raise StillRunning("still running")
             clock.sleep(pause)
+
+    def _failure(self, run: Run, state: RunState, message: str | None) -> Failure:
+        """A failed job's record: the Hub's word, and the engine's own error from the log's
+        last lines when it printed one."""
+        follower = self._followers.get(run.kernel_ref)
+        if follower is not None:
+            follower.join(timeout=2.0)  # the stream ends with the job: its last lines
+        tail = list(follower.tail) if follower is not None else []
+        raised = [l[len(ERROR_PREFIX):] for l in tail if l.startswith(ERROR_PREFIX)]
+        ename, _, evalue = raised[-1].partition(": ") if raised else ("", "", "")
+        said = message or ("the job was cancelled" if state == RunState.CANCELLED else
+                           "the job failed")
+        return Failure(kind="cancelled" if state == RunState.CANCELLED else "kernel",
+                       ename=ename or ("Cancelled" if state == RunState.CANCELLED else "JobError"),
+                       evalue=f"{said} ({ename}: {evalue})" if raised else said,
+                       log_tail="\n".join(tail))
+
+    def close(self) -> None:
+        """The live logs end with the command."""
+        for follower in self._followers.values():
+            follower.done.set()
+        self._followers.clear()
 
     def cancel(self, run: Run, on_event: OnEvent) -> Run:
         """Cancel the run's job (what it uploaded stays)."""
