@@ -160,6 +160,8 @@ class Emulator(Served):
                  max_lfs_body: int = MAX_LFS_BODY):
         self.username, self.token, self.read_token = username, token, read_token
         self.tokens: dict[str, tuple[str, str]] = {token: (username, "write")}
+        self.cannot_pay: set[str] = set()  # users whose whoami says canPay false (no credit)
+        self.on_request = None  # tests: called with (method, path) before each request is answered
         if read_token:
             self.tokens[read_token] = (username, "read")
         self.max_api_body, self.max_lfs_body = max_api_body, max_lfs_body
@@ -414,6 +416,8 @@ class _Handler(BaseHTTPRequestHandler):
         path, query = split.path, parse_qs(split.query)
         with self.emulator.lock:
             self.emulator.calls.append((method, path))
+        if self.emulator.on_request is not None:
+            self.emulator.on_request(method, path)
         self._consumed = False
         has_body = (self.headers.get("Transfer-Encoding") or
                     (self.headers.get("Content-Length") or "0").strip() not in ("", "0"))
@@ -499,7 +503,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, {
             "type": "user", "id": hashlib.sha1(user.encode()).hexdigest()[:24], "name": user,
             "fullname": user, "email": f"{user}@example.invalid", "emailVerified": True,
-            "isPro": False, "orgs": [],
+            "isPro": False, "orgs": [], "canPay": user not in self.emulator.cannot_pay,
             "auth": {"type": "access_token",
                      "accessToken": {"displayName": f"emulator {role} token", "role": role}}})
 

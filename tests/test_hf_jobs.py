@@ -53,6 +53,12 @@ def test_shards_run_as_jobs_and_their_images_come_home_verified(hf_jobs, cli, tm
     # the time limit is set, never the Hub's 30-minute default by omission
     assert all(j.spec["timeoutSeconds"] >= 1800 for j in jobs)
     assert "estimate: 2 jobs on a10g-small ($1.00/h)" in err
+    # the record keeps the estimate and the minutes billed (each shard's)
+    from imggenhub.run import runs
+
+    for shard in runs.shards_of(runs.load(result["run_id"])):
+        assert shard.estimate_hours > 0 and shard.timings["billed_minutes"] == 1
+        assert shard.timings["billed_usd"] == round(1.00 / 60, 4)
 
 
 def test_the_token_reaches_the_job_as_a_secret_and_nowhere_else(hf_jobs, cli, tmp_path):
@@ -166,3 +172,85 @@ def test_a_failed_jobs_record_says_the_engines_own_error(hf_jobs, cli, tmp_path)
     hf_jobs.jobs.job_env = [{"IMGGENHUB_ENGINE_FAIL_AFTER": "1"}]
     code, out, err = _generate(cli, tmp_path)
     assert code == 1 and "RuntimeError: injected failure after 1 image" in err
+
+
+def test_doctor_says_whether_the_account_can_run_jobs(hf_jobs, cli, tmp_path, monkeypatch):
+    code, out, err = cli("doctor", "--backend", "hf-jobs", "--json", cwd=tmp_path)
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["signed_in_as"] == DEFAULT_USER and report["can_run_jobs"] is True
+    assert report["flavors"]["t4-small"] == 0.4 and "cpu-basic" not in report["flavors"]
+    hf_jobs.cannot_pay.add(DEFAULT_USER)
+    code, out, err = cli("doctor", "--backend", "hf-jobs", cwd=tmp_path)
+    assert code == 4 and "cannot run jobs: the account has no credit" in err
+    from .hub_emulator import DEFAULT_READ_TOKEN
+
+    hf_jobs.cannot_pay.clear()
+    monkeypatch.setenv("HF_TOKEN", DEFAULT_READ_TOKEN)
+    code, out, err = cli("doctor", "--backend", "hf-jobs", cwd=tmp_path)
+    assert code == 4 and "the token is read-only" in err and DEFAULT_READ_TOKEN not in out + err
+
+
+def test_clean_deletes_the_runs_files_on_the_hub_once_its_images_are_home(hf_jobs, cli, tmp_path):
+    code, out, err = _generate(cli, tmp_path, "--shards", "2")
+    assert code == 0, err
+    run_id = json.loads(out)["run_id"]
+    assert f"'imggenhub clean {run_id}' deletes them" in err
+    repo = hf_jobs.repo(f"{DEFAULT_USER}/imggenhub-runs", "dataset")
+    assert any(p.startswith(f"{run_id}-shard-2/") for p in repo.files)
+    code, out, err = cli("clean", run_id, "--json", cwd=tmp_path)
+    assert code == 0, err
+    assert len(json.loads(out)["deleted"]) == 2
+    assert not any(p.startswith(run_id) for p in repo.files)
+    assert len(list((tmp_path / "out").glob("0*.png"))) == 4  # the images here are untouched
+    code, out, err = cli("clean", run_id, cwd=tmp_path)
+    assert code == 0 and "nothing left to delete" in out
+
+
+def test_clean_refuses_a_run_whose_images_are_not_home(hf_jobs, cli, tmp_path):
+    code, out, err = cli("deploy", "--backend", "hf-jobs", "--model", "tiny-random", "-p", "a",
+                         "--json", cwd=tmp_path)
+    assert code == 0, err
+    code, out, err = cli("clean", cwd=tmp_path)
+    assert code == 6 and "nothing of it is deleted" in err
+    repo = hf_jobs.repo(f"{DEFAULT_USER}/imggenhub-runs", "dataset")
+    assert any("/s1/in/" in p for p in repo.files)
+
+
+@pytest.mark.parametrize("moment", ["uploading the job", "starting the job", "following the job"])
+def test_a_kill_9_at_any_moment_then_resume_starts_no_job_twice(hf_jobs, tmp_path, moment):
+    """The CLI killed (SIGKILL: no cleanup) as the Hub receives its inputs, its job's start,
+    or its first look at the job; 'resume' then finds what did start by its labels."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    from .conftest import run_cli_subprocess
+
+    exe = Path(sys.executable).with_name("imggenhub")
+    cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "imggenhub"]
+    process = subprocess.Popen(
+        [*cmd, "generate", "--backend", "hf-jobs", "--model", "tiny-random", "-p", "a",
+         "--num-images", "2", "--seed", "3", "--out", str(tmp_path / "out")],
+        cwd=tmp_path, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = threading.Event()
+    match = {"uploading the job": lambda m, p: m == "POST" and "/commit/" in p,
+             "starting the job": lambda m, p: m == "POST" and p == f"/api/jobs/{DEFAULT_USER}",
+             "following the job": lambda m, p: m == "GET" and p.startswith(
+                 f"/api/jobs/{DEFAULT_USER}/") and p.count("/") == 4}[moment]
+
+    def kill(method, path):
+        if not killed.is_set() and match(method, path):
+            killed.set()
+            os.kill(process.pid, signal.SIGKILL)
+
+    hf_jobs.on_request = kill
+    process.wait(timeout=120)
+    hf_jobs.on_request = None
+    assert killed.is_set() and process.returncode == -signal.SIGKILL
+    done = run_cli_subprocess("resume", "--json", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert len(hf_jobs.jobs.jobs) == 1  # started once, whatever the moment
+    assert json.loads(done.stdout)["images_fetched"] == 2

@@ -135,6 +135,11 @@ class Backend:
         """One look at the run's state (the status command)."""
         return run
 
+    def clean(self, run: Run, on_event: OnEvent) -> list[str]:
+        """Delete what the remote keeps of a run whose images are home; what was deleted."""
+        raise SpecError(f"imggenhub keeps nothing of run {run.run_id} on {self.title} to clean "
+                        "(a Kaggle kernel and its output are deleted on its page).")
+
     def cancel(self, run: Run, on_event: OnEvent) -> Run:
         """Ask the remote to stop the run; its end is then waited for as any other."""
         raise SpecError(f"{self.title} cannot cancel a run from here"

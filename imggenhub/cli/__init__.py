@@ -3,7 +3,7 @@ prints its result. One error boundary in ``main`` turns errors into one sentence
 an exit code; a traceback only with IMGGENHUB_DEBUG=1.
 
 One module a group of commands: ``run`` (generate, deploy, poll, download, resume,
-cancel, status), ``runs`` (runs, open, grid, show), ``account`` (doctor, quota), ``render``,
+cancel, clean, status), ``runs`` (runs, open, grid, show), ``account`` (doctor, quota), ``render``,
 ``score``, ``models``; ``options`` declares the options they share once, ``output``
 prints their results and progress."""
 
@@ -37,7 +37,7 @@ app = typer.Typer(
 # the commands, in the order --help lists them; two are named otherwise than their function
 _RENAMED = {"list_runs": "runs", "open_gallery": "open"}
 for _command in (run.generate, train.train, publish.publish, run.deploy, run.poll, run.download, run.resume, run.cancel,
-                 run.status,
+                 run.clean, run.status,
                  runs.list_runs, account.doctor, runs.open_gallery, runs.grid, score.score,
                  runs.show, account.quota, render.render, models.models):
     app.command(_RENAMED.get(_command.__name__))(_command)

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import typer
+
 from .options import ApiTimeout, Json
 from .output import STATE, reporter, result
 
 
-def doctor(timeout: ApiTimeout = 30.0, json: Json = False) -> None:
-    """Say where Kaggle credentials were looked for, which one is used (never the secret), and
-    whether the API answers at its address."""
+def doctor(timeout: ApiTimeout = 30.0, json: Json = False,
+           backend: Annotated[str, typer.Option(
+               help="Which remote to check: 'kaggle' or 'hf-jobs'.")] = "kaggle") -> None:
+    """Say where credentials were looked for, which one is used (never the secret), and
+    whether the remote's API answers (hf-jobs: whether the account can run jobs)."""
     from ..backends import get_backend
 
     STATE["json"] = json
-    report = get_backend("kaggle").health(reporter(), timeout)
+    report = get_backend(backend).health(reporter(), timeout)
     lines = report.pop("lines")
     result({"ok": True, **report}, "\n".join(lines), json)
 

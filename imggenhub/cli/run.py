@@ -106,6 +106,17 @@ def cancel(run_id: RunId = None, timeout: Timeout = None, json: Json = False) ->
     result(run_data(run), f"{run.run_id} {shown_state(run)}", json)
 
 
+def clean(run_id: RunId = None, timeout: Timeout = None, json: Json = False) -> None:
+    """Delete what the remote keeps of a run whose images are all home (hf-jobs: its folder
+    in your private dataset). Never automatic."""
+    from ..run import jobs
+
+    STATE["json"] = json
+    gone = jobs.clean(run_id, reporter(), timeout)
+    result({"deleted": gone}, "deleted " + ", ".join(gone) if gone else "nothing left to delete",
+           json)
+
+
 def status(run_id: RunId = None, json: Json = False) -> None:
     """One look at a run's state (asks Kaggle when the run is still going)."""
     from ..run import jobs

@@ -122,6 +122,24 @@ def interrupted(run: Run) -> bool:
         and not runs.is_worked_on(run)
 
 
+def clean(run_id: str | None, on_event, timeout: float | None = None) -> list[str]:
+    """Delete what the remote keeps of a run (every shard's) once its images are home."""
+    from ..errors import NothingYet
+
+    run = runs.load(run_id)
+    if run.state != RunState.DOWNLOADED:
+        raise NothingYet(f"Run {run.run_id} is {run.state.value}: its images are not all home, "
+                         f"so nothing of it is deleted; 'imggenhub resume {run.run_id}' brings "
+                         "them first.")
+    impl = backends.get_backend(run.backend)
+    impl.bound(timeout)
+    gone = []
+    with runs.working_on(run):
+        for member in runs.shards_of(run) if run.shards else [run]:
+            gone += impl.clean(member, on_event)
+    return gone
+
+
 def status(run_id: str | None, on_event) -> Run:
     run = runs.load(run_id)
     impl = backends.get_backend(run.backend)

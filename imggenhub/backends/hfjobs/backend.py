@@ -221,6 +221,7 @@ class HfJobsBackend(Backend):
         doc["install_missing"] = True  # a job has the internet: the engine may pip-install
         doc["session_seconds"] = timeout  # it stops cleanly before the limit; resume goes on
         self.render(run, job, doc)
+        run.estimate_hours = round(prepared.cost.minutes / 60, 3)  # each job's, start included
         (run.notebook_dir / JOB_FILE).write_text(json.dumps({
             "repo": f"{prepared.user}/{REPO_NAME}", "namespace": prepared.user,
             "flavor": prepared.flavor.name,
@@ -322,7 +323,22 @@ class HfJobsBackend(Backend):
                               job_id=run.kernel_ref, namespace=self._job_file(run)["namespace"]),
                           on_event)
         stage = str(getattr(info.status, "stage", "") or "").upper()
-        return STATES.get(stage, RunState.RUNNING), info.status.message
+        state = STATES.get(stage, RunState.RUNNING)
+        if state.terminal:
+            self._billed(run, info)
+        return state, info.status.message
+
+    def _billed(self, run: Run, info) -> None:
+        """The job's minutes as billed (started to finished, each minute begun counted) and
+        their price at the flavor's rate, into the record (a session adds to the ones before)."""
+        started, finished = getattr(info, "started_at", None), getattr(info, "finished_at", None)
+        if started is None or finished is None or run.timings.get("billed_session") == run.session:
+            return
+        minutes = math.ceil(max(0.0, (finished - started).total_seconds()) / 60)
+        rate = self._job_file(run)["usd_per_hour"]
+        run.timings["billed_minutes"] = run.timings.get("billed_minutes", 0) + minutes
+        run.timings["billed_usd"] = round(run.timings.get("billed_usd", 0.0) + minutes * rate / 60, 4)
+        run.timings["billed_session"] = run.session
 
     def refresh(self, run: Run, on_event: OnEvent) -> Run:
         if run.state in (RunState.PUSHED, RunState.QUEUED, RunState.RUNNING):
@@ -409,11 +425,50 @@ class HfJobsBackend(Backend):
         shutil.rmtree(staging, ignore_errors=True)
         return Fetched(manifest, None)
 
+    def fetched(self, run: Run, manifest: dict | None, on_event: OnEvent) -> None:
+        if run.state == RunState.DOWNLOADED and run.shard in (None, 1):
+            repo = self._job_file(run)["repo"]
+            top = run.run_id.split("/")[0]
+            on_event(f"run {top}'s files stay in your private dataset {repo} until "
+                     f"'imggenhub clean {top}' deletes them")
+
+    def clean(self, run: Run, on_event: OnEvent) -> list[str]:
+        """The run's folder in the private dataset (every session's inputs and outputs)."""
+        repo = self._job_file(run)["repo"]
+        folder = label(run.run_id)
+        files = self._call("listing the run's files", lambda: self.api.list_repo_files(
+            repo, repo_type="dataset"), on_event)
+        if not any(f.startswith(folder + "/") for f in files):
+            return []
+        self._call("deleting the run's files", lambda: self.api.delete_folder(
+            folder, repo_id=repo, repo_type="dataset",
+            commit_message=f"imggenhub clean {run.run_id}"), on_event)
+        return [f"{repo}/{folder}"]
+
     def health(self, on_event: OnEvent, timeout: float) -> dict:
+        """Who the token signs in as, whether the account can run jobs (a write token, an
+        account that can pay), and the GPU flavors with their prices."""
+        from huggingface_hub import constants
+
         self.bound(timeout)
+        on_event(f"asking the Hugging Face Hub at {constants.ENDPOINT}")
         user = self._call("checking the token", lambda: self.api.whoami(), on_event)
+        role = ((user.get("auth") or {}).get("accessToken") or {}).get("role")
         known = self.flavors(on_event)
-        gpus = sorted(n for n, f in known.items() if f.gpu)
-        line = (f"Hugging Face Hub answers: signed in as {user.get('name')}; {len(gpus)} GPU "
-                f"flavors for jobs ({', '.join(gpus[:6])}{'...' if len(gpus) > 6 else ''})")
-        return {"signed_in_as": user.get("name"), "flavors": gpus, "lines": [line]}
+        gpus = sorted((f for f in known.values() if f.gpu), key=lambda f: f.usd_per_hour)
+        problems = [p for p, bad in (
+            ("the token is read-only (jobs need a write token)", role == "read"),
+            ("the account has no credit or way to pay (jobs are billed by the minute)",
+             user.get("canPay") is False)) if bad]
+        verdict = ("it can run jobs" if not problems else
+                   "it cannot run jobs: " + "; ".join(problems))
+        lines = [f"Hugging Face Hub answers: signed in as {user.get('name')}; {verdict}",
+                 "GPU flavors: " + ", ".join(f"{f.name} ${f.usd_per_hour:.2f}/h" for f in gpus)]
+        report = {"signed_in_as": user.get("name"), "can_run_jobs": not problems,
+                  "problems": problems, "flavors": {f.name: f.usd_per_hour for f in gpus},
+                  "lines": lines}
+        if problems:
+            error = CredentialsError(lines[0] + ".")
+            error.data = report
+            raise error
+        return report
