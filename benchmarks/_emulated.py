@@ -51,3 +51,30 @@ def kaggle_cli_env(em: Emulator) -> dict:
            "http_proxy": em.url}
     env.pop("IMGGENHUB_KAGGLE_API_URL", None)
     return env
+
+
+def start_hub(tmp: Path):
+    """The tests' Hub emulator with its jobs (stub engine), and this process's
+    huggingface_hub pointed at it (constants read at import patched too; ``hub.restore()``
+    puts them back), with imggenhub's state in ``tmp``/state."""
+    from tests.hub_emulator import DEFAULT_TOKEN, Emulator as Hub
+
+    hub = Hub()
+    url = hub.start()
+    os.environ.update(HF_ENDPOINT=url, HF_TOKEN=DEFAULT_TOKEN, HF_HUB_DISABLE_XET="1",
+                      HF_HUB_OFFLINE="0", HF_HOME=str(tmp / "hf-home"),
+                      IMGGENHUB_HOME=str(tmp / "state"), IMGGENHUB_POLL_INTERVAL="0.1",
+                      IMGGENHUB_POLL_MAX_INTERVAL="0.3")
+    import huggingface_hub.file_download as download
+    from huggingface_hub import constants
+
+    names = ("ENDPOINT", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_XET", "HUGGINGFACE_CO_URL_TEMPLATE")
+    saved = [(module, name, getattr(module, name)) for module in (constants, download)
+             for name in names if hasattr(module, name)]
+    hub.restore = lambda: [setattr(module, name, value) for module, name, value in saved]
+    constants.ENDPOINT, constants.HF_HUB_OFFLINE, constants.HF_HUB_DISABLE_XET = url, False, True
+    template = url + "/{repo_id}/resolve/{revision}/{filename}"
+    for module in (constants, download):
+        if hasattr(module, "HUGGINGFACE_CO_URL_TEMPLATE"):
+            module.HUGGINGFACE_CO_URL_TEMPLATE = template
+    return hub

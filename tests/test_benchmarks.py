@@ -25,6 +25,7 @@ BENCHMARKS = {
     "kaggle_download.py": ["per-file latency  50 ms:", "  ratio kaggle/imggenhub: ",
                            "ratio loose/bundled "],
     "shards.py": ["1 kernel:", "2 shards:", "ratio 1 kernel / 2 shards: "],
+    "hf_jobs.py": ["1 job :", "2 jobs:", "ratio 1 job / 2 jobs: "],
     "tiny_shapes.py": ["held-out prompts, guidance 7 (", "training prompts, guidance 7 ("],
     "flux_t4.py": ["plan for this CPU: memory plan (tiny-flux): cpu", "4 steps at 64 px: ",
                    "ratio measured/planned weights: "],
@@ -47,7 +48,7 @@ SLOW = {"local_e2e.py", "engine_reuse.py", "engine_overhead.py", "engine_overhea
 # these take tens of seconds even in their quick mode (many processes, pipelines saved and
 # loaded again): CI runs them after the suite (`-m "training or long"`)
 LONG = {"local_e2e.py", "engine_reuse.py", "engine_overhead_sdxl.py", "kaggle_download.py",
-        "flux_t4.py"}
+        "flux_t4.py", "hf_jobs.py"}
 
 
 def _marks(script: str) -> list:

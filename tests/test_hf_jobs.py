@@ -156,6 +156,7 @@ def test_kaggle_cannot_cancel_and_says_so(emulator, cli, tmp_path):
     assert code == 2 and "Kaggle cannot cancel a run from here; stop it on its page" in err
 
 
+@pytest.mark.long  # its jobs take seconds on purpose
 def test_progress_streams_in_from_each_jobs_live_log_even_when_the_stream_drops(hf_jobs, cli,
                                                                                 tmp_path):
     hf_jobs.jobs.image_seconds = 0.8
@@ -217,7 +218,9 @@ def test_clean_refuses_a_run_whose_images_are_not_home(hf_jobs, cli, tmp_path):
     assert any("/s1/in/" in p for p in repo.files)
 
 
-@pytest.mark.parametrize("moment", ["uploading the job", "starting the job", "following the job"])
+@pytest.mark.parametrize("moment", [
+    pytest.param("uploading the job", marks=pytest.mark.long), "starting the job",
+    pytest.param("following the job", marks=pytest.mark.long)])
 def test_a_kill_9_at_any_moment_then_resume_starts_no_job_twice(hf_jobs, tmp_path, moment):
     """The CLI killed (SIGKILL: no cleanup) as the Hub receives its inputs, its job's start,
     or its first look at the job; 'resume' then finds what did start by its labels."""
@@ -254,3 +257,23 @@ def test_a_kill_9_at_any_moment_then_resume_starts_no_job_twice(hf_jobs, tmp_pat
     assert done.returncode == 0, done.stderr
     assert len(hf_jobs.jobs.jobs) == 1  # started once, whatever the moment
     assert json.loads(done.stdout)["images_fetched"] == 2
+
+
+@pytest.mark.long
+def test_eight_jobs_with_the_real_engine_make_the_local_backends_files(hub, hf_jobs, cli, tmp_path):
+    """The real engine (tiny model, on this CPU) in 8 jobs at once: the same pictures, byte
+    for byte, as the local backend makes in one run."""
+    hf_jobs.jobs.runner = "engine"
+    prompts = ["a red circle", "a blue square", "a green triangle", "a yellow star"]
+    flags = ["--model", "tiny-random", *[x for p in prompts for x in ("-p", p)], "--num-images",
+             "2", "--seed", "5", "--json"]
+    code, out, err = cli("generate", "--backend", "hf-jobs", "--shards", "8", "--out",
+                         str(tmp_path / "jobs"), *flags, cwd=tmp_path)
+    assert code == 0, err
+    code, out, err = cli("generate", "--backend", "local", "--out", str(tmp_path / "here"),
+                         *flags, cwd=tmp_path)
+    assert code == 0, err
+    there = json.loads((tmp_path / "jobs" / "manifest.json").read_text())["images"]
+    here = json.loads((tmp_path / "here" / "manifest.json").read_text())["images"]
+    assert len(hf_jobs.jobs.jobs) == 8 and len(there) == len(here) == 8
+    assert {r["file"]: r["sha256"] for r in there} == {r["file"]: r["sha256"] for r in here}

@@ -188,6 +188,9 @@ class HfJobsBackend(Backend):
     def prepare_job(self, job, options, on_event: OnEvent, width: int = 1) -> Prepared:
         from ..kaggle import estimate
 
+        if job.kind != "images":
+            raise SpecError("Training runs on Kaggle or here (--backend kaggle or local); the "
+                            "hf-jobs backend makes images only, for now.")
         local = any(p.init_image or p.mask_image for p in job.prompts) or any(
             x.local for x in (*job.loras, *job.embeddings))
         if local:
