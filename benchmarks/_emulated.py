@@ -56,11 +56,14 @@ def kaggle_cli_env(em: Emulator) -> dict:
 def start_hub(tmp: Path):
     """The tests' Hub emulator with its jobs (stub engine), and this process's
     huggingface_hub pointed at it (constants read at import patched too; ``hub.restore()``
-    puts them back), with imggenhub's state in ``tmp``/state."""
+    puts them and the environment back), with imggenhub's state in ``tmp``/state."""
     from tests.hub_emulator import DEFAULT_TOKEN, Emulator as Hub
 
     hub = Hub()
     url = hub.start()
+    names = ("HF_ENDPOINT", "HF_TOKEN", "HF_HUB_DISABLE_XET", "HF_HUB_OFFLINE", "HF_HOME",
+             "IMGGENHUB_HOME", "IMGGENHUB_POLL_INTERVAL", "IMGGENHUB_POLL_MAX_INTERVAL")
+    before = {name: os.environ.get(name) for name in names}
     os.environ.update(HF_ENDPOINT=url, HF_TOKEN=DEFAULT_TOKEN, HF_HUB_DISABLE_XET="1",
                       HF_HUB_OFFLINE="0", HF_HOME=str(tmp / "hf-home"),
                       IMGGENHUB_HOME=str(tmp / "state"), IMGGENHUB_POLL_INTERVAL="0.1",
@@ -71,7 +74,16 @@ def start_hub(tmp: Path):
     names = ("ENDPOINT", "HF_HUB_OFFLINE", "HF_HUB_DISABLE_XET", "HUGGINGFACE_CO_URL_TEMPLATE")
     saved = [(module, name, getattr(module, name)) for module in (constants, download)
              for name in names if hasattr(module, name)]
-    hub.restore = lambda: [setattr(module, name, value) for module, name, value in saved]
+    def restore() -> None:
+        for module, name, value in saved:
+            setattr(module, name, value)
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+    hub.restore = restore
     constants.ENDPOINT, constants.HF_HUB_OFFLINE, constants.HF_HUB_DISABLE_XET = url, False, True
     template = url + "/{repo_id}/resolve/{revision}/{filename}"
     for module in (constants, download):

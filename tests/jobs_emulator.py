@@ -8,7 +8,8 @@ on this machine as a process.
   this interpreter; the image is recorded, not pulled) in a folder of its own, with its
   environment and secrets, HF_ENDPOINT pointing back here and the image's HF_HUB_DISABLE_XET;
   it ends COMPLETED (exit 0), ERROR (another exit code, or its timeout: "Job timeout"), or
-  CANCELED.
+  CANCELED; a job stopped (cancel, timeout) gets SIGTERM, then SIGKILL after ``grace``
+  seconds, as a container is stopped.
 - ``GET /api/jobs/{namespace}/{id}``: inspect. Secrets are never echoed: their names only.
 - ``GET /api/jobs/{namespace}?label=k=v&stage=S``: list, filtered (all labels must match).
 - ``POST /api/jobs/{namespace}/{id}/cancel``.
@@ -107,6 +108,7 @@ class Jobs:
         self.endpoint = endpoint
         self.runner = runner
         self.image_seconds = 0.0
+        self.grace = 10.0  # seconds between SIGTERM and SIGKILL when a job is stopped
         self.jobs: dict[str, Job] = {}
         self.faults: list[str] = []
         self.job_env: list[dict] = []
@@ -171,22 +173,31 @@ class Jobs:
             if job.stage == "RUNNING":
                 job.stage = "COMPLETED" if code == 0 else "ERROR"
                 job.message = None if code == 0 else f"Job failed with exit code: {code}"
-            job.finished = _now()
+            job.finished = job.finished or _now()
 
     def _time_out(self, job: Job) -> None:
         with self.lock:
             if job.stage == "RUNNING":
                 job.stage, job.message = "ERROR", "Job timeout"
-                job.process.kill()
+                self._stop(job)
+
+    def _stop(self, job: Job) -> None:
+        """As a container is stopped: SIGTERM, then SIGKILL after ``grace`` seconds (the
+        Hub's grace is assumed, not documented)."""
+        process = job.process
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        timer = threading.Timer(self.grace, lambda: process.poll() is None and process.kill())
+        timer.daemon = True
+        timer.start()
 
     def cancel(self, job: Job) -> None:
         with self.lock:
             if job.stage in TERMINAL:
                 return
             job.stage, job.message = "CANCELED", None
-            if job.process is not None:
-                job.process.kill()
-            job.finished = _now()
+            self._stop(job)
 
     def listed(self, owner: str, labels: list[str], stages: list[str]) -> list[Job]:
         wanted = dict(label.split("=", 1) for label in labels if "=" in label)

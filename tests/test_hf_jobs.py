@@ -47,11 +47,14 @@ def test_shards_run_as_jobs_and_their_images_come_home_verified(hf_jobs, cli, tm
     assert len(jobs) == 2 and {j.spec["flavor"] for j in jobs} == {"a10g-small"}
     assert {j.stage for j in jobs} == {"COMPLETED"}
     # each job named by its run and session, so that an interrupted start is found again
+    # (and a random tag: two machines starting the same job in the same second never share)
     labels = sorted(j.spec["labels"]["imggenhub-run"] for j in jobs)
-    assert labels == [f"{result['run_id']}-shard-1", f"{result['run_id']}-shard-2"]
+    assert [label.rsplit("-", 1)[0] for label in labels] == [
+        f"{result['run_id']}-shard-1", f"{result['run_id']}-shard-2"]
+    assert all(len(label.rsplit("-", 1)[1]) == 8 for label in labels)
     assert all(j.spec["labels"]["imggenhub-session"] == "1" for j in jobs)
     # the time limit is set, never the Hub's 30-minute default by omission
-    assert all(j.spec["timeoutSeconds"] >= 1800 for j in jobs)
+    assert all(j.spec["timeoutSeconds"] >= 1800 + 600 for j in jobs)  # the session and a margin
     assert "estimate: 2 jobs on a10g-small ($1.00/h)" in err
     # the record keeps the estimate and the minutes billed (each shard's)
     from imggenhub.run import runs
@@ -76,6 +79,9 @@ def test_the_token_reaches_the_job_as_a_secret_and_nowhere_else(hf_jobs, cli, tm
     # the run's files went to a private dataset of the user's
     repo = hf_jobs.repo(f"{DEFAULT_USER}/imggenhub-runs", "dataset")
     assert repo.private and any(p.endswith("/out/manifest.json") for p in repo.files)
+    assert not [p for p, data in repo.files.items() if DEFAULT_TOKEN.encode() in data]
+    # the repo mirrors what the engine left: no temporary file, no stale part
+    assert not [p for p in repo.files if p.endswith(".tmp") or "/.parts/" in p]
 
 
 def test_over_max_cost_is_refused_before_anything_starts(hf_jobs, cli, tmp_path):
@@ -127,6 +133,8 @@ def test_a_job_that_fails_keeps_its_images_and_resume_makes_only_the_rest(hf_job
 
 
 def test_cancel_stops_every_job_of_the_run_and_keeps_what_they_made(hf_jobs, cli, tmp_path):
+    import time
+
     hf_jobs.jobs.image_seconds = 0.5  # 4 images a job: long enough to be stopped midway
     code, out, err = cli("deploy", "--backend", "hf-jobs", "--model", "tiny-random", "-p", "a",
                          "--num-images", "8", "--seed", "3", "--shards", "2", "--out",
@@ -135,11 +143,17 @@ def test_cancel_stops_every_job_of_the_run_and_keeps_what_they_made(hf_jobs, cli
     run_id = json.loads(out)["run_id"]
     jobs = list(hf_jobs.jobs.jobs.values())
     assert len(jobs) == 2
+    deadline = time.monotonic() + 60  # each job has made an image: there is something to keep
+    while not all(any(l.startswith("[imggenhub] image 1/") for l in j.logs) for j in jobs):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     code, out, err = cli("cancel", run_id, "--json", cwd=tmp_path)
     assert code == 0, err
     assert {j.stage for j in jobs} == {"CANCELED"}
     assert json.loads(out)["state"] == "cancelled"
     assert err.count("cancelled job") == 2
+    kept = json.loads((tmp_path / "out" / "manifest.json").read_text())["images"]
+    assert 2 <= len(kept) < 8  # what they made before the cancel: uploaded as they stopped
     # cancelling again: nothing left to stop, still 0; resume makes the rest
     code, out, err = cli("cancel", run_id, cwd=tmp_path)
     assert code == 0, err
@@ -198,7 +212,7 @@ def test_clean_deletes_the_runs_files_on_the_hub_once_its_images_are_home(hf_job
     run_id = json.loads(out)["run_id"]
     assert f"'imggenhub clean {run_id}' deletes them" in err
     repo = hf_jobs.repo(f"{DEFAULT_USER}/imggenhub-runs", "dataset")
-    assert any(p.startswith(f"{run_id}-shard-2/") for p in repo.files)
+    assert any(p.startswith(f"{run_id}-shard-2-") for p in repo.files)
     code, out, err = cli("clean", run_id, "--json", cwd=tmp_path)
     assert code == 0, err
     assert len(json.loads(out)["deleted"]) == 2
@@ -277,3 +291,45 @@ def test_eight_jobs_with_the_real_engine_make_the_local_backends_files(hub, hf_j
     here = json.loads((tmp_path / "here" / "manifest.json").read_text())["images"]
     assert len(hf_jobs.jobs.jobs) == 8 and len(there) == len(here) == 8
     assert {r["file"]: r["sha256"] for r in there} == {r["file"]: r["sha256"] for r in here}
+
+
+def test_the_bootstrap_speaks_the_engines_wire():
+    from imggenhub.backends.hfjobs import bootstrap
+    from imggenhub.engine import ERROR_PREFIX
+
+    assert bootstrap.ERROR_PREFIX == ERROR_PREFIX  # it cannot import the engine: checked here
+
+
+def test_max_cost_caps_each_jobs_time_so_the_run_cannot_bill_past_it(hf_jobs, cli, tmp_path):
+    code, out, err = cli("deploy", "--backend", "hf-jobs", "--model", "tiny-random", "-p", "a",
+                         "--flavor", "a10g-small", "--max-cost", "1.2", "--shards", "2",
+                         "--num-images", "2", "--json",
+                         cwd=tmp_path)
+    assert code == 0, err
+    assert "each job stops after about 26 min of images" in err
+    for job in hf_jobs.jobs.jobs.values():  # two jobs at $1/h bill $1.20 in 36 minutes each
+        assert job.spec["timeoutSeconds"] <= 36 * 60
+    code, out, err = cli("deploy", "--backend", "hf-jobs", "--model", "tiny-random", "-p", "b",
+                         "--flavor", "h200", "--max-cost", "1", "--shards", "2", "--num-images",
+                         "2", cwd=tmp_path)
+    assert code == 7 and "less than a job needs to start, load and upload" in err
+
+
+def test_what_the_hub_holds_beside_the_outputs_is_never_taken_home(hf_jobs, cli, tmp_path):
+    """A file in the run's folder on the Hub that its manifest does not list (a claim file,
+    a stray dot-file) stays there: only the listed pictures, the manifest and the log come."""
+    code, out, err = cli("deploy", "--backend", "hf-jobs", "--model", "tiny-random", "-p", "a",
+                         "--out", str(tmp_path / "out"), "--json", cwd=tmp_path)
+    assert code == 0, err
+    run_id = json.loads(out)["run_id"]
+    hf_jobs.jobs.wait_all()
+    repo = hf_jobs.repo(f"{DEFAULT_USER}/imggenhub-runs", "dataset")
+    out_folder = next(p for p in repo.files if p.endswith("/s1/out/manifest.json")).rsplit("/", 1)[0]
+    with hf_jobs.lock:
+        hf_jobs._commit(repo, "stray", "", DEFAULT_USER, {
+            f"{out_folder}/.imggenhub-run.json": b'{"run_id": "someone-else"}',
+            f"{out_folder}/notes.txt": b"not an output"}, set(), [])
+    code, out, err = cli("resume", run_id, "--json", cwd=tmp_path)
+    assert code == 0, err
+    claim = json.loads((tmp_path / "out" / ".imggenhub-run.json").read_text())
+    assert claim["run_id"] == run_id and not (tmp_path / "out" / "notes.txt").exists()

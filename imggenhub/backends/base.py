@@ -44,24 +44,45 @@ class Fetched:
 
 
 def take_output(run: Run, src: Path, out_dir: Path, here: dict | None, log: Path | None = None,
-                shared: bool = False) -> dict | None:
+                shared: bool = False, remote: bool = False) -> dict | None:
     """An engine's output folder on this disk (``src``) into ``out_dir``: its images moved,
     then its records (its parts merged, if the engine was cut off) joined to ``here`` and
     written whole in one rename (a kill at any point leaves every listed image in place, and
     the source's manifest until its records are in), its log beside them. ``shared``: the
     folder is shared with other sessions or shards of the job, whose records ``here`` keeps;
-    else only this run's own records there are kept. Returns the folder's manifest."""
+    else only this run's own records there are kept. ``remote``: the folder came from a
+    server: its manifest is validated as Kaggle's is (schema, safe names, this run's), and
+    only the files it lists (and the log) are taken. Returns the folder's manifest."""
+    import json
     import shutil
 
     from ..engine import LOG_FILE, MANIFEST, merge_manifest
 
-    new = merge_manifest(src) if src.is_dir() else None  # parts an engine left unmerged
-    if new is not None and new.get("job_id") not in (None, run.job_id):
-        raise UnsafeOutputError(f"The outputs of run {run.run_id} carry another job's manifest "
-                                f"({str(new.get('job_id'))[:40]}); nothing was kept.")
+    try:
+        new = merge_manifest(src) if src.is_dir() else None  # parts an engine left unmerged
+        if new is not None and remote:
+            new = artifacts.parse_manifest(json.dumps(new), f"the outputs of run {run.run_id}")
+    except UnsafeOutputError:
+        raise
+    except Exception as exc:  # a server's parts that do not parse: refused, nothing taken
+        if not remote:
+            raise
+        raise UnsafeOutputError(f"The outputs of run {run.run_id} are not an imggenhub manifest "
+                                f"({type(exc).__name__}); nothing was kept.") from None
+    if new is not None and (new.get("job_id") not in (None, run.job_id) or
+                            (remote and new.get("run_id") not in (None, run.run_id))):
+        raise UnsafeOutputError(f"The outputs of run {run.run_id} carry another run's manifest "
+                                f"({str(new.get('run_id') or new.get('job_id'))[:60]}); nothing "
+                                "was kept.")
     if new is not None and here is not None and (shared or here.get("run_id") == run.run_id):
         new = artifacts.combine(here, new)
-    artifacts.collect(src, out_dir, skip=frozenset({MANIFEST, *([log.name] if log else [])}))
+    listed = None
+    if remote:  # what the manifest lists, nothing else (no claim file, no stray dot-file)
+        listed = {r["file"] for r in (new or {}).get("images") or []} | {
+            b["file"] for b in (new or {}).get("bundles") or [] if isinstance(b, dict)
+            and isinstance(b.get("file"), str)}
+    artifacts.collect(src, out_dir, skip=frozenset({MANIFEST, *([log.name] if log else [])}),
+                      only=listed)
     if new is not None:
         artifacts.write_manifest(out_dir, new)
         (src / MANIFEST).unlink(missing_ok=True)
@@ -134,6 +155,12 @@ class Backend:
     def refresh(self, run: Run, on_event: OnEvent) -> Run:
         """One look at the run's state (the status command)."""
         return run
+
+    def fetchable(self, run: Run) -> set[int] | None:
+        """The run's items whose files the remote still holds (None: all of them). Kaggle
+        keeps the latest session's outputs only, until the next session replaces them."""
+        latest = session_plan(run)
+        return set(latest.indices) if latest is not None else None
 
     def clean(self, run: Run, on_event: OnEvent) -> list[str]:
         """Delete what the remote keeps of a run whose images are home; what was deleted."""

@@ -204,7 +204,7 @@ def kernel_flags_given(kernel) -> list[str]:
 
     defaults = KernelOptions(template=JOB_DEFAULTS["metadata_template"])  # the flags' own
     return ["--" + {"template": "metadata-template"}.get(f.name, f.name).replace("_", "-")
-            for f in fields(KernelOptions) if f.name != "gpu"
+            for f in fields(KernelOptions) if f.name not in ("gpu", "flavor", "max_cost")
             and getattr(kernel, f.name) != getattr(defaults, f.name)]
 
 

@@ -22,6 +22,16 @@ def _default_backend() -> str:
     return "kaggle"
 
 
+def _remote_flags(kernel, backend: str, report) -> None:
+    """--flavor and --max-cost shape Hugging Face jobs only: said, not silently dropped."""
+    given = [f for f, v in (("--flavor", kernel.flavor), ("--max-cost", kernel.max_cost))
+             if v is not None]
+    if given and backend != "hf-jobs":
+        report(f"note: {', '.join(given)} shape{'s' if len(given) == 1 else ''} Hugging Face "
+               f"jobs (--backend hf-jobs); the {backend} backend leaves "
+               f"{'it' if len(given) == 1 else 'them'} aside")
+
+
 @job_options
 def generate(
     job, kernel, shards,
@@ -42,6 +52,7 @@ def generate(
     if given:
         report(f"note: {', '.join(given)} shape{'s' if len(given) == 1 else ''} the Kaggle kernel; "
                f"the local backend has none and leaves {'it' if len(given) == 1 else 'them'} aside")
+    _remote_flags(kernel, backend, report)
     run = jobs.generate(job, backend, out, kernel, report, timeout_hours, timeout, name, shards)
     done(run, json)
 
@@ -62,6 +73,7 @@ def deploy(
     from ..run import jobs
 
     STATE["json"] = json
+    _remote_flags(kernel, backend, reporter())
     run = jobs.deploy(job, out, kernel, reporter(), timeout_hours, timeout, name, shards, backend)
     result(run_data(run), f"{run.run_id} {run.url}", json)
 
@@ -102,7 +114,7 @@ def cancel(run_id: RunId = None, timeout: Timeout = None, json: Json = False) ->
     from ..run import jobs
 
     STATE["json"] = json
-    run = jobs.command_on(run_id, "cancel", reporter(), timeout)
+    run = jobs.cancel(run_id, reporter(), timeout)
     result(run_data(run), f"{run.run_id} {shown_state(run)}", json)
 
 

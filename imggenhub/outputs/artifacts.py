@@ -194,15 +194,17 @@ def sweep_partials(out_dir: Path) -> int:
     return n
 
 
-def collect(src: Path, out_dir: Path, skip: frozenset[str] = frozenset()) -> list[str]:
+def collect(src: Path, out_dir: Path, skip: frozenset[str] = frozenset(),
+            only: set[str] | None = None) -> list[str]:
     """Move everything under ``src`` into ``out_dir`` (same layout), but the names in
-    ``skip``; return the names moved."""
+    ``skip`` (``only``: just these names); return the names moved."""
     out_dir.mkdir(parents=True, exist_ok=True)
     moved = []
     if not src.exists():
         return moved
     for path in sorted(src.rglob("*")):
-        if path.is_file() and path.relative_to(src).as_posix() not in skip:
+        name = path.relative_to(src).as_posix()
+        if path.is_file() and name not in skip and (only is None or name in only):
             rel = path.relative_to(src)
             dest = out_dir / rel
             dest.parent.mkdir(parents=True, exist_ok=True)

@@ -26,7 +26,6 @@ from ..errors import (
     SpecError,
     StillRunning,
 )
-from ..backends.base import session_plan
 from ..outputs import artifacts
 from . import kinds, runs
 from .lifecycle import Exit, RunState, Step, plan, pushes_again, summary
@@ -264,7 +263,7 @@ def _verdict(run: Run, group: _Group, command: str) -> Run:
     for exc in group.stops.values():
         raise exc
     if command == "cancel" and all(
-            s.state in (RunState.CANCELLED, RunState.DOWNLOADED, RunState.COMPLETE)
+            s.state in (RunState.CANCELLED, RunState.DOWNLOADED, RunState.PARTIAL)
             for s in group.members):
         return run  # stopped as asked (or done before it could be): what it made is here
     failed = [s for s in group.members if s.state.failed]
@@ -325,10 +324,10 @@ def _check_home(impl: backends.Backend, run: Run, on_event: backends.OnEvent) ->
     unplaced = manifest is None or any(not isinstance(i, int) for i in lost_at)
     old = []
     for member in members:
-        latest, share = session_plan(member), member.only
+        share = member.only
         mine = [i for i in lost_at if isinstance(i, int)
                 and (share is None or any(a <= i < b for a, b in share))]
-        newest = set(latest.indices) if latest is not None else None
+        newest = impl.fetchable(member)  # what the remote still holds (None: all of it)
         again = [i for i in mine if newest is not None and i not in newest]
         old += [lost_at[i] for i in again]
         if unplaced or len(mine) > len(again):
@@ -340,8 +339,8 @@ def _check_home(impl: backends.Backend, run: Run, on_event: backends.OnEvent) ->
     if old:
         _forget(out, manifest, old)
     fetched = "fetching them again" if len(old) < len(lost) or unplaced else ""
-    remade = (f"{len(old)} of them {'was' if len(old) == 1 else 'were'} made by an earlier "
-              f"session, whose outputs Kaggle keeps no longer: 'imggenhub resume {run.run_id}' "
+    remade = (f"{len(old)} of them {'was' if len(old) == 1 else 'were'} made by a session "
+              f"whose outputs {impl.title} keeps no longer: 'imggenhub resume {run.run_id}' "
               "makes them again (the same seeds)") if old else ""
     on_event(f"run {run.run_id}: {count} missing or changed in {out} since it was downloaded; "
              + "; ".join(p for p in (fetched, remade) if p))

@@ -122,6 +122,23 @@ def interrupted(run: Run) -> bool:
         and not runs.is_worked_on(run)
 
 
+def cancel(run_id: str | None, on_event, timeout: float | None = None) -> Run:
+    """Stop a running run: its remote jobs are asked to stop, then their end is waited for
+    and what they made comes home. When another imggenhub process follows the run (a
+    'generate' in another terminal), the jobs are asked to stop from here, without its lock
+    (asking twice is harmless), and that process brings home what they made."""
+    run = runs.load(run_id)
+    if not runs.is_worked_on(run):
+        return advance(run, "cancel", on_event, timeout)
+    impl = backends.get_backend(run.backend)
+    impl.bound(timeout)
+    for member in runs.shards_of(run) if run.shards else [run]:
+        if member.state in (RunState.PUSHED, RunState.QUEUED, RunState.RUNNING):
+            impl.cancel(member, on_event)
+    on_event(f"the imggenhub process that follows run {run.run_id} brings home what it made")
+    return run
+
+
 def clean(run_id: str | None, on_event, timeout: float | None = None) -> list[str]:
     """Delete what the remote keeps of a run (every shard's) once its images are home."""
     from ..errors import NothingYet

@@ -169,9 +169,10 @@ COMMANDS: dict[str, Command] = {c.name: c for c in [
     Command("download", frozenset({Step.FETCH, Step.KEEP}), frozenset({S.DOWNLOADED})),
     Command("resume", frozenset(Step) - {Step.CANCEL}, frozenset({S.DOWNLOADED})),
     Command("generate", frozenset(Step) - {Step.CANCEL}, frozenset({S.DOWNLOADED})),
-    # a run that is not running has nothing to cancel; a cancelled one's images come home
-    Command("cancel", frozenset({Step.RESOLVE, Step.CANCEL, Step.WAIT, Step.KEEP}),
-            frozenset({S.RENDERED, S.PARTIAL, S.COMPLETE, S.DOWNLOADED, S.PUSH_FAILED})),
+    # a run that is not running has nothing to cancel; what a cancelled (or already
+    # complete) session made comes home
+    Command("cancel", frozenset({Step.RESOLVE, Step.CANCEL, Step.WAIT, Step.KEEP, Step.FETCH}),
+            frozenset({S.RENDERED, S.PARTIAL, S.DOWNLOADED, S.PUSH_FAILED})),
 ]}
 
 # What to run next, by the step a state needs (for the sentences).

@@ -36,7 +36,11 @@ PINNED = ("diffusers", "transformers", "accelerate", "huggingface_hub", "safeten
           "pillow")
 RUN_LABEL, SESSION_LABEL = "imggenhub-run", "imggenhub-session"
 JOB_FILE = "hfjob.json"  # in the run's notebook folder: its repo, folder, flavor, timeout
-MIN_TIMEOUT = 30 * 60  # a job's time limit: at least this, else twice the estimate
+MIN_TIMEOUT = 30 * 60  # a session's time: at least this, else twice the estimate
+JOB_MARGIN = 10 * 60  # a job's limit is its session's time and this: packages, inputs, the
+# last upload, after the engine's own clean stop
+UPLOAD_SECONDS = 300  # how often a job uploads what it made (the Hub limits commits an hour)
+LAST_UPLOAD_WAIT = 120.0  # how long a fetch waits for a job's last upload once it has ended
 STATES = {"SCHEDULING": RunState.QUEUED, "RUNNING": RunState.RUNNING,
           "COMPLETED": RunState.COMPLETE, "ERROR": RunState.ERROR,
           "CANCELED": RunState.CANCELLED, "DELETED": RunState.CANCELLED}
@@ -46,6 +50,18 @@ ATTEMPTS = 4
 def label(run_id: str) -> str:
     """A run id as a label value (a shard's id has a slash)."""
     return run_id.replace("/", "-")
+
+
+def _network(exc: BaseException) -> bool:
+    """A transport error (worth another try), not this machine's own (a full disk...)."""
+    import errno
+    import socket
+
+    if isinstance(exc, (ConnectionError, TimeoutError, socket.gaierror)):
+        return True
+    return isinstance(exc, OSError) and exc.errno in (
+        errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT, errno.EHOSTUNREACH,
+        errno.ENETUNREACH, errno.EPIPE)
 
 
 def pins() -> list[str]:
@@ -89,8 +105,9 @@ class Follower(threading.Thread):
 class Prepared:
     user: str
     flavor: flavors.Flavor
-    timeout: int  # seconds, each job
+    timeout: int  # seconds, each job's session (its engine's time)
     cost: flavors.Cost
+    max_cost: float | None = None
 
 
 class HfJobsBackend(Backend):
@@ -132,6 +149,7 @@ class HfJobsBackend(Backend):
             from huggingface_hub.utils import disable_progress_bars
 
             disable_progress_bars()  # the command says what happens, in its own lines
+            huggingface_hub.utils.logging.set_verbosity_error()  # and says its own warnings
             self._api = HfApi(token=self.token)
         return self._api
 
@@ -157,7 +175,9 @@ class HfJobsBackend(Backend):
                     raise ImggenhubError(f"The Hub refused {what} (HTTP {status}): {first}.") \
                         from None
                 problem = f"HTTP {status}"
-            except (OSError, ConnectionError) as exc:  # httpx's and requests' transport errors
+            except OSError as exc:
+                if not _network(exc):
+                    raise
                 problem = type(exc).__name__
             except Exception as exc:  # httpx's transport errors are not OSErrors
                 if not type(exc).__module__.startswith(("httpx", "httpcore", "requests", "urllib3")):
@@ -197,7 +217,8 @@ class HfJobsBackend(Backend):
             raise SpecError("This job names files on this machine (--init-image, --mask-image, a "
                             "local --lora or --embedding); the hf-jobs backend does not ship them "
                             "yet: use --backend kaggle or local.")
-        for ref in {job.model["id"], *((p.model or {}).get("id") for p in job.prompts)}:
+        for ref in {job.model["id"], (job.refiner or {}).get("id"),
+                    *((p.model or {}).get("id") for p in job.prompts)}:
             if ref in SHIPPED or (ref and ref.startswith("/")):
                 raise SpecError(f"{ref} is on this machine only; a Hugging Face job loads models "
                                 "from the Hub (give a Hub id), or use --backend local.")
@@ -214,31 +235,50 @@ class HfJobsBackend(Backend):
                             f"${limit:.2f}; nothing was started (a cheaper --flavor, fewer "
                             "images, or a higher --max-cost).")
         timeout = max(MIN_TIMEOUT, math.ceil(cost.minutes * 2 * 60))
-        return Prepared(user, flavor, timeout, cost)
+        if limit is not None:  # no job may bill past the run's share of --max-cost
+            budget = math.floor(limit / width / flavor.usd_per_hour * 3600)
+            if budget < JOB_MARGIN + 120:
+                raise OverQuota(f"--max-cost ${limit:.2f} over {width} job{'s' if width > 1 else ''} "
+                                f"on {flavor.name} leaves each {budget / 60:.0f} min, less than a "
+                                f"job needs to start, load and upload (about "
+                                f"{(JOB_MARGIN + 120) / 60:.0f} min); nothing was started.")
+            if budget - JOB_MARGIN < timeout:
+                timeout = budget - JOB_MARGIN
+                on_event(f"each job stops after about {timeout / 60:.0f} min of images, to keep "
+                         f"the run under --max-cost ${limit:.2f} (resume makes what is left)")
+        return Prepared(user, flavor, timeout, cost, limit)
 
     def prepare(self, job, run: Run, prepared: Prepared, on_event: OnEvent) -> None:
         doc = job_document(job, run.run_id)
         if run.only is not None:
             doc["only"] = run.only
-        timeout = min(prepared.timeout, run.session_timeout_seconds or prepared.timeout)
+        import secrets
+
+        session = min(prepared.timeout, run.session_timeout_seconds or prepared.timeout)
         doc["install_missing"] = True  # a job has the internet: the engine may pip-install
-        doc["session_seconds"] = timeout  # it stops cleanly before the limit; resume goes on
+        doc["session_seconds"] = session  # it stops cleanly before the limit; resume goes on
         self.render(run, job, doc)
         run.estimate_hours = round(prepared.cost.minutes / 60, 3)  # each job's, start included
+        # the run's folder and labels carry a random tag: two machines of one account that
+        # start the same job in the same second never share them
         (run.notebook_dir / JOB_FILE).write_text(json.dumps({
             "repo": f"{prepared.user}/{REPO_NAME}", "namespace": prepared.user,
-            "flavor": prepared.flavor.name,
-            "timeout": timeout, "usd_per_hour": prepared.flavor.usd_per_hour,
-            "estimate_usd": round(prepared.cost.usd / max(1, prepared.cost.jobs), 2)}),
+            "flavor": prepared.flavor.name, "timeout": session + JOB_MARGIN,
+            "usd_per_hour": prepared.flavor.usd_per_hour,
+            "estimate_usd": round(prepared.cost.usd / max(1, prepared.cost.jobs), 2),
+            "max_cost": prepared.max_cost, "tag": f"{label(run.run_id)}-{secrets.token_hex(4)}"}),
             encoding="utf-8")
-        run.kernel_ref = label(run.run_id)
+        run.kernel_ref = self.tag(run)
 
     def _job_file(self, run: Run) -> dict:
         return json.loads((run.notebook_dir / JOB_FILE).read_text(encoding="utf-8"))
 
-    @staticmethod
-    def prefix(run: Run, session: int | None = None) -> str:
-        return f"{label(run.run_id)}/s{session or run.session}"
+    def tag(self, run: Run) -> str:
+        """The run's name on the Hub: its folder in the dataset and its jobs' label."""
+        return self._job_file(run)["tag"]
+
+    def prefix(self, run: Run, session: int | None = None) -> str:
+        return f"{self.tag(run)}/s{session or run.session}"
 
     # --- start ------------------------------------------------------------------------
 
@@ -269,20 +309,25 @@ class HfJobsBackend(Backend):
                 return run
         spec = self._job_file(run)
         token = self.token  # without it nothing is sent, the run stays as it is
+        spent = run.timings.get("billed_usd", 0.0)
+        if spec.get("max_cost") is not None and spent + spec["estimate_usd"] > spec["max_cost"]:
+            raise OverQuota(f"Run {run.run_id} has billed ${spent:.2f}; another job (about "
+                            f"${spec['estimate_usd']:.2f}) would pass its --max-cost "
+                            f"${spec['max_cost']:.2f}: nothing was started.")
         self._upload_inputs(run, spec["repo"], on_event)
         run.state = RunState.PUSHING
         runs.save(run)
         env = {"IMGGENHUB_REPO": spec["repo"], "IMGGENHUB_PREFIX": self.prefix(run),
                "IMGGENHUB_PINS": " ".join(pins()), "IMGGENHUB_LOG": LOG_FILE,
                "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # the log says what happens, in lines
-               "IMGGENHUB_UPLOAD_SECONDS": str(self.tunables.poll_max_interval * 2)}
-        labels = {RUN_LABEL: label(run.run_id), SESSION_LABEL: str(run.session)}
+               "IMGGENHUB_UPLOAD_SECONDS": str(UPLOAD_SECONDS)}
+        labels = self._labels(run)
         source = Path(bootstrap.__file__).read_text(encoding="utf-8")
         try:
             job = self._call("starting the job", lambda: self.api.run_job(
                 image=IMAGE, command=["python", "-c", source], env=env,
                 secrets={"HF_TOKEN": token}, flavor=spec["flavor"], timeout=spec["timeout"],
-                labels=labels, name=f"imggenhub-{label(run.run_id)}",
+                labels=labels, name=f"imggenhub-{self.tag(run)}",
                 namespace=spec["namespace"]), on_event, attempts=1)
         except Unreachable:  # it may have started: the labels tell ('resume' looks)
             run.state = RunState.PUSH_UNKNOWN
@@ -303,12 +348,17 @@ class HfJobsBackend(Backend):
         on_event(f"started job {job_id} on {self._job_file(run)['flavor']}: {url}")
         return runs.save(run)
 
+    def _labels(self, run: Run) -> dict:
+        return {RUN_LABEL: self.tag(run), SESSION_LABEL: str(run.session)}
+
     def resolve(self, run: Run, on_event: OnEvent) -> Run:
-        labels = {RUN_LABEL: label(run.run_id), SESSION_LABEL: str(run.session)}
+        labels = self._labels(run)
         namespace = self._job_file(run)["namespace"]  # (huggingface_hub's own look-up of it
         # goes to the endpoint its module saw first)
-        found = list(self._call("looking for the run's job", lambda: list(
-            self.api.list_jobs(labels=labels, namespace=namespace)), on_event))
+        listed = self._call("looking for the run's job", lambda: list(
+            self.api.list_jobs(labels=labels, namespace=namespace)), on_event)
+        # the server's filter, checked here too: never another run's job
+        found = [j for j in listed if all((j.labels or {}).get(k) == v for k, v in labels.items())]
         if found:
             on_event(f"the interrupted start of run {run.run_id} had started job {found[0].id}; "
                      "following it")
@@ -403,30 +453,94 @@ class HfJobsBackend(Backend):
     def cancel(self, run: Run, on_event: OnEvent) -> Run:
         """Cancel the run's job (what it uploaded stays)."""
         if run.kernel_ref and run.state in (RunState.PUSHED, RunState.QUEUED, RunState.RUNNING):
-            self._call("cancelling the job", lambda: self.api.cancel_job(
-                job_id=run.kernel_ref, namespace=self._job_file(run)["namespace"]), on_event)
+            try:
+                self._call("cancelling the job", lambda: self.api.cancel_job(
+                    job_id=run.kernel_ref, namespace=self._job_file(run)["namespace"]), on_event)
+            except ImggenhubError:  # it may have ended meanwhile: then there is nothing to stop
+                state, _ = self._state(run, on_event)
+                if not state.terminal:
+                    raise
+                on_event(f"job {run.kernel_ref} had ended ({state.value})")
+                return run
             on_event(f"cancelled job {run.kernel_ref}")
         return run
 
     # --- outputs ----------------------------------------------------------------------
 
     def bring(self, run: Run, out_dir: Path, here: dict | None, on_event: OnEvent) -> Fetched:
-        """Each session's uploaded output folder, in order, joined into ``out_dir``."""
+        """Each session's uploaded output folder not brought yet (every one, when an image of
+        the run is missing here), in order, joined into ``out_dir``. A record whose picture is
+        neither on the Hub nor here (a job cut off between its record and its upload) is
+        dropped, so that the picture is owed again, not fetched forever."""
         from huggingface_hub import snapshot_download
 
         repo = self._job_file(run)["repo"]
         manifest = here
         staging = run.folder / "remote"
+        brought = set(run.timings.get("fetched_sessions") or [])
+        if self._lost(run, out_dir, here):
+            brought = set()
+        self._last_upload(run, repo, on_event)
         for session in range(1, run.session + 1):
+            if session in brought:
+                continue
             prefix = self.prefix(run, session)
             self._call("downloading the outputs", lambda: snapshot_download(
                 repo, repo_type="dataset", allow_patterns=[f"{prefix}/out/*"],
                 local_dir=staging, token=self.token), on_event)
             src = staging / prefix / "out"
             if src.is_dir():
-                manifest = take_output(run, src, out_dir, manifest, src / LOG_FILE, shared=True)
+                manifest = take_output(run, src, out_dir, manifest, src / LOG_FILE, shared=True,
+                                       remote=True)
+            brought.add(session)
         shutil.rmtree(staging, ignore_errors=True)
+        run.timings["fetched_sessions"] = sorted(brought)
+        lost = self._lost(run, out_dir, manifest)
+        if lost:
+            names = {r["file"] for r in lost}
+            manifest = {**manifest, "images": [r for r in manifest["images"]
+                                               if r["file"] not in names]}
+            from ...outputs import artifacts
+
+            artifacts.write_manifest(out_dir, manifest)
+            on_event(f"{len(lost)} picture(s) the job recorded never reached the Hub; they are "
+                     "made again by the next session")
         return Fetched(manifest, None)
+
+    def _last_upload(self, run: Run, repo: str, on_event: OnEvent) -> None:
+        """A job that has just ended (stopped by a cancel or its time limit, or done) may
+        still be making its last upload: wait for its mark, a while at most."""
+        from .bootstrap import DONE
+
+        if not run.kernel_ref or run.session in (run.timings.get("fetched_sessions") or []):
+            return
+        mark = f"{self.prefix(run)}/out/{DONE}"
+        clock, until = self.tunables.clock, self.tunables.clock.monotonic() + LAST_UPLOAD_WAIT
+        said = False
+        while True:
+            files = self._call("listing the run's files", lambda: self.api.list_repo_files(
+                repo, repo_type="dataset"), on_event)
+            if mark in files or clock.monotonic() >= until:
+                return
+            if not said:
+                on_event(f"waiting for job {run.kernel_ref}'s last upload")
+                said = True
+            clock.sleep(min(2.0, self.tunables.poll_max_interval))
+
+    @staticmethod
+    def _lost(run: Run, out_dir: Path, manifest: dict | None) -> list[dict]:
+        """This run's (or shard's) records whose pictures are not in ``out_dir``."""
+        from ...outputs import artifacts
+
+        ranges = run.only
+        return [r for r in (manifest or {}).get("images") or []
+                if (ranges is None or any(a <= r.get("index", -1) < b for a, b in ranges))
+                and not (out_dir / artifacts.safe_relative(r["file"])).exists()]
+
+    def fetchable(self, run: Run) -> set[int] | None:
+        """Every session's outputs stay on the Hub until 'clean': any picture of the run can
+        be fetched again (None), none once cleaned."""
+        return set() if run.timings.get("cleaned") else None
 
     def fetched(self, run: Run, manifest: dict | None, on_event: OnEvent) -> None:
         if run.state == RunState.DOWNLOADED and run.shard in (None, 1):
@@ -438,14 +552,18 @@ class HfJobsBackend(Backend):
     def clean(self, run: Run, on_event: OnEvent) -> list[str]:
         """The run's folder in the private dataset (every session's inputs and outputs)."""
         repo = self._job_file(run)["repo"]
-        folder = label(run.run_id)
+        folder = self.tag(run)
         files = self._call("listing the run's files", lambda: self.api.list_repo_files(
             repo, repo_type="dataset"), on_event)
         if not any(f.startswith(folder + "/") for f in files):
+            run.timings["cleaned"] = True
+            runs.save(run)
             return []
         self._call("deleting the run's files", lambda: self.api.delete_folder(
             folder, repo_id=repo, repo_type="dataset",
             commit_message=f"imggenhub clean {run.run_id}"), on_event)
+        run.timings["cleaned"] = True
+        runs.save(run)
         return [f"{repo}/{folder}"]
 
     def health(self, on_event: OnEvent, timeout: float) -> dict:
