@@ -45,7 +45,7 @@ def test_a_job_over_three_sessions_ends_whole(emulator, cli, tmp_path, monkeypat
     first = whole["images"][0]
     (tmp_path / "long" / first["file"]).unlink()
     code, out, err = cli("download", run.run_id, cwd=tmp_path)
-    assert code == 6 and "made by an earlier session" in err, err
+    assert code == 6 and "made by a session whose outputs Kaggle keeps no longer" in err, err
     emulator.session_seconds = None
     monkeypatch.delenv("IMGGENHUB_SESSION_SECONDS")
     code, out, err = cli("resume", run.run_id, cwd=tmp_path)
