@@ -90,3 +90,20 @@ def start_hub(tmp: Path):
         if hasattr(module, "HUGGINGFACE_CO_URL_TEMPLATE"):
             module.HUGGINGFACE_CO_URL_TEMPLATE = template
     return hub
+
+
+def timed_generate(job, backend: str, shards: int, out: Path) -> float:
+    """Seconds to generate ``job`` end to end on ``backend`` split over ``shards``; a run
+    that leaves its folder incomplete ends the benchmark with a sentence."""
+    import time
+
+    from imggenhub.backends.kaggle.meta import KernelOptions
+    from imggenhub.outputs import artifacts
+    from imggenhub.run import jobs
+
+    t0 = time.monotonic()
+    run = jobs.generate(job, backend, out, KernelOptions(), lambda _: None, shards_asked=shards)
+    seconds = time.monotonic() - t0
+    if artifacts.verify(out) or len(artifacts.read_manifest(out)["images"]) != job.image_count:
+        raise SystemExit(f"the run split over {shards} left {out} incomplete ({run.state.value})")
+    return seconds

@@ -13,25 +13,14 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
-from _emulated import start_hub
+from _emulated import start_hub, timed_generate
 
-from imggenhub.backends.kaggle.meta import KernelOptions
 from imggenhub.job.resolve import build_job
 from imggenhub.job.spec import parse_settings, prompts_from_flags
-from imggenhub.outputs import artifacts
-from imggenhub.run import jobs
 
 
-def timed(job, shares: int, out: Path) -> float:
-    t0 = time.monotonic()
-    run = jobs.generate(job, "hf-jobs", out, KernelOptions(), lambda _: None, shards_asked=shares)
-    seconds = time.monotonic() - t0
-    if artifacts.verify(out) or len(artifacts.read_manifest(out)["images"]) != job.image_count:
-        raise SystemExit(f"the run in {shares} jobs left {out} incomplete ({run.state.value})")
-    return seconds
 
 
 def main() -> None:
@@ -50,7 +39,7 @@ def main() -> None:
         try:
             job = build_job(parse_settings(model="tiny-random", seed=1, num_images=args.images),
                             prompts_from_flags(["bench"]))
-            walls = {n: timed(job, n, tmp / f"out-{n}") for n in widths}
+            walls = {n: timed_generate(job, "hf-jobs", n, tmp / f"out-{n}") for n in widths}
         finally:
             for started in list(hub.jobs.jobs.values()):
                 hub.jobs.cancel(started)

@@ -9,25 +9,14 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
-from _emulated import start_emulator
+from _emulated import start_emulator, timed_generate
 
-from imggenhub.outputs import artifacts
-from imggenhub.run import jobs
-from imggenhub.backends.kaggle.meta import KernelOptions
 from imggenhub.job.resolve import build_job
 from imggenhub.job.spec import parse_settings, prompts_from_flags
 
 
-def timed(job, shards: int, out: Path) -> float:
-    t0 = time.monotonic()
-    run = jobs.generate(job, "kaggle", out, KernelOptions(), lambda _: None, shards_asked=shards)
-    seconds = time.monotonic() - t0
-    if artifacts.verify(out) or len(artifacts.read_manifest(out)["images"]) != job.image_count:
-        raise SystemExit(f"the run with {shards} shards left {out} incomplete ({run.state.value})")
-    return seconds
 
 
 def main() -> None:
@@ -45,8 +34,8 @@ def main() -> None:
         try:
             job = build_job(parse_settings(model="tiny-random", seed=1, num_images=args.images),
                             prompts_from_flags(["bench"]))
-            one = timed(job, 1, tmp / "one")
-            two = timed(job, 2, tmp / "two")
+            one = timed_generate(job, "kaggle", 1, tmp / "one")
+            two = timed_generate(job, "kaggle", 2, tmp / "two")
         finally:
             em.stop()
     print(f"{args.images} images at {args.seconds:g} s each (the stub engine), generate end to end:")

@@ -153,8 +153,17 @@ class Backend:
         return None
 
     def refresh(self, run: Run, on_event: OnEvent) -> Run:
-        """One look at the run's state (the status command)."""
+        """One look at the run's state (the status command): a remote run still going asks
+        the remote; the record is left to the command that owns it."""
+        if self.remote and run.state in (RunState.PUSHED, RunState.QUEUED, RunState.RUNNING):
+            self.bound(3 * self.tunables.http_timeout)
+            state, _ = self.status(run, on_event)
+            return run.model_copy(update={"state": state})
         return run
+
+    def status(self, run: Run, on_event: OnEvent | None = None) -> tuple[RunState, str | None]:
+        """A remote run's state now, and the remote's word on a failure."""
+        raise NotImplementedError
 
     def fetchable(self, run: Run) -> set[int] | None:
         """The run's items whose files the remote still holds (None: all of them). Kaggle

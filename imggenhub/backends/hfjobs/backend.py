@@ -370,7 +370,7 @@ class HfJobsBackend(Backend):
 
     # --- follow -----------------------------------------------------------------------
 
-    def _state(self, run: Run, on_event: OnEvent | None = None) -> tuple[RunState, str | None]:
+    def status(self, run: Run, on_event: OnEvent | None = None) -> tuple[RunState, str | None]:
         info = self._call("reading the job's status",
                           lambda: self.api.inspect_job(
                               job_id=run.kernel_ref, namespace=self._job_file(run)["namespace"]),
@@ -393,13 +393,6 @@ class HfJobsBackend(Backend):
         run.timings["billed_usd"] = round(run.timings.get("billed_usd", 0.0) + minutes * rate / 60, 4)
         run.timings["billed_session"] = run.session
 
-    def refresh(self, run: Run, on_event: OnEvent) -> Run:
-        if run.state in (RunState.PUSHED, RunState.QUEUED, RunState.RUNNING):
-            self.bound(3 * self.tunables.http_timeout)
-            state, _ = self._state(run, on_event)
-            return run.model_copy(update={"state": state})
-        return run
-
     def wait(self, members: list[Run], say_for) -> list[Run]:
         """Poll the jobs until one of them ends (or the deadline: StillRunning); meanwhile
         each one's engine progress streams in from its live log."""
@@ -412,7 +405,7 @@ class HfJobsBackend(Backend):
             for k, run in enumerate(members):
                 if run.state.terminal:
                     continue
-                state, message = self._state(run, say_for(run))
+                state, message = self.status(run, say_for(run))
                 if state != run.state:
                     say_for(run)(f"job {run.kernel_ref}: {state.value}")
                     run.state = state
@@ -457,7 +450,7 @@ class HfJobsBackend(Backend):
                 self._call("cancelling the job", lambda: self.api.cancel_job(
                     job_id=run.kernel_ref, namespace=self._job_file(run)["namespace"]), on_event)
             except ImggenhubError:  # it may have ended meanwhile: then there is nothing to stop
-                state, _ = self._state(run, on_event)
+                state, _ = self.status(run, on_event)
                 if not state.terminal:
                     raise
                 on_event(f"job {run.kernel_ref} had ended ({state.value})")

@@ -352,14 +352,6 @@ class KaggleBackend(Backend):
                           on_event)
         return parse_state(resp.status), resp.failure_message or None
 
-    def refresh(self, run: Run, on_event: OnEvent) -> Run:
-        """Kaggle's word on the run now; the record is left to the command that owns it."""
-        if run.state in (RunState.PUSHED, RunState.QUEUED, RunState.RUNNING):
-            self.bound(3 * self.tunables.http_timeout)
-            state, _ = self.status(run, on_event)
-            return run.model_copy(update={"state": state})
-        return run
-
     def wait(self, members: list[Run], say_for) -> list[Run]:
         """Poll the versions' statuses until one of them ends (or the deadline); meanwhile
         show the engine's progress as it happens, from the live log streams (else, every
