@@ -162,6 +162,10 @@ class Emulator(Served):
         self.tokens: dict[str, tuple[str, str]] = {token: (username, "write")}
         self.cannot_pay: set[str] = set()  # users whose whoami says canPay false (no credit)
         self.on_request = None  # tests: called with (method, path) before each request is answered
+        # fault knobs: each consumed by one request of its kind. commit_faults: "drop" reads
+        # half the commit's body and closes the connection (an upload cut in half), nothing
+        # committed
+        self.commit_faults: list[str] = []
         if read_token:
             self.tokens[read_token] = (username, "read")
         self.max_api_body, self.max_lfs_body = max_api_body, max_lfs_body
@@ -696,6 +700,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(200, {"success": True})
 
     def _commit(self, key: str, owner: str, revision: str, query: dict):
+        with self.emulator.lock:
+            fault = self.emulator.commit_faults.pop(0) if self.emulator.commit_faults else None
+        if fault == "drop":  # half the body read, then the connection goes: nothing committed
+            length = int(self.headers.get("Content-Length") or 0)
+            self.rfile.read(length // 2)
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return None
         raw = self._body(self.emulator.max_api_body)
         repo, user = self._writable(key, owner)
         self._revision(repo, revision)

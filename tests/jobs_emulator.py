@@ -28,7 +28,10 @@ Fault knobs on the emulator: ``job_faults`` is a list consumed one per create (`
 create answers 500 and makes nothing; ``"500-after"``: it makes the job, then answers 500;
 ``"die"``: the job's process is killed after it starts); ``job_env`` is a list of
 environments consumed one per started job, added to its own (``IMGGENHUB_ENGINE_FAIL_AFTER``:
-the engine fails after N images). ``jobs`` maps each id to its Job.
+the engine fails after N images); ``status_faults``, HTTP codes (429, 503) answered to the
+next inspects, one each; ``max_timeout``, a limit shorter than the jobs ask (a job that
+outlives it is stopped: "Job timeout"); the Hub emulator's ``commit_faults`` cut an upload in
+half. ``jobs`` maps each id to its Job.
 """
 
 from __future__ import annotations
@@ -113,6 +116,8 @@ class Jobs:
         self.faults: list[str] = []
         self.job_env: list[dict] = []
         self.log_drops: list[int] = []
+        self.status_faults: list[int] = []  # HTTP codes answered to the next inspects (429, 503)
+        self.max_timeout: float | None = None  # a shorter limit than the jobs ask (tests)
         self.lock = threading.RLock()
 
     def create(self, owner: str, spec: dict) -> tuple[Job | None, str | None]:
@@ -147,6 +152,8 @@ class Jobs:
                 [os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                  *filter(None, [os.environ.get("PYTHONPATH")])])
         timeout = job.spec.get("timeoutSeconds") or 30 * 60
+        if self.max_timeout is not None:
+            timeout = min(timeout, self.max_timeout)
         with self.lock:
             if job.stage != "SCHEDULING":  # cancelled before it started
                 return
@@ -251,6 +258,10 @@ def route(handler, method: str, path: str, query: dict) -> bool:
     if job is None or job.owner != namespace:
         raise HubError(404, "Job not found")
     if len(parts) == 4 and method == "GET":
+        with jobs.lock:
+            fault = jobs.status_faults.pop(0) if jobs.status_faults else None
+        if fault is not None:
+            raise HubError(fault, "Too Many Requests" if fault == 429 else "Service Unavailable")
         handler._json(200, job.info())
         return True
     if parts[4:] == ["logs"] and method == "GET":

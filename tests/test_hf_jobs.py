@@ -333,3 +333,35 @@ def test_what_the_hub_holds_beside_the_outputs_is_never_taken_home(hf_jobs, cli,
     assert code == 0, err
     claim = json.loads((tmp_path / "out" / ".imggenhub-run.json").read_text())
     assert claim["run_id"] == run_id and not (tmp_path / "out" / "notes.txt").exists()
+
+
+def test_refused_rates_server_errors_and_an_upload_cut_in_half_lose_nothing(hf_jobs, cli, tmp_path):
+    hf_jobs.jobs.status_faults = [429, 503, 429]  # the status polls: retried after a pause
+    hf_jobs.commit_faults = ["drop"]  # the first upload (the job's inputs) is cut in half
+    code, out, err = _generate(cli, tmp_path)
+    assert code == 0, err
+    assert "did not answer reading the job's status (HTTP 429); trying again" in err
+    assert "did not answer uploading the job" in err
+    assert json.loads(out)["images_fetched"] == 4 and len(hf_jobs.jobs.jobs) == 1
+
+
+def test_a_job_stopped_at_its_time_limit_keeps_what_it_uploaded_and_resume_makes_the_rest(
+        hf_jobs, cli, tmp_path):
+    import time
+
+    hf_jobs.jobs.image_seconds = 0.5
+    hf_jobs.jobs.max_timeout = 2.5  # the Hub stops it before its 4 images are made
+    hf_jobs.jobs.grace = 5.0
+    code, out, err = _generate(cli, tmp_path)
+    assert code == 1 and "Job timeout" in err
+    kept = json.loads((tmp_path / "out" / "manifest.json").read_text())["images"]
+    assert 1 <= len(kept) < 4
+    hf_jobs.jobs.max_timeout = None
+    t0 = time.monotonic()
+    code, out, err = cli("resume", "--json", cwd=tmp_path)
+    assert code == 0, err
+    assert len(json.loads((tmp_path / "out" / "manifest.json").read_text())["images"]) == 4
+    second = max(hf_jobs.jobs.jobs.values(), key=lambda j: j.created)
+    assert any(f"{4 - len(kept)} images with tiny-random" in l or
+               f"{4 - len(kept)} image with tiny-random" in l for l in second.logs)
+    assert time.monotonic() - t0 < 60
