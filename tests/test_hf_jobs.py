@@ -365,3 +365,18 @@ def test_a_job_stopped_at_its_time_limit_keeps_what_it_uploaded_and_resume_makes
     assert any(f"{4 - len(kept)} images with tiny-random" in l or
                f"{4 - len(kept)} image with tiny-random" in l for l in second.logs)
     assert time.monotonic() - t0 < 60
+
+
+def test_max_cost_counts_what_was_billed_before_resume_starts_another_job(hf_jobs, cli, tmp_path):
+    hf_jobs.jobs.image_seconds = 0.5
+    hf_jobs.jobs.max_timeout = 2.0  # the first job is stopped: a minute billed, images left
+    hf_jobs.jobs.grace = 5.0
+    code, out, err = _generate(cli, tmp_path, "--flavor", "a10g-small", "--max-cost", "0.26")
+    assert code == 1 and "Job timeout" in err
+    hf_jobs.jobs.max_timeout = None
+    code, out, err = cli("resume", cwd=tmp_path)
+    assert code == 7 and "have billed $0.02 of its --max-cost $0.26" in err
+    assert len(hf_jobs.jobs.jobs) == 1  # nothing more was started
+    from imggenhub.run import runs
+
+    assert runs.load(None).state.value == "error"  # the refusal changed nothing

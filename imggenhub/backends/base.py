@@ -56,8 +56,10 @@ def take_output(run: Run, src: Path, out_dir: Path, here: dict | None, log: Path
     import json
     import shutil
 
-    from ..engine import LOG_FILE, MANIFEST, merge_manifest
+    from ..engine import LOG_FILE, MANIFEST, PARTS_DIR, merge_manifest
 
+    if remote and (src / MANIFEST).is_file():  # the engine merged its parts: a copy of them
+        shutil.rmtree(src / PARTS_DIR, ignore_errors=True)  # uploaded before is stale
     try:
         new = merge_manifest(src) if src.is_dir() else None  # parts an engine left unmerged
         if new is not None and remote:
@@ -74,13 +76,13 @@ def take_output(run: Run, src: Path, out_dir: Path, here: dict | None, log: Path
         raise UnsafeOutputError(f"The outputs of run {run.run_id} carry another run's manifest "
                                 f"({str(new.get('run_id') or new.get('job_id'))[:60]}); nothing "
                                 "was kept.")
-    if new is not None and here is not None and (shared or here.get("run_id") == run.run_id):
-        new = artifacts.combine(here, new)
     listed = None
-    if remote:  # what the manifest lists, nothing else (no claim file, no stray dot-file)
+    if remote:  # what its own manifest lists, nothing else (no claim file, no stray dot-file)
         listed = {r["file"] for r in (new or {}).get("images") or []} | {
             b["file"] for b in (new or {}).get("bundles") or [] if isinstance(b, dict)
             and isinstance(b.get("file"), str)}
+    if new is not None and here is not None and (shared or here.get("run_id") == run.run_id):
+        new = artifacts.combine(here, new)
     artifacts.collect(src, out_dir, skip=frozenset({MANIFEST, *([log.name] if log else [])}),
                       only=listed)
     if new is not None:

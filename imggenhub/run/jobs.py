@@ -130,12 +130,22 @@ def cancel(run_id: str | None, on_event, timeout: float | None = None) -> Run:
     run = runs.load(run_id)
     if not runs.is_worked_on(run):
         return advance(run, "cancel", on_event, timeout)
+    from ..errors import NothingYet
+
     impl = backends.get_backend(run.backend)
     impl.bound(timeout)
-    for member in runs.shards_of(run) if run.shards else [run]:
+    members = runs.shards_of(run) if run.shards else [run]
+    for member in members:
         if member.state in (RunState.PUSHED, RunState.QUEUED, RunState.RUNNING):
             impl.cancel(member, on_event)
-    on_event(f"the imggenhub process that follows run {run.run_id} brings home what it made")
+    starting = [m for m in members if m.state in (RunState.RENDERED, RunState.PUSHING,
+                                                   RunState.PUSH_UNKNOWN, RunState.PARTIAL)]
+    if starting:
+        raise NothingYet(f"Another imggenhub process is starting run {run.run_id} "
+                         f"({len(starting)} of its jobs not running yet); run 'imggenhub cancel "
+                         f"{run.run_id}' again once they run.")
+    on_event(f"the jobs of run {run.run_id} were asked to stop; the imggenhub process that "
+             f"follows it brings home what they made (else 'imggenhub resume {run.run_id}')")
     return run
 
 

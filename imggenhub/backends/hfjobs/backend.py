@@ -41,6 +41,7 @@ JOB_MARGIN = 10 * 60  # a job's limit is its session's time and this: packages, 
 # last upload, after the engine's own clean stop
 UPLOAD_SECONDS = 300  # how often a job uploads what it made (the Hub limits commits an hour)
 LAST_UPLOAD_WAIT = 120.0  # how long a fetch waits for a job's last upload once it has ended
+MIN_ENGINE_SECONDS = 300  # the least a job's engine may have: packages, the model's load, a picture
 STATES = {"SCHEDULING": RunState.QUEUED, "RUNNING": RunState.RUNNING,
           "COMPLETED": RunState.COMPLETE, "ERROR": RunState.ERROR,
           "CANCELED": RunState.CANCELLED, "DELETED": RunState.CANCELLED}
@@ -237,11 +238,12 @@ class HfJobsBackend(Backend):
         timeout = max(MIN_TIMEOUT, math.ceil(cost.minutes * 2 * 60))
         if limit is not None:  # no job may bill past the run's share of --max-cost
             budget = math.floor(limit / width / flavor.usd_per_hour * 3600)
-            if budget < JOB_MARGIN + 120:
+            if budget < JOB_MARGIN + MIN_ENGINE_SECONDS:
                 raise OverQuota(f"--max-cost ${limit:.2f} over {width} job{'s' if width > 1 else ''} "
                                 f"on {flavor.name} leaves each {budget / 60:.0f} min, less than a "
                                 f"job needs to start, load and upload (about "
-                                f"{(JOB_MARGIN + 120) / 60:.0f} min); nothing was started.")
+                                f"{(JOB_MARGIN + MIN_ENGINE_SECONDS) / 60:.0f} min); nothing was "
+                                "started.")
             if budget - JOB_MARGIN < timeout:
                 timeout = budget - JOB_MARGIN
                 on_event(f"each job stops after about {timeout / 60:.0f} min of images, to keep "
@@ -266,7 +268,9 @@ class HfJobsBackend(Backend):
             "flavor": prepared.flavor.name, "timeout": session + JOB_MARGIN,
             "usd_per_hour": prepared.flavor.usd_per_hour,
             "estimate_usd": round(prepared.cost.usd / max(1, prepared.cost.jobs), 2),
-            "max_cost": prepared.max_cost, "tag": f"{label(run.run_id)}-{secrets.token_hex(4)}"}),
+            "max_cost": prepared.max_cost, "tag": f"{label(run.run_id)}-{secrets.token_hex(4)}",
+            # each job commits this often: the Hub allows a repo some hundred commits an hour
+            "upload_seconds": max(UPLOAD_SECONDS, 40 * prepared.cost.jobs)}),
             encoding="utf-8")
         run.kernel_ref = self.tag(run)
 
@@ -275,15 +279,16 @@ class HfJobsBackend(Backend):
 
     def tag(self, run: Run) -> str:
         """The run's name on the Hub: its folder in the dataset and its jobs' label."""
-        return self._job_file(run)["tag"]
+        return self._job_file(run).get("tag") or label(run.run_id)
 
     def prefix(self, run: Run, session: int | None = None) -> str:
         return f"{self.tag(run)}/s{session or run.session}"
 
     # --- start ------------------------------------------------------------------------
 
-    def _upload_inputs(self, run: Run, repo: str, on_event: OnEvent) -> None:
-        """The engine package and the job document into the session's ``in`` folder."""
+    def _upload_inputs(self, run: Run, repo: str, on_event: OnEvent, session: int) -> None:
+        """The engine package and the job document (its engine stopping cleanly within
+        ``session`` seconds of the job's start) into the session's ``in`` folder."""
         from ... import engine
 
         self._call("making the private dataset for the run's files", lambda: self.api.create_repo(
@@ -293,40 +298,63 @@ class HfJobsBackend(Backend):
             package.mkdir()
             for name in MODULES:
                 shutil.copyfile(Path(engine.__file__).parent / f"{name}.py", package / f"{name}.py")
-            Path(folder, "job.json").write_text(json.dumps(runs.document(run)), encoding="utf-8")
+            doc = runs.document(run)
+            doc["session_seconds"] = min(doc.get("session_seconds") or session, session)
+            Path(folder, "job.json").write_text(json.dumps(doc), encoding="utf-8")
             self._call("uploading the job", lambda: self.api.upload_folder(
                 repo_id=repo, repo_type="dataset", folder_path=folder,
                 path_in_repo=f"{self.prefix(run)}/in",
                 commit_message=f"imggenhub run {run.run_id} session {run.session}: the job"),
                 on_event)
 
+    def _budget(self, run: Run, spec: dict) -> int | None:
+        """The seconds this job may bill under --max-cost (None: no limit): the limit less
+        what every job of the run has billed and what those still running may bill at
+        most. Too little for a job to start, load and make a picture is refused."""
+        limit = spec.get("max_cost")
+        if limit is None:
+            return None
+        if run.shard is not None:
+            parent = runs.load(run.run_id.rsplit("/shard-", 1)[0])
+            members = [m for m in runs.shards_of(parent)]
+        else:
+            members = [run]
+        billed = sum(m.timings.get("billed_usd", 0.0) for m in members)
+        running = sum(self._job_file(m)["timeout"] / 3600 * self._job_file(m)["usd_per_hour"]
+                      for m in members if m.run_id != run.run_id
+                      and m.state in (RunState.PUSHED, RunState.QUEUED, RunState.RUNNING))
+        seconds = math.floor((limit - billed - running) / spec["usd_per_hour"] * 3600)
+        if seconds < JOB_MARGIN + MIN_ENGINE_SECONDS:
+            raise OverQuota(f"Run {run.run_id}'s jobs have billed ${billed:.2f} of its --max-cost "
+                            f"${limit:.2f}{' (more may run)' if running else ''}; what is left is "
+                            "too little for another job to start and make a picture: nothing "
+                            "was started.")
+        return seconds
+
     def submit(self, run: Run, on_event: OnEvent) -> Run:
         from . import bootstrap
 
+        spec = self._job_file(run)
+        budget = self._budget(run, spec)  # before anything changes: a refusal leaves it as is
         if run.state in PUSH_REST:
             run = self.render_rest(run, on_event)
             if run.state == RunState.DOWNLOADED:
                 return run
-        spec = self._job_file(run)
         token = self.token  # without it nothing is sent, the run stays as it is
-        spent = run.timings.get("billed_usd", 0.0)
-        if spec.get("max_cost") is not None and spent + spec["estimate_usd"] > spec["max_cost"]:
-            raise OverQuota(f"Run {run.run_id} has billed ${spent:.2f}; another job (about "
-                            f"${spec['estimate_usd']:.2f}) would pass its --max-cost "
-                            f"${spec['max_cost']:.2f}: nothing was started.")
-        self._upload_inputs(run, spec["repo"], on_event)
+        timeout = spec["timeout"] if budget is None else min(spec["timeout"], budget)
+        self._upload_inputs(run, spec["repo"], on_event, timeout - JOB_MARGIN)
         run.state = RunState.PUSHING
         runs.save(run)
         env = {"IMGGENHUB_REPO": spec["repo"], "IMGGENHUB_PREFIX": self.prefix(run),
                "IMGGENHUB_PINS": " ".join(pins()), "IMGGENHUB_LOG": LOG_FILE,
                "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # the log says what happens, in lines
-               "IMGGENHUB_UPLOAD_SECONDS": str(UPLOAD_SECONDS)}
+               "IMGGENHUB_UPLOAD_SECONDS": str(spec.get("upload_seconds") or UPLOAD_SECONDS)}
         labels = self._labels(run)
         source = Path(bootstrap.__file__).read_text(encoding="utf-8")
         try:
             job = self._call("starting the job", lambda: self.api.run_job(
                 image=IMAGE, command=["python", "-c", source], env=env,
-                secrets={"HF_TOKEN": token}, flavor=spec["flavor"], timeout=spec["timeout"],
+                secrets={"HF_TOKEN": token}, flavor=spec["flavor"], timeout=timeout,
                 labels=labels, name=f"imggenhub-{self.tag(run)}",
                 namespace=spec["namespace"]), on_event, attempts=1)
         except Unreachable:  # it may have started: the labels tell ('resume' looks)
@@ -384,9 +412,13 @@ class HfJobsBackend(Backend):
     def _billed(self, run: Run, info) -> None:
         """The job's minutes as billed (started to finished, each minute begun counted) and
         their price at the flavor's rate, into the record (a session adds to the ones before)."""
+        from datetime import datetime, timezone
+
         started, finished = getattr(info, "started_at", None), getattr(info, "finished_at", None)
-        if started is None or finished is None or run.timings.get("billed_session") == run.session:
+        if started is None or run.timings.get("billed_session") == run.session:
             return
+        if finished is None:  # stopped, and still making its last upload: billed until now
+            finished = datetime.now(timezone.utc)
         minutes = math.ceil(max(0.0, (finished - started).total_seconds()) / 60)
         rate = self._job_file(run)["usd_per_hour"]
         run.timings["billed_minutes"] = run.timings.get("billed_minutes", 0) + minutes
@@ -471,9 +503,9 @@ class HfJobsBackend(Backend):
         manifest = here
         staging = run.folder / "remote"
         brought = set(run.timings.get("fetched_sessions") or [])
-        if self._lost(run, out_dir, here):
-            brought = set()
-        self._last_upload(run, repo, on_event)
+        if here is None or self._lost(run, out_dir, here):  # a lost or changed file, or no
+            brought = set()  # manifest here: every session is read again
+        complete = self._last_upload(run, repo, on_event)
         for session in range(1, run.session + 1):
             if session in brought:
                 continue
@@ -487,6 +519,8 @@ class HfJobsBackend(Backend):
                                        remote=True)
             brought.add(session)
         shutil.rmtree(staging, ignore_errors=True)
+        if not complete:  # its last upload not seen: this session is read again later
+            brought.discard(run.session)
         run.timings["fetched_sessions"] = sorted(brought)
         lost = self._lost(run, out_dir, manifest)
         if lost:
@@ -500,21 +534,26 @@ class HfJobsBackend(Backend):
                      "made again by the next session")
         return Fetched(manifest, None)
 
-    def _last_upload(self, run: Run, repo: str, on_event: OnEvent) -> None:
-        """A job that has just ended (stopped by a cancel or its time limit, or done) may
-        still be making its last upload: wait for its mark, a while at most."""
+    def _last_upload(self, run: Run, repo: str, on_event: OnEvent) -> bool:
+        """A job stopped by a cancel or its time limit may still be making its last upload:
+        wait for its mark, a while at most. False: not seen (the session is read again by a
+        later fetch). A job that ended by itself made it before it ended."""
         from .bootstrap import DONE
 
-        if not run.kernel_ref or run.session in (run.timings.get("fetched_sessions") or []):
-            return
+        if not run.kernel_ref or run.state not in (RunState.CANCELLED, RunState.ERROR) \
+                or run.session in (run.timings.get("fetched_sessions") or []):
+            return True
         mark = f"{self.prefix(run)}/out/{DONE}"
         clock, until = self.tunables.clock, self.tunables.clock.monotonic() + LAST_UPLOAD_WAIT
         said = False
         while True:
-            files = self._call("listing the run's files", lambda: self.api.list_repo_files(
-                repo, repo_type="dataset"), on_event)
-            if mark in files or clock.monotonic() >= until:
-                return
+            if self._call("looking for the job's last upload", lambda: self.api.file_exists(
+                    repo, mark, repo_type="dataset"), on_event):
+                return True
+            if clock.monotonic() >= until:
+                on_event(f"job {run.kernel_ref}'s last upload did not come; what it made before "
+                         "is brought home, and the next fetch looks again")
+                return False
             if not said:
                 on_event(f"waiting for job {run.kernel_ref}'s last upload")
                 said = True
@@ -528,7 +567,7 @@ class HfJobsBackend(Backend):
         ranges = run.only
         return [r for r in (manifest or {}).get("images") or []
                 if (ranges is None or any(a <= r.get("index", -1) < b for a, b in ranges))
-                and not (out_dir / artifacts.safe_relative(r["file"])).exists()]
+                and artifacts.verify_image(out_dir, r, hashed=False) is not None]
 
     def fetchable(self, run: Run) -> set[int] | None:
         """Every session's outputs stay on the Hub until 'clean': any picture of the run can
