@@ -100,12 +100,19 @@ TEXT_PARTS = ("text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "tex
               "tokenizer_3")
 
 
+def _family_pipeline(model: dict):
+    """The text-to-image pipeline class of a planned model's family (FLUX, SD 3)."""
+    import diffusers
+
+    return {"flux": diffusers.FluxPipeline,
+            "sd3": diffusers.StableDiffusion3Pipeline}[model["pipeline"]]
+
+
 def encode_prompts(model: dict, plan, device: str, texts: list, chunk: int = 8) -> dict:
     """A split plan's first stage: the text encoders alone (on ``device``, quantized as the
     plan says) encode each (prompt, negative prompt) the process will draw; then they are
     freed. Returns {(prompt, negative): {the pipeline's embedding argument: a tensor of one
     row, in the host's memory}}."""
-    import diffusers
     import torch
 
     compute = _compute(plan)
@@ -113,10 +120,10 @@ def encode_prompts(model: dict, plan, device: str, texts: list, chunk: int = 8) 
     quantized = quantization_config(plan, compute, among=TEXT_PARTS)
     if quantized is not None:
         kwargs["quantization_config"] = quantized
-    family = model["pipeline"]  # the family's text-to-image class: its encoders are the same
-    cls = {"flux": diffusers.FluxPipeline, "sd3": diffusers.StableDiffusion3Pipeline}[family]
-    try:  # (FLUX.1 Fill's own class needs its VAE to be built in older diffusers)
-        pipe = cls.from_pretrained(_where(model), **kwargs)
+    family = model["pipeline"]
+    try:  # the family's text-to-image class: the same encoders (FLUX.1 Fill's own class
+        # needs its VAE to be built in older diffusers)
+        pipe = _family_pipeline(model).from_pretrained(_where(model), **kwargs)
     except OSError as exc:
         raise _not_loaded(model["id"], exc) from None
     _to_device(pipe, device)
@@ -366,10 +373,7 @@ def refuse_text_encoder_loras(model: dict, loras: list[dict]) -> None:
     """A split plan encodes the prompts before its denoiser loads, without the LoRAs: one
     that also changes the text encoders is refused in one sentence, before anything loads,
     rather than half applied."""
-    import diffusers
-
-    cls = {"flux": diffusers.FluxPipeline, "sd3": diffusers.StableDiffusion3Pipeline}[
-        model["pipeline"]]
+    cls = _family_pipeline(model)
     for lora in loras:
         where, weight = _lora_source(lora)
         state = cls.lora_state_dict(where, **weight)

@@ -24,6 +24,7 @@ from ...engine.tiny import SHIPPED
 from ...errors import (CredentialsError, ImggenhubError, OverQuota, SpecError, StillRunning,
                        Unreachable)
 from ...job.notebook import job_document
+from ...outputs import artifacts
 from ...run import runs
 from ...run.lifecycle import PUSH_REST, RunState
 from ...run.runs import Failure, Run
@@ -212,9 +213,7 @@ class HfJobsBackend(Backend):
         if job.kind != "images":
             raise SpecError("Training runs on Kaggle or here (--backend kaggle or local); the "
                             "hf-jobs backend makes images only, for now.")
-        local = any(p.init_image or p.mask_image for p in job.prompts) or any(
-            x.local for x in (*job.loras, *job.embeddings))
-        if local:
+        if job.local_files():
             raise SpecError("This job names files on this machine (--init-image, --mask-image, a "
                             "local --lora or --embedding); the hf-jobs backend does not ship them "
                             "yet: use --backend kaggle or local.")
@@ -316,7 +315,7 @@ class HfJobsBackend(Backend):
             return None
         if run.shard is not None:
             parent = runs.load(run.run_id.rsplit("/shard-", 1)[0])
-            members = [m for m in runs.shards_of(parent)]
+            members = runs.shards_of(parent)
         else:
             members = [run]
         billed = sum(m.timings.get("billed_usd", 0.0) for m in members)
@@ -527,8 +526,6 @@ class HfJobsBackend(Backend):
             names = {r["file"] for r in lost}
             manifest = {**manifest, "images": [r for r in manifest["images"]
                                                if r["file"] not in names]}
-            from ...outputs import artifacts
-
             artifacts.write_manifest(out_dir, manifest)
             on_event(f"{len(lost)} picture(s) the job recorded never reached the Hub; they are "
                      "made again by the next session")
@@ -562,8 +559,6 @@ class HfJobsBackend(Backend):
     @staticmethod
     def _lost(run: Run, out_dir: Path, manifest: dict | None) -> list[dict]:
         """This run's (or shard's) records whose pictures are not in ``out_dir``."""
-        from ...outputs import artifacts
-
         ranges = run.only
         return [r for r in (manifest or {}).get("images") or []
                 if (ranges is None or any(a <= r.get("index", -1) < b for a, b in ranges))
