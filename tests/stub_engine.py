@@ -1,7 +1,7 @@
 """The engine minus the GPU, for the Jobs emulator's fast runs (tests/jobs_emulator.py):
 ``python -m tests.stub_engine --job JOB.json --out DIR`` writes what the engine writes for
 the job's plan (its share, its session's images: the same file names, part log, merged
-manifest and log lines), each picture 8 x 8 and coloured by its seed, as the Kaggle
+manifest and log lines; shipped inputs found and checked as the engine does), each picture 8 x 8 and coloured by its seed, as the Kaggle
 emulator's stub runner does. IMGGENHUB_STUB_SECONDS: time taken by each image;
 IMGGENHUB_ENGINE_FAIL_AFTER=N: fail (exit 1) once N images are made."""
 
@@ -25,6 +25,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
     doc = json.loads(args.job.read_text(encoding="utf-8"))
+    try:  # as the engine does: every shipped input found where mounted, checked by sha256
+        doc = engine.resolve_inputs(doc)
+    except (OSError, ValueError) as exc:
+        print(f"{engine.ERROR_PREFIX}{type(exc).__name__}: {exc}", flush=True)
+        return 1
     t0 = time.monotonic()
     tasks = engine.Plan.of(doc).tasks(doc)
     engine.log(f"job {doc.get('job_id')}: {engine.images_text(len(tasks))} with "

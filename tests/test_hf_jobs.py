@@ -34,6 +34,12 @@ def _generate(cli, tmp_path, *extra):
                str(tmp_path / "out"), "--json", *extra, cwd=tmp_path)
 
 
+def _run_repo(hf_jobs, run_id: str):
+    """The private dataset of the run's files (its name: the run's id and a random tag)."""
+    (key,) = [k for k in hf_jobs.repos if k.startswith(f"datasets/{DEFAULT_USER}/imggenhub-{run_id}-")]
+    return hf_jobs.repos[key]
+
+
 def test_shards_run_as_jobs_and_their_images_come_home_verified(hf_jobs, cli, tmp_path):
     code, out, err = _generate(cli, tmp_path, "--shards", "2", "--flavor", "a10g-small")
     assert code == 0, err
@@ -76,8 +82,8 @@ def test_the_token_reaches_the_job_as_a_secret_and_nowhere_else(hf_jobs, cli, tm
     home = Path(__import__("os").environ["IMGGENHUB_HOME"])
     assert not [p for p in home.rglob("*") if p.is_file() and DEFAULT_TOKEN.encode() in p.read_bytes()]
     assert not [p for p in (tmp_path / "out").rglob("*") if DEFAULT_TOKEN.encode() in p.read_bytes()]
-    # the run's files went to a private dataset of the user's
-    repo = hf_jobs.repo(f"{DEFAULT_USER}/imggenhub-runs", "dataset")
+    # the run's files went to a private dataset of the user's, the run's own
+    repo = _run_repo(hf_jobs, json.loads(out)["run_id"])
     assert repo.private and any(p.endswith("/out/manifest.json") for p in repo.files)
     assert not [p for p, data in repo.files.items() if DEFAULT_TOKEN.encode() in data]
     # the repo mirrors what the engine left: no temporary file, no stale part
@@ -87,7 +93,7 @@ def test_the_token_reaches_the_job_as_a_secret_and_nowhere_else(hf_jobs, cli, tm
 def test_over_max_cost_is_refused_before_anything_starts(hf_jobs, cli, tmp_path):
     code, out, err = _generate(cli, tmp_path, "--flavor", "h200", "--max-cost", "0.01")
     assert code == 7 and "is over --max-cost $0.01; nothing was started" in err
-    assert not hf_jobs.jobs.jobs and not [k for k in hf_jobs.repos if "imggenhub-runs" in k]
+    assert not hf_jobs.jobs.jobs and not [k for k in hf_jobs.repos if "imggenhub-" in k]
 
 
 def test_an_unknown_flavor_is_one_sentence(hf_jobs, cli, tmp_path):
@@ -211,12 +217,17 @@ def test_clean_deletes_the_runs_files_on_the_hub_once_its_images_are_home(hf_job
     assert code == 0, err
     run_id = json.loads(out)["run_id"]
     assert f"'imggenhub clean {run_id}' deletes them" in err
-    repo = hf_jobs.repo(f"{DEFAULT_USER}/imggenhub-runs", "dataset")
+    repo = _run_repo(hf_jobs, run_id)  # one for the run: both shards' folders in it
+    assert any(p.startswith(f"{run_id}-shard-1-") for p in repo.files)
     assert any(p.startswith(f"{run_id}-shard-2-") for p in repo.files)
+    code, out, err = _generate(cli, tmp_path, "--out", str(tmp_path / "other"))  # another run
+    assert code == 0, err
+    other = json.loads(out)["run_id"]
     code, out, err = cli("clean", run_id, "--json", cwd=tmp_path)
     assert code == 0, err
-    assert len(json.loads(out)["deleted"]) == 2
-    assert not any(p.startswith(run_id) for p in repo.files)
+    assert json.loads(out)["deleted"] == [repo.repo_id]
+    assert not [k for k in hf_jobs.repos if run_id in k]  # the repo, history and all
+    assert _run_repo(hf_jobs, other).files  # another run's files stay
     assert len(list((tmp_path / "out").glob("0*.png"))) == 4  # the images here are untouched
     code, out, err = cli("clean", run_id, cwd=tmp_path)
     assert code == 0 and "nothing left to delete" in out
@@ -226,9 +237,10 @@ def test_clean_refuses_a_run_whose_images_are_not_home(hf_jobs, cli, tmp_path):
     code, out, err = cli("deploy", "--backend", "hf-jobs", "--model", "tiny-random", "-p", "a",
                          "--json", cwd=tmp_path)
     assert code == 0, err
+    run_id = json.loads(out)["run_id"]
     code, out, err = cli("clean", cwd=tmp_path)
     assert code == 6 and "nothing of it is deleted" in err
-    repo = hf_jobs.repo(f"{DEFAULT_USER}/imggenhub-runs", "dataset")
+    repo = _run_repo(hf_jobs, run_id)
     assert any("/s1/in/" in p for p in repo.files)
 
 
@@ -323,7 +335,7 @@ def test_what_the_hub_holds_beside_the_outputs_is_never_taken_home(hf_jobs, cli,
     assert code == 0, err
     run_id = json.loads(out)["run_id"]
     hf_jobs.jobs.wait_all()
-    repo = hf_jobs.repo(f"{DEFAULT_USER}/imggenhub-runs", "dataset")
+    repo = _run_repo(hf_jobs, run_id)
     out_folder = next(p for p in repo.files if p.endswith("/s1/out/manifest.json")).rsplit("/", 1)[0]
     with hf_jobs.lock:
         hf_jobs._commit(repo, "stray", "", DEFAULT_USER, {
@@ -380,3 +392,71 @@ def test_max_cost_counts_what_was_billed_before_resume_starts_another_job(hf_job
     from imggenhub.run import runs
 
     assert runs.load(None).state.value == "error"  # the refusal changed nothing
+
+
+def test_local_files_go_once_to_the_runs_dataset_under_their_content(hf_jobs, cli, tmp_path):
+    """An init image, a mask and a LoRA file on this machine: uploaded into the run's repo
+    once (shards and later sessions find them there), named by their sha256, found and
+    checked by the job's engine."""
+    import hashlib
+
+    from .test_kaggle_inputs import inputs
+
+    init, m, lora = inputs(tmp_path)
+    hf_jobs.jobs.job_env = [{"IMGGENHUB_ENGINE_FAIL_AFTER": "1"}]  # shard 1 stops after an image
+    code, out, err = _generate(cli, tmp_path, "--shards", "2", "--init-image", str(init),
+                               "--mask-image", str(m), "--strength", "0.5", "--lora", f"{lora}:0.7")
+    assert code == 1, err
+    run_id = json.loads(out)["run_id"]
+    assert err.count("inputs: uploading") == 3  # each file once, for both shards
+    code, out, err = cli("resume", run_id, "--json", cwd=tmp_path)
+    assert code == 0, err
+    assert "inputs: uploading" not in err and json.loads(out)["images_fetched"] == 4
+    repo = _run_repo(hf_jobs, run_id)
+    shipped = sorted(p.rsplit("/", 1)[1] for p in repo.files if p.startswith("inputs/"))
+    assert shipped == sorted(hashlib.sha256(f.read_bytes()).hexdigest() + f.suffix
+                             for f in (init, m, lora))
+    assert not [p for p in repo.files if "init.png" in p or "style" in p]  # never the user's names
+    for job in hf_jobs.jobs.jobs.values():  # and the job document names no path of this machine
+        doc = json.loads(repo.files[next(p for p in repo.files if p.endswith("/in/job.json")
+                                         and job.spec["environment"]["IMGGENHUB_PREFIX"] in p)])
+        assert str(tmp_path) not in json.dumps({k: v for k, v in doc.items() if k != "inputs"})
+
+
+def test_a_local_file_changed_before_its_upload_is_refused_in_one_sentence(hf_jobs, cli, tmp_path):
+    from .test_img2img import picture
+
+    init = picture(tmp_path / "init.png", 1)
+    hf_jobs.commit_faults = ["drop"] * 4  # the upload never gets through: nothing started
+    code, out, err = _generate(cli, tmp_path, "--init-image", str(init))
+    assert code == 5 and not hf_jobs.jobs.jobs, err
+    picture(init, 2)
+    code, out, err = cli("resume", cwd=tmp_path)
+    assert code == 2 and f"The input file {init} changed after this run was made" in err
+    assert "Traceback" not in err and not hf_jobs.jobs.jobs
+
+
+@pytest.mark.long
+def test_local_files_through_a_job_of_the_real_engine_make_the_local_backends_files(
+        hub, hf_jobs, cli, tmp_path):
+    """An init image, a mask and a real LoRA file, shipped to a job of the real engine: the
+    same pictures, byte for byte, as the local backend makes with the files in place."""
+    from .test_img2img import picture
+    from .test_kaggle_inputs import mask
+    from .test_lora import make_lora
+
+    hf_jobs.jobs.runner = "engine"
+    flags = ["--model", "tiny-random", "--seed", "7", "--steps", "4", "-p", "a fox",
+             "--init-image", str(picture(tmp_path / "init.png", 1, size=96)), "--mask-image",
+             str(mask(tmp_path / "mask.png")), "--strength", "0.75", "--lora",
+             f"{make_lora(tmp_path / 'lora')}:0.8", "--num-images", "2", "--json"]
+    code, out, err = cli("generate", "--backend", "hf-jobs", "--out", str(tmp_path / "job"),
+                         *flags, cwd=tmp_path)
+    assert code == 0, err
+    code, out, err = cli("generate", "--backend", "local", "--out", str(tmp_path / "here"),
+                         *flags, cwd=tmp_path)
+    assert code == 0, err
+    there = json.loads((tmp_path / "job" / "manifest.json").read_text())["images"]
+    here = json.loads((tmp_path / "here" / "manifest.json").read_text())["images"]
+    assert len(there) == len(here) == 2
+    assert {r["file"]: r["sha256"] for r in there} == {r["file"]: r["sha256"] for r in here}

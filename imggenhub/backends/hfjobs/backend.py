@@ -1,8 +1,10 @@
 """The Hugging Face Jobs backend: each session of a run is a job on a rented GPU flavor.
 
-Where a job's files go: a private dataset repo of the user's, ``<user>/imggenhub-runs``,
-one folder a session (``<run>/s<session>/in``: the engine and the job document;
-``.../out``: what the engine makes, uploaded as it is made). The job itself runs fixed code
+Where a job's files go: a private dataset repo of the user's, one a run
+(``<user>/imggenhub-<run>-<tag>``; ``clean`` deletes it), one folder a shard and session
+(``<shard>/s<session>/in``: the engine and the job document; ``.../out``: what the engine
+makes, uploaded as it is made), and the run's local files (init images, masks, LoRAs) once,
+content-addressed, in ``inputs/``. The job itself runs fixed code
 (``bootstrap.py``) in a pinned image, the token reaching it as a job secret only; its
 labels name the run and session, so an interrupted start is found again, never doubled.
 Prices and speeds: ``flavors.py``. Everything Hugging Face-specific lives in this package."""
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from ...engine import ENGINE_PACKAGE, ERROR_PREFIX, LOG_FILE, MODULES, progress_message
+from ...engine import ENGINE_PACKAGE, ERROR_PREFIX, LOG_FILE, MODULES, counted, progress_message
 from ...engine.tiny import SHIPPED
 from ...errors import (CredentialsError, ImggenhubError, OverQuota, SpecError, StillRunning,
                        Unreachable)
@@ -29,9 +31,11 @@ from ...run import runs
 from ...run.lifecycle import PUSH_REST, RunState
 from ...run.runs import Failure, Run
 from ..base import Backend, Fetched, OnEvent, take_output
+from ..kaggle import inputs as kaggle_inputs
 from . import flavors
 
-REPO_NAME = "imggenhub-runs"  # the private dataset repo that carries every run's files
+REPO_PREFIX = "imggenhub-"  # the private dataset repo that carries a run's files: its name
+INPUTS = "inputs"  # the repo's folder of the run's local files (the engine's mount of them)
 IMAGE = "pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime"  # pinned: torch and CUDA come with it
 PINNED = ("diffusers", "transformers", "accelerate", "huggingface_hub", "safetensors", "peft",
           "pillow")
@@ -110,6 +114,8 @@ class Prepared:
     timeout: int  # seconds, each job's session (its engine's time)
     cost: flavors.Cost
     max_cost: float | None = None
+    salt: str = ""  # random: the run's repo and labels are never another machine's
+    shipment: kaggle_inputs.Shipment | None = None  # the job's files on this machine
 
 
 class HfJobsBackend(Backend):
@@ -213,16 +219,17 @@ class HfJobsBackend(Backend):
         if job.kind != "images":
             raise SpecError("Training runs on Kaggle or here (--backend kaggle or local); the "
                             "hf-jobs backend makes images only, for now.")
-        if job.local_files():
-            raise SpecError("This job names files on this machine (--init-image, --mask-image, a "
-                            "local --lora or --embedding); the hf-jobs backend does not ship them "
-                            "yet: use --backend kaggle or local.")
         for ref in {job.model["id"], (job.refiner or {}).get("id"),
                     *((p.model or {}).get("id") for p in job.prompts)}:
             if ref in SHIPPED or (ref and ref.startswith("/")):
                 raise SpecError(f"{ref} is on this machine only; a Hugging Face job loads models "
                                 "from the Hub (give a Hub id), or use --backend local.")
         user = self._call("checking the token", lambda: self.api.whoami())["name"]
+        shipment = kaggle_inputs.plan(job, user)  # read and hashed before anything is sent
+        if shipment is not None:
+            n = len(shipment.files)
+            on_event(f"inputs: {counted(n, 'file')} on this machine {'goes' if n == 1 else 'go'} "
+                     "to the run's private dataset, each once")
         flavor = flavors.choose(getattr(options, "flavor", None), self.flavors(on_event))
         guess = estimate.estimate(job.document(), [])  # T4 seconds, the table's
         t4_seconds = guess.seconds_per_image * guess.images
@@ -247,27 +254,32 @@ class HfJobsBackend(Backend):
                 timeout = budget - JOB_MARGIN
                 on_event(f"each job stops after about {timeout / 60:.0f} min of images, to keep "
                          f"the run under --max-cost ${limit:.2f} (resume makes what is left)")
-        return Prepared(user, flavor, timeout, cost, limit)
+        import secrets
+
+        return Prepared(user, flavor, timeout, cost, limit, secrets.token_hex(4), shipment)
 
     def prepare(self, job, run: Run, prepared: Prepared, on_event: OnEvent) -> None:
         doc = job_document(job, run.run_id)
         if run.only is not None:
             doc["only"] = run.only
-        import secrets
-
+        if prepared.shipment is not None:  # the engine finds them in the repo's inputs/
+            doc = kaggle_inputs.kernel_document(doc, prepared.shipment)
+            kaggle_inputs.save(run.notebook_dir, prepared.shipment)
         session = min(prepared.timeout, run.session_timeout_seconds or prepared.timeout)
         doc["install_missing"] = True  # a job has the internet: the engine may pip-install
         doc["session_seconds"] = session  # it stops cleanly before the limit; resume goes on
         self.render(run, job, doc)
         run.estimate_hours = round(prepared.cost.minutes / 60, 3)  # each job's, start included
-        # the run's folder and labels carry a random tag: two machines of one account that
+        # the run's repo and labels carry a random tag: two machines of one account that
         # start the same job in the same second never share them
+        top = run.run_id.split("/")[0]  # a shard's files go to its run's repo
         (run.notebook_dir / JOB_FILE).write_text(json.dumps({
-            "repo": f"{prepared.user}/{REPO_NAME}", "namespace": prepared.user,
+            "repo": f"{prepared.user}/{REPO_PREFIX}{top}-{prepared.salt}",
+            "namespace": prepared.user,
             "flavor": prepared.flavor.name, "timeout": session + JOB_MARGIN,
             "usd_per_hour": prepared.flavor.usd_per_hour,
             "estimate_usd": round(prepared.cost.usd / max(1, prepared.cost.jobs), 2),
-            "max_cost": prepared.max_cost, "tag": f"{label(run.run_id)}-{secrets.token_hex(4)}",
+            "max_cost": prepared.max_cost, "tag": f"{label(run.run_id)}-{prepared.salt}",
             # each job commits this often: the Hub allows a repo some hundred commits an hour
             "upload_seconds": max(UPLOAD_SECONDS, 40 * prepared.cost.jobs)}),
             encoding="utf-8")
@@ -287,24 +299,35 @@ class HfJobsBackend(Backend):
 
     def _upload_inputs(self, run: Run, repo: str, on_event: OnEvent, session: int) -> None:
         """The engine package and the job document (its engine stopping cleanly within
-        ``session`` seconds of the job's start) into the session's ``in`` folder."""
+        ``session`` seconds of the job's start) into the session's ``in`` folder, and the
+        run's local files the repo lacks into ``inputs/`` (one commit)."""
+        from huggingface_hub import CommitOperationAdd
+
         from ... import engine
 
         self._call("making the private dataset for the run's files", lambda: self.api.create_repo(
             repo, repo_type="dataset", private=True, exist_ok=True), on_event)
-        with tempfile.TemporaryDirectory(prefix="imggenhub-hfjob-") as folder:
-            package = Path(folder, ENGINE_PACKAGE)
-            package.mkdir()
-            for name in MODULES:
-                shutil.copyfile(Path(engine.__file__).parent / f"{name}.py", package / f"{name}.py")
-            doc = runs.document(run)
-            doc["session_seconds"] = min(doc.get("session_seconds") or session, session)
-            Path(folder, "job.json").write_text(json.dumps(doc), encoding="utf-8")
-            self._call("uploading the job", lambda: self.api.upload_folder(
-                repo_id=repo, repo_type="dataset", folder_path=folder,
-                path_in_repo=f"{self.prefix(run)}/in",
-                commit_message=f"imggenhub run {run.run_id} session {run.session}: the job"),
-                on_event)
+        doc = runs.document(run)
+        doc["session_seconds"] = min(doc.get("session_seconds") or session, session)
+        where = f"{self.prefix(run)}/in"
+        files = [(f"{where}/{ENGINE_PACKAGE}/{name}.py", Path(engine.__file__).parent / f"{name}.py")
+                 for name in MODULES]
+        files.append((f"{where}/job.json", json.dumps(doc).encode("utf-8")))
+        shipment = kaggle_inputs.load(run.notebook_dir)
+        if shipment is not None:  # content-addressed: a file already there is not sent again
+            there = set(self._call("listing the run's files", lambda: self.api.list_repo_files(
+                repo, repo_type="dataset"), on_event))
+            for f in shipment.files:
+                if (path := f"{INPUTS}/{shipment.slug}/{f.name}") not in there:
+                    kaggle_inputs.unchanged(f)
+                    on_event(f"inputs: uploading {f.label} ({kaggle_inputs.size_text(f.size)})")
+                    files.append((path, Path(f.path)))
+        # fresh operations each try: one holds the state of its own upload
+        self._call("uploading the job", lambda: self.api.create_commit(
+            repo, [CommitOperationAdd(path, source) for path, source in files],
+            repo_type="dataset",
+            commit_message=f"imggenhub run {run.run_id} session {run.session}: the job"),
+            on_event)
 
     def _budget(self, run: Run, spec: dict) -> int | None:
         """The seconds this job may bill under --max-cost (None: no limit): the limit less
@@ -577,21 +600,17 @@ class HfJobsBackend(Backend):
                      f"'imggenhub clean {top}' deletes them")
 
     def clean(self, run: Run, on_event: OnEvent) -> list[str]:
-        """The run's folder in the private dataset (every session's inputs and outputs)."""
+        """The run's private dataset (every shard's and session's inputs and outputs, and its
+        history: the storage is freed). Shards share it: the first one's clean deletes it."""
         repo = self._job_file(run)["repo"]
-        folder = self.tag(run)
-        files = self._call("listing the run's files", lambda: self.api.list_repo_files(
+        there = self._call("looking for the run's files", lambda: self.api.repo_exists(
             repo, repo_type="dataset"), on_event)
-        if not any(f.startswith(folder + "/") for f in files):
-            run.timings["cleaned"] = True
-            runs.save(run)
-            return []
-        self._call("deleting the run's files", lambda: self.api.delete_folder(
-            folder, repo_id=repo, repo_type="dataset",
-            commit_message=f"imggenhub clean {run.run_id}"), on_event)
+        if there:
+            self._call("deleting the run's files", lambda: self.api.delete_repo(
+                repo, repo_type="dataset", missing_ok=True), on_event)
         run.timings["cleaned"] = True
         runs.save(run)
-        return [f"{repo}/{folder}"]
+        return [repo] if there else []
 
     def health(self, on_event: OnEvent, timeout: float) -> dict:
         """Who the token signs in as, whether the account can run jobs (a write token, an

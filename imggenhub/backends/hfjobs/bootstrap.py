@@ -1,7 +1,7 @@
 """What a Hugging Face job runs (its source is the job's command, ``python -c``): fixed code,
 no user data in it. It reads where its inputs are from the environment (the run's private
 dataset repo and its folder), installs the pinned packages the image lacks, downloads the
-engine and the job document, runs the engine (its session clock started when the job did),
+engine, the job document and the run's local files, runs the engine (its session clock started when the job did),
 uploads the output folder now and then as images are made (huggingface_hub's
 CommitScheduler, temporary files left out), and at the end uploads it once more, retried,
 then a mark of its own that says the outputs are all there. SIGTERM (a cancel, the time
@@ -60,9 +60,12 @@ def main() -> int:
     from huggingface_hub import CommitScheduler, HfApi, snapshot_download
 
     work = Path(os.environ.get("IMGGENHUB_WORK", "/tmp/imggenhub"))
-    snapshot_download(repo, repo_type="dataset", allow_patterns=[f"{prefix}/in/*"],
+    snapshot_download(repo, repo_type="dataset", allow_patterns=[f"{prefix}/in/*", "inputs/*"],
                       local_dir=work)
     here = work / prefix / "in"
+    # the run's local files: the engine finds them as it finds a Kaggle kernel's mounted
+    # dataset (each checked against its sha256 before use)
+    os.environ["IMGGENHUB_KAGGLE_INPUT"] = str(work / "inputs")
     out = work / "out"
     out.mkdir(parents=True, exist_ok=True)
     every = float(os.environ.get("IMGGENHUB_UPLOAD_SECONDS", "300")) / 60

@@ -85,6 +85,15 @@ def _ext(path: str) -> str:
     return suffix if re.fullmatch(r"\.[a-z0-9]{1,12}", suffix) else ""
 
 
+def unchanged(f: InputFile) -> None:
+    """The file as the run was made with it, or one sentence (it changed, or is gone)."""
+    sha, size = (hashlib.sha256(f.data).hexdigest(), len(f.data)) if f.data is not None \
+        else _sha256(f.path)
+    if (sha, size) != (f.sha256, f.size):
+        raise SpecError(f"The input file {f.path} changed after this run was made; make a new "
+                        "run with it.")
+
+
 def plan(job, owner: str) -> Shipment | None:
     """The dataset that carries the job's local files to Kaggle (None: the job has none)."""
     files = []
@@ -131,7 +140,7 @@ def _worth_resuming(exc: BaseException) -> bool:
     return isinstance(exc, _Broken) or kaggle_api.is_transient(exc)
 
 
-def _size(n: int) -> str:
+def size_text(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -201,12 +210,8 @@ class Shipper:
     def upload(self, f: InputFile) -> str:
         """Upload one file; return its blob token. A cut-off upload resumes where the server
         says it stopped; an expired one starts again."""
-        sha, size = (hashlib.sha256(f.data).hexdigest(), len(f.data)) if f.data is not None \
-            else _sha256(f.path)
-        if (sha, size) != (f.sha256, f.size):
-            raise SpecError(f"The input file {f.path} changed after this run was made; make a new "
-                            "run with it.")
-        self.on_event(f"inputs: uploading {f.label} ({_size(f.size)})")
+        unchanged(f)
+        self.on_event(f"inputs: uploading {f.label} ({size_text(f.size)})")
         session = requests.Session()
         adapter = kaggle_api._TimeoutAdapter(self.backend._timeout)
         session.mount("http://", adapter)
