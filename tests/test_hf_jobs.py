@@ -460,3 +460,46 @@ def test_local_files_through_a_job_of_the_real_engine_make_the_local_backends_fi
     here = json.loads((tmp_path / "here" / "manifest.json").read_text())["images"]
     assert len(there) == len(here) == 2
     assert {r["file"]: r["sha256"] for r in there} == {r["file"]: r["sha256"] for r in here}
+
+
+def test_a_runs_measured_speed_on_its_flavors_gpu_corrects_the_next_estimate(hf_jobs, cli,
+                                                                             tmp_path):
+    """The first estimate comes from the T4 table; a run on t4-small (whose engine, the
+    stub, records its pictures' seconds on a T4) teaches the history, and the next estimate
+    there says so and uses it. A flavor of another GPU keeps the table."""
+    from imggenhub.backends.kaggle import estimate
+    from imggenhub.config import state_dir
+
+    hf_jobs.jobs.image_seconds = 0.3  # 30 times the tiny table's figure
+    code, out, err = _generate(cli, tmp_path)
+    assert code == 0, err
+    assert "(an estimate from the T4 table, scaled by the GPU's speed)" in err
+    (entry,) = estimate.read_history(state_dir())
+    assert entry["model"] == "tiny-random" and entry["ratio"] > 2 and " jobs T4" in entry["endpoint"]
+    hf_jobs.jobs.image_seconds = 0.0  # the jobs below are only started
+    code, out, err = cli("deploy", "--backend", "hf-jobs", "--model", "tiny-random", "-p", "x",
+                         "--num-images", "400", cwd=tmp_path)
+    assert code == 0, err
+    assert "(an estimate from 1 of your runs of tiny-random on T4)" in err
+    learned = float(err.split("~")[1].split(" min")[0])
+    code, out, err = cli("deploy", "--backend", "hf-jobs", "--model", "tiny-random", "-p", "x",
+                         "--num-images", "400", "--flavor", "a10g-small", cwd=tmp_path)
+    assert code == 0, err
+    assert "(an estimate from the T4 table, scaled by the GPU's speed)" in err
+    assert learned > float(err.split("~")[1].split(" min")[0])  # the table is 30 times faster
+
+
+def test_flux_is_planned_for_the_flavors_cards_before_anything_starts(hf_jobs, cli, tmp_path):
+    """The memory plan is made for the flavor's machine (its cards, their memory and
+    capability, the host's memory): unquantized FLUX is refused on a T4 in one sentence,
+    nothing uploaded or started, and runs in bf16 on an A100."""
+    code, out, err = cli("deploy", "--backend", "hf-jobs", "--model", "flux-schnell", "-p", "x",
+                         "--quantize", "none", "--flavor", "t4-small", cwd=tmp_path)
+    assert code == 2 and "flux unquantized does not fit" in err, err
+    assert "(planned for t4-small (1 x T4))" in err and len(err.strip().splitlines()) == 1
+    assert not hf_jobs.jobs.jobs and not [k for k in hf_jobs.repos if "imggenhub-" in k]
+    code, out, err = cli("deploy", "--backend", "hf-jobs", "--model", "flux-schnell", "-p", "x",
+                         "--quantize", "none", "--flavor", "a100-large", cwd=tmp_path)
+    assert code == 0, err
+    assert "memory plan (flux): replicate, 1 process" in err and "transformer bf16" in err
+    assert "(on a100-large (1 x A100))" in err

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import tempfile
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from importlib import metadata
 from pathlib import Path
 
 from ...engine import ENGINE_PACKAGE, ERROR_PREFIX, LOG_FILE, MODULES, counted, progress_message
+from ...config import state_dir
 from ...engine.tiny import SHIPPED
 from ...errors import (CredentialsError, ImggenhubError, OverQuota, SpecError, StillRunning,
                        Unreachable)
@@ -32,6 +32,7 @@ from ...run.lifecycle import PUSH_REST, RunState
 from ...run.runs import Failure, Run
 from ..base import Backend, Fetched, OnEvent, take_output
 from ..kaggle import inputs as kaggle_inputs
+from ..kaggle.prepare import check_memory
 from . import flavors
 
 REPO_PREFIX = "imggenhub-"  # the private dataset repo that carries a run's files: its name
@@ -231,10 +232,13 @@ class HfJobsBackend(Backend):
             on_event(f"inputs: {counted(n, 'file')} on this machine {'goes' if n == 1 else 'go'} "
                      "to the run's private dataset, each once")
         flavor = flavors.choose(getattr(options, "flavor", None), self.flavors(on_event))
-        guess = estimate.estimate(job.document(), [])  # T4 seconds, the table's
+        check_memory(job.document(), flavor.machine(), flavor.describe(), on_event)
+        # T4 seconds: the table's, corrected by the user's runs on this flavor's GPU
+        history = estimate.read_history(state_dir(), self._measured_on(flavor.gpu))
+        guess = estimate.estimate(job.document(), history, where=f" on {flavor.gpu}")
         t4_seconds = guess.seconds_per_image * guess.images
         cost = flavors.cost(t4_seconds, guess.startup_seconds - estimate.SESSION_START, flavor,
-                            width)
+                            width, guess.basis)
         on_event(cost.sentence())
         limit = getattr(options, "max_cost", None)
         if limit is not None and cost.usd > limit:
@@ -258,6 +262,11 @@ class HfJobsBackend(Backend):
 
         return Prepared(user, flavor, timeout, cost, limit, secrets.token_hex(4), shipment)
 
+    def _measured_on(self, gpu: str | None) -> str:
+        """The history's name for runs measured on ``gpu`` at this Hub (an emulator's runs
+        never correct the real one's estimates)."""
+        return f"{self.api.endpoint} jobs {gpu}"
+
     def prepare(self, job, run: Run, prepared: Prepared, on_event: OnEvent) -> None:
         doc = job_document(job, run.run_id)
         if run.only is not None:
@@ -276,7 +285,8 @@ class HfJobsBackend(Backend):
         (run.notebook_dir / JOB_FILE).write_text(json.dumps({
             "repo": f"{prepared.user}/{REPO_PREFIX}{top}-{prepared.salt}",
             "namespace": prepared.user,
-            "flavor": prepared.flavor.name, "timeout": session + JOB_MARGIN,
+            "flavor": prepared.flavor.name, "gpu": prepared.flavor.gpu,
+            "card_speed": prepared.flavor.card_speed, "timeout": session + JOB_MARGIN,
             "usd_per_hour": prepared.flavor.usd_per_hour,
             "estimate_usd": round(prepared.cost.usd / max(1, prepared.cost.jobs), 2),
             "max_cost": prepared.max_cost, "tag": f"{label(run.run_id)}-{prepared.salt}",
@@ -593,6 +603,14 @@ class HfJobsBackend(Backend):
         return set() if run.timings.get("cleaned") else None
 
     def fetched(self, run: Run, manifest: dict | None, on_event: OnEvent) -> None:
+        """What the run measured on its flavor's GPU corrects the next estimates there; the
+        run's files on the Hub are said."""
+        spec = self._job_file(run)
+        if spec.get("gpu"):
+            from ..kaggle import estimate
+
+            estimate.learn_run(run, manifest, self._measured_on(spec["gpu"]), spec["gpu"],
+                               spec["card_speed"])
         if run.state == RunState.DOWNLOADED and run.shard in (None, 1):
             repo = self._job_file(run)["repo"]
             top = run.run_id.split("/")[0]

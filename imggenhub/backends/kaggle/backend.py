@@ -13,7 +13,6 @@ from pathlib import Path
 
 import requests
 
-from ...config import state_dir
 from ...errors import (
     ImggenhubError,
     KaggleApiError,
@@ -378,12 +377,7 @@ class KaggleBackend(Backend):
     def fetched(self, run: Run, manifest: dict | None, on_event: OnEvent) -> None:
         """What the run measured on Kaggle corrects the next estimates (once, when it is
         all here)."""
-        doc = runs.document(run)
-        if run.state != RunState.DOWNLOADED or run.engine_hours is not None or not manifest \
-                or not doc:
-            return
-        run.engine_hours = estimate.engine_hours(manifest, run.run_id)
-        estimate.learn(state_dir(), doc, manifest, kaggle_api.endpoint(self.tunables))
+        estimate.learn_run(run, manifest, kaggle_api.endpoint(self.tunables))
 
     def quota(self, on_event: OnEvent) -> dict:
         """This week's GPU quota, as GetAcceleratorQuotaStatistics says (hours; refresh time).

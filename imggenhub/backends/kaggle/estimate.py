@@ -12,6 +12,7 @@ API endpoint: a test server's or emulator's runs never correct the real Kaggle's
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import time
 from dataclasses import dataclass
@@ -142,12 +143,13 @@ def read_history(folder: Path, where: str | None = None) -> list[dict]:
     return out
 
 
-def estimate(doc: dict, history: list[dict], width: int = 1) -> Estimate:
+def estimate(doc: dict, history: list[dict], width: int = 1, where: str = "") -> Estimate:
     """The job's GPU hours; split over ``width`` sessions (shards, as ``run.shards`` splits
-    it), the sum of theirs, each with its own start and model load."""
+    it), the sum of theirs, each with its own start and model load. ``where`` names the
+    machine the history was measured on, for the basis said ("on A10G")."""
     if width > 1:
         plan = Plan.of(doc)
-        parts = [estimate(dict(doc, only=plan.split(k, width).ranges()), history)
+        parts = [estimate(dict(doc, only=plan.split(k, width).ranges()), history, where=where)
                  for k in range(width)]
         hours = round(sum(p.hours for p in parts), 3)
         images = sum(p.images for p in parts)
@@ -177,25 +179,32 @@ def estimate(doc: dict, history: list[dict], width: int = 1) -> Estimate:
     generation = table * ratio
     hours = (SESSION_START + load + generation / gpus) / 3600
     basis = (f"{len(kin)} of your runs of {doc['model']['id'] if same else 'this model family'}"
-             if kin else "the T4 table")
+             f"{where}" if kin else "the T4 table")
     return Estimate(round(hours, 3), images, generation / max(1, images), SESSION_START + load,
                     basis, noun="training step" if training else "image", gpus=gpus)
 
 
-def learn(folder: Path, doc: dict, manifest: dict, where: str) -> dict | None:
-    """Add what a finished run at the endpoint ``where`` measured (on T4s only) to the
-    history; return it."""
+def learn(folder: Path, doc: dict, manifest: dict, where: str, gpu: str = "T4",
+          speed: float = 1.0) -> dict | None:
+    """Add what a finished run at ``where`` (an endpoint, and the machine) measured on
+    ``gpu`` cards only (``speed``: one's images a second against a T4's, so that the
+    history holds T4 seconds) to the history; return it."""
     images = manifest.get("images") or []
-    seconds = [i["seconds"] for i in images if isinstance(i.get("seconds"), (int, float))
-               and "T4" in str(i.get("device", ""))]
+
+    def on_gpu(device) -> bool:  # "Tesla T4", "NVIDIA A10G"; L4 is not L40S
+        return re.search(rf"(?<![A-Z0-9]){re.escape(gpu)}(?![A-Z0-9])", str(device or ""),
+                         re.IGNORECASE) is not None
+
+    seconds = [i["seconds"] * speed for i in images if isinstance(i.get("seconds"), (int, float))
+               and on_gpu(i.get("device"))]
     table, planned = predicted_seconds(doc)
     training = doc.get("kind") == WEIGHTS
     if training:  # each session's first process: its loop's seconds and the steps it took
         done = [(p["training_seconds"], p["session_steps"]) for p in manifest.get("processes") or []
-                if "T4" in str(p.get("device_name", "")) and p.get("rank", 0) == 0
+                if on_gpu(p.get("device_name")) and p.get("rank", 0) == 0
                 and isinstance(p.get("training_seconds"), (int, float))
                 and isinstance(p.get("session_steps"), int) and p["session_steps"] > 0]
-        seconds = [sum(t for t, _ in done) / sum(n for _, n in done)] if done else []
+        seconds = [sum(t for t, _ in done) / sum(n for _, n in done) * speed] if done else []
     if not seconds or not table or not planned:
         return None
     measured = statistics.mean(seconds) * planned  # the job's generation (or steps) on one T4
@@ -211,6 +220,21 @@ def learn(folder: Path, doc: dict, manifest: dict, where: str) -> dict | None:
     tmp.write_text("".join(json.dumps(e) + "\n" for e in kept), encoding="utf-8")
     tmp.replace(path)
     return entry
+
+
+def learn_run(run, manifest: dict | None, where: str, gpu: str = "T4", speed: float = 1.0) -> None:
+    """Once a run is all home: its engine's hours into the record, and what it measured into
+    the history (once: a record with engine hours has taught it)."""
+    from ...config import state_dir
+    from ...run import runs
+    from ...run.lifecycle import RunState
+
+    doc = runs.document(run)
+    if run.state != RunState.DOWNLOADED or run.engine_hours is not None or not manifest \
+            or not doc:
+        return
+    run.engine_hours = engine_hours(manifest, run.run_id)
+    learn(state_dir(), doc, manifest, where, gpu, speed)
 
 
 def engine_hours(manifest: dict, run_id: str | None = None) -> float | None:

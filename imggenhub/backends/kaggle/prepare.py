@@ -59,18 +59,18 @@ def _token_from(variable: str) -> str:
     return token
 
 
-def _check_memory(doc: dict, machine, on_event: OnEvent) -> None:
-    """FLUX and SD 3.5 planned for Kaggle's machine before anything is pushed: a job that
-    cannot fit is one sentence here, not an out-of-memory error an hour later."""
+def check_memory(doc: dict, machine, where: str, on_event: OnEvent) -> None:
+    """FLUX and SD 3.5 planned for the remote's machine (``where``: its name, said) before
+    anything is pushed: a job that cannot fit is one sentence here, not an out-of-memory
+    error an hour later."""
     for model in {m["id"]: m for m in models_of(doc)}.values():
         if not model.get("memory"):
             continue
         try:
             plan = for_job(doc, model, machine)
         except DoesNotFit as exc:
-            raise SpecError(f"{exc} (planned for Kaggle's {'2 x T4' if machine.cards else 'CPU'}).") \
-                from None
-        on_event(f"{plan.line()} (on Kaggle's {'2 x T4' if machine.cards else 'CPU'})")
+            raise SpecError(f"{exc} (planned for {where}).") from None
+        on_event(f"{plan.line()} (on {where})")
 
 
 def prepare_job(backend, job, options, on_event: OnEvent, width: int = 1) -> "KaggleJob":
@@ -92,8 +92,9 @@ def prepare_job(backend, job, options, on_event: OnEvent, width: int = 1) -> "Ka
     template = load_metadata_template(options.template)
     meta = kernel_metadata(options, template=template)  # checked before any network
     doc = job_document(job)
-    _check_memory(doc, KAGGLE_T4X2 if meta.get("enable_gpu") else
-                  Machine(cards=0, host_gib=KAGGLE_T4X2.host_gib), on_event)
+    gpu = meta.get("enable_gpu")
+    check_memory(doc, KAGGLE_T4X2 if gpu else Machine(cards=0, host_gib=KAGGLE_T4X2.host_gib),
+                 f"Kaggle's {'2 x T4' if gpu else 'CPU'}", on_event)
     if meta["id"].startswith(PLACEHOLDER_OWNER + "/"):
         meta = kernel_metadata(options, backend.owner(), template)  # "your-kaggle-username"
     owner, _ = split_kernel_id(meta["id"])
