@@ -159,7 +159,8 @@ def isolated(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("IMGGENHUB_HOME", str(home / "state"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     for var in ("KAGGLE_API_TOKEN", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_CONFIG_DIR",
-                "IMGGENHUB_PROCESSES", "IMGGENHUB_ENGINE_FAIL_AFTER", "IMGGENHUB_DEBUG"):
+                "IMGGENHUB_PROCESSES", "IMGGENHUB_ENGINE_FAIL_AFTER", "IMGGENHUB_DEBUG",
+                "IMGGENHUB_NOTIFY"):
         monkeypatch.delenv(var, raising=False)
     return home
 

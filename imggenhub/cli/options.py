@@ -22,6 +22,10 @@ Timeout = Annotated[Optional[float], typer.Option(
 ApiTimeout = Annotated[float, typer.Option(
     "--timeout", min=1, help="Give up on the API after this many seconds (exit 5).")]
 Json = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+Notify = Annotated[Optional[list[str]], typer.Option(
+    "--notify", metavar="URL",
+    help="When the run ends, say so at URL (repeatable; also IMGGENHUB_NOTIFY): a JSON POST, "
+         "or the format of a Slack or Discord webhook or an ntfy topic.")]
 NAME_MAX = 100
 
 

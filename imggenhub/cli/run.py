@@ -9,7 +9,8 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import CredentialsError
-from .options import Json, Name, Out, RunId, Timeout, TimeoutHours, job_options, kernel_flags_given
+from .options import (Json, Name, Notify, Out, RunId, Timeout, TimeoutHours, job_options,
+                      kernel_flags_given)
 from .output import (STATE, done, interrupted_hint, reporter, result, run_data,
                      shard_lines, shown_state)
 
@@ -39,12 +40,14 @@ def generate(
         help="Where to run: 'kaggle' (the default when credentials are found), 'hf-jobs' "
              "(Hugging Face Jobs, paid by the minute) or 'local'.")] = None,
     out: Out = None, name: Name = None, timeout_hours: TimeoutHours = None, timeout: Timeout = None,
-    json: Json = False,
+    notify: Notify = None, json: Json = False,
 ) -> None:
     """Render the job's notebook, run it, and bring the images home (deploy + poll + download)."""
+    from .. import notify as notices
     from ..run import jobs
 
     STATE["json"] = json
+    targets = notices.targets(notify)
     backend = backend or _default_backend()
     report = reporter()
     given = kernel_flags_given(kernel) + (["--shards"] if shards is not None else []) \
@@ -53,7 +56,8 @@ def generate(
         report(f"note: {', '.join(given)} shape{'s' if len(given) == 1 else ''} the Kaggle kernel; "
                f"the local backend has none and leaves {'it' if len(given) == 1 else 'them'} aside")
     _remote_flags(kernel, backend, report)
-    run = jobs.generate(job, backend, out, kernel, report, timeout_hours, timeout, name, shards)
+    run = jobs.generate(job, backend, out, kernel, report, timeout_hours, timeout, name, shards,
+                        targets)
     done(run, json)
 
 
@@ -67,14 +71,18 @@ def deploy(
     name: Name = None, timeout_hours: TimeoutHours = None,
     timeout: Annotated[Optional[float], typer.Option(
         "--timeout", min=0, help="Wait at most this long for a free GPU session (exit 6).")] = None,
-    json: Json = False,
+    notify: Notify = None, json: Json = False,
 ) -> None:
-    """Validate, render and push the job to Kaggle as a new kernel version; save the run."""
+    """Validate, render and push the job to Kaggle as a new kernel version; save the run.
+    --notify: the command that sees it end (poll, download, resume) says so there."""
+    from .. import notify as notices
     from ..run import jobs
 
     STATE["json"] = json
+    targets = notices.targets(notify)
     _remote_flags(kernel, backend, reporter())
-    run = jobs.deploy(job, out, kernel, reporter(), timeout_hours, timeout, name, shards, backend)
+    run = jobs.deploy(job, out, kernel, reporter(), timeout_hours, timeout, name, shards, backend,
+                      targets)
     result(run_data(run), f"{run.run_id} {run.url}", json)
 
 
@@ -99,13 +107,16 @@ def download(run_id: RunId = None, out: Annotated[Optional[Path], typer.Option(
 def resume(run_id: RunId = None, timeout: Timeout = None, json: Json = False,
            force: Annotated[bool, typer.Option(
                "--force", help="Push a failed run again even after the same failure twice.")] = False,
-           ) -> None:
+           notify: Notify = None) -> None:
     """Advance a run from wherever it stands: push, poll, download; exit 0 at once if done.
     A failed run: what it finished comes home, then a new session makes the rest."""
+    from .. import notify as notices
     from ..run import jobs
 
     STATE["json"] = json
-    done(jobs.command_on(run_id, "resume", reporter(), timeout, force=force), json)
+    targets = notices.targets(notify)
+    done(jobs.command_on(run_id, "resume", reporter(), timeout, force=force, notify=targets),
+         json)
 
 
 def cancel(run_id: RunId = None, timeout: Timeout = None, json: Json = False) -> None:
@@ -119,8 +130,8 @@ def cancel(run_id: RunId = None, timeout: Timeout = None, json: Json = False) ->
 
 
 def clean(run_id: RunId = None, timeout: Timeout = None, json: Json = False) -> None:
-    """Delete what the remote keeps of a run whose images are all home (hf-jobs: its folder
-    in your private dataset). Never automatic."""
+    """Delete what the remote keeps of a run whose images are all home (hf-jobs: the run's
+    private dataset). Never automatic."""
     from ..run import jobs
 
     STATE["json"] = json

@@ -10,7 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import _JOB_OPTIONS, JOB_DEFAULTS, Json, Out, Timeout, TimeoutHours, kernel_options
+from .options import (_JOB_OPTIONS, JOB_DEFAULTS, Json, Notify, Out, Timeout, TimeoutHours,
+                      kernel_options)
 from .output import STATE, done, reporter
 
 
@@ -84,6 +85,7 @@ def train(
     kernel_id: KernelId = None, title: Title = None,
     internet: Internet = None, hf_token_env: HfTokenEnv = None,
     force: Force = False,
+    notify: Notify = None,
     json: Json = False,
 ) -> None:
     """Fine-tune a model on a folder of pictures (a LoRA or an embedding), and bring the
@@ -95,6 +97,9 @@ def train(
     from .run import _default_backend
 
     STATE["json"] = json
+    from .. import notify as notices
+
+    targets = notices.targets(notify)
     if precision not in ("auto", "fp16", "fp32"):
         raise SpecError(f"--precision {precision[:20]!r} must be auto, fp16 or fp32.")
     name = name or slugify(images.resolve().name, 64)
@@ -113,5 +118,6 @@ def train(
     backend = backend or _default_backend()
     kernel = kernel_options(gpu, kernel_id=kernel_id, title=title, internet=internet,
                             template=metadata_template, hf_token_env=hf_token_env, force=force)
-    run = jobs.generate(job, backend, out, kernel, reporter(), timeout_hours, timeout, name, 1)
+    run = jobs.generate(job, backend, out, kernel, reporter(), timeout_hours, timeout, name, 1,
+                        targets)
     done(run, json)

@@ -22,6 +22,7 @@ from ..errors import (
     interruption,
     NoFreeSlot,
     NothingYet,
+    OverQuota,
     RunFailedError,
     SpecError,
     StillRunning,
@@ -120,14 +121,18 @@ class _Group:
 
 def advance(run: Run, command: str, on_event: backends.OnEvent,
             timeout: float | None = None, out_dir: Path | None = None,
-            force: bool = False) -> Run:
+            force: bool = False, notify: list | None = None) -> Run:
     """Take the steps ``command`` may take until its work is done; raise with the right
     exit code otherwise. One process at a time per run (the others are refused).
-    ``force``: resume pushes a run again even after the same failure twice."""
+    ``force``: resume pushes a run again even after the same failure twice. ``notify``:
+    where to say the run's end (kept with the run: the command that sees it end says it)."""
+    from .. import notify as notices
+
     impl = backends.get_backend(run.backend)
     deadline = Deadline(impl.tunables, timeout)
     with runs.working_on(run):
         run = runs.reload(run)
+        notices.keep(run.folder, notify or [])
         try:
             if command in ("download", "resume", "generate"):
                 run = _check_home(impl, run, on_event)
@@ -141,7 +146,13 @@ def advance(run: Run, command: str, on_event: backends.OnEvent,
                 impl.close()
                 if group.sharded:
                     run = _sum_up(run, [runs.reload(s) for s in group.members])
-            return _verdict(runs.reload(run), group, command)
+            try:
+                run = _verdict(runs.reload(run), group, command)
+            except (RunFailedError, OverQuota) as exc:
+                notices.ended(runs.reload(run), exc, on_event, impl.tunables)
+                raise
+            notices.ended(run, None, on_event, impl.tunables)
+            return run
         except KeyboardInterrupt as stop:
             raise _interrupted(impl, runs.reload(run), stop) from None
         except ImggenhubError as exc:

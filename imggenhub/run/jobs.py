@@ -21,7 +21,8 @@ DEFAULT_OUTPUTS = Path("outputs")
 
 def start(job: JobSpec, backend: str, out_dir: Path | None, options, on_event: backends.OnEvent,
           timeout_hours: float | None = None, name: str | None = None,
-          timeout: float | None = None, shards_asked: int | None = None) -> Run:
+          timeout: float | None = None, shards_asked: int | None = None,
+          notify: list | None = None) -> Run:
     """Everything that can be checked before a push, then a new run record (rendered): a
     group of ``shards_asked`` sessions (None: as many as the job gains from) where the
     backend runs several at once."""
@@ -51,10 +52,16 @@ def start(job: JobSpec, backend: str, out_dir: Path | None, options, on_event: b
             impl.prepare(job, run, prepared, on_event)
         runs.save(run)  # before the claim: a run holding a folder is always a known run
         artifacts.prepare_destination(out, run_id, job.job_id, is_active)
-    except BaseException:
+    except BaseException as exc:
         import shutil
 
         shutil.rmtree(run.folder, ignore_errors=True)  # no record of a run that never was
+        from ..errors import OverQuota
+
+        if isinstance(exc, OverQuota):  # refused over its estimate: said where asked
+            from .. import notify as notices
+
+            notices.refused(run, exc, notify or [], on_event, impl.tunables)
         if made_out and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # nor an empty folder made for it
         raise
@@ -64,16 +71,18 @@ def start(job: JobSpec, backend: str, out_dir: Path | None, options, on_event: b
 
 def generate(job: JobSpec, backend: str, out_dir: Path | None, options, on_event,
              timeout_hours: float | None = None, timeout: float | None = None,
-             name: str | None = None, shards_asked: int | None = None) -> Run:
-    """deploy + poll + download; with a name, pick up that run if it is still this job's."""
+             name: str | None = None, shards_asked: int | None = None,
+             notify: list | None = None) -> Run:
+    """deploy + poll + download; with a name, pick up that run if it is still this job's.
+    ``notify``: where to say the run's end (notify.targets)."""
     with runs.named(name):
         existing = _named(name, job, backend, on_event)
         if existing is not None:  # a failed one reports its failure: a cron line never re-pushes it
             on_event(f"picking up run {existing.run_id} ('{name}') at {existing.state.value}")
-            return advance(existing, "generate", on_event, timeout)
+            return advance(existing, "generate", on_event, timeout, notify=notify)
         run = start(job, backend, out_dir, options, on_event, timeout_hours, name, timeout,
-                    shards_asked)
-        return advance(run, "generate", on_event, timeout)
+                    shards_asked, notify)
+        return advance(run, "generate", on_event, timeout, notify=notify)
 
 
 def _named(name: str | None, job: JobSpec, backend: str, on_event) -> Run | None:
@@ -97,22 +106,24 @@ def _named(name: str | None, job: JobSpec, backend: str, on_event) -> Run | None
 def deploy(job: JobSpec, out_dir: Path | None, options, on_event,
            timeout_hours: float | None = None, timeout: float | None = None,
            name: str | None = None, shards_asked: int | None = None,
-           backend: str = "kaggle") -> Run:
-    """Start the run and push it (every shard); poll and download take it on."""
+           backend: str = "kaggle", notify: list | None = None) -> Run:
+    """Start the run and push it (every shard); poll and download take it on (and say its
+    end where ``notify`` asks)."""
     with runs.named(name):
         existing = _named(name, job, backend, on_event)
         if existing is not None:
             on_event(f"run {existing.run_id} ('{name}') exists at {existing.state.value}")
-            return advance(existing, "deploy", on_event, timeout)
+            return advance(existing, "deploy", on_event, timeout, notify=notify)
         run = start(job, backend, out_dir, options, on_event, timeout_hours, name, timeout,
-                    shards_asked)
-        return advance(run, "deploy", on_event, timeout)
+                    shards_asked, notify)
+        return advance(run, "deploy", on_event, timeout, notify=notify)
 
 
 def command_on(run_id: str | None, command: str, on_event, timeout: float | None = None,
-               out_dir: Path | None = None, force: bool = False) -> Run:
+               out_dir: Path | None = None, force: bool = False,
+               notify: list | None = None) -> Run:
     """poll, download or resume a recorded run."""
-    return advance(runs.load(run_id), command, on_event, timeout, out_dir, force)
+    return advance(runs.load(run_id), command, on_event, timeout, out_dir, force, notify)
 
 
 def interrupted(run: Run) -> bool:
