@@ -203,7 +203,8 @@ class Emulator(Served):
         """Make a repo as the Hub does (an initial commit with .gitattributes); for tests
         that need one of another owner without going through HTTP."""
         owner, _, name = repo_id.partition("/")
-        if not NAME.match(owner) or not NAME.match(name) or name.endswith(".git"):
+        if not NAME.match(owner) or not NAME.match(name) or name.endswith((".git", "-", ".")) \
+                or "--" in name or ".." in name:  # the Hub's rules for a repo's name
             raise HubError(400, f"Invalid repo name {repo_id!r}")
         with self.lock:
             repo = Repo(repo_id, repo_type, owner, private)

@@ -487,6 +487,10 @@ def test_a_runs_measured_speed_on_its_flavors_gpu_corrects_the_next_estimate(hf_
     assert code == 0, err
     assert "(an estimate from the T4 table, scaled by the GPU's speed)" in err
     assert learned > float(err.split("~")[1].split(" min")[0])  # the table is 30 times faster
+    hf_jobs.jobs.wait_all()
+    code, out, err = cli("resume", cwd=tmp_path)  # its pictures' device is not an A10G
+    assert code == 0, err
+    assert len(estimate.read_history(state_dir())) == 1  # the first t4-small run's only
 
 
 def test_flux_is_planned_for_the_flavors_cards_before_anything_starts(hf_jobs, cli, tmp_path):
@@ -503,3 +507,45 @@ def test_flux_is_planned_for_the_flavors_cards_before_anything_starts(hf_jobs, c
     assert code == 0, err
     assert "memory plan (flux): replicate, 1 process" in err and "transformer bf16" in err
     assert "(on a100-large (1 x A100))" in err
+
+
+def test_a_local_file_changed_while_it_is_sent_never_lands_under_its_old_sha(hf_jobs, cli,
+                                                                            tmp_path):
+    """The file is hashed when the run is made and again as its bytes are sent: changed in
+    between, nothing is committed under the old name (which would break every session)."""
+    from .conftest import on_stderr
+    from .test_img2img import picture
+
+    init = picture(tmp_path / "init.png", 1)
+    with on_stderr("inputs: uploading", lambda: picture(init, 2)):
+        code, out, err = _generate(cli, tmp_path, "--init-image", str(init))
+    assert code == 2 and f"The input file {init} changed after this run was made" in err, err
+    assert not hf_jobs.jobs.jobs
+    assert not [p for k, r in hf_jobs.repos.items() if "imggenhub-" in k for p in r.files
+                if p.startswith("inputs/")]
+
+
+def test_clean_of_a_run_recorded_when_runs_shared_one_dataset_deletes_its_folder_only(
+        hf_jobs, cli, tmp_path):
+    from imggenhub.backends.hfjobs.backend import JOB_FILE
+    from imggenhub.run import runs
+
+    code, out, err = _generate(cli, tmp_path)
+    assert code == 0, err
+    run = runs.load(json.loads(out)["run_id"])
+    spec = json.loads((run.notebook_dir / JOB_FILE).read_text())
+    shared = f"{DEFAULT_USER}/imggenhub-runs"
+    spec.update(repo=shared, tag="old-a")  # as a record of the last version wrote it
+    spec.pop("gpu")
+    (run.notebook_dir / JOB_FILE).write_text(json.dumps(spec))
+    repo = hf_jobs.create(shared, "dataset", private=True)
+    with hf_jobs.lock:
+        hf_jobs._commit(repo, "older runs", "", DEFAULT_USER, {
+            "old-a/s1/out/manifest.json": b"{}", "old-b/s1/out/manifest.json": b"{}"}, set(), [])
+    code, out, err = cli("clean", run.run_id, "--json", cwd=tmp_path)
+    assert code == 0, err
+    assert json.loads(out)["deleted"] == [f"{shared}/old-a"]
+    assert sorted(hf_jobs.repo(shared, "dataset").files) == [".gitattributes",
+                                                             "old-b/s1/out/manifest.json"]
+    code, out, err = cli("clean", run.run_id, cwd=tmp_path)
+    assert code == 0 and "nothing left to delete" in out

@@ -175,7 +175,7 @@ def clean(run_id: str | None, on_event, timeout: float | None = None) -> list[st
     with runs.working_on(run):
         for member in runs.shards_of(run) if run.shards else [run]:
             gone += impl.clean(member, on_event)
-    return gone
+    return list(dict.fromkeys(gone))  # shards that share one place name it once
 
 
 def status(run_id: str | None, on_event) -> Run:

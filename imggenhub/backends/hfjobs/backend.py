@@ -36,6 +36,7 @@ from ..kaggle.prepare import check_memory
 from . import flavors
 
 REPO_PREFIX = "imggenhub-"  # the private dataset repo that carries a run's files: its name
+SHARED_REPO = "imggenhub-runs"  # where every run's files went before a run had its own
 INPUTS = "inputs"  # the repo's folder of the run's local files (the engine's mount of them)
 IMAGE = "pytorch/pytorch:2.6.0-cuda12.4-cudnn9-runtime"  # pinned: torch and CUDA come with it
 PINNED = ("diffusers", "transformers", "accelerate", "huggingface_hub", "safetensors", "peft",
@@ -232,13 +233,14 @@ class HfJobsBackend(Backend):
             on_event(f"inputs: {counted(n, 'file')} on this machine {'goes' if n == 1 else 'go'} "
                      "to the run's private dataset, each once")
         flavor = flavors.choose(getattr(options, "flavor", None), self.flavors(on_event))
-        check_memory(job.document(), flavor.machine(), flavor.describe(), on_event)
-        # T4 seconds: the table's, corrected by the user's runs on this flavor's GPU
+        plans = check_memory(job.document(), flavor.machine(), flavor.describe(), on_event)
+        # the T4 table's seconds, or the user's runs' on this flavor's GPU
         history = estimate.read_history(state_dir(), self._measured_on(flavor.gpu))
         guess = estimate.estimate(job.document(), history, where=f" on {flavor.gpu}")
-        t4_seconds = guess.seconds_per_image * guess.images
-        cost = flavors.cost(t4_seconds, guess.startup_seconds - estimate.SESSION_START, flavor,
-                            width, guess.basis)
+        cost = flavors.cost(guess.seconds_per_image * guess.images,
+                            guess.startup_seconds - estimate.SESSION_START, flavor, width,
+                            guess.basis, guess.learned,
+                            min((p.processes for p in plans), default=None))
         on_event(cost.sentence())
         limit = getattr(options, "max_cost", None)
         if limit is not None and cost.usd > limit:
@@ -286,7 +288,7 @@ class HfJobsBackend(Backend):
             "repo": f"{prepared.user}/{REPO_PREFIX}{top}-{prepared.salt}",
             "namespace": prepared.user,
             "flavor": prepared.flavor.name, "gpu": prepared.flavor.gpu,
-            "card_speed": prepared.flavor.card_speed, "timeout": session + JOB_MARGIN,
+            "timeout": session + JOB_MARGIN,
             "usd_per_hour": prepared.flavor.usd_per_hour,
             "estimate_usd": round(prepared.cost.usd / max(1, prepared.cost.jobs), 2),
             "max_cost": prepared.max_cost, "tag": f"{label(run.run_id)}-{prepared.salt}",
@@ -320,9 +322,9 @@ class HfJobsBackend(Backend):
         doc = runs.document(run)
         doc["session_seconds"] = min(doc.get("session_seconds") or session, session)
         where = f"{self.prefix(run)}/in"
-        files = [(f"{where}/{ENGINE_PACKAGE}/{name}.py", Path(engine.__file__).parent / f"{name}.py")
-                 for name in MODULES]
-        files.append((f"{where}/job.json", json.dumps(doc).encode("utf-8")))
+        files = [(f"{where}/{ENGINE_PACKAGE}/{name}.py", Path(engine.__file__).parent / f"{name}.py",
+                  None) for name in MODULES]
+        files.append((f"{where}/job.json", json.dumps(doc).encode("utf-8"), None))
         shipment = kaggle_inputs.load(run.notebook_dir)
         if shipment is not None:  # content-addressed: a file already there is not sent again
             there = set(self._call("listing the run's files", lambda: self.api.list_repo_files(
@@ -331,13 +333,23 @@ class HfJobsBackend(Backend):
                 if (path := f"{INPUTS}/{shipment.slug}/{f.name}") not in there:
                     kaggle_inputs.unchanged(f)
                     on_event(f"inputs: uploading {f.label} ({kaggle_inputs.size_text(f.size)})")
-                    files.append((path, Path(f.path)))
-        # fresh operations each try: one holds the state of its own upload
-        self._call("uploading the job", lambda: self.api.create_commit(
-            repo, [CommitOperationAdd(path, source) for path, source in files],
-            repo_type="dataset",
-            commit_message=f"imggenhub run {run.run_id} session {run.session}: the job"),
-            on_event)
+                    files.append((path, Path(f.path), f))
+
+        def commit():  # fresh operations each try: one holds the state of its own upload
+            operations = []
+            for path, source, f in files:
+                operation = CommitOperationAdd(path, source)
+                # the bytes sent are the ones hashed (the file may change meanwhile): a
+                # path named by its sha256 never holds other bytes
+                if f is not None and operation.upload_info.sha256.hex() != f.sha256:
+                    raise SpecError(f"The input file {f.path} changed after this run was made; "
+                                    "make a new run with it.")
+                operations.append(operation)
+            return self.api.create_commit(
+                repo, operations, repo_type="dataset",
+                commit_message=f"imggenhub run {run.run_id} session {run.session}: the job")
+
+        self._call("uploading the job", commit, on_event)
 
     def _budget(self, run: Run, spec: dict) -> int | None:
         """The seconds this job may bill under --max-cost (None: no limit): the limit less
@@ -609,8 +621,7 @@ class HfJobsBackend(Backend):
         if spec.get("gpu"):
             from ..kaggle import estimate
 
-            estimate.learn_run(run, manifest, self._measured_on(spec["gpu"]), spec["gpu"],
-                               spec["card_speed"])
+            estimate.learn_run(run, manifest, self._measured_on(spec["gpu"]), spec["gpu"])
         if run.state == RunState.DOWNLOADED and run.shard in (None, 1):
             repo = self._job_file(run)["repo"]
             top = run.run_id.split("/")[0]
@@ -619,16 +630,28 @@ class HfJobsBackend(Backend):
 
     def clean(self, run: Run, on_event: OnEvent) -> list[str]:
         """The run's private dataset (every shard's and session's inputs and outputs, and its
-        history: the storage is freed). Shards share it: the first one's clean deletes it."""
+        history: the storage is freed). Shards share it: the first one's clean deletes it.
+        A run recorded before a run had a dataset of its own: its folder in the dataset
+        that runs shared then (the others' files stay)."""
         repo = self._job_file(run)["repo"]
-        there = self._call("looking for the run's files", lambda: self.api.repo_exists(
-            repo, repo_type="dataset"), on_event)
-        if there:
+        if run.timings.get("cleaned"):
+            return []
+        if repo.endswith(f"/{SHARED_REPO}"):
+            folder = self.tag(run)
+            files = self._call("listing the run's files", lambda: self.api.list_repo_files(
+                repo, repo_type="dataset"), on_event)
+            if any(f.startswith(folder + "/") for f in files):
+                self._call("deleting the run's files", lambda: self.api.delete_folder(
+                    folder, repo_id=repo, repo_type="dataset",
+                    commit_message=f"imggenhub clean {run.run_id}"), on_event)
+            gone = f"{repo}/{folder}"
+        else:
             self._call("deleting the run's files", lambda: self.api.delete_repo(
                 repo, repo_type="dataset", missing_ok=True), on_event)
+            gone = repo
         run.timings["cleaned"] = True
         runs.save(run)
-        return [repo] if there else []
+        return [gone]
 
     def health(self, on_event: OnEvent, timeout: float) -> dict:
         """Who the token signs in as, whether the account can run jobs (a write token, an

@@ -47,11 +47,6 @@ class Flavor:
         """One of its GPUs' images a second against a T4's."""
         return SPEED.get((self.gpu or "").upper(), 1.0) if self.gpu else 0.05
 
-    @property
-    def speed(self) -> float:
-        """The flavor's images a second against one T4's (one engine process a GPU)."""
-        return self.card_speed * max(1, self.gpus)
-
 
 # the published prices (late 2026); the API's list replaces them when it answers
 TABLE = {f.name: f for f in [
@@ -118,12 +113,16 @@ class Cost:
                 + (")" if "your runs" in self.basis else ", scaled by the GPU's speed)"))
 
 
-def cost(t4_seconds: float, load_seconds: float, flavor: Flavor, jobs: int,
-         basis: str = "the T4 table") -> Cost:
-    """The time and price of ``t4_seconds`` of generation on one T4, split over ``jobs`` jobs
-    of ``flavor``, each with its start and model load; billed by the minute."""
+def cost(seconds: float, load_seconds: float, flavor: Flavor, jobs: int,
+         basis: str = "the T4 table", learned: bool = False, processes: int | None = None) -> Cost:
+    """The time and price of ``seconds`` of generation on one T4 (``learned``: on one of the
+    flavor's cards, as the user's runs there measured), split over ``jobs`` jobs of
+    ``flavor``, each with its start and model load and ``processes`` engine processes (one a
+    card unless the memory plan says fewer); billed by the minute."""
     import math
 
-    minutes = (START_SECONDS + load_seconds + t4_seconds / max(1, jobs) / flavor.speed) / 60
+    per_card = 1.0 if learned else flavor.card_speed
+    cards = min(processes or flavor.gpus, flavor.gpus) if flavor.gpu else 1
+    minutes = (START_SECONDS + load_seconds + seconds / max(1, jobs) / (per_card * max(1, cards))) / 60
     billed = math.ceil(minutes) * jobs
     return Cost(flavor, jobs, minutes, round(billed * flavor.usd_per_hour / 60, 2), basis)

@@ -101,12 +101,13 @@ def predicted_seconds(doc: dict) -> tuple[float, int]:
 class Estimate:
     hours: float
     images: int
-    seconds_per_image: float  # on one T4, corrected
+    seconds_per_image: float  # on one T4 (the table's), or on the history's card
     startup_seconds: float  # session start and model load
     basis: str  # "the T4 table" or "N of your runs of MODEL"
     shares: tuple = ()  # a job split over sessions: each one's hours (they add up to hours)
     noun: str = "image"  # what ``images`` counts (a training job's: its steps)
     gpus: int = GPUS  # the T4s that share the work
+    learned: bool = False  # from the history: seconds measured on its card, not a T4's guess
 
     def shares_text(self) -> str:
         """" in 3 sessions: 0.41 + 0.41 + 0.40 h" for a split job; "" for one session."""
@@ -155,7 +156,7 @@ def estimate(doc: dict, history: list[dict], width: int = 1, where: str = "") ->
         images = sum(p.images for p in parts)
         per_image = sum(p.seconds_per_image * p.images for p in parts) / max(1, images)
         return Estimate(hours, images, per_image, parts[0].startup_seconds, parts[0].basis,
-                        tuple(p.hours for p in parts))
+                        tuple(p.hours for p in parts), learned=parts[0].learned)
     fam = family(doc["model"])
     table, images = predicted_seconds(doc)
     training = doc.get("kind") == WEIGHTS
@@ -181,21 +182,24 @@ def estimate(doc: dict, history: list[dict], width: int = 1, where: str = "") ->
     basis = (f"{len(kin)} of your runs of {doc['model']['id'] if same else 'this model family'}"
              f"{where}" if kin else "the T4 table")
     return Estimate(round(hours, 3), images, generation / max(1, images), SESSION_START + load,
-                    basis, noun="training step" if training else "image", gpus=gpus)
+                    basis, noun="training step" if training else "image", gpus=gpus,
+                    learned=bool(kin))
 
 
-def learn(folder: Path, doc: dict, manifest: dict, where: str, gpu: str = "T4",
-          speed: float = 1.0) -> dict | None:
-    """Add what a finished run at ``where`` (an endpoint, and the machine) measured on
-    ``gpu`` cards only (``speed``: one's images a second against a T4's, so that the
-    history holds T4 seconds) to the history; return it."""
-    images = manifest.get("images") or []
+def learn(folder: Path, doc: dict, manifest: dict, where: str, gpu: str = "T4") -> dict | None:
+    """Add what a finished run (or shard: its own pictures only) at ``where`` (an endpoint,
+    and the machine) measured on ``gpu`` cards to the history, as seconds on that card
+    against the T4 table; return it."""
+    only = doc.get("only")
+    images = [i for i in manifest.get("images") or [] if only is None
+              or any(a <= (i.get("index") if isinstance(i.get("index"), int) else -1) < b
+                     for a, b in only)]
 
     def on_gpu(device) -> bool:  # "Tesla T4", "NVIDIA A10G"; L4 is not L40S
         return re.search(rf"(?<![A-Z0-9]){re.escape(gpu)}(?![A-Z0-9])", str(device or ""),
                          re.IGNORECASE) is not None
 
-    seconds = [i["seconds"] * speed for i in images if isinstance(i.get("seconds"), (int, float))
+    seconds = [i["seconds"] for i in images if isinstance(i.get("seconds"), (int, float))
                and on_gpu(i.get("device"))]
     table, planned = predicted_seconds(doc)
     training = doc.get("kind") == WEIGHTS
@@ -204,25 +208,45 @@ def learn(folder: Path, doc: dict, manifest: dict, where: str, gpu: str = "T4",
                 if on_gpu(p.get("device_name")) and p.get("rank", 0) == 0
                 and isinstance(p.get("training_seconds"), (int, float))
                 and isinstance(p.get("session_steps"), int) and p["session_steps"] > 0]
-        seconds = [sum(t for t, _ in done) / sum(n for _, n in done) * speed] if done else []
+        seconds = [sum(t for t, _ in done) / sum(n for _, n in done)] if done else []
     if not seconds or not table or not planned:
         return None
-    measured = statistics.mean(seconds) * planned  # the job's generation (or steps) on one T4
+    measured = statistics.mean(seconds) * planned  # the job's generation (or steps) on one card
     loads = [p.get("model_load_seconds") for p in manifest.get("processes") or []
              if isinstance(p.get("model_load_seconds"), (int, float))]
     entry = {"model": doc["model"]["id"], "family": family(doc["model"]),
              **({"kind": WEIGHTS} if training else {}),
              "ratio": round(measured / table, 4), "load_seconds": max(loads) if loads else None,
              "images": len(seconds), "at": int(time.time()), "endpoint": where}
-    path = Path(folder) / HISTORY
-    kept = read_history(folder)[-(HISTORY_KEPT - 1):] + [entry]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(e) + "\n" for e in kept), encoding="utf-8")
-    tmp.replace(path)
+    _append(Path(folder), entry)
     return entry
 
 
-def learn_run(run, manifest: dict | None, where: str, gpu: str = "T4", speed: float = 1.0) -> None:
+def _append(folder: Path, entry: dict) -> None:
+    """The entry added, each endpoint's newest HISTORY_KEPT kept; one writer at a time (a
+    download here and one in another terminal may end together); a history that cannot
+    be written is left as it was (an estimate is not worth a failed download)."""
+    import os
+    import tempfile
+
+    from filelock import FileLock, Timeout
+
+    path = folder / HISTORY
+    try:
+        with FileLock(str(path) + ".lock", timeout=10):
+            every = read_history(folder) + [entry]
+            mine = [e for e in every if e.get("endpoint") == entry["endpoint"]]
+            drop = {id(e) for e in mine[:-HISTORY_KEPT]}
+            kept = [e for e in every if id(e) not in drop]
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{HISTORY}.", suffix=".tmp")
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write("".join(json.dumps(e) + "\n" for e in kept))
+            os.replace(tmp, path)
+    except (OSError, Timeout):
+        pass
+
+
+def learn_run(run, manifest: dict | None, where: str, gpu: str = "T4") -> None:
     """Once a run is all home: its engine's hours into the record, and what it measured into
     the history (once: a record with engine hours has taught it)."""
     from ...config import state_dir
@@ -234,7 +258,7 @@ def learn_run(run, manifest: dict | None, where: str, gpu: str = "T4", speed: fl
             or not doc:
         return
     run.engine_hours = engine_hours(manifest, run.run_id)
-    learn(state_dir(), doc, manifest, where, gpu, speed)
+    learn(state_dir(), doc, manifest, where, gpu)
 
 
 def engine_hours(manifest: dict, run_id: str | None = None) -> float | None:

@@ -59,10 +59,11 @@ def _token_from(variable: str) -> str:
     return token
 
 
-def check_memory(doc: dict, machine, where: str, on_event: OnEvent) -> None:
+def check_memory(doc: dict, machine, where: str, on_event: OnEvent) -> list:
     """FLUX and SD 3.5 planned for the remote's machine (``where``: its name, said) before
     anything is pushed: a job that cannot fit is one sentence here, not an out-of-memory
-    error an hour later."""
+    error an hour later. The plans (none for a model that needs none)."""
+    plans = []
     for model in {m["id"]: m for m in models_of(doc)}.values():
         if not model.get("memory"):
             continue
@@ -71,6 +72,8 @@ def check_memory(doc: dict, machine, where: str, on_event: OnEvent) -> None:
         except DoesNotFit as exc:
             raise SpecError(f"{exc} (planned for {where}).") from None
         on_event(f"{plan.line()} (on {where})")
+        plans.append(plan)
+    return plans
 
 
 def prepare_job(backend, job, options, on_event: OnEvent, width: int = 1) -> "KaggleJob":
