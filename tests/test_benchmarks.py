@@ -47,7 +47,8 @@ SLOW = {"local_e2e.py", "engine_reuse.py", "engine_overhead.py", "engine_overhea
         "tiny_shapes.py", "train_tiny.py", "flux_t4.py"}
 # these take tens of seconds even in their quick mode (many processes, pipelines saved and
 # loaded again): CI runs them after the suite (`-m "training or long"`)
-LONG = {"local_e2e.py", "engine_reuse.py", "engine_overhead_sdxl.py", "kaggle_download.py",
+LONG = {"local_e2e.py", "engine_reuse.py", "engine_overhead.py", "engine_overhead_sdxl.py",
+        "kaggle_download.py",
         "flux_t4.py", "hf_jobs.py"}
 
 

@@ -186,6 +186,7 @@ def test_the_kernel_fails_clearly_when_a_shipped_file_is_not_mounted(emulator, c
 
 
 @pytest.mark.slow
+@pytest.mark.long  # a real notebook over the emulator, and the same job here
 def test_kaggle_with_local_inputs_makes_the_same_images_as_the_local_backend(real_emulator, cli,
                                                                            tmp_path, monkeypatch):
     """Init image, mask and a real LoRA file, through the local backend and the emulator's

@@ -296,6 +296,7 @@ def test_the_weights_load_in_plain_diffusers_and_through_the_engine_alike(tmp_pa
 
 
 @pytest.mark.slow
+@pytest.mark.training  # trains the tiny SDXL a few steps, both ways
 def test_sdxl_weights_load_in_plain_diffusers_and_through_the_engine_alike(tmp_path):
     """On the tiny SDXL (two text encoders, time ids): a LoRA and an embedding trained a few
     steps load in plain diffusers (load_lora_weights; the embedding's clip_l and clip_g
