@@ -3,7 +3,7 @@
 # the whole test suite offline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh local,test
+bash scripts/setup.sh local,test${IMGGENHUB_APP_EXTRA-,app}
 export HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 # Four workers on two cores: most tests wait on subprocesses, kernels and the emulator,
 # not the CPU (measured: 128 s against 163 s with two). `--dist loadgroup` takes

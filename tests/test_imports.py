@@ -105,3 +105,17 @@ def test_the_engine_imports_only_the_standard_library_at_module_level():
                 continue
             outside = [n for n in names if n.split(".")[0] not in stdlib]
             assert not outside, f"{path.name} imports {outside} at module level"
+
+
+def test_every_package_is_in_the_wheel():
+    """pyproject.toml lists the packages a non-editable install ships: a folder of modules
+    missing there is missing from `pip install .` (the editable install would hide it)."""
+    import re
+
+    repo = Path(__file__).resolve().parents[1]
+    block = re.search(r"^packages = \[(.*?)\]", (repo / "pyproject.toml").read_text(),
+                      re.MULTILINE | re.DOTALL).group(1)
+    listed = set(re.findall(r'"([\w.]+)"', block))
+    found = {".".join(p.parent.relative_to(repo).parts)
+             for p in (repo / "imggenhub").rglob("__init__.py") if "__pycache__" not in p.parts}
+    assert found - {"imggenhub.notebooks"} <= listed, sorted(found - listed)

@@ -26,7 +26,7 @@ from .. import __version__
 from ..errors import ImggenhubError, Stopped, interruption
 from ..run.lifecycle import Exit
 from ..text import json_text
-from . import account, models, publish, render, run, runs, score, train
+from . import account, models, publish, render, run, runs, score, train, webapp
 from .options import Json, bare_refiner
 from .output import STATE, close_reporter, err, result
 
@@ -39,7 +39,7 @@ _RENAMED = {"list_runs": "runs", "open_gallery": "open"}
 for _command in (run.generate, train.train, publish.publish, run.deploy, run.poll, run.download, run.resume, run.cancel,
                  run.clean, run.status,
                  runs.list_runs, account.doctor, runs.open_gallery, runs.grid, score.score,
-                 runs.show, account.quota, render.render, models.models):
+                 runs.show, account.quota, render.render, models.models, webapp.app):
     app.command(_RENAMED.get(_command.__name__))(_command)
 
 

@@ -1,0 +1,192 @@
+"""``imggenhub app``: a local web page over the same runs (Gradio, the ``[app]`` extra):
+compose a job as the CLI does, draw a mask over a picture to redraw, run it on any backend,
+watch it come home, browse every run. The page is a client of the run store and the
+driver (``service.py``); it has no generation code of its own.
+
+It listens on 127.0.0.1 unless told otherwise, and anywhere else only with a user and
+password. Everything shown that came from outside (prompts, server text, progress) is
+shown as text, never as markup."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+
+from ..errors import SpecError
+
+DEFAULT_PORT = 7860
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+TICK = 1.0  # seconds between the page's looks at a running run
+
+
+def check_listen(host: str, auth: str | None) -> tuple[str, str] | None:
+    """The user and password to ask for (None: none, on the loopback only); one sentence
+    for a host other than the loopback without ``--auth``, or a malformed one."""
+    parsed = None
+    if auth is not None:
+        user, sep, password = auth.partition(":")
+        if not sep or not user or not password:
+            raise SpecError("--auth is USER:PASSWORD (both non-empty).")
+        parsed = (user, password)
+    loopback = host in LOOPBACK
+    if not loopback:
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = False
+    if not loopback and parsed is None:
+        raise SpecError(f"--host {host[:60]} lets other machines reach the app and the runs; "
+                        "give --auth USER:PASSWORD too (or listen on 127.0.0.1, the default).")
+    return parsed
+
+
+def build():
+    """The page (a gradio Blocks)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import gradio as gr
+
+    from ..job.models import PRESETS
+    from . import service
+
+    runner = service.Runner()
+    models = sorted({"tiny-shapes", "tiny-random", *PRESETS})
+
+    with gr.Blocks(title="imggenhub") as page:
+        gr.Markdown("# imggenhub")
+        current = gr.State(None)  # the run this page started last
+        with gr.Tab("Compose"):
+            with gr.Row():
+                with gr.Column(scale=3):
+                    prompts = gr.Textbox(label="Prompts (one a line)", lines=4,
+                                         elem_id="prompts")
+                    negative = gr.Textbox(label="Negative prompt", elem_id="negative")
+                    with gr.Row():
+                        model = gr.Dropdown(models, value="tiny-shapes", label="Model",
+                                            allow_custom_value=True, elem_id="model")
+                        backend = gr.Radio(["local", "kaggle", "hf-jobs"], value="local",
+                                           label="Backend", elem_id="backend")
+                    with gr.Row():
+                        width = gr.Textbox(label="Width", placeholder="the model's", elem_id="width")
+                        height = gr.Textbox(label="Height", placeholder="the model's", elem_id="height")
+                        steps = gr.Textbox(label="Steps", placeholder="the model's", elem_id="steps")
+                        guidance = gr.Textbox(label="Guidance", placeholder="the model's", elem_id="guidance")
+                    with gr.Row():
+                        seed = gr.Textbox(label="Seed", placeholder="random", elem_id="seed")
+                        num_images = gr.Number(label="Images per prompt", value=1, precision=0,
+                                               elem_id="num-images")
+                        scheduler = gr.Textbox(label="Scheduler", elem_id="scheduler")
+                    loras = gr.Textbox(label="LoRAs (one a line: REF[:SCALE])", lines=2,
+                                       elem_id="loras")
+                    sweeps = gr.Textbox(label="Sweeps (one a line, as --sweep)", lines=2,
+                                        elem_id="sweeps")
+                    notify = gr.Textbox(label="Notify URLs when it ends (optional)",
+                                        elem_id="notify")
+                with gr.Column(scale=2):
+                    picture = gr.ImageEditor(
+                        label="Picture to redraw (optional); paint the part to redraw",
+                        type="numpy", sources=["upload"], layers=False, elem_id="picture",
+                        brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=16),
+                        eraser=gr.Eraser(default_size=16))
+                    strength = gr.Slider(0.05, 1.0, value=0.75, step=0.05, label="Strength",
+                                         elem_id="strength")
+            run_button = gr.Button("Run", variant="primary", elem_id="run")
+            status = gr.Textbox(label="Status", interactive=False, lines=6, elem_id="status")
+            made = gr.Gallery(label="Pictures", columns=4, elem_id="made")
+        with gr.Tab("Runs"):
+            table = gr.Dataframe(headers=["run", "name", "backend", "state", "images", "created"],
+                                 value=service.run_rows, interactive=False, elem_id="runs")
+            with gr.Row():
+                chosen = gr.Dropdown(label="Run", choices=[], allow_custom_value=True,
+                                     elem_id="chosen")
+                refresh = gr.Button("Refresh", elem_id="refresh")
+            browsed = gr.Gallery(label="Its pictures", columns=6, elem_id="browsed")
+
+        def start(prompts_, negative_, model_, backend_, width_, height_, steps_, guidance_,
+                  seed_, num_images_, scheduler_, loras_, sweeps_, notify_, picture_,
+                  strength_):
+            try:
+                init, mask = _picture_and_mask(picture_)
+                form = service.Form(
+                    prompts=prompts_ or "", negative_prompt=negative_ or "",
+                    model=model_ or "", backend=backend_ or "local",
+                    width=_number(width_, "Width", int), height=_number(height_, "Height", int),
+                    steps=_number(steps_, "Steps", int),
+                    guidance=_number(guidance_, "Guidance", float),
+                    seed=_number(seed_, "Seed", int), num_images=_int(num_images_) or 1,
+                    scheduler=scheduler_ or "", loras=loras_ or "", sweeps=sweeps_ or "",
+                    notify=notify_ or "", init_image=init, mask_image=mask,
+                    strength=strength_ if init else None)
+                watch = runner.submit(form)
+            except SpecError as exc:
+                return None, f"error: {exc}", []
+            except Exception as exc:  # noqa: BLE001 - one sentence on the page, never a trace
+                return None, f"error: {type(exc).__name__}: {exc}", []
+            return watch.run_id, "\n".join([f"run {watch.run_id}", *watch.lines[-5:]]), []
+
+        def _picture_and_mask(value):
+            if not value or value.get("background") is None:
+                return None, None
+            import tempfile
+
+            from PIL import Image
+
+            background = Image.fromarray(value["background"]).convert("RGB")
+            with tempfile.NamedTemporaryFile(suffix=".png", dir=service.uploads_dir()) as tmp:
+                background.save(tmp.name)
+                init = service.keep_picture(tmp.name)
+            mask = service.mask_from_layers(value.get("layers"), background.size)
+            return init, mask
+
+        def look(run_id):
+            if not run_id:
+                return gr.update(), gr.update()
+            watch = runner.watch(run_id)
+            lines = [f"run {run_id}"] + (watch.lines[-8:] if watch else [])
+            if watch and watch.done:
+                lines.append(f"error: {watch.error}" if watch.error else "done")
+            return "\n".join(lines), service.pictures(run_id)
+
+        def runs_now():
+            rows = service.run_rows()
+            return rows, gr.update(choices=[r[0] for r in rows])
+
+        run_button.click(start, [prompts, negative, model, backend, width, height, steps,
+                                 guidance, seed, num_images, scheduler, loras, sweeps, notify,
+                                 picture, strength], [current, status, made])
+        timer = gr.Timer(TICK)
+        timer.tick(look, [current], [status, made])
+        refresh.click(runs_now, None, [table, chosen])
+        page.load(runs_now, None, [table, chosen])
+        chosen.change(lambda r: service.pictures(r) if r else [], [chosen], [browsed])
+    return page
+
+
+def _int(value):
+    return None if value is None or value == "" else int(value)
+
+
+def _number(text, field: str, kind):
+    """A field left empty: None (the model's default); else its number, or one sentence."""
+    text = str(text or "").strip()
+    if not text:
+        return None
+    try:
+        return kind(text)
+    except ValueError:
+        raise SpecError(f"{field} {text[:20]!r} is not {'a whole number' if kind is int else 'a number'}.") \
+            from None
+
+
+def serve(host: str, port: int, auth: tuple[str, str] | None, open_browser: bool) -> None:
+    """Serve the page until interrupted."""
+    from . import service
+
+    os.environ.setdefault("GRADIO_TEMP_DIR", str(service.uploads_dir().parent / "gradio"))
+    page = build()
+    page.queue(default_concurrency_limit=4)
+    try:
+        page.launch(server_name=host, server_port=port, auth=auth, inbrowser=open_browser,
+                    share=False, show_error=False, quiet=True)
+    except OSError as exc:  # the port is taken, or the address is not this machine's
+        raise SpecError(f"The app cannot listen on {host}:{port} ({str(exc).split('.')[0]}); "
+                        "choose another --port or --host.") from None

@@ -1,0 +1,237 @@
+"""The app's work, apart from its page: a form becomes a job through the CLI's own builders
+(the same checks, the same one-sentence errors), the job becomes a run through the same
+library (``jobs.start`` then the driver, on a thread of its own), and runs are read from the
+same run store, so that runs started here show in ``imggenhub runs`` and the CLI's and
+cron's show here; the locks are the run store's. Uploaded pictures are checked (size,
+pixels) and kept content-addressed in the app's folder; a drawn mask becomes a black and
+white picture there. Nothing here reads or writes outside the runs' folders and that one."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import state_dir
+from ..errors import ImggenhubError, SpecError
+
+MAX_UPLOAD_BYTES = 50 * 1024 * 1024  # a picture to redraw or a mask: never larger
+SHOWN_LINES = 200  # a run's progress lines kept for the page
+
+
+def uploads_dir() -> Path:
+    path = state_dir() / "app" / "uploads"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def keep_picture(path: str | Path) -> str:
+    """An uploaded picture, checked (a picture, under the byte and pixel limits), kept as
+    ``<sha256>.png`` in the app's uploads; its path there."""
+    from PIL import Image
+
+    from ..engine import PictureTooLarge, open_picture
+
+    source = Path(path)
+    try:
+        if source.stat().st_size > MAX_UPLOAD_BYTES:
+            raise SpecError(f"The picture is larger than {MAX_UPLOAD_BYTES >> 20} MiB; send a "
+                            "smaller one.")
+        with open_picture(source) as picture:
+            picture = picture.convert("RGB")
+    except PictureTooLarge as exc:
+        raise SpecError(f"The picture {exc.reason}; send a smaller one.") from None
+    except (OSError, Image.DecompressionBombError, ValueError, SyntaxError):
+        raise SpecError("That file is not a picture imggenhub can read (PNG, JPEG, WebP...).") \
+            from None
+    return _store(picture)
+
+
+def _store(picture) -> str:
+    import io
+
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    data = buffer.getvalue()
+    target = uploads_dir() / f"{hashlib.sha256(data).hexdigest()}.png"
+    if not target.exists():
+        tmp = target.with_name(f".{target.name}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(target)
+    return str(target)
+
+
+def mask_from_layers(layers, size: tuple[int, int]) -> str | None:
+    """The strokes drawn over the picture (the editor's layers, RGBA arrays) as a mask:
+    white where anything was drawn, black elsewhere, the picture's size; None when nothing
+    was drawn."""
+    import numpy as np
+    from PIL import Image
+
+    drawn = None
+    for layer in layers or []:
+        if layer is None:
+            continue
+        array = np.asarray(layer)
+        if array.ndim != 3 or array.shape[2] < 4:
+            continue
+        alpha = array[:, :, 3] > 0
+        drawn = alpha if drawn is None else (drawn | alpha)
+    if drawn is None or not drawn.any():
+        return None
+    mask = Image.fromarray(np.where(drawn, 255, 0).astype(np.uint8), mode="L")
+    if mask.size != tuple(size):
+        mask = mask.resize(tuple(size), Image.NEAREST)
+    return _store(mask)
+
+
+@dataclass
+class Form:
+    """What the page sends: the CLI's flags, by the same names."""
+
+    prompts: str = ""
+    model: str = "tiny-shapes"
+    negative_prompt: str = ""
+    width: int | None = None
+    height: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    seed: int | None = None
+    num_images: int = 1
+    scheduler: str = ""
+    loras: str = ""  # one a line: REF[:SCALE], as --lora
+    sweeps: str = ""  # one a line, as --sweep
+    init_image: str | None = None  # a kept picture (keep_picture)
+    mask_image: str | None = None  # a kept mask (mask_from_layers)
+    strength: float | None = None
+    backend: str = "local"
+    notify: str = ""  # URLs, one a line or separated by spaces
+
+    def lines(self, text: str) -> list[str]:
+        return [line.strip() for line in (text or "").splitlines() if line.strip()]
+
+
+def compose(form: Form):
+    """The job the form asks for, built as the CLI builds it; bad input: SpecError, one
+    sentence (the field named as its flag)."""
+    from ..job.resolve import build_job
+    from ..job.spec import parse_settings, prompts_from_flags
+
+    prompts = form.lines(form.prompts)
+    if not prompts:
+        raise SpecError("Write a prompt (one a line).")
+    local = form.backend == "local"
+    settings = parse_settings(
+        model=form.model.strip() or None, negative_prompt=form.negative_prompt.strip() or None,
+        width=form.width or None, height=form.height or None, steps=form.steps or None,
+        guidance=form.guidance, seed=form.seed, num_images=form.num_images or 1,
+        scheduler=form.scheduler.strip() or None, lora=form.lines(form.loras) or None,
+        sweep=form.lines(form.sweeps) or None, init_image=form.init_image,
+        mask_image=form.mask_image if form.init_image else None,
+        strength=form.strength if form.init_image else None, gpu=not local or None)
+    return build_job(settings, prompts_from_flags(prompts))
+
+
+@dataclass
+class Watch:
+    """A run started here: its progress lines and its end, as the driver says them."""
+
+    run_id: str
+    lines: list = field(default_factory=list)
+    done: bool = False
+    error: str | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    def say(self, message: str) -> None:
+        from ..text import printable
+
+        self.lines.append(printable(str(message)))
+        del self.lines[:-SHOWN_LINES]
+
+
+class Runner:
+    """Runs started from the page, each followed on a thread of its own."""
+
+    def __init__(self):
+        self.watches: dict[str, Watch] = {}
+        self.lock = threading.Lock()
+
+    def submit(self, form: Form) -> Watch:
+        """Start the run the form asks for (checked and recorded here: a refusal is raised
+        before anything runs); the driver takes it on in the background."""
+        from .. import notify
+        from ..backends.kaggle.meta import KernelOptions
+        from ..run import jobs
+
+        if form.backend not in ("local", "kaggle", "hf-jobs"):
+            raise SpecError(f"The backend {form.backend[:20]!r} is not one of local, kaggle, "
+                            "hf-jobs.")
+        job = compose(form)
+        targets = notify.targets(form.lines(form.notify.replace(" ", "\n")))
+        pending: list[str] = []
+        run = jobs.start(job, form.backend, None, KernelOptions(gpu=form.backend != "local"),
+                         pending.append, notify=targets)
+        watch = Watch(run.run_id)
+        for line in pending:
+            watch.say(line)
+        with self.lock:
+            self.watches[run.run_id] = watch
+        threading.Thread(target=self._follow, args=(run, watch, targets), daemon=True,
+                         name=f"imggenhub-app-{run.run_id}").start()
+        return watch
+
+    @staticmethod
+    def _follow(run, watch: Watch, targets) -> None:
+        from ..run import jobs
+
+        try:
+            jobs.advance(run, "generate", watch.say, notify=targets)
+        except ImggenhubError as exc:
+            watch.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - said on the page, never a dead thread
+            watch.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            watch.done = True
+
+    def watch(self, run_id: str) -> Watch | None:
+        with self.lock:
+            return self.watches.get(run_id)
+
+
+def run_rows() -> list[list]:
+    """Every run of the store, newest first: id, name, backend, state, images, created."""
+    from ..cli.output import shown_state
+    from ..run import runs
+
+    rows = []
+    for run in sorted(runs.all_runs(), key=lambda r: r.created, reverse=True):
+        if run.shard is not None:
+            continue
+        rows.append([run.run_id, run.name or "", run.backend, shown_state(run),
+                     f"{run.images_fetched}/{run.image_count}", str(run.created)[:19]])
+    return rows
+
+
+def pictures(run_id: str) -> list[tuple[str, str]]:
+    """A run's pictures that are home, as (path, its prompt), in the manifest's order; only
+    files the manifest names, inside the run's folder."""
+    from ..outputs import artifacts
+    from ..run import runs
+
+    try:
+        run = runs.load(run_id)
+    except ImggenhubError:
+        return []
+    folder = Path(run.out_dir)
+    manifest = artifacts.read_manifest(folder) or {}
+    out = []
+    for record in manifest.get("images") or []:
+        name = record.get("file")
+        if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
+            continue
+        path = folder / name
+        if path.is_file():
+            out.append((str(path), str(record.get("prompt") or "")))
+    return out

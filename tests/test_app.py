@@ -1,0 +1,237 @@
+"""imggenhub app: the web page over the same runs. Its work (a form made a job by the CLI's
+builders, uploads checked and kept by their content, a drawn mask made a picture, the
+listening rules) is tested here directly; the page itself in headless Chromium through
+Playwright against a real `imggenhub app` process on the local backend with the tiny
+model (the `long` tier): compose and run, progress and pictures arriving, a hostile prompt
+kept text, a run of the CLI listed, a mask drawn with the mouse reaching the engine, and
+a request for a file outside the runs refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imggenhub.errors import SpecError
+
+
+def test_a_host_beyond_this_machine_needs_auth(cli, tmp_path):
+    code, out, err = cli("app", "--host", "0.0.0.0", "--no-open", cwd=tmp_path)
+    assert code == 2 and "--host 0.0.0.0 lets other machines reach the app" in err
+    assert "give --auth USER:PASSWORD" in err and len(err.strip().splitlines()) == 1
+    code, out, err = cli("app", "--host", "0.0.0.0", "--auth", "nopassword", cwd=tmp_path)
+    assert code == 2 and "--auth is USER:PASSWORD" in err
+    from imggenhub.webapp import check_listen
+
+    assert check_listen("127.0.0.1", None) is None and check_listen("::1", None) is None
+    assert check_listen("0.0.0.0", "me:s3cret") == ("me", "s3cret")
+
+
+def test_the_form_is_built_and_refused_as_the_cli_does():
+    from imggenhub.webapp import service
+
+    job = service.compose(service.Form(prompts="a red circle\n\n a blue square ", model="tiny-shapes",
+                                       seed=3, num_images=2, steps=4))
+    assert [p.prompt for p in job.prompts] == ["a red circle", "a blue square"]
+    assert job.image_count == 4 and job.prompts[0].steps == 4
+    for form, said in [(service.Form(prompts=""), "Write a prompt"),
+                       (service.Form(prompts="x", model="no/such-model!"), "--model"),
+                       (service.Form(prompts="x", width=63), "width"),
+                       (service.Form(prompts="x", sweeps="colour=1,2"), "sweep")]:
+        with pytest.raises(SpecError) as caught:
+            service.compose(form)
+        assert said in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_uploads_are_checked_and_kept_by_their_content(tmp_path):
+    from imggenhub.webapp import service
+
+    picture = tmp_path / "p.png"
+    Image.fromarray(np.full((16, 16, 3), 90, np.uint8)).save(picture)
+    kept = service.keep_picture(picture)
+    assert Path(kept).parent == service.uploads_dir() and service.keep_picture(picture) == kept
+    (tmp_path / "not.png").write_bytes(b"<svg onload=alert(1)>")
+    with pytest.raises(SpecError, match="not a picture imggenhub can read"):
+        service.keep_picture(tmp_path / "not.png")
+    huge = tmp_path / "huge.png"  # a header that says 10,000 x 10,000: refused unread
+    Image.new("1", (10_000, 10_000)).save(huge)
+    with pytest.raises(SpecError, match="megapixels"):
+        service.keep_picture(huge)
+
+
+def test_a_drawn_layer_becomes_a_mask_of_the_pictures_size():
+    from imggenhub.webapp import service
+
+    layer = np.zeros((32, 32, 4), np.uint8)
+    layer[:, :10, :] = 255  # painted the left third
+    mask = np.asarray(Image.open(service.mask_from_layers([layer], (64, 64))))
+    assert mask.shape == (64, 64) and mask[:, :18].min() == 255 and mask[:, 22:].max() == 0
+    assert service.mask_from_layers([np.zeros((32, 32, 4), np.uint8)], (64, 64)) is None
+
+
+# --- the page, in a browser -----------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def app_url(tmp_path):
+    """`imggenhub app` as a user starts it, in its own process, this test's run store."""
+    port = _free_port()
+    exe = Path(sys.executable).with_name("imggenhub")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    process = subprocess.Popen([str(exe), "app", "--port", str(port), "--no-open"], cwd=tmp_path,
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            urllib.request.urlopen(url + "/config", timeout=2).read()
+            break
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            assert process.poll() is None, process.stderr.read()
+            assert time.monotonic() < deadline, "the app did not answer within 90 s"
+            time.sleep(0.3)
+    yield url
+    process.terminate()
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@pytest.fixture
+def page():
+    from playwright.sync_api import sync_playwright
+
+    from .test_gallery_browser import chromium
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        tab = browser.new_page(viewport={"width": 1280, "height": 1400})
+        tab.errors, tab.dialogs = [], []
+        tab.on("pageerror", lambda e: tab.errors.append(str(e)))
+        tab.on("dialog", lambda d: (tab.dialogs.append(d.message), d.dismiss()))
+        yield tab
+        browser.close()
+
+
+def _run_and_wait(page, timeout: float = 120) -> str:
+    page.click("#run")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = page.input_value("#status textarea")
+        if status.split("\n")[-1] == "done" or "error:" in status:
+            return status
+        time.sleep(0.3)
+    raise AssertionError(f"the run did not end: {status}")
+
+
+@pytest.mark.long
+def test_compose_run_watch_and_a_cli_run_listed(app_url, page, cli, tmp_path):
+    page.goto(app_url, wait_until="domcontentloaded")
+    page.wait_for_selector("#prompts textarea", timeout=60_000)
+    hostile = '<img src=x onerror="window.__pwned=1;alert(1)">'
+    page.fill("#prompts textarea", f"a red circle\n{hostile}")
+    page.fill("#seed input, #seed textarea", "3")
+    status = _run_and_wait(page)
+    assert status.endswith("\ndone"), status
+    assert "image 2/2" in status  # the engine's progress, as it came
+    page.wait_for_function("document.querySelectorAll('#made img').length >= 2", timeout=30_000)
+    assert page.evaluate("window.__pwned") is None and not page.dialogs and not page.errors
+    run_id = status.split("\n")[0].split()[1]
+    code, out, err = cli("runs", "--json", cwd=tmp_path)  # the app's run is the store's
+    assert code == 0 and run_id in out
+    manifest = json.loads(next((tmp_path / "outputs").glob(f"{run_id}/manifest.json")).read_text())
+    assert [r["prompt"] for r in manifest["images"]] == ["a red circle", hostile]
+    # a run of the command line shows in the app's list
+    code, out, err = cli("generate", "--backend", "local", "--model", "tiny-random", "-p", "x",
+                         "--json", cwd=tmp_path)
+    assert code == 0, err
+    theirs = json.loads(out)["run_id"]
+    page.get_by_role("tab", name="Runs").click()
+    page.click("#refresh")
+    page.wait_for_function(f"document.querySelector('#runs').innerText.includes({theirs!r})",
+                           timeout=30_000)
+    # nothing outside the app's files is served
+    for path in ("/gradio_api/file=/etc/passwd", "/file=/etc/passwd",
+                 f"/gradio_api/file={tmp_path}/outputs/{run_id}/manifest.json"):
+        try:
+            answer = urllib.request.urlopen(app_url + path, timeout=10)
+            assert b"root:" not in answer.read() and path.endswith("passwd") is False, path
+        except urllib.error.HTTPError as exc:
+            assert exc.code in (403, 404), path
+
+
+@pytest.mark.long
+def test_a_mask_drawn_with_the_mouse_is_the_mask_the_engine_gets(app_url, page, tmp_path):
+    """A red circle on white, the right part painted over with the brush, a green circle
+    asked for: the mask the engine got is what was painted, the output changed inside it
+    and kept the picture outside it (up to the tiny VAE's round trip)."""
+    from imggenhub import shapes
+
+    picture = tmp_path / "red.png"
+    shapes.draw(shapes.Scene("red", "circle", "small", "top left")).save(picture)
+    page.goto(app_url, wait_until="domcontentloaded")
+    page.wait_for_selector("#prompts textarea", timeout=60_000)
+    page.locator("#picture input[type=file]").first.set_input_files(str(picture))
+    page.wait_for_function("!document.querySelector('#picture').innerText.includes('36%')",
+                           timeout=30_000)  # the picture is on the canvas, zoomed to fit
+    time.sleep(0.5)
+    box = page.locator("#picture canvas").first.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx + 100, cy - 100)  # down the right side of the picture and back
+    page.mouse.down()
+    page.mouse.move(cx + 100, cy + 100, steps=20)
+    page.mouse.move(cx + 60, cy + 100, steps=5)
+    page.mouse.move(cx + 60, cy - 100, steps=20)
+    page.mouse.up()
+    page.fill("#prompts textarea", "a green circle at the bottom right on a white background")
+    page.fill("#seed input, #seed textarea", "3")
+    page.fill("#strength input[type=number]", "1")
+    page.press("#strength input[type=number]", "Enter")
+    status = _run_and_wait(page)
+    assert status.endswith("\ndone"), status
+    run_id = status.split("\n")[0].split()[1]
+    from imggenhub.run import runs
+
+    item = runs.document(runs.load(run_id))["prompts"][0]
+    assert item["strength"] == 1.0
+    mask = np.asarray(Image.open(item["mask_image"]).convert("L")) > 127
+    assert mask.shape == (64, 64)
+    assert mask[:, 52:].mean() > 0.9 and mask[:, :24].mean() < 0.05  # painted: the right part
+    out = np.asarray(Image.open(next((tmp_path / "outputs" / run_id).glob("0001-*.png")))
+                     .convert("RGB")).astype(float)
+    given = np.asarray(Image.open(item["init_image"]).convert("RGB")).astype(float)
+    change = np.abs(out - given).mean(axis=2)
+    assert change[mask].mean() > 2 * change[~mask].mean(), (change[mask].mean(),
+                                                            change[~mask].mean())
+
+
+@pytest.mark.long
+def test_a_port_already_taken_is_one_sentence(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        exe = Path(sys.executable).with_name("imggenhub")
+        done = subprocess.run([str(exe), "app", "--port", str(port), "--no-open"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"})
+    assert done.returncode == 2, done.stderr
+    assert f"The app cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr
