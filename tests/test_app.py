@@ -141,8 +141,13 @@ def _run_and_wait(page, timeout: float = 120) -> str:
     raise AssertionError(f"the run did not end: {status}")
 
 
+def _choose(page, dropdown: str, value: str) -> None:
+    page.click(f"{dropdown} input")
+    page.locator("ul[role=listbox] li", has_text=value).first.click()
+
+
 @pytest.mark.long
-def test_compose_run_watch_and_a_cli_run_listed(app_url, page, cli, tmp_path):
+def test_compose_run_watch_browse_compare_and_run_again(app_url, page, cli, tmp_path):
     page.goto(app_url, wait_until="domcontentloaded")
     page.wait_for_selector("#prompts textarea", timeout=60_000)
     hostile = '<img src=x onerror="window.__pwned=1;alert(1)">'
@@ -167,6 +172,25 @@ def test_compose_run_watch_and_a_cli_run_listed(app_url, page, cli, tmp_path):
     page.click("#refresh")
     page.wait_for_function(f"document.querySelector('#runs').innerText.includes({theirs!r})",
                            timeout=30_000)
+    _choose(page, "#chosen", run_id)  # the page's own run: its text, a picture's settings
+    page.wait_for_function("document.querySelector('#about textarea').value.includes("
+                           "'downloaded on local; 2 of 2 pictures home')", timeout=30_000)
+    page.locator("#browsed img").first.click()
+    page.wait_for_function("document.querySelector('#settings').innerText.includes('seed')",
+                           timeout=30_000)
+    assert "a red circle" in page.locator("#settings").inner_text()
+    page.click("#again")  # run again with changes: the form holds the run's job
+    page.wait_for_function("document.querySelector('#prompts textarea').value.length > 0",
+                           timeout=30_000)
+    assert page.input_value("#prompts textarea") == f"a red circle\n{hostile}"
+    assert page.input_value("#seed input, #seed textarea") == "3"
+    page.get_by_role("tab", name="Compare").click()
+    _choose(page, "#left", run_id)
+    _choose(page, "#right", theirs)
+    page.wait_for_function("document.querySelectorAll('#left-pictures img').length >= 2 && "
+                           "document.querySelectorAll('#right-pictures img').length >= 1",
+                           timeout=30_000)
+    assert page.evaluate("window.__pwned") is None and not page.dialogs and not page.errors
     # nothing outside the app's files is served
     for path in ("/gradio_api/file=/etc/passwd", "/file=/etc/passwd",
                  f"/gradio_api/file={tmp_path}/outputs/{run_id}/manifest.json"):
@@ -235,3 +259,33 @@ def test_a_port_already_taken_is_one_sentence(tmp_path):
     assert done.returncode == 2, done.stderr
     assert f"The app cannot listen on 127.0.0.1:{port}" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_failed_run_is_described_and_the_page_resumes_it_as_the_cli_does(hf_jobs, cli, tmp_path):
+    """The Runs tab's text for a failed run: its state, the failure's sentence and the log's
+    last lines, what resume does next; its Resume button runs the CLI's resume (here on a
+    thread, as the page does) to the end."""
+    from imggenhub.webapp import service
+
+    hf_jobs.jobs.job_env = [{"IMGGENHUB_ENGINE_FAIL_AFTER": "1"}]
+    code, out, err = cli("generate", "--backend", "hf-jobs", "--model", "tiny-random", "-p", "a",
+                         "--num-images", "2", "--json", cwd=tmp_path)
+    assert code == 1
+    run_id = json.loads(out)["run_id"]
+    said = service.describe(run_id)
+    assert said.startswith(f"run {run_id}: error on hf-jobs; 1 of 2 pictures home")
+    assert "failed: " in said and "injected failure after 1 image" in said
+    assert "its log ends with:" in said and said.endswith("resume: fetch what it kept, push the rest, go on")
+    runner = service.Runner()
+    watch = runner.command(run_id, "resume")
+    deadline = time.monotonic() + 60
+    while not watch.done:
+        assert time.monotonic() < deadline, watch.lines
+        time.sleep(0.1)
+    assert watch.error is None, watch.error
+    assert service.describe(run_id).startswith(f"run {run_id}: downloaded on hf-jobs; 2 of 2")
+    assert [p for p, _ in service.pictures(run_id)] and service.settings_of(run_id, 1)["index"] == 1
+    again = service.form_of(run_id)
+    assert again["prompts"] == "a" and again["model"] == "tiny-random" and again["num_images"] == 2
+    assert service.compose(service.Form(**{k: again[k] for k in (
+        "prompts", "model", "num_images", "seed")})).image_count == 2

@@ -213,6 +213,21 @@ def pushes_again(command: str, state: RunState) -> bool:
     return command == "resume" and state in (S.ERROR, S.CANCELLED)
 
 
+def what_it_does(command: str, state: RunState) -> str:
+    """What ``command`` does with a run in ``state``, in words (the docs' table, the app)."""
+    p = plan(command, state)
+    if p.step is None:
+        return f"exit {int(p.exit)}"
+    if p.step == Step.KEEP:
+        return ("fetch what it kept, push the rest, go on" if pushes_again(command, state)
+                else "fetch what it kept, exit 1")
+    if p.step == Step.WAIT:
+        return "wait: 0, 1, 3 or 5"
+    if p.step == Step.CANCEL:
+        return "cancel, wait, fetch what it kept, exit 0"
+    return f"{p.step.value}, go on"
+
+
 def table_markdown() -> str:
     """The command x state table for docs/lifecycle.md, generated from the rules above."""
     states = list(RunState)
@@ -220,23 +235,7 @@ def table_markdown() -> str:
     rule = "|" + "---|" * (len(COMMANDS) + 2)
     rows = [head, rule]
     for state in states:
-        cells = []
-        for name in COMMANDS:
-            p = plan(name, state)
-            if p.step is None:
-                cells.append(f"exit {int(p.exit)}")
-            elif p.step == Step.KEEP and pushes_again(name, state):
-                cells.append("fetch what it kept, push the rest, go on")
-            elif p.step == Step.KEEP:
-                cells.append("fetch what it kept, exit 1")
-            elif p.step == Step.WAIT:
-                cells.append("wait: 0, 1, 3 or 5")
-            elif p.step == Step.CANCEL:
-                cells.append("cancel, wait, fetch what it kept, exit 0")
-            elif p.step == Step.KEEP and name == "cancel" and state == S.CANCELLED:
-                cells.append("fetch what it kept, exit 0")
-            else:
-                cells.append(f"{p.step.value}, go on")
+        cells = [what_it_does(name, state) for name in COMMANDS]
         rows.append(f"| `{state.value}` | " + " | ".join(cells) + " | show, exit 0 (5: unreachable) |")
     return "\n".join(rows)
 

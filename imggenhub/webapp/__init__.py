@@ -7,12 +7,11 @@ It listens on 127.0.0.1 unless told otherwise, and anywhere else only with a use
 password. Everything shown that came from outside (prompts, server text, progress) is
 shown as text, never as markup."""
 
-from __future__ import annotations
 
 import ipaddress
 import os
 
-from ..errors import SpecError
+from ..errors import ImggenhubError, SpecError
 
 DEFAULT_PORT = 7860
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -54,52 +53,72 @@ def build():
     with gr.Blocks(title="imggenhub") as page:
         gr.Markdown("# imggenhub")
         current = gr.State(None)  # the run this page started last
-        with gr.Tab("Compose"):
-            with gr.Row():
-                with gr.Column(scale=3):
-                    prompts = gr.Textbox(label="Prompts (one a line)", lines=4,
-                                         elem_id="prompts")
-                    negative = gr.Textbox(label="Negative prompt", elem_id="negative")
-                    with gr.Row():
-                        model = gr.Dropdown(models, value="tiny-shapes", label="Model",
-                                            allow_custom_value=True, elem_id="model")
-                        backend = gr.Radio(["local", "kaggle", "hf-jobs"], value="local",
-                                           label="Backend", elem_id="backend")
-                    with gr.Row():
-                        width = gr.Textbox(label="Width", placeholder="the model's", elem_id="width")
-                        height = gr.Textbox(label="Height", placeholder="the model's", elem_id="height")
-                        steps = gr.Textbox(label="Steps", placeholder="the model's", elem_id="steps")
-                        guidance = gr.Textbox(label="Guidance", placeholder="the model's", elem_id="guidance")
-                    with gr.Row():
-                        seed = gr.Textbox(label="Seed", placeholder="random", elem_id="seed")
-                        num_images = gr.Number(label="Images per prompt", value=1, precision=0,
-                                               elem_id="num-images")
-                        scheduler = gr.Textbox(label="Scheduler", elem_id="scheduler")
-                    loras = gr.Textbox(label="LoRAs (one a line: REF[:SCALE])", lines=2,
-                                       elem_id="loras")
-                    sweeps = gr.Textbox(label="Sweeps (one a line, as --sweep)", lines=2,
-                                        elem_id="sweeps")
-                    notify = gr.Textbox(label="Notify URLs when it ends (optional)",
-                                        elem_id="notify")
-                with gr.Column(scale=2):
-                    picture = gr.ImageEditor(
-                        label="Picture to redraw (optional); paint the part to redraw",
-                        type="numpy", sources=["upload"], layers=False, elem_id="picture",
-                        brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=16),
-                        eraser=gr.Eraser(default_size=16))
-                    strength = gr.Slider(0.05, 1.0, value=0.75, step=0.05, label="Strength",
-                                         elem_id="strength")
-            run_button = gr.Button("Run", variant="primary", elem_id="run")
-            status = gr.Textbox(label="Status", interactive=False, lines=6, elem_id="status")
-            made = gr.Gallery(label="Pictures", columns=4, elem_id="made")
-        with gr.Tab("Runs"):
-            table = gr.Dataframe(headers=["run", "name", "backend", "state", "images", "created"],
-                                 value=service.run_rows, interactive=False, elem_id="runs")
-            with gr.Row():
-                chosen = gr.Dropdown(label="Run", choices=[], allow_custom_value=True,
-                                     elem_id="chosen")
-                refresh = gr.Button("Refresh", elem_id="refresh")
-            browsed = gr.Gallery(label="Its pictures", columns=6, elem_id="browsed")
+        with gr.Tabs() as tabs:
+            with gr.Tab("Compose", id="compose-tab"):
+                with gr.Row():
+                    with gr.Column(scale=3):
+                        prompts = gr.Textbox(label="Prompts (one a line)", lines=4,
+                                             elem_id="prompts")
+                        negative = gr.Textbox(label="Negative prompt", elem_id="negative")
+                        with gr.Row():
+                            model = gr.Dropdown(models, value="tiny-shapes", label="Model",
+                                                allow_custom_value=True, elem_id="model")
+                            backend = gr.Radio(["local", "kaggle", "hf-jobs"], value="local",
+                                               label="Backend", elem_id="backend")
+                        with gr.Row():
+                            width, height, steps, guidance = (
+                                gr.Textbox(label=name, placeholder="the model's",
+                                           elem_id=name.lower())
+                                for name in ("Width", "Height", "Steps", "Guidance"))
+                        with gr.Row():
+                            seed = gr.Textbox(label="Seed", placeholder="random", elem_id="seed")
+                            num_images = gr.Number(label="Images per prompt", value=1, precision=0,
+                                                   elem_id="num-images")
+                            scheduler = gr.Textbox(label="Scheduler", elem_id="scheduler")
+                        loras = gr.Textbox(label="LoRAs (one a line: REF[:SCALE])", lines=2,
+                                           elem_id="loras")
+                        sweeps = gr.Textbox(label="Sweeps (one a line, as --sweep)", lines=2,
+                                            elem_id="sweeps")
+                        notify = gr.Textbox(label="Notify URLs when it ends (optional)",
+                                            elem_id="notify")
+                    with gr.Column(scale=2):
+                        picture = gr.ImageEditor(
+                            label="Picture to redraw (optional); paint the part to redraw",
+                            type="numpy", sources=["upload"], layers=False, elem_id="picture",
+                            brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=16),
+                            eraser=gr.Eraser(default_size=16))
+                        strength = gr.Slider(0.05, 1.0, value=0.75, step=0.05, label="Strength",
+                                             elem_id="strength")
+                run_button = gr.Button("Run", variant="primary", elem_id="run")
+                status = gr.Textbox(label="Status", interactive=False, lines=6, elem_id="status")
+                made = gr.Gallery(label="Pictures", columns=4, elem_id="made")
+            with gr.Tab("Runs", id="runs-tab"):
+                table = gr.Dataframe(
+                    headers=["run", "name", "backend", "state", "images", "created"],
+                    value=service.run_rows, interactive=False, elem_id="runs")
+                with gr.Row():
+                    chosen = gr.Dropdown(label="Run", choices=[], allow_custom_value=True,
+                                         elem_id="chosen")
+                    refresh = gr.Button("Refresh", elem_id="refresh")
+                with gr.Row():
+                    resume_button = gr.Button("Resume", elem_id="resume")
+                    download_button = gr.Button("Download", elem_id="download")
+                    cancel_button = gr.Button("Cancel", elem_id="cancel")
+                    again_button = gr.Button("Run again with changes", elem_id="again")
+                about = gr.Textbox(label="The run", interactive=False, lines=6, elem_id="about")
+                browsed = gr.Gallery(label="Its pictures (choose one for its settings)", columns=6,
+                                     elem_id="browsed")
+                settings = gr.JSON(label="The picture's settings", elem_id="settings")
+            with gr.Tab("Compare", id="compare-tab"):
+                with gr.Row():
+                    with gr.Column():
+                        left = gr.Dropdown(label="Run", choices=[], allow_custom_value=True,
+                                           elem_id="left")
+                        left_pictures = gr.Gallery(columns=3, elem_id="left-pictures")
+                    with gr.Column():
+                        right = gr.Dropdown(label="Run", choices=[], allow_custom_value=True,
+                                            elem_id="right")
+                        right_pictures = gr.Gallery(columns=3, elem_id="right-pictures")
 
         def start(prompts_, negative_, model_, backend_, width_, height_, steps_, guidance_,
                   seed_, num_images_, scheduler_, loras_, sweeps_, notify_, picture_,
@@ -148,16 +167,69 @@ def build():
 
         def runs_now():
             rows = service.run_rows()
-            return rows, gr.update(choices=[r[0] for r in rows])
+            ids = [r[0] for r in rows]
+            return (rows, gr.update(choices=ids), gr.update(choices=ids),
+                    gr.update(choices=ids))
+
+        def about_now(run_id, acting):
+            if not run_id:
+                return "", [], gr.update()
+            lines = [service.describe(run_id)]
+            watch = runner.watch(run_id) if acting == run_id else None
+            if watch is not None:
+                lines += watch.lines[-6:]
+                if watch.done:
+                    lines.append(f"error: {watch.error}" if watch.error else "done")
+            return "\n".join(lines), service.pictures(run_id), gr.update()
+
+        def act(command):
+            def handler(run_id):
+                if not run_id:
+                    return None, "choose a run first"
+                try:
+                    runner.command(run_id, command)
+                except SpecError as exc:
+                    return None, f"error: {exc}"
+                except ImggenhubError as exc:
+                    return None, f"error: {exc}"
+                return run_id, f"{command} of run {run_id} started"
+            return handler
+
+        def again(run_id):
+            if not run_id:
+                return [gr.update()] * 15 + [gr.update()]
+            f = service.form_of(run_id)
+            text = lambda v: "" if v is None else str(v)  # noqa: E731
+            return (f["prompts"], f["negative_prompt"], f["model"], text(f["width"]),
+                    text(f["height"]), text(f["steps"]), text(f["guidance"]), text(f["seed"]),
+                    f["num_images"], f["scheduler"], f["loras"], f["sweeps"],
+                    f["init_image"], f["strength"] if f["strength"] is not None else 0.75,
+                    "", gr.Tabs(selected="compose-tab"))
+
+        def picked(run_id, event: gr.SelectData):
+            return service.settings_of(run_id, event.index) if run_id else {}
 
         run_button.click(start, [prompts, negative, model, backend, width, height, steps,
                                  guidance, seed, num_images, scheduler, loras, sweeps, notify,
                                  picture, strength], [current, status, made])
         timer = gr.Timer(TICK)
         timer.tick(look, [current], [status, made])
-        refresh.click(runs_now, None, [table, chosen])
-        page.load(runs_now, None, [table, chosen])
-        chosen.change(lambda r: service.pictures(r) if r else [], [chosen], [browsed])
+        acting = gr.State(None)  # the run a button of the Runs tab acts on
+        refresh.click(runs_now, None, [table, chosen, left, right])
+        page.load(runs_now, None, [table, chosen, left, right])
+        chosen.change(about_now, [chosen, acting], [about, browsed, settings])
+        for button, command in ((resume_button, "resume"), (download_button, "download"),
+                                (cancel_button, "cancel")):
+            button.click(act(command), [chosen], [acting, about])
+        runs_timer = gr.Timer(TICK * 2)
+        runs_timer.tick(lambda r, a: about_now(r, a)[:2] if a else (gr.update(), gr.update()),
+                        [chosen, acting], [about, browsed])
+        browsed.select(picked, [chosen], [settings])
+        again_button.click(again, [chosen], [prompts, negative, model, width, height, steps,
+                                              guidance, seed, num_images, scheduler, loras,
+                                              sweeps, picture, strength, status, tabs])
+        left.change(lambda r: service.pictures(r) if r else [], [left], [left_pictures])
+        right.change(lambda r: service.pictures(r) if r else [], [right], [right_pictures])
     return page
 
 
@@ -173,8 +245,8 @@ def _number(text, field: str, kind):
     try:
         return kind(text)
     except ValueError:
-        raise SpecError(f"{field} {text[:20]!r} is not {'a whole number' if kind is int else 'a number'}.") \
-            from None
+        what = "a whole number" if kind is int else "a number"
+        raise SpecError(f"{field} {text[:20]!r} is not {what}.") from None
 
 
 def serve(host: str, port: int, auth: tuple[str, str] | None, open_browser: bool) -> None:

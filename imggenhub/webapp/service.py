@@ -195,6 +195,34 @@ class Runner:
         finally:
             watch.done = True
 
+    def command(self, run_id: str, command: str) -> Watch:
+        """``resume``, ``download`` or ``cancel`` a recorded run, as the commands do, on a
+        thread; its lines and end go to a fresh watch of the run."""
+        from ..run import jobs, runs
+
+        if command not in ("resume", "download", "cancel"):
+            raise SpecError(f"{command[:20]!r} is not resume, download or cancel.")
+        run = runs.load(run_id)
+        watch = Watch(run.run_id)
+        with self.lock:
+            self.watches[run.run_id] = watch
+
+        def act():
+            try:
+                if command == "cancel":
+                    jobs.cancel(run.run_id, watch.say)
+                else:
+                    jobs.command_on(run.run_id, command, watch.say)
+            except ImggenhubError as exc:
+                watch.error = str(exc)
+            except Exception as exc:  # noqa: BLE001 - said on the page
+                watch.error = f"{type(exc).__name__}: {exc}"
+            finally:
+                watch.done = True
+
+        threading.Thread(target=act, daemon=True, name=f"imggenhub-app-{command}").start()
+        return watch
+
     def watch(self, run_id: str) -> Watch | None:
         with self.lock:
             return self.watches.get(run_id)
@@ -210,13 +238,14 @@ def run_rows() -> list[list]:
         if run.shard is not None:
             continue
         rows.append([run.run_id, run.name or "", run.backend, shown_state(run),
-                     f"{run.images_fetched}/{run.image_count}", str(run.created)[:19]])
+                     f"{run.images_fetched}/{run.image_count}",
+                     time.strftime("%Y-%m-%d %H:%M", time.localtime(run.created))])
     return rows
 
 
-def pictures(run_id: str) -> list[tuple[str, str]]:
-    """A run's pictures that are home, as (path, its prompt), in the manifest's order; only
-    files the manifest names, inside the run's folder."""
+def _home(run_id: str) -> list[tuple[Path, dict]]:
+    """A run's pictures that are home, with their manifest records, in the manifest's
+    order: only files the manifest names, plain names inside the run's folder."""
     from ..outputs import artifacts
     from ..run import runs
 
@@ -225,13 +254,67 @@ def pictures(run_id: str) -> list[tuple[str, str]]:
     except ImggenhubError:
         return []
     folder = Path(run.out_dir)
-    manifest = artifacts.read_manifest(folder) or {}
     out = []
-    for record in manifest.get("images") or []:
+    for record in (artifacts.read_manifest(folder) or {}).get("images") or []:
         name = record.get("file")
         if not isinstance(name, str) or "/" in name or "\\" in name or name.startswith("."):
             continue
-        path = folder / name
-        if path.is_file():
-            out.append((str(path), str(record.get("prompt") or "")))
+        if (folder / name).is_file():
+            out.append((folder / name, record))
     return out
+
+
+def pictures(run_id: str) -> list[tuple[str, str]]:
+    """A run's pictures that are home, as (path, its prompt)."""
+    return [(str(path), str(record.get("prompt") or "")) for path, record in _home(run_id)]
+
+
+def settings_of(run_id: str, index: int) -> dict:
+    """The manifest's record of the ``index``-th picture ``pictures`` gives (its settings)."""
+    home = _home(run_id)
+    return home[index][1] if 0 <= index < len(home) else {}
+
+
+def describe(run_id: str) -> str:
+    """A run as ``status`` and ``show`` say it, in lines: its state, its pictures, its
+    failure's sentence and the last lines of its log, and what ``resume`` would do."""
+    from ..cli.output import shown_state
+    from ..run import runs
+    from ..run.lifecycle import what_it_does
+    from ..text import printable
+
+    try:
+        run = runs.load(run_id)
+    except ImggenhubError as exc:
+        return str(exc)
+    lines = [f"run {run.run_id}{' (' + run.name + ')' if run.name else ''}: "
+             f"{shown_state(run)} on {run.backend}; {run.images_fetched} of {run.image_count} "
+             f"pictures home, in {run.out_dir}"]
+    if run.failure is not None:
+        lines.append(f"failed: {run.failure.sentence()}")
+        tail = run.failure.log_tail.strip().splitlines()[-8:]
+        if tail:
+            lines += ["its log ends with:", *tail]
+    lines.append(f"resume: {what_it_does('resume', run.state)}")
+    return printable("\n".join(lines))
+
+
+def form_of(run_id: str) -> dict:
+    """A recorded run's job as the form's fields, to run it again with changes."""
+    from ..run import runs
+
+    doc = runs.document(runs.load(run_id)) or {}
+    items = doc.get("prompts") or [{}]
+    first = items[0]
+    prompts = list(dict.fromkeys(str(p.get("prompt") or "") for p in items if p.get("prompt")))
+    loras = [f"{r.get('ref')}:{r.get('scale')}" for r in doc.get("loras") or [] if r.get("ref")]
+    return {
+        "prompts": "\n".join(prompts), "negative_prompt": first.get("negative_prompt") or "",
+        "model": doc.get("model_name") or (doc.get("model") or {}).get("id") or "",
+        "width": first.get("width"), "height": first.get("height"), "steps": first.get("steps"),
+        "guidance": first.get("guidance"), "seed": doc.get("seed"),
+        "num_images": first.get("num_images") or 1, "scheduler": doc.get("scheduler") or "",
+        "loras": "\n".join(loras), "sweeps": "\n".join(doc.get("sweep") or []),
+        "strength": first.get("strength"), "init_image": first.get("init_image"),
+    }
+
