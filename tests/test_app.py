@@ -289,3 +289,13 @@ def test_a_failed_run_is_described_and_the_page_resumes_it_as_the_cli_does(hf_jo
     assert again["prompts"] == "a" and again["model"] == "tiny-random" and again["num_images"] == 2
     assert service.compose(service.Form(**{k: again[k] for k in (
         "prompts", "model", "num_images", "seed")})).image_count == 2
+
+
+def test_the_pace_and_time_left_come_from_the_engines_own_lines():
+    from imggenhub.webapp.service import pace
+
+    assert pace(["kernel started in 0.5s"]) is None
+    lines = ["image 1/10 0001-a.png in 2.00s (elapsed 6.0s)", "image 3/10 0003-a.png in 2.00s (elapsed 12.0s)"]
+    assert pace(lines) == "3 of 10 pictures, 4.0 s a picture, about 28 s left"
+    assert pace(["image 2/100 x.png in 3.00s (elapsed 8.0s)"]) == \
+        "2 of 100 pictures, 4.0 s a picture, about 7 min left"

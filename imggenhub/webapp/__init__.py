@@ -161,6 +161,9 @@ def build():
                 return gr.update(), gr.update()
             watch = runner.watch(run_id)
             lines = [f"run {run_id}"] + (watch.lines[-8:] if watch else [])
+            now = service.pace(watch.lines) if watch and not watch.done else None
+            if now:
+                lines.insert(1, now)
             if watch and watch.done:
                 lines.append(f"error: {watch.error}" if watch.error else "done")
             return "\n".join(lines), service.pictures(run_id)

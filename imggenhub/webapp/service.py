@@ -228,6 +228,23 @@ class Runner:
             return self.watches.get(run_id)
 
 
+def pace(lines: list[str]) -> str | None:
+    """From the engine's last "image k/n ... (elapsed Ts)" line: pictures made of planned,
+    the seconds a picture, and the time left at that pace (None before the first)."""
+    import re
+
+    for line in reversed(lines):
+        found = re.search(r"image (\d+)/(\d+) .*\(elapsed ([\d.]+)s\)", line)
+        if found:
+            k, n, elapsed = int(found.group(1)), int(found.group(2)), float(found.group(3))
+            each = elapsed / max(1, k)
+            left = (n - k) * each
+            return (f"{k} of {n} pictures, {each:.1f} s a picture, about "
+                    f"{left / 60:.0f} min left" if left >= 90 else
+                    f"{k} of {n} pictures, {each:.1f} s a picture, about {left:.0f} s left")
+    return None
+
+
 def run_rows() -> list[list]:
     """Every run of the store, newest first: id, name, backend, state, images, created."""
     from ..cli.output import shown_state
