@@ -66,12 +66,16 @@ def target(url: str) -> Target:
     for prefix in ("ntfy", "slack", "discord"):  # an ntfy server of one's own; Mattermost...
         if raw.lower().startswith(prefix + "+"):
             raw, kind = raw[len(prefix) + 1:], prefix
-    parts = urlsplit(raw)
+    try:
+        parts = urlsplit(raw)
+    except ValueError:  # an unclosed [ipv6], say
+        raise SpecError("--notify: a notification URL is http:// or https:// with a host "
+                        "(this one does not parse).") from None
     if len(raw) > MAX_URL or any(not c.isprintable() or c.isspace() for c in raw) \
             or parts.scheme not in ("http", "https") or not parts.hostname \
             or (":" in parts.netloc.rsplit("@", 1)[-1].rsplit("]", 1)[-1] and not _port(parts)):
-        shown = redact(raw) if parts.scheme in ("http", "https") and parts.hostname else "URL"
-        raise SpecError(f"--notify {shown}: a notification URL is http:// or https:// with a "
+        shown = f" {redact(raw)}" if parts.scheme in ("http", "https") and parts.hostname else ""
+        raise SpecError(f"--notify{shown}: a notification URL is http:// or https:// with a "
                         "host (ntfy+, slack+ or discord+ before it for that format elsewhere).")
     host = parts.hostname.lower()
     if kind is None:
@@ -86,13 +90,25 @@ def target(url: str) -> Target:
     return Target(raw, kind)
 
 
-def targets(given: list[str] | None) -> list[Target]:
-    """The command's --notify URLs and IMGGENHUB_NOTIFY's, checked, each once."""
-    urls = list(given or [])
-    urls += [u for u in os.environ.get(ENV, "").replace(",", " ").split() if u]
+def targets(given: list[str] | None, lenient_env: bool = False, on_event=None) -> list[Target]:
+    """The command's --notify URLs and IMGGENHUB_NOTIFY's, checked, each once. A bad one
+    is one sentence (the variable named when it is the variable's); ``lenient_env``: a bad
+    one of the variable's is said in a line and left out (a run's end is never lost to it)."""
     out = []
-    for url in urls:
+    for url in given or []:
         t = target(url)
+        if t not in out:
+            out.append(t)
+    for url in [u for u in os.environ.get(ENV, "").replace(",", " ").split() if u]:
+        try:
+            t = target(url)
+        except SpecError as exc:
+            said = str(exc).replace("--notify", ENV, 1)
+            if not lenient_env:
+                raise SpecError(said) from None
+            if on_event is not None:
+                on_event(f"note: {said}")
+            continue
         if t not in out:
             out.append(t)
     return out
@@ -206,8 +222,8 @@ def send(found: list[Target], s: dict, on_event, tunables) -> list[str]:
                 problem = None if answer.status_code < 300 else f"HTTP {answer.status_code}"
                 if answer.status_code < 500 and answer.status_code != 429:
                     break  # sent, or refused: another try would get the same answer
-            except requests.RequestException as exc:
-                problem = type(exc).__name__
+            except (requests.RequestException, ValueError, UnicodeError) as exc:
+                problem = type(exc).__name__  # a host urllib3 cannot parse is a miss too
             if tries < TRIES:
                 tunables.clock.sleep(min(wait, tunables.retry_max_wait))
                 wait *= 2
@@ -225,10 +241,29 @@ OUTCOMES = {RunState.DOWNLOADED: "done", RunState.PARTIAL: "partial",
             RunState.PUSH_FAILED: "failed"}
 
 
+def _mark(run, outcome: str) -> str:
+    """What makes two ends the same end: the outcome and the sessions of the run (each
+    shard's); for ``done``, the pictures home too (a run made whole again is said again)."""
+    from .run import runs
+
+    members = runs.shards_of(run) if run.shards else [run]
+    sessions = ",".join(str(m.session) for m in members)
+    return f"{outcome}:{sessions}" + (f":{run.images_fetched}" if outcome == "done" else "")
+
+
 def ended(run, error: BaseException | None, on_event, tunables) -> None:
     """After a command on a run: if it ended (all home, partly home, failed, cancelled, or
     refused over its cost), the message to the run's list and IMGGENHUB_NOTIFY's, once per
-    end (a run that ends again after a resume says so again)."""
+    end (a run that ends again after a resume says so again). Never raises: a message that
+    cannot be made or sent is one line, and the command's outcome stands."""
+    try:
+        _ended(run, error, on_event, tunables)
+    except Exception as exc:  # noqa: BLE001 - a notification never changes the command's end
+        on_event(f"note: the notification of run {run.run_id}'s end failed "
+                 f"({type(exc).__name__}); the run is as it was")
+
+
+def _ended(run, error, on_event, tunables) -> None:
     from .errors import OverQuota, RunFailedError
 
     if isinstance(error, OverQuota):
@@ -239,12 +274,15 @@ def ended(run, error: BaseException | None, on_event, tunables) -> None:
             return
     else:
         return
-    found = kept(run.folder)
-    found += [t for t in targets(None) if t not in found]
-    if not found:
-        return
-    mark = f"{outcome}:{run.session}:{run.images_fetched}"
+    path = Path(run.folder) / FILE
+    mark = _mark(run, outcome)
     if (run.timings or {}).get("notified") == mark:
+        if outcome == "done":
+            path.unlink(missing_ok=True)  # said already: its URLs are needed here no more
+        return
+    found = kept(run.folder)
+    found += [t for t in targets(None, lenient_env=True, on_event=on_event) if t not in found]
+    if not found:
         return
     missed = send(found, summary(run, outcome, str(error) if error else None), on_event,
                   tunables)
@@ -255,15 +293,16 @@ def ended(run, error: BaseException | None, on_event, tunables) -> None:
     fresh.timings["notify_missed"] = missed
     runs.save(fresh)
     if not missed and outcome == "done":
-        try:  # the run is over: its URLs are needed here no more
-            (Path(run.folder) / FILE).unlink()
-        except OSError:
-            pass
+        path.unlink(missing_ok=True)  # the run is over: its URLs are needed here no more
 
 
 def refused(run, error: BaseException, given: list[Target], on_event, tunables) -> None:
     """A run refused before it was recorded (its estimate over the quota or --max-cost):
-    the message says so, with the sentence."""
-    found = given + [t for t in targets(None) if t not in given]
-    if found:
-        send(found, summary(run, "refused", str(error)), on_event, tunables)
+    the message says so, with the sentence. Never raises."""
+    try:
+        found = given + [t for t in targets(None, lenient_env=True, on_event=on_event)
+                         if t not in given]
+        if found:
+            send(found, summary(run, "refused", str(error)), on_event, tunables)
+    except Exception as exc:  # noqa: BLE001 - the refusal is the command's end, not this
+        on_event(f"note: the notification of the refusal failed ({type(exc).__name__})")

@@ -93,7 +93,10 @@ def app_url(tmp_path):
     """`imggenhub app` as a user starts it, in its own process, this test's run store."""
     port = _free_port()
     exe = Path(sys.executable).with_name("imggenhub")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    private_tmp = tmp_path / "tmp"  # Gradio serves the system's temp folder: not /tmp here,
+    private_tmp.mkdir()  # so that the runs' and the uploads' folders count on their own
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+           "TMPDIR": str(private_tmp)}
     process = subprocess.Popen([str(exe), "app", "--port", str(port), "--no-open"], cwd=tmp_path,
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -164,8 +167,9 @@ def test_compose_run_watch_browse_compare_and_run_again(app_url, page, cli, tmp_
     manifest = json.loads(next((tmp_path / "outputs").glob(f"{run_id}/manifest.json")).read_text())
     assert [r["prompt"] for r in manifest["images"]] == ["a red circle", hostile]
     # a run of the command line shows in the app's list
+    elsewhere = tmp_path.parent / f"{tmp_path.name}-elsewhere"  # outside the app's folder
     code, out, err = cli("generate", "--backend", "local", "--model", "tiny-random", "-p", "x",
-                         "--json", cwd=tmp_path)
+                         "--out", str(elsewhere), "--json", cwd=tmp_path)
     assert code == 0, err
     theirs = json.loads(out)["run_id"]
     page.get_by_role("tab", name="Runs").click()

@@ -182,3 +182,42 @@ def test_the_format_follows_the_url():
 def test_every_command_that_starts_or_ends_a_run_takes_notify(cli, command):
     code, out, err = cli(command, "--help")
     assert code == 0 and "--notify" in out
+
+
+def test_a_failed_run_seen_by_poll_then_download_is_said_once(hf_jobs, cli, tmp_path, receiver):
+    hf_jobs.jobs.job_env = [{"IMGGENHUB_ENGINE_FAIL_AFTER": "1"}]
+    code, out, err = cli("deploy", "--backend", "hf-jobs", "--model", "tiny-random", "-p", "a",
+                         "--num-images", "2", "--notify", f"{receiver.url}/{SECRET}", "--json",
+                         cwd=tmp_path)
+    assert code == 0, err
+    hf_jobs.jobs.wait_all()
+    code, out, err = cli("poll", cwd=tmp_path)
+    assert code == 1 and len(receiver.got) == 1
+    code, out, err = cli("download", cwd=tmp_path)  # its finished picture comes home: same end
+    assert code == 1 and len(receiver.got) == 1
+
+
+def test_a_url_no_client_can_use_or_a_bad_variable_never_changes_the_end(
+        hf_jobs, cli, tmp_path, receiver, monkeypatch):
+    code, out, err = cli("generate", "--backend", "hf-jobs", "--model", "tiny-random", "-p", "a",
+                         "--notify", f"http://{'a' * 64}.example/{SECRET}", "--notify",
+                         f"{receiver.url}/{SECRET}", "--json", cwd=tmp_path)
+    assert code == 0, err
+    assert json.loads(out)["state"] == "downloaded" and len(receiver.got) == 1
+    assert f"could not notify http://{'a' * 64}.example/…" in err and "Traceback" not in err
+    # a cron line's variable gone bad: a command that starts a run says so, exit 2 ...
+    monkeypatch.setenv("IMGGENHUB_NOTIFY", "http://[::1/x")
+    code, out, err = cli("generate", "--backend", "hf-jobs", "--model", "tiny-random", "-p", "b",
+                         cwd=tmp_path)
+    assert code == 2 and "IMGGENHUB_NOTIFY: a notification URL is http:// or https://" in err
+    # ... and one that sees a run end says it in a line and ends as it would have
+    monkeypatch.delenv("IMGGENHUB_NOTIFY")
+    hf_jobs.jobs.job_env = [{"IMGGENHUB_ENGINE_FAIL_AFTER": "0"}]
+    code, out, err = cli("deploy", "--backend", "hf-jobs", "--model", "tiny-random", "-p", "c",
+                         cwd=tmp_path)
+    assert code == 0, err
+    hf_jobs.jobs.wait_all()
+    monkeypatch.setenv("IMGGENHUB_NOTIFY", f"ftp://x/{SECRET}")
+    code, out, err = cli("poll", cwd=tmp_path)
+    assert code == 1 and "note: IMGGENHUB_NOTIFY: a notification URL is" in err
+    _no_secret(tmp_path, out, err)

@@ -36,6 +36,6 @@ def app(
         raise SpecError("The app needs Gradio: pip install '.[app]' (from the clone), or "
                         "bash scripts/setup.sh local,app.")
     url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
-    result({"ok": True, "url": url, "auth": credentials is not None},
-           f"imggenhub app on {url} (Ctrl-C stops it)", json)
-    serve(host, port, credentials, open_browser)
+    serve(host, port, credentials, open_browser, lambda: result(
+        {"ok": True, "url": url, "auth": credentials is not None},
+        f"imggenhub app on {url} (Ctrl-C stops it)", json))

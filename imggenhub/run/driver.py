@@ -132,7 +132,8 @@ def advance(run: Run, command: str, on_event: backends.OnEvent,
     deadline = Deadline(impl.tunables, timeout)
     with runs.working_on(run):
         run = runs.reload(run)
-        notices.keep(run.folder, notify or [])
+        if run.state != RunState.DOWNLOADED:  # a run done and said keeps no URL here
+            notices.keep(run.folder, notify or [])
         try:
             if command in ("download", "resume", "generate"):
                 run = _check_home(impl, run, on_event)

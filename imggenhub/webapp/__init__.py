@@ -131,7 +131,7 @@ def build():
                     width=_number(width_, "Width", int), height=_number(height_, "Height", int),
                     steps=_number(steps_, "Steps", int),
                     guidance=_number(guidance_, "Guidance", float),
-                    seed=_number(seed_, "Seed", int), num_images=_int(num_images_) or 1,
+                    seed=_number(seed_, "Seed", int), num_images=_int(num_images_),
                     scheduler=scheduler_ or "", loras=loras_ or "", sweeps=sweeps_ or "",
                     notify=notify_ or "", init_image=init, mask_image=mask,
                     strength=strength_ if init else None)
@@ -156,9 +156,11 @@ def build():
             mask = service.mask_from_layers(value.get("layers"), background.size)
             return init, mask
 
-        def look(run_id):
+        def look(run_id, seen):
+            """The run's status and pictures, sent only when they changed (a run that has
+            ended is not sent again each tick)."""
             if not run_id:
-                return gr.update(), gr.update()
+                return gr.update(), gr.update(), seen
             watch = runner.watch(run_id)
             lines = [f"run {run_id}"] + (watch.lines[-8:] if watch else [])
             now = service.pace(watch.lines) if watch and not watch.done else None
@@ -166,7 +168,11 @@ def build():
                 lines.insert(1, now)
             if watch and watch.done:
                 lines.append(f"error: {watch.error}" if watch.error else "done")
-            return "\n".join(lines), service.pictures(run_id)
+            now = (run_id, len(watch.lines) if watch else 0, bool(watch and watch.done),
+                   len(service.home(run_id)))
+            if now == seen:
+                return gr.update(), gr.update(), seen
+            return "\n".join(lines), service.pictures(run_id), now
 
         def runs_now():
             rows = service.run_rows()
@@ -216,7 +222,8 @@ def build():
                                  guidance, seed, num_images, scheduler, loras, sweeps, notify,
                                  picture, strength], [current, status, made])
         timer = gr.Timer(TICK)
-        timer.tick(look, [current], [status, made])
+        seen = gr.State(None)
+        timer.tick(look, [current, seen], [status, made, seen])
         acting = gr.State(None)  # the run a button of the Runs tab acts on
         refresh.click(runs_now, None, [table, chosen, left, right])
         page.load(runs_now, None, [table, chosen, left, right])
@@ -225,8 +232,14 @@ def build():
                                 (cancel_button, "cancel")):
             button.click(act(command), [chosen], [acting, about])
         runs_timer = gr.Timer(TICK * 2)
-        runs_timer.tick(lambda r, a: about_now(r, a)[:2] if a else (gr.update(), gr.update()),
-                        [chosen, acting], [about, browsed])
+        def about_tick(run_id, acting_on):
+            watch = runner.watch(acting_on) if acting_on else None
+            if not run_id or acting_on != run_id or watch is None:
+                return gr.update(), gr.update(), acting_on
+            shown = about_now(run_id, acting_on)[:2]
+            return shown[0], shown[1], (None if watch.done else acting_on)  # then it stops
+
+        runs_timer.tick(about_tick, [chosen, acting], [about, browsed, acting])
         browsed.select(picked, [chosen], [settings])
         again_button.click(again, [chosen], [prompts, negative, model, width, height, steps,
                                               guidance, seed, num_images, scheduler, loras,
@@ -252,8 +265,9 @@ def _number(text, field: str, kind):
         raise SpecError(f"{field} {text[:20]!r} is not {what}.") from None
 
 
-def serve(host: str, port: int, auth: tuple[str, str] | None, open_browser: bool) -> None:
-    """Serve the page until interrupted."""
+def serve(host: str, port: int, auth: tuple[str, str] | None, open_browser: bool,
+          listening=None) -> None:
+    """Serve the page until interrupted; ``listening()`` once it listens."""
     from . import service
 
     os.environ.setdefault("GRADIO_TEMP_DIR", str(service.uploads_dir().parent / "gradio"))
@@ -261,7 +275,16 @@ def serve(host: str, port: int, auth: tuple[str, str] | None, open_browser: bool
     page.queue(default_concurrency_limit=4)
     try:
         page.launch(server_name=host, server_port=port, auth=auth, inbrowser=open_browser,
-                    share=False, show_error=False, quiet=True)
+                    share=False, show_error=False, quiet=True, prevent_thread_lock=True,
+                    max_file_size=f"{service.MAX_UPLOAD_BYTES >> 20}mb",
+                    # the page serves the uploads and the runs' pictures linked by content
+                    allowed_paths=[str(service.uploads_dir()), str(service.shown_dir())])
     except OSError as exc:  # the port is taken, or the address is not this machine's
         raise SpecError(f"The app cannot listen on {host}:{port} ({str(exc).split('.')[0]}); "
                         "choose another --port or --host.") from None
+    if listening is not None:
+        listening()
+    try:
+        page.block_thread()
+    finally:
+        page.close()

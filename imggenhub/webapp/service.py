@@ -27,6 +27,35 @@ def uploads_dir() -> Path:
     return path
 
 
+def shown_dir() -> Path:
+    """Where the page's pictures are linked from the runs' folders (by their content), so
+    that the page serves this folder and the uploads only, wherever a run's folder is."""
+    path = state_dir() / "app" / "shown"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _shown(path: Path, sha256: str | None) -> str:
+    import os
+    import shutil
+
+    from ..engine import sha256_of
+
+    digest = sha256 if isinstance(sha256, str) and len(sha256) == 64 and sha256.isalnum() \
+        else sha256_of(path)
+    suffix = path.suffix.lower() if path.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp") \
+        else ".png"
+    target = shown_dir() / f"{digest}{suffix}"
+    if not target.exists():
+        tmp = target.with_name(f".{target.name}.{threading.get_ident()}.tmp")
+        try:
+            os.link(path, tmp)
+        except OSError:
+            shutil.copyfile(path, tmp)
+        tmp.replace(target)
+    return str(target)
+
+
 def keep_picture(path: str | Path) -> str:
     """An uploaded picture, checked (a picture, under the byte and pixel limits), kept as
     ``<sha256>.png`` in the app's uploads; its path there."""
@@ -99,7 +128,7 @@ class Form:
     steps: int | None = None
     guidance: float | None = None
     seed: int | None = None
-    num_images: int = 1
+    num_images: int | None = 1
     scheduler: str = ""
     loras: str = ""  # one a line: REF[:SCALE], as --lora
     sweeps: str = ""  # one a line, as --sweep
@@ -125,8 +154,9 @@ def compose(form: Form):
     local = form.backend == "local"
     settings = parse_settings(
         model=form.model.strip() or None, negative_prompt=form.negative_prompt.strip() or None,
-        width=form.width or None, height=form.height or None, steps=form.steps or None,
-        guidance=form.guidance, seed=form.seed, num_images=form.num_images or 1,
+        width=form.width, height=form.height, steps=form.steps,  # 0 is refused, as by the CLI
+        guidance=form.guidance, seed=form.seed,
+        num_images=1 if form.num_images is None else form.num_images,
         scheduler=form.scheduler.strip() or None, lora=form.lines(form.loras) or None,
         sweep=form.lines(form.sweeps) or None, init_image=form.init_image,
         mask_image=form.mask_image if form.init_image else None,
@@ -205,6 +235,10 @@ class Runner:
         run = runs.load(run_id)
         watch = Watch(run.run_id)
         with self.lock:
+            busy = self.watches.get(run.run_id)
+            if busy is not None and not busy.done:
+                raise SpecError(f"Run {run.run_id} is being worked on from this page; wait "
+                                "for it to end (its status says when).")
             self.watches[run.run_id] = watch
 
         def act():
@@ -260,7 +294,7 @@ def run_rows() -> list[list]:
     return rows
 
 
-def _home(run_id: str) -> list[tuple[Path, dict]]:
+def home(run_id: str) -> list[tuple[Path, dict]]:
     """A run's pictures that are home, with their manifest records, in the manifest's
     order: only files the manifest names, plain names inside the run's folder."""
     from ..outputs import artifacts
@@ -282,14 +316,15 @@ def _home(run_id: str) -> list[tuple[Path, dict]]:
 
 
 def pictures(run_id: str) -> list[tuple[str, str]]:
-    """A run's pictures that are home, as (path, its prompt)."""
-    return [(str(path), str(record.get("prompt") or "")) for path, record in _home(run_id)]
+    """A run's pictures that are home, as (their link in the shown folder, their prompt)."""
+    return [(_shown(path, record.get("sha256")), str(record.get("prompt") or ""))
+            for path, record in home(run_id)]
 
 
 def settings_of(run_id: str, index: int) -> dict:
     """The manifest's record of the ``index``-th picture ``pictures`` gives (its settings)."""
-    home = _home(run_id)
-    return home[index][1] if 0 <= index < len(home) else {}
+    found = home(run_id)
+    return found[index][1] if 0 <= index < len(found) else {}
 
 
 def describe(run_id: str) -> str:
@@ -332,6 +367,16 @@ def form_of(run_id: str) -> dict:
         "guidance": first.get("guidance"), "seed": doc.get("seed"),
         "num_images": first.get("num_images") or 1, "scheduler": doc.get("scheduler") or "",
         "loras": "\n".join(loras), "sweeps": "\n".join(doc.get("sweep") or []),
-        "strength": first.get("strength"), "init_image": first.get("init_image"),
+        "strength": first.get("strength"), "init_image": _again(first.get("init_image")),
     }
+
+
+def _again(path) -> str | None:
+    """The picture a run redrew, kept in the uploads as a new upload is (None: gone)."""
+    if not isinstance(path, str) or not Path(path).is_file():
+        return None
+    try:
+        return keep_picture(path)
+    except SpecError:
+        return None
 
