@@ -168,7 +168,7 @@ def _drive(impl: backends.Backend, group: _Group, command: str, deadline: Deadli
     slots = deadline if deadline.at is not None else Deadline(tunables, tunables.gpu_wait_total)
     members = group.members
     while True:
-        waiting, blocked, moved = [], [], False
+        waiting, blocked, steps = [], [], []
         for i, member in enumerate(members):
             step = group.step(command, member)
             if step is None:
@@ -176,14 +176,18 @@ def _drive(impl: backends.Backend, group: _Group, command: str, deadline: Deadli
             if step == Step.WAIT:
                 waiting.append(i)
                 continue
+            steps.append((i, step))
+
+        def take(i: int, step: Step) -> bool:
+            """One member's step (its record in ``members``); True: it moved."""
+            member = members[i]
             say = group.say(member)
-            impl.bound(deadline.left())
             try:
                 with group.lock(member):
                     members[i] = _take(impl, step, runs.reload(member), say)
                 if step == Step.CANCEL:
                     group.cancelled.add(member.run_id)
-                moved = True
+                return True
             except NoFreeSlot as exc:
                 members[i] = runs.reload(member)
                 blocked.append((i, str(exc)))
@@ -193,12 +197,26 @@ def _drive(impl: backends.Backend, group: _Group, command: str, deadline: Deadli
                 members[i] = runs.reload(member)
                 if step == Step.KEEP:  # home; resume may push a shard again next
                     group.kept.add(member.run_id)
-                    moved = True
-                else:
-                    group.stops[member.run_id] = exc
+                    return True
+                group.stops[member.run_id] = exc
             except ImggenhubError as exc:
                 members[i] = runs.reload(member)
                 group.stops[member.run_id] = exc
+            return False
+
+        impl.bound(deadline.left())
+        pushes = [(i, s) for i, s in steps if s == Step.PUSH]
+        moved = False
+        if impl.parallel_pushes and len(pushes) > 1:  # the shards' starts at once, not in turn
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(8, len(pushes)),
+                                    thread_name_prefix="imggenhub-push") as pool:
+                moved = any(list(pool.map(lambda item: take(*item), pushes)))
+            steps = [(i, s) for i, s in steps if s != Step.PUSH]
+        for i, step in steps:
+            impl.bound(deadline.left())
+            moved = take(i, step) or moved
         if moved:
             continue
         if waiting:

@@ -123,11 +123,13 @@ class Prepared:
 class HfJobsBackend(Backend):
     name = "hf-jobs"
     title = "Hugging Face Jobs"
+    parallel_pushes = True  # each shard's job starts at once (the Hub takes them in parallel)
 
     def __init__(self, settings=None):
         super().__init__(settings)
         self._api = None
         self._followers: dict[str, Follower] = {}  # by job: kept across waits (no replays)
+        self._inputs_lock = threading.Lock()
 
     # --- the client -------------------------------------------------------------------
 
@@ -312,9 +314,7 @@ class HfJobsBackend(Backend):
     def _upload_inputs(self, run: Run, repo: str, on_event: OnEvent, session: int) -> None:
         """The engine package and the job document (its engine stopping cleanly within
         ``session`` seconds of the job's start) into the session's ``in`` folder, and the
-        run's local files the repo lacks into ``inputs/`` (one commit)."""
-        from huggingface_hub import CommitOperationAdd
-
+        run's local files the repo lacks into ``inputs/`` (a commit before it)."""
         from ... import engine
 
         self._call("making the private dataset for the run's files", lambda: self.api.create_repo(
@@ -326,14 +326,27 @@ class HfJobsBackend(Backend):
                   None) for name in MODULES]
         files.append((f"{where}/job.json", json.dumps(doc).encode("utf-8"), None))
         shipment = kaggle_inputs.load(run.notebook_dir)
-        if shipment is not None:  # content-addressed: a file already there is not sent again
-            there = set(self._call("listing the run's files", lambda: self.api.list_repo_files(
-                repo, repo_type="dataset"), on_event))
-            for f in shipment.files:
-                if (path := f"{INPUTS}/{shipment.slug}/{f.name}") not in there:
-                    kaggle_inputs.unchanged(f)
-                    on_event(f"inputs: uploading {f.label} ({kaggle_inputs.size_text(f.size)})")
-                    files.append((path, Path(f.path), f))
+        if shipment is not None:  # the shards' starts run at once: one sends the inputs, the
+            with self._inputs_lock:  # others find them there
+                self._upload_files(run, repo, shipment, on_event)
+        self._commit(run, repo, files, on_event)
+
+    def _upload_files(self, run: Run, repo: str, shipment, on_event: OnEvent) -> None:
+        """The run's local files the repo lacks (content-addressed), in a commit of their own."""
+        there = set(self._call("listing the run's files", lambda: self.api.list_repo_files(
+            repo, repo_type="dataset"), on_event))
+        files = []
+        for f in shipment.files:
+            if (path := f"{INPUTS}/{shipment.slug}/{f.name}") not in there:
+                kaggle_inputs.unchanged(f)
+                on_event(f"inputs: uploading {f.label} ({kaggle_inputs.size_text(f.size)})")
+                files.append((path, Path(f.path), f))
+        if files:
+            self._commit(run, repo, files, on_event, "the inputs")
+
+    def _commit(self, run: Run, repo: str, files: list, on_event: OnEvent,
+                what: str = "the job") -> None:
+        from huggingface_hub import CommitOperationAdd
 
         def commit():  # fresh operations each try: one holds the state of its own upload
             operations = []
@@ -347,9 +360,9 @@ class HfJobsBackend(Backend):
                 operations.append(operation)
             return self.api.create_commit(
                 repo, operations, repo_type="dataset",
-                commit_message=f"imggenhub run {run.run_id} session {run.session}: the job")
+                commit_message=f"imggenhub run {run.run_id} session {run.session}: {what}")
 
-        self._call("uploading the job", commit, on_event)
+        self._call(f"uploading {what}", commit, on_event)
 
     def _budget(self, run: Run, spec: dict) -> int | None:
         """The seconds this job may bill under --max-cost (None: no limit): the limit less
