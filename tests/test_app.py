@@ -156,6 +156,9 @@ def test_compose_run_watch_browse_compare_and_run_again(app_url, page, cli, tmp_
     hostile = '<img src=x onerror="window.__pwned=1;alert(1)">'
     page.fill("#prompts textarea", f"a red circle\n{hostile}")
     page.fill("#seed input, #seed textarea", "3")
+    page.click("#estimate")  # before a run: its cost, as the backend says it
+    page.wait_for_function("document.querySelector('#status textarea').value.includes("
+                           "'no GPU hours or dollars counted')", timeout=30_000)
     status = _run_and_wait(page)
     assert status.endswith("\ndone"), status
     assert "image 2/2" in status  # the engine's progress, as it came
@@ -303,3 +306,20 @@ def test_the_pace_and_time_left_come_from_the_engines_own_lines():
     assert pace(lines) == "3 of 10 pictures, 4.0 s a picture, about 28 s left"
     assert pace(["image 2/100 x.png in 3.00s (elapsed 8.0s)"]) == \
         "2 of 100 pictures, 4.0 s a picture, about 7 min left"
+
+
+def test_the_estimate_before_a_run_is_the_backends_own_sentence(hf_jobs, emulator, tmp_path):
+    """The Estimate button: what a push or a start would say of the cost, nothing sent."""
+    from imggenhub.webapp import service
+
+    form = dict(prompts="a red circle", model="tiny-random", num_images=4)
+    assert "runs it on this machine: no GPU hours or dollars counted" in service.estimate_of(
+        service.Form(**form, backend="local"))
+    said = service.estimate_of(service.Form(**form, backend="hf-jobs", flavor="a10g-small"))
+    assert "estimate: 1 job on a10g-small ($1.00/h)" in said
+    emulator.gpu_quota_hours = 30.0
+    said = service.estimate_of(service.Form(**form, backend="kaggle"))
+    assert said.startswith("estimate: about ") and "left this week" in said
+    assert not hf_jobs.jobs.jobs and not [m for m, _ in emulator.calls if m == "SaveKernel"]
+    with pytest.raises(SpecError, match="is not a Hugging Face Jobs flavor"):
+        service.estimate_of(service.Form(**form, backend="hf-jobs", flavor="t4-huge"))

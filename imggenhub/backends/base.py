@@ -185,6 +185,10 @@ class Backend:
                         + (f"; stop it on its page ({run.url}), and imggenhub sees it cancelled"
                            if run.url else "") + ".")
 
+    def estimate(self, job: JobSpec, options, on_event: OnEvent) -> str:
+        """What the job would cost here, in a sentence; nothing is sent or started."""
+        return f"the {self.name} backend runs it on this machine: no GPU hours or dollars counted"
+
     def health(self, on_event: OnEvent, timeout: float) -> dict:
         """What 'imggenhub doctor' finds, as fields, and ``lines`` for people."""
         return {"lines": []}

@@ -44,6 +44,7 @@ def build():
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import gradio as gr
 
+    from ..backends.hfjobs.flavors import TABLE as FLAVORS
     from ..job.models import PRESETS
     from . import service
 
@@ -65,6 +66,9 @@ def build():
                                                 allow_custom_value=True, elem_id="model")
                             backend = gr.Radio(["local", "kaggle", "hf-jobs"], value="local",
                                                label="Backend", elem_id="backend")
+                            flavor = gr.Dropdown(sorted(FLAVORS), value="t4-small",
+                                                 label="Flavor (hf-jobs)",
+                                                 allow_custom_value=True, elem_id="flavor")
                         with gr.Row():
                             width, height, steps, guidance = (
                                 gr.Textbox(label=name, placeholder="the model's",
@@ -89,7 +93,9 @@ def build():
                             eraser=gr.Eraser(default_size=16))
                         strength = gr.Slider(0.05, 1.0, value=0.75, step=0.05, label="Strength",
                                              elem_id="strength")
-                run_button = gr.Button("Run", variant="primary", elem_id="run")
+                with gr.Row():
+                    estimate_button = gr.Button("Estimate", elem_id="estimate")
+                    run_button = gr.Button("Run", variant="primary", elem_id="run")
                 status = gr.Textbox(label="Status", interactive=False, lines=6, elem_id="status")
                 made = gr.Gallery(label="Pictures", columns=4, elem_id="made")
             with gr.Tab("Runs", id="runs-tab"):
@@ -120,27 +126,37 @@ def build():
                                             elem_id="right")
                         right_pictures = gr.Gallery(columns=3, elem_id="right-pictures")
 
-        def start(prompts_, negative_, model_, backend_, width_, height_, steps_, guidance_,
-                  seed_, num_images_, scheduler_, loras_, sweeps_, notify_, picture_,
-                  strength_):
+        def form_of(prompts_, negative_, model_, backend_, flavor_, width_, height_, steps_,
+                    guidance_, seed_, num_images_, scheduler_, loras_, sweeps_, notify_,
+                    picture_, strength_):
+            init, mask = _picture_and_mask(picture_)
+            return service.Form(
+                prompts=prompts_ or "", negative_prompt=negative_ or "",
+                model=model_ or "", backend=backend_ or "local", flavor=flavor_ or "",
+                width=_number(width_, "Width", int), height=_number(height_, "Height", int),
+                steps=_number(steps_, "Steps", int),
+                guidance=_number(guidance_, "Guidance", float),
+                seed=_number(seed_, "Seed", int), num_images=_int(num_images_),
+                scheduler=scheduler_ or "", loras=loras_ or "", sweeps=sweeps_ or "",
+                notify=notify_ or "", init_image=init, mask_image=mask,
+                strength=strength_ if init else None)
+
+        def start(*fields):
             try:
-                init, mask = _picture_and_mask(picture_)
-                form = service.Form(
-                    prompts=prompts_ or "", negative_prompt=negative_ or "",
-                    model=model_ or "", backend=backend_ or "local",
-                    width=_number(width_, "Width", int), height=_number(height_, "Height", int),
-                    steps=_number(steps_, "Steps", int),
-                    guidance=_number(guidance_, "Guidance", float),
-                    seed=_number(seed_, "Seed", int), num_images=_int(num_images_),
-                    scheduler=scheduler_ or "", loras=loras_ or "", sweeps=sweeps_ or "",
-                    notify=notify_ or "", init_image=init, mask_image=mask,
-                    strength=strength_ if init else None)
-                watch = runner.submit(form)
-            except SpecError as exc:
+                watch = runner.submit(form_of(*fields))
+            except ImggenhubError as exc:
                 return None, f"error: {exc}", []
             except Exception as exc:  # noqa: BLE001 - one sentence on the page, never a trace
                 return None, f"error: {type(exc).__name__}: {exc}", []
             return watch.run_id, "\n".join([f"run {watch.run_id}", *watch.lines[-5:]]), []
+
+        def priced(*fields):
+            try:
+                return service.estimate_of(form_of(*fields))
+            except ImggenhubError as exc:
+                return f"error: {exc}"
+            except Exception as exc:  # noqa: BLE001
+                return f"error: {type(exc).__name__}: {exc}"
 
         def _picture_and_mask(value):
             if not value or value.get("background") is None:
@@ -218,9 +234,10 @@ def build():
         def picked(run_id, event: gr.SelectData):
             return service.settings_of(run_id, event.index) if run_id else {}
 
-        run_button.click(start, [prompts, negative, model, backend, width, height, steps,
-                                 guidance, seed, num_images, scheduler, loras, sweeps, notify,
-                                 picture, strength], [current, status, made])
+        fields = [prompts, negative, model, backend, flavor, width, height, steps, guidance,
+                  seed, num_images, scheduler, loras, sweeps, notify, picture, strength]
+        run_button.click(start, fields, [current, status, made])
+        estimate_button.click(priced, fields, [status])
         timer = gr.Timer(TICK)
         seen = gr.State(None)
         timer.tick(look, [current, seen], [status, made, seen])

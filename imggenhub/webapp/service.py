@@ -136,6 +136,7 @@ class Form:
     mask_image: str | None = None  # a kept mask (mask_from_layers)
     strength: float | None = None
     backend: str = "local"
+    flavor: str = ""  # hf-jobs: the GPU flavor (default t4-small)
     notify: str = ""  # URLs, one a line or separated by spaces
 
     def lines(self, text: str) -> list[str]:
@@ -192,7 +193,6 @@ class Runner:
         """Start the run the form asks for (checked and recorded here: a refusal is raised
         before anything runs); the driver takes it on in the background."""
         from .. import notify
-        from ..backends.kaggle.meta import KernelOptions
         from ..run import jobs
 
         if form.backend not in ("local", "kaggle", "hf-jobs"):
@@ -201,8 +201,8 @@ class Runner:
         job = compose(form)
         targets = notify.targets(form.lines(form.notify.replace(" ", "\n")))
         pending: list[str] = []
-        run = jobs.start(job, form.backend, None, KernelOptions(gpu=form.backend != "local"),
-                         pending.append, notify=targets)
+        run = jobs.start(job, form.backend, None, _options(form), pending.append,
+                         notify=targets)
         watch = Watch(run.run_id)
         for line in pending:
             watch.say(line)
@@ -277,6 +277,27 @@ def pace(lines: list[str]) -> str | None:
                     f"{left / 60:.0f} min left" if left >= 90 else
                     f"{k} of {n} pictures, {each:.1f} s a picture, about {left:.0f} s left")
     return None
+
+
+def _options(form: Form):
+    from ..backends.kaggle.meta import KernelOptions
+
+    return KernelOptions(gpu=form.backend != "local", flavor=form.flavor.strip() or None)
+
+
+def estimate_of(form: Form) -> str:
+    """What the job would cost on its backend (GPU hours and the quota left on Kaggle, time
+    and dollars on a Hugging Face Jobs flavor), in the backend's own sentence; nothing is
+    pushed or started."""
+    from .. import backends
+
+    if form.backend not in ("local", "kaggle", "hf-jobs"):
+        raise SpecError(f"The backend {form.backend[:20]!r} is not one of local, kaggle, "
+                        "hf-jobs.")
+    job = compose(form)
+    said: list[str] = []
+    sentence = backends.get_backend(form.backend).estimate(job, _options(form), said.append)
+    return "\n".join([*said, sentence])
 
 
 def run_rows() -> list[list]:

@@ -218,8 +218,6 @@ class HfJobsBackend(Backend):
         return known or dict(flavors.TABLE)
 
     def prepare_job(self, job, options, on_event: OnEvent, width: int = 1) -> Prepared:
-        from ..kaggle import estimate
-
         if job.kind != "images":
             raise SpecError("Training runs on Kaggle or here (--backend kaggle or local); the "
                             "hf-jobs backend makes images only, for now.")
@@ -235,14 +233,7 @@ class HfJobsBackend(Backend):
             on_event(f"inputs: {counted(n, 'file')} on this machine {'goes' if n == 1 else 'go'} "
                      "to the run's private dataset, each once")
         flavor = flavors.choose(getattr(options, "flavor", None), self.flavors(on_event))
-        plans = check_memory(job.document(), flavor.machine(), flavor.describe(), on_event)
-        # the T4 table's seconds, or the user's runs' on this flavor's GPU
-        history = estimate.read_history(state_dir(), self._measured_on(flavor.gpu))
-        guess = estimate.estimate(job.document(), history, where=f" on {flavor.gpu}")
-        cost = flavors.cost(guess.seconds_per_image * guess.images,
-                            guess.startup_seconds - estimate.SESSION_START, flavor, width,
-                            guess.basis, guess.learned,
-                            min((p.processes for p in plans), default=None))
+        cost = self._priced(job, flavor, width, on_event)
         on_event(cost.sentence())
         limit = getattr(options, "max_cost", None)
         if limit is not None and cost.usd > limit:
@@ -265,6 +256,24 @@ class HfJobsBackend(Backend):
         import secrets
 
         return Prepared(user, flavor, timeout, cost, limit, secrets.token_hex(4), shipment)
+
+    def _priced(self, job, flavor: flavors.Flavor, width: int, on_event: OnEvent) -> flavors.Cost:
+        """The job's time and cost on ``flavor`` over ``width`` jobs: planned for its cards
+        (one sentence if it cannot fit), from the T4 table or the user's runs on its GPU."""
+        from ..kaggle import estimate
+
+        plans = check_memory(job.document(), flavor.machine(), flavor.describe(), on_event)
+        history = estimate.read_history(state_dir(), self._measured_on(flavor.gpu))
+        guess = estimate.estimate(job.document(), history, where=f" on {flavor.gpu}")
+        return flavors.cost(guess.seconds_per_image * guess.images,
+                            guess.startup_seconds - estimate.SESSION_START, flavor, width,
+                            guess.basis, guess.learned,
+                            min((p.processes for p in plans), default=None))
+
+    def estimate(self, job, options, on_event: OnEvent) -> str:
+        """What the job would cost on the flavor asked, said, nothing started."""
+        flavor = flavors.choose(getattr(options, "flavor", None), self.flavors(on_event))
+        return self._priced(job, flavor, self.width(job, None), on_event).sentence()
 
     def _measured_on(self, gpu: str | None) -> str:
         """The history's name for runs measured on ``gpu`` at this Hub (an emulator's runs

@@ -379,6 +379,18 @@ class KaggleBackend(Backend):
         all here)."""
         estimate.learn_run(run, manifest, kaggle_api.endpoint(self.tunables))
 
+    def estimate(self, job, options, on_event: OnEvent) -> str:
+        """The job's GPU hours (its shards', each with its start) against this week's quota
+        left, as a push says it; nothing is pushed."""
+        from .prepare import history
+
+        guess = estimate.estimate(job.document(), history(self), self.width(job, None))
+        try:
+            left = self.quota(on_event)["gpu_hours_left"]
+        except (Unreachable, KaggleApiError):
+            left = None
+        return guess.sentence(left)
+
     def quota(self, on_event: OnEvent) -> dict:
         """This week's GPU quota, as GetAcceleratorQuotaStatistics says (hours; refresh time).
         An answer that cannot be used (unparsable, mistyped, negative, more than a week) is
