@@ -182,6 +182,11 @@ def test_compose_run_watch_browse_compare_and_run_again(app_url, page, cli, tmp_
     _choose(page, "#chosen", run_id)  # the page's own run: its text, a picture's settings
     page.wait_for_function("document.querySelector('#about textarea').value.includes("
                            "'downloaded on local; 2 of 2 pictures home')", timeout=30_000)
+    page.wait_for_function("document.querySelectorAll('#browsed img').length >= 2",
+                           timeout=30_000)
+    page.fill("#query textarea, #query input", "circle")  # the gallery's filter
+    page.wait_for_function("document.querySelectorAll('#browsed img').length === 1",
+                           timeout=30_000)
     page.locator("#browsed img").first.click()
     page.wait_for_function("document.querySelector('#settings').innerText.includes('seed')",
                            timeout=30_000)
@@ -323,3 +328,27 @@ def test_the_estimate_before_a_run_is_the_backends_own_sentence(hf_jobs, emulato
     assert not hf_jobs.jobs.jobs and not [m for m, _ in emulator.calls if m == "SaveKernel"]
     with pytest.raises(SpecError, match="is not a Hugging Face Jobs flavor"):
         service.estimate_of(service.Form(**form, backend="hf-jobs", flavor="t4-huge"))
+
+
+def test_a_runs_pictures_are_filtered_and_sorted_as_its_gallery_does(tmp_path):
+    from imggenhub.run import runs
+    from imggenhub.run.runs import Run
+    from imggenhub.webapp import service
+
+    from .test_gallery_browser import run_folder
+
+    out = tmp_path / "out"
+    run_folder(out, 5, missing=1)  # seeds 1000, 999...; scores 20, 21...; the second not home
+    run = runs.save(Run(run_id="20261204-000000-abcdef12", backend="local", job_id="abcdef12",
+                        image_count=5, out_dir=str(out)))
+
+    def indices(*how):
+        return [r["index"] for _, r in service.home(run.run_id, *how)]
+
+    assert indices() == [0, 2, 3, 4]
+    assert indices("red fox") == [3] and indices("LIGHTHOUSE ") == [4] and indices("fox") == [2, 3]
+    assert indices("", "seed") == [4, 3, 2, 0]  # the lowest seed first
+    assert indices("", "score") == [4, 3, 2, 0]  # the best score first
+    assert service.settings_of(run.run_id, 0, "", "seed")["seed"] == 996
+    shown = [Path(p) for p, _ in service.pictures(run.run_id)]
+    assert all(p.parent == service.shown_dir() for p in shown) and len(set(shown)) == 4

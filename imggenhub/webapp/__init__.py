@@ -112,6 +112,10 @@ def build():
                     cancel_button = gr.Button("Cancel", elem_id="cancel")
                     again_button = gr.Button("Run again with changes", elem_id="again")
                 about = gr.Textbox(label="The run", interactive=False, lines=6, elem_id="about")
+                with gr.Row():
+                    query = gr.Textbox(label="Filter: prompt, seed, model...", elem_id="query")
+                    order = gr.Dropdown(list(service.ORDERS), value="order made", label="Sort",
+                                        elem_id="order")
                 browsed = gr.Gallery(label="Its pictures (choose one for its settings)", columns=6,
                                      elem_id="browsed")
                 settings = gr.JSON(label="The picture's settings", elem_id="settings")
@@ -231,8 +235,11 @@ def build():
                     f["init_image"], f["strength"] if f["strength"] is not None else 0.75,
                     "", gr.Tabs(selected="compose-tab"))
 
-        def picked(run_id, event: gr.SelectData):
-            return service.settings_of(run_id, event.index) if run_id else {}
+        def picked(run_id, query_, order_, event: gr.SelectData):
+            return service.settings_of(run_id, event.index, query_, order_) if run_id else {}
+
+        def browse(run_id, query_, order_):
+            return service.pictures(run_id, query_, order_) if run_id else []
 
         fields = [prompts, negative, model, backend, flavor, width, height, steps, guidance,
                   seed, num_images, scheduler, loras, sweeps, notify, picture, strength]
@@ -257,7 +264,9 @@ def build():
             return shown[0], shown[1], (None if watch.done else acting_on)  # then it stops
 
         runs_timer.tick(about_tick, [chosen, acting], [about, browsed, acting])
-        browsed.select(picked, [chosen], [settings])
+        browsed.select(picked, [chosen, query, order], [settings])
+        query.change(browse, [chosen, query, order], [browsed])
+        order.change(browse, [chosen, query, order], [browsed])
         again_button.click(again, [chosen], [prompts, negative, model, width, height, steps,
                                               guidance, seed, num_images, scheduler, loras,
                                               sweeps, picture, strength, status, tabs])

@@ -315,9 +315,14 @@ def run_rows() -> list[list]:
     return rows
 
 
-def home(run_id: str) -> list[tuple[Path, dict]]:
-    """A run's pictures that are home, with their manifest records, in the manifest's
-    order: only files the manifest names, plain names inside the run's folder."""
+ORDERS = {"order made": "index", "prompt": "prompt", "seed": "seed", "score": "score"}
+
+
+def home(run_id: str, query: str = "", order: str = "order made") -> list[tuple[Path, dict]]:
+    """A run's pictures that are home, with their manifest records: only files the manifest
+    names, plain names inside the run's folder; those whose prompt, negative prompt, seed,
+    model, scheduler or file name hold ``query``, sorted as gallery.html sorts (made, prompt,
+    seed, or the best score first)."""
     from ..outputs import artifacts
     from ..run import runs
 
@@ -333,18 +338,33 @@ def home(run_id: str) -> list[tuple[Path, dict]]:
             continue
         if (folder / name).is_file():
             out.append((folder / name, record))
-    return out
+    words = (query or "").strip().lower()
+    if words:
+        out = [(path, r) for path, r in out if words in " ".join(
+            str(r.get(k) if r.get(k) is not None else "") for k in (
+                "prompt", "negative_prompt", "seed", "model", "scheduler", "file")).lower()]
+    key = ORDERS.get(order, "index")
+
+    def rank(item):
+        value = item[1].get(key)
+        missing = value is None or (key == "score" and not isinstance(value, (int, float)))
+        if key == "score" and not missing:
+            value = -value  # the best first
+        return (missing, "" if missing else value if key != "prompt" else str(value),
+                item[1].get("index", 0))
+
+    return out if key == "index" else sorted(out, key=rank)
 
 
-def pictures(run_id: str) -> list[tuple[str, str]]:
+def pictures(run_id: str, query: str = "", order: str = "order made") -> list[tuple[str, str]]:
     """A run's pictures that are home, as (their link in the shown folder, their prompt)."""
     return [(_shown(path, record.get("sha256")), str(record.get("prompt") or ""))
-            for path, record in home(run_id)]
+            for path, record in home(run_id, query, order)]
 
 
-def settings_of(run_id: str, index: int) -> dict:
+def settings_of(run_id: str, index: int, query: str = "", order: str = "order made") -> dict:
     """The manifest's record of the ``index``-th picture ``pictures`` gives (its settings)."""
-    found = home(run_id)
+    found = home(run_id, query, order)
     return found[index][1] if 0 <= index < len(found) else {}
 
 
