@@ -352,3 +352,19 @@ def test_a_runs_pictures_are_filtered_and_sorted_as_its_gallery_does(tmp_path):
     assert service.settings_of(run.run_id, 0, "", "seed")["seed"] == 996
     shown = [Path(p) for p, _ in service.pictures(run.run_id)]
     assert all(p.parent == service.shown_dir() for p in shown) and len(set(shown)) == 4
+
+
+def test_the_users_trained_loras_are_offered_and_used_by_name(tmp_path):
+    from imggenhub.run import trained
+    from imggenhub.webapp import service
+
+    weights = tmp_path / "my-dog.safetensors"
+    weights.write_bytes(b"weights")  # read by the engine, not by the form
+    trained.register("my-dog", weights, {"method": "lora", "model": "tiny-random"})
+    trained.register("my-word", weights, {"method": "textual-inversion", "token": "<w>"})
+    trained.register("gone", tmp_path / "nothing.safetensors", {"method": "lora"})
+    assert service.trained_loras() == ["my-dog"]
+    job = service.compose(service.Form(prompts="a dog", model="tiny-random", trained=["my-dog"],
+                                       loras=""))
+    (lora,) = job.loras
+    assert lora.local and Path(lora.ref) == Path(weights).resolve()

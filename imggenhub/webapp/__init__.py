@@ -81,6 +81,9 @@ def build():
                             scheduler = gr.Textbox(label="Scheduler", elem_id="scheduler")
                         loras = gr.Textbox(label="LoRAs (one a line: REF[:SCALE])", lines=2,
                                            elem_id="loras")
+                        trained = gr.Dropdown(service.trained_loras(), multiselect=True,
+                                              label="Your trained LoRAs (imggenhub train)",
+                                              elem_id="trained")
                         sweeps = gr.Textbox(label="Sweeps (one a line, as --sweep)", lines=2,
                                             elem_id="sweeps")
                         notify = gr.Textbox(label="Notify URLs when it ends (optional)",
@@ -131,8 +134,8 @@ def build():
                         right_pictures = gr.Gallery(columns=3, elem_id="right-pictures")
 
         def form_of(prompts_, negative_, model_, backend_, flavor_, width_, height_, steps_,
-                    guidance_, seed_, num_images_, scheduler_, loras_, sweeps_, notify_,
-                    picture_, strength_):
+                    guidance_, seed_, num_images_, scheduler_, loras_, trained_, sweeps_,
+                    notify_, picture_, strength_):
             init, mask = _picture_and_mask(picture_)
             return service.Form(
                 prompts=prompts_ or "", negative_prompt=negative_ or "",
@@ -141,7 +144,8 @@ def build():
                 steps=_number(steps_, "Steps", int),
                 guidance=_number(guidance_, "Guidance", float),
                 seed=_number(seed_, "Seed", int), num_images=_int(num_images_),
-                scheduler=scheduler_ or "", loras=loras_ or "", sweeps=sweeps_ or "",
+                scheduler=scheduler_ or "", loras=loras_ or "", trained=list(trained_ or []),
+                sweeps=sweeps_ or "",
                 notify=notify_ or "", init_image=init, mask_image=mask,
                 strength=strength_ if init else None)
 
@@ -198,7 +202,7 @@ def build():
             rows = service.run_rows()
             ids = [r[0] for r in rows]
             return (rows, gr.update(choices=ids), gr.update(choices=ids),
-                    gr.update(choices=ids))
+                    gr.update(choices=ids), gr.update(choices=service.trained_loras()))
 
         def about_now(run_id, acting):
             if not run_id:
@@ -242,15 +246,16 @@ def build():
             return service.pictures(run_id, query_, order_) if run_id else []
 
         fields = [prompts, negative, model, backend, flavor, width, height, steps, guidance,
-                  seed, num_images, scheduler, loras, sweeps, notify, picture, strength]
+                  seed, num_images, scheduler, loras, trained, sweeps, notify, picture,
+                  strength]
         run_button.click(start, fields, [current, status, made])
         estimate_button.click(priced, fields, [status])
         timer = gr.Timer(TICK)
         seen = gr.State(None)
         timer.tick(look, [current, seen], [status, made, seen])
         acting = gr.State(None)  # the run a button of the Runs tab acts on
-        refresh.click(runs_now, None, [table, chosen, left, right])
-        page.load(runs_now, None, [table, chosen, left, right])
+        refresh.click(runs_now, None, [table, chosen, left, right, trained])
+        page.load(runs_now, None, [table, chosen, left, right, trained])
         chosen.change(about_now, [chosen, acting], [about, browsed, settings])
         for button, command in ((resume_button, "resume"), (download_button, "download"),
                                 (cancel_button, "cancel")):

@@ -131,6 +131,7 @@ class Form:
     num_images: int | None = 1
     scheduler: str = ""
     loras: str = ""  # one a line: REF[:SCALE], as --lora
+    trained: list[str] = field(default_factory=list)  # names of the user's trained LoRAs
     sweeps: str = ""  # one a line, as --sweep
     init_image: str | None = None  # a kept picture (keep_picture)
     mask_image: str | None = None  # a kept mask (mask_from_layers)
@@ -158,7 +159,8 @@ def compose(form: Form):
         width=form.width, height=form.height, steps=form.steps,  # 0 is refused, as by the CLI
         guidance=form.guidance, seed=form.seed,
         num_images=1 if form.num_images is None else form.num_images,
-        scheduler=form.scheduler.strip() or None, lora=form.lines(form.loras) or None,
+        scheduler=form.scheduler.strip() or None,
+        lora=[*form.lines(form.loras), *(t for t in form.trained if t)] or None,
         sweep=form.lines(form.sweeps) or None, init_image=form.init_image,
         mask_image=form.mask_image if form.init_image else None,
         strength=form.strength if form.init_image else None, gpu=not local or None)
@@ -277,6 +279,14 @@ def pace(lines: list[str]) -> str | None:
                     f"{left / 60:.0f} min left" if left >= 90 else
                     f"{k} of {n} pictures, {each:.1f} s a picture, about {left:.0f} s left")
     return None
+
+
+def trained_loras() -> list[str]:
+    """The names of the LoRAs ``imggenhub train`` made here whose weights are still here."""
+    from ..run import trained
+
+    return [e["name"] for e in trained.all_entries()
+            if e.get("method") != "textual-inversion" and trained.find(e.get("name", ""))]
 
 
 def _options(form: Form):
