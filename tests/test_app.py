@@ -156,6 +156,12 @@ def test_compose_run_watch_browse_compare_and_run_again(app_url, page, cli, tmp_
     hostile = '<img src=x onerror="window.__pwned=1;alert(1)">'
     page.fill("#prompts textarea", f"a red circle\n{hostile}")
     page.fill("#seed input, #seed textarea", "3")
+    page.fill("#width textarea, #width input", "wide")  # a bad field: its sentence beside it
+    page.click("#run")
+    page.wait_for_function("document.querySelector('#width').innerText.includes("
+                           "\"Width 'wide' is not a whole number\")", timeout=30_000)
+    assert "error: Width 'wide'" in page.input_value("#status textarea")
+    page.fill("#width textarea, #width input", "")
     page.click("#estimate")  # before a run: its cost, as the backend says it
     page.wait_for_function("document.querySelector('#status textarea').value.includes("
                            "'no GPU hours or dollars counted')", timeout=30_000)
@@ -368,3 +374,17 @@ def test_the_users_trained_loras_are_offered_and_used_by_name(tmp_path):
                                        loras=""))
     (lora,) = job.loras
     assert lora.local and Path(lora.ref) == Path(weights).resolve()
+
+
+@pytest.mark.parametrize("form, field", [
+    (dict(prompts=""), "prompts"), (dict(prompts="x", width=63), "width"),
+    (dict(prompts="x", steps=0), "steps"), (dict(prompts="x", model="no/such model"), "model"),
+    (dict(prompts="x", sweeps="colour=1,2"), "sweeps"), (dict(prompts="x", num_images=0), "num_images"),
+    (dict(prompts="x", strength=1.5, init_image=str(Path(__file__))), "strength"),
+    (dict(prompts="x", loras="/nowhere/style.safetensors"), "loras")])
+def test_an_error_is_shown_beside_the_field_it_names(form, field):
+    from imggenhub.webapp import service
+
+    with pytest.raises(SpecError) as caught:
+        service.compose(service.Form(**form))
+    assert service.field_of(str(caught.value)) == field, str(caught.value)

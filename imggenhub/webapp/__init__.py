@@ -16,6 +16,8 @@ from ..errors import ImggenhubError, SpecError
 DEFAULT_PORT = 7860
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 TICK = 1.0  # seconds between the page's looks at a running run
+HINTED = ("prompts", "negative_prompt", "model", "flavor", "width", "height", "steps", "guidance",
+          "seed", "num_images", "scheduler", "loras", "sweeps", "notify", "picture", "strength")
 
 
 def check_listen(host: str, auth: str | None) -> tuple[str, str] | None:
@@ -149,22 +151,29 @@ def build():
                 notify=notify_ or "", init_image=init, mask_image=mask,
                 strength=strength_ if init else None)
 
+        def beside(sentence: str | None) -> list:
+            """Each field's note: the error's sentence beside the field it names, else none."""
+            named = service.field_of(sentence) if sentence else None
+            return [gr.update(info=f"⚠ {sentence}" if name == named else None)
+                    for name in HINTED]
+
         def start(*fields):
             try:
                 watch = runner.submit(form_of(*fields))
             except ImggenhubError as exc:
-                return None, f"error: {exc}", []
+                return [None, f"error: {exc}", [], *beside(str(exc))]
             except Exception as exc:  # noqa: BLE001 - one sentence on the page, never a trace
-                return None, f"error: {type(exc).__name__}: {exc}", []
-            return watch.run_id, "\n".join([f"run {watch.run_id}", *watch.lines[-5:]]), []
+                return [None, f"error: {type(exc).__name__}: {exc}", [], *beside(None)]
+            return [watch.run_id, "\n".join([f"run {watch.run_id}", *watch.lines[-5:]]), [],
+                    *beside(None)]
 
         def priced(*fields):
             try:
-                return service.estimate_of(form_of(*fields))
+                return [service.estimate_of(form_of(*fields)), *beside(None)]
             except ImggenhubError as exc:
-                return f"error: {exc}"
+                return [f"error: {exc}", *beside(str(exc))]
             except Exception as exc:  # noqa: BLE001
-                return f"error: {type(exc).__name__}: {exc}"
+                return [f"error: {type(exc).__name__}: {exc}", *beside(None)]
 
         def _picture_and_mask(value):
             if not value or value.get("background") is None:
@@ -248,8 +257,13 @@ def build():
         fields = [prompts, negative, model, backend, flavor, width, height, steps, guidance,
                   seed, num_images, scheduler, loras, trained, sweeps, notify, picture,
                   strength]
-        run_button.click(start, fields, [current, status, made])
-        estimate_button.click(priced, fields, [status])
+        hinted = [{"prompts": prompts, "negative_prompt": negative, "model": model,
+                   "flavor": flavor, "width": width, "height": height, "steps": steps,
+                   "guidance": guidance, "seed": seed, "num_images": num_images,
+                   "scheduler": scheduler, "loras": loras, "sweeps": sweeps, "notify": notify,
+                   "picture": picture, "strength": strength}[name] for name in HINTED]
+        run_button.click(start, fields, [current, status, made, *hinted])
+        estimate_button.click(priced, fields, [status, *hinted])
         timer = gr.Timer(TICK)
         seen = gr.State(None)
         timer.tick(look, [current, seen], [status, made, seen])

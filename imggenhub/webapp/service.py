@@ -281,6 +281,29 @@ def pace(lines: list[str]) -> str | None:
     return None
 
 
+# which field of the form an error's sentence is about: the flag or label it names first
+# (at one place, the longer name)
+FIELD_WORDS = [("negative_prompt", ("--negative-prompt", "negative prompt")),
+               ("num_images", ("--num-images", "Images per prompt")),
+               ("strength", ("--strength",)), ("picture", ("--init-image", "--mask-image",
+                                                           "picture")),
+               ("width", ("--width", "Width ", " width")),
+               ("height", ("--height", "Height ", " height")),
+               ("steps", ("--steps", "Steps ", " steps")),
+               ("guidance", ("--guidance", "Guidance ")),
+               ("seed", ("--seed", "Seed ")), ("scheduler", ("--scheduler",)),
+               ("loras", ("--lora", "LoRA")), ("sweeps", ("--sweep", "sweep")),
+               ("notify", ("--notify", "IMGGENHUB_NOTIFY")), ("flavor", ("--flavor",)),
+               ("model", ("--model",)), ("prompts", ("prompt",))]
+
+
+def field_of(sentence: str) -> str | None:
+    """The form's field an error's sentence names first (None: the job as a whole)."""
+    found = [(at, -len(w), name) for name, words in FIELD_WORDS for w in words
+             if (at := sentence.find(w)) >= 0]
+    return min(found)[2] if found else None
+
+
 def trained_loras() -> list[str]:
     """The names of the LoRAs ``imggenhub train`` made here whose weights are still here."""
     from ..run import trained
