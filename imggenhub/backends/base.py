@@ -105,7 +105,6 @@ class Backend:
     name = ""
     title = ""  # how sentences name where the run runs
     remote = True  # the run goes on elsewhere when this process stops
-    parallel_pushes = False  # its shards may be pushed at once, each on a thread of its own
 
     def __init__(self, settings: Tunables | None = None):
         self.tunables = settings or tunables()

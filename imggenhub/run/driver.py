@@ -204,16 +204,7 @@ def _drive(impl: backends.Backend, group: _Group, command: str, deadline: Deadli
                 group.stops[member.run_id] = exc
             return False
 
-        impl.bound(deadline.left())
-        pushes = [(i, s) for i, s in steps if s == Step.PUSH]
         moved = False
-        if impl.parallel_pushes and len(pushes) > 1:  # the shards' starts at once, not in turn
-            from concurrent.futures import ThreadPoolExecutor
-
-            with ThreadPoolExecutor(max_workers=min(8, len(pushes)),
-                                    thread_name_prefix="imggenhub-push") as pool:
-                moved = any(list(pool.map(lambda item: take(*item), pushes)))
-            steps = [(i, s) for i, s in steps if s != Step.PUSH]
         for i, step in steps:
             impl.bound(deadline.left())
             moved = take(i, step) or moved
@@ -290,6 +281,9 @@ def _sum_up(parent: Run, shards: list[Run]) -> Run:
 def _verdict(run: Run, group: _Group, command: str) -> Run:
     """The run's exit: what stopped a member this time first (5, 6...), then a failure,
     then a state with nothing to do yet, else done."""
+    for member in group.members:  # the first member's stop, whichever thread ended first
+        if member.run_id in group.stops:
+            raise group.stops[member.run_id]
     for exc in group.stops.values():
         raise exc
     if command == "cancel" and all(

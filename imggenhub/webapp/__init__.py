@@ -16,8 +16,10 @@ from ..errors import ImggenhubError, SpecError
 DEFAULT_PORT = 7860
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 TICK = 1.0  # seconds between the page's looks at a running run
+# the fields an error's note may stand beside (the picture editor has no note: its errors
+# stand beside the strength)
 HINTED = ("prompts", "negative_prompt", "model", "flavor", "width", "height", "steps", "guidance",
-          "seed", "num_images", "scheduler", "loras", "sweeps", "notify", "picture", "strength")
+          "seed", "num_images", "scheduler", "loras", "sweeps", "notify", "strength")
 
 
 def check_listen(host: str, auth: str | None) -> tuple[str, str] | None:
@@ -154,8 +156,9 @@ def build():
         def beside(sentence: str | None) -> list:
             """Each field's note: the error's sentence beside the field it names, else none."""
             named = service.field_of(sentence) if sentence else None
-            return [gr.update(info=f"⚠ {sentence}" if name == named else None)
-                    for name in HINTED]
+            named = "strength" if named == "picture" else named
+            return [gr.update(info=f"⚠ {sentence}" if name == named else "")
+                    for name in HINTED]  # "" clears a note (None would leave it)
 
         def start(*fields):
             try:
@@ -213,7 +216,7 @@ def build():
             return (rows, gr.update(choices=ids), gr.update(choices=ids),
                     gr.update(choices=ids), gr.update(choices=service.trained_loras()))
 
-        def about_now(run_id, acting):
+        def about_now(run_id, acting, query_="", order_="order made"):
             if not run_id:
                 return "", [], gr.update()
             lines = [service.describe(run_id)]
@@ -222,7 +225,7 @@ def build():
                 lines += watch.lines[-6:]
                 if watch.done:
                     lines.append(f"error: {watch.error}" if watch.error else "done")
-            return "\n".join(lines), service.pictures(run_id), gr.update()
+            return "\n".join(lines), service.pictures(run_id, query_, order_), gr.update()
 
         def act(command):
             def handler(run_id):
@@ -261,7 +264,7 @@ def build():
                    "flavor": flavor, "width": width, "height": height, "steps": steps,
                    "guidance": guidance, "seed": seed, "num_images": num_images,
                    "scheduler": scheduler, "loras": loras, "sweeps": sweeps, "notify": notify,
-                   "picture": picture, "strength": strength}[name] for name in HINTED]
+                   "strength": strength}[name] for name in HINTED]
         run_button.click(start, fields, [current, status, made, *hinted])
         estimate_button.click(priced, fields, [status, *hinted])
         timer = gr.Timer(TICK)
@@ -270,19 +273,19 @@ def build():
         acting = gr.State(None)  # the run a button of the Runs tab acts on
         refresh.click(runs_now, None, [table, chosen, left, right, trained])
         page.load(runs_now, None, [table, chosen, left, right, trained])
-        chosen.change(about_now, [chosen, acting], [about, browsed, settings])
+        chosen.change(about_now, [chosen, acting, query, order], [about, browsed, settings])
         for button, command in ((resume_button, "resume"), (download_button, "download"),
                                 (cancel_button, "cancel")):
             button.click(act(command), [chosen], [acting, about])
         runs_timer = gr.Timer(TICK * 2)
-        def about_tick(run_id, acting_on):
+        def about_tick(run_id, acting_on, query_, order_):
             watch = runner.watch(acting_on) if acting_on else None
             if not run_id or acting_on != run_id or watch is None:
                 return gr.update(), gr.update(), acting_on
-            shown = about_now(run_id, acting_on)[:2]
+            shown = about_now(run_id, acting_on, query_, order_)[:2]
             return shown[0], shown[1], (None if watch.done else acting_on)  # then it stops
 
-        runs_timer.tick(about_tick, [chosen, acting], [about, browsed, acting])
+        runs_timer.tick(about_tick, [chosen, acting, query, order], [about, browsed, acting])
         browsed.select(picked, [chosen, query, order], [settings])
         query.change(browse, [chosen, query, order], [browsed])
         order.change(browse, [chosen, query, order], [browsed])

@@ -379,12 +379,15 @@ def home(run_id: str, query: str = "", order: str = "order made") -> list[tuple[
     key = ORDERS.get(order, "index")
 
     def rank(item):
-        value = item[1].get(key)
-        missing = value is None or (key == "score" and not isinstance(value, (int, float)))
+        value, index = item[1].get(key), item[1].get("index")
+        number = isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and value == value  # NaN is no number to sort by
+        missing = value is None or (key == "score" and not number)
         if key == "score" and not missing:
             value = -value  # the best first
-        return (missing, "" if missing else value if key != "prompt" else str(value),
-                item[1].get("index", 0))
+        # numbers before text (a manifest's seed may be either), each among its own kind
+        return (missing, 0 if number else 1, value if number else str(value),
+                index if isinstance(index, int) else 1 << 62)
 
     return out if key == "index" else sorted(out, key=rank)
 

@@ -123,13 +123,12 @@ class Prepared:
 class HfJobsBackend(Backend):
     name = "hf-jobs"
     title = "Hugging Face Jobs"
-    parallel_pushes = True  # each shard's job starts at once (the Hub takes them in parallel)
 
     def __init__(self, settings=None):
         super().__init__(settings)
         self._api = None
         self._followers: dict[str, Follower] = {}  # by job: kept across waits (no replays)
-        self._inputs_lock = threading.Lock()
+
 
     # --- the client -------------------------------------------------------------------
 
@@ -277,8 +276,10 @@ class HfJobsBackend(Backend):
 
     def _measured_on(self, gpu: str | None) -> str:
         """The history's name for runs measured on ``gpu`` at this Hub (an emulator's runs
-        never correct the real one's estimates)."""
-        return f"{self.api.endpoint} jobs {gpu}"
+        never correct the real one's estimates); no token needed."""
+        from huggingface_hub import constants
+
+        return f"{constants.ENDPOINT} jobs {gpu}"
 
     def prepare(self, job, run: Run, prepared: Prepared, on_event: OnEvent) -> None:
         doc = job_document(job, run.run_id)
@@ -335,9 +336,8 @@ class HfJobsBackend(Backend):
                   None) for name in MODULES]
         files.append((f"{where}/job.json", json.dumps(doc).encode("utf-8"), None))
         shipment = kaggle_inputs.load(run.notebook_dir)
-        if shipment is not None:  # the shards' starts run at once: one sends the inputs, the
-            with self._inputs_lock:  # others find them there
-                self._upload_files(run, repo, shipment, on_event)
+        if shipment is not None:  # the first shard sends them, the others find them there
+            self._upload_files(run, repo, shipment, on_event)
         self._commit(run, repo, files, on_event)
 
     def _upload_files(self, run: Run, repo: str, shipment, on_event: OnEvent) -> None:
@@ -398,8 +398,6 @@ class HfJobsBackend(Backend):
         return seconds
 
     def submit(self, run: Run, on_event: OnEvent) -> Run:
-        from . import bootstrap
-
         spec = self._job_file(run)
         budget = self._budget(run, spec)  # before anything changes: a refusal leaves it as is
         if run.state in PUSH_REST:
@@ -411,6 +409,11 @@ class HfJobsBackend(Backend):
         self._upload_inputs(run, spec["repo"], on_event, timeout - JOB_MARGIN)
         run.state = RunState.PUSHING
         runs.save(run)
+        return self._start(run, spec, token, timeout, on_event)
+
+    def _start(self, run: Run, spec: dict, token: str, timeout: int, on_event: OnEvent) -> Run:
+        from . import bootstrap
+
         env = {"IMGGENHUB_REPO": spec["repo"], "IMGGENHUB_PREFIX": self.prefix(run),
                "IMGGENHUB_PINS": " ".join(pins()), "IMGGENHUB_LOG": LOG_FILE,
                "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # the log says what happens, in lines

@@ -14,6 +14,7 @@ from pathlib import Path
 import requests
 
 from ...errors import (
+    CredentialsError,
     ImggenhubError,
     KaggleApiError,
     NoFreeSlot,
@@ -387,8 +388,8 @@ class KaggleBackend(Backend):
         guess = estimate.estimate(job.document(), history(self), self.width(job, None))
         try:
             left = self.quota(on_event)["gpu_hours_left"]
-        except (Unreachable, KaggleApiError):
-            left = None
+        except (Unreachable, KaggleApiError, CredentialsError) as exc:
+            return f"{guess.sentence(None)}; the quota could not be read ({exc})"
         return guess.sentence(left)
 
     def quota(self, on_event: OnEvent) -> dict:
