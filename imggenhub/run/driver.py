@@ -168,7 +168,7 @@ def _drive(impl: backends.Backend, group: _Group, command: str, deadline: Deadli
     slots = deadline if deadline.at is not None else Deadline(tunables, tunables.gpu_wait_total)
     members = group.members
     while True:
-        waiting, blocked, steps = [], [], []
+        waiting, blocked, moved = [], [], False
         for i, member in enumerate(members):
             step = group.step(command, member)
             if step is None:
@@ -176,18 +176,14 @@ def _drive(impl: backends.Backend, group: _Group, command: str, deadline: Deadli
             if step == Step.WAIT:
                 waiting.append(i)
                 continue
-            steps.append((i, step))
-
-        def take(i: int, step: Step) -> bool:
-            """One member's step (its record in ``members``); True: it moved."""
-            member = members[i]
             say = group.say(member)
+            impl.bound(deadline.left())
             try:
                 with group.lock(member):
                     members[i] = _take(impl, step, runs.reload(member), say)
                 if step == Step.CANCEL:
                     group.cancelled.add(member.run_id)
-                return True
+                moved = True
             except NoFreeSlot as exc:
                 members[i] = runs.reload(member)
                 blocked.append((i, str(exc)))
@@ -197,17 +193,12 @@ def _drive(impl: backends.Backend, group: _Group, command: str, deadline: Deadli
                 members[i] = runs.reload(member)
                 if step == Step.KEEP:  # home; resume may push a shard again next
                     group.kept.add(member.run_id)
-                    return True
-                group.stops[member.run_id] = exc
+                    moved = True
+                else:
+                    group.stops[member.run_id] = exc
             except ImggenhubError as exc:
                 members[i] = runs.reload(member)
                 group.stops[member.run_id] = exc
-            return False
-
-        moved = False
-        for i, step in steps:
-            impl.bound(deadline.left())
-            moved = take(i, step) or moved
         if moved:
             continue
         if waiting:
@@ -281,9 +272,6 @@ def _sum_up(parent: Run, shards: list[Run]) -> Run:
 def _verdict(run: Run, group: _Group, command: str) -> Run:
     """The run's exit: what stopped a member this time first (5, 6...), then a failure,
     then a state with nothing to do yet, else done."""
-    for member in group.members:  # the first member's stop, whichever thread ended first
-        if member.run_id in group.stops:
-            raise group.stops[member.run_id]
     for exc in group.stops.values():
         raise exc
     if command == "cancel" and all(

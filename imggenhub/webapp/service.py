@@ -210,22 +210,7 @@ class Runner:
             watch.say(line)
         with self.lock:
             self.watches[run.run_id] = watch
-        threading.Thread(target=self._follow, args=(run, watch, targets), daemon=True,
-                         name=f"imggenhub-app-{run.run_id}").start()
-        return watch
-
-    @staticmethod
-    def _follow(run, watch: Watch, targets) -> None:
-        from ..run import jobs
-
-        try:
-            jobs.advance(run, "generate", watch.say, notify=targets)
-        except ImggenhubError as exc:
-            watch.error = str(exc)
-        except Exception as exc:  # noqa: BLE001 - said on the page, never a dead thread
-            watch.error = f"{type(exc).__name__}: {exc}"
-        finally:
-            watch.done = True
+        return _on_thread(watch, lambda: jobs.advance(run, "generate", watch.say, notify=targets))
 
     def command(self, run_id: str, command: str) -> Watch:
         """``resume``, ``download`` or ``cancel`` a recorded run, as the commands do, on a
@@ -243,25 +228,29 @@ class Runner:
                                 "for it to end (its status says when).")
             self.watches[run.run_id] = watch
 
-        def act():
-            try:
-                if command == "cancel":
-                    jobs.cancel(run.run_id, watch.say)
-                else:
-                    jobs.command_on(run.run_id, command, watch.say)
-            except ImggenhubError as exc:
-                watch.error = str(exc)
-            except Exception as exc:  # noqa: BLE001 - said on the page
-                watch.error = f"{type(exc).__name__}: {exc}"
-            finally:
-                watch.done = True
-
-        threading.Thread(target=act, daemon=True, name=f"imggenhub-app-{command}").start()
-        return watch
+        if command == "cancel":
+            return _on_thread(watch, lambda: jobs.cancel(run.run_id, watch.say))
+        return _on_thread(watch, lambda: jobs.command_on(run.run_id, command, watch.say))
 
     def watch(self, run_id: str) -> Watch | None:
         with self.lock:
             return self.watches.get(run_id)
+
+
+def _on_thread(watch: Watch, work) -> Watch:
+    """``work()`` on a thread of its own; its end (an error's sentence) into ``watch``."""
+    def run() -> None:
+        try:
+            work()
+        except ImggenhubError as exc:
+            watch.error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - said on the page, never a dead thread
+            watch.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            watch.done = True
+
+    threading.Thread(target=run, daemon=True, name=f"imggenhub-app-{watch.run_id}").start()
+    return watch
 
 
 def pace(lines: list[str]) -> str | None:
