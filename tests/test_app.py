@@ -242,6 +242,9 @@ def test_a_mask_drawn_with_the_mouse_is_the_mask_the_engine_gets(app_url, page, 
     page.mouse.move(cx + 60, cy + 100, steps=5)
     page.mouse.move(cx + 60, cy - 100, steps=20)
     page.mouse.up()
+    # the editor hands its picture and strokes to the page's state after a pause of its own
+    # (a fresh clone's run once sent the form before it): the picture must be in the form
+    page.wait_for_timeout(1500)
     page.fill("#prompts textarea", "a green circle at the bottom right on a white background")
     page.fill("#seed input, #seed textarea", "3")
     page.fill("#strength input[type=number]", "1")
