@@ -77,6 +77,15 @@ def test_a_drawn_layer_becomes_a_mask_of_the_pictures_size():
     mask = np.asarray(Image.open(service.mask_from_layers([layer], (64, 64))))
     assert mask.shape == (64, 64) and mask[:, :18].min() == 255 and mask[:, 22:].max() == 0
     assert service.mask_from_layers([np.zeros((32, 32, 4), np.uint8)], (64, 64)) is None
+    # the note under the editor says what Run would send
+    picture = np.zeros((32, 48, 3), np.uint8)
+    assert service.describe_picture(None).startswith("No picture")
+    said = service.describe_picture({"background": picture, "layers": [np.zeros((32, 48, 4))]})
+    assert "48 x 32 picture, nothing painted" in said
+    layer = np.zeros((32, 48, 4), np.uint8)
+    layer[:, :12, 3] = 255
+    assert "25% of it painted" in service.describe_picture({"background": picture,
+                                                            "layers": [layer]})
 
 
 # --- the page, in a browser -----------------------------------------------------------
@@ -230,10 +239,19 @@ def test_a_mask_drawn_with_the_mouse_is_the_mask_the_engine_gets(app_url, page, 
     shapes.draw(shapes.Scene("red", "circle", "small", "top left")).save(picture)
     page.goto(app_url, wait_until="domcontentloaded")
     page.wait_for_selector("#prompts textarea", timeout=60_000)
+    # the editor's canvas is ready once it shows its zoom: a file given before that is lost
+    # (a fresh clone's run once waited on it for good)
+    zoom = "document.querySelector('#picture').innerText.match(/(\\d+)%/)"
+    page.wait_for_function(f"{zoom} !== null", timeout=60_000)
+    empty_zoom = page.evaluate(f"{zoom}[1]")
     page.locator("#picture input[type=file]").first.set_input_files(str(picture))
-    page.wait_for_function("!document.querySelector('#picture').innerText.includes('36%')",
-                           timeout=30_000)  # the picture is on the canvas, zoomed to fit
-    time.sleep(0.5)
+    # the page's note under the editor is the server's reading of the editor's value: it
+    # changes only once the editor has handed over what Run will send
+    note = "document.querySelector('#picture-note textarea').value"
+    page.wait_for_function(f"{note}.includes('64 x 64 picture, nothing painted')",
+                           timeout=120_000)
+    page.wait_for_function(f"{zoom} && {zoom}[1] !== {empty_zoom!r}",
+                           timeout=60_000)  # and the canvas has it, zoomed to fit
     box = page.locator("#picture canvas").first.bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
     page.mouse.move(cx + 100, cy - 100)  # down the right side of the picture and back
@@ -242,9 +260,7 @@ def test_a_mask_drawn_with_the_mouse_is_the_mask_the_engine_gets(app_url, page, 
     page.mouse.move(cx + 60, cy + 100, steps=5)
     page.mouse.move(cx + 60, cy - 100, steps=20)
     page.mouse.up()
-    # the editor hands its picture and strokes to the page's state after a pause of its own
-    # (a fresh clone's run once sent the form before it): the picture must be in the form
-    page.wait_for_timeout(1500)
+    page.wait_for_function(f"{note}.includes('% of it painted')", timeout=120_000)
     page.fill("#prompts textarea", "a green circle at the bottom right on a white background")
     page.fill("#seed input, #seed textarea", "3")
     page.fill("#strength input[type=number]", "1")

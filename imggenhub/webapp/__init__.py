@@ -98,6 +98,9 @@ def build():
                             type="numpy", sources=["upload"], layers=False, elem_id="picture",
                             brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=16),
                             eraser=gr.Eraser(default_size=16))
+                        picture_note = gr.Textbox(
+                            service.describe_picture(None), show_label=False, container=False,
+                            interactive=False, elem_id="picture-note")
                         strength = gr.Slider(0.05, 1.0, value=0.75, step=0.05, label="Strength",
                                              elem_id="strength")
                 with gr.Row():
@@ -265,6 +268,9 @@ def build():
                    "guidance": guidance, "seed": seed, "num_images": num_images,
                    "scheduler": scheduler, "loras": loras, "sweeps": sweeps, "notify": notify,
                    "strength": strength}[name] for name in HINTED]
+        for handed_over in (picture.upload, picture.change):
+            handed_over(service.describe_picture, [picture], [picture_note],
+                        show_progress="hidden", trigger_mode="always_last")
         run_button.click(start, fields, [current, status, made, *hinted])
         estimate_button.click(priced, fields, [status, *hinted])
         timer = gr.Timer(TICK)

@@ -92,12 +92,9 @@ def _store(picture) -> str:
     return str(target)
 
 
-def mask_from_layers(layers, size: tuple[int, int]) -> str | None:
-    """The strokes drawn over the picture (the editor's layers, RGBA arrays) as a mask:
-    white where anything was drawn, black elsewhere, the picture's size; None when nothing
-    was drawn."""
+def _drawn(layers):
+    """Where anything was drawn on the editor's layers (RGBA arrays), or None."""
     import numpy as np
-    from PIL import Image
 
     drawn = None
     for layer in layers or []:
@@ -108,12 +105,39 @@ def mask_from_layers(layers, size: tuple[int, int]) -> str | None:
             continue
         alpha = array[:, :, 3] > 0
         drawn = alpha if drawn is None else (drawn | alpha)
-    if drawn is None or not drawn.any():
+    return drawn if drawn is not None and drawn.any() else None
+
+
+def mask_from_layers(layers, size: tuple[int, int]) -> str | None:
+    """The strokes drawn over the picture (the editor's layers, RGBA arrays) as a mask:
+    white where anything was drawn, black elsewhere, the picture's size; None when nothing
+    was drawn."""
+    import numpy as np
+    from PIL import Image
+
+    drawn = _drawn(layers)
+    if drawn is None:
         return None
     mask = Image.fromarray(np.where(drawn, 255, 0).astype(np.uint8), mode="L")
     if mask.size != tuple(size):
         mask = mask.resize(tuple(size), Image.NEAREST)
     return _store(mask)
+
+
+def describe_picture(value) -> str:
+    """The editor's value in one line, as the page has it now: the picture's size and how
+    much of it is painted to redraw (what Run will send)."""
+    import numpy as np
+
+    if not value or value.get("background") is None:
+        return "No picture: the prompts are drawn from nothing."
+    height, width = np.asarray(value["background"]).shape[:2]
+    drawn = _drawn(value.get("layers"))
+    if drawn is None:
+        return (f"A {width} x {height} picture, nothing painted: all of it is redrawn "
+                "(image to image, at the strength below).")
+    return (f"A {width} x {height} picture, {drawn.mean():.0%} of it painted: that part is "
+            "redrawn, the rest kept.")
 
 
 @dataclass
