@@ -41,6 +41,16 @@ def pictures(scenes, seed: int):
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
+def foreground(images, factor: int):
+    """Where each picture's shape is (what differs from its corner's colour), at the
+    latents' size (a latent pixel counts if any of its pixels does): N x 1 x H/f x W/f."""
+    import torch
+
+    bg = images[:, :, :1, :1]
+    mask = ((images - bg).abs().sum(dim=1, keepdim=True) > 0.5).float()
+    return torch.nn.functional.max_pool2d(mask, factor)
+
+
 def make_vae():
     from diffusers import AutoencoderKL
 
@@ -67,8 +77,7 @@ def train_vae(images, steps: int, batch: int, seed: int, log, fg_weight: float =
         recon = vae.decode(post.sample(generator=gen)).sample
         # the shape is a small part of the picture: its pixels weigh more, or the colours
         # come back muddy (a plain MSE is won by the background)
-        bg = x[:, :, :1, :1]
-        weight = 1.0 + fg_weight * ((x - bg).abs().sum(dim=1, keepdim=True) > 0.5).float()
+        weight = 1.0 + fg_weight * foreground(x, 1)
         loss = (weight * (recon - x) ** 2).mean() + 1e-6 * post.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -134,7 +143,7 @@ def train_unet(latents, spread, ids, tokenizer, steps: int, batch: int, seed: in
                text_width: int, text_layers: int, log, drop: float = 0.1, lr: float = 1e-3,
                ema: float = 0.0, snr_gamma: float = 0.0, word_drop: float = 0.0,
                attention: str = "8,4", only_cross: bool = False, fused: bool = False,
-               t_power: float = 1.0):
+               t_power: float = 1.0, shape_weight=None):
     import torch
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel, compute_snr
@@ -175,12 +184,14 @@ def train_unet(latents, spread, ids, tokenizer, steps: int, batch: int, seed: in
         noisy = noise_sched.add_noise(x0, noise, t)
         context = text(tokens)[0]
         pred = unet(noisy, t, encoder_hidden_states=context).sample
+        error = (pred - noise) ** 2
+        if shape_weight is not None:  # the shape's latent pixels weigh more than the ground's
+            error = error * shape_weight[idx]
+        error = error.mean(dim=(1, 2, 3))
         if snr_gamma:  # min-SNR weighting (diffusers' --snr_gamma): easy steps weigh less
             snr = compute_snr(noise_sched, t)
-            weight = torch.clamp(snr, max=snr_gamma) / snr
-            loss = (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
-        else:
-            loss = torch.nn.functional.mse_loss(pred, noise)
+            error = (torch.clamp(snr, max=snr_gamma) / snr) * error
+        loss = error.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=fused or None)
@@ -240,6 +251,8 @@ def main(argv=None) -> None:
                     help="the UNet's attention blocks attend to the caption only (no self-attention)")
     ap.add_argument("--fused", action="store_true",
                     help="fused AdamW, foreach EMA and gradient norm (fewer calls a step)")
+    ap.add_argument("--shape-loss", type=float, default=0.0,
+                    help="the UNet loss's extra weight on the shape's latent pixels (0: none)")
     ap.add_argument("--t-power", type=float, default=1.0,
                     help="timesteps drawn with density ~ t^(p-1) (1: uniform, diffusers' recipe)")
     args = ap.parse_args(argv)
@@ -284,11 +297,15 @@ def main(argv=None) -> None:
     scale = vae.config.scaling_factor
     latents, spread = means * scale, None if spread is None else spread * scale
     log(f"latents {tuple(latents.shape[1:])} ({args.latents}), scaling factor {scale:.3f}")
+    shape_weight = None
+    if args.shape_loss:
+        factor = images.shape[-1] // latents.shape[-1]
+        shape_weight = 1.0 + args.shape_loss * foreground(images, factor)
     unet, text = train_unet(latents, spread, ids, tokenizer, args.unet_steps, args.batch, args.seed + 3,
                             args.width, args.text_width, args.text_layers, log,
                             ema=args.ema, snr_gamma=args.snr_gamma, word_drop=args.word_drop,
                             attention=args.attention, only_cross=args.only_cross, fused=args.fused,
-                            t_power=args.t_power)
+                            t_power=args.t_power, shape_weight=shape_weight)
     t_train = time.monotonic() - t0
     pipe = pipeline(vae, unet, text, tokenizer)
     pipe.set_progress_bar_config(disable=True)
