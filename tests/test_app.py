@@ -146,6 +146,12 @@ def page():
         browser.close()
 
 
+def _read(selector: str, what: str = "innerText") -> str:
+    """A page read for wait_for_function, null-safe: the page mounts its parts one by one,
+    and a throw ends a wait at once."""
+    return f"(document.querySelector({selector!r})?.{what} || '')"
+
+
 def _run_and_wait(page, timeout: float = 300) -> str:
     page.click("#run")
     deadline = time.monotonic() + timeout
@@ -171,12 +177,12 @@ def test_compose_run_watch_browse_compare_and_run_again(app_url, page, cli, tmp_
     page.fill("#seed input, #seed textarea", "3")
     page.fill("#width textarea, #width input", "wide")  # a bad field: its sentence beside it
     page.click("#run")
-    page.wait_for_function("(document.querySelector('#width')?.innerText || '').includes("
+    page.wait_for_function(f"{_read('#width')}.includes("
                            "\"Width 'wide' is not a whole number\")", timeout=WAIT)
     assert "error: Width 'wide'" in page.input_value("#status textarea")
     page.fill("#width textarea, #width input", "")
     page.click("#estimate")  # before a run: its cost, as the backend says it
-    page.wait_for_function("(document.querySelector('#status textarea')?.value || '').includes("
+    page.wait_for_function(f"{_read('#status textarea', 'value')}.includes("
                            "'no GPU hours or dollars counted')", timeout=WAIT)
     status = _run_and_wait(page)
     assert status.endswith("\ndone"), status
@@ -196,10 +202,9 @@ def test_compose_run_watch_browse_compare_and_run_again(app_url, page, cli, tmp_
     theirs = json.loads(out)["run_id"]
     page.get_by_role("tab", name="Runs").click()
     page.click("#refresh")
-    runs_text = "(document.querySelector('#runs')?.innerText || '')"
-    page.wait_for_function(f"{runs_text}.includes({theirs!r})", timeout=WAIT)
+    page.wait_for_function(f"{_read('#runs')}.includes({theirs!r})", timeout=WAIT)
     _choose(page, "#chosen", run_id)  # the page's own run: its text, a picture's settings
-    page.wait_for_function("(document.querySelector('#about textarea')?.value || '').includes("
+    page.wait_for_function(f"{_read('#about textarea', 'value')}.includes("
                            "'downloaded on local; 2 of 2 pictures home')", timeout=WAIT)
     page.wait_for_function("document.querySelectorAll('#browsed img').length >= 2",
                            timeout=WAIT)
@@ -207,11 +212,10 @@ def test_compose_run_watch_browse_compare_and_run_again(app_url, page, cli, tmp_
     page.wait_for_function("document.querySelectorAll('#browsed img').length === 1",
                            timeout=WAIT)
     page.locator("#browsed img").first.click()
-    page.wait_for_function(
-        "(document.querySelector('#settings')?.innerText || '').includes('seed')", timeout=WAIT)
+    page.wait_for_function(f"{_read('#settings')}.includes('seed')", timeout=WAIT)
     assert "a red circle" in page.locator("#settings").inner_text()
     page.click("#again")  # run again with changes: the form holds the run's job
-    page.wait_for_function("(document.querySelector('#prompts textarea')?.value || '').length > 0",
+    page.wait_for_function(f"{_read('#prompts textarea', 'value')}.length > 0",
                            timeout=WAIT)
     assert page.input_value("#prompts textarea") == f"a red circle\n{hostile}"
     assert page.input_value("#seed input, #seed textarea") == "3"
@@ -245,14 +249,13 @@ def test_a_mask_drawn_with_the_mouse_is_the_mask_the_engine_gets(app_url, page, 
     page.wait_for_selector("#prompts textarea", timeout=WAIT)
     # the editor's canvas is ready once it shows its zoom: a file given before that is lost
     # (a fresh clone's run once waited on it for good)
-    # (each read is null-safe: the page mounts its parts one by one, and a throw ends a wait)
-    zoom = "(document.querySelector('#picture')?.innerText || '').match(/(\\d+)%/)"
+    zoom = f"{_read('#picture')}.match(/(\\d+)%/)"
     page.wait_for_function(f"{zoom} !== null", timeout=WAIT)
     empty_zoom = page.evaluate(f"{zoom}[1]")
     page.locator("#picture input[type=file]").first.set_input_files(str(picture))
     # the page's note under the editor is the server's reading of the editor's value: it
     # changes only once the editor has handed over what Run will send
-    note = "(document.querySelector('#picture-note textarea')?.value || '')"
+    note = _read('#picture-note textarea', 'value')
     page.wait_for_function(f"{note}.includes('64 x 64 picture, nothing painted')",
                            timeout=WAIT)
     page.wait_for_function(f"{zoom} && {zoom}[1] !== {empty_zoom!r}",
