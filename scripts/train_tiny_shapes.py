@@ -143,7 +143,7 @@ def train_unet(latents, spread, ids, tokenizer, steps: int, batch: int, seed: in
                text_width: int, text_layers: int, log, drop: float = 0.1, lr: float = 1e-3,
                ema: float = 0.0, snr_gamma: float = 0.0, word_drop: float = 0.0,
                attention: str = "8,4", only_cross: bool = False, fused: bool = False,
-               t_power: float = 1.0, shape_weight=None):
+               t_power: float = 1.0, shape_weight=None, prediction: str = "epsilon"):
     import torch
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel, compute_snr
@@ -152,7 +152,8 @@ def train_unet(latents, spread, ids, tokenizer, steps: int, batch: int, seed: in
     unet, text = make_unet_and_encoder(tokenizer, width, text_width, text_layers, attention,
                                        only_cross)
     noise_sched = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                                beta_schedule="scaled_linear", clip_sample=False)
+                                beta_schedule="scaled_linear", clip_sample=False,
+                                prediction_type=prediction)
     params = [*unet.parameters(), *text.parameters()]
     # fused: AdamW's update, the EMA and the gradients' norm each in a few calls, not a few
     # per tensor (a step here is mostly per-call cost, not arithmetic)
@@ -184,13 +185,17 @@ def train_unet(latents, spread, ids, tokenizer, steps: int, batch: int, seed: in
         noisy = noise_sched.add_noise(x0, noise, t)
         context = text(tokens)[0]
         pred = unet(noisy, t, encoder_hidden_states=context).sample
-        error = (pred - noise) ** 2
+        # v-prediction: at the noisiest steps the target is mostly the picture itself, so
+        # the steps that decide its shape teach the shape (epsilon's target there is the noise)
+        target = noise if prediction == "epsilon" else noise_sched.get_velocity(x0, noise, t)
+        error = (pred - target) ** 2
         if shape_weight is not None:  # the shape's latent pixels weigh more than the ground's
             error = error * shape_weight[idx]
         error = error.mean(dim=(1, 2, 3))
         if snr_gamma:  # min-SNR weighting (diffusers' --snr_gamma): easy steps weigh less
             snr = compute_snr(noise_sched, t)
-            error = (torch.clamp(snr, max=snr_gamma) / snr) * error
+            # (over snr + 1 for v: diffusers' weighting of the same curve)
+            error = torch.clamp(snr, max=snr_gamma) / (snr + (prediction != "epsilon")) * error
         loss = error.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -208,12 +213,12 @@ def train_unet(latents, spread, ids, tokenizer, steps: int, batch: int, seed: in
     return unet, text
 
 
-def pipeline(vae, unet, text, tokenizer):
+def pipeline(vae, unet, text, tokenizer, prediction: str = "epsilon"):
     from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     sched = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_start=0.00085,
                                         beta_end=0.012, beta_schedule="scaled_linear",
-                                        steps_offset=1)
+                                        steps_offset=1, prediction_type=prediction)
     return StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet,
                                    scheduler=sched, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
@@ -255,6 +260,8 @@ def main(argv=None) -> None:
                     help="the UNet loss's extra weight on the shape's latent pixels (0: none)")
     ap.add_argument("--t-power", type=float, default=1.0,
                     help="timesteps drawn with density ~ t^(p-1) (1: uniform, diffusers' recipe)")
+    ap.add_argument("--prediction", choices=("epsilon", "v_prediction"), default="epsilon",
+                    help="what the UNet learns to predict: the noise, or v (diffusers' two)")
     args = ap.parse_args(argv)
 
     import torch
@@ -305,9 +312,10 @@ def main(argv=None) -> None:
                             args.width, args.text_width, args.text_layers, log,
                             ema=args.ema, snr_gamma=args.snr_gamma, word_drop=args.word_drop,
                             attention=args.attention, only_cross=args.only_cross, fused=args.fused,
-                            t_power=args.t_power, shape_weight=shape_weight)
+                            t_power=args.t_power, shape_weight=shape_weight,
+                            prediction=args.prediction)
     t_train = time.monotonic() - t0
-    pipe = pipeline(vae, unet, text, tokenizer)
+    pipe = pipeline(vae, unet, text, tokenizer, args.prediction)
     pipe.set_progress_bar_config(disable=True)
     log(f"trained: VAE {t_vae:.0f}s, all {t_train:.0f}s")
     record = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},

@@ -39,3 +39,19 @@ def test_the_script_trains_a_model_that_draws_the_asked_colour_and_shape(tmp_pat
 
     pipe = StableDiffusionPipeline.from_pretrained(out)  # it loads as any diffusers folder
     assert pipe.tokenizer.tokenize("a red circle") == ["a</w>", "red</w>", "circle</w>"]
+
+
+@pytest.mark.training
+def test_a_v_prediction_model_is_saved_with_a_scheduler_that_predicts_v(tmp_path, monkeypatch):
+    # the option measured in docs/testing.md (not the shipped recipe): a UNet trained on v
+    # saved beside a scheduler that reads its output as noise would draw nothing
+    out = tmp_path / "v"
+    monkeypatch.setattr(sys, "argv", [
+        "train_tiny_shapes.py", "--out", str(out), "--images", "32", "--vae-steps", "2",
+        "--unet-steps", "2", "--eval", "0", "--prediction", "v_prediction"])
+    runpy.run_path(str(REPO / "scripts" / "train_tiny_shapes.py"), run_name="__main__")
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(out)
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert json.loads((out / "training.json").read_text())["args"]["prediction"] == "v_prediction"
