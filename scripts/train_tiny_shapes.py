@@ -148,6 +148,8 @@ def train_unet(latents, spread, ids, tokenizer, steps: int, batch: int, seed: in
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel, compute_snr
 
+    from imggenhub.engine.training import target_of
+
     torch.manual_seed(seed)
     unet, text = make_unet_and_encoder(tokenizer, width, text_width, text_layers, attention,
                                        only_cross)
@@ -187,15 +189,15 @@ def train_unet(latents, spread, ids, tokenizer, steps: int, batch: int, seed: in
         pred = unet(noisy, t, encoder_hidden_states=context).sample
         # v-prediction: at the noisiest steps the target is mostly the picture itself, so
         # the steps that decide its shape teach the shape (epsilon's target there is the noise)
-        target = noise if prediction == "epsilon" else noise_sched.get_velocity(x0, noise, t)
-        error = (pred - target) ** 2
+        error = (pred - target_of(noise_sched, x0, noise, t)) ** 2
         if shape_weight is not None:  # the shape's latent pixels weigh more than the ground's
             error = error * shape_weight[idx]
         error = error.mean(dim=(1, 2, 3))
         if snr_gamma:  # min-SNR weighting (diffusers' --snr_gamma): easy steps weigh less
             snr = compute_snr(noise_sched, t)
             # (over snr + 1 for v: diffusers' weighting of the same curve)
-            error = torch.clamp(snr, max=snr_gamma) / (snr + (prediction != "epsilon")) * error
+            error = (torch.clamp(snr, max=snr_gamma) / (snr if prediction == "epsilon" else snr + 1)
+                     * error)
         loss = error.mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()

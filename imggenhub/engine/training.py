@@ -22,6 +22,14 @@ from .inputs import PictureTooLarge, mounted, open_picture, sha256_of
 from .plan import split
 from .wire import ENGINE_VERSION, PARTS_DIR, WEIGHTS, log
 
+
+def target_of(noise_sched, latents, noise, t):
+    """What the denoiser learns to predict at timesteps ``t``: the noise (epsilon), or v
+    (the noise and the picture mixed by the schedule): diffusers' two objectives."""
+    if noise_sched.config.prediction_type == "epsilon":
+        return noise
+    return noise_sched.get_velocity(latents, noise, t)
+
 METHODS = ("lora", "dreambooth-lora", "textual-inversion")
 LORAS = ("lora", "dreambooth-lora")  # the methods whose product is a LoRA
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the attention projections
@@ -595,7 +603,7 @@ class Trainer:
             if self.xl:
                 pooled = torch.cat([pooled, class_pooled.expand(len(clat), *class_pooled.shape[1:])])
         noisy = self.noise.add_noise(latents, noise, t)
-        target = noise if prediction == "epsilon" else self.noise.get_velocity(latents, noise, t)
+        target = target_of(self.noise, latents, noise, t)
         added = None
         if self.xl:
             added = {"text_embeds": pooled.to(self.device, self.dtype),
