@@ -22,14 +22,6 @@ from .inputs import PictureTooLarge, mounted, open_picture, sha256_of
 from .plan import split
 from .wire import ENGINE_VERSION, PARTS_DIR, WEIGHTS, log
 
-
-def target_of(noise_sched, latents, noise, t):
-    """What the denoiser learns to predict at timesteps ``t``: the noise (epsilon), or v
-    (the noise and the picture mixed by the schedule): diffusers' two objectives."""
-    if noise_sched.config.prediction_type == "epsilon":
-        return noise
-    return noise_sched.get_velocity(latents, noise, t)
-
 METHODS = ("lora", "dreambooth-lora", "textual-inversion")
 LORAS = ("lora", "dreambooth-lora")  # the methods whose product is a LoRA
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")  # the attention projections
@@ -54,6 +46,14 @@ DEFAULTS = {"method": "lora", "steps": 500, "rank": 4, "learning_rate": 1e-4, "r
             "class_steps": 25, "use_8bit_adam": False, "train_text_encoder": False}
 CLASS_DIR = "class_images"
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
+
+
+def target_of(noise_sched, latents, noise, t):
+    """What the denoiser learns to predict at timesteps ``t``: the noise (epsilon), or v
+    (the noise and the picture mixed by the schedule): diffusers' two objectives."""
+    if noise_sched.config.prediction_type == "epsilon":
+        return noise
+    return noise_sched.get_velocity(latents, noise, t)
 
 
 class TrainingDataError(ValueError):
@@ -492,7 +492,6 @@ class Trainer:
             self._load(Path(resume_from))
         s = self.s
         steps, every = int(s["steps"]), int(s["checkpoint_every"] or 0)
-        prediction = self.noise.config.prediction_type
         self.out.mkdir(parents=True, exist_ok=True)
         self._train_mode()
         t0, first = time.monotonic(), self.step
@@ -502,7 +501,7 @@ class Trainer:
             started = time.monotonic()
             accumulate = int(s["gradient_accumulation"])
             # a step of ``accumulate`` batches: each one's gradients added up, then one update
-            loss = sum(self._micro(prediction, accumulate) for _ in range(accumulate))
+            loss = sum(self._micro(accumulate) for _ in range(accumulate))
             if self.world > 1:  # the mean of equal shares' means: the whole batch's mean
                 import torch.distributed as dist
 
@@ -564,7 +563,7 @@ class Trainer:
         self._write_losses()
         return self.finish(self.seconds)
 
-    def _micro(self, prediction: str, accumulate: int):
+    def _micro(self, accumulate: int):
         """One batch drawn from the generator, this process's share of it forward and
         backward (its loss divided by ``accumulate``); returns that loss, detached."""
         import torch
