@@ -34,9 +34,13 @@ SIZES = {"small": 0.55, "": 1.0, "large": 1.4}  # the word (none: medium) -> sca
 RADIUS = 11  # a medium shape's half width, in pixels
 PLACES = {"": (0.5, 0.5), "top left": (0.28, 0.28), "top right": (0.72, 0.28),
           "bottom left": (0.28, 0.72), "bottom right": (0.72, 0.72)}
-# one per colour, each shape twice: every colour and shape is still seen with the others
-HELD_OUT = frozenset({("red", "triangle"), ("orange", "triangle"), ("green", "square"),
-                      ("yellow", "square"), ("blue", "circle"), ("purple", "circle")})
+# one per colour, each shape twice, with colours far apart on the hue circle (red and green
+# circles, orange and blue squares, yellow and purple triangles): every colour and shape is
+# still seen with the others, and each held-out colour's neighbours are seen in its shape.
+# (Holding a shape out with two neighbouring colours, blue and purple circles, teaches that
+# "bluish things are never round", a pattern of the data, not a failure to compose.)
+HELD_OUT = frozenset({("red", "circle"), ("green", "circle"), ("orange", "square"),
+                      ("blue", "square"), ("yellow", "triangle"), ("purple", "triangle")})
 
 
 @dataclass(frozen=True)
@@ -72,9 +76,10 @@ def scenes(rng: random.Random, n: int, held_out: bool = False) -> list[Scene]:
     return out
 
 
-def draw(scene: Scene, rng: random.Random | None = None, size: int = SIZE):
+def draw(scene: Scene, rng: random.Random | None = None, size: int = SIZE, fill=None):
     """The scene as a ``size`` x ``size`` RGB picture (drawn at 4x, then scaled down: smooth
-    edges); ``rng`` jitters its place and size a little."""
+    edges); ``rng`` jitters its place and size a little; ``fill`` (an RGB triple) paints the
+    shape in another colour than its caption's."""
     from PIL import Image, ImageDraw
 
     k = 4
@@ -85,7 +90,7 @@ def draw(scene: Scene, rng: random.Random | None = None, size: int = SIZE):
     r = RADIUS * SIZES[scene.size] * (1 + jitter(0.1)) * k * size / SIZE
     img = Image.new("RGB", (big, big), BACKGROUNDS[scene.background])
     pen = ImageDraw.Draw(img)
-    fill = COLOURS[scene.colour] if scene.colour in COLOURS else NEW_COLOURS[scene.colour]
+    fill = fill or (COLOURS[scene.colour] if scene.colour in COLOURS else NEW_COLOURS[scene.colour])
     if scene.shape == "circle":
         pen.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
     elif scene.shape == "square":
@@ -179,20 +184,17 @@ _PROTOTYPES: dict | None = None
 
 
 def _prototypes() -> dict:
-    """Each shape's features, measured on drawn shapes of every size (the checker
-    calibrates itself on the data's own drawing)."""
+    """Each shape's features at each size, measured on drawn shapes (the checker calibrates
+    itself on the data's own drawing; one mean over the sizes read a small circle, a few
+    pixels across, as a square about once in 60)."""
     global _PROTOTYPES
     if _PROTOTYPES is None:
         import numpy as np
 
-        found = {}
-        for shape in SHAPES:
-            feats = []
-            for size in SIZES:
-                pic = np.asarray(draw(Scene("red", shape, size)), dtype=float)
-                feats.append(_features(np.abs(pic - 255).sum(axis=2) > 120))
-            found[shape] = np.mean(feats, axis=0)
-        _PROTOTYPES = found
+        _PROTOTYPES = {
+            (shape, size): _features(np.abs(np.asarray(draw(Scene("red", shape, size)),
+                                                       dtype=float) - 255).sum(axis=2) > 120)
+            for shape in SHAPES for size in SIZES}
     return _PROTOTYPES
 
 
@@ -219,7 +221,7 @@ def read(picture, palette: dict | None = None) -> Reading:
     colour = min(palette, key=lambda k: min(abs(_hue(palette[k]) - hue),
                                             1 - abs(_hue(palette[k]) - hue)))
     feats = _features(mask)
-    shape = min(SHAPES, key=lambda s: float(np.abs(_prototypes()[s] - feats).sum()))
+    shape = min(_prototypes().items(), key=lambda kv: float(np.abs(kv[1] - feats).sum()))[0][0]
     return Reading(colour, shape, background, pixels)
 
 

@@ -103,17 +103,20 @@ def test_at_low_strength_the_picture_stays_at_full_strength_the_prompt_wins(tmp_
     """tiny-shapes, from a drawn red triangle on white, asked for a blue square: at strength
     0.05 (one denoising step) every picture is still a red triangle (read back by the shapes
     checker) and near the init picture pixel by pixel; at 1.0, where the start is noise, they
-    show a blue square. (At 0.1 the triangle holds but turns orange: a red triangle is one of
-    the pairs held out of training, never drawn. From a circle the read drifts to a square
-    even at 0.05 when the prompt asks for one: at 64 px the two differ by a few corner
-    pixels, and one denoising step fills them.)"""
+    show a blue square (a pair held out of training). The low strength runs without
+    classifier-free guidance: guidance scales the prompt's pull at every step, the last too,
+    and at one step from the least noise 16 of 16 pictures stay a red triangle at guidance 1
+    (5 off on 0-255), 6 of 16 at guidance 2 (8 off) and none at 4 (16 off; the previous
+    model: 16, 16 and 0, 3 to 5 off). From a circle the read drifts to a square even at 0.05
+    when the prompt asks for one: at 64 px the two differ by a few corner pixels, and one
+    denoising step fills them."""
     init = shapes.draw(shapes.Scene("red", "triangle"))
     init.save(tmp_path / "init.png")
     before = np.asarray(init).astype(float)
     seen = {}
-    for strength in (0.05, 1.0):
+    for strength, guidance in ((0.05, 1.0), (1.0, 2.0)):
         seen[strength] = shapes_job(tmp_path, f"s{strength}", "a blue square on a white background",
-                                    num_images=4, guidance=2.0, strength=strength,
+                                    num_images=4, guidance=guidance, strength=strength,
                                     init_image=str(tmp_path / "init.png"))
         for record in seen[strength]:
             assert record["strength"] == strength and record["init_image"] == "init.png"
@@ -132,7 +135,9 @@ def test_at_low_strength_the_picture_stays_at_full_strength_the_prompt_wins(tmp_
 def test_inpainting_draws_the_prompt_inside_the_mask_and_keeps_the_picture_outside(tmp_path):
     """A red circle at the top left on white; the mask is the right half, the prompt a
     green circle at the bottom right: the right half now holds a green shape, and the left
-    half is the init picture (up to the VAE's round trip)."""
+    half is the init picture (up to the VAE's round trip: its disc's pixels are still red,
+    measured 22-25 off on 0-255, and its ground still white, 10-11 off; a ground left white
+    without the disc would be 155 off there, a disc tinted orange 60)."""
     init = shapes.draw(shapes.Scene("red", "circle", "small", "top left"))
     init.save(tmp_path / "init.png")
     mask = np.zeros((64, 64), dtype=np.uint8)
@@ -142,11 +147,14 @@ def test_inpainting_draws_the_prompt_inside_the_mask_and_keeps_the_picture_outsi
                         num_images=3, init_image=str(tmp_path / "init.png"),
                         mask_image=str(tmp_path / "mask.png"))
     before = np.asarray(init).astype(float)
+    disc = (np.abs(before - 255).sum(axis=2) > 120)[:, :28]
     for record in images:
         assert record["mask_image"] == "mask.png" and record["strength"] == 1.0
         left, right = record["pixels"][:, :28], record["pixels"][:, 36:]
-        assert np.abs(left - before[:, :28]).mean() < 12, np.abs(left - before[:, :28]).mean()
-        assert shapes.read(Image.fromarray(left.astype(np.uint8))).colour == "red"
+        kept = shapes.read(Image.fromarray(left.astype(np.uint8)))
+        assert (kept.colour, kept.shape) == ("red", "circle"), kept
+        assert np.abs(left[disc] - before[:, :28][disc]).mean() < 40
+        assert np.abs(left[~disc] - 255).mean() < 20
         inside = shapes.read(Image.fromarray(right.astype(np.uint8)))
         assert inside.colour == "green" and inside.background == "white", inside
         assert np.abs(right - before[:, 36:]).mean() > 10  # something was drawn there

@@ -171,14 +171,16 @@ def test_the_first_line_names_each_model_of_a_model_sweep(emulator, cli, tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.long
-def test_a_guidance_sweep_on_tiny_shapes_draws_held_out_pairs_better_at_higher_guidance(tmp_path):
+def test_a_guidance_sweep_on_tiny_shapes_draws_the_held_out_pairs_at_each_guidance(tmp_path):
     """tiny-shapes, the six colour-shape pairs it never saw in training (large, on white),
-    eight pictures each, swept over guidance 1 (no classifier-free guidance) and 7: the
-    shapes checker reads the asked colour in nearly all of them and the asked shape in more
-    of the guidance-7 pictures (measured: colour 48 and 47 of 48, shape 32 -> 40 of 48;
-    without guidance the held-out circles
-    come out as the shape the model saw with that colour. The benchmark's 400 random
-    held-out prompts: shape 58 % -> 79 %)."""
+    eight pictures each, swept over guidance 1 (no classifier-free guidance) and 7: each
+    cell's pictures are drawn at its guidance (the same seeds give other pictures: at least
+    3.9 apart on 0-255 a pixel, where one guidance twice gives the same picture) and the
+    shapes checker reads the asked colour and shape in nearly all of them (measured: 48 of
+    48 each, at both). The previous model, trained on a held-out design that taught it
+    "bluish things are never round", drew the held-out shape in 32 of 48 without guidance
+    and 40 of 48 at 7; this one draws held-out pairs without guidance too (the benchmark's
+    400 random held-out prompts: shape 92 % at guidance 1, 91 % at 7)."""
     from imggenhub import engine, shapes
 
     asked = [shapes.Scene(colour, shape, size="large") for colour, shape in sorted(shapes.HELD_OUT)]
@@ -189,12 +191,16 @@ def test_a_guidance_sweep_on_tiny_shapes_draws_held_out_pairs_better_at_higher_g
     records = engine.merge_manifest(tmp_path / "o", doc)["images"]
     assert artifacts.verify(tmp_path / "o") == [] and len(records) == 96
     right = {1.0: {"colour": 0, "shape": 0}, 7.0: {"colour": 0, "shape": 0}}
+    pixels = {}
     for record in records:
         scene = asked[record["sweep_of"]]
         assert record["prompt"] == scene.caption and record["guidance"] == record["cell"]["guidance"]
         with Image.open(tmp_path / "o" / record["file"]) as png:
             read = shapes.read(png)
+            pixels[record["guidance"], record["sweep_of"], record["seed"]] = np.asarray(png, dtype=float)
         right[record["guidance"]]["colour"] += read.colour == scene.colour
         right[record["guidance"]]["shape"] += read.shape == scene.shape
-    assert right[1.0]["colour"] >= 45 and right[7.0]["colour"] >= 45, right
-    assert right[7.0]["shape"] >= 36 and right[7.0]["shape"] >= right[1.0]["shape"] + 6, right
+    assert all(right[g][what] >= 44 for g in right for what in ("colour", "shape")), right
+    apart = [np.abs(pixels[7.0, of, seed] - pixels[1.0, of, seed]).mean()
+             for g, of, seed in pixels if g == 1.0]
+    assert len(apart) == 48 and min(apart) > 2, sorted(apart)[:4]

