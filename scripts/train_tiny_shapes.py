@@ -32,21 +32,12 @@ from imggenhub.shapes import MAX_TOKENS, evaluate, word_tokenizer  # noqa: E402
 FOREGROUND_WEIGHT = 3.0  # the VAE's loss on a shape's pixels, over the background's
 
 
-def pictures(scenes, seed: int):
-    """The scenes drawn (jittered), as a float tensor in [-1, 1], N x 3 x 64 x 64."""
-    import numpy as np
-    import torch
-
-    rng = random.Random(seed)
-    arr = np.stack([np.asarray(shapes.draw(s, rng)) for s in scenes])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-
-
-def any_colour_pictures(scenes, seed: int):
-    """The scenes drawn with their shapes in colours at random (any hue; saturation and
-    brightness from a half up), for the VAE: an autoencoder of these pictures, not of the
-    six named colours only, gives back a colour it never saw (what fine-tuning a new colour
-    needs: a VAE of six colours turned cyan to blue)."""
+def pictures(scenes, seed: int, any_colour: bool = False):
+    """The scenes drawn (jittered), as a float tensor in [-1, 1], N x 3 x 64 x 64; with
+    ``any_colour``, their shapes in colours at random (any hue; saturation and brightness
+    from a half up), for the VAE: an autoencoder of these pictures, not of the six named
+    colours only, gives back a colour it never saw (what fine-tuning a new colour needs: a
+    VAE of six colours turned cyan to blue)."""
     import colorsys
 
     import numpy as np
@@ -55,9 +46,17 @@ def any_colour_pictures(scenes, seed: int):
     rng = random.Random(seed)
     arr = []
     for s in scenes:
-        rgb = colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0))
-        arr.append(np.asarray(shapes.draw(s, rng, fill=tuple(round(255 * c) for c in rgb))))
+        fill = None
+        if any_colour:
+            rgb = colorsys.hsv_to_rgb(rng.random(), rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0))
+            fill = tuple(round(255 * c) for c in rgb)
+        arr.append(np.asarray(shapes.draw(s, rng, fill=fill)))
     return torch.from_numpy(np.stack(arr)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+def as_pixels(out):
+    """Decoded pictures (N x 3 x H x W in [-1, 1]) as uint8 arrays, N x H x W x 3."""
+    return ((out.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
 
 def foreground(images, factor: int):
@@ -101,7 +100,7 @@ def stitched(z, x, gen, share: float):
 
 
 def train_vae(images, steps: int, batch: int, seed: int, log, fg_weight: float = FOREGROUND_WEIGHT,
-              stitch: float = 0.25):
+              stitch: float = 0.0):
     import torch
 
     torch.manual_seed(seed)
@@ -142,8 +141,7 @@ def vae_check(vae, n: int, seed: int) -> tuple[float, float]:
     x = pictures(scenes, seed)
     with torch.no_grad():
         out = vae.decode(vae.encode(x).latent_dist.mean).sample
-    arr = ((out.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-    reads = [(shapes.read(Image.fromarray(a)), s) for s, a in zip(scenes, arr)]
+    reads = [(shapes.read(Image.fromarray(a)), s) for s, a in zip(scenes, as_pixels(out))]
     return (sum(r.colour == s.colour for r, s in reads) / n,
             sum(r.shape == s.shape for r, s in reads) / n)
 
@@ -171,8 +169,7 @@ def vae_cut_check(vae) -> float:
                 half = a.shape[-1] // 2
                 with torch.no_grad():
                     out = vae.decode(torch.cat([a[..., :half], b[..., half:]], -1)).sample
-                pixels = ((out[0].clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0)
-                read = shapes.read(Image.fromarray(pixels[:, :28].numpy()))
+                read = shapes.read(Image.fromarray(as_pixels(out)[0][:, :28]))
                 right += (read.colour, read.shape) == (kept, shape)
                 n += 1
     return right / n
@@ -368,7 +365,7 @@ def main(argv=None) -> None:
         vae = AutoencoderKL.from_pretrained(args.vae_from, subfolder="vae").eval()
     else:
         vae_images = images if args.vae_colours == "named" else torch.cat(
-            [images, any_colour_pictures(scenes, args.seed + 5)])
+            [images, pictures(scenes, args.seed + 5, any_colour=True)])
         vae = train_vae(vae_images, args.vae_steps, args.vae_batch, args.seed + 2, log,
                         args.fg_weight, args.vae_stitch)
     t_vae = time.monotonic() - t0
