@@ -69,7 +69,7 @@ SHARED_WORKER = {
         "test_sweeps.py::test_the_engine_switches_schedulers_between_cells",
         "test_sweeps.py::test_lora_scale_and_refiner_start_sweeps_change_only_their_cells",
         "test_sweeps.py::test_the_engine_loads_each_model_of_a_sweep_once",
-        "test_sweeps.py::test_a_guidance_sweep_on_tiny_shapes_draws_the_held_out_pairs_at_each_guidance",
+        "test_sweeps.py::test_a_guidance_sweep_on_tiny_shapes_reads_better_with_guidance",
         "test_scores.py::test_the_score_is_the_floored_cosine_times_100",
         "test_scores.py::test_score_records_each_image_and_the_mean",
         "test_scores.py::test_score_command_reads_our_pngs_and_a1111s",

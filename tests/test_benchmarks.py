@@ -26,7 +26,7 @@ BENCHMARKS = {
                            "ratio loose/bundled "],
     "shards.py": ["1 kernel:", "2 shards:", "ratio 1 kernel / 2 shards: "],
     "hf_jobs.py": ["1 job :", "2 jobs:", "ratio 1 job / 2 jobs: "],
-    "tiny_shapes.py": ["held-out prompts, guidance 7 (", "training prompts, guidance 7 ("],
+    "tiny_shapes.py": ["held-out prompts, guidance 2 (", "training prompts, guidance 2 ("],
     "flux_t4.py": ["plan for this CPU: memory plan (tiny-flux): cpu", "4 steps at 64 px: ",
                    "ratio measured/planned weights: "],
     "train_tiny.py": ["1 process: ", "; share outside forward, backward and gradient averaging: "],

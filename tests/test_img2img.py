@@ -136,7 +136,7 @@ def test_inpainting_draws_the_prompt_inside_the_mask_and_keeps_the_picture_outsi
     """A red circle at the top left on white; the mask is the right half, the prompt a
     green circle at the bottom right: the right half now holds a green shape, and the left
     half is the init picture (up to the VAE's round trip: its disc's pixels are still red,
-    measured 22-25 off on 0-255, and its ground still white, 10-11 off; a ground left white
+    measured 24 off on 0-255, and its ground still white, 5-6 off; a ground left white
     without the disc would be 155 off there, a disc tinted orange 60)."""
     init = shapes.draw(shapes.Scene("red", "circle", "small", "top left"))
     init.save(tmp_path / "init.png")

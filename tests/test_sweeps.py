@@ -171,26 +171,29 @@ def test_the_first_line_names_each_model_of_a_model_sweep(emulator, cli, tmp_pat
 
 @pytest.mark.slow
 @pytest.mark.long
-def test_a_guidance_sweep_on_tiny_shapes_draws_the_held_out_pairs_at_each_guidance(tmp_path):
-    """tiny-shapes, the six colour-shape pairs it never saw in training (large, on white),
-    eight pictures each, swept over guidance 1 (no classifier-free guidance) and 7: each
-    cell's pictures are drawn at its guidance (the same seeds give other pictures: at least
-    3.9 apart on 0-255 a pixel, where one guidance twice gives the same picture) and the
-    shapes checker reads the asked colour and shape in nearly all of them (measured: 48 of
-    48 each, at both). The previous model, trained on a held-out design that taught it
-    "bluish things are never round", drew the held-out shape in 32 of 48 without guidance
-    and 40 of 48 at 7; this one draws held-out pairs without guidance too (the benchmark's
-    400 random held-out prompts: shape 92 % at guidance 1, 91 % at 7)."""
+@pytest.mark.timeout(1800)  # 800 pictures on one thread: minutes on a busy machine
+def test_a_guidance_sweep_on_tiny_shapes_reads_better_with_guidance(tmp_path):
+    """tiny-shapes, 400 prompts of colour-shape pairs it never saw in training (sizes,
+    places and backgrounds at random), one picture each, swept over guidance 1 (no
+    classifier-free guidance) and 2 (its preset's default): guidance raises the checker's
+    reads. Measured here: shape 94.5 -> 96.8 %, colour 100 % at both; four other draws of
+    400 held-out prompts: 5 to 19 more pictures right at 2. Nearly all misses are small
+    shapes, a few pixels across. Past 2 the reads fall again (at 7, 89.8 % here: large models
+    over-sharpen at high guidance too; benchmarks/tiny_shapes.py prints the curve). Each
+    cell's pictures are drawn at its guidance: the same seeds give other pictures (at least
+    0.68 apart on 0-255 a pixel, where one guidance twice gives the same picture)."""
+    import random
+
     from imggenhub import engine, shapes
 
-    asked = [shapes.Scene(colour, shape, size="large") for colour, shape in sorted(shapes.HELD_OUT)]
-    doc = build_job(parse_settings(model="tiny-shapes", seed=1000, gpu=False, num_images=8,
-                                   batch_size=24, sweep=["guidance=1,7"]),
+    asked = shapes.scenes(random.Random(1000), 400, held_out=True)
+    doc = build_job(parse_settings(model="tiny-shapes", seed=1000, gpu=False, num_images=1,
+                                   batch_size=25, sweep=["guidance=1,2"]),
                     prompts_from_flags([s.caption for s in asked])).document()
     engine.run_worker(doc, tmp_path / "o")
     records = engine.merge_manifest(tmp_path / "o", doc)["images"]
-    assert artifacts.verify(tmp_path / "o") == [] and len(records) == 96
-    right = {1.0: {"colour": 0, "shape": 0}, 7.0: {"colour": 0, "shape": 0}}
+    assert artifacts.verify(tmp_path / "o") == [] and len(records) == 800
+    right = {g: {"colour": 0, "shape": 0} for g in (1.0, 2.0)}
     pixels = {}
     for record in records:
         scene = asked[record["sweep_of"]]
@@ -200,7 +203,8 @@ def test_a_guidance_sweep_on_tiny_shapes_draws_the_held_out_pairs_at_each_guidan
             pixels[record["guidance"], record["sweep_of"], record["seed"]] = np.asarray(png, dtype=float)
         right[record["guidance"]]["colour"] += read.colour == scene.colour
         right[record["guidance"]]["shape"] += read.shape == scene.shape
-    assert all(right[g][what] >= 44 for g in right for what in ("colour", "shape")), right
-    apart = [np.abs(pixels[7.0, of, seed] - pixels[1.0, of, seed]).mean()
+    assert all(right[g]["colour"] >= 390 for g in right), right
+    assert right[2.0]["shape"] >= right[1.0]["shape"] + 5, right  # measured: 9 more of 400
+    apart = [np.abs(pixels[2.0, of, seed] - pixels[1.0, of, seed]).mean()
              for g, of, seed in pixels if g == 1.0]
-    assert len(apart) == 48 and min(apart) > 2, sorted(apart)[:4]
+    assert len(apart) == 400 and min(apart) > 0.5, sorted(apart)[:4]

@@ -280,10 +280,11 @@ def test_the_weights_load_in_plain_diffusers_and_through_the_engine_alike(tmp_pa
             pipe.load_lora_weights(str(made[method].parent), weight_name=made[method].name)
         else:
             pipe.load_textual_inversion(str(made[method]), token="<zq>")
-        return np.asarray(pipe(prompt, num_inference_steps=8, guidance_scale=7.0, height=64, width=64,
+        return np.asarray(pipe(prompt, num_inference_steps=8, guidance_scale=shapes.GUIDANCE,
+                               height=64, width=64,
                                generator=torch.Generator().manual_seed(11)).images[0]).astype(float)
 
-    base = plain(None)
+    base = plain(None)  # the engine's default guidance is the preset's, shapes.GUIDANCE
     for method, flag in (("lora", "lora"), ("textual-inversion", "embedding")):
         job = build_job(parse_settings(model="tiny-shapes", seed=11, gpu=False, steps=8,
                                        **{flag: [f"{made[method]}" + (":<zq>" if flag == "embedding" else "")]}),

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..engine import (TINY_FLUX, TINY_FLUX_FILL, TINY_KANDINSKY, TINY_RANDOM, TINY_SD3, TINY_SDXL, TINY_SDXL_REFINER,
                       TINY_SHAPES)
+from ..shapes import GUIDANCE as TINY_SHAPES_GUIDANCE
 
 DEFAULT_REFINER = "stabilityai/stable-diffusion-xl-refiner-1.0"
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -87,7 +88,7 @@ PRESETS: dict[str, ModelPreset] = {p.name: p for p in [
     ModelPreset("kandinsky-2.2", "kandinsky-community/kandinsky-2-2-decoder", "kandinsky", 512, 512,
                 25, 4.0, variant=None, size_multiple=64,
                 note="prior and decoder through AutoPipeline; sizes are multiples of 64"),
-    ModelPreset("tiny-shapes", TINY_SHAPES, "sd", 64, 64, 20, 7.0, min_size=32, max_size=128,
+    ModelPreset("tiny-shapes", TINY_SHAPES, "sd", 64, 64, 20, TINY_SHAPES_GUIDANCE, min_size=32, max_size=128,
                 size_multiple=16, variant=None,
                 note="tiny SD pipeline trained here on drawn shapes ('a red circle on a white "
                      "background'); ships with imggenhub, runs on this machine"),
