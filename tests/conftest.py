@@ -57,6 +57,7 @@ SHARED_WORKER = {
         "test_training.py::test_textual_inversion_refuses_a_missing_or_known_token",
         "test_training.py::test_gradient_checkpointing_trains_the_same_weights",
         "test_training.py::test_a_v_prediction_model_trains_and_an_unknown_objective_is_refused",
+        "test_train_runs.py::test_a_run_draws_its_own_pictures_as_generate_draws_with_the_model",
     ),
     "torch-b": (
         "test_benchmarks.py::test_benchmark_runs_quick[engine_overhead_sdxl.py]",

@@ -341,6 +341,45 @@ def test_the_model_card_says_what_a_lora_was_trained_on_and_the_flags_that_remak
         assert "--train-text-encoder" not in unet and "--use-8bit-adam" not in unet
 
 
+def test_a_run_draws_its_own_pictures_as_generate_draws_with_the_model(tmp_path):
+    """The pictures a training run draws itself (validation strips, DreamBooth's class
+    pictures) take the model preset's steps and guidance unless given: sdxl-turbo's one step
+    and no guidance (20 steps at guidance 7, the fixed default before, burn a turbo model's
+    pictures), tiny-shapes' 20 steps at 2. A tiny-shapes run's validation picture after one
+    step is, near enough, the base model's picture at 20 steps and guidance 2, not at 7."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from imggenhub.engine import training
+    from imggenhub.engine.tiny import shipped_folder
+    from imggenhub.job.training import build_train_spec
+
+    data = cyan_set(tmp_path / "data")
+    turbo = build_train_spec(data, "sdxl-turbo", resolution=64).training
+    assert (turbo.validation_steps, turbo.class_steps, turbo.validation_guidance) == (1, 1, 0.0)
+    given = build_train_spec(data, "sdxl-turbo", resolution=64, validation_steps=4,
+                             validation_guidance=1.5).training
+    assert (given.validation_steps, given.class_steps, given.validation_guidance) == (4, 1, 1.5)
+
+    prompt = "a red square on a white background"
+    doc = build_train_spec(data, "tiny-shapes", steps=1, seed=1, gpu=False,
+                           validation_prompts=(prompt,)).document()
+    assert (doc["training"]["validation_steps"], doc["training"]["validation_guidance"]) == (
+        20, shapes.GUIDANCE)
+    training.run_job(doc, tmp_path / "run", "cpu", torch.float32)
+    [strip] = (tmp_path / "run" / training.VALIDATION_DIR).iterdir()
+    drawn = np.asarray(Image.open(strip).convert("RGB")).astype(float)
+    pipe = StableDiffusionPipeline.from_pretrained(str(shipped_folder("tiny-shapes")))
+    pipe.set_progress_bar_config(disable=True)
+
+    def base(guidance):
+        return np.asarray(pipe(prompt, num_inference_steps=20, guidance_scale=guidance, height=64,
+                               width=64, generator=torch.Generator().manual_seed(0)).images[0])
+
+    at_2, at_7 = (np.abs(drawn - base(g)).mean() for g in (shapes.GUIDANCE, 7.0))
+    assert at_2 < 1.0 and at_7 > 3.0, (at_2, at_7)  # measured 0.006 and 4.2 on 0-255
+
+
 def test_finished_training_runs_correct_the_next_training_estimate(tmp_path):
     """A training run's sessions on T4s measured 2 s a step where the table says 1: the
     next training estimate of that model doubles its steps' time and says it learned from

@@ -54,6 +54,11 @@ class TrainSettings(BaseModel):
     token: str | None = Field(None, min_length=1, max_length=64)
     initializer: str | None = Field(None, min_length=1, max_length=64)
     validation_prompts: tuple[str, ...] = Field((), max_length=16)
+    # the pictures a run draws itself (validation, DreamBooth's class pictures): the model's
+    # preset's steps and guidance unless given (build_train_spec)
+    validation_steps: int = Field(DEFAULTS["validation_steps"], ge=1, le=1000)
+    validation_guidance: float = Field(DEFAULTS["validation_guidance"], ge=0.0, le=50.0)
+    class_steps: int = Field(DEFAULTS["class_steps"], ge=1, le=1000)
     gradient_checkpointing: bool = False
     gradient_accumulation: int = Field(1, ge=1, le=1024)
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
@@ -126,6 +131,11 @@ def build_train_spec(images: Path, model: str, instance_prompt: str | None = Non
     given = {k: v for k, v in settings.items() if v is not None}
     if given.get("resolution") is None and preset.width:
         given["resolution"] = preset.width  # the model's own size (512 for SD 1.5)
+    # the pictures it draws as generate draws them with the model (sdxl-turbo: one step and no
+    # guidance, where 20 steps at guidance 7 burn its pictures)
+    for key, value in (("validation_steps", preset.steps), ("class_steps", preset.steps),
+                       ("validation_guidance", preset.guidance)):
+        given.setdefault(key, value)
     try:
         train = TrainSettings(**given)
     except ValidationError as exc:
