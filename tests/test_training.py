@@ -455,9 +455,10 @@ def test_a_lora_teaches_tiny_shapes_a_colour_it_never_saw(tmp_path):
     """Nine cyan pictures captioned with a new word ("a zq circle ..."), a rank-8 LoRA of 800
     steps: asked for a zq circle, square and triangle, tiny-shapes draws them cyan (read by
     the checker with cyan added to its palette), in shapes it learned before; without the
-    LoRA, the same prompts and seeds give cyan almost never. (Measured: cyan in 24 of 24,
-    the asked shape in 24 of 24, against cyan in 0 of 24 before; 80 s on 1 core. 400 steps,
-    enough for the first tiny-shapes, taught the longer-trained one nothing: 0 of 24.)"""
+    LoRA, the same prompts and seeds give cyan almost never. (Measured at the preset's
+    guidance, 2, and at 7 alike: cyan in 24 of 24, the asked shape in 24 of 24, against cyan
+    in 0 of 24 before; 80 s on 1 core. 400 steps, enough for the first tiny-shapes, taught
+    the longer-trained one nothing: 0 of 24.)"""
     import torch
 
     cyan_set(tmp_path / "data")
@@ -468,7 +469,7 @@ def test_a_lora_teaches_tiny_shapes_a_colour_it_never_saw(tmp_path):
         got = []
         for shape in shapes.SHAPES:
             prompt = f"a {CYAN_WORD} {shape} on a white background"
-            images = pipe([prompt] * 8, num_inference_steps=20, guidance_scale=7.0, height=64, width=64,
+            images = pipe([prompt] * 8, num_inference_steps=20, guidance_scale=shapes.GUIDANCE, height=64, width=64,
                           generator=[torch.Generator().manual_seed(i) for i in range(8)]).images
             got += [(shapes.read(img, palette), shape) for img in images]
         return got
@@ -543,7 +544,7 @@ def test_an_embedding_teaches_tiny_shapes_a_new_word_for_a_colour_it_draws(tmp_p
     """Nine purple pictures captioned with a new token ("a <zq> circle ..."), an embedding
     started from the word "green", 200 steps: asked for a <zq> circle, square and triangle,
     tiny-shapes draws them green before and purple after (measured: purple in 0 -> 24 of
-    24). An embedding only steers the text side: it cannot teach a colour the UNet never
+    24, at guidance 2 and at 7 alike). An embedding only steers the text side: it cannot teach a colour the UNet never
     drew (the same with cyan: blue in 24 of 24, before and after)."""
     import torch
 
@@ -558,7 +559,7 @@ def test_an_embedding_teaches_tiny_shapes_a_new_word_for_a_colour_it_draws(tmp_p
         got = []
         for shape in shapes.SHAPES:
             images = pipe([f"a <zq> {shape} on a white background"] * 8, num_inference_steps=20,
-                          guidance_scale=7.0, height=64, width=64,
+                          guidance_scale=shapes.GUIDANCE, height=64, width=64,
                           generator=[torch.Generator().manual_seed(i) for i in range(8)]).images
             got += [shapes.read(img).colour for img in images]
         return got
@@ -574,14 +575,13 @@ def test_an_embedding_teaches_tiny_shapes_a_new_word_for_a_colour_it_draws(tmp_p
 def test_prior_preservation_keeps_the_class_as_the_model_drew_it(tmp_path):
     """DreamBooth on nine cyan circles under "a zq circle on a white background" (rank 8, 400
     steps): without prior preservation the class prompt "a circle on a white background"
-    drifts towards the instance (its pictures lose the colour the model drew for that seed
-    before: green, the named colour nearest cyan, in every seed); with it (16 class pictures
-    drawn first from that prompt) the class keeps the colours the model drew before, seed by
-    seed. The instance is learned, fully without prior preservation (cyan) and partly with
-    it: the zq circle turns from the class's red to green or cyan, and at this budget not
-    all the way. (Measured on 12 seeds: the base's colour kept in 0 of 12 without, 9 of 12
-    with; the zq circle cyan in 12 of 12 without, green in 9 and blue in 3 with; at 800
-    steps the same, green in 11 and blue in 1.)"""
+    drifts to the instance (cyan or green, the named colour nearest, in every seed); with it
+    (16 class pictures drawn first from that prompt, at the preset's guidance as `imggenhub
+    train` draws them) the class keeps the model's own colours, yellow and orange, seed by
+    seed the same colour in 5 of 12 (none without). The instance is learned either way: the
+    zq circle cyan in 11 of 12 without, 12 of 12 with. (Measured at guidance 2; read and
+    drawn at 7, where the model draws that class red, the zq circle with prior preservation
+    stopped at green and blue, and 9 of 12 kept their colour.)"""
     import random
 
     import torch
@@ -595,7 +595,7 @@ def test_prior_preservation_keeps_the_class_as_the_model_drew_it(tmp_path):
     seeds = range(12)
 
     def colours(pipe, prompt):
-        images = pipe([prompt] * len(seeds), num_inference_steps=20, guidance_scale=7.0, height=64,
+        images = pipe([prompt] * len(seeds), num_inference_steps=20, guidance_scale=shapes.GUIDANCE, height=64,
                       width=64, generator=[torch.Generator().manual_seed(i) for i in seeds]).images
         return [shapes.read(image, palette).colour for image in images]
 
@@ -607,16 +607,20 @@ def test_prior_preservation_keeps_the_class_as_the_model_drew_it(tmp_path):
         settings = {"method": "dreambooth-lora", "rank": 8, "learning_rate": 1e-3, "steps": 400,
                     "batch_size": 4, "resolution": 64, "name": "zq"}
         if prior:
-            settings.update(class_prompt=cls, class_images=16, class_steps=20)
+            # drawn as `imggenhub train` draws them: at the preset's steps and guidance
+            settings.update(class_prompt=cls, class_images=16, class_steps=20,
+                            validation_guidance=shapes.GUIDANCE)
         examples = training.read_examples(tmp_path / "data", instance_prompt=instance)
         training.Trainer(pipe, examples, settings, tmp_path / f"prior-{prior}").run()
         got[prior] = (colours(pipe, instance), colours(pipe, cls))
+    bluish = ("cyan", "green", "blue")  # the instance's colour and its neighbours
     kept = {p: sum(a == b for a, b in zip(before, got[p][1])) for p in got}
-    towards = {p: sum(c in ("cyan", "green", "blue") for c in got[p][0]) for p in got}
-    said = (before, got, kept, towards)
-    assert sum(c in ("cyan", "green", "blue") for c in before) <= 3, said
-    assert kept[False] <= 3 and kept[True] >= 6, said
-    assert sum(c == "cyan" for c in got[False][0]) >= 9 and towards[True] >= 9, said
+    drifted = {p: sum(c in bluish for c in got[p][1]) for p in got}
+    said = (before, got, kept, drifted)
+    assert sum(c in bluish for c in before) <= 3, said  # measured 0
+    assert drifted[False] >= 9 and drifted[True] <= 3, said  # measured 12 and 0
+    assert kept[True] >= kept[False] + 3, said  # measured 5 and 0
+    assert all(sum(c == "cyan" for c in got[p][0]) >= 9 for p in got), said  # 11 and 12
 
 
 @pytest.mark.training
