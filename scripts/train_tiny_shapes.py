@@ -414,7 +414,8 @@ def main(argv=None) -> None:
         for held in (True, False):
             got = evaluate(pipe, args.eval, args.seed + 100, held_out=held)
             record["held-out" if held else "training"] = got
-            log(f"{'held-out' if held else 'training'} prompts, {got['n']} pictures: colour "
+            log(f"{'held-out' if held else 'training'} prompts, {got['n']} pictures at guidance "
+                f"{got['guidance']:g}: colour "
                 f"{got['colour']:.0%}, shape {got['shape']:.0%}")
     if args.out:  # how it was made, beside it
         (Path(args.out) / "training.json").write_text(json.dumps(record, indent=1) + "\n",

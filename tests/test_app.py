@@ -219,7 +219,11 @@ def test_compose_run_watch_browse_compare_and_run_again(app_url, page, cli, tmp_
                            timeout=WAIT)
     assert page.input_value("#prompts textarea") == f"a red circle\n{hostile}"
     assert page.input_value("#seed input, #seed textarea") == "3"
+    # the same answer selects the Compose tab: on a busy machine the page can apply that
+    # after the form's values, so wait for it before leaving for Compare
+    page.get_by_role("tab", name="Compose", selected=True).wait_for(timeout=WAIT)
     page.get_by_role("tab", name="Compare").click()
+    page.wait_for_selector("#left input", state="visible", timeout=WAIT)
     _choose(page, "#left", run_id)
     _choose(page, "#right", theirs)
     page.wait_for_function("document.querySelectorAll('#left-pictures img').length >= 2 && "

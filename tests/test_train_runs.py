@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from imggenhub import engine, shapes
+from imggenhub.errors import SpecError
 from imggenhub.run import trained
 
 TRAIN = ["train", "--backend", "local", "--model", "tiny-shapes", "--no-gpu", "--steps", "6",
@@ -360,6 +361,9 @@ def test_a_run_draws_its_own_pictures_as_generate_draws_with_the_model(tmp_path)
     given = build_train_spec(data, "sdxl-turbo", resolution=64, validation_steps=4,
                              validation_guidance=1.5).training
     assert (given.validation_steps, given.class_steps, given.validation_guidance) == (4, 1, 1.5)
+    with pytest.raises(SpecError, match=r"^the validation pictures' steps: input should be less "
+                                        r"than or equal to 500 \(got 501\)\.$"):
+        build_train_spec(data, "sdxl-turbo", resolution=64, validation_steps=501)
 
     prompt = "a red square on a white background"
     doc = build_train_spec(data, "tiny-shapes", steps=1, seed=1, gpu=False,

@@ -15,7 +15,9 @@ from PIL import Image
 from imggenhub import engine, shapes
 from imggenhub.engine import training
 from imggenhub.job.resolve import build_job
+from imggenhub.job.models import resolve_model
 from imggenhub.job.spec import parse_settings, prompts_from_flags
+from imggenhub.job.training import drawing_defaults
 
 CYAN_WORD = "zq"  # a word tiny-shapes never saw; its pictures are cyan, a colour it never drew
 
@@ -608,8 +610,8 @@ def test_prior_preservation_keeps_the_class_as_the_model_drew_it(tmp_path):
                     "batch_size": 4, "resolution": 64, "name": "zq"}
         if prior:
             # drawn as `imggenhub train` draws them: at the preset's steps and guidance
-            settings.update(class_prompt=cls, class_images=16, class_steps=20,
-                            validation_guidance=shapes.GUIDANCE)
+            settings.update(class_prompt=cls, class_images=16,
+                            **drawing_defaults(resolve_model("tiny-shapes")))
         examples = training.read_examples(tmp_path / "data", instance_prompt=instance)
         training.Trainer(pipe, examples, settings, tmp_path / f"prior-{prior}").run()
         got[prior] = (colours(pipe, instance), colours(pipe, cls))

@@ -16,7 +16,7 @@ from ..engine import WEIGHTS, sha256_of
 from ..engine.training import DEFAULTS, METHODS, TrainingDataError, check_examples, read_examples
 from ..errors import SpecError
 from .models import resolve_model
-from .spec import SEED_MAX, Precision
+from .spec import SEED_MAX, Guidance, Precision, Steps
 
 MAX_EXAMPLES = 10_000
 MAX_STEPS = 1_000_000
@@ -54,11 +54,12 @@ class TrainSettings(BaseModel):
     token: str | None = Field(None, min_length=1, max_length=64)
     initializer: str | None = Field(None, min_length=1, max_length=64)
     validation_prompts: tuple[str, ...] = Field((), max_length=16)
-    # the pictures a run draws itself (validation, DreamBooth's class pictures): the model's
-    # preset's steps and guidance unless given (build_train_spec)
-    validation_steps: int = Field(DEFAULTS["validation_steps"], ge=1, le=1000)
-    validation_guidance: float = Field(DEFAULTS["validation_guidance"], ge=0.0, le=50.0)
-    class_steps: int = Field(DEFAULTS["class_steps"], ge=1, le=1000)
+    # the pictures a run draws itself (validation, DreamBooth's class pictures; the class
+    # pictures at the validation guidance): build_train_spec gives the model preset's steps
+    # and guidance (drawing_defaults) unless given; the engine's defaults otherwise
+    validation_steps: Steps = DEFAULTS["validation_steps"]
+    validation_guidance: Guidance = DEFAULTS["validation_guidance"]
+    class_steps: Steps = DEFAULTS["class_steps"]
     gradient_checkpointing: bool = False
     gradient_accumulation: int = Field(1, ge=1, le=1024)
     lr_scheduler: Literal["constant", "constant_with_warmup", "linear", "cosine"] = "constant"
@@ -116,6 +117,14 @@ class TrainSpec(BaseModel):
                 f"{self.model['id']}")
 
 
+def drawing_defaults(preset) -> dict:
+    """How a run draws its own pictures (validation, DreamBooth's class pictures): as
+    ``generate`` draws with the model, at its preset's steps and guidance (sdxl-turbo: one
+    step and no guidance, where 20 steps at 7 burn its pictures)."""
+    return {"validation_steps": preset.steps, "class_steps": preset.steps,
+            "validation_guidance": preset.guidance}
+
+
 def build_train_spec(images: Path, model: str, instance_prompt: str | None = None,
                      precision: str = "auto", gpu: bool = True, **settings) -> TrainSpec:
     """The training job of the flags: the model resolved, the settings checked, the pictures
@@ -131,17 +140,18 @@ def build_train_spec(images: Path, model: str, instance_prompt: str | None = Non
     given = {k: v for k, v in settings.items() if v is not None}
     if given.get("resolution") is None and preset.width:
         given["resolution"] = preset.width  # the model's own size (512 for SD 1.5)
-    # the pictures it draws as generate draws them with the model (sdxl-turbo: one step and no
-    # guidance, where 20 steps at guidance 7 burn its pictures)
-    for key, value in (("validation_steps", preset.steps), ("class_steps", preset.steps),
-                       ("validation_guidance", preset.guidance)):
+    for key, value in drawing_defaults(preset).items():
         given.setdefault(key, value)
     try:
         train = TrainSettings(**given)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         field = str(err["loc"][-1]) if err["loc"] else ""
-        flag = {"validation_prompts": "--validation-prompt"}.get(field, "--" + field.replace("_", "-"))
+        flag = {"validation_prompts": "--validation-prompt",  # the next three have no flags
+                "validation_steps": "the validation pictures' steps",
+                "class_steps": "the class pictures' steps",
+                "validation_guidance": "the validation pictures' guidance"}.get(
+            field, "--" + field.replace("_", "-"))
         msg = err["msg"].removeprefix("Value error, ")
         shown = repr(err.get("input"))
         shown = shown if len(shown) <= 60 else shown[:57] + "..."
@@ -182,4 +192,4 @@ def build_train_spec(images: Path, model: str, instance_prompt: str | None = Non
                      examples=examples, precision=precision, gpu=gpu)
 
 
-__all__ = ["METHODS", "TrainSpec", "TrainSettings", "build_train_spec"]
+__all__ = ["METHODS", "TrainSpec", "TrainSettings", "build_train_spec", "drawing_defaults"]

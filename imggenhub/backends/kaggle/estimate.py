@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ...engine import (KAGGLE_T4X2, TINY_FLUX, TINY_FLUX_FILL, TINY_KANDINSKY, TINY_RANDOM, TINY_SD3, TINY_SDXL,
                        WEIGHTS, DoesNotFit, Plan, counted, for_job)
-from ...engine.training import processes_for
+from ...engine.training import DEFAULTS as TRAINING_DEFAULTS, processes_for
 
 NO_GUIDANCE = 0.55  # a step without classifier-free guidance runs a batch of 1, not 2
 # family: (reference pixels, seconds per UNet step with guidance on a T4 in fp16)
@@ -79,7 +79,8 @@ def predicted_seconds(doc: dict) -> tuple[float, int]:
         prior = int(settings.get("class_images") or 0) if settings.get("class_prompt") else 0
         if prior:  # the class pictures drawn first, then learned beside the instance's
             gen_pixels, gen_step = T4_STEP[family(doc["model"])]
-            drawn = prior * (gen_step * pixels / gen_pixels * int(settings.get("class_steps") or 25)
+            class_steps = int(settings.get("class_steps") or TRAINING_DEFAULTS["class_steps"])
+            drawn = prior * (gen_step * pixels / gen_pixels * class_steps
                              + DECODE[family(doc["model"])] * pixels / gen_pixels)
             return step * scale * 2 * steps + drawn, steps
         return step * scale * steps, steps
