@@ -18,6 +18,8 @@ from imggenhub import engine, shapes
 from imggenhub.errors import SpecError
 from imggenhub.run import trained
 
+from .test_training import tiny_shapes
+
 TRAIN = ["train", "--backend", "local", "--model", "tiny-shapes", "--no-gpu", "--steps", "6",
          "--rank", "4", "--learning-rate", "2e-2", "--batch-size", "2", "--checkpoint-every", "3",
          "--seed", "5"]
@@ -45,8 +47,6 @@ def test_train_resume_generate_with_the_weights_and_publish_them(cli, tmp_path, 
     card, loss curve and validation pictures arrive byte for byte; publishing again makes no
     commit; a refused token is one sentence; the token is in no file, output or record."""
     import torch
-
-    from imggenhub.engine.tiny import shipped_folder
 
     data = cyan_set(tmp_path / "data")
     code, out, err = cli(*TRAIN, "--images", str(data), "--name", "zq", "--out", str(tmp_path / "t"),
@@ -98,11 +98,8 @@ def test_train_resume_generate_with_the_weights_and_publish_them(cli, tmp_path, 
     record = json.loads((tmp_path / "g" / engine.MANIFEST).read_text())["images"][0]
     ours = np.asarray(Image.open(tmp_path / "g" / record["file"])).astype(float)
 
-    from diffusers import StableDiffusionPipeline
-
     def plain(lora: bool):
-        pipe = StableDiffusionPipeline.from_pretrained(str(shipped_folder("tiny-shapes")))
-        pipe.set_progress_bar_config(disable=True)
+        pipe = tiny_shapes()
         if lora:
             pipe.load_lora_weights(str(weights.parent), weight_name=weights.name)
         return np.asarray(pipe(prompt, num_inference_steps=8, guidance_scale=shapes.GUIDANCE,
@@ -349,10 +346,8 @@ def test_a_run_draws_its_own_pictures_as_generate_draws_with_the_model(tmp_path)
     pictures), tiny-shapes' 20 steps at 2. A tiny-shapes run's validation picture after one
     step is, near enough, the base model's picture at 20 steps and guidance 2, not at 7."""
     import torch
-    from diffusers import StableDiffusionPipeline
 
     from imggenhub.engine import training
-    from imggenhub.engine.tiny import shipped_folder
     from imggenhub.job.training import build_train_spec
 
     data = cyan_set(tmp_path / "data")
@@ -373,8 +368,7 @@ def test_a_run_draws_its_own_pictures_as_generate_draws_with_the_model(tmp_path)
     training.run_job(doc, tmp_path / "run", "cpu", torch.float32)
     [strip] = (tmp_path / "run" / training.VALIDATION_DIR).iterdir()
     drawn = np.asarray(Image.open(strip).convert("RGB")).astype(float)
-    pipe = StableDiffusionPipeline.from_pretrained(str(shipped_folder("tiny-shapes")))
-    pipe.set_progress_bar_config(disable=True)
+    pipe = tiny_shapes()
 
     def base(guidance):
         return np.asarray(pipe(prompt, num_inference_steps=20, guidance_scale=guidance, height=64,

@@ -140,8 +140,7 @@ def build_train_spec(images: Path, model: str, instance_prompt: str | None = Non
     given = {k: v for k, v in settings.items() if v is not None}
     if given.get("resolution") is None and preset.width:
         given["resolution"] = preset.width  # the model's own size (512 for SD 1.5)
-    for key, value in drawing_defaults(preset).items():
-        given.setdefault(key, value)
+    given = {**drawing_defaults(preset), **given}
     try:
         train = TrainSettings(**given)
     except ValidationError as exc:
