@@ -51,6 +51,22 @@ def debug() -> bool:
     return os.environ.get("IMGGENHUB_DEBUG", "") not in ("", "0")
 
 
+_PENDING: list[BaseException] = []  # a signal's exception that arrived inside a finalizer
+
+
+def interrupt(exc: BaseException, frame) -> None:
+    """A signal handler's way out: raise ``exc`` where the program is. Inside a finalizer
+    (a ``__del__``, such as a file lock's run by the garbage collector), where Python prints
+    the exception and drops it, keep it for the next ``Clock.sleep`` instead: a Ctrl-C that
+    landed there once left a command waiting on as if nothing had come."""
+    while frame is not None:
+        if frame.f_code.co_name == "__del__":
+            _PENDING.append(exc)
+            return
+        frame = frame.f_back
+    raise exc
+
+
 class Clock:
     """Time as the backends see it; tests pass a fake one that does not sleep."""
 
@@ -58,8 +74,12 @@ class Clock:
         return time.monotonic()
 
     def sleep(self, seconds: float) -> None:
+        if _PENDING:
+            raise _PENDING.pop()
         if seconds > 0:
             time.sleep(seconds)
+        if _PENDING:
+            raise _PENDING.pop()
 
 
 # (attribute, environment variable, meaning) -- docs/tunables.md lists these; the defaults are

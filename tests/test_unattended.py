@@ -18,7 +18,8 @@ import pytest
 from imggenhub.outputs import artifacts
 from imggenhub.backends.kaggle import api as kaggle_api
 from imggenhub.run import runs
-from imggenhub.config import Tunables
+from imggenhub.config import Clock, Tunables
+from imggenhub.errors import Stopped
 from imggenhub.job.notebook import read_job_document
 
 from .conftest import run_cli_subprocess, sigint_default
@@ -142,6 +143,37 @@ def test_a_signal_says_the_kaggle_run_goes_on_and_how_to_pick_it_up(signum, code
     assert "Traceback" not in err
     assert all(STAMP.match(l) for l in lines)  # no TTY: timestamped lines, no ANSI codes
     assert "\x1b[" not in err
+
+
+@pytest.mark.parametrize("signum,raised", [(signal.SIGINT, KeyboardInterrupt),
+                                           (signal.SIGTERM, Stopped)])
+def test_a_signal_that_lands_in_a_finalizer_is_raised_at_the_next_wait(signum, raised):
+    """Python drops an exception raised in a __del__ (it prints 'Exception ignored in'): a
+    Ctrl-C that landed while the garbage collector ran a file lock's finalizer was lost once,
+    and the command waited on for its queued run. imggenhub's handlers keep such a signal's
+    exception for the next Clock.sleep, where every wait for a remote run passes."""
+    from imggenhub.cli import _stop_on_signals
+
+    before = signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT
+                           else signal.SIG_DFL)  # as a command starts
+    previous = _stop_on_signals()
+    try:
+        assert signum in previous
+
+        class Finalized:
+            def __del__(self):
+                os.kill(os.getpid(), signum)
+                for _ in range(10_000):  # the handler runs here, inside the finalizer
+                    pass
+
+        Finalized()  # dropped at once: its __del__ runs
+        with pytest.raises(raised):
+            Clock().sleep(0.01)
+        Clock().sleep(0.0)  # raised once, not again
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        signal.signal(signum, before)
 
 
 def test_a_hangup_ignored_at_start_stays_ignored(emulator, tmp_path):

@@ -152,15 +152,23 @@ def _stop_on_signals() -> dict:
     """SIGTERM (`timeout`, systemd, a shutdown) and SIGHUP (the terminal closed) take Ctrl-C's
     way out: a local engine is stopped and its finished images kept, a remote run goes on,
     and the command that continues is printed. A signal ignored at start (nohup) stays
-    ignored. Returns the handlers to put back."""
+    ignored. These and Ctrl-C's handler raise through config.interrupt (a signal that lands
+    in a finalizer is raised at the next wait, not lost). Returns the handlers to put back."""
     previous = {}
     if threading.current_thread() is not threading.main_thread():
         return previous
 
+    from ..config import interrupt
+
     def stop(signum, frame):
-        raise Stopped(signum)
+        interrupt(Stopped(signum), frame)
+
+    def ctrl_c(signum, frame):
+        interrupt(KeyboardInterrupt(), frame)
 
     for signum in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(signum) == signal.SIG_DFL:
             previous[signum] = signal.signal(signum, stop)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, ctrl_c)
     return previous
